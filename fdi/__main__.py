@@ -1,0 +1,7 @@
+"""``python -m fdi …``: see :mod:`fdi.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``python -m fdi`` command; each defines ``add_parser(subparsers)``."""
