@@ -1,0 +1,76 @@
+"""Safe reads (header validation, pickle refused) and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fdi.errors import FDIError
+from fdi.files import atomic_write, load_safetensors, read_header, save_safetensors
+
+
+def _raw(header: dict, data: bytes = b"") -> bytes:
+    h = json.dumps(header).encode()
+    return struct.pack("<Q", len(h)) + h + data
+
+
+@pytest.mark.parametrize("name,content", [
+    ("empty", b""),
+    ("short", b"\x01\x02"),
+    ("huge_header", struct.pack("<Q", 10**12) + b"{}"),
+    ("not_json", struct.pack("<Q", 4) + b"abcd"),
+    ("list_header", _raw([1, 2])),
+    ("bad_dtype", _raw({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)),
+    ("lying_size", _raw({"a": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}, b"\0" * 4)),
+    ("huge_shape", _raw({"a": {"dtype": "F32", "shape": [2**39, 2**39], "data_offsets": [0, 4]}}, b"\0" * 4)),
+    ("neg_shape", _raw({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4)),
+    ("shape_mismatch", _raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4)),
+    ("overlap", _raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12)),
+    ("bad_meta", _raw({"__metadata__": {"a": 1}})),
+    ("zip", b"PK\x03\x04" + b"\0" * 20),
+])
+def test_corrupt_files_give_clean_errors(tmp_path, name, content):
+    p = tmp_path / f"{name}.safetensors"
+    p.write_bytes(content)
+    with pytest.raises(FDIError):
+        load_safetensors(p)
+
+
+def test_truncated_real_file(tmp_path):
+    p = tmp_path / "t.safetensors"
+    save_file({"a": torch.randn(100)}, p)
+    data = p.read_bytes()
+    p.write_bytes(data[:-10])
+    with pytest.raises(FDIError, match="truncated|corrupt"):
+        read_header(p)
+
+
+def test_pickle_suffixes_refused(tmp_path):
+    for suffix in (".pt", ".ckpt", ".bin", ".pth"):
+        p = tmp_path / f"m{suffix}"
+        torch.save({}, p)
+        with pytest.raises(FDIError, match="pickle"):
+            load_safetensors(p)
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_write(target) as fh:
+            fh.write(b"half")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+
+
+def test_round_trip_and_partial_read(tmp_path):
+    t = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    save_safetensors(t, tmp_path / "r.safetensors", {"k": "v"})
+    got, meta = load_safetensors(tmp_path / "r.safetensors", keys=["a"])
+    assert list(got) == ["a"] and torch.equal(got["a"], t["a"]) and meta == {"k": "v"}
