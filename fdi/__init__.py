@@ -33,6 +33,11 @@ _LAZY = {
     "FDIAdapterConfig": "adapter",
     "FDIAdapter": "adapter",
     "FDIGuidance": "adapter",
+    "Modulation": "adapter",
+    "FDIRestorationPipeline": "pipeline",
+    "AdapterUse": "pipeline",
+    "DiffusersGuidance": "diffusers_backend",
+    "guide_unet": "diffusers_backend",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,0 +1,500 @@
+"""The FDI adapter: image branch, noise decoupling, multi-level guidance and visual modulator.
+
+One adapter is trained per task (or style); SD 2.1 and BLIP-2 stay frozen. Inputs are the degraded
+image ``x`` ``[B, 3, H, W]`` in 0..1 and the FDI tokens ``F`` ``[T, D]`` (``[32, 768]`` for BLIP-2)
+or ``[B, T, D]``. The output, an :class:`FDIGuidance`, depends on the image and the FDI only,
+never on the timestep: it is computed **once** per (image, FDI) and reused at every guided step.
+
+Stages (DESIGN §1.2; each is a method, so training code and tests can use them one by one):
+
+1. **Image branch** (:meth:`FDIAdapter.image_features`, T2I-Adapter style): ``2x − 1`` →
+   pixel-unshuffle by 8 → 3×3 conv → four levels of small residual blocks, a 2× average-pool
+   downsampling before levels 2–4 → ``c_1..c_4`` ``[B, C_i, H/8·2^-(i-1), W/8·2^-(i-1)]``, i.e.
+   at 1/8, 1/16, 1/32, 1/64 of the image size, with the UNet encoder's widths ``C_i``.
+2. **Noise decoupling** (:meth:`FDIAdapter.decouple`), per level ``i``: the FDI tokens are queries
+   of a multi-head cross-attention over the flattened ``c_i``::
+
+       F̂_i = F·P_i + Attn(q = LN(F)·Wq_i, k = LN(c_i)·Wk_i, v = c_i·Wv_i)·Wo_i      [B, T, C_i]
+
+3. **Multi-level guidance** (UNet encoder, :meth:`FDIAdapter.guidance`): squeeze-excitation on the
+   refined tokens, ``s_i = sigmoid(W2_i·relu(W1_i·mean_tokens(F̂_i)))`` ``[B, C_i]``, and the residual
+   ``r_i = Z_i(s_i ⊙ c_i)`` ``[B, C_i, h_i, w_i]`` where ``Z_i`` is a zero-initialised 1×1 conv (the
+   "zero-initialised last layer of the guidance path": ``r_i == 0`` exactly for a fresh adapter).
+4. **Visual modulator** (UNet decoder): AdaIN targets ``μ(F̂_i)``, ``σ(F̂_i)`` ``[B, C_i]`` (mean and
+   standard deviation over the tokens) for the decoder points ``up_blocks[0], [1], [2]``, driven by
+   ``F̂_4, F̂_3, F̂_2``, each with a learnable per-channel gate ``g`` ``[C]`` initialised to zero. The
+   blending itself, ``D ← D + g ⊙ (AdaIN(D; μ, σ) − D)``, happens in :mod:`fdi.guidance`.
+
+Decisions where the design is silent (recorded here so training, both UNet backends and the files
+agree):
+
+* Image normalisation: the 0..1 image is mapped to −1..1 (the range the SD VAE sees) before the
+  pixel-unshuffle. Sides that are not multiples of 8 are reflect-padded on the bottom/right to the
+  next multiple of 8, so ``h_1 = ceil(H/8)``; downsampling is ``AvgPool2d(2, ceil_mode=True)``, so
+  ``h_{i+1} = ceil(h_i/2)``, the same rounding as the UNet's stride-2 convs.
+  :mod:`fdi.guidance` crops a residual that comes out one or two pixels larger than the UNet
+  feature it is added to.
+* Residual block (``res_blocks`` per level, default 2): a bottleneck
+  ``x + conv1×1(relu(conv3×3(relu(conv1×1(x)))))`` with inner width ``C_i / bottleneck``
+  (default 2). Between levels of different width a 1×1 conv changes the channel count.
+* Attention: ``heads`` (default 8) heads of width ``C_i / heads``; ``Wq_i`` maps ``D → C_i``, the
+  others ``C_i → C_i``; all linear layers have biases. LayerNorms have ``eps = 1e-5``.
+* Standard deviations over tokens are population std with ``eps``: ``sqrt(var + 1e-5)``.
+* Squeeze-excitation reduction ``se_reduction`` (default 16, SENet's default): ``W1: C → C/16``,
+  ``W2: C/16 → C``.
+* Sizes: with these defaults the adapter has 47.3 M parameters (paper: 45.10 M): image branch 26.2 M,
+  noise decoupling 16.8 M, guidance heads (SE + zero 1×1 convs) 4.3 M, gates 3.2 k.
+
+File (DESIGN §4): safetensors with the weights under their ``state_dict`` names; metadata
+``format=fdi_adapter``, ``format_version=1``, ``config`` (JSON of :class:`FDIAdapterConfig`),
+``base_family`` (``sd2.1-base``, ``sd2.1-v``, …), ``encoder`` (the Q-Former fingerprint of the FDI it
+was trained with), ``label``, ``parameters``; optionally the embedded training FDI (tensors ``fdi``
+[and ``fdi_pairs``], metadata ``fdi_*``, see :meth:`fdi.instruction.FDI.to_embedded`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import FDIError
+from .files import PathLike, check_output_path, load_safetensors, save_safetensors
+from .instruction import FDI, same_encoder
+
+ADAPTER_FORMAT = "fdi_adapter"
+ADAPTER_FORMAT_VERSION = 1
+
+#: base families an adapter can be trained for; ``custom-*`` covers non-SD-2.1 UNets (tests)
+KNOWN_FAMILIES = ("sd2.1-base", "sd2.1-v", "sd1.5-base", "sdxl-base", "custom-base", "custom-v")
+
+#: the tensor names an adapter file may hold besides the weights (the embedded FDI)
+EMBEDDED_FDI_KEYS = ("fdi", "fdi_pairs")
+
+STAT_EPS = 1e-5
+
+
+# --------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class FDIAdapterConfig:
+    """Architecture of an :class:`FDIAdapter` (stored as JSON in the adapter file).
+
+    Attributes:
+        channels: UNet encoder widths ``C_1..C_4`` (SD 2.1: 320, 640, 1280, 1280). Exactly four.
+        token_width: FDI token width ``D`` (BLIP-2 Q-Former: 768).
+        num_tokens: FDI token count ``T`` (BLIP-2: 32).
+        res_blocks: residual blocks per level of the image branch.
+        bottleneck: inner width of a residual block is ``C_i // bottleneck``.
+        heads: attention heads of the noise decoupling (must divide every ``C_i``).
+        se_reduction: squeeze-excitation reduction (``W1: C → C // se_reduction``).
+        unshuffle: pixel-unshuffle factor (8 = the SD VAE's downsampling).
+    """
+
+    channels: Tuple[int, int, int, int] = (320, 640, 1280, 1280)
+    token_width: int = 768
+    num_tokens: int = 32
+    res_blocks: int = 2
+    bottleneck: int = 2
+    heads: int = 8
+    se_reduction: int = 16
+    unshuffle: int = 8
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        if len(self.channels) != 4:
+            raise FDIError(f"an FDI adapter has four levels (SD 2.1 UNet encoder), got channels {self.channels}; give four widths such as (320, 640, 1280, 1280)")
+        for name in ("token_width", "num_tokens", "res_blocks", "bottleneck", "heads", "se_reduction", "unshuffle"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "res_blocks" else 1):
+                raise FDIError(f"adapter config {name}={v!r} is invalid; use a positive integer")
+        for c in self.channels:
+            if c < 1 or c % self.heads or c // self.bottleneck < 1 or c // self.se_reduction < 1:
+                raise FDIError(f"adapter width {c} must be positive and divisible by heads={self.heads}; change channels or heads")
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "adapter file") -> "FDIAdapterConfig":
+        try:
+            d = json.loads(text)
+        except (json.JSONDecodeError, TypeError):
+            raise FDIError(f"{source}: the adapter config in its metadata is not JSON; the file is corrupt, re-save it") from None
+        if not isinstance(d, dict):
+            raise FDIError(f"{source}: the adapter config in its metadata is not a JSON object; the file is corrupt, re-save it")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise FDIError(f"{source}: unknown adapter config keys {unknown}; the file was written by a newer version of the pack, update it")
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------------
+# guidance container
+
+
+class Modulation(NamedTuple):
+    """AdaIN target and gate for one decoder point: ``mean``, ``std`` ``[B, C]``, ``gate`` ``[C]``."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    gate: torch.Tensor
+
+
+#: decoder points (``up_blocks[k]`` outputs) and the level whose refined tokens drive them
+MODULATION_LEVELS = (3, 2, 1)  # up_blocks[0] ← F̂_4, up_blocks[1] ← F̂_3, up_blocks[2] ← F̂_2 (0-based)
+
+
+@dataclass
+class FDIGuidance:
+    """What an adapter hands to a UNet: timestep-independent, computed once per (image, FDI).
+
+    Attributes:
+        residuals: four tensors ``r_i`` ``[B, C_i, h_i, w_i]`` with ``h_1 = ceil(H/8)`` (the latent
+            height) and ``h_{i+1} = ceil(h_i / 2)``; added at the end of UNet encoder level ``i``.
+        modulations: three :class:`Modulation` for the decoder points ``up_blocks[0], [1], [2]``
+            (driven by ``F̂_4, F̂_3, F̂_2``).
+        refined: the refined FDI tokens ``F̂_1..F̂_4`` ``[B, T, C_i]`` (for inspection and losses).
+    """
+
+    residuals: List[torch.Tensor]
+    modulations: List[Modulation]
+    refined: List[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.residuals[0].shape[0])
+
+    def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> "FDIGuidance":
+        """A copy on ``device`` and/or in floating ``dtype`` (no copy when nothing changes)."""
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype)
+        return FDIGuidance(
+            residuals=[mv(r) for r in self.residuals],
+            modulations=[Modulation(mv(m.mean), mv(m.std), mv(m.gate)) for m in self.modulations],
+            refined=[mv(f) for f in self.refined],
+        )
+
+    def weighted(self, weight: float) -> "FDIGuidance":
+        """The guidance scaled by ``weight``: residuals ``w·r_i`` and gates ``w·g``.
+
+        Both enter the UNet linearly (``h + r``, ``D + g ⊙ (AdaIN(D) − D)``), so this is the same as
+        passing ``(self, weight)`` to :mod:`fdi.guidance`. AdaIN targets are unchanged.
+        """
+        w = float(weight)
+        return FDIGuidance(
+            residuals=[r * w for r in self.residuals],
+            modulations=[Modulation(m.mean, m.std, m.gate * w) for m in self.modulations],
+            refined=list(self.refined),
+        )
+
+    def detach(self) -> "FDIGuidance":
+        return FDIGuidance([r.detach() for r in self.residuals],
+                           [Modulation(m.mean.detach(), m.std.detach(), m.gate.detach()) for m in self.modulations],
+                           [f.detach() for f in self.refined])
+
+    def select(self, index: Union[int, slice]) -> "FDIGuidance":
+        """The guidance of some images of the batch (``index`` into the batch dimension)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return FDIGuidance([r[index] for r in self.residuals],
+                           [Modulation(m.mean[index], m.std[index], m.gate) for m in self.modulations],
+                           [f[index] for f in self.refined])
+
+
+# --------------------------------------------------------------------------------------------------
+# building blocks
+
+
+class ResidualBlock(nn.Module):
+    """Bottleneck residual block ``x + conv1×1(relu(conv3×3(relu(conv1×1(x)))))``; shape-preserving."""
+
+    def __init__(self, channels: int, bottleneck: int):
+        super().__init__()
+        mid = channels // bottleneck
+        self.reduce = nn.Conv2d(channels, mid, 1)
+        self.conv = nn.Conv2d(mid, mid, 3, padding=1)
+        self.expand = nn.Conv2d(mid, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.expand(F.relu(self.conv(F.relu(self.reduce(x)))))
+
+
+class ImageLevel(nn.Module):
+    """One level of the image branch: [downsample 2×] → [1×1 conv to the new width] → residual blocks."""
+
+    def __init__(self, in_channels: int, channels: int, res_blocks: int, bottleneck: int, downsample: bool):
+        super().__init__()
+        self.down = nn.AvgPool2d(2, ceil_mode=True) if downsample else nn.Identity()
+        self.in_conv = nn.Conv2d(in_channels, channels, 1) if in_channels != channels else nn.Identity()
+        self.blocks = nn.Sequential(*[ResidualBlock(channels, bottleneck) for _ in range(res_blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.in_conv(self.down(x)))
+
+
+class NoiseDecoupling(nn.Module):
+    """``F̂ = F·P + Attn(q=LN(F)Wq, k=LN(c)Wk, v=c·Wv)·Wo``: FDI tokens ``[B,T,D]`` × features → ``[B,T,C]``."""
+
+    def __init__(self, token_width: int, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.proj = nn.Linear(token_width, channels)
+        self.norm_tokens = nn.LayerNorm(token_width)
+        self.norm_features = nn.LayerNorm(channels)
+        self.to_q = nn.Linear(token_width, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.Linear(channels, channels)
+
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        b, c = features.shape[:2]
+        kv = features.flatten(2).transpose(1, 2)  # [B, h·w, C]
+        q = self.to_q(self.norm_tokens(tokens))
+        k = self.to_k(self.norm_features(kv))
+        v = self.to_v(kv)
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # [B, N, C] → [B, heads, N, C/heads]
+            return t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)
+
+        attn = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        attn = attn.transpose(1, 2).reshape(b, tokens.shape[1], c)
+        return self.proj(tokens) + self.to_out(attn)
+
+
+class GuidanceHead(nn.Module):
+    """Multi-level guidance for one level: ``r = Z(sigmoid(W2 relu(W1 mean_tokens(F̂))) ⊙ c)``, ``Z`` zero-init."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.squeeze = nn.Linear(channels, channels // reduction)
+        self.excite = nn.Linear(channels // reduction, channels)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, refined: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(self.excite(F.relu(self.squeeze(refined.mean(1)))))  # [B, C]
+        return self.out(features * s[:, :, None, None])
+
+
+def token_stats(refined: torch.Tensor, eps: float = STAT_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over the tokens of ``[B, T, C]`` → two ``[B, C]`` (std = sqrt(var+eps))."""
+    var, mean = torch.var_mean(refined, dim=1, unbiased=False)
+    return mean, torch.sqrt(var + eps)
+
+
+# --------------------------------------------------------------------------------------------------
+# the adapter
+
+
+class FDIAdapter(nn.Module):
+    """The FDI adapter (see the module doc for the stages and the formulas).
+
+    Args:
+        config: the architecture (defaults = SD 2.1 / BLIP-2, 47.3 M parameters).
+        base_family: the diffusion model it is (to be) trained for: ``sd2.1-base``, ``sd2.1-v``, …
+        encoder: fingerprint of the Q-Former whose FDIs it takes (``""`` until known; set from the
+            embedded FDI when saved with one).
+        label: free text for people (``"derain"``…).
+
+    Attributes set by :meth:`from_file`: ``fdi`` (the embedded :class:`~fdi.instruction.FDI` or
+    ``None``), ``source`` (file name).
+    """
+
+    def __init__(self, config: Optional[FDIAdapterConfig] = None, base_family: str = "sd2.1-base", encoder: str = "", label: str = ""):
+        super().__init__()
+        self.config = config = config or FDIAdapterConfig()
+        self.base_family = base_family
+        self.encoder = encoder
+        self.label = label
+        self.fdi: Optional[FDI] = None
+        self.source = ""
+        ch = config.channels
+        u = config.unshuffle
+        self.conv_in = nn.Conv2d(3 * u * u, ch[0], 3, padding=1)
+        self.levels = nn.ModuleList(
+            ImageLevel(ch[max(i - 1, 0)], ch[i], config.res_blocks, config.bottleneck, downsample=i > 0) for i in range(4)
+        )
+        self.decouple_levels = nn.ModuleList(NoiseDecoupling(config.token_width, c, config.heads) for c in ch)
+        self.guidance_heads = nn.ModuleList(GuidanceHead(c, config.se_reduction) for c in ch)
+        #: per-channel gates of the visual modulator, for up_blocks[0], [1], [2] (zero = no-op)
+        self.gates = nn.ParameterList(nn.Parameter(torch.zeros(ch[level])) for level in MODULATION_LEVELS)
+
+    # ---- stages ----------------------------------------------------------------------------------
+
+    def image_features(self, images: torch.Tensor) -> List[torch.Tensor]:
+        """Image branch: ``[B, 3, H, W]`` in 0..1 → ``c_1..c_4``, ``[B, C_i, ceil(H/8)/2^(i-1), …]``."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise FDIError(f"the adapter takes images [B, 3, H, W], got {tuple(images.shape)}; give an RGB batch")
+        u = self.config.unshuffle
+        h, w = images.shape[-2:]
+        if h < u or w < u:
+            raise FDIError(f"image is {w}x{h} pixels; the adapter needs at least {u} pixels a side, use a larger image")
+        x = images.to(self.conv_in.weight.dtype) * 2 - 1
+        ph, pw = (-h) % u, (-w) % u
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        x = self.conv_in(F.pixel_unshuffle(x, u))
+        feats = []
+        for level in self.levels:
+            x = level(x)
+            feats.append(x)
+        return feats
+
+    def tokens_for(self, fdi: Union[FDI, torch.Tensor], batch: int) -> torch.Tensor:
+        """FDI tokens as ``[B, T, D]`` in the adapter's dtype, after checking width/count/encoder."""
+        if isinstance(fdi, FDI):
+            if self.encoder and fdi.encoder and not same_encoder(self.encoder, fdi.encoder):
+                raise FDIError(
+                    f"FDI {fdi.label or '(unlabelled)'} comes from encoder {fdi.encoder} but adapter {self.label or self.source or '(unnamed)'} "
+                    f"was trained with FDIs of encoder {self.encoder}; extract the FDI with that Q-Former"
+                )
+            tokens = fdi.tokens
+        else:
+            tokens = fdi
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim not in (2, 3):
+            raise FDIError(f"FDI tokens must be [T, D] or [B, T, D], got {getattr(tokens, 'shape', type(tokens))}")
+        t, d = tokens.shape[-2:]
+        if d != self.config.token_width:
+            raise FDIError(
+                f"FDI token width {d} does not match the adapter's token width {self.config.token_width}; "
+                "use an FDI extracted with the Q-Former this adapter was trained with"
+            )
+        if t != self.config.num_tokens:
+            raise FDIError(
+                f"FDI has {t} tokens but the adapter expects {self.config.num_tokens}; "
+                "use an FDI extracted with the Q-Former this adapter was trained with"
+            )
+        if tokens.ndim == 2:
+            tokens = tokens.unsqueeze(0)
+        if tokens.shape[0] == 1 and batch > 1:
+            tokens = tokens.expand(batch, -1, -1)
+        elif tokens.shape[0] != batch:
+            raise FDIError(f"{tokens.shape[0]} FDIs for {batch} images; give one FDI, or one per image")
+        return tokens.to(device=self.conv_in.weight.device, dtype=self.conv_in.weight.dtype)
+
+    def decouple(self, tokens: torch.Tensor, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Noise decoupling: tokens ``[B, T, D]`` and ``c_1..c_4`` → ``F̂_1..F̂_4`` ``[B, T, C_i]``."""
+        return [m(tokens, c) for m, c in zip(self.decouple_levels, features)]
+
+    def guidance(self, features: Sequence[torch.Tensor], refined: Sequence[torch.Tensor]) -> FDIGuidance:
+        """Multi-level guidance residuals and visual-modulator targets from ``c_i`` and ``F̂_i``."""
+        residuals = [head(f, c) for head, f, c in zip(self.guidance_heads, refined, features)]
+        modulations = []
+        for gate, level in zip(self.gates, MODULATION_LEVELS):
+            mean, std = token_stats(refined[level])
+            modulations.append(Modulation(mean, std, gate))
+        return FDIGuidance(residuals=residuals, modulations=modulations, refined=list(refined))
+
+    def forward(self, images: torch.Tensor, fdi: Union[FDI, torch.Tensor]) -> FDIGuidance:
+        """``images`` ``[B, 3, H, W]`` in 0..1 and the FDI (``[T, D]``/``[B, T, D]`` or an FDI) → guidance."""
+        feats = self.image_features(images)
+        tokens = self.tokens_for(fdi, images.shape[0])
+        return self.guidance(feats, self.decouple(tokens, feats))
+
+    # ---- info ------------------------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> str:
+        return (f"FDI adapter {self.label or self.source or '(unnamed)'}: {self.num_parameters() / 1e6:.2f} M parameters, "
+                f"base {self.base_family}, channels {self.config.channels}, FDI {self.config.num_tokens}x{self.config.token_width}, "
+                f"encoder {self.encoder or '(unknown)'}")
+
+    def check_fdi(self, fdi: FDI) -> None:
+        """Raise :class:`FDIError` when ``fdi`` cannot drive this adapter (width, count, encoder)."""
+        self.tokens_for(fdi, 1)
+
+    # ---- file ------------------------------------------------------------------------------------
+
+    def file_metadata(self) -> Dict[str, str]:
+        return {
+            "format": ADAPTER_FORMAT,
+            "format_version": str(ADAPTER_FORMAT_VERSION),
+            "config": self.config.to_json(),
+            "base_family": self.base_family,
+            "encoder": self.encoder,
+            "label": self.label,
+            "parameters": str(self.num_parameters()),
+        }
+
+    def save(self, path: PathLike, fdi: Optional[FDI] = None) -> Path:
+        """Write the adapter (and optionally its training FDI) to a ``.safetensors`` file, atomically.
+
+        The weights are written in their current dtype. With ``fdi``, the FDI is checked against the
+        adapter (width, token count, encoder) and embedded, and an adapter without a recorded
+        encoder takes the FDI's.
+        """
+        p = check_output_path(path, suffix=".safetensors")
+        tensors = {k: v for k, v in self.state_dict().items()}
+        meta = self.file_metadata()
+        if fdi is not None:
+            self.check_fdi(fdi)
+            if not meta["encoder"]:
+                meta["encoder"] = fdi.encoder
+            fdi_tensors, fdi_meta = fdi.to_embedded()
+            tensors.update(fdi_tensors)
+            meta.update(fdi_meta)
+        save_safetensors(tensors, p, meta)
+        return p
+
+    @classmethod
+    def from_file(cls, path: PathLike, base_family: Optional[str] = None, device: Union[str, torch.device] = "cpu",
+                  dtype: Optional[torch.dtype] = None) -> "FDIAdapter":
+        """Load an adapter file (see the module doc). ``adapter.fdi`` is its embedded FDI or ``None``.
+
+        Raises :class:`FDIError` for pickle or non-safetensors files, another file format or
+        version, a base family other than ``base_family`` (when given), and weights whose names or
+        shapes do not match the config.
+        """
+        p = Path(path)
+        tensors, meta = load_safetensors(p, what="adapter file")  # refuses pickle, validates the header
+        src = p.name
+        fmt = meta.get("format")
+        if fmt != ADAPTER_FORMAT:
+            raise FDIError(f"{src!r} is not an FDI adapter file (format={fmt!r}); adapter files are made by FDI training ('python -m fdi train')")
+        version = meta.get("format_version")
+        if version != str(ADAPTER_FORMAT_VERSION):
+            raise FDIError(f"{src!r} has adapter format version {version!r}; this version of the pack reads version {ADAPTER_FORMAT_VERSION}, update the pack")
+        if "config" not in meta:
+            raise FDIError(f"{src!r} has no adapter config in its metadata; the file is incomplete, re-save it")
+        config = FDIAdapterConfig.from_json(meta["config"], src)
+        family = meta.get("base_family", "")
+        if base_family is not None and family != base_family:
+            raise FDIError(f"adapter {src!r} was trained for {family or 'an unknown model'}, not {base_family}; use an adapter trained for {base_family} (or load the {family} model)")
+        adapter = cls(config, base_family=family, encoder=meta.get("encoder", ""), label=meta.get("label", ""))
+        expected = adapter.state_dict()
+        weights = {k: v for k, v in tensors.items() if k not in EMBEDDED_FDI_KEYS}
+        missing = sorted(set(expected) - set(weights))
+        extra = sorted(set(weights) - set(expected))
+        if missing or extra:
+            raise FDIError(f"adapter {src!r} does not match its config ({len(missing)} weights missing e.g. {missing[:2]}, {len(extra)} unexpected e.g. {extra[:2]}); the file is corrupt or from another version, re-save it")
+        for k, v in expected.items():
+            if tuple(weights[k].shape) != tuple(v.shape):
+                raise FDIError(f"adapter {src!r}: weight {k!r} has shape {tuple(weights[k].shape)}, its config needs {tuple(v.shape)}; the file is corrupt, re-save it")
+            if not weights[k].dtype.is_floating_point or not torch.isfinite(weights[k]).all():
+                raise FDIError(f"adapter {src!r}: weight {k!r} is not a finite float tensor; the file is corrupt, re-save it")
+        adapter.load_state_dict(weights, strict=True)
+        adapter.fdi = FDI.from_embedded(tensors, meta, src)
+        if adapter.fdi is not None:
+            adapter.check_fdi(adapter.fdi)
+        adapter.source = src
+        return adapter.to(device=device, dtype=dtype).eval() if dtype is not None else adapter.to(device).eval()
+
+
+def count_parameters(config: Optional[FDIAdapterConfig] = None) -> int:
+    """Parameter count of an adapter with ``config`` (built on the meta device: no memory used)."""
+    with torch.device("meta"):
+        return FDIAdapter(config).num_parameters()

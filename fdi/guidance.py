@@ -1,0 +1,188 @@
+"""Applying FDI guidance to UNet features: the math shared by every UNet backend (pure torch).
+
+This module imports neither diffusers nor ComfyUI: the diffusers backend
+(:mod:`fdi.diffusers_backend`) and the ComfyUI patches both call these functions at the points of
+DESIGN §3, so the same adapter on the same UNet weights gives the same numbers in both.
+
+Inputs: ``guidances`` is a sequence of ``(FDIGuidance, weight)`` pairs (several adapters at once,
+"composite"); ``strength`` is a global factor. Levels are 0-based here: encoder level ``0..3``
+(``r_1..r_4``), decoder point ``0..2`` (``up_blocks[0..2]`` outputs, ComfyUI ``h`` entering output
+blocks 3, 6, 9).
+
+Formulas (``h`` and ``D`` are the UNet features ``[B, C, h, w]``):
+
+* **Multi-level guidance (encoder residual)** at level ``i``::
+
+      h ← h + strength · Σ_k w_k · fit(r_k,i)
+
+  where ``fit`` crops/resizes the residual to ``h``'s spatial size and repeats its batch (below).
+  The sum is formed in ``h``'s dtype, in the order the guidances are given.
+* **Visual modulator (decoder modulation)** at point ``j``, with statistics over the spatial dims
+  and ``eps = 1e-5``::
+
+      μ_D = mean_{x,y}(D),  σ_D = sqrt(var_{x,y}(D) + eps)                          [B, C, 1, 1]
+      AdaIN_k(D) = (D − μ_D) / σ_D · σ_k + μ_k                                      (μ_k, σ_k: [B, C])
+      D ← D + strength · Σ_k w_k · g_k ⊙ (AdaIN_k(D) − D)                           (g_k: [C])
+
+  evaluated in the algebraically equal per-channel affine form ``D ← α ⊙ D + β`` with
+  ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D``, ``A = s·Σ w_k g_k σ_k``, ``B = s·Σ w_k g_k μ_k``,
+  ``G = s·Σ w_k g_k`` (:func:`modulation_coefficients`, :func:`modulate`): statistics and
+  coefficients in float32 (fp16 statistics over a 64×64 map lose too much), then one
+  multiply-add over ``D`` in its own dtype. ``A, B, G`` do not depend on ``D``, so a backend may
+  compute them once per restoration (the diffusers backend does); the result is the same.
+
+Both are exact no-ops when every residual and every gate is zero (a fresh adapter) or when
+``strength == 0`` or all weights are 0, and both are linear in ``strength`` and in each ``w_k``.
+
+Shape rules (decisions; the design is silent):
+
+* **Spatial**: a residual of the UNet feature's size is used as is. One that is larger by at most
+  :data:`MAX_CROP` pixels in each dimension (the adapter rounds odd sizes up, the UNet's VAE
+  latent rounds down) is cropped to the top-left part, which is where both came from. Any other
+  size (an image of a different size than the latent) is resized bilinearly
+  (``align_corners=False``).
+* **Batch**: guidance for ``Bg`` images applied to a UNet batch ``B``: ``Bg == B`` as is;
+  ``B`` a multiple of ``Bg`` (e.g. ``Bg = 1``, or the cond/uncond halves of CFG, which both
+  diffusers and ComfyUI lay out as whole batches one after the other) → the guidance batch is
+  tiled ``B / Bg`` times; anything else is an :class:`~fdi.errors.FDIError`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .adapter import FDIGuidance, STAT_EPS
+from .errors import FDIError
+
+WeightedGuidance = Tuple[FDIGuidance, float]
+
+#: a residual larger than the feature by at most this many pixels a side is cropped, not resized
+MAX_CROP = 2
+
+
+def as_weighted(guidances: Union[FDIGuidance, Iterable]) -> List[WeightedGuidance]:
+    """Normalise ``FDIGuidance`` / ``[(FDIGuidance, w), …]`` / ``[FDIGuidance, …]`` to ``[(g, float(w))]``."""
+    if isinstance(guidances, FDIGuidance):
+        return [(guidances, 1.0)]
+    out = []
+    for item in guidances:
+        if isinstance(item, FDIGuidance):
+            out.append((item, 1.0))
+        else:
+            g, w = item
+            if not isinstance(g, FDIGuidance):
+                raise TypeError(f"expected FDIGuidance, got {type(g).__name__}")
+            out.append((g, float(w)))
+    return out
+
+
+def fit_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """Repeat a guidance tensor ``[Bg, …]`` to ``[batch, …]`` (tiled; see the module doc)."""
+    bg = t.shape[0]
+    if bg == batch:
+        return t
+    if bg >= 1 and batch % bg == 0:
+        if bg == 1:
+            return t.expand(batch, *t.shape[1:])
+        return t.repeat(batch // bg, *([1] * (t.ndim - 1)))
+    raise FDIError(
+        f"guidance was computed for {bg} image(s) but the UNet runs a batch of {batch}; "
+        f"compute the guidance for 1 image or for the same number of images as the latent batch"
+    )
+
+
+def fit_spatial(r: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bring a residual ``[B, C, h, w]`` to spatial ``size = (H, W)``: as is, cropped, or resized."""
+    rh, rw = r.shape[-2:]
+    h, w = int(size[0]), int(size[1])
+    if (rh, rw) == (h, w):
+        return r
+    if 0 <= rh - h <= MAX_CROP and 0 <= rw - w <= MAX_CROP:
+        return r[..., :h, :w]
+    return F.interpolate(r, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def _check_channels(what: str, got: int, want: int) -> None:
+    if got != want:
+        raise FDIError(
+            f"{what} has {got} channels but the UNet feature has {want}; the adapter was made for another "
+            "UNet channel layout, use an adapter trained for this model"
+        )
+
+
+def residual_delta(h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0) -> torch.Tensor:
+    """``strength · Σ_k w_k · fit(r_k,level)`` in ``h``'s dtype/device, shape of ``h`` (``[B, C, H, W]``)."""
+    total = None
+    for g, w in guidances:
+        r = g.residuals[level]
+        _check_channels(f"FDI residual r_{level + 1}", r.shape[1], h.shape[1])
+        r = fit_batch(fit_spatial(r.to(device=h.device, dtype=h.dtype), h.shape[-2:]), h.shape[0])
+        term = r * w
+        total = term if total is None else total + term
+    if total is None:
+        return torch.zeros_like(h)
+    return total * strength
+
+
+def apply_residual(h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0) -> torch.Tensor:
+    """Encoder level ``level`` (0..3): ``h + strength · Σ_k w_k · fit(r_k,level)`` (a new tensor)."""
+    if not guidances:
+        return h
+    return h + residual_delta(h, level, guidances, strength)
+
+
+def adain_statistics(d: torch.Tensor, eps: float = STAT_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel spatial mean and std (``sqrt(var + eps)``) of ``[B, C, H, W]`` in float32."""
+    var, mean = torch.var_mean(d.float(), dim=(2, 3), keepdim=True, unbiased=False)
+    return mean, torch.sqrt(var + eps)
+
+
+def modulation_coefficients(point: int, guidances: Sequence[WeightedGuidance], strength: float, batch: int, channels: int,
+                            device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The feature-independent part of the visual modulator at ``point``, float32 on ``device``:
+
+    ``A = s·Σ_k w_k g_k σ_k`` ``[batch, C]``, ``B = s·Σ_k w_k g_k μ_k`` ``[batch, C]``, ``G = s·Σ_k w_k g_k`` ``[C]``.
+
+    With them the modulation is ``D + s·Σ_k w_k g_k ⊙ (AdaIN_k(D) − D) = α ⊙ D + β`` where
+    ``α = 1 − G + A/σ_D`` and ``β = B − A·μ_D/σ_D`` (:func:`modulate`): one pass over ``D`` instead of
+    one per adapter, and the coefficients can be computed once per restoration.
+    """
+    a_sum = b_sum = g_sum = None
+    for g, w in guidances:
+        m = g.modulations[point]
+        _check_channels(f"FDI modulation {point}", m.mean.shape[-1], channels)
+        gw = m.gate.to(device=device, dtype=torch.float32) * w
+        a = gw * fit_batch(m.std.to(device=device, dtype=torch.float32), batch)
+        b = gw * fit_batch(m.mean.to(device=device, dtype=torch.float32), batch)
+        a_sum = a if a_sum is None else a_sum + a
+        b_sum = b if b_sum is None else b_sum + b
+        g_sum = gw if g_sum is None else g_sum + gw
+    if a_sum is None:
+        zeros = torch.zeros(batch, channels, device=device)
+        return zeros, zeros, torch.zeros(channels, device=device)
+    return a_sum * strength, b_sum * strength, g_sum * strength
+
+
+def modulate(d: torch.Tensor, coefficients: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``α ⊙ D + β`` with ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D`` (statistics and coefficients in
+    float32, the product in ``D``'s dtype). Zero coefficients give ``α = 1``, ``β = 0``: exactly ``D``."""
+    a_sum, b_sum, g_sum = coefficients
+    mu, sigma = adain_statistics(d)
+    a = a_sum[:, :, None, None] / sigma
+    alpha = (1 - g_sum[None, :, None, None]) + a
+    beta = b_sum[:, :, None, None] - a * mu
+    return torch.addcmul(beta.to(d.dtype), d, alpha.to(d.dtype))
+
+
+def apply_modulation(d: torch.Tensor, point: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0) -> torch.Tensor:
+    """Decoder point ``point`` (0..2): ``D + strength · Σ_k w_k · g_k ⊙ (AdaIN_k(D) − D)`` (a new tensor).
+
+    Computed as :func:`modulate` of :func:`modulation_coefficients` (the same numbers as precomputing
+    the coefficients once and calling :func:`modulate` at every step).
+    """
+    if not guidances:
+        return d
+    return modulate(d, modulation_coefficients(point, guidances, strength, d.shape[0], d.shape[1], d.device))

@@ -1,0 +1,425 @@
+"""FDI restoration with diffusers: VAE-encode → DDIM inversion → guided DDIM sampling → decode.
+
+:class:`FDIRestorationPipeline` holds the frozen SD 2.1 parts (VAE, text encoder, tokenizer, UNet,
+a DDIM schedule) and restores image batches with one or several FDI adapters (DESIGN §1.3):
+
+1. The image ``[B, 3, H, W]`` in 0..1 is reflect-padded on the bottom/right to a multiple of 64
+   (the UNet needs latents divisible by 8), mapped to −1..1 and VAE-encoded:
+   ``z = (mean + std·n) · scaling_factor`` with ``n`` from a CPU generator seeded with ``seed``
+   for each image (decision: a posterior *sample*, so the seed means something; identical on every
+   device, and an image gives the same result alone or in a batch).
+2. **DDIM inversion** (``inversion_steps``, default 50, same conditioning, no CFG, no guidance) from
+   ``z`` to the start latent at the first sampling timestep ``t_0``. The inversion visits the
+   timesteps ``round(linspace(t_{N−1}, t_0, inversion_steps))`` — exactly the sampling timesteps in
+   reverse when ``inversion_steps == steps`` — and uses the usual approximation: the UNet is
+   evaluated at the *target* timestep on the current latent, and its output is converted to
+   ``(x̂_0, ε)`` with the current level's ᾱ (as diffusers' ``DDIMInverseScheduler``).
+3. **DDIM sampling** (``steps``, default 50, η = 0) from ``t_0``: step ``k`` (0-based) is guided iff
+   ``k < guidance_end · steps`` (default 0.333 → steps 0..16 of 50, the paper's "first of three
+   stages"). CFG is ``ε_u + cfg·(ε_c − ε_u)`` on the model output (``cfg = 1``: conditional only,
+   one UNet pass per step).
+4. Decode, map to 0..1, crop back to ``H × W``.
+
+The arithmetic of both DDIM loops is written here (not ``scheduler.step``) so that inversion and
+sampling use the same conversions for ``epsilon`` and ``v_prediction`` models, in float32 whatever
+the UNet's dtype. The timesteps come from ``DDIMScheduler.set_timesteps`` with the model's own
+scheduler config (spacing, offset, ``set_alpha_to_one``); the ᾱ after the last step is the
+scheduler's ``final_alpha_cumprod``.
+
+Adapters: each :class:`AdapterUse` is an adapter, its FDI (default: the one embedded in its file)
+and a weight. ``composite`` mode guides one restoration with all of them (weighted sum of
+residuals and modulation deltas); ``progressive`` restores with the first, feeds the result to the
+second, and so on, each with its own weight. The adapter runs once per image batch in float32
+(decision: a one-time cost; fp16 statistics over 32 tokens are not worth the risk), and its
+guidance is cast to the UNet's dtype where it is added.
+
+Loading: a diffusers folder (``model_index.json`` + ``unet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``; safetensors weights only) or a single-file SD 2.1 checkpoint
+(``.safetensors``) through ``StableDiffusionPipeline.from_single_file`` with
+``local_files_only=True``: nothing is ever downloaded; the component configs come from
+``config=`` (a diffusers folder of the same model; configs without weights suffice) or the local
+Hugging Face cache. BLIP-2 is never loaded here: the FDI comes from a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from .adapter import FDIAdapter, FDIGuidance
+from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_unet
+from .errors import FDIError
+from .files import PathLike, read_header, refuse_pickle
+from .images import check_image_batch
+from .instruction import FDI
+from .progress import ProgressCallback, report
+
+PAD_MULTIPLE = 64
+MIN_SIDE = 8
+MODES = ("composite", "progressive")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+SD21_CHANNELS = (320, 640, 1280, 1280)
+
+
+@dataclass
+class AdapterUse:
+    """One adapter in a restoration: the adapter, its FDI (``None`` = embedded) and its weight."""
+
+    adapter: FDIAdapter
+    fdi: Optional[Union[FDI, torch.Tensor]] = None
+    weight: float = 1.0
+
+    def resolved_fdi(self) -> Union[FDI, torch.Tensor]:
+        fdi = self.fdi if self.fdi is not None else self.adapter.fdi
+        if fdi is None:
+            name = self.adapter.source or self.adapter.label or "(unnamed)"
+            raise FDIError(f"adapter {name} has no embedded FDI and none was given; pass an FDI file (--fdi F.fdi.safetensors)")
+        return fdi
+
+
+def detect_base_family(unet_config, prediction_type: str) -> str:
+    """``sd2.1-base``/``sd2.1-v`` for SD 2.1 UNets (by widths, cross-attention width 1024 and linear
+    projections), ``sd1.5-*``, ``sdxl-*``, else ``custom-base``/``custom-v``; the suffix is ``v`` for
+    v-prediction, ``base`` for epsilon."""
+    suffix = "v" if prediction_type == "v_prediction" else "base"
+    ch = tuple(int(c) for c in unet_config.block_out_channels)
+    cross = unet_config.cross_attention_dim
+    if getattr(unet_config, "addition_embed_type", None) == "text_time":
+        arch = "sdxl"
+    elif ch == SD21_CHANNELS and cross == 1024 and unet_config.use_linear_projection:
+        arch = "sd2.1"
+    elif ch == SD21_CHANNELS and cross == 768:
+        arch = "sd1.5"
+    else:
+        arch = "custom"
+    return f"{arch}-{suffix}"
+
+
+def reflect_pad(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
+    """Pad ``[B, C, H, W]`` on the bottom/right to multiples of ``multiple`` by mirroring.
+
+    Reflection needs the pad to be smaller than the side, so a small image is mirrored repeatedly
+    (each round at most ``side − 1``) until it is large enough.
+    """
+    h, w = images.shape[-2:]
+    th, tw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+    x = images
+    while x.shape[-2] < th or x.shape[-1] < tw:
+        ph = min(th - x.shape[-2], x.shape[-2] - 1)
+        pw = min(tw - x.shape[-1], x.shape[-1] - 1)
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    return x
+
+
+def _predict(x: torch.Tensor, out: torch.Tensor, alpha: torch.Tensor, prediction_type: str):
+    """``(x̂_0, ε)`` from the model output ``out`` at noise level ᾱ = ``alpha`` (all float32)."""
+    a, s = alpha.sqrt(), (1 - alpha).sqrt()
+    if prediction_type == "epsilon":
+        return (x - s * out) / a, out
+    if prediction_type == "v_prediction":
+        return a * x - s * out, a * out + s * x
+    raise FDIError(f"prediction type {prediction_type!r} is not supported; FDI restoration works with epsilon and v_prediction models (SD 2.1 base / 768)")
+
+
+def _load_error(what: str, path: Path, exc: Exception) -> FDIError:
+    return FDIError(f"could not load the {what} of {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    "give a complete diffusers SD 2.1 folder with safetensors weights (nothing is downloaded)")
+
+
+def _placed(module, device: torch.device, dtype: torch.dtype):
+    """``module`` on ``device`` in ``dtype``, in eval mode (``to(dtype)`` only when it differs: diffusers warns otherwise)."""
+    p = next(module.parameters())
+    if p.dtype != dtype:
+        module = module.to(dtype=dtype)
+    if p.device != device:
+        module = module.to(device)
+    return module.eval()
+
+
+class FDIRestorationPipeline:
+    """SD 2.1 + FDI adapters → restored images. Build it with :meth:`from_pretrained`.
+
+    Args: diffusers components (``vae``: ``AutoencoderKL``; ``text_encoder``: ``CLIPTextModel``;
+    ``tokenizer``: ``CLIPTokenizer``; ``unet``: ``UNet2DConditionModel``; ``scheduler``: any scheduler
+    whose config a ``DDIMScheduler`` accepts), the ``device`` and the ``dtype`` of the UNet/VAE/text
+    encoder. Components are moved there and put in eval mode; their weights are never changed.
+    """
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, device: Union[str, torch.device] = "cpu",
+                 dtype: torch.dtype = torch.float32, source: str = ""):
+        from diffusers import DDIMScheduler
+
+        check_unet(unet)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.vae = _placed(vae, self.device, dtype)
+        self.text_encoder = _placed(text_encoder, self.device, dtype)
+        self.tokenizer = tokenizer
+        self.unet = _placed(unet, self.device, dtype)
+        self.scheduler = DDIMScheduler.from_config(scheduler.config)
+        self.source = source
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise FDIError(f"model {source or ''} predicts {self.prediction_type!r}; FDI restoration supports epsilon and v_prediction models (SD 2.1)")
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, model: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
+                        config: Optional[PathLike] = None) -> "FDIRestorationPipeline":
+        """Load a diffusers folder or a single-file ``.safetensors`` checkpoint (offline, safetensors only).
+
+        ``config``: for a single file, a diffusers folder whose component configs describe it (for
+        SD 2.1: a ``stabilityai/stable-diffusion-2-1(-base)`` folder; the weights are not read).
+        """
+        dtype = dtype or torch.float32
+        p = Path(model)
+        if not p.exists():
+            raise FDIError(f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder (with model_index.json) or a single-file .safetensors checkpoint")
+        if p.is_dir():
+            return cls._from_folder(p, device, dtype)
+        return cls._from_single_file(p, device, dtype, config)
+
+    @classmethod
+    def _from_folder(cls, p: Path, device, dtype) -> "FDIRestorationPipeline":
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        missing = [d for d in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / d).is_dir()]
+        if missing:
+            raise FDIError(f"{str(p)!r} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); give the folder that holds model_index.json, unet/, vae/, …")
+        parts = {}
+        loaders = (
+            ("unet", lambda: UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=dtype, local_files_only=True, use_safetensors=True)),
+            ("vae", lambda: AutoencoderKL.from_pretrained(p, subfolder="vae", torch_dtype=dtype, local_files_only=True, use_safetensors=True)),
+            ("text_encoder", lambda: CLIPTextModel.from_pretrained(p / "text_encoder", dtype=dtype, local_files_only=True, use_safetensors=True)),
+            ("tokenizer", lambda: CLIPTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)),
+            ("scheduler", lambda: DDIMScheduler.from_pretrained(p, subfolder="scheduler", local_files_only=True)),
+        )
+        for name, load in loaders:
+            try:
+                parts[name] = load()
+            except FDIError:
+                raise
+            except (OSError, ValueError, EnvironmentError, KeyError, json.JSONDecodeError) as exc:
+                raise _load_error(name, p, exc) from None
+        return cls(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"], parts["scheduler"], device=device, dtype=dtype, source=p.name)
+
+    @classmethod
+    def _from_single_file(cls, p: Path, device, dtype, config: Optional[PathLike]) -> "FDIRestorationPipeline":
+        from diffusers import StableDiffusionPipeline
+
+        refuse_pickle(p, "model checkpoint")
+        if p.suffix.lower() != ".safetensors":
+            raise FDIError(f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those")
+        read_header(p, "model checkpoint")
+        if config is not None and not Path(config).is_dir():
+            raise FDIError(f"model config folder {str(config)!r} does not exist; give a diffusers SD 2.1 folder (its configs are enough)")
+        kwargs = dict(local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        if config is not None:
+            kwargs["config"] = str(config)
+        old = os.environ.get("HF_HUB_OFFLINE")
+        os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: from_single_file must never reach the hub
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(str(p), **kwargs)
+        except FDIError:
+            raise
+        except Exception as exc:  # diffusers raises many types here (config lookups, key errors)
+            hint = ("pass --sd-config with a diffusers SD 2.1 folder describing this checkpoint (configs only are enough)"
+                    if config is None else "check that --sd-config describes this checkpoint (SD 2.1 base or 768)")
+            raise FDIError(f"could not load the single-file checkpoint {p.name!r} offline ({type(exc).__name__}); {hint}") from None
+        finally:
+            if old is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = old
+        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, device=device, dtype=dtype, source=p.name)
+
+    # ---- properties and checks -------------------------------------------------------------------
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def base_family(self) -> str:
+        return detect_base_family(self.unet.config, self.prediction_type)
+
+    def check_adapter(self, adapter: FDIAdapter) -> None:
+        """Raise :class:`FDIError` when ``adapter`` was made for another base family or channel layout."""
+        check_adapter_for_unet(adapter, self.unet)
+        if adapter.base_family != self.base_family:
+            name = adapter.source or adapter.label or "(unnamed)"
+            raise FDIError(f"adapter {name} was trained for {adapter.base_family or 'an unknown model'} but the model is {self.base_family}; "
+                           f"use an adapter trained for {self.base_family} or load a {adapter.base_family} model")
+
+    # ---- parts of the loop -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text conditioning ``[1, L, D]`` (``last_hidden_state`` of the padded prompt)."""
+        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32.
+
+        The posterior noise of every image is drawn from a CPU generator seeded with ``seed`` (the same
+        for each image), so an image's result does not depend on the batch it is in, nor on the device.
+        """
+        dist = self.vae.encode((images * 2 - 1).to(device=self.device, dtype=self.dtype)).latent_dist
+        mean, std = dist.mean.float(), dist.std.float()
+        noise = torch.cat([torch.randn((1, *mean.shape[1:]), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+                           for _ in range(mean.shape[0])]).to(self.device)
+        z = mean + std * noise
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (z - shift) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents → images ``[B, 3, 8h, 8w]`` float32 in 0..1."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        z = latents / self.vae.config.scaling_factor + shift
+        x = self.vae.decode(z.to(self.dtype)).sample.float()
+        return ((x + 1) / 2).clamp(0, 1)
+
+    def sampling_timesteps(self, steps: int) -> torch.Tensor:
+        """The DDIM timesteps ``t_0 > … > t_{N−1}`` (int64, CPU) of the model's schedule."""
+        self.scheduler.set_timesteps(steps)
+        return self.scheduler.timesteps.clone().long().cpu()
+
+    def inversion_timesteps(self, steps: int, inversion_steps: int) -> torch.Tensor:
+        """``round(linspace(t_{N−1}, t_0, inversion_steps))``: ascending, ending at the first sampling timestep."""
+        ts = self.sampling_timesteps(steps)
+        if inversion_steps == 1:
+            return ts[:1]
+        return torch.linspace(float(ts[-1]), float(ts[0]), inversion_steps, dtype=torch.float64).round().long()
+
+    def _alphas(self) -> tuple:
+        """(ᾱ for every training timestep, ᾱ after the last step) as float32 tensors on the device.
+
+        Kept on the device and indexed there, so the loops never copy from the host per step
+        (each copy would stall a GPU that is otherwise queued ahead)."""
+        key = (self.device, id(self.scheduler))
+        if getattr(self, "_alpha_cache", (None,))[0] != key:
+            self._alpha_cache = (key, self.scheduler.alphas_cumprod.to(self.device, torch.float32),
+                                 self.scheduler.final_alpha_cumprod.to(self.device, torch.float32))
+        return self._alpha_cache[1], self._alpha_cache[2]
+
+    def _alpha(self, t: Optional[int]) -> torch.Tensor:
+        alphas, final = self._alphas()
+        return final if t is None else alphas[int(t)]
+
+    def _unet(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
+        return self.unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.float()
+
+    @torch.no_grad()
+    def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, inversion_steps: int,
+               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0) -> torch.Tensor:
+        """DDIM inversion of clean latents ``[B, 4, h, w]`` to the level of the first sampling timestep."""
+        x = latents.float()
+        cond = cond.expand(x.shape[0], -1, -1)
+        a_cur = self._alpha(None)
+        for j, t in enumerate(self.inversion_timesteps(steps, inversion_steps).tolist()):
+            a_next = self._alpha(t)
+            x0, eps = _predict(x, self._unet(x, t, cond), a_cur, self.prediction_type)
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+            a_cur = a_next
+            report(progress, done + j + 1, total)
+        return x
+
+    @torch.no_grad()
+    def sample(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, guidance_end: float,
+               hooks: Optional[DiffusersGuidance] = None, uncond: Optional[torch.Tensor] = None, cfg: float = 1.0,
+               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0) -> torch.Tensor:
+        """DDIM sampling (η = 0) from the level of ``t_0``; ``hooks.active`` is set per step (guidance window)."""
+        x = latents.float()
+        b = x.shape[0]
+        use_cfg = cfg != 1.0
+        c = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if use_cfg else cond.expand(b, -1, -1)
+        ts = self.sampling_timesteps(steps).tolist()
+        for k, t in enumerate(ts):
+            if hooks is not None:
+                hooks.active = k < guidance_end * steps
+            if use_cfg:
+                out_u, out_c = self._unet(torch.cat([x, x]), t, c).chunk(2)
+                out = out_u + cfg * (out_c - out_u)
+            else:
+                out = self._unet(x, t, c)
+            x0, eps = _predict(x, out, self._alpha(t), self.prediction_type)
+            a_prev = self._alpha(ts[k + 1] if k + 1 < len(ts) else None)
+            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            report(progress, done + k + 1, total)
+        if hooks is not None:
+            hooks.active = False
+        return x
+
+    # ---- restoration -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def compute_guidance(self, use: AdapterUse, images: torch.Tensor) -> FDIGuidance:
+        """Run one adapter once on padded images ``[B, 3, H, W]`` (0..1): float32 guidance on the device.
+
+        The adapter module itself is moved to the pipeline's device in float32 (in place, as
+        ``nn.Module.to`` does) and put in eval mode."""
+        adapter = use.adapter.to(device=self.device, dtype=torch.float32).eval()
+        return adapter(images.to(self.device, torch.float32), use.resolved_fdi()).detach()
+
+    def restore(self, images: torch.Tensor, adapters: Sequence[AdapterUse], *, steps: int = 50, inversion_steps: int = 50,
+                guidance_end: float = 0.333, strength: float = 1.0, seed: int = 0, mode: str = "composite",
+                prompt: str = "", negative_prompt: str = "", cfg: float = 1.0,
+                progress: Optional[ProgressCallback] = None) -> torch.Tensor:
+        """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
+
+        ``progress(done, total)`` counts UNet steps (inversion and sampling, all stages).
+        Same inputs and seed → the same output, bit for bit, on the same device.
+        """
+        adapters = list(adapters)
+        self.check_inputs(images, adapters, steps, inversion_steps, guidance_end, strength, mode, cfg)
+        images = check_image_batch(images, "images", MIN_SIDE)
+        h, w = images.shape[-2:]
+        cond = self.encode_prompt(prompt)
+        uncond = self.encode_prompt(negative_prompt) if cfg != 1.0 else None
+        stages = [adapters] if mode == "composite" else [[a] for a in adapters]
+        per_stage = inversion_steps + steps
+        total = per_stage * len(stages)
+        x = images
+        for i, stage in enumerate(stages):
+            padded = reflect_pad(x.to(self.device, torch.float32))
+            guidance = [(self.compute_guidance(u, padded), u.weight) for u in stage]
+            latents = self.encode_images(padded, int(seed))
+            latents = self.invert(latents, cond, steps, inversion_steps, progress, i * per_stage, total)
+            with DiffusersGuidance(self.unet, guidance, strength=strength, active=False) as hooks:
+                latents = self.sample(latents, cond, steps, guidance_end, hooks, uncond, cfg, progress, i * per_stage + inversion_steps, total)
+            x = self.decode_latents(latents)[..., :h, :w].cpu()
+        return x
+
+    def check_inputs(self, images: torch.Tensor, adapters: Sequence[AdapterUse], steps: int, inversion_steps: int,
+                     guidance_end: float, strength: float, mode: str, cfg: float) -> None:
+        """Raise :class:`FDIError` for any argument :meth:`restore` cannot use (before any work)."""
+        if mode not in MODES:
+            raise FDIError(f"unknown mode {mode!r}; use composite or progressive")
+        if not adapters:
+            raise FDIError("no adapter given; restoration needs at least one FDI adapter")
+        if not (isinstance(steps, int) and steps >= 1) or not (isinstance(inversion_steps, int) and inversion_steps >= 1):
+            raise FDIError(f"steps ({steps}) and inversion steps ({inversion_steps}) must be whole numbers ≥ 1")
+        if not (math.isfinite(guidance_end) and 0.0 <= guidance_end <= 1.0):
+            raise FDIError(f"guidance end {guidance_end} is outside 0..1; it is the fraction of sampling steps that are guided (paper: 0.333)")
+        if not math.isfinite(strength):
+            raise FDIError(f"strength {strength} is not a finite number; use e.g. 1.0")
+        if not math.isfinite(cfg) or cfg < 0:
+            raise FDIError(f"CFG scale {cfg} is invalid; use 1.0 (no CFG) or a larger finite number")
+        for u in adapters:
+            if not math.isfinite(u.weight):
+                raise FDIError(f"adapter weight {u.weight} is not a finite number; use e.g. 1.0")
+            self.check_adapter(u.adapter)
+            u.adapter.tokens_for(u.resolved_fdi(), 1)  # width, token count, encoder
+        check_image_batch(images, "images", MIN_SIDE)
