@@ -38,6 +38,11 @@ _LAZY = {
     "AdapterUse": "pipeline",
     "DiffusersGuidance": "diffusers_backend",
     "guide_unet": "diffusers_backend",
+    "TrainConfig": "train",
+    "PairedImageDataset": "data",
+    "collect_pairs": "data",
+    "image_metrics": "metrics",
+    "evaluate_folders": "metrics",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -32,7 +32,20 @@ def _valid_fdi_bytes() -> bytes:
             return fh.read()
 
 
+def _valid_adapter_bytes() -> bytes:
+    from fdi.adapter import FDIAdapter, FDIAdapterConfig
+
+    cfg = FDIAdapterConfig(channels=(8, 8, 16, 16), token_width=8, num_tokens=4, heads=2, se_reduction=4)
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "a.safetensors")
+        fdi = FDI(tokens=torch.randn(4, 8), encoder="fuzz:1", n_pairs=1)
+        FDIAdapter(cfg, base_family="custom-base", encoder="fuzz:1").save(p, fdi=fdi)
+        with open(p, "rb") as fh:
+            return fh.read()
+
+
 VALID = _valid_fdi_bytes()
+VALID_ADAPTER = _valid_adapter_bytes()
 
 dtypes = st.sampled_from(["F32", "F16", "BF16", "I32", "U8", "I64", "F64", "BOOL", "Q4", "", "F8_E4M3"])
 dims = st.one_of(st.integers(0, 16), st.integers(-3, 2**62), st.just(2**40))
@@ -60,7 +73,7 @@ def crafted(draw) -> bytes:
 
 @st.composite
 def mutated(draw) -> bytes:
-    data = bytearray(VALID)
+    data = bytearray(draw(st.sampled_from([VALID, VALID_ADAPTER])))
     for _ in range(draw(st.integers(1, 8))):
         i = draw(st.integers(0, len(data) - 1))
         data[i] = draw(st.integers(0, 255))
@@ -90,6 +103,21 @@ def _fuzz(load, suffix: str, examples: int):
         _check_loader(load, blob, suffix)
 
     run()
+
+
+def _load_adapter(path):
+    from fdi.adapter import FDIAdapter
+
+    FDIAdapter.from_file(path)
+
+
+def test_fuzz_adapter_loader_sample():
+    _fuzz(_load_adapter, ".safetensors", 300)
+
+
+@pytest.mark.slow
+def test_fuzz_adapter_loader_10k():
+    _fuzz(_load_adapter, ".safetensors", 10_000)
 
 
 def test_fuzz_fdi_loader_sample():

@@ -1,0 +1,256 @@
+"""`fdi.train` / `python -m fdi train` on tiny random models: loss goes down, exact resume, bad input.
+
+All runs use the tiny SD 2.1-shaped pipeline (conftest ``tiny_sd_folder``), the tiny adapter config
+and 32-px crops. Torch runs single-threaded inside these tests: on a shared 2-core machine two
+threads per process oversubscribe the CPU and make each step ~10× slower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from fdi.adapter import FDIAdapter
+from fdi.errors import FDIError, FDIInterrupted
+from fdi.images import save_image
+from fdi.instruction import FDI
+from fdi.train import TrainConfig, diffusion_target, list_checkpoints, predict_x0, train
+from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
+from tiny_sd import tiny_adapter_config
+
+CAST = torch.tensor([0.35, 0.1, -0.05]).view(3, 1, 1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, tiny_sd_folder):
+    """Colour-cast pairs (degraded = 0.6·clean + cast), a random FDI file, and a mis-scaled tiny SD.
+
+    The SD copy has its UNet output layer scaled by 4, so that the frozen random UNet's noise
+    prediction is far off and the adapter has something to learn through the guidance path.
+    """
+    from diffusers import UNet2DConditionModel
+
+    root = tmp_path_factory.mktemp("train")
+    g = torch.Generator().manual_seed(0)
+    for d in ("deg", "clean"):
+        (root / d).mkdir()
+    for i in range(6):
+        clean = torch.rand(3, 40, 48 + 4 * i, generator=g)
+        save_image(clean, root / "clean" / f"{i:02d}.png")
+        save_image((0.6 * clean + CAST).clamp(0, 1), root / "deg" / f"{i:02d}.png")
+    fdi = FDI(tokens=torch.randn(TINY_TOKENS, TINY_WIDTH, generator=g), encoder="tiny:0123456789abcdef", n_pairs=6, label="toy")
+    fdi.save(root / "toy.fdi.safetensors")
+    sd = root / "sd"
+    shutil.copytree(tiny_sd_folder, sd)
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
+    with torch.no_grad():
+        unet.conv_out.weight.mul_(4)
+        unet.conv_out.bias.mul_(4)
+    unet.save_pretrained(sd / "unet")
+    return root
+
+
+def _cfg(toy: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(sd=str(toy / "sd"), output=str(out), degraded=str(toy / "deg"), clean=str(toy / "clean"),
+                fdi=str(toy / "toy.fdi.safetensors"), resolution=32, batch_size=4, lr=1e-2, num_workers=0,
+                checkpoint_every=0, adapter_config=json.loads(tiny_adapter_config().to_json()), quiet=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_x0_and_targets_for_epsilon_and_v():
+    g = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
+    a = torch.tensor([0.9, 0.5, 0.01])
+    z_t = a.sqrt().view(-1, 1, 1, 1) * z0 + (1 - a).sqrt().view(-1, 1, 1, 1) * eps
+    # a perfect prediction of the target gives back z0 exactly, for each parametrisation
+    for kind in ("epsilon", "v_prediction", "sample"):
+        target = diffusion_target(z0, eps, a, kind)
+        assert torch.allclose(predict_x0(z_t, target, a, kind), z0, atol=1e-5)
+    v = diffusion_target(z0, eps, a, "v_prediction")
+    assert torch.allclose(v, a.sqrt().view(-1, 1, 1, 1) * eps - (1 - a).sqrt().view(-1, 1, 1, 1) * z0)
+    with pytest.raises(FDIError, match="prediction_type"):
+        predict_x0(z_t, eps, a, "flow")
+
+
+def test_loss_goes_down_on_toy_task(toy, tmp_path):
+    """25 steps, lr 1e-2: mean loss of the last 5 steps < 0.75 × the first 5 (measured here: ≈ 0.57)."""
+    init = tmp_path / "init.safetensors"
+    out = tmp_path / "a.safetensors"
+    train(_cfg(toy, init, max_steps=1, lr=1e-12))  # (almost) the initial weights, same seed
+    res = train(_cfg(toy, out, max_steps=25))
+    first, last = sum(res.losses[:5]) / 5, sum(res.losses[-5:]) / 5
+    assert all(math.isfinite(x) for x in res.losses) and len(res.losses) == 25
+    assert last < 0.75 * first, (first, last, res.losses)
+    # every adapter stage learned something: the loss reaches all of them through the UNet hooks
+    a0, a1 = FDIAdapter.from_file(init), FDIAdapter.from_file(out)
+    moved = {k for k, v in a1.state_dict().items() if not torch.allclose(v, a0.state_dict()[k], atol=1e-6)}
+    stages = {k.split(".")[0] for k in moved}
+    assert stages == {"conv_in", "levels", "decouple_levels", "guidance_heads", "gates"}, stages
+    # the artefact: config, base family, encoder and the training FDI embedded
+    assert a1.base_family == res.base_family == "custom-base"
+    assert a1.config == tiny_adapter_config() and a1.encoder == "tiny:0123456789abcdef"
+    assert a1.fdi is not None and torch.equal(a1.fdi.tokens, FDI.load(toy / "toy.fdi.safetensors").tokens)
+    log = (res.run_dir / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,loss") and len(log) == 26
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(toy, tmp_path):
+    kw = dict(max_steps=6, grad_accum=2, checkpoint_every=2, lr=3e-3, lr_scheduler="cosine", lr_warmup_steps=2)
+    full = train(_cfg(toy, tmp_path / "full.safetensors", **kw))
+
+    def stop_after_5(done, total):
+        if done == 5:  # step 5 done, last checkpoint at step 4
+            raise FDIInterrupted("stop")
+
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(FDIInterrupted):
+        train(_cfg(toy, part, **kw), progress=stop_after_5)
+    run_dir = tmp_path / "part-run"
+    assert not part.exists()
+    assert [s for s, _ in list_checkpoints(run_dir)] == [2, 4]
+    assert not list(run_dir.glob(".*.tmp"))
+    resumed = train(_cfg(toy, part, resume="latest", **kw))
+    assert resumed.start_step == 4 and resumed.steps == 6
+    assert resumed.losses == pytest.approx(full.losses[4:], abs=1e-6)
+    a, b = FDIAdapter.from_file(tmp_path / "full.safetensors").state_dict(), FDIAdapter.from_file(part).state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    # the log was cut back to the checkpoint and continued: one row per step
+    steps = [int(r.split(",")[0]) for r in (run_dir / "train_log.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+    # resuming the same run with another adapter config is refused, naming the difference
+    other = json.loads(tiny_adapter_config().to_json())
+    other["res_blocks"] = 2
+    with pytest.raises(FDIError, match="different run.*adapter_config"):
+        train(_cfg(toy, tmp_path / "x.safetensors", checkpoint_dir=str(run_dir), resume=str(run_dir / "checkpoint-4"),
+                   adapter_config=other, **kw))
+
+
+def test_bad_input_fails_before_training(toy, tmp_path):
+    with pytest.raises(FDIError, match="not divisible by processes × --grad-accum = 1 × 3"):
+        train(_cfg(toy, tmp_path / "a.safetensors", batch_size=4, grad_accum=3, max_steps=1))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FDIError, match="does not exist"):
+        train(_cfg(toy, tmp_path / "missing" / "a.safetensors", max_steps=1))
+    with pytest.raises(FDIError, match="does not exist"):
+        train(_cfg(toy, tmp_path / "file" / "a.safetensors", max_steps=1))
+    with pytest.raises(FDIError, match="must end with '.safetensors'"):
+        train(_cfg(toy, tmp_path / "a.pt", max_steps=1))
+    (tmp_path / "d0").mkdir(), (tmp_path / "c0").mkdir()
+    with pytest.raises(FDIError, match="holds no images"):  # fewer than one pair
+        train(_cfg(toy, tmp_path / "a.safetensors", degraded=str(tmp_path / "d0"), clean=str(tmp_path / "c0"), max_steps=1))
+    with pytest.raises(FDIError, match="not a training checkpoint"):
+        train(_cfg(toy, tmp_path / "a.safetensors", resume=str(tmp_path), max_steps=1))
+    with pytest.raises(FDIError, match="--blip2 DIR"):
+        train(_cfg(toy, tmp_path / "a.safetensors", fdi=None, max_steps=1))
+    wide = json.loads(tiny_adapter_config().to_json())
+    wide["channels"] = [320, 640, 1280, 1280]
+    with pytest.raises(FDIError, match="encoder widths"):
+        train(_cfg(toy, tmp_path / "a.safetensors", adapter_config=wide, max_steps=1))
+    assert not list(tmp_path.glob("*-run"))  # nothing was written
+
+
+def test_cli_with_blip2_pairs_file_and_v_prediction(toy, tmp_path, tiny_sd_v_folder, capsys):
+    """The command end to end: task FDI from BLIP-2, pairs from a CSV, a v-prediction model, validation."""
+    from fdi.cli import main
+    from tiny_blip2 import build_tiny_blip2
+
+    build_tiny_blip2(tmp_path / "blip2", seed=0)
+    lst = tmp_path / "pairs.csv"
+    lst.write_text("degraded,clean\n" + "".join(f"{toy}/deg/{i:02d}.png,{toy}/clean/{i:02d}.png\n" for i in range(4)))
+    out = tmp_path / "v.safetensors"
+    argv = ["train", "--sd", str(tiny_sd_v_folder), "--blip2", str(tmp_path / "blip2"), "--pairs-file", str(lst), "-o", str(out),
+            "--resolution", "32", "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "--num-workers", "0",
+            "--adapter-config", tiny_adapter_config().to_json(), "--validate-every", "2", "--val-degraded", str(toy / "deg"),
+            "--val-clean", str(toy / "clean"), "--val-steps", "2", "--val-max-images", "2", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    a = FDIAdapter.from_file(out)
+    assert a.base_family == "custom-v" and a.fdi is not None and a.fdi.n_pairs == 4 and a.encoder.endswith(a.fdi.encoder.split(":")[-1])
+    run = tmp_path / "v-run"
+    assert (run / "train.fdi.safetensors").is_file() and [s for s, _ in list_checkpoints(run)] == [2]
+    val = (run / "val_log.csv").read_text().splitlines()
+    assert val[0] == "step,psnr,ssim,psnr_y,ssim_y" and val[1].startswith("2,") and len(val) == 2
+    # effective batch that does not divide -> exit 2, one line
+    argv[argv.index("-o") + 1] = str(tmp_path / "w.safetensors")
+    assert main(argv[:-1] + ["--grad-accum", "4"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_resume_exactly(toy, tmp_path):
+    """The multi-process path (DDP over gloo on the CPU, as `accelerate launch --multi_gpu` uses NCCL):
+    2 processes × micro-batch 2, checkpoint at step 2; resuming from it in a second run gives the
+    same adapter as the uninterrupted 4-step run."""
+    import os
+    import subprocess
+    import sys
+
+    def run(out, extra=()):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "fdi", "train",
+               "--sd", str(toy / "sd"), "--fdi", str(toy / "toy.fdi.safetensors"), "--degraded", str(toy / "deg"),
+               "--clean", str(toy / "clean"), "-o", str(out), "--resolution", "32", "--max-steps", "4", "--batch-size", "4",
+               "--num-workers", "0", "--adapter-config", tiny_adapter_config().to_json(), "--checkpoint-every", "2",
+               "--device", "cpu", "--lr", "1e-3", "--quiet", *extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p.stdout
+
+    out = run(tmp_path / "full.safetensors")
+    assert out.count("wrote ") == 1  # one process reports
+    shutil.copytree(tmp_path / "full-run", tmp_path / "part-run")
+    shutil.rmtree(tmp_path / "part-run" / "checkpoint-4")
+    assert sorted(p.name for p in (tmp_path / "part-run" / "checkpoint-2").iterdir()) == [
+        "adapter.safetensors", "optimizer.safetensors", "rng-0.safetensors", "rng-1.safetensors", "state.json"]
+    run(tmp_path / "part.safetensors", ["--resume", "latest"])
+    a = FDIAdapter.from_file(tmp_path / "full.safetensors").state_dict()
+    b = FDIAdapter.from_file(tmp_path / "part.safetensors").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_ctrl_c_leaves_loadable_checkpoints(toy, tmp_path):
+    """A real SIGINT in the middle of a run: exit code 130, no adapter file, every checkpoint complete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fdi.files import load_safetensors
+
+    out = tmp_path / "c.safetensors"
+    cmd = [sys.executable, "-m", "fdi", "train", "--sd", str(toy / "sd"), "--fdi", str(toy / "toy.fdi.safetensors"),
+           "--degraded", str(toy / "deg"), "--clean", str(toy / "clean"), "-o", str(out), "--resolution", "32",
+           "--max-steps", "1000", "--batch-size", "2", "--num-workers", "0", "--checkpoint-every", "1",
+           "--adapter-config", tiny_adapter_config().to_json(), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "c-run"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list_checkpoints(run)) < 3 and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "--resume latest" in err and not out.exists()
+    found = list_checkpoints(run)
+    assert len(found) >= 3
+    for step, ckpt in found:
+        state = json.loads((ckpt / "state.json").read_text())
+        assert state["step"] == step
+        assert FDIAdapter.from_file(ckpt / "adapter.safetensors").fdi is not None
+        load_safetensors(ckpt / "optimizer.safetensors")
