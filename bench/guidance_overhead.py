@@ -63,6 +63,40 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def build_random_sd21(device: torch.device, dtype: torch.dtype):
+    """An :class:`fdi.pipeline.FDIRestorationPipeline` with SD 2.1 base's UNet and VAE, random weights.
+
+    The text tower is reduced to 2 layers of width 1024 (it runs once per restore)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from fdi.pipeline import FDIRestorationPipeline
+    from tiny_sd import tiny_scheduler, tiny_tokenizer
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    with torch.device(device):  # random init where the models will run (much faster on a GPU)
+        unet = UNet2DConditionModel(**SD21_BASE_UNET)
+        vae = AutoencoderKL(**SD_VAE)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
+                                            num_attention_heads=16, max_position_embeddings=tok.model_max_length,
+                                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id))
+    return FDIRestorationPipeline(vae, text, tok, unet, tiny_scheduler("epsilon"), device=device, dtype=dtype, source="sd21-random")
+
+
+def trained_like_adapter(base_family: str):
+    """A default-config adapter whose gates and last layers are non-zero (a fresh one is a no-op)."""
+    from fdi.adapter import FDIAdapter
+
+    adapter = FDIAdapter(base_family=base_family).eval()
+    with torch.no_grad():
+        for g in adapter.gates:
+            g.fill_(0.1)
+        for head in adapter.guidance_heads:
+            head.out.weight.normal_(0, 1e-3)
+    return adapter
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -72,32 +106,15 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None, help="interleaved plain/guided step pairs (default 5 on CPU, 30 on GPU)")
     args = ap.parse_args()
 
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from fdi.adapter import FDIAdapter
     from fdi.diffusers_backend import DiffusersGuidance
     from fdi.encoder import parse_dtype
-    from fdi.pipeline import AdapterUse, FDIRestorationPipeline
-    from tiny_sd import tiny_scheduler, tiny_tokenizer
+    from fdi.pipeline import AdapterUse
 
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     reps = args.reps or (30 if device.type == "cuda" else 5)
-    torch.manual_seed(0)
-    tok = tiny_tokenizer()
-    with torch.device(device):  # random init where the models will run (much faster on a GPU)
-        unet = UNet2DConditionModel(**SD21_BASE_UNET)
-        vae = AutoencoderKL(**SD_VAE)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
-                                            num_attention_heads=16, max_position_embeddings=tok.model_max_length,
-                                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id))
-    pipe = FDIRestorationPipeline(vae, text, tok, unet, tiny_scheduler("epsilon"), device=device, dtype=dtype, source="sd21-random")
-    adapter = FDIAdapter(base_family=pipe.base_family).eval()
-    with torch.no_grad():
-        for g in adapter.gates:
-            g.fill_(0.1)
-        for head in adapter.guidance_heads:
-            head.out.weight.normal_(0, 1e-3)
+    pipe = build_random_sd21(device, dtype)
+    unet = pipe.unet
+    adapter = trained_like_adapter(pipe.base_family)
     fdi = torch.randn(32, 768)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
           f"dtype {args.dtype}, image {args.size}x{args.size}, UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f} M, "

@@ -158,3 +158,18 @@ def test_bad_checkpoints(blip2_dir, tmp_path):
     (trunc / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(FDIError, match="truncated|corrupt"):
         QFormerEncoder.from_pretrained(trunc)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine, not in CI)")
+def test_cuda_matches_cpu(blip2_dir, encoder):
+    x = torch.rand(2, 3, 40, 56)
+    ref = encoder.encode(x)
+    cuda32 = QFormerEncoder.from_pretrained(blip2_dir, device="cuda")
+    out32 = cuda32.encode(x)
+    assert out32.device.type == "cuda" and out32.dtype == torch.float32
+    assert (out32.cpu() - ref).abs().max() < 1e-4
+    cuda16 = QFormerEncoder.from_pretrained(blip2_dir, device="cuda", vision_dtype="fp16")
+    assert cuda16.vision_model.post_layernorm.weight.dtype == torch.float16
+    assert cuda16.qformer.layernorm.weight.dtype == torch.float32
+    out16 = cuda16.encode(x).cpu()
+    assert out16.dtype == torch.float32 and (out16 - ref).norm() / ref.norm() < 0.02

@@ -291,3 +291,18 @@ def test_single_file_loading_is_offline_and_uses_the_given_configs(tmp_path, tin
     assert pipe.base_family == "custom-base" and pipe.source == "sd21.safetensors"
     with pytest.raises(FDIError, match="model config folder .* does not exist"):
         FDIRestorationPipeline.from_pretrained(single, config=tmp_path / "nope")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs on the device machine, not in CI)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_precision_restore_is_finite_deterministic_and_close_to_fp32(tiny_sd_folder, dtype):
+    pipe = FDIRestorationPipeline.from_pretrained(tiny_sd_folder, device="cuda", dtype=dtype)
+    ref_pipe = FDIRestorationPipeline.from_pretrained(tiny_sd_folder, device="cuda", dtype=torch.float32)
+    use = [AdapterUse(make_adapter(0), tiny_fdi(0), 1.0)]
+    x = image(72, 100)
+    a = pipe.restore(x, use, seed=3, **FAST)
+    b = pipe.restore(x, use, seed=3, **FAST)
+    ref = ref_pipe.restore(x, use, seed=3, **FAST)
+    assert a.shape == (1, 3, 72, 100) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert (a - ref).abs().mean() < 0.02
