@@ -26,7 +26,7 @@ from .errors import FDIError
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 def _to_rgb_array(img) -> np.ndarray:
@@ -66,6 +66,8 @@ def load_image(path: PathLike) -> torch.Tensor:
     p = Path(path)
     if not p.is_file():
         raise FDIError(f"image {str(p)!r} does not exist or is not a file; check the path")
+    if p.stat().st_size == 0:
+        raise FDIError(f"image {p.name!r} is empty (0 bytes); replace it with the real image file")
     try:
         with Image.open(p) as img:
             if getattr(img, "n_frames", 1) > 1:
