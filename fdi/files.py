@@ -84,11 +84,48 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
         raise
 
 
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str]) -> None:
-    """Write ``tensors`` and string ``metadata`` to ``path`` atomically (see :func:`atomic_write`)."""
-    from safetensors.torch import save
+_TORCH_TO_ST = {
+    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
+    torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
+}
 
-    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata))
+
+def serialize_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
+    """The safetensors bytes of ``tensors`` and ``metadata``, **deterministically**.
+
+    safetensors' own writer stores the metadata in hash-map order, which changes from call to call,
+    so the same FDI saved twice would differ byte for byte. This writer emits the same format
+    (8-byte little-endian header length, a JSON header padded with spaces to a multiple of 8, then
+    the tensors' raw little-endian bytes) with tensors in name order and sorted JSON keys, so equal
+    inputs give equal files. Any safetensors reader reads it.
+    """
+    import sys
+
+    if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+        raise RuntimeError("safetensors files are little-endian; this writer needs a little-endian machine")
+    header: Dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        if t.dtype not in _TORCH_TO_ST:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
+        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _TORCH_TO_ST[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str]) -> None:
+    """Write ``tensors`` and string ``metadata`` to ``path`` atomically and deterministically.
+
+    See :func:`atomic_write` (temporary file + rename) and :func:`serialize_safetensors`.
+    """
+    data = serialize_safetensors(tensors, metadata)
     with atomic_write(path) as fh:
         fh.write(data)
 

@@ -74,3 +74,18 @@ def test_round_trip_and_partial_read(tmp_path):
     save_safetensors(t, tmp_path / "r.safetensors", {"k": "v"})
     got, meta = load_safetensors(tmp_path / "r.safetensors", keys=["a"])
     assert list(got) == ["a"] and torch.equal(got["a"], t["a"]) and meta == {"k": "v"}
+
+
+def test_writer_is_deterministic_and_readable_by_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    t = {"b": torch.randn(3, 4), "a": torch.arange(6, dtype=torch.int64).view(2, 3), "h": torch.randn(5).to(torch.bfloat16),
+         "e": torch.zeros(0, 3), "m": torch.tensor([True, False])}
+    meta = {f"k{i}": str(i) for i in range(20)}
+    save_safetensors(t, tmp_path / "1.safetensors", meta)
+    save_safetensors(dict(reversed(list(t.items()))), tmp_path / "2.safetensors", dict(reversed(list(meta.items()))))
+    assert (tmp_path / "1.safetensors").read_bytes() == (tmp_path / "2.safetensors").read_bytes()
+    back = load_file(tmp_path / "1.safetensors")
+    assert set(back) == set(t) and all(torch.equal(back[k], t[k]) for k in t)
+    _, m = read_header(tmp_path / "1.safetensors")
+    assert m == meta
