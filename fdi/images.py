@@ -120,14 +120,20 @@ def list_images(folder: PathLike, what: str = "folder") -> List[Path]:
     return files
 
 
-def pair_folders(degraded_dir: PathLike, clean_dir: PathLike) -> List[Tuple[str, Path, Path]]:
-    """Match the images of two folders by file stem: ``[(stem, degraded_path, clean_path), ...]``.
+def match_by_stem(
+    first_dir: PathLike,
+    second_dir: PathLike,
+    names: Tuple[str, str] = ("degraded folder", "clean folder"),
+    only: Tuple[str, str] = ("only in the degraded folder", "only in the clean folder"),
+    fix: str = "Pairs are matched by file name without suffix; rename or remove them",
+) -> List[Tuple[str, Path, Path]]:
+    """Match the images of two folders by file stem: ``[(stem, first_path, second_path), ...]``.
 
-    ``rain_001.png`` pairs with ``rain_001.jpg``; the suffix may differ. Stems present in one folder
-    only, or twice in one folder, are an error that lists them.
+    ``rain_001.png`` pairs with ``rain_001.jpg``; the suffix may differ. A stem present in one
+    folder only, or twice in one folder, is an error that lists them (``names``/``only``/``fix``
+    word the message for the caller's folders).
     """
-    deg = list_images(degraded_dir, "degraded folder")
-    cln = list_images(clean_dir, "clean folder")
+    first, second = list_images(first_dir, names[0]), list_images(second_dir, names[1])
 
     def by_stem(paths: Sequence[Path], what: str) -> dict:
         out: dict = {}
@@ -137,16 +143,17 @@ def pair_folders(degraded_dir: PathLike, clean_dir: PathLike) -> List[Tuple[str,
             out[p.stem] = p
         return out
 
-    d, c = by_stem(deg, "degraded folder"), by_stem(cln, "clean folder")
-    only_d, only_c = sorted(set(d) - set(c)), sorted(set(c) - set(d))
-    if only_d or only_c:
-        parts = []
-        if only_d:
-            parts.append(f"{len(only_d)} only in the degraded folder ({', '.join(only_d[:5])})")
-        if only_c:
-            parts.append(f"{len(only_c)} only in the clean folder ({', '.join(only_c[:5])})")
-        raise FDIError("unmatched image names: " + "; ".join(parts) + ". Pairs are matched by file name without suffix; rename or remove them")
-    return [(s, d[s], c[s]) for s in sorted(d)]
+    a, b = by_stem(first, names[0]), by_stem(second, names[1])
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    if only_a or only_b:
+        parts = [f"{len(o)} {text} ({', '.join(o[:5])})" for o, text in ((only_a, only[0]), (only_b, only[1])) if o]
+        raise FDIError("unmatched image names: " + "; ".join(parts) + f". {fix}")
+    return [(stem, a[stem], b[stem]) for stem in sorted(a)]
+
+
+def pair_folders(degraded_dir: PathLike, clean_dir: PathLike) -> List[Tuple[str, Path, Path]]:
+    """Reference pairs of two folders matched by stem: ``[(stem, degraded_path, clean_path), ...]``."""
+    return match_by_stem(degraded_dir, clean_dir)
 
 
 def check_image_batch(images: torch.Tensor, what: str = "images", min_side: int = 1) -> torch.Tensor:

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from .errors import FDIError
-from .images import list_images, load_image
+from . import images
+from .images import load_image
 
 PathLike = Union[str, os.PathLike]
 
@@ -140,27 +141,10 @@ def load_lpips(device: Union[str, torch.device] = "cpu") -> Callable[[torch.Tens
 # ---------------------------------------------------------------------------------------------- folders
 def match_by_stem(pred_dir: PathLike, gt_dir: PathLike) -> List[Tuple[str, Path, Path]]:
     """``[(stem, pred_path, gt_path)]`` for two folders; every image needs its counterpart."""
-    preds = list_images(pred_dir, "prediction folder")
-    gts = list_images(gt_dir, "ground-truth folder")
-
-    def by_stem(paths, what):
-        out = {}
-        for p in paths:
-            if p.stem in out:
-                raise FDIError(f"{what} has two images with stem {p.stem!r} ({out[p.stem].name}, {p.name}); keep one")
-            out[p.stem] = p
-        return out
-
-    p, g = by_stem(preds, "prediction folder"), by_stem(gts, "ground-truth folder")
-    only_p, only_g = sorted(set(p) - set(g)), sorted(set(g) - set(p))
-    if only_p or only_g:
-        parts = []
-        if only_p:
-            parts.append(f"{len(only_p)} predictions without ground truth ({', '.join(only_p[:5])})")
-        if only_g:
-            parts.append(f"{len(only_g)} ground-truth images without prediction ({', '.join(only_g[:5])})")
-        raise FDIError("unmatched image names: " + "; ".join(parts) + ". Images are matched by file name without suffix; restore the missing ones or remove the extra files")
-    return [(s, p[s], g[s]) for s in sorted(p)]
+    return images.match_by_stem(
+        pred_dir, gt_dir, names=("prediction folder", "ground-truth folder"),
+        only=("predictions without ground truth", "ground-truth images without prediction"),
+        fix="Images are matched by file name without suffix; restore the missing ones or remove the extra files")
 
 
 @dataclass
