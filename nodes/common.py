@@ -1,0 +1,299 @@
+"""What every FDI node shares: ComfyUI types, folders, model management, progress.
+
+This module is the translation layer between ComfyUI and :mod:`fdi` (the plain library): it turns
+ComfyUI's ``IMAGE`` into the library's ``[B, 3, H, W]`` batches, resolves names picked in the UI
+into files inside ComfyUI's folders (refusing anything that escapes them), wraps library modules in
+``comfy.model_patcher.ModelPatcher`` so ComfyUI loads and offloads them like its own models, and
+turns the library's progress callback into ``comfy.utils.ProgressBar`` + ComfyUI's interrupt.
+
+Errors a user can fix are raised as :class:`fdi.errors.FDIError` with a one-line message: ComfyUI
+reports any exception of a node as an execution error in the UI (and in ``/history``) and keeps
+serving, and nothing has been written at that point (every writer of the library is atomic and
+runs last).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from ..fdi.errors import FDIError
+from ..fdi.instruction import FDI_SUFFIX
+
+# ------------------------------------------------------------------------------------------------
+# custom types (the type names are part of the contract: saved workflows refer to them)
+
+Blip2QFormer = io.Custom("BLIP2_QFORMER")
+FDIType = io.Custom("FDI")
+FDIAdapterType = io.Custom("FDI_ADAPTER")
+FDIGuidanceType = io.Custom("FDI_GUIDANCE")
+
+CATEGORY = "FDI"
+
+DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
+
+
+# ------------------------------------------------------------------------------------------------
+# images
+
+
+def image_to_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
+    """ComfyUI ``IMAGE`` ``[B, H, W, C]`` in 0..1 → library batch ``[B, 3, H, W]`` float32.
+
+    An alpha channel is dropped (as ``LoadImage`` does), a single channel is replicated.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        raise FDIError(f"{what} must be a ComfyUI IMAGE [B, H, W, C], got {getattr(image, 'shape', type(image))}")
+    c = image.shape[-1]
+    if c == 4:
+        image = image[..., :3]
+    elif c == 1:
+        image = image.expand(-1, -1, -1, 3)
+    elif c != 3:
+        raise FDIError(f"{what} has {c} channels; connect an RGB IMAGE")
+    return image.permute(0, 3, 1, 2).float().contiguous()
+
+
+def batch_to_image(batch: torch.Tensor) -> torch.Tensor:
+    """Library batch ``[B, 3, H, W]`` → ComfyUI ``IMAGE`` ``[B, H, W, 3]`` on the intermediate device."""
+    return batch.permute(0, 2, 3, 1).float().clamp(0, 1).contiguous().to(mm.intermediate_device())
+
+
+# ------------------------------------------------------------------------------------------------
+# folders
+
+
+def blip2_folders() -> List[str]:
+    """Checkpoint folders under every ``blip2`` model path: sub-folders holding a ``config.json``.
+
+    Returned relative to their model path (``blip2-opt-2.7b``, ``salesforce/blip2-opt-2.7b``…),
+    two levels deep at most, sorted.
+    """
+    found = set()
+    for base in folder_paths.get_folder_paths("blip2"):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, files in os.walk(base, followlinks=True):
+            rel = os.path.relpath(root, base)
+            depth = 0 if rel == "." else rel.count(os.sep) + 1
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < 2 else []
+            if depth >= 1 and "config.json" in files:
+                found.add(rel.replace(os.sep, "/"))
+    return sorted(found)
+
+
+def blip2_path(name: str) -> str:
+    """The full path of a ``blip2`` folder picked in the UI (must be one :func:`blip2_folders` lists)."""
+    if name not in blip2_folders():
+        raise FDIError(f"BLIP-2 folder {name!r} is not in models/blip2; put the checkpoint folder there (Hugging Face layout) and refresh")
+    for base in folder_paths.get_folder_paths("blip2"):
+        p = os.path.join(base, *name.split("/"))
+        if os.path.isfile(os.path.join(p, "config.json")):
+            return p
+    raise FDIError(f"BLIP-2 folder {name!r} disappeared; refresh the node")
+
+
+def fdi_files() -> List[str]:
+    """``*.fdi.safetensors`` files in every ``fdi`` model path (relative names, sorted)."""
+    return [f for f in folder_paths.get_filename_list("fdi") if f.endswith(FDI_SUFFIX)]
+
+
+def adapter_files() -> List[str]:
+    """``*.safetensors`` files in every ``fdi_adapters`` model path (relative names, sorted)."""
+    return [f for f in folder_paths.get_filename_list("fdi_adapters") if f.endswith(".safetensors")]
+
+
+def model_file(folder: str, name: str, what: str) -> str:
+    """Full path of a file picked from a model-folder list, or a clear error."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is None:
+        raise FDIError(f"{what} {name!r} is not in models/{folder}; put it there and refresh the node")
+    return path
+
+
+def check_save_name(name: str) -> str:
+    """Validate an FDI file name typed by a user; return it with the ``.fdi.safetensors`` suffix.
+
+    Refused: empty names, path separators (``/``, ``\\``), ``..``, a leading dot (hidden file), drive
+    letters and control characters. The file always lands directly in ``models/fdi``.
+    """
+    raw = name
+    name = (name or "").strip()
+    if not name:
+        raise FDIError("the FDI file name is empty; type a name such as 'derain'")
+    if "/" in name or "\\" in name or ":" in name:
+        raise FDIError(f"FDI file name {raw!r} contains a path separator or drive; give a plain name, the file is always saved in models/fdi")
+    if ".." in name or name.startswith("."):
+        raise FDIError(f"FDI file name {raw!r} contains '..' or starts with '.'; give a plain name such as 'derain'")
+    if any(ord(ch) < 32 for ch in name):
+        raise FDIError(f"FDI file name {raw!r} contains control characters; give a plain name")
+    if name.endswith(".safetensors") and not name.endswith(FDI_SUFFIX):
+        name = name[: -len(".safetensors")]
+    if not name.endswith(FDI_SUFFIX):
+        name += FDI_SUFFIX
+    return name
+
+
+def fdi_save_dir() -> str:
+    """The folder :class:`FDISave` writes to: the first ``fdi`` model path (``models/fdi``)."""
+    paths = folder_paths.get_folder_paths("fdi")
+    if not paths:
+        raise FDIError("no 'fdi' model folder is registered; reinstall the FDI node pack")
+    os.makedirs(paths[0], exist_ok=True)
+    return paths[0]
+
+
+def input_subfolder(name: str, what: str) -> str:
+    """Resolve a folder typed by a user *inside ComfyUI's input folder*; refuse anything else.
+
+    Refused: absolute paths (and drive letters), ``..`` components, and paths (symlinks included)
+    whose real location is outside the input folder.
+    """
+    raw = name
+    name = (name or "").strip()
+    if not name:
+        raise FDIError(f"the {what} is empty; give a folder inside ComfyUI's input folder, e.g. 'rain/degraded'")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise FDIError(f"the {what} {raw!r} is an absolute path; give a folder relative to ComfyUI's input folder")
+    if ".." in parts:
+        raise FDIError(f"the {what} {raw!r} contains '..'; only folders inside ComfyUI's input folder can be read")
+    base = os.path.realpath(folder_paths.get_input_directory())
+    full = os.path.realpath(os.path.join(base, *[p for p in parts if p]))
+    if os.path.commonpath([base, full]) != base:
+        raise FDIError(f"the {what} {raw!r} leads outside ComfyUI's input folder (through a link); only folders inside it can be read")
+    if not os.path.isdir(full):
+        raise FDIError(f"the {what} {raw!r} does not exist in ComfyUI's input folder ({base}); create it and put the images there")
+    return full
+
+
+def check_inside(paths, base_folder: str, what: str) -> None:
+    """Raise if any of ``paths`` (files found in a folder) really lives outside ``base_folder``."""
+    base = os.path.realpath(base_folder)
+    for p in paths:
+        real = os.path.realpath(p)
+        if os.path.commonpath([base, real]) != base:
+            raise FDIError(f"{what} file {os.path.basename(str(p))!r} is a link to outside ComfyUI's input folder; copy the image in instead")
+
+
+# ------------------------------------------------------------------------------------------------
+# devices, dtypes, model management
+
+
+def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``auto`` → fp16 (or bf16) where ComfyUI says the device supports it, else fp32."""
+    if choice == "fp32":
+        return torch.float32
+    if choice == "fp16":
+        return torch.float16
+    if choice == "bf16":
+        return torch.bfloat16
+    if choice != "auto":
+        raise FDIError(f"unknown dtype {choice!r}; use one of {', '.join(DTYPE_CHOICES)}")
+    if mm.should_use_fp16(device, prioritize_performance=False):
+        return torch.float16
+    if mm.should_use_bf16(device, prioritize_performance=False):
+        return torch.bfloat16
+    return torch.float32
+
+
+class ModuleHolder(torch.nn.Module):
+    """A plain container so ``ModelPatcher`` can manage a library module.
+
+    ``ModelPatcher`` writes bookkeeping attributes (``device``, ``model_lowvram``…) onto the module
+    it manages; the library's encoder exposes ``device`` as a read-only property, so the patcher
+    manages this holder instead and the library module stays untouched.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+
+
+def make_patcher(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
+    """Wrap ``module`` (kept on the offload device) in a ``ModelPatcher`` with ComfyUI's devices."""
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    holder = ModuleHolder(module.to(offload_device)).eval()
+    return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+
+
+def load_to_device(patcher: comfy.model_patcher.ModelPatcher) -> torch.device:
+    """Ask ComfyUI to put ``patcher``'s module on its load device (offloading others if needed)."""
+    mm.load_models_gpu([patcher])
+    return patcher.load_device
+
+
+@dataclass
+class QFormerHandle:
+    """The ``BLIP2_QFORMER`` value: the library encoder and the patcher that manages it."""
+
+    encoder: object
+    patcher: comfy.model_patcher.ModelPatcher
+    name: str
+
+    def loaded(self):
+        load_to_device(self.patcher)
+        return self.encoder
+
+
+@dataclass
+class AdapterHandle:
+    """The ``FDI_ADAPTER`` value: the library adapter and the patcher that manages it."""
+
+    adapter: object
+    patcher: comfy.model_patcher.ModelPatcher
+    name: str
+
+    def loaded(self):
+        load_to_device(self.patcher)
+        return self.adapter
+
+
+@dataclass
+class GuidanceHandle:
+    """The ``FDI_GUIDANCE`` value: the adapter's output for some images (on the intermediate device).
+
+    ``guidance`` is a :class:`fdi.adapter.FDIGuidance`; ``channels`` the adapter's level widths and
+    ``base_family`` the model family it was trained for, so ``FDIApplyGuidance`` can refuse a MODEL
+    of another shape; ``label`` names the FDI for messages.
+    """
+
+    guidance: object
+    channels: tuple
+    base_family: str
+    label: str = ""
+    image_size: tuple = field(default=(0, 0))
+
+
+# ------------------------------------------------------------------------------------------------
+# progress
+
+
+def progress_callback(total: int) -> Callable[[int, int], None]:
+    """A library progress callback that drives a ComfyUI ``ProgressBar`` and honours Cancel.
+
+    It raises ComfyUI's ``InterruptProcessingException`` when the user cancels; the library loops
+    write nothing before their last step, so cancelling leaves no partial output.
+    """
+    bar = comfy.utils.ProgressBar(max(int(total), 1))
+
+    def callback(done: int, total_: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        bar.update_absolute(done, max(int(total_), 1))
+
+    return callback
+
+
+def interrupt_check() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
+    mm.throw_exception_if_processing_interrupted()

@@ -1,0 +1,264 @@
+"""Nodes that run FDI adapters and guide ComfyUI's own MODEL: loader, decoupling, apply, invert, restore.
+
+The guidance itself (patch objects, block indices, window, DDIM-inversion step) lives in
+:mod:`fdi.comfy_backend` (plain torch, unit-tested without ComfyUI); these nodes only translate
+ComfyUI values and install those objects on a cloned ``ModelPatcher``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..fdi.adapter import FDIAdapter
+from ..fdi.comfy_backend import (GuidanceEntry, add_guidance, check_unet_for_adapter, ddim_inversion_sampler, inversion_sigmas,
+                                 restore_inversion_sigmas, sigma_window, step_window)
+from ..fdi.errors import FDIError
+from ..fdi.instruction import FDI
+from .common import (CATEGORY, DTYPE_CHOICES, AdapterHandle, FDIAdapterType, FDIGuidanceType, FDIType, GuidanceHandle,
+                     adapter_files, image_to_batch, interrupt_check, make_patcher, model_file, pick_dtype)
+
+INVERSION_SCHEDULER = "ddim_uniform"
+SAMPLER = "ddim"
+
+
+class FDIAdapterLoader(io.ComfyNode):
+    """Load an FDI adapter (and the FDI embedded in its file, if any)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDIAdapterLoader",
+            display_name="Load FDI Adapter",
+            category=f"{CATEGORY}/loaders",
+            description=(
+                "Loads an FDI adapter (.safetensors) from models/fdi_adapters. Its file may embed the FDI it was trained with: "
+                "that FDI is the second output (empty when the file has none; connect an FDI from 'Load FDI' then)."
+            ),
+            inputs=[
+                io.Combo.Input("adapter_name", options=adapter_files(), tooltip="Adapter file in models/fdi_adapters (or an 'fdi_adapters' path of extra_model_paths.yaml)."),
+                io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto", tooltip="Precision of the adapter weights; 'auto' uses fp16/bf16 where the device supports it."),
+            ],
+            outputs=[
+                FDIAdapterType.Output(display_name="adapter", tooltip="The adapter, managed by ComfyUI."),
+                FDIType.Output(display_name="fdi", tooltip="The FDI embedded in the adapter file (None when the file has none)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, adapter_name: str, dtype: str) -> io.NodeOutput:
+        path = model_file("fdi_adapters", adapter_name, "FDI adapter")
+        torch_dtype = pick_dtype(dtype, mm.get_torch_device())
+        adapter = FDIAdapter.from_file(path, device=mm.unet_offload_device(), dtype=torch_dtype)
+        return io.NodeOutput(AdapterHandle(adapter, make_patcher(adapter), adapter_name), adapter.fdi)
+
+
+class FDINoiseDecoupling(io.ComfyNode):
+    """Run the adapter once on an image and an FDI: refined FDI + guidance for this image."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDINoiseDecoupling",
+            display_name="FDI Noise Decoupling",
+            category=f"{CATEGORY}/guidance",
+            description=(
+                "Runs the FDI adapter once on the degraded image(s) and the FDI: noise decoupling keeps the part of the FDI "
+                "that is relevant to this image, and the result (encoder residuals + decoder modulation targets) does not depend "
+                "on the timestep, so it is reused at every sampling step. One guidance per image; a batch of 1 applies to any latent batch."
+            ),
+            inputs=[
+                FDIAdapterType.Input("adapter", tooltip="The FDI adapter from 'Load FDI Adapter'."),
+                FDIType.Input("fdi", tooltip="The FDI (its width and Q-Former must match the adapter's)."),
+                io.Image.Input("image", tooltip="The degraded image(s) to restore, at the size you will sample (the latent is 1/8 of it)."),
+            ],
+            outputs=[FDIGuidanceType.Output(display_name="guidance", tooltip="Guidance for 'Apply FDI Guidance'.")],
+        )
+
+    @classmethod
+    def execute(cls, adapter: AdapterHandle, fdi: FDI, image: torch.Tensor) -> io.NodeOutput:
+        return io.NodeOutput(run_adapter(adapter, fdi, image))
+
+
+def run_adapter(handle: AdapterHandle, fdi: FDI, image: torch.Tensor) -> GuidanceHandle:
+    """The adapter's guidance for ``image`` (ComfyUI IMAGE) and ``fdi``, kept on the intermediate device."""
+    if fdi is None:
+        raise FDIError("no FDI connected and the adapter file embeds none; connect an FDI from 'Load FDI' or 'Extract FDI'")
+    if not isinstance(fdi, FDI):
+        raise FDIError(f"the 'fdi' input is a {type(fdi).__name__}, not an FDI; connect an FDI output")
+    images = image_to_batch(image, "image")
+    adapter = handle.adapter
+    adapter.check_fdi(fdi)  # width, token count and encoder, before any work
+    adapter = handle.loaded()
+    device = handle.patcher.load_device
+    with torch.no_grad():
+        guidance = adapter(images.to(device), fdi).detach()
+    guidance = guidance.to(mm.intermediate_device(), torch.float32)
+    return GuidanceHandle(guidance, tuple(adapter.config.channels), adapter.base_family,
+                          label=fdi.label or adapter.label, image_size=tuple(images.shape[-2:]))
+
+
+class FDIApplyGuidance(io.ComfyNode):
+    """Patch a MODEL (clone) so the UNet takes FDI guidance inside a window of the sampling."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDIApplyGuidance",
+            display_name="Apply FDI Guidance",
+            category=f"{CATEGORY}/guidance",
+            description=(
+                "Returns a copy of the MODEL whose UNet adds the FDI residuals after input blocks 2, 5, 8, 11 and modulates h entering "
+                "output blocks 3, 6, 9 (AdaIN towards the refined FDI), while the sampling is between start_percent and end_percent "
+                "(the paper guides the first third). Works with the stock KSampler / KSamplerAdvanced and CFG (both halves guided). "
+                "Chain several to combine adapters (their contributions add up)."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD 2.x MODEL (e.g. from 'Load Checkpoint'; LoRAs and other patches are kept)."),
+                FDIGuidanceType.Input("guidance", tooltip="Guidance from 'FDI Noise Decoupling'."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Scale of residuals and modulation gates (0 = no effect, 1 = as trained)."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001, tooltip="Where guidance starts, as a fraction of the sampling (0 = first step)."),
+                io.Float.Input("end_percent", default=0.333, min=0.0, max=1.0, step=0.001, tooltip="Where guidance ends (0.333 = first third of the steps, as in the paper). Must be >= start_percent."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The guided MODEL (a clone; the input MODEL is unchanged).")],
+        )
+
+    @classmethod
+    def execute(cls, model, guidance: GuidanceHandle, strength: float, start_percent: float, end_percent: float) -> io.NodeOutput:
+        model_sampling = model.get_model_object("model_sampling")
+        sigma_start, sigma_end = sigma_window(model_sampling.percent_to_sigma, start_percent, end_percent)
+        return io.NodeOutput(apply_guidance(model, guidance, strength, sigma_start, sigma_end))
+
+
+def apply_guidance(model, guidance: GuidanceHandle, strength: float, sigma_start: float, sigma_end: float):
+    """A clone of ``model`` (ModelPatcher) with ``guidance`` added to its FDI patch for a sigma window."""
+    if not isinstance(guidance, GuidanceHandle):
+        raise FDIError(f"the 'guidance' input is a {type(guidance).__name__}; connect 'FDI Noise Decoupling'")
+    unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", None)
+    input_blocks, output_blocks = check_unet_for_adapter(unet_config, guidance.channels, guidance.base_family)
+    m = model.clone()
+    add_guidance(m.model_options, GuidanceEntry(guidance.guidance, float(strength), sigma_start, sigma_end), input_blocks, output_blocks)
+    return m
+
+
+class FDIInvert(io.ComfyNode):
+    """DDIM inversion of a latent through ComfyUI's model, to continue with KSamplerAdvanced."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDIInvert",
+            display_name="FDI DDIM Inversion",
+            category=f"{CATEGORY}/sampling",
+            description=(
+                "Inverts a latent (e.g. the VAE-encoded degraded image) with deterministic DDIM through the MODEL (no CFG) on the "
+                "'ddim_uniform' schedule of 'steps' steps. Continue with KSamplerAdvanced: sampler 'ddim', scheduler 'ddim_uniform', "
+                "the same steps, add_noise 'disable', start_at_step 0."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL to invert with (plain or guided)."),
+                io.Conditioning.Input("positive", tooltip="The prompt conditioning (the paper uses an empty prompt)."),
+                io.Latent.Input("latent", tooltip="The latent to invert (from VAE Encode)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Inversion steps; use the same number in KSamplerAdvanced."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The inverted (noisy) latent, to sample from with add_noise disabled.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, latent: dict, steps: int) -> io.NodeOutput:
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), INVERSION_SCHEDULER, steps)
+        out = latent.copy()
+        out["samples"] = invert(model, positive, latent["samples"], inversion_sigmas(sigmas))
+        return io.NodeOutput(out)
+
+
+def invert(model, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Run :func:`fdi.comfy_backend.ddim_inversion_sampler` through ComfyUI's sampling machinery.
+
+    ComfyUI scales the latent in (``process_latent_in``), evaluates the MODEL with all its patches
+    at the requested sigmas (cfg 1: the conditional prediction only), and scales it back out.
+    """
+    if not isinstance(samples, torch.Tensor) or samples.ndim < 4:
+        raise FDIError("the 'latent' input holds no latent samples; connect VAE Encode")
+    samples = comfy.sample.fix_empty_latent_channels(model, samples)
+    sampler = comfy.samplers.KSAMPLER(partial(ddim_inversion_sampler, interrupt=interrupt_check))
+    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    noise = torch.zeros_like(samples, device="cpu")
+    return comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, positive, positive, samples,
+                                      callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+
+
+class FDIRestore(io.ComfyNode):
+    """The whole FDI restoration in one node: adapter → guidance → VAE encode → inversion → guided DDIM → decode."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDIRestore",
+            display_name="FDI Restore",
+            category=f"{CATEGORY}/sampling",
+            description=(
+                "The paper's pipeline in one node: runs the adapter on the image and FDI, VAE-encodes the image, DDIM-inverts it "
+                "with the plain MODEL (cfg 1), then samples it back with DDIM ('ddim_uniform') while FDI guidance is active for the "
+                "sampling steps k < guidance_end x steps (as 'python -m fdi restore' does), and decodes. Image sides are padded to "
+                "a multiple of 8 and cropped back."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="An SD 2.x MODEL (e.g. SD 2.1 base from 'Load Checkpoint')."),
+                io.Vae.Input("vae", tooltip="The VAE of that checkpoint."),
+                io.Image.Input("image", tooltip="The degraded image(s) to restore."),
+                FDIAdapterType.Input("adapter", tooltip="The FDI adapter for this task."),
+                io.Conditioning.Input("positive", tooltip="Prompt conditioning (the paper uses an empty prompt)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM sampling steps."),
+                io.Int.Input("inversion_steps", default=50, min=1, max=1000, tooltip="DDIM inversion steps, ending at the sampling's first step (the sampling steps in reverse when equal to steps)."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Guidance strength (0 = plain inversion + sampling)."),
+                io.Float.Input("guidance_end", default=0.333, min=0.0, max=1.0, step=0.001, tooltip="Fraction of the sampling steps that are guided, from the first (0.333 of 50 = steps 0..16, the paper's first stage)."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale for sampling (the paper uses 1)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed passed to the sampler (DDIM from an inverted latent is deterministic)."),
+                FDIType.Input("fdi", optional=True, tooltip="The FDI; when not connected, the FDI embedded in the adapter file is used."),
+                io.Conditioning.Input("negative", optional=True, tooltip="Negative conditioning for cfg > 1; when not connected, a zeroed copy of 'positive' is used."),
+            ],
+            outputs=[io.Image.Output(display_name="image", tooltip="The restored image(s), same size as the input.")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, image: torch.Tensor, adapter: AdapterHandle, positive, steps: int, inversion_steps: int,
+                strength: float, guidance_end: float, cfg: float, seed: int, fdi: FDI = None, negative=None) -> io.NodeOutput:
+        import nodes as comfy_nodes
+
+        fdi = fdi if fdi is not None else adapter.adapter.fdi
+        images = image[..., :3] if image.shape[-1] == 4 else image
+        h, w = images.shape[1:3]
+        ph, pw = (-h) % 8, (-w) % 8
+        if ph or pw:  # replicate-pad to a multiple of 8 (the VAE's factor); cropped back at the end
+            images = F.pad(images.permute(0, 3, 1, 2), (0, pw, 0, ph), mode="replicate").permute(0, 2, 3, 1)
+        model_sampling = model.get_model_object("model_sampling")
+        sampling_sigmas = comfy.samplers.calculate_sigmas(model_sampling, INVERSION_SCHEDULER, steps)
+        guidance = run_adapter(adapter, fdi, images)
+        guided = apply_guidance(model, guidance, strength, *step_window(sampling_sigmas, guidance_end))
+
+        latent = {"samples": vae.encode(images)}
+        inv = restore_inversion_sigmas(sampling_sigmas, inversion_steps, model_sampling.timestep, model_sampling.sigma)
+        start = {"samples": invert(model, positive, latent["samples"], inv)}
+        if negative is None:
+            negative = [[torch.zeros_like(c[0]), {k: (torch.zeros_like(v) if k == "pooled_output" and isinstance(v, torch.Tensor) else v)
+                                                   for k, v in c[1].items()}] for c in positive]
+        (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, SAMPLER, INVERSION_SCHEDULER, positive, negative, start,
+                                             denoise=1.0, disable_noise=True, start_step=0, last_step=steps, force_full_denoise=True)
+        decoded = vae.decode(out["samples"])
+        if decoded.ndim == 5:  # video VAEs return [B, T, H, W, C]
+            decoded = decoded.reshape(-1, *decoded.shape[-3:])
+        return io.NodeOutput(decoded[:, :h, :w, :].float().clamp(0, 1).to(mm.intermediate_device()))
+
+
+NODES = [FDIAdapterLoader, FDINoiseDecoupling, FDIApplyGuidance, FDIInvert, FDIRestore]

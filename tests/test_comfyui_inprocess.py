@@ -1,0 +1,92 @@
+"""FDI nodes executed in-process with ComfyUI's modules: progress bar, Cancel, model management.
+
+A fresh interpreter imports ComfyUI from ``COMFYUI_DIR`` (as ``--cpu``, with a temporary
+``--base-directory``), loads the pack the way ComfyUI does and calls node ``execute`` methods
+directly, with ComfyUI's global progress hook recording what the UI would show and ComfyUI's
+interrupt flag set as the Cancel button sets it. Needs ``COMFYUI_DIR`` (run under ComfyUI's Python).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: these tests import a ComfyUI checkout "
+                                               "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)"),
+]
+
+SCRIPT = """
+import asyncio, importlib.util, json, sys
+sys.path.insert(0, {comfy!r})
+sys.path.insert(1, {tests!r})
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.base_directory = {base!r}
+import folder_paths
+import comfy.model_management as mm
+import comfy.utils
+import torch
+from tiny_blip2 import build_tiny_blip2
+
+name = {pack_name!r}
+spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules[name] = pack
+spec.loader.exec_module(pack)
+asyncio.run(pack.comfy_entrypoint())
+fdi_nodes = sys.modules[name + ".nodes.fdi_nodes"]
+common = sys.modules[name + ".nodes.common"]
+build_tiny_blip2(folder_paths.get_folder_paths("blip2")[0] + "/tiny")
+
+calls = []
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total]))
+result = {{}}
+q = fdi_nodes.FDIQFormerLoader.execute("tiny", "fp32")[0]
+result["patcher"] = type(q.patcher).__module__ + "." + type(q.patcher).__name__
+result["qformer_fp32"] = str(q.encoder.qformer.layernorm.weight.dtype)
+torch.manual_seed(0)
+a, b = torch.rand(5, 40, 36, 3), torch.rand(5, 40, 36, 3)
+fdi = fdi_nodes.FDIExtract.execute(q, a, b, "x", 2, True)[0]
+result["progress"] = calls[:]
+result["n_pairs"] = fdi.n_pairs
+
+mm.interrupt_current_processing(True)
+try:
+    fdi_nodes.FDIExtract.execute(q, a, b, "x", 2, True)
+    result["interrupted"] = False
+except mm.InterruptProcessingException:
+    result["interrupted"] = True
+finally:
+    mm.interrupt_current_processing(False)
+
+try:
+    fdi_nodes.FDIExtract.execute(q, a, b[:3], "x", 2, True)
+except Exception as exc:
+    result["mismatch"] = type(exc).__name__ + ": " + str(exc)
+print(json.dumps(result))
+"""
+
+
+def test_extraction_drives_comfyui_progress_and_stops_on_cancel(tmp_path):
+    code = SCRIPT.format(comfy=COMFYUI_DIR, tests=str(ROOT / "tests"), base=str(tmp_path), root=str(ROOT),
+                         init=str(ROOT / "__init__.py"), pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["patcher"] == "comfy.model_patcher.ModelPatcher"
+    assert result["qformer_fp32"] == "torch.float32"
+    assert result["n_pairs"] == 5
+    assert result["progress"] == [[0, 5], [2, 5], [4, 5], [5, 5]]  # one update per batch of 2 pairs
+    assert result["interrupted"] is True
+    assert result["mismatch"].startswith("FDIError: 5 degraded images but 3 clean images")

@@ -1,0 +1,155 @@
+"""ComfyUI ↔ diffusers parity of FDI guidance on full-size SD 2.1 weights (needs ``COMFYUI_DIR`` and diffusers).
+
+Both UNets are loaded in this process from the same random SD 2.1 weights (the cached diffusers
+fixture of ``tests/sd21_fixture.py``): ComfyUI's through its own ``load_diffusion_model`` (what
+``DiffusersLoader`` uses), diffusers' through ``from_pretrained``. The same adapter guidance is
+installed with :func:`fdi.comfy_backend.add_guidance` (the ComfyUI patches) and
+:class:`fdi.diffusers_backend.DiffusersGuidance`; the noise predictions must agree to a relative
+error of 1e-3 in fp32 at a guided step, and match the plain prediction outside the window.
+
+Run under ComfyUI's Python::
+
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest -m comfyui tests/test_comfyui_parity.py
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: the parity tests need a ComfyUI checkout "
+                                               "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python, which has diffusers)"),
+]
+
+
+def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
+    """Loading the pack the way ComfyUI does registers the 12 nodes and keeps diffusers out (DESIGN §2)."""
+    import json
+    import subprocess
+    import textwrap
+
+    root = Path(__file__).resolve().parents[1]
+    code = textwrap.dedent(f"""
+        import asyncio, importlib.util, json, sys
+        sys.path.insert(0, {COMFYUI_DIR!r})
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = True
+        comfy.cli_args.args.base_directory = {str(tmp_path)!r}
+        import folder_paths
+        name = {str(tmp_path / "custom_nodes" / "comfyui-fdi")!r}
+        spec = importlib.util.spec_from_file_location(name, {str(root / "__init__.py")!r}, submodule_search_locations=[{str(root)!r}])
+        pack = importlib.util.module_from_spec(spec)
+        sys.modules[name] = pack
+        spec.loader.exec_module(pack)
+        nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
+        print(json.dumps({{"nodes": [n.GET_SCHEMA().node_id for n in nodes],
+                           "diffusers": sorted(m for m in sys.modules if m.split(".")[0] == "diffusers"),
+                           "fdi_paths": folder_paths.get_folder_paths("fdi")}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(result["nodes"]) == 12 and all(n.startswith("FDI") for n in result["nodes"])
+    assert result["diffusers"] == []
+    assert result["fdi_paths"][0] == str(tmp_path / "models" / "fdi")
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    """ComfyUI's modules from ``COMFYUI_DIR`` (first on the path, before this repo's ``nodes/``), set up as ``--cpu``."""
+    sys.path.insert(0, COMFYUI_DIR)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True  # like main.py --cpu: fp32 on the CPU, whatever GPU the machine has
+    import comfy.model_management  # noqa: F401 - device setup reads the args
+    import comfy.sd
+    import comfy.supported_models
+
+    return comfy
+
+
+def test_sdxl_shaped_model_is_refused_with_comfyui_config(comfy):
+    """ComfyUI's real SD 2.x / SDXL / SD 1.5 unet configs through the check ``FDIApplyGuidance`` runs."""
+    from fdi.comfy_backend import check_unet_for_adapter
+    from fdi.errors import FDIError
+
+    sm = comfy.supported_models
+    channels = (320, 640, 1280, 1280)
+
+    def full(cfg: dict, levels: int) -> dict:  # detection adds the per-checkpoint keys; these are SD's
+        mult = [1, 2, 4, 4][:levels]
+        return {"num_res_blocks": [2] * levels, "channel_mult": mult, "in_channels": 4, **cfg}
+
+    assert check_unet_for_adapter(full(sm.SD20.unet_config, 4), channels, "sd2.1-base") == ((2, 5, 8, 11), (3, 6, 9))
+    with pytest.raises(FDIError, match="SDXL"):
+        check_unet_for_adapter(full(sm.SDXL.unet_config, 3), channels, "sd2.1-base")
+    with pytest.raises(FDIError, match="SD 1.x"):
+        check_unet_for_adapter(full(sm.SD15.unet_config, 4), channels, "sd2.1-base")
+
+
+def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
+    import sd21_fixture
+    from diffusers import UNet2DConditionModel
+
+    from fdi.comfy_backend import GuidanceEntry, add_guidance, check_unet_for_adapter, sigma_window
+    from fdi.diffusers_backend import DiffusersGuidance
+
+    folder = sd21_fixture.diffusers_fixture(Path(COMFYUI_DIR) / "comfy" / "sd1_tokenizer")
+    patcher = comfy.sd.load_diffusion_model(str(folder / "unet" / "diffusion_pytorch_model.safetensors"),
+                                            model_options={"dtype": torch.float32})
+    base = patcher.model
+    assert base.get_dtype() == torch.float32
+    unet_d = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32).eval()
+
+    adapter = sd21_fixture.random_adapter(768, 32, seed=1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        g = adapter(torch.rand(2, 3, 64, 64), torch.randn(32, 768))
+    blocks = check_unet_for_adapter(base.model_config.unet_config, adapter.config.channels, adapter.base_family)
+    ms = base.model_sampling
+    sigma_start, sigma_end = sigma_window(ms.percent_to_sigma, 0.0, 0.5)
+    model_options = copy.deepcopy(patcher.model_options)  # what ModelPatcher.clone() does
+    add_guidance(model_options, GuidanceEntry(g, 0.9, sigma_start, sigma_end), *blocks)
+
+    x = torch.randn(2, 4, 8, 8) * 8
+    ctx = torch.randn(2, 77, 1024)
+
+    def comfy_eps(t: int, options: dict) -> torch.Tensor:
+        sigma = ms.sigmas[t].reshape(1).expand(2).float()
+        to = {**options.get("transformer_options", {}), "sigmas": sigma, "cond_or_uncond": [0]}
+        with torch.no_grad():
+            denoised = base.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to)
+        return (x - denoised) / sigma.view(-1, 1, 1, 1)
+
+    def diffusers_eps(t: int, guided: bool) -> torch.Tensor:
+        xc = x / torch.sqrt(ms.sigmas[t] ** 2 + 1)
+        with torch.no_grad():
+            if guided:
+                with DiffusersGuidance(unet_d, [(g, 1.0)], strength=0.9):
+                    return unet_d(xc, t, encoder_hidden_states=ctx).sample
+            return unet_d(xc, t, encoder_hidden_states=ctx).sample
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    t_in, t_out = 900, 200  # inside and outside the [0, 0.5] window
+    assert sigma_end <= float(ms.sigmas[t_in]) <= sigma_start and float(ms.sigmas[t_out]) < sigma_end
+    plain_c, plain_d = comfy_eps(t_in, patcher.model_options), diffusers_eps(t_in, False)
+    guided_c, guided_d = comfy_eps(t_in, model_options), diffusers_eps(t_in, True)
+    print(f"relative errors: plain {rel(plain_c, plain_d):.2e}, guided {rel(guided_c, guided_d):.2e}, "
+          f"guidance effect {rel(guided_c, plain_c):.2e}")
+    assert rel(plain_c, plain_d) <= 1e-3
+    assert rel(guided_c, guided_d) <= 1e-3
+    assert rel(guided_c, plain_c) > 1e-2, "the guidance must change the prediction for the parity to mean anything"
+    outside_c, outside_d = comfy_eps(t_out, model_options), diffusers_eps(t_out, False)
+    assert rel(outside_c, outside_d) <= 1e-3
+    assert torch.equal(outside_c, comfy_eps(t_out, patcher.model_options))

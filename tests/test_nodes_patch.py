@@ -1,0 +1,354 @@
+"""The ComfyUI guidance patches and the DDIM-inversion step, tested without ComfyUI (plain torch).
+
+``fdi.comfy_backend`` implements ComfyUI's patch protocol (``transformer_options`` with ``block``,
+``sigmas``, ``cond_or_uncond``); these tests drive it the way ComfyUI's ``openaimodel`` UNet does
+and check numbers: no-op for a fresh adapter, exact equality with :mod:`fdi.guidance`, window
+gating, batch handling, resizing, chaining, deep copies, and the inversion arithmetic.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fdi.adapter import FDIAdapter, FDIAdapterConfig, FDIGuidance, Modulation
+from fdi.comfy_backend import (FDIInputPatch, FDIOutputPatch, GuidanceEntry, add_guidance, block_indices, check_unet_for_adapter,
+                               ddim_inversion_sampler, fdi_patches, inversion_sigmas, restore_inversion_sigmas, sigma_window,
+                               step_window)
+from fdi.errors import FDIError
+from fdi.guidance import apply_modulation, apply_residual
+
+CH = (8, 16, 16, 16)
+IN_BLOCKS, OUT_BLOCKS = (2, 5, 8, 11), (3, 6, 9)
+WINDOW = dict(sigma_start=10.0, sigma_end=2.0)
+
+#: ComfyUI's SD 2.x / SDXL / SD 1.5 unet_config values (comfy/supported_models.py + model_detection)
+SD2_CONFIG = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2], "context_dim": 1024,
+              "in_channels": 4, "use_linear_in_transformer": True}
+SDXL_CONFIG = {"model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2], "context_dim": 2048,
+               "in_channels": 4, "transformer_depth": [0, 0, 2, 2, 10, 10]}
+SD15_CONFIG = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2], "context_dim": 768, "in_channels": 4}
+
+
+def random_guidance(batch: int = 1, size: int = 8, seed: int = 0, channels=CH) -> FDIGuidance:
+    """A non-trivial guidance: random residuals at /1,/2,/4,/8 of ``size`` and random AdaIN targets and gates."""
+    g = torch.Generator().manual_seed(seed)
+    residuals = []
+    s = size
+    for c in channels:
+        residuals.append(torch.randn(batch, c, s, s, generator=g))
+        s = (s + 1) // 2
+    mods = []
+    for c in (channels[3], channels[2], channels[1]):
+        mods.append(Modulation(torch.randn(batch, c, generator=g), torch.rand(batch, c, generator=g) + 0.5, torch.rand(c, generator=g)))
+    return FDIGuidance(residuals=residuals, modulations=mods)
+
+
+def opts(block, sigma=5.0, chunks=1):
+    return {"block": block, "sigmas": torch.tensor([sigma]), "cond_or_uncond": list(range(chunks)), "original_shape": [1, 4, 8, 8]}
+
+
+def features(batch, c, s, seed=1):
+    return torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+
+
+def patches_for(entries):
+    return FDIInputPatch(entries, IN_BLOCKS, OUT_BLOCKS), FDIOutputPatch(entries, IN_BLOCKS, OUT_BLOCKS)
+
+
+# ------------------------------------------------------------------------------------------------ no-op
+
+
+def test_fresh_adapter_is_an_exact_no_op():
+    torch.manual_seed(0)
+    adapter = FDIAdapter(FDIAdapterConfig(channels=CH, token_width=12, num_tokens=4, heads=4, se_reduction=4)).eval()
+    with torch.no_grad():
+        g = adapter(torch.rand(1, 3, 64, 64), torch.randn(4, 12))
+    inp, out = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
+    for level, block in enumerate(IN_BLOCKS):
+        h = features(2, CH[level], 8 >> level)
+        assert torch.equal(inp(h, opts(("input", block))), h)
+    for point, block in enumerate(OUT_BLOCKS):
+        c = (CH[3], CH[2], CH[1])[point]
+        h, hsp = features(2, c, 2 << point), features(2, c, 2 << point, seed=2)
+        h2, hsp2 = out(h, hsp, opts(("output", block)))
+        assert torch.equal(h2, h) and hsp2 is hsp
+
+
+def test_strength_zero_is_an_exact_no_op():
+    g = random_guidance()
+    inp, out = patches_for([GuidanceEntry(g, 0.0, **WINDOW)])
+    h = features(1, CH[0], 8)
+    assert torch.equal(inp(h, opts(("input", 2))), h)
+    d = features(1, CH[3], 2)
+    assert torch.equal(out(d, d, opts(("output", 3)))[0], d)
+
+
+# ------------------------------------------------------------------------------------------------ the numbers
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.37, -2.0])
+def test_patches_equal_fdi_guidance_math_exactly(strength):
+    g = random_guidance(seed=3)
+    inp, out = patches_for([GuidanceEntry(g, strength, **WINDOW)])
+    for level, block in enumerate(IN_BLOCKS):
+        h = features(1, CH[level], 8 >> level, seed=level)
+        got = inp(h, opts(("input", block)))
+        assert torch.equal(got, apply_residual(h, level, [(g, 1.0)], strength))  # what the diffusers backend calls
+        assert torch.allclose(got, h + strength * g.residuals[level], atol=1e-6)  # the formula, independently
+        assert not torch.equal(got, h)
+    for point, block in enumerate(OUT_BLOCKS):
+        c = (CH[3], CH[2], CH[1])[point]
+        d = features(1, c, 1 << point, seed=10 + point) if point else features(1, c, 2, seed=10)
+        got, _ = out(d, d, opts(("output", block)))
+        assert torch.equal(got, apply_modulation(d, point, [(g, 1.0)], strength))
+        m = g.modulations[point]
+        var, mu = torch.var_mean(d, dim=(2, 3), keepdim=True, unbiased=False)
+        adain = (d - mu) / torch.sqrt(var + 1e-5) * m.std[:, :, None, None] + m.mean[:, :, None, None]
+        assert torch.allclose(got, d + strength * m.gate[None, :, None, None] * (adain - d), atol=1e-5)
+
+
+def test_other_blocks_are_untouched():
+    inp, out = patches_for([GuidanceEntry(random_guidance(), 1.0, **WINDOW)])
+    for block in (0, 1, 3, 4, 6, 7, 9, 10):
+        h = features(1, 4, 4)
+        assert inp(h, opts(("input", block))) is h
+    for block in (0, 1, 2, 4, 5, 7, 8, 10, 11):
+        h = features(1, 4, 4)
+        assert out(h, h, opts(("output", block)))[0] is h
+    h = features(1, CH[0], 8)
+    assert inp(h, opts(("middle", 0))) is h
+
+
+# ------------------------------------------------------------------------------------------------ window
+
+
+def test_window_gating_uses_sigma_bounds_inclusively():
+    g = random_guidance()
+    inp, out = patches_for([GuidanceEntry(g, 1.0, sigma_start=10.0, sigma_end=2.0)])
+    h = features(1, CH[0], 8)
+    for sigma, active in ((14.6, False), (10.0, True), (5.0, True), (2.0, True), (1.99, False), (0.03, False)):
+        got = inp(h, opts(("input", 2), sigma=sigma))
+        assert (not torch.equal(got, h)) == active, sigma
+        d = features(1, CH[3], 2)
+        assert (not torch.equal(out(d, d, opts(("output", 3), sigma=sigma))[0], d)) == active, sigma
+
+
+def test_sigma_window_from_percent_and_refusal():
+    p2s = lambda p: 999999999.9 if p <= 0 else (0.0 if p >= 1 else 14.6 * (1 - p))  # noqa: E731 - ComfyUI-like
+    assert sigma_window(p2s, 0.0, 0.333) == (999999999.9, pytest.approx(14.6 * 0.667))
+    with pytest.raises(FDIError, match="end_percent .* smaller than start_percent"):
+        sigma_window(p2s, 0.5, 0.2)
+    with pytest.raises(FDIError, match="between 0 and 1"):
+        sigma_window(p2s, -0.1, 0.2)
+
+
+# ------------------------------------------------------------------------------------------------ batches and sizes
+
+
+def test_cfg_halves_are_both_guided():
+    """ComfyUI batches [cond | uncond] as whole latent batches; each half gets the same guidance."""
+    g = random_guidance(batch=2, seed=4)
+    inp, out = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
+    h_half = features(2, CH[1], 4)
+    h = torch.cat([h_half, h_half * 0.5])
+    got = inp(h, opts(("input", 5), chunks=2))
+    assert torch.equal(got[:2], apply_residual(h_half, 1, [(g, 1.0)]))
+    assert torch.equal(got[2:], apply_residual(h_half * 0.5, 1, [(g, 1.0)]))
+    d_half = features(2, CH[2], 2)
+    d = torch.cat([d_half, d_half])
+    got_d, _ = out(d, d, opts(("output", 6), chunks=2))
+    assert torch.equal(got_d[:2], got_d[2:])
+    assert torch.equal(got_d[:2], apply_modulation(d_half, 1, [(g, 1.0)]))
+
+
+def test_guidance_of_batch_one_broadcasts():
+    g = random_guidance(batch=1, seed=5)
+    inp, out = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
+    h = features(3, CH[0], 8)
+    got = inp(h, opts(("input", 2)))
+    for i in range(3):
+        assert torch.allclose(got[i] - h[i], g.residuals[0][0], atol=1e-6)
+    with pytest.raises(FDIError, match="guidance was computed for 2"):
+        patches_for([GuidanceEntry(random_guidance(batch=2), 1.0, **WINDOW)])[0](h, opts(("input", 2)))
+
+
+def test_residuals_are_cropped_or_resized_to_the_feature():
+    g = random_guidance(size=9)  # adapter rounds up (9, 5, 3, 2), the UNet's latent is 8
+    inp, _ = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
+    h = features(1, CH[0], 8)
+    assert torch.allclose(inp(h, opts(("input", 2))), h + g.residuals[0][..., :8, :8], atol=1e-6)
+    g2 = random_guidance(size=16)  # guidance of a 2x larger image: bilinear resize
+    inp2, _ = patches_for([GuidanceEntry(g2, 1.0, **WINDOW)])
+    resized = torch.nn.functional.interpolate(g2.residuals[0], size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(inp2(h, opts(("input", 2))), h + resized, atol=1e-6)
+
+
+def test_feature_dtype_is_kept():
+    g = random_guidance()
+    inp, out = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
+    h = features(1, CH[0], 8).to(torch.bfloat16)
+    assert inp(h, opts(("input", 2))).dtype == torch.bfloat16
+    d = features(1, CH[3], 2).to(torch.bfloat16)
+    assert out(d, d, opts(("output", 3)))[0].dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------------ ModelPatcher protocol
+
+
+def test_deepcopy_of_model_options_shares_the_tensors():
+    g = random_guidance()
+    model_options = {"transformer_options": {}}
+    add_guidance(model_options, GuidanceEntry(g, 1.0, **WINDOW), IN_BLOCKS, OUT_BLOCKS)
+    clone = copy.deepcopy(model_options)  # what ModelPatcher.clone() does
+    a, b = fdi_patches(model_options), fdi_patches(clone)
+    for key in a:
+        assert b[key] is a[key]
+        assert b[key].entries[0].guidance.residuals[0].data_ptr() == g.residuals[0].data_ptr()
+    assert clone["transformer_options"]["patches"]["input_block_patch"] is not model_options["transformer_options"]["patches"]["input_block_patch"]
+
+
+def test_chained_apply_adds_entries_equal_to_the_composite_formula():
+    g1, g2 = random_guidance(seed=6), random_guidance(seed=7)
+    base = {"transformer_options": {"patches": {"input_block_patch": ["other"]}}}
+    first = copy.deepcopy(base)
+    add_guidance(first, GuidanceEntry(g1, 0.8, **WINDOW), IN_BLOCKS, OUT_BLOCKS)
+    second = copy.deepcopy(first)  # the next Apply node works on a clone
+    add_guidance(second, GuidanceEntry(g2, 0.5, **WINDOW), IN_BLOCKS, OUT_BLOCKS)
+    assert len(fdi_patches(first)["input_block_patch"].entries) == 1  # the earlier MODEL is unchanged
+    inp = fdi_patches(second)["input_block_patch"]
+    assert second["transformer_options"]["patches"]["input_block_patch"][0] == "other"
+    assert len(second["transformer_options"]["patches"]["input_block_patch"]) == 2
+    h = features(1, CH[2], 2)
+    assert torch.equal(inp(h, opts(("input", 8))), apply_residual(h, 2, [(g1, 0.8), (g2, 0.5)]))
+    out = fdi_patches(second)["output_block_patch"]
+    d = features(1, CH[3], 2)
+    assert torch.equal(out(d, d, opts(("output", 3)))[0], apply_modulation(d, 0, [(g1, 0.8), (g2, 0.5)]))
+
+
+def test_to_moves_devices_ignores_dtypes_and_models_is_empty():
+    g = random_guidance()
+    inp, _ = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
+    assert inp.to(torch.float16) is inp
+    assert inp.to(torch.device("cpu")) is inp  # already there: no copy
+    moved = inp.to(torch.device("meta"))
+    assert moved is not inp and moved.entries[0].guidance.residuals[0].device.type == "meta"
+    assert inp.entries[0].guidance.residuals[0].device.type == "cpu"  # the original is untouched
+    assert inp.models() == []
+
+
+# ------------------------------------------------------------------------------------------------ UNet checks
+
+
+def test_block_indices_of_sd_layout():
+    assert block_indices(2) == (IN_BLOCKS, OUT_BLOCKS)
+    assert block_indices(1) == ((1, 3, 5, 7), (2, 4, 6))
+
+
+def test_unet_check_accepts_sd2_and_refuses_sdxl_sd15_and_dits():
+    assert check_unet_for_adapter(SD2_CONFIG, (320, 640, 1280, 1280), "sd2.1-base") == (IN_BLOCKS, OUT_BLOCKS)
+    with pytest.raises(FDIError, match="SDXL"):
+        check_unet_for_adapter(SDXL_CONFIG, (320, 640, 1280, 1280), "sd2.1-base")
+    with pytest.raises(FDIError, match="SD 1.x"):
+        check_unet_for_adapter(SD15_CONFIG, (320, 640, 1280, 1280), "sd2.1-base")
+    with pytest.raises(FDIError, match="not a Stable Diffusion UNet"):
+        check_unet_for_adapter({"depth": 19}, (320, 640, 1280, 1280), "sd2.1-base")
+    with pytest.raises(FDIError, match="level widths"):
+        check_unet_for_adapter(SD2_CONFIG, (32, 32, 64, 64), "custom-base")
+    with pytest.raises(FDIError, match="latent channels"):
+        check_unet_for_adapter({**SD2_CONFIG, "in_channels": 9}, (320, 640, 1280, 1280), "sd2.1-base")
+
+
+# ------------------------------------------------------------------------------------------------ inversion
+
+
+class ConstantEps:
+    """A k-diffusion 'model' whose noise prediction is a constant: the probability-flow ODE is a line."""
+
+    def __init__(self, eps):
+        self.eps = eps
+        self.sigmas_seen = []
+
+    def __call__(self, x, sigma, **kwargs):
+        self.sigmas_seen.append(float(sigma[0]))
+        return x - self.eps * sigma.view(-1, 1, 1, 1)
+
+
+def euler(model, x, sigmas):
+    """ComfyUI's 'ddim' sampler (Euler in sigma space), for checking that inversion reverses it."""
+    for i in range(len(sigmas) - 1):
+        d = (x - model(x, sigmas[i] * x.new_ones(x.shape[0]))) / sigmas[i]
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def test_ddim_inversion_is_exact_for_a_linear_ode_and_reversed_by_ddim_sampling():
+    torch.manual_seed(0)
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    sampling = torch.tensor([14.6, 7.0, 3.1, 1.2, 0.4, 0.0])
+    inv = inversion_sigmas(sampling)
+    assert torch.equal(inv, torch.flip(sampling, [0]))
+    model = ConstantEps(eps)
+    xt = ddim_inversion_sampler(model, x0.clone(), inv)
+    assert torch.allclose(xt, x0 + 14.6 * eps, atol=1e-5)
+    assert 0.0 not in model.sigmas_seen and model.sigmas_seen == pytest.approx([0.4, 1.2, 3.1, 7.0, 14.6])
+    assert torch.allclose(euler(ConstantEps(eps), xt, sampling), x0, atol=1e-5)
+
+
+def test_inversion_sigmas_add_zero_and_interrupt_stops():
+    assert inversion_sigmas(torch.tensor([3.0, 1.0])).tolist() == [0.0, 1.0, 3.0]
+    calls = []
+
+    def interrupt():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ddim_inversion_sampler(ConstantEps(torch.zeros(1, 4, 2, 2)), torch.zeros(1, 4, 2, 2), torch.tensor([0.0, 1.0, 2.0, 3.0]), interrupt=interrupt)
+    assert len(calls) == 2
+
+
+class Schedule:
+    """A ComfyUI-like discrete schedule: ``sigma(t)`` interpolates a 1000-entry table, ``timestep`` inverts it."""
+
+    def __init__(self):
+        self.table = torch.linspace(0.03, 14.6, 1000)
+
+    def sigma(self, t):
+        t = torch.as_tensor(t).float().flatten().clamp(0, 999)
+        lo, hi = t.floor().long(), t.ceil().long()
+        w = t - lo
+        return self.table[lo] * (1 - w) + self.table[hi] * w
+
+    def timestep(self, sigma):
+        return (self.table[None, :] - sigma.flatten()[:, None]).abs().argmin(1).float()
+
+    def ddim_uniform(self, steps):
+        ss = 1000 // steps
+        return torch.tensor([0.0] + [float(self.table[x]) for x in range(1, 1000, ss)]).flip(0)
+
+
+def test_restore_inversion_sigmas_match_the_pipeline_rule():
+    sch = Schedule()
+    sampling = sch.ddim_uniform(10)  # t = 901, 801, …, 1, then 0
+    same = restore_inversion_sigmas(sampling, 10, sch.timestep, sch.sigma)
+    assert torch.equal(same, torch.flip(sampling, [0]))
+    more = restore_inversion_sigmas(sampling, 19, sch.timestep, sch.sigma)  # round(linspace(1, 901, 19)) = 1, 51, …, 901
+    assert more.shape == (20,) and float(more[0]) == 0.0 and float(more[-1]) == float(sampling[0])
+    assert torch.allclose(more[1:], sch.table[torch.arange(1, 902, 50)], atol=1e-4)
+    assert bool((more[1:] > more[:-1]).all())
+    one = restore_inversion_sigmas(sampling, 1, sch.timestep, sch.sigma)
+    assert one.tolist() == [0.0, float(sampling[0])]
+
+
+def test_step_window_guides_the_first_steps_like_the_pipeline():
+    sampling = torch.tensor([14.0, 10.0, 7.0, 4.0, 2.0, 1.0, 0.0])  # 6 steps
+    for end, guided in ((0.333, 2), (0.5, 3), (0.0, 0), (1.0, 6), (0.34, 3)):
+        start, stop = step_window(sampling, end)
+        entry = GuidanceEntry(random_guidance(), 1.0, start, stop)
+        got = [k for k in range(6) if entry.active(float(sampling[k]))]
+        assert got == list(range(guided)), (end, got)
+        assert [k for k in range(6) if k < end * 6] == got
