@@ -70,7 +70,10 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
     """
     p = check_output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent) or ".")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file the usual permissions
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

@@ -263,8 +263,13 @@ class FDIRestorationPipeline:
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Text conditioning ``[1, L, D]`` (``last_hidden_state`` of the padded prompt)."""
-        ids = self.tokenizer(prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        """Text conditioning ``[1, L, D]`` (``last_hidden_state`` of the padded prompt).
+
+        ``L`` is the text encoder's context length (77 for SD 2.1): a tokenizer saved without a
+        ``model_max_length`` reports a huge sentinel, so the length comes from the encoder's config
+        whenever the tokenizer's is larger."""
+        length = min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
+        ids = self.tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
         return self.text_encoder(ids.to(self.device))[0]
 
     @torch.no_grad()

@@ -69,6 +69,16 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    save_safetensors({"a": torch.zeros(1)}, tmp_path / "p.safetensors", {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "p.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
 def test_round_trip_and_partial_read(tmp_path):
     t = {"a": torch.randn(3, 4), "b": torch.arange(5)}
     save_safetensors(t, tmp_path / "r.safetensors", {"k": "v"})

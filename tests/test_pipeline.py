@@ -41,6 +41,14 @@ def test_loads_through_the_real_loader_and_knows_its_family(tiny_pipeline, tiny_
     assert v.base_family == "custom-v" and v.prediction_type == "v_prediction"
 
 
+def test_prompt_length_comes_from_the_text_encoder_when_the_tokenizer_has_none(tiny_pipeline, monkeypatch):
+    """A tokenizer saved without model_max_length reports a huge sentinel; the encoder's context length is used."""
+    expected = tiny_pipeline.encode_prompt("")
+    monkeypatch.setattr(tiny_pipeline.tokenizer, "model_max_length", int(1e30))
+    got = tiny_pipeline.encode_prompt("")
+    assert got.shape == expected.shape and torch.equal(got, expected)
+
+
 def test_reflect_pad_reaches_multiples_of_64_even_for_tiny_images():
     x = torch.rand(1, 3, 8, 9)
     y = reflect_pad(x)
