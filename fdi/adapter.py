@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import FDIError
-from .files import PathLike, check_output_path, load_safetensors, save_safetensors
+from .files import PathLike, check_file_format, check_output_path, load_safetensors, save_safetensors
 from .instruction import FDI, same_encoder
 
 ADAPTER_FORMAT = "fdi_adapter"
@@ -462,12 +462,8 @@ class FDIAdapter(nn.Module):
         p = Path(path)
         tensors, meta = load_safetensors(p, what="adapter file")  # refuses pickle, validates the header
         src = p.name
-        fmt = meta.get("format")
-        if fmt != ADAPTER_FORMAT:
-            raise FDIError(f"{src!r} is not an FDI adapter file (format={fmt!r}); adapter files are made by FDI training ('python -m fdi train')")
-        version = meta.get("format_version")
-        if version != str(ADAPTER_FORMAT_VERSION):
-            raise FDIError(f"{src!r} has adapter format version {version!r}; this version of the pack reads version {ADAPTER_FORMAT_VERSION}, update the pack")
+        check_file_format(meta, ADAPTER_FORMAT, ADAPTER_FORMAT_VERSION, src, "FDI adapter file",
+                          "FDI training ('python -m fdi train')", "Update the pack")
         if "config" not in meta:
             raise FDIError(f"{src!r} has no adapter config in its metadata; the file is incomplete, re-save it")
         config = FDIAdapterConfig.from_json(meta["config"], src)

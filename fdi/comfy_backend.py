@@ -40,7 +40,9 @@ Decisions:
   deep-copies ``model_options`` on every ``clone()``) returns the same object, so cloning a MODEL
   never copies tensors. ``to(device)`` returns a patch whose tensors live on ``device`` (moved once,
   not per step); ``to(dtype)`` returns the patch unchanged — the math casts to the feature's dtype
-  per use and keeps AdaIN statistics in float32. ``models()`` is empty: the guidance was computed
+  and keeps AdaIN statistics in float32. Each patch memoises the step-invariant part of the math
+  (fitted residuals, modulation coefficients; :class:`fdi.guidance.StepInvariantCache`) per set of
+  active entries and feature shape, so a sampling step only adds and multiply-adds. ``models()`` is empty: the guidance was computed
   before sampling, the adapter is not needed while sampling.
 """
 
@@ -53,7 +55,7 @@ import torch
 
 from .adapter import FDIGuidance, Modulation
 from .errors import FDIError
-from .guidance import apply_modulation, apply_residual
+from .guidance import StepInvariantCache, guided_step_count, inversion_timestep_grid, modulate
 
 #: name of the patch lists in ``transformer_options["patches"]``
 INPUT_PATCH_KEY = "input_block_patch"
@@ -159,23 +161,26 @@ class _FDIPatchBase:
         self.entries: Tuple[GuidanceEntry, ...] = tuple(entries)
         self.input_blocks = tuple(int(b) for b in input_blocks)
         self.output_blocks = tuple(int(b) for b in output_blocks)
+        self._cache = StepInvariantCache()
 
-    def active(self, transformer_options: dict) -> List[Tuple[FDIGuidance, float]]:
-        """``[(guidance, strength)]`` of the entries active at the current sigma (all if unknown)."""
+    def active(self, transformer_options: dict) -> List[int]:
+        """Indices of the entries active at the current sigma (all if unknown)."""
         sigma = _current_sigma(transformer_options)
-        return [(e.guidance, e.strength) for e in self.entries if sigma is None or e.active(sigma)]
+        return [i for i, e in enumerate(self.entries) if sigma is None or e.active(sigma)]
 
-    def math_arguments(self, transformer_options: dict) -> Tuple[List[Tuple[FDIGuidance, float]], float]:
-        """``(guidances, strength)`` to pass to :mod:`fdi.guidance` at this step.
+    def math_arguments(self, transformer_options: dict) -> Tuple[List[Tuple[FDIGuidance, float]], float, tuple]:
+        """``(guidances, strength, key)`` to pass to :mod:`fdi.guidance` at this step.
 
         One active entry is passed as ``[(g, 1.0)]`` with its strength as the global ``strength`` —
         exactly the call the diffusers backend makes, so both give bit-identical deltas; several
         are passed with their strengths as weights and ``strength = 1`` (the composite formula).
+        ``key`` (the active entries' indices) names this guidance set in the patch's cache.
         """
-        active = self.active(transformer_options)
-        if len(active) == 1:
-            return [(active[0][0], 1.0)], active[0][1]
-        return active, 1.0
+        idx = self.active(transformer_options)
+        if len(idx) == 1:
+            e = self.entries[idx[0]]
+            return [(e.guidance, 1.0)], e.strength, tuple(idx)
+        return [(self.entries[i].guidance, self.entries[i].strength) for i in idx], 1.0, tuple(idx)
 
     def with_entry(self, entry: GuidanceEntry) -> "_FDIPatchBase":
         """A new patch with one more entry (this one is left unchanged)."""
@@ -229,10 +234,10 @@ class FDIInputPatch(_FDIPatchBase):
         block = transformer_options.get("block")
         if not block or block[0] != "input" or block[1] not in self.input_blocks:
             return h
-        guidances, strength = self.math_arguments(transformer_options)
+        guidances, strength, key = self.math_arguments(transformer_options)
         if not guidances:
             return h
-        return apply_residual(h, self.input_blocks.index(block[1]), guidances, strength)
+        return h + self._cache.residual(h, self.input_blocks.index(block[1]), guidances, strength, key)
 
 
 class FDIOutputPatch(_FDIPatchBase):
@@ -242,10 +247,10 @@ class FDIOutputPatch(_FDIPatchBase):
         block = transformer_options.get("block")
         if not block or block[0] != "output" or block[1] not in self.output_blocks:
             return h, hsp
-        guidances, strength = self.math_arguments(transformer_options)
+        guidances, strength, key = self.math_arguments(transformer_options)
         if not guidances:
             return h, hsp
-        return apply_modulation(h, self.output_blocks.index(block[1]), guidances, strength), hsp
+        return modulate(h, self._cache.coefficients(h, self.output_blocks.index(block[1]), guidances, strength, key)), hsp
 
 
 def add_guidance(model_options: dict, entry: GuidanceEntry, input_blocks: Sequence[int], output_blocks: Sequence[int]) -> None:
@@ -331,7 +336,7 @@ def step_window(sampling_sigmas: torch.Tensor, guidance_end: float) -> Tuple[flo
         raise FDIError("the schedule has no steps; use at least 1 step")
     if not 0.0 <= float(guidance_end) <= 1.0:
         raise FDIError(f"guidance_end must be between 0 and 1, got {guidance_end}")
-    guided = sum(1 for k in range(steps) if k < float(guidance_end) * steps)
+    guided = guided_step_count(steps, guidance_end)
     if guided == 0:
         return float("inf"), float("inf")  # never active
     return float("inf"), (s[guided - 1] + s[guided]) / 2
@@ -352,10 +357,7 @@ def restore_inversion_sigmas(sampling_sigmas: torch.Tensor, inversion_steps: int
     if int(inversion_steps) == positive.numel():
         return inversion_sigmas(s)
     t_top, t_low = float(timestep(positive[:1])[0]), float(timestep(positive[-1:])[0])
-    if int(inversion_steps) == 1:
-        ts = torch.tensor([t_top], dtype=torch.float64)
-    else:
-        ts = torch.linspace(t_low, t_top, int(inversion_steps), dtype=torch.float64).round()
+    ts = inversion_timestep_grid(t_low, t_top, int(inversion_steps))
     out = torch.cat([torch.zeros(1), sigma(ts.float()).float().flatten()])
     out[-1] = positive[0]  # land exactly where sampling starts
     return out

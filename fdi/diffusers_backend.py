@@ -32,12 +32,11 @@ from __future__ import annotations
 
 from typing import List, Sequence, Union
 
-import torch
 from torch import nn
 
 from .adapter import FDIAdapter, FDIGuidance
 from .errors import FDIError
-from .guidance import WeightedGuidance, as_weighted, modulate, modulation_coefficients, residual_delta
+from .guidance import StepInvariantCache, WeightedGuidance, as_weighted, modulate
 
 NUM_LEVELS = 4
 NUM_POINTS = 3
@@ -102,7 +101,7 @@ class DiffusersGuidance:
         self._strength = float(strength)
         self.active = bool(active)
         self._handles: list = []
-        self._cache: dict = {}
+        self._cache = StepInvariantCache()
 
     @property
     def guidances(self) -> List[WeightedGuidance]:
@@ -126,21 +125,12 @@ class DiffusersGuidance:
         self.guidances = guidances
 
     # ---- hooks -----------------------------------------------------------------------------------
-    # Residuals ``strength·Σ w_k r_k`` (fitted, in the UNet's dtype) and the modulation coefficients
-    # depend only on the guidance and the feature shapes, so they are computed on the first guided
-    # step and reused (without autograd only: under grad every call recomputes, so each forward has
-    # its own graph). Changing ``guidances`` or ``strength`` clears the cache.
+    # Residuals and modulation coefficients come from a StepInvariantCache (fdi.guidance): computed
+    # on the first guided step, reused after (not under autograd). Changing ``guidances`` or
+    # ``strength`` clears it.
 
     def _enabled(self) -> bool:
         return self.active and bool(self._guidances)
-
-    def _cached(self, key: tuple, compute):
-        if torch.is_grad_enabled():
-            return compute()
-        value = self._cache.get(key)
-        if value is None:
-            value = self._cache[key] = compute()
-        return value
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         if not self._enabled():
@@ -148,13 +138,8 @@ class DiffusersGuidance:
         sample = args[0] if args else kwargs["sample"]
         ours = []
         for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1])):
-            shape = (sample.shape[0], self.unet.config.block_out_channels[level], h, w)
-            key = ("r", level, shape, sample.dtype, sample.device)
-
-            def compute(level=level, shape=shape):
-                probe = sample.new_empty(shape)  # shape/dtype/device carrier only
-                return residual_delta(probe, level, self._guidances, self._strength)
-            ours.append(self._cached(key, compute))
+            probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))  # shape/dtype/device carrier
+            ours.append(self._cache.residual(probe, level, self._guidances, self._strength))
         theirs = kwargs.get("down_intrablock_additional_residuals")
         if theirs is not None:
             theirs = list(theirs)
@@ -169,10 +154,7 @@ class DiffusersGuidance:
         def hook(module: nn.Module, args: tuple, output):
             if not self._enabled():
                 return None
-            key = ("m", point, output.shape[0], output.shape[1], output.device)
-            coefficients = self._cached(key, lambda: modulation_coefficients(
-                point, self._guidances, self._strength, output.shape[0], output.shape[1], output.device))
-            return modulate(output, coefficients)
+            return modulate(output, self._cache.coefficients(output, point, self._guidances, self._strength))
         return hook
 
     # ---- lifetime --------------------------------------------------------------------------------

@@ -227,3 +227,17 @@ def load_safetensors(path: PathLike, what: str = "file", keys: Optional[list] = 
     except Exception as exc:  # safetensors' own errors on anything the header check let through
         raise FDIError(f"{what} {Path(path).name!r} could not be read ({exc}); the file is corrupt, re-export it") from None
     return tensors, metadata
+
+
+def check_file_format(meta: Dict[str, str], fmt: str, version: int, source: str, kind: str, made_by: str, fix: str) -> None:
+    """Raise :class:`FDIError` unless ``meta`` says ``format=fmt`` and ``format_version=version``.
+
+    ``kind`` names the file type for people ("FDI file", "FDI adapter file"), ``made_by`` says what
+    writes such files, ``fix`` what to do about an unknown version.
+    """
+    found = meta.get("format")
+    if found != fmt:
+        raise FDIError(f"{source!r} is not an {kind} (format={found!r}); {kind}s are made by {made_by}")
+    found_version = meta.get("format_version")
+    if found_version != str(version):
+        raise FDIError(f"{source!r} has {kind} format version {found_version!r}; this version of the pack reads version {version}. {fix}")

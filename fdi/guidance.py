@@ -49,7 +49,7 @@ Shape rules (decisions; the design is silent):
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import Callable, Dict, Hashable, Iterable, List, Sequence, Tuple, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,7 @@ from .adapter import FDIGuidance, STAT_EPS
 from .errors import FDIError
 
 WeightedGuidance = Tuple[FDIGuidance, float]
+T = TypeVar("T")
 
 #: a residual larger than the feature by at most this many pixels a side is cropped, not resized
 MAX_CROP = 2
@@ -186,3 +187,64 @@ def apply_modulation(d: torch.Tensor, point: int, guidances: Sequence[WeightedGu
     if not guidances:
         return d
     return modulate(d, modulation_coefficients(point, guidances, strength, d.shape[0], d.shape[1], d.device))
+
+
+# ---- step rules shared by both backends ------------------------------------------------------------
+
+def guided_step_count(steps: int, guidance_end: float) -> int:
+    """How many leading sampling steps are guided: steps ``k`` with ``k < guidance_end · steps``.
+
+    (17 of 50 at the paper's 0.333.) The diffusers pipeline and ``FDIRestore`` both use this rule.
+    """
+    return sum(1 for k in range(int(steps)) if k < float(guidance_end) * int(steps))
+
+
+def inversion_timestep_grid(t_last: float, t_first: float, inversion_steps: int) -> torch.Tensor:
+    """DDIM-inversion timesteps, ascending: ``round(linspace(t_last, t_first, n))`` (int64).
+
+    ``t_first``/``t_last`` are the first (noisiest) and last sampling timesteps; the inversion ends
+    where sampling starts, and equals the sampling timesteps reversed when ``n`` is the number of
+    sampling steps of a uniform schedule. One step inverts straight to ``t_first``.
+    """
+    if int(inversion_steps) == 1:
+        return torch.tensor([round(float(t_first))], dtype=torch.long)
+    return torch.linspace(float(t_last), float(t_first), int(inversion_steps), dtype=torch.float64).round().long()
+
+
+class StepInvariantCache:
+    """Memo for the parts of guidance that do not change from one sampling step to the next.
+
+    The fitted, weighted residuals (:func:`residual_delta`) and the modulation coefficients
+    (:func:`modulation_coefficients`) depend only on the guidance, the weights, the strength and the
+    feature's shape/dtype/device — never on the features' values or the timestep. A backend computes
+    them on the first guided step under a key naming those inputs and reuses them, so each step
+    costs one add per encoder level and one multiply-add per decoder point.
+
+    Under autograd (training) nothing is cached: every forward builds its own graph. Whoever owns a
+    cache must :meth:`clear` it when the guidances or the strength change.
+    """
+
+    def __init__(self) -> None:
+        self._values: Dict[Hashable, object] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        if torch.is_grad_enabled():
+            return compute()
+        if key not in self._values:
+            self._values[key] = compute()
+        return self._values[key]  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def residual(self, h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float,
+                 key: Hashable = ()) -> torch.Tensor:
+        """:func:`residual_delta` for a feature shaped like ``h`` (cached; ``key`` names the guidance set)."""
+        return self.get(("r", key, level, tuple(h.shape), h.dtype, h.device),
+                        lambda: residual_delta(h, level, guidances, strength))
+
+    def coefficients(self, d: torch.Tensor, point: int, guidances: Sequence[WeightedGuidance], strength: float,
+                     key: Hashable = ()) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`modulation_coefficients` for a feature shaped like ``d`` (cached; ``key`` names the guidance set)."""
+        return self.get(("m", key, point, d.shape[0], d.shape[1], d.device),
+                        lambda: modulation_coefficients(point, guidances, strength, d.shape[0], d.shape[1], d.device))

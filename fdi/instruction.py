@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from .errors import FDIError
-from .files import PathLike, load_safetensors, save_safetensors
+from .files import PathLike, check_file_format, load_safetensors, save_safetensors
 
 FDI_FORMAT = "fdi"
 FDI_FORMAT_VERSION = 1
@@ -139,12 +139,8 @@ class FDI:
     @classmethod
     def from_file_parts(cls, tensors: Dict[str, torch.Tensor], meta: Dict[str, str], source: str) -> "FDI":
         """Build an FDI from an FDI file's tensors and metadata, checking format and version."""
-        fmt = meta.get("format")
-        if fmt != FDI_FORMAT:
-            raise FDIError(f"{source!r} is not an FDI file (format={fmt!r}); FDI files are made by 'python -m fdi extract' or the FDISave node")
-        version = meta.get("format_version")
-        if version != str(FDI_FORMAT_VERSION):
-            raise FDIError(f"{source!r} has FDI format version {version!r}; this version of the pack reads version {FDI_FORMAT_VERSION}. Re-extract the FDI or update the pack")
+        check_file_format(meta, FDI_FORMAT, FDI_FORMAT_VERSION, source, "FDI file",
+                          "'python -m fdi extract' or the FDISave node", "Re-extract the FDI or update the pack")
         if "fdi" not in tensors:
             raise FDIError(f"{source!r} has no 'fdi' tensor; the file is incomplete, re-extract it")
         return cls._checked(tensors["fdi"], tensors.get("pairs"), meta.get("encoder", ""), meta.get("n_pairs", "0"), meta.get("label", ""), source)

@@ -57,6 +57,7 @@ from .adapter import FDIAdapter, FDIGuidance
 from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_unet
 from .errors import FDIError
 from .files import PathLike, read_header, refuse_pickle
+from .guidance import guided_step_count, inversion_timestep_grid
 from .images import check_image_batch
 from .instruction import FDI
 from .progress import ProgressCallback, report
@@ -303,9 +304,7 @@ class FDIRestorationPipeline:
     def inversion_timesteps(self, steps: int, inversion_steps: int) -> torch.Tensor:
         """``round(linspace(t_{N−1}, t_0, inversion_steps))``: ascending, ending at the first sampling timestep."""
         ts = self.sampling_timesteps(steps)
-        if inversion_steps == 1:
-            return ts[:1]
-        return torch.linspace(float(ts[-1]), float(ts[0]), inversion_steps, dtype=torch.float64).round().long()
+        return inversion_timestep_grid(float(ts[-1]), float(ts[0]), inversion_steps)
 
     def _alphas(self) -> tuple:
         """(ᾱ for every training timestep, ᾱ after the last step) as float32 tensors on the device.
@@ -351,9 +350,10 @@ class FDIRestorationPipeline:
         use_cfg = cfg != 1.0
         c = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if use_cfg else cond.expand(b, -1, -1)
         ts = self.sampling_timesteps(steps).tolist()
+        guided = guided_step_count(steps, guidance_end)
         for k, t in enumerate(ts):
             if hooks is not None:
-                hooks.active = k < guidance_end * steps
+                hooks.active = k < guided
             if use_cfg:
                 out_u, out_c = self._unet(torch.cat([x, x]), t, c).chunk(2)
                 out = out_u + cfg * (out_c - out_u)

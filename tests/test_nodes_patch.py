@@ -352,3 +352,42 @@ def test_step_window_guides_the_first_steps_like_the_pipeline():
         got = [k for k in range(6) if entry.active(float(sampling[k]))]
         assert got == list(range(guided)), (end, got)
         assert [k for k in range(6) if k < end * 6] == got
+
+
+def test_step_invariant_parts_are_computed_once_and_stay_exact_across_steps_and_windows():
+    """Later steps reuse the fitted residuals and modulation coefficients (no recomputation on the hot
+    path), with the same numbers as the first step; entries entering/leaving their window get their
+    own cached set."""
+    g1, g2 = random_guidance(seed=4), random_guidance(seed=5)
+    early = GuidanceEntry(g1, 0.7, sigma_start=10.0, sigma_end=2.0)
+    late = GuidanceEntry(g2, 1.3, sigma_start=10.0, sigma_end=6.0)
+    inp, out = patches_for([early, late])
+    h = features(1, CH[0], 8, seed=7)
+    d = features(1, CH[3], 2, seed=8)
+    import fdi.guidance as guidance
+
+    calls = {"r": 0, "m": 0}
+    real_r, real_m = guidance.residual_delta, guidance.modulation_coefficients
+
+    def count_r(*a, **k):
+        calls["r"] += 1
+        return real_r(*a, **k)
+
+    def count_m(*a, **k):
+        calls["m"] += 1
+        return real_m(*a, **k)
+
+    steps = ((8.0, [(g1, 0.7), (g2, 1.3)]), (8.0, [(g1, 0.7), (g2, 1.3)]), (4.0, [(g1, 1.0)]), (3.0, [(g1, 1.0)]))
+    reference = [(apply_residual(h, 0, exp, 0.7 if len(exp) == 1 else 1.0), apply_modulation(d, 0, exp, 0.7 if len(exp) == 1 else 1.0))
+                 for _, exp in steps]
+    got = []
+    guidance.residual_delta, guidance.modulation_coefficients = count_r, count_m
+    try:
+        with torch.no_grad():
+            for sigma, _ in steps:
+                got.append((inp(h, opts(("input", 2), sigma=sigma)), out(d, d, opts(("output", 3), sigma=sigma))[0]))
+    finally:
+        guidance.residual_delta, guidance.modulation_coefficients = real_r, real_m
+    for (r_got, m_got), (r_ref, m_ref) in zip(got, reference):
+        assert torch.equal(r_got, r_ref) and torch.equal(m_got, m_ref)
+    assert calls == {"r": 2, "m": 2}  # one per active set (both entries; the early one alone), not one per step
