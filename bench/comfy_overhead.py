@@ -323,7 +323,7 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
 
     # our guidance: FDINoiseDecoupling (adapter forward, once) → FDIApplyGuidance (patched clone of the MODEL)
     adapter = our_adapter().to(dtype)
-    handle = common.AdapterHandle(adapter, common.make_patcher(adapter), "bench")
+    handle = common.ModelHandle(adapter, common.make_patcher(adapter), "bench")
     fdi = FDI(tokens=torch.randn(32, 768), encoder="", label="bench")
     guidance_nodes.FDINoiseDecoupling.execute(handle, fdi, image)  # warm-up (first calls, model loading)
     ours_once = []

@@ -37,14 +37,14 @@ sys.path.insert(0, str(ROOT.parent / "tests"))
 from guidance_overhead import build_random_sd21, sync, timed, trained_like_adapter  # noqa: E402
 
 
-def plain_sampling(pipe, image: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
+def plain_sampling(pipe, image: torch.Tensor, steps: int) -> torch.Tensor:
     """The restore's work without the adapter: VAE encode, DDIM inversion, DDIM sampling, decode."""
-    from fdi.pipeline import reflect_pad
+    from fdi.sampling import pad_to_multiple
 
     with torch.no_grad():
         cond = pipe.encode_prompt("")
-        padded = reflect_pad(image.to(pipe.device, torch.float32))
-        lat = pipe.encode_images(padded, seed)
+        padded = pad_to_multiple(image.to(pipe.device, torch.float32))
+        lat = pipe.encode_images(padded)
         lat = pipe.invert(lat, cond, steps, steps)
         lat = pipe.sample(lat, cond, steps, 0.0)
         return pipe.decode_latents(lat).cpu()

@@ -1,50 +1,22 @@
 """Applying FDI guidance to UNet features: the math shared by every UNet backend (pure torch).
 
-This module imports neither diffusers nor ComfyUI: the diffusers backend
-(:mod:`fdi.diffusers_backend`) and the ComfyUI patches both call these functions at the points of
-DESIGN §3, so the same adapter on the same UNet weights gives the same numbers in both.
+Imports neither diffusers nor ComfyUI; both backends call these functions at the same points, so
+the same adapter on the same UNet weights gives the same numbers. ``guidances`` is a sequence of
+``(FDIGuidance, weight)`` pairs, ``strength`` a global factor; encoder levels ``0..3`` (``r_1..r_4``),
+decoder points ``0..2``. Features ``h``, ``D`` are ``[B, C, h, w]``.
 
-Inputs: ``guidances`` is a sequence of ``(FDIGuidance, weight)`` pairs (several adapters at once,
-"composite"); ``strength`` is a global factor. Levels are 0-based here: encoder level ``0..3``
-(``r_1..r_4``), decoder point ``0..2`` (``up_blocks[0..2]`` outputs, ComfyUI ``h`` entering output
-blocks 3, 6, 9).
+* encoder residual at level ``i``: ``h ← h + strength · Σ_k w_k · fit(r_k,i)``;
+* visual modulator at point ``j`` (statistics over the spatial dims, ``eps = 1e-5``)::
 
-Formulas (``h`` and ``D`` are the UNet features ``[B, C, h, w]``):
+      AdaIN_k(D) = (D − μ_D) / σ_D · σ_k + μ_k
+      D ← D + strength · Σ_k w_k g_k ⊙ (AdaIN_k(D) − D)  =  α ⊙ D + β
 
-* **Multi-level guidance (encoder residual)** at level ``i``::
+  with ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D``, ``A = s·Σ w_k g_k σ_k``, ``B = s·Σ w_k g_k μ_k``,
+  ``G = s·Σ w_k g_k`` (statistics and coefficients in float32, the product in ``D``'s dtype).
 
-      h ← h + strength · Σ_k w_k · fit(r_k,i)
-
-  where ``fit`` crops/resizes the residual to ``h``'s spatial size and repeats its batch (below).
-  The sum is formed in ``h``'s dtype, in the order the guidances are given.
-* **Visual modulator (decoder modulation)** at point ``j``, with statistics over the spatial dims
-  and ``eps = 1e-5``::
-
-      μ_D = mean_{x,y}(D),  σ_D = sqrt(var_{x,y}(D) + eps)                          [B, C, 1, 1]
-      AdaIN_k(D) = (D − μ_D) / σ_D · σ_k + μ_k                                      (μ_k, σ_k: [B, C])
-      D ← D + strength · Σ_k w_k · g_k ⊙ (AdaIN_k(D) − D)                           (g_k: [C])
-
-  evaluated in the algebraically equal per-channel affine form ``D ← α ⊙ D + β`` with
-  ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D``, ``A = s·Σ w_k g_k σ_k``, ``B = s·Σ w_k g_k μ_k``,
-  ``G = s·Σ w_k g_k`` (:func:`modulation_coefficients`, :func:`modulate`): statistics and
-  coefficients in float32 (fp16 statistics over a 64×64 map lose too much), then one
-  multiply-add over ``D`` in its own dtype. ``A, B, G`` do not depend on ``D``, so a backend may
-  compute them once per restoration (the diffusers backend does); the result is the same.
-
-Both are exact no-ops when every residual and every gate is zero (a fresh adapter) or when
-``strength == 0`` or all weights are 0, and both are linear in ``strength`` and in each ``w_k``.
-
-Shape rules (decisions; the design is silent):
-
-* **Spatial**: a residual of the UNet feature's size is used as is. One that is larger by at most
-  :data:`MAX_CROP` pixels in each dimension (the adapter rounds odd sizes up, the UNet's VAE
-  latent rounds down) is cropped to the top-left part, which is where both came from. Any other
-  size (an image of a different size than the latent) is resized bilinearly
-  (``align_corners=False``).
-* **Batch**: guidance for ``Bg`` images applied to a UNet batch ``B``: ``Bg == B`` as is;
-  ``B`` a multiple of ``Bg`` (e.g. ``Bg = 1``, or the cond/uncond halves of CFG, which both
-  diffusers and ComfyUI lay out as whole batches one after the other) → the guidance batch is
-  tiled ``B / Bg`` times; anything else is an :class:`~fdi.errors.FDIError`.
+Both are exact no-ops for zero residuals and gates, ``strength = 0`` or zero weights. ``fit``
+crops (up to :data:`MAX_CROP` pixels) or resizes a residual to the feature and tiles its batch
+(:func:`fit_spatial`, :func:`fit_batch`).
 """
 
 from __future__ import annotations
@@ -189,28 +161,6 @@ def apply_modulation(d: torch.Tensor, point: int, guidances: Sequence[WeightedGu
     return modulate(d, modulation_coefficients(point, guidances, strength, d.shape[0], d.shape[1], d.device))
 
 
-# ---- step rules shared by both backends ------------------------------------------------------------
-
-def guided_step_count(steps: int, guidance_end: float) -> int:
-    """How many leading sampling steps are guided: steps ``k`` with ``k < guidance_end · steps``.
-
-    (17 of 50 at the paper's 0.333.) The diffusers pipeline and ``FDIRestore`` both use this rule.
-    """
-    return sum(1 for k in range(int(steps)) if k < float(guidance_end) * int(steps))
-
-
-def inversion_timestep_grid(t_last: float, t_first: float, inversion_steps: int) -> torch.Tensor:
-    """DDIM-inversion timesteps, ascending: ``round(linspace(t_last, t_first, n))`` (int64).
-
-    ``t_first``/``t_last`` are the first (noisiest) and last sampling timesteps; the inversion ends
-    where sampling starts, and equals the sampling timesteps reversed when ``n`` is the number of
-    sampling steps of a uniform schedule. One step inverts straight to ``t_first``.
-    """
-    if int(inversion_steps) == 1:
-        return torch.tensor([round(float(t_first))], dtype=torch.long)
-    return torch.linspace(float(t_last), float(t_first), int(inversion_steps), dtype=torch.float64).round().long()
-
-
 class StepInvariantCache:
     """Memo for the parts of guidance that do not change from one sampling step to the next.
 
@@ -220,7 +170,8 @@ class StepInvariantCache:
     them on the first guided step under a key naming those inputs and reuses them, so each step
     costs one add per encoder level and one multiply-add per decoder point.
 
-    Under autograd (training) nothing is cached: every forward builds its own graph. Whoever owns a
+    Under autograd (training) nothing is cached: every forward builds its own graph; under
+    ``torch.compile`` neither (the compiled graph computes them, no Python state is traced). Whoever owns a
     cache must :meth:`clear` it when the guidances or the strength change.
     """
 
@@ -228,7 +179,7 @@ class StepInvariantCache:
         self._values: Dict[Hashable, object] = {}
 
     def get(self, key: Hashable, compute: Callable[[], T]) -> T:
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return compute()
         if key not in self._values:
             self._values[key] = compute()

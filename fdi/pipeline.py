@@ -1,44 +1,20 @@
 """FDI restoration with diffusers: VAE-encode → DDIM inversion → guided DDIM sampling → decode.
 
 :class:`FDIRestorationPipeline` holds the frozen SD 2.1 parts (VAE, text encoder, tokenizer, UNet,
-a DDIM schedule) and restores image batches with one or several FDI adapters (DESIGN §1.3):
+a DDIM schedule) and restores image batches with one or several FDI adapters:
 
-1. The image ``[B, 3, H, W]`` in 0..1 is reflect-padded on the bottom/right to a multiple of 64
-   (the UNet needs latents divisible by 8), mapped to −1..1 and VAE-encoded:
-   ``z = (mean + std·n) · scaling_factor`` with ``n`` from a CPU generator seeded with ``seed``
-   for each image (decision: a posterior *sample*, so the seed means something; identical on every
-   device, and an image gives the same result alone or in a batch).
-2. **DDIM inversion** (``inversion_steps``, default 50, same conditioning, no CFG, no guidance) from
-   ``z`` to the start latent at the first sampling timestep ``t_0``. The inversion visits the
-   timesteps ``round(linspace(t_{N−1}, t_0, inversion_steps))`` — exactly the sampling timesteps in
-   reverse when ``inversion_steps == steps`` — and uses the usual approximation: the UNet is
-   evaluated at the *target* timestep on the current latent, and its output is converted to
-   ``(x̂_0, ε)`` with the current level's ᾱ (as diffusers' ``DDIMInverseScheduler``).
-3. **DDIM sampling** (``steps``, default 50, η = 0) from ``t_0``: step ``k`` (0-based) is guided iff
-   ``k < guidance_end · steps`` (default 0.333 → steps 0..16 of 50, the paper's "first of three
-   stages"). CFG is ``ε_u + cfg·(ε_c − ε_u)`` on the model output (``cfg = 1``: conditional only,
-   one UNet pass per step).
-4. Decode, map to 0..1, crop back to ``H × W``.
+1. pad to a multiple of 64 (:func:`fdi.sampling.pad_to_multiple`), VAE-encode (posterior mode);
+2. DDIM inversion from the clean level to the first sampling timestep (no CFG, no guidance);
+3. DDIM sampling (η = 0) down to the clean level, guided on the steps of
+   :func:`fdi.sampling.guided_step_count`, CFG ``ε_u + cfg·(ε_c − ε_u)`` when ``cfg ≠ 1``;
+4. decode, crop back to ``H × W``.
 
-The arithmetic of both DDIM loops is written here (not ``scheduler.step``) so that inversion and
-sampling use the same conversions for ``epsilon`` and ``v_prediction`` models, in float32 whatever
-the UNet's dtype. The timesteps come from ``DDIMScheduler.set_timesteps`` with the model's own
-scheduler config (spacing, offset, ``set_alpha_to_one``); the ᾱ after the last step is the
-scheduler's ``final_alpha_cumprod``.
+Every rule (timesteps, ends, guided steps, conversions, padding) is :mod:`fdi.sampling`'s, shared
+with the ComfyUI nodes; the loops run in float32 whatever the UNet's dtype. Adapters run once per
+image batch in float32 (:class:`AdapterUse`: adapter, FDI, weight; ``composite`` sums their
+guidance, ``progressive`` restores with one after the other).
 
-Adapters: each :class:`AdapterUse` is an adapter, its FDI (default: the one embedded in its file)
-and a weight. ``composite`` mode guides one restoration with all of them (weighted sum of
-residuals and modulation deltas); ``progressive`` restores with the first, feeds the result to the
-second, and so on, each with its own weight. The adapter runs once per image batch in float32
-(decision: a one-time cost; fp16 statistics over 32 tokens are not worth the risk), and its
-guidance is cast to the UNet's dtype where it is added.
-
-Loading: a diffusers folder (``model_index.json`` + ``unet/``, ``vae/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/``; safetensors weights only) or a single-file SD 2.1 checkpoint
-(``.safetensors``) through ``StableDiffusionPipeline.from_single_file`` with
-``local_files_only=True``: nothing is ever downloaded; the component configs come from
-``config=`` (a diffusers folder of the same model; configs without weights suffice) or the local
-Hugging Face cache. BLIP-2 is never loaded here: the FDI comes from a file.
+Loading: a diffusers folder or a single-file ``.safetensors`` checkpoint, offline, safetensors only.
 """
 
 from __future__ import annotations
@@ -57,12 +33,12 @@ from .adapter import FDIAdapter, FDIGuidance
 from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_unet
 from .errors import FDIError
 from .files import PathLike, read_header, refuse_pickle
-from .guidance import guided_step_count, inversion_timestep_grid
 from .images import check_image_batch
 from .instruction import FDI
 from .progress import ProgressCallback, report
+from .sampling import (CLEAN_ALPHA, SD2_STEPS_OFFSET, SD2_TIMESTEP_SPACING, ddim_step, ddim_timesteps, guided_step_count,
+                       inversion_timesteps, pad_to_multiple)
 
-PAD_MULTIPLE = 64
 MIN_SIDE = 8
 MODES = ("composite", "progressive")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -103,30 +79,6 @@ def detect_base_family(unet_config, prediction_type: str) -> str:
     return f"{arch}-{suffix}"
 
 
-def reflect_pad(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
-    """Pad ``[B, C, H, W]`` on the bottom/right to multiples of ``multiple`` by mirroring.
-
-    Reflection needs the pad to be smaller than the side, so a small image is mirrored repeatedly
-    (each round at most ``side − 1``) until it is large enough.
-    """
-    h, w = images.shape[-2:]
-    th, tw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    x = images
-    while x.shape[-2] < th or x.shape[-1] < tw:
-        ph = min(th - x.shape[-2], x.shape[-2] - 1)
-        pw = min(tw - x.shape[-1], x.shape[-1] - 1)
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-    return x
-
-
-def _predict(x: torch.Tensor, out: torch.Tensor, alpha: torch.Tensor, prediction_type: str):
-    """``(x̂_0, ε)`` from the model output ``out`` at noise level ᾱ = ``alpha`` (all float32)."""
-    a, s = alpha.sqrt(), (1 - alpha).sqrt()
-    if prediction_type == "epsilon":
-        return (x - s * out) / a, out
-    if prediction_type == "v_prediction":
-        return a * x - s * out, a * out + s * x
-    raise FDIError(f"prediction type {prediction_type!r} is not supported; FDI restoration works with epsilon and v_prediction models (SD 2.1 base / 768)")
 
 
 def _load_error(what: str, path: Path, exc: Exception) -> FDIError:
@@ -274,17 +226,9 @@ class FDIRestorationPipeline:
         return self.text_encoder(ids.to(self.device))[0]
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, seed: int) -> torch.Tensor:
-        """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32.
-
-        The posterior noise of every image is drawn from a CPU generator seeded with ``seed`` (the same
-        for each image), so an image's result does not depend on the batch it is in, nor on the device.
-        """
-        dist = self.vae.encode((images * 2 - 1).to(device=self.device, dtype=self.dtype)).latent_dist
-        mean, std = dist.mean.float(), dist.std.float()
-        noise = torch.cat([torch.randn((1, *mean.shape[1:]), generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
-                           for _ in range(mean.shape[0])]).to(self.device)
-        z = mean + std * noise
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32: the posterior *mode*."""
+        z = self.vae.encode((images * 2 - 1).to(device=self.device, dtype=self.dtype)).latent_dist.mode().float()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (z - shift) * self.vae.config.scaling_factor
 
@@ -297,29 +241,24 @@ class FDIRestorationPipeline:
         return ((x + 1) / 2).clamp(0, 1)
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
-        """The DDIM timesteps ``t_0 > … > t_{N−1}`` (int64, CPU) of the model's schedule."""
-        self.scheduler.set_timesteps(steps)
-        return self.scheduler.timesteps.clone().long().cpu()
+        """The DDIM timesteps ``t_0 > … > t_{N−1}`` (int64, CPU) of the model's schedule (:func:`fdi.sampling.ddim_timesteps`)."""
+        c = self.scheduler.config
+        return ddim_timesteps(steps, c.num_train_timesteps, getattr(c, "timestep_spacing", SD2_TIMESTEP_SPACING),
+                              getattr(c, "steps_offset", SD2_STEPS_OFFSET))
 
     def inversion_timesteps(self, steps: int, inversion_steps: int) -> torch.Tensor:
-        """``round(linspace(t_{N−1}, t_0, inversion_steps))``: ascending, ending at the first sampling timestep."""
-        ts = self.sampling_timesteps(steps)
-        return inversion_timestep_grid(float(ts[-1]), float(ts[0]), inversion_steps)
+        """Ascending inversion timesteps ending at the first sampling timestep (:func:`fdi.sampling.inversion_timesteps`)."""
+        return inversion_timesteps(self.sampling_timesteps(steps), inversion_steps)
 
-    def _alphas(self) -> tuple:
-        """(ᾱ for every training timestep, ᾱ after the last step) as float32 tensors on the device.
+    def _alpha(self, t: Optional[int]) -> torch.Tensor:
+        """ᾱ of training timestep ``t`` (``None``: the clean level, 1), float32 on the device.
 
-        Kept on the device and indexed there, so the loops never copy from the host per step
-        (each copy would stall a GPU that is otherwise queued ahead)."""
+        The table is kept on the device, so the loops never copy from the host per step."""
         key = (self.device, id(self.scheduler))
         if getattr(self, "_alpha_cache", (None,))[0] != key:
             self._alpha_cache = (key, self.scheduler.alphas_cumprod.to(self.device, torch.float32),
-                                 self.scheduler.final_alpha_cumprod.to(self.device, torch.float32))
-        return self._alpha_cache[1], self._alpha_cache[2]
-
-    def _alpha(self, t: Optional[int]) -> torch.Tensor:
-        alphas, final = self._alphas()
-        return final if t is None else alphas[int(t)]
+                                 torch.tensor(CLEAN_ALPHA, device=self.device))
+        return self._alpha_cache[2] if t is None else self._alpha_cache[1][int(t)]
 
     def _unet(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
@@ -328,15 +267,16 @@ class FDIRestorationPipeline:
     @torch.no_grad()
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, inversion_steps: int,
                progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0) -> torch.Tensor:
-        """DDIM inversion of clean latents ``[B, 4, h, w]`` to the level of the first sampling timestep."""
+        """DDIM inversion of clean latents ``[B, 4, h, w]`` (ᾱ = 1) to the level of the first sampling timestep.
+
+        Each step evaluates the UNet at the *next* timestep on the current latent (diffusers'
+        ``DDIMInverseScheduler``)."""
         x = latents.float()
         cond = cond.expand(x.shape[0], -1, -1)
-        a_cur = self._alpha(None)
+        t_cur = None
         for j, t in enumerate(self.inversion_timesteps(steps, inversion_steps).tolist()):
-            a_next = self._alpha(t)
-            x0, eps = _predict(x, self._unet(x, t, cond), a_cur, self.prediction_type)
-            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-            a_cur = a_next
+            x = ddim_step(x, self._unet(x, t, cond), self._alpha(t_cur), self._alpha(t), self.prediction_type)
+            t_cur = t
             report(progress, done + j + 1, total)
         return x
 
@@ -344,7 +284,8 @@ class FDIRestorationPipeline:
     def sample(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, guidance_end: float,
                hooks: Optional[DiffusersGuidance] = None, uncond: Optional[torch.Tensor] = None, cfg: float = 1.0,
                progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0) -> torch.Tensor:
-        """DDIM sampling (η = 0) from the level of ``t_0``; ``hooks.active`` is set per step (guidance window)."""
+        """DDIM sampling (η = 0) from the level of ``t_0`` down to the clean level (ᾱ = 1);
+        ``hooks.active`` is set per step (:func:`fdi.sampling.guided_step_count`)."""
         x = latents.float()
         b = x.shape[0]
         use_cfg = cfg != 1.0
@@ -359,9 +300,7 @@ class FDIRestorationPipeline:
                 out = out_u + cfg * (out_c - out_u)
             else:
                 out = self._unet(x, t, c)
-            x0, eps = _predict(x, out, self._alpha(t), self.prediction_type)
-            a_prev = self._alpha(ts[k + 1] if k + 1 < len(ts) else None)
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+            x = ddim_step(x, out, self._alpha(t), self._alpha(ts[k + 1] if k + 1 < len(ts) else None), self.prediction_type)
             report(progress, done + k + 1, total)
         if hooks is not None:
             hooks.active = False
@@ -379,13 +318,13 @@ class FDIRestorationPipeline:
         return adapter(images.to(self.device, torch.float32), use.resolved_fdi()).detach()
 
     def restore(self, images: torch.Tensor, adapters: Sequence[AdapterUse], *, steps: int = 50, inversion_steps: int = 50,
-                guidance_end: float = 0.333, strength: float = 1.0, seed: int = 0, mode: str = "composite",
+                guidance_end: float = 0.333, strength: float = 1.0, mode: str = "composite",
                 prompt: str = "", negative_prompt: str = "", cfg: float = 1.0,
                 progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
 
         ``progress(done, total)`` counts UNet steps (inversion and sampling, all stages).
-        Same inputs and seed → the same output, bit for bit, on the same device.
+        Deterministic: the same inputs give the same output, bit for bit, on the same device.
         """
         adapters = list(adapters)
         self.check_inputs(images, adapters, steps, inversion_steps, guidance_end, strength, mode, cfg)
@@ -398,9 +337,9 @@ class FDIRestorationPipeline:
         total = per_stage * len(stages)
         x = images
         for i, stage in enumerate(stages):
-            padded = reflect_pad(x.to(self.device, torch.float32))
+            padded = pad_to_multiple(x.to(self.device, torch.float32))
             guidance = [(self.compute_guidance(u, padded), u.weight) for u in stage]
-            latents = self.encode_images(padded, int(seed))
+            latents = self.encode_images(padded)
             latents = self.invert(latents, cond, steps, inversion_steps, progress, i * per_stage, total)
             with DiffusersGuidance(self.unet, guidance, strength=strength, active=False) as hooks:
                 latents = self.sample(latents, cond, steps, guidance_end, hooks, uncond, cfg, progress, i * per_stage + inversion_steps, total)

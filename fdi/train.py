@@ -78,6 +78,7 @@ import torch.nn.functional as F
 from .errors import FDIError
 from .files import PathLike, check_output_path, load_safetensors, save_safetensors
 from .progress import ProgressCallback, report
+from .sampling import diffusion_target, predict_x0
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FORMAT = "fdi_train_state"
@@ -160,31 +161,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------------------- loss
-def predict_x0(z_t: torch.Tensor, pred: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """``ẑ_0`` from the UNet output ``pred`` at ``z_t`` (all ``[B, C, h, w]``; ``alpha_bar`` ``[B]`` = ᾱ_t)."""
-    a = alpha_bar.to(torch.float32).view(-1, 1, 1, 1)
-    sa, s1 = a.sqrt(), (1 - a).sqrt()
-    if prediction_type == "epsilon":
-        return (z_t - s1 * pred) / sa
-    if prediction_type == "v_prediction":
-        return sa * z_t - s1 * pred
-    if prediction_type == "sample":
-        return pred
-    raise FDIError(f"unsupported scheduler prediction_type {prediction_type!r}; SD 2.1 models use 'epsilon' or 'v_prediction'")
-
-
-def diffusion_target(z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """The regression target of the UNet: ``ε``, ``v = sqrt(ᾱ)ε − sqrt(1−ᾱ)z_0`` or ``z_0``."""
-    if prediction_type == "epsilon":
-        return noise
-    a = alpha_bar.to(torch.float32).view(-1, 1, 1, 1)
-    if prediction_type == "v_prediction":
-        return a.sqrt() * noise - (1 - a).sqrt() * z0
-    if prediction_type == "sample":
-        return z0
-    raise FDIError(f"unsupported scheduler prediction_type {prediction_type!r}; SD 2.1 models use 'epsilon' or 'v_prediction'")
-
-
 def fdi_loss(pred: torch.Tensor, z_t: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
              prediction_type: str, recon_weight: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(L, L_diffusion, L_recon)`` with ``L = MSE(pred, target) + λ·mean|ẑ_0 − z_0|`` (float32 scalars)."""
@@ -639,7 +615,7 @@ class _Run:
             try:
                 for i in range(0, len(degs), self.micro):
                     out = self.pipe.restore(torch.stack(degs[i:i + self.micro]), [AdapterUse(adapter, self.fdi, 1.0)],
-                                            steps=self.cfg.val_steps, inversion_steps=self.cfg.val_steps, seed=self.cfg.seed,
+                                            steps=self.cfg.val_steps, inversion_steps=self.cfg.val_steps,
                                             prompt=self.cfg.prompt)
                     restored.extend(out)
             finally:

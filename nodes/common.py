@@ -15,7 +15,7 @@ runs last).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 import torch
@@ -234,29 +234,20 @@ def load_to_device(patcher: comfy.model_patcher.ModelPatcher) -> torch.device:
 
 
 @dataclass
-class QFormerHandle:
-    """The ``BLIP2_QFORMER`` value: the library encoder and the patcher that manages it."""
+class ModelHandle:
+    """A library module managed by ComfyUI: the ``BLIP2_QFORMER`` and ``FDI_ADAPTER`` values.
 
-    encoder: object
+    ``module`` is the library object (:class:`fdi.encoder.QFormerEncoder`, :class:`fdi.adapter.FDIAdapter`),
+    ``patcher`` the ``ModelPatcher`` that loads and offloads it, ``name`` the file or folder it came from."""
+
+    module: object
     patcher: comfy.model_patcher.ModelPatcher
     name: str
 
     def loaded(self):
+        """The module, on ComfyUI's load device (other models offloaded if needed)."""
         load_to_device(self.patcher)
-        return self.encoder
-
-
-@dataclass
-class AdapterHandle:
-    """The ``FDI_ADAPTER`` value: the library adapter and the patcher that manages it."""
-
-    adapter: object
-    patcher: comfy.model_patcher.ModelPatcher
-    name: str
-
-    def loaded(self):
-        load_to_device(self.patcher)
-        return self.adapter
+        return self.module
 
 
 @dataclass
@@ -272,7 +263,6 @@ class GuidanceHandle:
     channels: tuple
     base_family: str
     label: str = ""
-    image_size: tuple = field(default=(0, 0))
 
 
 # ------------------------------------------------------------------------------------------------

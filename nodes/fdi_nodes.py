@@ -15,7 +15,7 @@ from ..fdi.errors import FDIError
 from ..fdi.extract import extract_fdi, extract_fdi_from_folders
 from ..fdi.images import pair_folders
 from ..fdi.instruction import COMBINE_MODES, FDI, combine
-from .common import (CATEGORY, DTYPE_CHOICES, Blip2QFormer, FDIType, QFormerHandle, blip2_folders,
+from .common import (CATEGORY, DTYPE_CHOICES, Blip2QFormer, FDIType, ModelHandle, blip2_folders,
                      blip2_path, check_inside, check_save_name, fdi_files, fdi_save_dir, image_to_batch, input_subfolder,
                      make_patcher, model_file, pick_dtype, progress_callback)
 
@@ -50,7 +50,7 @@ class FDIQFormerLoader(io.ComfyNode):
         path = blip2_path(folder)
         vision_dtype = pick_dtype(dtype, mm.get_torch_device())
         encoder = QFormerEncoder.from_pretrained(path, device=mm.unet_offload_device(), vision_dtype=vision_dtype)
-        return io.NodeOutput(QFormerHandle(encoder, make_patcher(encoder), folder))
+        return io.NodeOutput(ModelHandle(encoder, make_patcher(encoder), folder))
 
 
 class FDIExtract(io.ComfyNode):
@@ -81,7 +81,7 @@ class FDIExtract(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, qformer: QFormerHandle, degraded: torch.Tensor, clean: torch.Tensor, label: str, batch_size: int,
+    def execute(cls, qformer: ModelHandle, degraded: torch.Tensor, clean: torch.Tensor, label: str, batch_size: int,
                 keep_pairs: bool) -> io.NodeOutput:
         d, c = image_to_batch(degraded, "degraded images"), image_to_batch(clean, "clean images")
         if d.shape[0] != c.shape[0]:
@@ -120,7 +120,7 @@ class FDIExtractFromFolders(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, qformer: QFormerHandle, degraded_folder: str, clean_folder: str, label: str, batch_size: int,
+    def execute(cls, qformer: ModelHandle, degraded_folder: str, clean_folder: str, label: str, batch_size: int,
                 keep_pairs: bool) -> io.NodeOutput:
         import folder_paths
 

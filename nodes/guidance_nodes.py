@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
 import comfy.model_management as mm
@@ -20,14 +19,14 @@ import comfy.utils
 import latent_preview
 
 from ..fdi.adapter import FDIAdapter
-from ..fdi.comfy_backend import (GuidanceEntry, add_guidance, check_unet_for_adapter, ddim_inversion_sampler, inversion_sigmas,
-                                 restore_inversion_sigmas, sigma_window, step_window)
+from ..fdi.comfy_backend import GuidanceEntry, add_guidance, check_unet_for_adapter, ddim_inversion_sampler, sigma_window
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI
-from .common import (CATEGORY, DTYPE_CHOICES, AdapterHandle, FDIAdapterType, FDIGuidanceType, FDIType, GuidanceHandle,
-                     adapter_files, image_to_batch, interrupt_check, make_patcher, model_file, pick_dtype)
+from ..fdi.sampling import ddim_timesteps, inversion_sigmas, inversion_timesteps, pad_to_multiple, sampling_sigmas
+from .common import (CATEGORY, ModelHandle, FDIAdapterType, FDIGuidanceType, FDIType, GuidanceHandle, adapter_files,
+                     batch_to_image, image_to_batch, interrupt_check, make_patcher, model_file)
 
-INVERSION_SCHEDULER = "ddim_uniform"
+#: ComfyUI's DDIM sampler (Euler in sigma space, deterministic)
 SAMPLER = "ddim"
 
 
@@ -42,11 +41,11 @@ class FDIAdapterLoader(io.ComfyNode):
             category=f"{CATEGORY}/loaders",
             description=(
                 "Loads an FDI adapter (.safetensors) from models/fdi_adapters. Its file may embed the FDI it was trained with: "
-                "that FDI is the second output (empty when the file has none; connect an FDI from 'Load FDI' then)."
+                "that FDI is the second output (empty when the file has none; connect an FDI from 'Load FDI' then). "
+                "The adapter runs once per image, in float32, as 'python -m fdi restore' runs it."
             ),
             inputs=[
                 io.Combo.Input("adapter_name", options=adapter_files(), tooltip="Adapter file in models/fdi_adapters (or an 'fdi_adapters' path of extra_model_paths.yaml)."),
-                io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto", tooltip="Precision of the adapter weights; 'auto' uses fp16/bf16 where the device supports it."),
             ],
             outputs=[
                 FDIAdapterType.Output(display_name="adapter", tooltip="The adapter, managed by ComfyUI."),
@@ -55,11 +54,10 @@ class FDIAdapterLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, adapter_name: str, dtype: str) -> io.NodeOutput:
+    def execute(cls, adapter_name: str) -> io.NodeOutput:
         path = model_file("fdi_adapters", adapter_name, "FDI adapter")
-        torch_dtype = pick_dtype(dtype, mm.get_torch_device())
-        adapter = FDIAdapter.from_file(path, device=mm.unet_offload_device(), dtype=torch_dtype)
-        return io.NodeOutput(AdapterHandle(adapter, make_patcher(adapter), adapter_name), adapter.fdi)
+        adapter = FDIAdapter.from_file(path, device=mm.unet_offload_device(), dtype=torch.float32)
+        return io.NodeOutput(ModelHandle(adapter, make_patcher(adapter), adapter_name), adapter.fdi)
 
 
 class FDINoiseDecoupling(io.ComfyNode):
@@ -85,30 +83,29 @@ class FDINoiseDecoupling(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, adapter: AdapterHandle, fdi: FDI, image: torch.Tensor) -> io.NodeOutput:
+    def execute(cls, adapter: ModelHandle, fdi: FDI, image: torch.Tensor) -> io.NodeOutput:
         return io.NodeOutput(run_adapter(adapter, fdi, image))
 
 
-def run_adapter(handle: AdapterHandle, fdi: FDI, image: torch.Tensor) -> GuidanceHandle:
+def run_adapter(handle: ModelHandle, fdi: FDI, image: torch.Tensor) -> GuidanceHandle:
     """The adapter's guidance for ``image`` (ComfyUI IMAGE) and ``fdi``, kept on the intermediate device."""
     if fdi is None:
         raise FDIError("no FDI connected and the adapter file embeds none; connect an FDI from 'Load FDI' or 'Extract FDI'")
     if not isinstance(fdi, FDI):
         raise FDIError(f"the 'fdi' input is a {type(fdi).__name__}, not an FDI; connect an FDI output")
     images = image_to_batch(image, "image")
-    adapter = handle.adapter
+    adapter = handle.module
     adapter.check_fdi(fdi)  # width, token count and encoder, before any work
     adapter = handle.loaded()
     device = handle.patcher.load_device
     with torch.no_grad():
-        guidance = adapter(images.to(device), fdi).detach()
+        guidance = adapter(images.to(device, torch.float32), fdi).detach()
     guidance = guidance.to(mm.intermediate_device(), torch.float32)
-    return GuidanceHandle(guidance, tuple(adapter.config.channels), adapter.base_family,
-                          label=fdi.label or adapter.label, image_size=tuple(images.shape[-2:]))
+    return GuidanceHandle(guidance, tuple(adapter.config.channels), adapter.base_family, label=fdi.label or adapter.label)
 
 
 class FDIApplyGuidance(io.ComfyNode):
-    """Patch a MODEL (clone) so the UNet takes FDI guidance inside a window of the sampling."""
+    """Patch a MODEL (clone) so the UNet takes FDI guidance on a part of the sampling steps."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -118,36 +115,54 @@ class FDIApplyGuidance(io.ComfyNode):
             category=f"{CATEGORY}/guidance",
             description=(
                 "Returns a copy of the MODEL whose UNet adds the FDI residuals after input blocks 2, 5, 8, 11 and modulates h entering "
-                "output blocks 3, 6, 9 (AdaIN towards the refined FDI), while the sampling is between start_percent and end_percent "
-                "(the paper guides the first third). Works with the stock KSampler / KSamplerAdvanced and CFG (both halves guided). "
-                "Chain several to combine adapters (their contributions add up)."
+                "output blocks 3, 6, 9 (AdaIN towards the refined FDI) on the sampling steps k (0-based) with "
+                "start_percent x N <= k < end_percent x N of the sampler's N steps (0 to 0.333 of 50 steps = steps 0..16, the paper's "
+                "first third, as 'python -m fdi restore' guides). Works with the stock samplers and CFG (both halves guided) and with "
+                "TorchCompileModel. Chain several to combine adapters (their contributions add up)."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="An SD 2.x MODEL (e.g. from 'Load Checkpoint'; LoRAs and other patches are kept)."),
                 FDIGuidanceType.Input("guidance", tooltip="Guidance from 'FDI Noise Decoupling'."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Scale of residuals and modulation gates (0 = no effect, 1 = as trained)."),
-                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001, tooltip="Where guidance starts, as a fraction of the sampling (0 = first step)."),
-                io.Float.Input("end_percent", default=0.333, min=0.0, max=1.0, step=0.001, tooltip="Where guidance ends (0.333 = first third of the steps, as in the paper). Must be >= start_percent."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001,
+                               tooltip="First guided step as a fraction of the sampler's steps (0 = from the first step)."),
+                io.Float.Input("end_percent", default=0.333, min=0.0, max=1.0, step=0.001,
+                               tooltip="Steps k < end_percent x steps are guided (0.333 of 50 = steps 0..16, the paper's first third). Must be >= start_percent."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The guided MODEL (a clone; the input MODEL is unchanged).")],
         )
 
     @classmethod
     def execute(cls, model, guidance: GuidanceHandle, strength: float, start_percent: float, end_percent: float) -> io.NodeOutput:
-        model_sampling = model.get_model_object("model_sampling")
-        sigma_start, sigma_end = sigma_window(model_sampling.percent_to_sigma, start_percent, end_percent)
-        return io.NodeOutput(apply_guidance(model, guidance, strength, sigma_start, sigma_end))
+        return io.NodeOutput(apply_guidance(model, guidance, strength, start_percent, end_percent))
 
 
-def apply_guidance(model, guidance: GuidanceHandle, strength: float, sigma_start: float, sigma_end: float):
-    """A clone of ``model`` (ModelPatcher) with ``guidance`` added to its FDI patch for a sigma window."""
+def prediction_type(model) -> str:
+    """The MODEL's prediction as the library names it (``epsilon``, ``v_prediction``, or ComfyUI's type name)."""
+    kind = getattr(getattr(getattr(model, "model", None), "model_type", None), "name", "")
+    return {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(kind, kind.lower() or "unknown")
+
+
+def apply_guidance(model, guidance: GuidanceHandle, strength: float, start: float, end: float):
+    """A clone of ``model`` (ModelPatcher) with ``guidance`` added to its FDI patch for steps ``start·N ≤ k < end·N``."""
     if not isinstance(guidance, GuidanceHandle):
         raise FDIError(f"the 'guidance' input is a {type(guidance).__name__}; connect 'FDI Noise Decoupling'")
     unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", None)
-    input_blocks, output_blocks = check_unet_for_adapter(unet_config, guidance.channels, guidance.base_family)
+    input_blocks, output_blocks = check_unet_for_adapter(unet_config, guidance.channels, guidance.base_family, prediction_type(model))
+    sigma_start, sigma_end = sigma_window(model.get_model_object("model_sampling").percent_to_sigma, start, end)
     m = model.clone()
-    add_guidance(m.model_options, GuidanceEntry(guidance.guidance, float(strength), sigma_start, sigma_end), input_blocks, output_blocks)
+    entry = GuidanceEntry(guidance.guidance, float(strength), float(start), float(end), sigma_start, sigma_end)
+    add_guidance(m.model_options, entry, input_blocks, output_blocks)
     return m
+
+
+def restore_schedule(model, steps: int, inversion_steps: int):
+    """``(sampling sigmas, inversion sigmas)`` of the library's DDIM schedule (:mod:`fdi.sampling`) for a MODEL:
+    the timesteps ``python -m fdi restore`` visits, for any step count."""
+    ms = model.get_model_object("model_sampling")
+    ts = ddim_timesteps(steps, int(getattr(ms, "num_timesteps", 1000)))
+    sampling = sampling_sigmas(ts, ms.sigma)
+    return sampling, inversion_sigmas(sampling, inversion_timesteps(ts, inversion_steps), ms.sigma)
 
 
 class FDIInvert(io.ComfyNode):
@@ -160,24 +175,25 @@ class FDIInvert(io.ComfyNode):
             display_name="FDI DDIM Inversion",
             category=f"{CATEGORY}/sampling",
             description=(
-                "Inverts a latent (e.g. the VAE-encoded degraded image) with deterministic DDIM through the MODEL (no CFG) on the "
-                "'ddim_uniform' schedule of 'steps' steps. Continue with KSamplerAdvanced: sampler 'ddim', scheduler 'ddim_uniform', "
-                "the same steps, add_noise 'disable', start_at_step 0."
+                "Inverts a latent (e.g. the VAE-encoded degraded image) with deterministic DDIM through the MODEL (no CFG) from the "
+                "clean level to the first of the 'steps' DDIM timesteps that 'python -m fdi restore' samples. Continue with "
+                "KSamplerAdvanced: sampler 'ddim', scheduler 'ddim_uniform', the same steps, add_noise 'disable', start_at_step 0 "
+                "(ddim_uniform visits the same timesteps when steps divides 1000: 10, 20, 25, 50, 100…; FDI Restore is exact for any count)."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="The MODEL to invert with (plain or guided)."),
+                io.Model.Input("model", tooltip="The MODEL to invert with (plain, as the paper does)."),
                 io.Conditioning.Input("positive", tooltip="The prompt conditioning (the paper uses an empty prompt)."),
                 io.Latent.Input("latent", tooltip="The latent to invert (from VAE Encode)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Inversion steps; use the same number in KSamplerAdvanced."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps; use the same number in KSamplerAdvanced."),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The inverted (noisy) latent, to sample from with add_noise disabled.")],
         )
 
     @classmethod
     def execute(cls, model, positive, latent: dict, steps: int) -> io.NodeOutput:
-        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), INVERSION_SCHEDULER, steps)
+        _, inv = restore_schedule(model, steps, steps)
         out = latent.copy()
-        out["samples"] = invert(model, positive, latent["samples"], inversion_sigmas(sigmas))
+        out["samples"] = invert(model, positive, latent["samples"], inv)
         return io.NodeOutput(out)
 
 
@@ -191,9 +207,14 @@ def invert(model, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> torc
         raise FDIError("the 'latent' input holds no latent samples; connect VAE Encode")
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
     sampler = comfy.samplers.KSAMPLER(partial(ddim_inversion_sampler, interrupt=interrupt_check))
+    return _sample(model, sampler, sigmas, 1.0, positive, positive, samples)
+
+
+def _sample(model, sampler, sigmas: torch.Tensor, cfg: float, positive, negative, samples: torch.Tensor) -> torch.Tensor:
+    """``comfy.sample.sample_custom`` from ``samples`` itself (zero noise) with ComfyUI's progress bar and preview."""
     callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
     noise = torch.zeros_like(samples, device="cpu")
-    return comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, positive, positive, samples,
+    return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
                                       callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
 
 
@@ -207,10 +228,10 @@ class FDIRestore(io.ComfyNode):
             display_name="FDI Restore",
             category=f"{CATEGORY}/sampling",
             description=(
-                "The paper's pipeline in one node: runs the adapter on the image and FDI, VAE-encodes the image, DDIM-inverts it "
-                "with the plain MODEL (cfg 1), then samples it back with DDIM ('ddim_uniform') while FDI guidance is active for the "
-                "sampling steps k < guidance_end x steps (as 'python -m fdi restore' does), and decodes. Image sides are padded to "
-                "a multiple of 8 and cropped back."
+                "The paper's pipeline in one node, the same recipe as 'python -m fdi restore' (same pixels on the same files): "
+                "pads the image to a multiple of 64 by mirroring, runs the adapter on it and the FDI, VAE-encodes it, DDIM-inverts "
+                "it with the plain MODEL (cfg 1), samples it back with DDIM on the same timesteps while FDI guidance is active for "
+                "the steps k < guidance_end x steps, decodes and crops back to the input size."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="An SD 2.x MODEL (e.g. SD 2.1 base from 'Load Checkpoint')."),
@@ -223,8 +244,6 @@ class FDIRestore(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Guidance strength (0 = plain inversion + sampling)."),
                 io.Float.Input("guidance_end", default=0.333, min=0.0, max=1.0, step=0.001, tooltip="Fraction of the sampling steps that are guided, from the first (0.333 of 50 = steps 0..16, the paper's first stage)."),
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale for sampling (the paper uses 1)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed passed to the sampler (DDIM from an inverted latent is deterministic)."),
                 FDIType.Input("fdi", optional=True, tooltip="The FDI; when not connected, the FDI embedded in the adapter file is used."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Negative conditioning for cfg > 1; when not connected, a zeroed copy of 'positive' is used."),
             ],
@@ -232,33 +251,27 @@ class FDIRestore(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, vae, image: torch.Tensor, adapter: AdapterHandle, positive, steps: int, inversion_steps: int,
-                strength: float, guidance_end: float, cfg: float, seed: int, fdi: FDI = None, negative=None) -> io.NodeOutput:
-        import nodes as comfy_nodes
-
-        fdi = fdi if fdi is not None else adapter.adapter.fdi
-        images = image[..., :3] if image.shape[-1] == 4 else image
-        h, w = images.shape[1:3]
-        ph, pw = (-h) % 8, (-w) % 8
-        if ph or pw:  # replicate-pad to a multiple of 8 (the VAE's factor); cropped back at the end
-            images = F.pad(images.permute(0, 3, 1, 2), (0, pw, 0, ph), mode="replicate").permute(0, 2, 3, 1)
-        model_sampling = model.get_model_object("model_sampling")
-        sampling_sigmas = comfy.samplers.calculate_sigmas(model_sampling, INVERSION_SCHEDULER, steps)
-        guidance = run_adapter(adapter, fdi, images)
-        guided = apply_guidance(model, guidance, strength, *step_window(sampling_sigmas, guidance_end))
-
-        latent = {"samples": vae.encode(images)}
-        inv = restore_inversion_sigmas(sampling_sigmas, inversion_steps, model_sampling.timestep, model_sampling.sigma)
-        start = {"samples": invert(model, positive, latent["samples"], inv)}
-        if negative is None:
-            negative = [[torch.zeros_like(c[0]), {k: (torch.zeros_like(v) if k == "pooled_output" and isinstance(v, torch.Tensor) else v)
-                                                   for k, v in c[1].items()}] for c in positive]
-        (out,) = comfy_nodes.common_ksampler(guided, seed, steps, cfg, SAMPLER, INVERSION_SCHEDULER, positive, negative, start,
-                                             denoise=1.0, disable_noise=True, start_step=0, last_step=steps, force_full_denoise=True)
-        decoded = vae.decode(out["samples"])
+    def execute(cls, model, vae, image: torch.Tensor, adapter: ModelHandle, positive, steps: int, inversion_steps: int,
+                strength: float, guidance_end: float, cfg: float, fdi: FDI = None, negative=None) -> io.NodeOutput:
+        images = image_to_batch(image, "image")
+        h, w = images.shape[-2:]
+        padded = pad_to_multiple(images)
+        guided = apply_guidance(model, run_adapter(adapter, fdi if fdi is not None else adapter.module.fdi, padded),
+                                strength, 0.0, guidance_end)
+        sampling, inversion = restore_schedule(model, steps, inversion_steps)
+        latent = invert(model, positive, vae.encode(batch_to_image(padded)), inversion)
+        negative = negative if negative is not None else zeroed(positive)
+        latent = _sample(guided, comfy.samplers.sampler_object(SAMPLER), sampling, cfg, positive, negative, latent)
+        decoded = vae.decode(latent)
         if decoded.ndim == 5:  # video VAEs return [B, T, H, W, C]
             decoded = decoded.reshape(-1, *decoded.shape[-3:])
         return io.NodeOutput(decoded[:, :h, :w, :].float().clamp(0, 1).to(mm.intermediate_device()))
+
+
+def zeroed(conditioning):
+    """A copy of ComfyUI conditioning with the embeddings (and pooled output) zeroed: the default negative."""
+    return [[torch.zeros_like(c[0]), {k: (torch.zeros_like(v) if k == "pooled_output" and isinstance(v, torch.Tensor) else v)
+                                      for k, v in c[1].items()}] for c in conditioning]
 
 
 NODES = [FDIAdapterLoader, FDINoiseDecoupling, FDIApplyGuidance, FDIInvert, FDIRestore]

@@ -15,10 +15,10 @@ import torch
 
 from fdi.adapter import FDIAdapter, FDIAdapterConfig, FDIGuidance, Modulation
 from fdi.comfy_backend import (FDIInputPatch, FDIOutputPatch, GuidanceEntry, add_guidance, block_indices, check_unet_for_adapter,
-                               ddim_inversion_sampler, fdi_patches, inversion_sigmas, restore_inversion_sigmas, sigma_window,
-                               step_window)
+                               ddim_inversion_sampler, fdi_patches, sigma_window)
 from fdi.errors import FDIError
 from fdi.guidance import apply_modulation, apply_residual
+from fdi.sampling import ddim_timesteps, guided_step_count, inversion_sigmas, inversion_timesteps, sampling_sigmas
 
 CH = (8, 16, 16, 16)
 IN_BLOCKS, OUT_BLOCKS = (2, 5, 8, 11), (3, 6, 9)
@@ -225,7 +225,7 @@ def test_chained_apply_adds_entries_equal_to_the_composite_formula():
     assert torch.equal(inp(h, opts(("input", 8))), apply_residual(h, 2, [(g1, 0.8), (g2, 0.5)]))
     out = fdi_patches(second)["output_block_patch"]
     d = features(1, CH[3], 2)
-    assert torch.equal(out(d, d, opts(("output", 3)))[0], apply_modulation(d, 0, [(g1, 0.8), (g2, 0.5)]))
+    torch.testing.assert_close(out(d, d, opts(("output", 3)))[0], apply_modulation(d, 0, [(g1, 0.8), (g2, 0.5)]), rtol=1e-6, atol=1e-6)
 
 
 def test_to_moves_devices_ignores_dtypes_and_models_is_empty():
@@ -288,8 +288,7 @@ def test_ddim_inversion_is_exact_for_a_linear_ode_and_reversed_by_ddim_sampling(
     torch.manual_seed(0)
     x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     sampling = torch.tensor([14.6, 7.0, 3.1, 1.2, 0.4, 0.0])
-    inv = inversion_sigmas(sampling)
-    assert torch.equal(inv, torch.flip(sampling, [0]))
+    inv = torch.flip(sampling, [0])
     model = ConstantEps(eps)
     xt = ddim_inversion_sampler(model, x0.clone(), inv)
     assert torch.allclose(xt, x0 + 14.6 * eps, atol=1e-5)
@@ -297,8 +296,25 @@ def test_ddim_inversion_is_exact_for_a_linear_ode_and_reversed_by_ddim_sampling(
     assert torch.allclose(euler(ConstantEps(eps), xt, sampling), x0, atol=1e-5)
 
 
-def test_inversion_sigmas_add_zero_and_interrupt_stops():
-    assert inversion_sigmas(torch.tensor([3.0, 1.0])).tolist() == [0.0, 1.0, 3.0]
+def test_inversion_feeds_the_model_the_current_latent_rescaled_to_the_next_level():
+    """The UNet must see the *current* VP latent: ComfyUI divides by sqrt(1+σ²) of the level it is called
+    at, so the sampler multiplies by sqrt((1+σ_n²)/(1+σ_c²)) first."""
+    seen = []
+
+    def model(x, sigma, **kw):
+        seen.append((x.clone(), float(sigma[0])))
+        return x * 0  # any prediction; only the inputs are checked here
+
+    x = torch.randn(1, 4, 2, 2)
+    sigmas = torch.tensor([0.0, 0.5, 2.0])
+    ddim_inversion_sampler(model, x.clone(), sigmas)
+    (x1, s1), (x2, s2) = seen
+    assert torch.allclose(x1 / (1 + s1 ** 2) ** 0.5, x, atol=1e-6)  # the UNet input at step 1 is x_VP = x (σ_c = 0)
+    x_cur = x + (x1 - 0) / 0.5 * 0.5  # after step 1 (ε = x1/σ_n, moved by σ_n − σ_c)
+    assert torch.allclose(x2 / (1 + s2 ** 2) ** 0.5, x_cur / (1 + 0.5 ** 2) ** 0.5, atol=1e-6)
+
+
+def test_inversion_interrupt_stops():
     calls = []
 
     def interrupt():
@@ -312,7 +328,7 @@ def test_inversion_sigmas_add_zero_and_interrupt_stops():
 
 
 class Schedule:
-    """A ComfyUI-like discrete schedule: ``sigma(t)`` interpolates a 1000-entry table, ``timestep`` inverts it."""
+    """A ComfyUI-like discrete schedule: ``sigma(t)`` interpolates a 1000-entry table."""
 
     def __init__(self):
         self.table = torch.linspace(0.03, 14.6, 1000)
@@ -323,41 +339,85 @@ class Schedule:
         w = t - lo
         return self.table[lo] * (1 - w) + self.table[hi] * w
 
-    def timestep(self, sigma):
-        return (self.table[None, :] - sigma.flatten()[:, None]).abs().argmin(1).float()
 
-    def ddim_uniform(self, steps):
-        ss = 1000 // steps
-        return torch.tensor([0.0] + [float(self.table[x]) for x in range(1, 1000, ss)]).flip(0)
-
-
-def test_restore_inversion_sigmas_match_the_pipeline_rule():
+def test_restore_sigmas_visit_the_pipeline_timesteps():
     sch = Schedule()
-    sampling = sch.ddim_uniform(10)  # t = 901, 801, …, 1, then 0
-    same = restore_inversion_sigmas(sampling, 10, sch.timestep, sch.sigma)
+    ts = ddim_timesteps(10)  # 901, 801, …, 1
+    sampling = sampling_sigmas(ts, sch.sigma)
+    assert torch.equal(sampling[:-1], sch.table[ts]) and float(sampling[-1]) == 0.0
+    same = inversion_sigmas(sampling, inversion_timesteps(ts, 10), sch.sigma)
     assert torch.equal(same, torch.flip(sampling, [0]))
-    more = restore_inversion_sigmas(sampling, 19, sch.timestep, sch.sigma)  # round(linspace(1, 901, 19)) = 1, 51, …, 901
+    more = inversion_sigmas(sampling, inversion_timesteps(ts, 19), sch.sigma)  # round(linspace(1, 901, 19)) = 1, 51, …, 901
     assert more.shape == (20,) and float(more[0]) == 0.0 and float(more[-1]) == float(sampling[0])
-    assert torch.allclose(more[1:], sch.table[torch.arange(1, 902, 50)], atol=1e-4)
-    assert bool((more[1:] > more[:-1]).all())
-    one = restore_inversion_sigmas(sampling, 1, sch.timestep, sch.sigma)
+    assert torch.allclose(more[1:], sch.table[torch.arange(1, 902, 50)], atol=1e-6)
+    one = inversion_sigmas(sampling, inversion_timesteps(ts, 1), sch.sigma)
     assert one.tolist() == [0.0, float(sampling[0])]
 
 
-def test_step_window_guides_the_first_steps_like_the_pipeline():
-    sampling = torch.tensor([14.0, 10.0, 7.0, 4.0, 2.0, 1.0, 0.0])  # 6 steps
-    for end, guided in ((0.333, 2), (0.5, 3), (0.0, 0), (1.0, 6), (0.34, 3)):
-        start, stop = step_window(sampling, end)
-        entry = GuidanceEntry(random_guidance(), 1.0, start, stop)
-        got = [k for k in range(6) if entry.active(float(sampling[k]))]
-        assert got == list(range(guided)), (end, got)
-        assert [k for k in range(6) if k < end * 6] == got
+def step_opts(block, schedule, k, chunks=1):
+    o = opts(block, float(schedule[k]), chunks)
+    o["sample_sigmas"] = schedule
+    return o
+
+
+@pytest.mark.parametrize("steps", [4, 6, 7, 50])
+def test_sampler_steps_are_guided_by_the_step_rule_whatever_the_window_in_sigmas(steps):
+    """With the sampler's schedule known (``sample_sigmas``), steps k with start·N ≤ k < end·N are guided —
+    the rule of ``python -m fdi restore`` — for any step count and any spacing of the sigmas."""
+    sch = Schedule()
+    schedule = sampling_sigmas(ddim_timesteps(steps), sch.sigma)
+    g = random_guidance()
+    h = features(1, CH[0], 8)
+    for start, end in ((0.0, 0.333), (0.0, 0.5), (0.0, 0.0), (0.0, 1.0), (0.25, 0.75)):
+        inp, out = patches_for([GuidanceEntry(g, 1.0, start, end, sigma_start=1e9, sigma_end=0.0)])
+        got = [k for k in range(steps) if not torch.equal(inp(h, step_opts(("input", 2), schedule, k)), h)]
+        assert got == [k for k in range(steps) if start * steps <= k < end * steps], (start, end, got)
+        if start == 0.0:
+            assert len(got) == guided_step_count(steps, end)
+        for k in range(steps):  # a guided step gets exactly the ungated guidance
+            if k in got:
+                assert torch.equal(inp(h, step_opts(("input", 2), schedule, k)), apply_residual(h, 0, [(g, 1.0)]))
+    # an ascending schedule (an inversion run) falls back to the sigma window
+    inp, _ = patches_for([GuidanceEntry(g, 1.0, 0.0, 0.0, sigma_start=10.0, sigma_end=2.0)])
+    asc = torch.flip(schedule, [0])
+    o = opts(("input", 2), 5.0)
+    o["sample_sigmas"] = asc
+    assert not torch.equal(inp(h, o), h)
+
+
+def test_patched_forward_traces_without_graph_breaks():
+    """The window is decided with tensor arithmetic: dynamo traces a patched block with no graph break
+    (the old ``float(sigma)`` check broke the graph at every patched block)."""
+    import torch._dynamo as dynamo
+
+    sch = Schedule()
+    schedule = sampling_sigmas(ddim_timesteps(6), sch.sigma)
+    g1, g2 = random_guidance(seed=1), random_guidance(seed=2)
+    inp, out = patches_for([GuidanceEntry(g1, 0.8, 0.0, 0.5, 1e9, 0.0), GuidanceEntry(g2, 0.4, 0.25, 1.0, 1e9, 0.0)])
+
+    def block_pass(h, d, sigma, schedule):
+        to = {"block": ("input", 2), "sigmas": sigma, "sample_sigmas": schedule}
+        h = inp(h, to)
+        to = {"block": ("output", 3), "sigmas": sigma, "sample_sigmas": schedule}
+        return h, out(d, d, to)[0]
+
+    h, d = features(1, CH[0], 8), features(1, CH[3], 2)
+    dynamo.reset()
+    with torch.no_grad():
+        explanation = dynamo.explain(block_pass)(h, d, schedule[1:2], schedule)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(block_pass, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        for k in range(6):
+            got = compiled(h, d, schedule[k:k + 1], schedule)
+            want = block_pass(h, d, schedule[k:k + 1], schedule)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), k
+    dynamo.reset()
 
 
 def test_step_invariant_parts_are_computed_once_and_stay_exact_across_steps_and_windows():
-    """Later steps reuse the fitted residuals and modulation coefficients (no recomputation on the hot
-    path), with the same numbers as the first step; entries entering/leaving their window get their
-    own cached set."""
+    """Later steps reuse each entry's fitted residual and modulation coefficients (no recomputation on the
+    hot path), with the same numbers as the first step, whether the entry is inside its window or not."""
     g1, g2 = random_guidance(seed=4), random_guidance(seed=5)
     early = GuidanceEntry(g1, 0.7, sigma_start=10.0, sigma_end=2.0)
     late = GuidanceEntry(g2, 1.3, sigma_start=10.0, sigma_end=6.0)
@@ -377,9 +437,8 @@ def test_step_invariant_parts_are_computed_once_and_stay_exact_across_steps_and_
         calls["m"] += 1
         return real_m(*a, **k)
 
-    steps = ((8.0, [(g1, 0.7), (g2, 1.3)]), (8.0, [(g1, 0.7), (g2, 1.3)]), (4.0, [(g1, 1.0)]), (3.0, [(g1, 1.0)]))
-    reference = [(apply_residual(h, 0, exp, 0.7 if len(exp) == 1 else 1.0), apply_modulation(d, 0, exp, 0.7 if len(exp) == 1 else 1.0))
-                 for _, exp in steps]
+    steps = ((8.0, [(g1, 0.7), (g2, 1.3)]), (8.0, [(g1, 0.7), (g2, 1.3)]), (4.0, [(g1, 0.7)]), (3.0, [(g1, 0.7)]), (1.0, []))
+    reference = [(apply_residual(h, 0, exp), apply_modulation(d, 0, exp)) for _, exp in steps]
     got = []
     guidance.residual_delta, guidance.modulation_coefficients = count_r, count_m
     try:
@@ -389,5 +448,7 @@ def test_step_invariant_parts_are_computed_once_and_stay_exact_across_steps_and_
     finally:
         guidance.residual_delta, guidance.modulation_coefficients = real_r, real_m
     for (r_got, m_got), (r_ref, m_ref) in zip(got, reference):
-        assert torch.equal(r_got, r_ref) and torch.equal(m_got, m_ref)
-    assert calls == {"r": 2, "m": 2}  # one per active set (both entries; the early one alone), not one per step
+        assert torch.equal(r_got, r_ref)
+        torch.testing.assert_close(m_got, m_ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[-1][0], h) and torch.equal(got[-1][1], d)  # outside every window: exactly the feature
+    assert calls == {"r": 2, "m": 2}  # one per entry, not one per step

@@ -19,7 +19,8 @@ from fdi.adapter import FDIAdapter
 from fdi.errors import FDIError, FDIInterrupted
 from fdi.images import save_image
 from fdi.instruction import FDI
-from fdi.train import TrainConfig, diffusion_target, list_checkpoints, predict_x0, train
+from fdi.sampling import diffusion_target, predict_x0
+from fdi.train import TrainConfig, list_checkpoints, train
 from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
 from tiny_sd import tiny_adapter_config
 
@@ -82,7 +83,7 @@ def test_x0_and_targets_for_epsilon_and_v():
         assert torch.allclose(predict_x0(z_t, target, a, kind), z0, atol=1e-5)
     v = diffusion_target(z0, eps, a, "v_prediction")
     assert torch.allclose(v, a.sqrt().view(-1, 1, 1, 1) * eps - (1 - a).sqrt().view(-1, 1, 1, 1) * z0)
-    with pytest.raises(FDIError, match="prediction_type"):
+    with pytest.raises(FDIError, match="prediction type .flow. is not supported"):
         predict_x0(z_t, eps, a, "flow")
 
 

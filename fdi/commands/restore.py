@@ -33,7 +33,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
     p.add_argument("--guidance-end", type=float, default=0.333, help="fraction of the sampling steps that are guided, 0..1 (default 0.333, the paper's first third)")
     p.add_argument("--strength", type=float, default=1.0, help="global guidance strength (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the VAE posterior sample (default 0); the same seed gives the same output")
     p.add_argument("--mode", choices=("composite", "progressive"), default="composite", help="how several adapters combine (default composite)")
     p.add_argument("--prompt", default="", help="text prompt (default empty, as in the paper)")
     p.add_argument("--negative-prompt", default="", help="negative prompt, used when --cfg > 1")
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             offset = k * per_image
             progress = (lambda d, t, o=offset: cb(o + d, per_image * len(images))) if cb else None
             out = pipe.restore(img[None], uses, steps=args.steps, inversion_steps=args.inversion_steps,
-                               guidance_end=args.guidance_end, strength=args.strength, seed=args.seed, mode=args.mode,
+                               guidance_end=args.guidance_end, strength=args.strength, mode=args.mode,
                                prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg, progress=progress)
             results.append((stem, out[0]))
     out_dir.mkdir(parents=True, exist_ok=True)
