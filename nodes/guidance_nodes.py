@@ -158,8 +158,15 @@ def restore_schedule(model, steps: int, inversion_steps: int):
     the timesteps ``python -m fdi restore`` visits, for any step count."""
     ms = model.get_model_object("model_sampling")
     ts = ddim_timesteps(steps, int(getattr(ms, "num_timesteps", 1000)))
-    sampling = sampling_sigmas(ts, ms.sigma)
-    return sampling, inversion_sigmas(sampling, inversion_timesteps(ts, inversion_steps), ms.sigma)
+    # integer timesteps: read the MODEL's sigma table itself (what ddim_uniform does), not exp(log(σ)) interpolation
+    table = getattr(ms, "sigmas", None)
+    if isinstance(table, torch.Tensor) and table.numel() > int(ts.max()):
+        def sigma_of(t: torch.Tensor) -> torch.Tensor:
+            return table.cpu()[t.long()]
+    else:
+        sigma_of = ms.sigma
+    sampling = sampling_sigmas(ts, sigma_of)
+    return sampling, inversion_sigmas(sampling, inversion_timesteps(ts, inversion_steps), sigma_of)
 
 
 class FDIInvert(io.ComfyNode):
