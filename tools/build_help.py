@@ -185,6 +185,18 @@ def render(info: dict, workflows_dir: Path = WORKFLOWS) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def page_slots(text: str) -> tuple[list[str], list[str]]:
+    """The input and output names a help page lists (its two tables), in order."""
+    found = {"Inputs": [], "Outputs": []}
+    section = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif section in found and line.startswith("| `"):
+            found[section].append(line.split("`")[1])
+    return found["Inputs"], found["Outputs"]
+
+
 def pages(infos: dict, workflows_dir: Path = WORKFLOWS) -> dict:
     """``{file name: text}`` of every help page."""
     return {f"{node_id}.md": render(info, workflows_dir) for node_id, info in sorted(infos.items())}
