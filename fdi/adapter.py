@@ -313,7 +313,8 @@ class FDIAdapter(nn.Module):
         if isinstance(fdi, FDI):
             if self.encoder and fdi.encoder and not same_encoder(self.encoder, fdi.encoder):
                 raise FDIError(
-                    f"FDI {fdi.label or '(unlabelled)'} comes from encoder {fdi.encoder} but adapter {self.display_name} "
+                    f"FDI {fdi.label or '(unlabelled)'} comes from encoder {fdi.encoder} "
+                    f"but adapter {self.display_name} "
                     f"was trained with FDIs of encoder {self.encoder}; extract the FDI with that Q-Former"
                 )
             tokens = fdi.tokens
@@ -416,7 +417,9 @@ class FDIAdapter(nn.Module):
     @classmethod
     def from_file(cls, path: PathLike, base_family: Optional[str] = None, device: Union[str, torch.device] = "cpu",
                   dtype: Optional[torch.dtype] = None) -> "FDIAdapter":
-        """Load an adapter file (format: docs/design.md, "Adapter and FDI"). ``adapter.fdi`` is its embedded FDI or ``None``.
+        """Load an adapter file (format: docs/design.md, "Adapter and FDI").
+
+        ``adapter.fdi`` is its embedded FDI or ``None``.
 
         Raises :class:`FDIError` for pickle or non-safetensors files, another file format or
         version, a base family other than ``base_family`` (when given), and weights whose names or

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import build_help  # noqa: E402
+import build_help
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: this test reads the node schemas "
@@ -50,7 +49,8 @@ def translation_problems(slots: dict, node_defs: dict) -> list[str]:
                 item = given.get(name) or {}
                 if not str(item.get("name", "")).strip() or not str(item.get("tooltip", "")).strip():
                     problems.append(f"{node_id}: {kind[:-1]} {name} untranslated (needs a name and a tooltip)")
-            problems += [f"{node_id}: translated {kind[:-1]} {name} does not exist" for name in sorted(set(given) - set(names))]
+            problems += [f"{node_id}: translated {kind[:-1]} {name} does not exist"
+                         for name in sorted(set(given) - set(names))]
     problems += [f"{node_id}: translated node does not exist" for node_id in sorted(set(node_defs) - set(slots))]
     return problems
 
@@ -109,7 +109,8 @@ def test_a_help_page_lists_every_input_output_and_default(tmp_path):
     assert "No example workflow uses this node yet." in text
     assert build_help.page_slots(text) == (["x", "mode", "file", "image"], ["fdi"])
     # an example workflow that uses the node is found and its wiring described
-    wf = {"nodes": [{"id": 1, "type": "LoadImage", "title": "Rainy image", "outputs": [{"name": "IMAGE", "links": [7]}]},
+    wf = {"nodes": [{"id": 1, "type": "LoadImage", "title": "Rainy image",
+                     "outputs": [{"name": "IMAGE", "links": [7]}]},
                     {"id": 2, "type": "FDIDemo", "inputs": [{"name": "image", "link": 7}], "outputs": []}],
           "links": [[7, 1, 0, 2, 0, "IMAGE"]]}
     (tmp_path / "demo.json").write_text(json.dumps(wf))
@@ -155,7 +156,7 @@ def test_tool_comfy_is_complete():
     icon = ROOT / comfy["Icon"][len(prefix):]
     with Image.open(icon) as im:
         assert im.width == im.height and 128 <= im.width <= 800, im.size
-    assert re.fullmatch(r">=\s*0\.3\.64", comfy["requires-comfyui"]), "README states 0.3.64 as the oldest ComfyUI tested"
+    assert re.fullmatch(r">=\s*0\.3\.64", comfy["requires-comfyui"]), "README: 0.3.64 is the oldest ComfyUI tested"
 
 
 def _tracked_files() -> list[str]:
@@ -177,14 +178,16 @@ def test_comfyignore_keeps_development_files_out_of_the_archive():
     files = _tracked_files()
     shipped = [f for f in files if not spec.match_file(f)]
     left_out = sorted(set(files) - set(shipped))
+    dev = ("tests/", "bench/", ".ci/", "tools/", "workflows/build_workflows.py")
     for f in left_out:
-        assert f.startswith(("tests/", "bench/", ".ci/", "tools/")) or f.endswith(".jpg") or f == "workflows/build_workflows.py", f
+        assert f.startswith(dev) or f.endswith(".jpg"), f
     assert any(f.startswith("tests/") for f in left_out) and any(f.endswith(".jpg") for f in left_out)
     for f in shipped:
         assert not f.startswith(("tests/", "bench/", ".ci/")) and not f.endswith((".jpg", ".jpeg")), f
     # what ComfyUI needs at run time ships
-    for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "README.md", "nodes/__init__.py", "fdi/__init__.py",
-                   "web/icon.png", "web/docs/FDIRestore.md", "locales/zh/nodeDefs.json", "workflows/restore_single.json"):
+    for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "README.md", "nodes/__init__.py",
+                   "fdi/__init__.py", "web/icon.png", "web/docs/FDIRestore.md", "locales/zh/nodeDefs.json",
+                   "workflows/restore_single.json"):
         assert needed in shipped, needed
     assert all(f in shipped for f in files if f.startswith(("fdi/", "nodes/", "web/", "locales/")))
 
@@ -231,7 +234,9 @@ def test_running_comfyui_serves_help_pages_and_chinese_names(tmp_path):
         for node_id, node in ours.items():
             pack = node["python_module"].split(".")[1].split("@")[0]
             r = requests.get(f"{server.url}/extensions/{pack}/docs/{node_id}.md", timeout=10)
-            assert r.status_code == 200 and r.content.decode("utf-8") == (DOCS / f"{node_id}.md").read_text(encoding="utf-8"), node_id
+            # fetch() in the browser decodes UTF-8 whatever the Content-Type says
+            page = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")
+            assert r.status_code == 200 and r.content.decode("utf-8") == page, node_id
         icon = requests.get(f"{server.url}/extensions/comfyui-fdi/icon.png", timeout=10)
         assert icon.status_code == 200 and icon.content[:4] == b"\x89PNG"
         zh = requests.get(f"{server.url}/i18n", timeout=10).json()["zh"]["nodeDefs"]

@@ -56,7 +56,7 @@ def collect_node_infos(comfyui_dir: str, python: str = sys.executable) -> dict:
     """
     with tempfile.TemporaryDirectory() as base:
         code = _COLLECT.format(comfy=str(comfyui_dir), base=base, init=str(ROOT / "__init__.py"), root=str(ROOT))
-        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=base, timeout=600)
+        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=base, timeout=600, check=False)
     marker = [line for line in proc.stdout.splitlines() if line.startswith("@@INFOS@@")]
     if proc.returncode or not marker:
         raise RuntimeError(f"could not read the node schemas from ComfyUI at {comfyui_dir}:\n{proc.stderr[-3000:]}")
