@@ -55,7 +55,64 @@ def translation_problems(slots: dict, node_defs: dict) -> list[str]:
     return problems
 
 
+def schemas_in_source() -> dict:
+    """``{node id: (inputs, outputs)}`` read from the ``io.Schema(...)`` calls in ``nodes/*.py`` without ComfyUI.
+
+    Input names are the literal first arguments of ``*.Input(...)``; an inputs or outputs list that is
+    not written out literally gives ``None`` (checked against ComfyUI's own schemas instead, below).
+    """
+    import ast
+
+    found = {}
+    for path in sorted((ROOT / "nodes").glob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "Schema"):
+                continue
+            kw = {k.arg: k.value for k in call.keywords}
+            if not isinstance(kw.get("node_id"), ast.Constant):
+                continue
+
+            def names(node, method):
+                if node is None:
+                    return []
+                if not isinstance(node, ast.List):
+                    return None
+                out = []
+                for elt in node.elts:
+                    if not (isinstance(elt, ast.Call) and isinstance(elt.func, ast.Attribute) and elt.func.attr == method):
+                        return None
+                    args = {k.arg: k.value for k in elt.keywords}
+                    first = elt.args[0] if elt.args else args.get("id") or args.get("display_name")
+                    out.append(first.value if isinstance(first, ast.Constant) else None)
+                return out
+
+            found[kw["node_id"].value] = (names(kw.get("inputs"), "Input"), names(kw.get("outputs"), "Output"))
+    return found
+
+
 # ------------------------------------------------------------------------------------------------ default run
+
+
+def test_every_node_in_the_source_has_a_page_and_a_translation():
+    """Without ComfyUI: the nodes and inputs written in ``nodes/*.py`` against the pages and the translation."""
+    source = schemas_in_source()
+    assert {"FDIRestore", "FDIApplyGuidance", "FDIQFormerLoader"} <= set(source)
+    pages = help_pages()
+    problems = [f"{node_id}: no help page (run tools/build_help.py)" for node_id in sorted(set(source) - set(pages))]
+    problems += [f"{node_id}: help page of a node that no longer exists" for node_id in sorted(set(pages) - set(source))]
+    slots = {}
+    for node_id, (inputs, outputs) in source.items():
+        page_inputs, page_outputs = build_help.page_slots(pages.get(node_id, ""))
+        if inputs is not None and None not in inputs:
+            if node_id in pages and sorted(inputs) != sorted(page_inputs):  # pages list required ones first
+                problems.append(f"{node_id}: inputs {inputs} but its help page lists {page_inputs}")
+        else:
+            inputs = page_inputs
+        slots[node_id] = (inputs, outputs if outputs is not None else page_outputs)
+    problems += translation_problems(slots, json.loads(ZH.read_text(encoding="utf-8")))
+    assert problems == []
+
+
 
 
 def test_every_help_page_is_translated_to_chinese():
