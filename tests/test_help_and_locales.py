@@ -212,7 +212,7 @@ def test_tool_comfy_is_complete():
     assert comfy["Icon"].startswith(prefix), comfy["Icon"]
     icon = ROOT / comfy["Icon"][len(prefix):]
     with Image.open(icon) as im:
-        assert im.width == im.height and 128 <= im.width <= 800, im.size
+        assert im.width == im.height and 128 <= im.width <= 400, im.size  # registry: square, at most 400 px
     assert re.fullmatch(r">=\s*0\.3\.64", comfy["requires-comfyui"]), "README: 0.3.64 is the oldest ComfyUI tested"
 
 
