@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import build_help
+import build_help  # noqa: E402  (tools/ is not a package)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: this test reads the node schemas "
@@ -79,7 +79,8 @@ def schemas_in_source() -> dict:
                     return None
                 out = []
                 for elt in node.elts:
-                    if not (isinstance(elt, ast.Call) and isinstance(elt.func, ast.Attribute) and elt.func.attr == method):
+                    is_call = isinstance(elt, ast.Call) and isinstance(elt.func, ast.Attribute)
+                    if not (is_call and elt.func.attr == method):
                         return None
                     args = {k.arg: k.value for k in elt.keywords}
                     first = elt.args[0] if elt.args else args.get("id") or args.get("display_name")
@@ -99,7 +100,8 @@ def test_every_node_in_the_source_has_a_page_and_a_translation():
     assert {"FDIRestore", "FDIApplyGuidance", "FDIQFormerLoader"} <= set(source)
     pages = help_pages()
     problems = [f"{node_id}: no help page (run tools/build_help.py)" for node_id in sorted(set(source) - set(pages))]
-    problems += [f"{node_id}: help page of a node that no longer exists" for node_id in sorted(set(pages) - set(source))]
+    problems += [f"{node_id}: help page of a node that no longer exists"
+                 for node_id in sorted(set(pages) - set(source))]
     slots = {}
     for node_id, (inputs, outputs) in source.items():
         page_inputs, page_outputs = build_help.page_slots(pages.get(node_id, ""))
@@ -174,13 +176,47 @@ def test_a_help_page_lists_every_input_output_and_default(tmp_path):
     assert "- `workflows/demo.json`: `image` ← *Rainy image*." in build_help.render(SAMPLE, tmp_path)
 
 
+def test_a_chinese_page_says_the_same_in_chinese(tmp_path):
+    zh = {"display_name": "演示", "description": "做一件事。", "inputs": {"x": {"name": "数值", "tooltip": "x 值。"}},
+          "outputs": {"0": {"name": "fdi", "tooltip": "那个 FDI。"}}}
+    text = build_help.render(SAMPLE, tmp_path, "zh", zh)
+    assert text.startswith("# 演示\n") and "做一件事。" in text and "## 输入" in text
+    assert "| `x` 数值 | `FLOAT` | 默认 `0.5`, 0.0 … 1.0 | x 值。 |" in text
+    assert "| `mode` | 可选值 `a`, `b` | 默认 `b` | How. |" in text  # untranslated input: the English tooltip
+    assert "| `image` | `IMAGE` |  | An image.（可选） |" in text
+    assert "| `fdi` | `FDI` | 那个 FDI。 |" in text
+    assert build_help.page_slots(text) == (["x", "mode", "file", "image"], ["fdi"])
+
+
 def test_stale_pages_are_named(tmp_path):
-    (tmp_path / "FDIGone.md").write_text("old")
-    (tmp_path / "FDIDemo.md").write_text("old")
+    docs, locales = tmp_path / "docs", tmp_path / "locales"
+    (docs / "FDIDemo").mkdir(parents=True)
+    (locales / "zh").mkdir(parents=True)
+    (locales / "zh" / "nodeDefs.json").write_text(json.dumps({"FDIDemo": {"display_name": "演示"}}))
+    (docs / "FDIGone.md").write_text("old")
+    (docs / "FDIDemo.md").write_text("old")
     infos = {"FDIDemo": SAMPLE, "FDINew": dict(SAMPLE, name="FDINew")}
-    assert build_help.stale_pages(infos, tmp_path) == ["FDINew.md: missing (node FDINew has no help page)",
-                                                       "FDIGone.md: no node FDIGone (remove the page)",
-                                                       "FDIDemo.md: out of date"]
+    assert build_help.stale_pages(infos, docs, tmp_path, locales) == [
+        "FDIDemo/zh.md: missing (node FDIDemo has no such help page)",
+        "FDINew.md: missing (node FDINew has no such help page)",
+        "FDIGone.md: no such node or translation (remove the page)",
+        "FDIDemo.md: out of date"]
+    for name, text in build_help.pages(infos, tmp_path, locales).items():
+        (docs / name).write_text(text, encoding="utf-8")
+    assert build_help.stale_pages(infos, docs, tmp_path, locales) == [
+        "FDIGone.md: no such node or translation (remove the page)"]
+    assert "FDINew/zh.md" not in build_help.pages(infos, tmp_path, locales)  # untranslated: English only
+
+
+def test_every_translated_node_has_a_chinese_page():
+    node_defs = json.loads(ZH.read_text(encoding="utf-8"))
+    pages = help_pages()
+    zh_pages = {p.parent.name for p in DOCS.glob("*/zh.md")}
+    assert zh_pages == set(node_defs) & set(pages)
+    for node_id in zh_pages:
+        text = (DOCS / node_id / "zh.md").read_text(encoding="utf-8")
+        assert text.startswith(f"# {node_defs[node_id]['display_name']}\n")
+        assert build_help.page_slots(text) == build_help.page_slots(pages[node_id]), node_id
 
 
 def test_web_directory_is_declared_and_holds_the_pages():
@@ -294,6 +330,8 @@ def test_running_comfyui_serves_help_pages_and_chinese_names(tmp_path):
             # fetch() in the browser decodes UTF-8 whatever the Content-Type says
             page = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")
             assert r.status_code == 200 and r.content.decode("utf-8") == page, node_id
+        zh_page = requests.get(f"{server.url}/extensions/comfyui-fdi/docs/FDIRestore/zh.md", timeout=10)
+        assert zh_page.status_code == 200 and zh_page.content.decode("utf-8").startswith("# FDI 修复\n")
         icon = requests.get(f"{server.url}/extensions/comfyui-fdi/icon.png", timeout=10)
         assert icon.status_code == 200 and icon.content[:4] == b"\x89PNG"
         zh = requests.get(f"{server.url}/i18n", timeout=10).json()["zh"]["nodeDefs"]
