@@ -124,6 +124,27 @@ def test_compiled_restore_traces_one_graph_and_never_recompiles(tiny_sd_folder):
     torch._dynamo.reset()
 
 
+def test_cli_restore_compile_calls_pipe_compile_once_before_restoring(tmp_path, tiny_sd_folder, monkeypatch):
+    """The flag's wiring (what compiling does is tested above, without the CLI's cost of a second trace)."""
+    import numpy as np
+    from PIL import Image
+
+    from fdi.cli import main
+
+    use = _use()
+    adapter = use.adapter.save(tmp_path / "a.safetensors", fdi=use.fdi)
+    Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    args = ["restore", "--sd", str(tiny_sd_folder), "--adapter", str(adapter), "--image", str(tmp_path / "in.png"),
+            "--steps", "1", "--inversion-steps", "1", "--quiet", "--device", "cpu", "-o", str(tmp_path / "out")]
+    calls = []
+    monkeypatch.setattr(FDIRestorationPipeline, "compile", lambda self, *a, **k: calls.append(("compile", a, k)) or True)
+    original_restore = FDIRestorationPipeline.restore
+    monkeypatch.setattr(FDIRestorationPipeline, "restore", lambda self, *a, **k: calls.append("restore") or original_restore(self, *a, **k))
+    assert main(args) == 0 and calls == ["restore"]
+    calls.clear()
+    assert main(args + ["--compile"]) == 0 and calls == [("compile", (), {}), "restore"]
+
+
 # ---- fallback -------------------------------------------------------------------------------------
 
 
