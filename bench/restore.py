@@ -171,7 +171,7 @@ def main() -> int:
         if b in compiled:
             line += (f", compiled {compiled[b]:.3f} s (eager / compiled = {eager[b] / compiled[b]:.2f}x; median of {reps}); "
                      f"warm-up: first compiled restore {warmup[('restore', b)]:.1f} s, first compiled UNet passes "
-                     f"{warmup[('passes', b)]:.1f} s; {goal}")
+                     f"{warmup[('passes', b)]:.1f} s (shorter when inductor's on-disk cache holds the graphs); {goal}")
         else:
             line += f" (median of {reps}; {goal})"
         print(line)
