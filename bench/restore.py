@@ -71,12 +71,28 @@ def build_tiny(device: torch.device, dtype: torch.dtype):
     """The tests' tiny SD 2.1-shaped pipeline (widths 32/32/64/64), random weights, and a matching adapter."""
     from fdi.adapter import FDIAdapter
     from fdi.pipeline import FDIRestorationPipeline
-    from tiny_sd import randomise_adapter, tiny_adapter_config, tiny_scheduler, tiny_text_encoder, tiny_tokenizer, tiny_unet, tiny_vae
+    from tiny_sd import (
+        randomise_adapter,
+        tiny_adapter_config,
+        tiny_scheduler,
+        tiny_text_encoder,
+        tiny_tokenizer,
+        tiny_unet,
+        tiny_vae,
+    )
 
     torch.manual_seed(0)
     tok = tiny_tokenizer()
-    pipe = FDIRestorationPipeline(tiny_vae(), tiny_text_encoder(len(tok), tok.bos_token_id, tok.eos_token_id), tok, tiny_unet(),
-                                  tiny_scheduler("epsilon"), device=device, dtype=dtype, source="tiny-random")
+    pipe = FDIRestorationPipeline(
+        tiny_vae(),
+        tiny_text_encoder(len(tok), tok.bos_token_id, tok.eos_token_id),
+        tok,
+        tiny_unet(),
+        tiny_scheduler("epsilon"),
+        device=device,
+        dtype=dtype,
+        source="tiny-random",
+    )
     adapter = randomise_adapter(FDIAdapter(tiny_adapter_config(), base_family=pipe.base_family).eval())
     return pipe, adapter, torch.randn(8, 32)
 
@@ -96,8 +112,14 @@ def main() -> int:
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     ap.add_argument("--size", type=int, default=128, help="image side in pixels")
     ap.add_argument("--steps", type=int, default=3, help="sampling steps (inversion uses the same number)")
-    ap.add_argument("--batch-size", type=int, nargs="+", default=[1], metavar="B",
-                    help="images per restore call (one UNet batch per step); several values are measured in turn")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="B",
+        help="images per restore call (one UNet batch per step); several values are measured in turn",
+    )
     ap.add_argument("--compile", action="store_true", help="also measure the compiled pipeline (pipe.compile())")
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny SD instead of SD 2.1's sizes (CPU smoke run)")
     ap.add_argument("--reps", type=int, default=None, help="timed restores per setting (default 1 on CPU, 3 on GPU)")
@@ -110,18 +132,27 @@ def main() -> int:
 
     built = []
     original_from_pretrained = fdi.encoder.QFormerEncoder.from_pretrained
-    fdi.encoder.QFormerEncoder.from_pretrained = classmethod(lambda cls, *a, **k: built.append(a) or original_from_pretrained(*a, **k))
+    fdi.encoder.QFormerEncoder.from_pretrained = classmethod(
+        lambda cls, *a, **k: built.append(a) or original_from_pretrained(*a, **k)
+    )
 
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     reps = args.reps or (3 if device.type == "cuda" else 1)
     if args.tiny:
         pipe, adapter, fdi_tokens = build_tiny(device, dtype)
     else:
-        pipe, adapter, fdi_tokens = build_random_sd21(device, dtype), trained_like_adapter("sd2.1-base"), torch.randn(32, 768)
+        pipe, adapter, fdi_tokens = (
+            build_random_sd21(device, dtype),
+            trained_like_adapter("sd2.1-base"),
+            torch.randn(32, 768),
+        )
     use = AdapterUse(adapter, fdi_tokens, 1.0)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    tag = f"{name}, {'tiny SD' if args.tiny else 'SD 2.1 sizes'}, {args.dtype}, {args.size}x{args.size}, {args.steps}+{args.steps} steps"
-    images = {b: torch.rand(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(b)) for b in args.batch_size}
+    model = "tiny SD" if args.tiny else "SD 2.1 sizes"
+    tag = f"{name}, {model}, {args.dtype}, {args.size}x{args.size}, {args.steps}+{args.steps} steps"
+    images = {
+        b: torch.rand(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(b)) for b in args.batch_size
+    }
 
     def restore(b: int) -> torch.Tensor:
         return pipe.restore(images[b], [use], steps=args.steps, inversion_steps=args.steps)
@@ -141,11 +172,16 @@ def main() -> int:
         restore_peak = peak_bytes(lambda: restore(b), device)
         adapter_bytes = sum(p.numel() * p.element_size() for p in use.adapter.parameters())
         extra = restore_peak - plain_peak + adapter_bytes
-        print(f"restore.peak_memory[{tag}, batch {b}, eager]: working memory restore {restore_peak / 2**30:.3f} GiB vs plain sampling "
-              f"{plain_peak / 2**30:.3f} GiB (ratio {restore_peak / plain_peak:.3f}); with the adapter's {adapter_bytes / 1e9:.3f} GB "
-              f"of weights the restore needs +{extra / 1e9:.3f} GB over plain sampling (target: at most +0.3 GB)")
+        print(
+            f"restore.peak_memory[{tag}, batch {b}, eager]: working memory restore {restore_peak / 2**30:.3f} GiB "
+            f"vs plain sampling {plain_peak / 2**30:.3f} GiB (ratio {restore_peak / plain_peak:.3f}); "
+            f"with the adapter's {adapter_bytes / 1e9:.3f} GB of weights the restore needs +{extra / 1e9:.3f} GB "
+            "over plain sampling (target: at most +0.3 GB)"
+        )
     else:
-        print(f"restore.peak_memory[{tag}]: skipped on the CPU (measured with torch.cuda.max_memory_allocated on a GPU)")
+        print(
+            f"restore.peak_memory[{tag}]: skipped on the CPU (measured with torch.cuda.max_memory_allocated on a GPU)"
+        )
 
     # ---- compiled: plain UNet first (no FDI hooks), then the pipeline --------------------------------
     compiled, compiled_passes, warmup = {}, {}, {}
@@ -163,24 +199,33 @@ def main() -> int:
             warmup[("restore", b)] = timed(lambda: restore(b), device)
             compiled[b] = statistics.median(timed(lambda: restore(b), device) for _ in range(reps)) / b
         if not ok or not pipe.compiled_unet.is_compiled:
-            print(f"restore.compiled[{tag}]: torch.compile was unavailable or failed (see the warning); the figures below are eager")
+            print(
+                f"restore.compiled[{tag}]: torch.compile was unavailable or failed (see the warning); "
+                "the figures below are eager"
+            )
 
     goal = "goal: compiled <= 1.5 s/image at batch 1, <= 0.8 s/image at batch 8 (H100/H200, fp16, 512x512, 50+50 steps)"
     for b in args.batch_size:
         line = f"restore.seconds_per_image[{tag}, batch {b}]: eager {eager[b]:.3f} s"
         if b in compiled:
-            line += (f", compiled {compiled[b]:.3f} s (eager / compiled = {eager[b] / compiled[b]:.2f}x; median of {reps}); "
-                     f"warm-up: first compiled restore {warmup[('restore', b)]:.1f} s, first compiled UNet passes "
-                     f"{warmup[('passes', b)]:.1f} s (shorter when inductor's on-disk cache holds the graphs); {goal}")
+            line += (
+                f", compiled {compiled[b]:.3f} s (eager / compiled = {eager[b] / compiled[b]:.2f}x; median of {reps}); "
+                f"warm-up: first compiled restore {warmup[('restore', b)]:.1f} s, first compiled UNet passes "
+                f"{warmup[('passes', b)]:.1f} s (shorter when inductor's on-disk cache holds the graphs); {goal}"
+            )
         else:
             line += f" (median of {reps}; {goal})"
         print(line)
     for b in args.batch_size:
-        line = (f"restore.vs_plain_passes[{tag}, batch {b}]: eager restore {eager[b]:.3f} s / {2 * args.steps} plain UNet passes "
-                f"{eager_passes[b]:.3f} s = {eager[b] / eager_passes[b]:.4f}")
+        line = (
+            f"restore.vs_plain_passes[{tag}, batch {b}]: eager restore {eager[b]:.3f} s / "
+            f"{2 * args.steps} plain UNet passes {eager_passes[b]:.3f} s = {eager[b] / eager_passes[b]:.4f}"
+        )
         if b in compiled:
-            line += (f"; compiled restore {compiled[b]:.3f} s / {2 * args.steps} compiled plain UNet passes {compiled_passes[b]:.3f} s "
-                     f"= {compiled[b] / compiled_passes[b]:.4f}")
+            line += (
+                f"; compiled restore {compiled[b]:.3f} s / {2 * args.steps} compiled plain UNet passes "
+                f"{compiled_passes[b]:.3f} s = {compiled[b] / compiled_passes[b]:.4f}"
+            )
         print(line + " (per image; goal <= 1.05)")
     blip2_modules = sorted(m for m in sys.modules if m.startswith("transformers.models.blip_2"))
     assert not built and not blip2_modules, f"BLIP-2 was loaded during inference: {built or blip2_modules}"

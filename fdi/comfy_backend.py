@@ -205,8 +205,9 @@ class _FDIPatchBase:
     def decide(self, transformer_options: dict, device: torch.device) -> torch.Tensor:
         """``strength · gate`` of every entry for the current model call, float32 ``[n_entries]`` on ``device``
         (tensor math only, no host sync)."""
+        options = {k: v for k, v in transformer_options.items() if k != SCALES_KEY}
         return torch.stack([torch.as_tensor(scale, dtype=torch.float32).to(device).reshape(())
-                            for _, _, scale in self.scales({k: v for k, v in transformer_options.items() if k != SCALES_KEY})])
+                            for _, _, scale in self.scales(options)])
 
     def __deepcopy__(self, memo: dict) -> "_FDIPatchBase":
         return self

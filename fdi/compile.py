@@ -54,8 +54,14 @@ class CompiledCall:
     fallback the eager call runs and raises them itself.
     """
 
-    def __init__(self, eager: Callable, compiled: Optional[Callable], what: str, mark_steps: bool = False,
-                 before: Optional[Callable] = None):
+    def __init__(
+        self,
+        eager: Callable,
+        compiled: Optional[Callable],
+        what: str,
+        mark_steps: bool = False,
+        before: Optional[Callable] = None,
+    ):
         self.eager = eager
         self.compiled = compiled
         self.what = what
@@ -79,8 +85,11 @@ class CompiledCall:
             raise
         except Exception as exc:  # compiler missing or failing: Triton, C++ toolchain, unsupported op
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            warnings.warn(f"torch.compile of the {self.what} failed ({type(exc).__name__}: {first}); running it eagerly",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"torch.compile of the {self.what} failed ({type(exc).__name__}: {first}); running it eagerly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self.compiled = None
             return self.eager(*args, **kwargs)
 
@@ -96,24 +105,38 @@ class _Call:
         return self.module(*args, **kwargs)
 
 
-def compile_module(module: nn.Module, device: torch.device, what: str, mode: Optional[str] = None,
-                   backend: object = "inductor", channels_last: bool = True, before: Optional[Callable] = None) -> CompiledCall:
+def compile_module(
+    module: nn.Module,
+    device: torch.device,
+    what: str,
+    mode: Optional[str] = None,
+    backend: object = "inductor",
+    channels_last: bool = True,
+    before: Optional[Callable] = None,
+) -> CompiledCall:
     """``module`` in ``channels_last`` and compiled (``dynamic=False``: one graph per input shape), or eager with
     a one-line warning where compilation is unavailable."""
     if channels_last:
         module.to(memory_format=torch.channels_last)
     reason = compile_unavailable_reason(device, backend)
     if reason is not None:
-        warnings.warn(f"torch.compile is unavailable for the {what} ({reason}); running it eagerly", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"torch.compile is unavailable for the {what} ({reason}); running it eagerly", RuntimeWarning, stacklevel=2
+        )
         return CompiledCall(module, None, what)
     if sys.platform == "win32" and torch.device(device).type == "cpu" and backend == "inductor":
-        warnings.warn(f"torch.compile on the CPU under Windows needs MSVC in the environment; the {what} may fall back to eager",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"torch.compile on the CPU under Windows needs MSVC in the environment; the {what} may fall back to eager",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     compiled = torch.compile(_Call(module), mode=mode, backend=backend, dynamic=False)
     return CompiledCall(module, compiled, what, mark_steps=mode == "reduce-overhead", before=before)
 
 
-def compile_unet(unet: nn.Module, device: torch.device, mode: Optional[str] = None, backend: object = "inductor") -> CompiledCall:
+def compile_unet(
+    unet: nn.Module, device: torch.device, mode: Optional[str] = None, backend: object = "inductor"
+) -> CompiledCall:
     """The diffusers UNet compiled for restoration: a :class:`GuidanceSlot` installed (once), ``channels_last``,
     ``torch.compile(dynamic=False)``. Call it like the UNet; :class:`fdi.diffusers_backend.DiffusersGuidance`
     on ``unet`` then drives the slot."""
@@ -127,7 +150,9 @@ def compile_vae(vae: nn.Module, device: torch.device, backend: object = "inducto
     vae.to(memory_format=torch.channels_last)
     reason = compile_unavailable_reason(device, backend)
     if reason is not None:
-        warnings.warn(f"torch.compile is unavailable for the VAE ({reason}); running it eagerly", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"torch.compile is unavailable for the VAE ({reason}); running it eagerly", RuntimeWarning, stacklevel=2
+        )
         return
     for part in (vae.encoder, vae.decoder):
         if isinstance(part.forward, CompiledCall):

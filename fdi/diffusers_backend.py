@@ -189,7 +189,8 @@ class DiffusersGuidance:
         slot = getattr(self.unet, SLOT_ATTRIBUTE, None)
         if slot is not None:
             if slot.bound:
-                raise FDIError("two FDI guidances were attached to one compiled UNet at once; remove the first before attaching another")
+                raise FDIError("two FDI guidances were attached to one compiled UNet at once; "
+                               "remove the first before attaching another")
             self._slot = slot
             self._rebind()
             return self
@@ -230,7 +231,8 @@ class _SlotBuffers:
     """Guidance for one latent shape: residuals ``[B, C_i, h_i, w_i]`` (UNet dtype) and per decoder point the
     modulation coefficients ``(A [B, C], B [B, C], G [C])`` (float32)."""
 
-    def __init__(self, residuals: List[torch.Tensor], coefficients: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    def __init__(self, residuals: List[torch.Tensor],
+                 coefficients: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         self.residuals = residuals
         self.coefficients = coefficients
 
@@ -300,7 +302,8 @@ class GuidanceSlot:
                 for level, r in enumerate(buffers.residuals):
                     r.copy_(residual_delta(r, level, guidances, strength))
                 for point, cs in enumerate(buffers.coefficients):
-                    new = modulation_coefficients(point, guidances, strength, sample.shape[0], cs[0].shape[1], sample.device)
+                    new = modulation_coefficients(point, guidances, strength, sample.shape[0], cs[0].shape[1],
+                                                  sample.device)
                     for c, v in zip(cs, new):
                         c.copy_(v)
             self._filled.add(key)
@@ -308,7 +311,8 @@ class GuidanceSlot:
 
     def _allocate(self, sample: torch.Tensor) -> _SlotBuffers:
         b, dev = sample.shape[0], sample.device
-        residuals = [torch.zeros((b, int(self.unet.config.block_out_channels[level]), h, w), dtype=sample.dtype, device=dev)
+        widths = self.unet.config.block_out_channels
+        residuals = [torch.zeros((b, int(widths[level]), h, w), dtype=sample.dtype, device=dev)
                      for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1]))]
         coefficients = [(torch.zeros(b, c, device=dev), torch.zeros(b, c, device=dev), torch.zeros(c, device=dev))
                         for c in self._out_channels]
@@ -327,7 +331,8 @@ class GuidanceSlot:
         if theirs is not None:
             theirs = list(theirs)
             if len(theirs) < NUM_LEVELS:
-                raise FDIError(f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI guidance, which needs {NUM_LEVELS}; pass one per down block")
+                raise FDIError(f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI "
+                               f"guidance, which needs {NUM_LEVELS}; pass one per down block")
             ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
         kwargs = dict(kwargs)
         kwargs["down_intrablock_additional_residuals"] = ours

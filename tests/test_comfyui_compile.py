@@ -28,8 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: these tests import a ComfyUI checkout "
-                                               "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)"),
+    pytest.mark.skipif(
+        not COMFYUI_DIR,
+        reason="COMFYUI_DIR is not set: these tests import a ComfyUI checkout "
+        "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)",
+    ),
 ]
 
 SCRIPT = r"""
@@ -57,9 +60,10 @@ from tiny_sd import TINY_CHANNELS, randomise_adapter
 
 BACKEND = {backend!r}
 unet_config = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-                   adm_in_channels=None, dtype=torch.float32, in_channels=4, model_channels=32, num_res_blocks=[2, 2, 2, 2],
-                   transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 1, 2, 2], transformer_depth_middle=1,
-                   use_linear_in_transformer=True, context_dim=32, transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                   adm_in_channels=None, dtype=torch.float32, in_channels=4, model_channels=32,
+                   num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 1, 2, 2],
+                   transformer_depth_middle=1, use_linear_in_transformer=True, context_dim=32,
+                   transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
                    use_temporal_attention=False, use_temporal_resblock=False)
 model_config = comfy.supported_models.SD20(unet_config)  # SD 2.x's layout and extra config, narrow widths
 model_config.unet_config["num_head_channels"] = 8
@@ -67,12 +71,15 @@ base = comfy.model_base.BaseModel(model_config, model_type=comfy.model_base.Mode
 g = torch.Generator().manual_seed(0)
 with torch.no_grad():  # ComfyUI's layers skip weight init: random weights, unit norms
     for n, p in base.diffusion_model.named_parameters():
-        norm_weight = n.endswith(".weight") and ".norm" in n or n.endswith("in_layers.0.weight") or n.endswith("out_layers.0.weight")
+        norm_weight = (n.endswith(".weight") and ".norm" in n or n.endswith("in_layers.0.weight")
+                       or n.endswith("out_layers.0.weight"))
         p.copy_(torch.randn(p.shape, generator=g) * 0.02 + (1.0 if norm_weight and p.ndim == 1 else 0.0))
-model = comfy.model_patcher.ModelPatcher(base.eval(), load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+cpu = torch.device("cpu")
+model = comfy.model_patcher.ModelPatcher(base.eval(), load_device=cpu, offload_device=cpu)
 
 torch.manual_seed(0)
-config = adapter_mod.FDIAdapterConfig(channels=TINY_CHANNELS, token_width=32, num_tokens=8, res_blocks=1, heads=4, se_reduction=4)
+config = adapter_mod.FDIAdapterConfig(channels=TINY_CHANNELS, token_width=32, num_tokens=8, res_blocks=1, heads=4,
+                                      se_reduction=4)
 adapter = randomise_adapter(adapter_mod.FDIAdapter(config, base_family="custom-base").eval(), seed=1)
 with torch.no_grad():
     guidance = adapter(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)),
@@ -122,7 +129,8 @@ for label, m in (("plain", model), ("patched", patched)):
     r = {{"diff": max(maxdiff(first, ref[label]), maxdiff(second, ref[label]))}}
     if label == "patched":
         r["diff_6_steps"] = maxdiff(sample(cm, 6), ref["patched6"])  # the same compiled MODEL, another schedule
-        r["diff_new_strength"] = maxdiff(sample(compiled(weaker, backend)), ref["weaker"])  # a new Apply, compiled again
+        # a new Apply, compiled again
+        r["diff_new_strength"] = maxdiff(sample(compiled(weaker, backend)), ref["weaker"])
     r["graphs_first"] = graphs_first
     r["graphs"] = backend.graphs if BACKEND == "count" else counters["stats"]["unique_graphs"]
     r["graph_breaks"] = sum(counters["graph_break"].values())
@@ -133,9 +141,17 @@ print(json.dumps(result))
 
 
 def run_script(tmp_path: Path, backend: str, timeout: int) -> dict:
-    code = SCRIPT.format(comfy=COMFYUI_DIR, tests=str(ROOT / "tests"), base=str(tmp_path), init=str(ROOT / "__init__.py"),
-                         root=str(ROOT), backend=backend)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
+    code = SCRIPT.format(
+        comfy=COMFYUI_DIR,
+        tests=str(ROOT / "tests"),
+        base=str(tmp_path),
+        init=str(ROOT / "__init__.py"),
+        root=str(ROOT),
+        backend=backend,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path)
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=1))

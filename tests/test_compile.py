@@ -35,7 +35,9 @@ def _image(seed: int) -> torch.Tensor:
 
 def _guidance():
     use = _use()
-    return use.adapter(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5)), use.resolved_fdi()).detach()
+    return use.adapter(
+        torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5)), use.resolved_fdi()
+    ).detach()
 
 
 def _run(unet, x, ctx, t: int = 500):
@@ -72,7 +74,9 @@ def test_slot_is_an_exact_noop_when_unbound_or_off_and_equals_the_hooks_when_on(
         g.strength = 0.0  # a new strength refills the buffers
         assert torch.equal(_run(unet, x, ctx), plain)
         g.strength = 0.9
-        torch.testing.assert_close(_run(unet, x[:1], ctx[:1]), hooked[:1], rtol=0, atol=1e-5)  # another shape: its buffers
+        torch.testing.assert_close(
+            _run(unet, x[:1], ctx[:1]), hooked[:1], rtol=0, atol=1e-5
+        )  # another shape: its buffers
         with pytest.raises(Exception, match="two FDI guidances"):
             DiffusersGuidance(unet, [(guidance, 1.0)]).attach()
     assert torch.equal(_run(unet, x, ctx), plain)  # unbound on exit: gate 0 and zero buffers
@@ -134,12 +138,34 @@ def test_cli_restore_compile_calls_pipe_compile_once_before_restoring(tmp_path, 
     use = _use()
     adapter = use.adapter.save(tmp_path / "a.safetensors", fdi=use.fdi)
     Image.fromarray((np.random.default_rng(0).random((40, 56, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
-    args = ["restore", "--sd", str(tiny_sd_folder), "--adapter", str(adapter), "--image", str(tmp_path / "in.png"),
-            "--steps", "1", "--inversion-steps", "1", "--quiet", "--device", "cpu", "-o", str(tmp_path / "out")]
+    args = [
+        "restore",
+        "--sd",
+        str(tiny_sd_folder),
+        "--adapter",
+        str(adapter),
+        "--image",
+        str(tmp_path / "in.png"),
+        "--steps",
+        "1",
+        "--inversion-steps",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "out"),
+    ]
     calls = []
-    monkeypatch.setattr(FDIRestorationPipeline, "compile", lambda self, *a, **k: calls.append(("compile", a, k)) or True)
+    monkeypatch.setattr(
+        FDIRestorationPipeline, "compile", lambda self, *a, **k: calls.append(("compile", a, k)) or True
+    )
     original_restore = FDIRestorationPipeline.restore
-    monkeypatch.setattr(FDIRestorationPipeline, "restore", lambda self, *a, **k: calls.append("restore") or original_restore(self, *a, **k))
+    monkeypatch.setattr(
+        FDIRestorationPipeline,
+        "restore",
+        lambda self, *a, **k: calls.append("restore") or original_restore(self, *a, **k),
+    )
     assert main(args) == 0 and calls == ["restore"]
     calls.clear()
     assert main(args + ["--compile"]) == 0 and calls == [("compile", (), {}), "restore"]
@@ -155,10 +181,14 @@ def test_unavailable_compile_warns_once_and_runs_eagerly(monkeypatch, inputs):
     unet = tiny_unet()
     plain = _run(unet, x, ctx)
     monkeypatch.setattr(fc, "compile_unavailable_reason", lambda device, backend="inductor": "no C++ compiler found")
-    with pytest.warns(RuntimeWarning, match=r"unavailable for the UNet \(no C\+\+ compiler found\); running it eagerly"):
+    with pytest.warns(
+        RuntimeWarning, match=r"unavailable for the UNet \(no C\+\+ compiler found\); running it eagerly"
+    ):
         call = compile_unet(unet, torch.device("cpu"))
     assert not call.is_compiled
-    torch.testing.assert_close(call(x, torch.full((2,), 500), encoder_hidden_states=ctx).sample, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        call(x, torch.full((2,), 500), encoder_hidden_states=ctx).sample, plain, rtol=0, atol=1e-5
+    )
 
 
 def test_a_failing_compiled_call_falls_back_with_a_one_line_warning():
@@ -169,7 +199,9 @@ def test_a_failing_compiled_call_falls_back_with_a_one_line_warning():
     with pytest.warns(RuntimeWarning) as record:
         assert call(1) == 2
     assert len(record) == 1 and "\n" not in str(record[0].message)
-    assert "torch.compile of the UNet failed (RuntimeError: Cannot find a working triton installation.)" in str(record[0].message)
+    assert "torch.compile of the UNet failed (RuntimeError: Cannot find a working triton installation.)" in str(
+        record[0].message
+    )
     assert not call.is_compiled
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -40,7 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="UNet/VAE dtype (default fp16 on cuda, fp32 on cpu)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet (CUDA graphs on cuda) once per image shape: slower first image, faster after")
+                   help="torch.compile the UNet (CUDA graphs on cuda) once per image shape: "
+                        "slower first image, faster after")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
