@@ -259,9 +259,23 @@ class FDIRestorationPipeline:
                                  torch.tensor(CLEAN_ALPHA, device=self.device))
         return self._alpha_cache[2] if t is None else self._alpha_cache[1][int(t)]
 
+    def compile(self, mode: Optional[str] = None, vae: Optional[bool] = None, backend: object = "inductor") -> bool:
+        """Compile the UNet (and on CUDA the VAE) with ``torch.compile``: see :mod:`fdi.compile`.
+
+        ``mode`` defaults to CUDA graphs on CUDA; ``vae`` to ``True`` on CUDA. Returns whether the UNet
+        is compiled (``False``: unavailable here, a warning was given and it runs eagerly)."""
+        from .compile import compile_unet, compile_vae, default_mode
+
+        mode = default_mode(self.device) if mode is None else mode
+        self.compiled_unet = compile_unet(self.unet, self.device, mode, backend)
+        if vae if vae is not None else self.device.type == "cuda":
+            compile_vae(self.vae, self.device, backend)
+        return self.compiled_unet.is_compiled
+
     def _unet(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
-        return self.unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.float()
+        unet = getattr(self, "compiled_unet", None) or self.unet
+        return unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.to(torch.float32, copy=True)
 
     @torch.no_grad()
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, inversion_steps: int,
