@@ -53,7 +53,8 @@ def _prepare(restored: torch.Tensor, reference: torch.Tensor):
         raise FDIError(f"{reference.shape[0]} reference images for {restored.shape[0]} restored images; "
                        "give one reference for all or one per image")
     if reference.shape[-2:] != restored.shape[-2:]:
-        reference = F.interpolate(reference, size=restored.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+        reference = F.interpolate(reference, size=restored.shape[-2:], mode="bilinear", align_corners=False,
+                                  antialias=True)
     return restored, reference.expand(restored.shape[0], -1, -1, -1)
 
 

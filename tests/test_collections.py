@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from test_pipeline import make_adapter, tiny_fdi
 
 import fdi.progress
 from fdi.cli import main
 from fdi.images import load_image
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
-from test_pipeline import make_adapter, tiny_fdi
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "2", "--inversion-steps", "2", "--quiet", "--device", "cpu"]
@@ -121,7 +120,8 @@ class _Recorder:
 def test_one_progress_bar_counts_every_step_of_every_image(photos, tiny_sd_folder, monkeypatch):
     d, folder, _, adapter = photos
     seen = []
-    monkeypatch.setattr(fdi.progress, "tqdm_progress", lambda desc, total, unit="it", enabled=True: _Recorder(seen, total))
+    monkeypatch.setattr(fdi.progress, "tqdm_progress",
+                        lambda desc, total, unit="it", enabled=True: _Recorder(seen, total))
     args = base_args(tiny_sd_folder, adapter, d / "out", folder) + ["--batch-size", "2", "--steps", "3"]
     assert main(args) == 0
     assert seen[0] == ("bar", 5 * (3 + 2)) and sum(1 for s in seen if s[0] == "bar") == 1
