@@ -53,7 +53,7 @@ def check_tiling(tile_px: int, overlap_px: int) -> None:
 
 def tile_starts(length: int, tile: int, overlap: float, multiple: int = OFFSET_MULTIPLE) -> List[int]:
     """Offsets of tiles of ``tile`` covering ``0..length`` with at least ``overlap`` in common, all multiples of
-    ``multiple`` and spread evenly; ``[0]`` when one tile covers it. ``length`` and ``tile`` are multiples of ``multiple``."""
+    ``multiple`` and spread evenly; ``[0]`` when one tile covers it. ``length``, ``tile``: multiples of ``multiple``."""
     if tile >= length:
         return [0]
     stride = int((tile - overlap) // multiple) * multiple
@@ -79,7 +79,7 @@ class Tile:
 
 
 def _ramp(n: int, length: float, left: bool, right: bool) -> torch.Tensor:
-    """1-D weights ``[n]``: a raised cosine over ``length`` samples on the flagged sides, 1 elsewhere (> 0 everywhere)."""
+    """1-D weights ``[n]``: a raised cosine over ``length`` samples on the flagged sides, else 1 (> 0 everywhere)."""
     w = torch.ones(n, dtype=torch.float64)
     if length > 0:
         i = torch.arange(n, dtype=torch.float64) + 0.5
@@ -119,7 +119,7 @@ class Tiling:
         return len(self.tiles) == 1
 
     def weights(self, index: int, scale: int = 1) -> torch.Tensor:
-        """Blending weights ``[h·scale, w·scale]`` (float32, CPU) of tile ``index`` at ``scale`` × the latent resolution."""
+        """Blending weights ``[h·scale, w·scale]`` (float32, CPU) of tile ``index`` at ``scale`` × the latent size."""
         key = (index, scale)
         if key not in self._weights:
             t = self.tiles[index]
@@ -156,8 +156,9 @@ class Tiling:
         for level, r in enumerate(guidance.residuals):
             s = 2 ** level
             if r.shape[-2] * s != self.height or r.shape[-1] * s != self.width:
-                raise FDIError(f"residual r_{level + 1} is {tuple(r.shape[-2:])} but a {self.height}x{self.width} latent "
-                               f"needs {self.height // s}x{self.width // s} at level {level + 1}; run the adapter on the padded image")
+                raise FDIError(f"residual r_{level + 1} is {tuple(r.shape[-2:])} but a {self.height}x{self.width} "
+                               f"latent needs {self.height // s}x{self.width // s} at level {level + 1}; "
+                               "run the adapter on the padded image")
             residuals.append(r[..., t.y // s:(t.y + t.h) // s, t.x // s:(t.x + t.w) // s])
         return FDIGuidance(residuals, list(guidance.modulations), list(guidance.refined))
 
