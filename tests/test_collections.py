@@ -139,6 +139,20 @@ def test_batches_group_same_sizes_and_match_batch_one(photos, tiny_sd_folder, mo
         assert np.abs(pixels(p) - pixels(d / "two" / p.name)).max() <= 2
 
 
+def test_tiles_from_the_command_line(photos, tiny_sd_folder, tiny_pipeline):
+    d, _, _, adapter = photos
+    big = write_image(d / "big.png", 200, 264, 5)
+    assert main(base_args(tiny_sd_folder, adapter, d / "plain", big)) == 0
+    assert main(base_args(tiny_sd_folder, adapter, d / "whole", big) + ["--tile-size", "320"]) == 0  # padded: 256x320
+    assert np.array_equal(pixels(d / "plain" / "big.png"), pixels(d / "whole" / "big.png"))
+    assert main(base_args(tiny_sd_folder, adapter, d / "tiled", big) + ["--tile-size", "128", "--tile-overlap", "64"]) == 0
+    use = [AdapterUse(make_adapter(), tiny_fdi(), 1.0)]
+    ref = tiny_pipeline.restore(load_image(big)[None], use, steps=2, inversion_steps=2, tile_size=128, tile_overlap=64)[0]
+    expect = (ref.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.int16)
+    assert np.abs(pixels(d / "tiled" / "big.png") - expect).max() <= 1
+    assert np.abs(pixels(d / "tiled" / "big.png") - pixels(d / "plain" / "big.png")).mean() > 1  # tiles did run
+
+
 def test_color_fix_flag_changes_outputs_towards_the_input(photos, tiny_sd_folder):
     d, _, _, adapter = photos
     yy, xx = np.mgrid[0:56, 0:56] / 56.0
@@ -161,6 +175,9 @@ def test_color_fix_flag_changes_outputs_towards_the_input(photos, tiny_sd_folder
     ("unreadable file in folder", "could not be read"),
     ("missing path", "does not exist"),
     ("batch size 0", "--batch-size 0 must be at least 1"),
+    ("tile not a multiple of 64", "--tile-size/--tile-overlap: tile size 200 px is invalid"),
+    ("tile under 128", "tile size 64 px is invalid; use a multiple of 64 of at least 128"),
+    ("overlap not smaller than the tile", "tile overlap 256 px must be smaller than the tile (256 px)"),
 ])
 def test_bad_collections_fail_before_any_work(photos, tiny_sd_folder, capsys, case, message):
     d, folder, loose, adapter = photos
@@ -177,8 +194,11 @@ def test_bad_collections_fail_before_any_work(photos, tiny_sd_folder, capsys, ca
         (folder / "p9.png").write_bytes(b"\x89PNG broken")
     elif case == "missing path":
         images = [d / "nowhere"]
-    else:
+    elif case == "batch size 0":
         extra = ["--batch-size", "0"]
+    else:
+        tile, overlap = {"tile not a multiple of 64": (200, 64), "tile under 128": (64, 0)}.get(case, (256, 256))
+        extra = ["--tile-size", str(tile), "--tile-overlap", str(overlap)]
     assert main(base_args(tiny_sd_folder, adapter, out, *images) + extra) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

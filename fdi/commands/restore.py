@@ -55,6 +55,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default="none",
                    help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
                         "(match its per-channel mean/std) or none (default; haze and low-light restorations change colours on purpose)")
+    p.add_argument("--tile-size", type=int, default=0, metavar="PX",
+                   help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole image): "
+                        "bounded memory for large photos")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="overlap of neighbouring tiles in pixels, blended smoothly (default a quarter of --tile-size)")
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
     p.add_argument("--guidance-end", type=float, default=0.333, help="fraction of the sampling steps that are guided, 0..1 (default 0.333, the paper's first third)")
@@ -132,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from ..instruction import FDI
     from ..pipeline import AdapterUse, FDIRestorationPipeline
     from ..progress import tqdm_progress
+    from ..tiles import check_tiling
 
     # ---- every cheap check first: nothing is loaded or written before all inputs are valid ----
     if not (math.isfinite(args.guidance_end) and 0.0 <= args.guidance_end <= 1.0):
@@ -140,6 +146,13 @@ def run(args: argparse.Namespace) -> int:
         raise FDIError(f"--steps ({args.steps}) and --inversion-steps ({args.inversion_steps}) must be at least 1")
     if args.batch_size < 1:
         raise FDIError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.tile_overlap is None:
+        args.tile_overlap = args.tile_size // 4
+    if args.tile_size:
+        try:
+            check_tiling(args.tile_size, args.tile_overlap)
+        except FDIError as exc:
+            raise FDIError(f"--tile-size/--tile-overlap: {exc}") from None
     n = len(args.adapter)
     weights = args.weight or [1.0] * n
     if len(weights) != n:
@@ -200,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
                 progress = (lambda d, t, o=offset, b=b: cb(o + d * b, total)) if cb else None
                 out = pipe.restore(images, uses, steps=args.steps, inversion_steps=args.inversion_steps,
                                    guidance_end=args.guidance_end, strength=args.strength, mode=args.mode,
-                                   prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg, progress=progress)
+                                   prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg, progress=progress,
+                                   tile_size=args.tile_size, tile_overlap=args.tile_overlap)
                 out = color_fix(out, images, args.color_fix)
                 for job, img in zip(batch, out):
                     save_image(img, job.output)
