@@ -145,9 +145,11 @@ def test_tiles_from_the_command_line(photos, tiny_sd_folder, tiny_pipeline):
     assert main(base_args(tiny_sd_folder, adapter, d / "plain", big)) == 0
     assert main(base_args(tiny_sd_folder, adapter, d / "whole", big) + ["--tile-size", "320"]) == 0  # padded: 256x320
     assert np.array_equal(pixels(d / "plain" / "big.png"), pixels(d / "whole" / "big.png"))
-    assert main(base_args(tiny_sd_folder, adapter, d / "tiled", big) + ["--tile-size", "128", "--tile-overlap", "64"]) == 0
+    tiled = ["--tile-size", "128", "--tile-overlap", "64"]
+    assert main(base_args(tiny_sd_folder, adapter, d / "tiled", big) + tiled) == 0
     use = [AdapterUse(make_adapter(), tiny_fdi(), 1.0)]
-    ref = tiny_pipeline.restore(load_image(big)[None], use, steps=2, inversion_steps=2, tile_size=128, tile_overlap=64)[0]
+    ref = tiny_pipeline.restore(load_image(big)[None], use, steps=2, inversion_steps=2, tile_size=128,
+                                tile_overlap=64)[0]
     expect = (ref.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.int16)
     assert np.abs(pixels(d / "tiled" / "big.png") - expect).max() <= 1
     assert np.abs(pixels(d / "tiled" / "big.png") - pixels(d / "plain" / "big.png")).mean() > 1  # tiles did run

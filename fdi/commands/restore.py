@@ -56,8 +56,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
                         "(match its per-channel mean/std) or none (default; haze and low-light restorations change colours on purpose)")
     p.add_argument("--tile-size", type=int, default=0, metavar="PX",
-                   help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole image): "
-                        "bounded memory for large photos")
+                   help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole "
+                        "image): bounded memory for large photos")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="overlap of neighbouring tiles in pixels, blended smoothly (default a quarter of --tile-size)")
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
@@ -213,8 +213,8 @@ def run(args: argparse.Namespace) -> int:
                 progress = (lambda d, t, o=offset, b=b: cb(o + d * b, total)) if cb else None
                 out = pipe.restore(images, uses, steps=args.steps, inversion_steps=args.inversion_steps,
                                    guidance_end=args.guidance_end, strength=args.strength, mode=args.mode,
-                                   prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg, progress=progress,
-                                   tile_size=args.tile_size, tile_overlap=args.tile_overlap)
+                                   prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg,
+                                   progress=progress, tile_size=args.tile_size, tile_overlap=args.tile_overlap)
                 out = color_fix(out, images, args.color_fix)
                 for job, img in zip(batch, out):
                     save_image(img, job.output)
