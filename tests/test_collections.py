@@ -242,3 +242,41 @@ def test_a_killed_run_keeps_finished_outputs_and_leaves_no_partial_file(photos, 
     assert resumed.returncode == 0, err
     assert len(list(out.glob("*.png"))) == 12 and [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert all((out / n).stat().st_mtime_ns == t for n, t in mtimes.items())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_shards_the_images_over_processes_with_the_same_outputs(photos, tiny_sd_folder):
+    """Two CPU processes (``accelerate launch --multi_gpu`` starts them through torch.distributed.run, GPUs or not):
+    every image is restored once, by one process, and the files equal a one-process run's."""
+    d, folder, loose, adapter = photos
+    args = base_args(tiny_sd_folder, adapter, d / "one", folder, loose)[1:]
+    single = _run_cli(["restore", *args])
+    _, err = single.communicate(timeout=300)
+    assert single.returncode == 0, err
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    two = [a if a != str(d / "one") else str(d / "two") for a in args]
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "fdi", "restore", *two], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = [line for line in run.stdout.split() if line.endswith(".png")]
+    assert sorted(printed) == sorted(set(printed)) and len(printed) == 6  # each image once
+    names = sorted(p.name for p in (d / "one").iterdir())
+    assert names == sorted(p.name for p in (d / "two").iterdir())
+    for name in names:
+        assert (d / "one" / name).read_bytes() == (d / "two" / name).read_bytes()
+
+
+def test_sharding_rule_is_sorted_names_modulo_world(photos, tmp_path, monkeypatch):
+    from fdi.commands.restore import distributed_rank, plan_jobs, shard
+
+    _, folder, loose, _ = photos
+    jobs = plan_jobs([str(folder), str(loose)], tmp_path)
+    assert [j.output.name for j in jobs] == ["loose.png", "p0.png", "p1.png", "p2.png", "p3.png", "p4.png"]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank, world, local = distributed_rank()
+    assert (rank, world, local) == (1, 2, 1)
+    assert [j.output.name for j in shard(jobs, rank, world)] == ["p0.png", "p2.png", "p4.png"]
+    assert [j.output.name for j in shard(jobs, 0, 2)] == ["loose.png", "p1.png", "p3.png"]

@@ -105,6 +105,11 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
     return [jobs[k] for k in sorted(jobs)]
 
 
+def shard(jobs: List[Job], rank: int, world: int) -> List[Job]:
+    """The jobs of process ``rank`` of ``world``: job ``i`` of the sorted list goes to process ``i % world``."""
+    return jobs[rank::world]
+
+
 def make_batches(jobs: List[Job], batch_size: int) -> List[List[Job]]:
     """Batches of at most ``batch_size`` jobs of the same size, in the order of each size's first job."""
     by_size: Dict[Tuple[int, int], List[Job]] = {}
@@ -176,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         uses.append(use)
     jobs = plan_jobs(args.image, out_dir)
     rank, world, local_rank = distributed_rank()
-    jobs = jobs[rank::world]
+    jobs = shard(jobs, rank, world)
     skipped = 0
     if args.skip_existing:
         todo = [j for j in jobs if not j.output.exists()]
