@@ -44,8 +44,8 @@ def child(args: argparse.Namespace) -> dict:
     from guidance_overhead import build_random_sd21, sync, trained_like_adapter
 
     from fdi.encoder import parse_dtype
-    from fdi.pipeline import AdapterUse
     from fdi.instruction import FDI
+    from fdi.pipeline import AdapterUse
 
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
@@ -110,7 +110,8 @@ def main() -> int:
     print(f"tiled {args.size}² in {args.tile} px tiles, overlap {args.overlap}: peak {t['peak'] / gib:.2f} GiB "
           f"(models loaded: {t['loaded'] / gib:.2f} GiB), {t['seconds']:.1f} s")
     print(f"peak ratio tiled {args.size}² ÷ untiled {args.base}²: {t['peak'] / u['peak']:.2f} (goal ≤ 1.5)")
-    print(f"ratio of the peaks above the loaded models: {(t['peak'] - t['loaded']) / max(u['peak'] - u['loaded'], 1):.2f}")
+    above = (t["peak"] - t["loaded"]) / max(u["peak"] - u["loaded"], 1)
+    print(f"ratio of the peaks above the loaded models: {above:.2f}")
     return 0
 
 

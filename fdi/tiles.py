@@ -159,8 +159,18 @@ class Tiling:
                 raise FDIError(f"residual r_{level + 1} is {tuple(r.shape[-2:])} but a {self.height}x{self.width} "
                                f"latent needs {self.height // s}x{self.width // s} at level {level + 1}; "
                                "run the adapter on the padded image")
-            residuals.append(r[..., t.y // s:(t.y + t.h) // s, t.x // s:(t.x + t.w) // s])
+            residuals.append(crop_residual(r, level, (t.y, t.x), (t.h // s, t.w // s)))
         return FDIGuidance(residuals, list(guidance.modulations), list(guidance.refined))
+
+
+def crop_residual(residual: torch.Tensor, level: int, offset, size) -> torch.Tensor:
+    """The part of a residual ``[B, C, h_i, w_i]`` at UNet level ``level`` (latent / 2^level) that a tile at latent
+    ``offset = (y, x)`` (multiples of :data:`OFFSET_MULTIPLE`) sees, ``size = (rows, cols)`` at that level."""
+    s = 2 ** int(level)
+    y, x = int(offset[0]), int(offset[1])
+    if y % OFFSET_MULTIPLE or x % OFFSET_MULTIPLE:
+        raise FDIError(f"tile offset ({y}, {x}) is not a multiple of {OFFSET_MULTIPLE} latent pixels")
+    return residual[..., y // s:y // s + int(size[0]), x // s:x // s + int(size[1])]
 
 
 def optional_tiling(latent_height: int, latent_width: int, tile_px: int, overlap_px: int) -> Optional[Tiling]:
