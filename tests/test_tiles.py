@@ -167,6 +167,7 @@ COMFY_SCRIPT = """
 import asyncio, importlib.util, json, sys
 sys.path.insert(0, {comfy!r})
 sys.path.insert(1, {tests!r})
+sys.path.append({root!r})  # the library as `fdi` for the diffusers side (after ComfyUI: its `nodes` comes first)
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
 comfy.cli_args.args.base_directory = {base!r}
