@@ -213,7 +213,7 @@ def _run_cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
 def test_a_killed_run_keeps_finished_outputs_and_leaves_no_partial_file(photos, tiny_sd_folder, sig):
     d, folder, _, adapter = photos
     for i in range(5, 12):

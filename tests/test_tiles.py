@@ -185,6 +185,7 @@ from sd21_fixture import random_adapter
 from fdi.instruction import FDI
 
 adapter = random_adapter(768, 32, seed=1)
+adapter.encoder = "blip2-test:0123456789abcdef"
 fdi = FDI(torch.randn(32, 768, generator=torch.Generator().manual_seed(0)), encoder=adapter.encoder, n_pairs=1)
 adapter.save(folder_paths.get_folder_paths("fdi_adapters")[0] + "/tiles.safetensors", fdi=fdi)
 handle = gn.FDIAdapterLoader.execute("tiles.safetensors")[0]
