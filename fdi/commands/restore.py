@@ -9,6 +9,7 @@ process ``i % world``).
 from __future__ import annotations
 
 import argparse
+import glob
 import math
 import os
 import signal
@@ -121,7 +122,7 @@ def make_batches(jobs: List[Job], batch_size: int) -> List[List[Job]]:
 def remove_stale_temporaries(jobs: List[Job]) -> None:
     """Delete temporary files a hard-killed earlier run left for these outputs (``.NAME.*.tmp``, see :mod:`fdi.files`)."""
     for job in jobs:
-        for tmp in job.output.parent.glob(f".{job.output.name}.*.tmp"):
+        for tmp in job.output.parent.glob(f".{glob.escape(job.output.name)}.*.tmp"):
             try:
                 tmp.unlink()
             except OSError:
