@@ -255,7 +255,8 @@ class FDIOutputPatch(_FDIPatchBase):
 
 
 def tile_guidance(guidance: FDIGuidance, level: int, offset: Tuple[int, int], size) -> FDIGuidance:
-    """``guidance`` with residual ``level`` cropped to the tile at latent ``offset`` (:func:`fdi.tiles.crop_residual`)."""
+    """``guidance`` with residual ``level`` cropped to the tile at latent ``offset`` 
+    (:func:`fdi.tiles.crop_residual`)."""
     residuals = list(guidance.residuals)
     residuals[level] = crop_residual(residuals[level], level, offset, size)
     return FDIGuidance(residuals, guidance.modulations, guidance.refined)

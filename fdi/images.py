@@ -219,7 +219,8 @@ def probe_image(path: PathLike) -> Tuple[int, int]:
     try:
         with Image.open(p) as img:
             if getattr(img, "n_frames", 1) > 1:
-                raise FDIError(f"image {p.name!r} is animated ({img.n_frames} frames); save the frame you want as a PNG")
+                raise FDIError(f"image {p.name!r} is animated ({img.n_frames} frames); "
+                               "save the frame you want as a PNG")
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except FDIError:

@@ -228,9 +228,8 @@ class FDIRestorationPipeline:
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, tiling: Optional[Tiling] = None) -> torch.Tensor:
-        """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32: the posterior *mode*.
-
-        With ``tiling`` (of the latent): each tile's pixels are encoded alone and the latents blended."""
+        """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32: the
+        posterior *mode*. With ``tiling`` (of the latent): each tile's pixels are encoded alone, the latents blended."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
 
         def encode(_: int, x: torch.Tensor) -> torch.Tensor:
@@ -309,7 +308,8 @@ class FDIRestorationPipeline:
         cond = cond.expand(x.shape[0], -1, -1)
         t_cur = None
         for j, t in enumerate(self.inversion_timesteps(steps, inversion_steps).tolist()):
-            x = ddim_step(x, self._model_output(x, t, cond, tiling), self._alpha(t_cur), self._alpha(t), self.prediction_type)
+            out = self._model_output(x, t, cond, tiling)
+            x = ddim_step(x, out, self._alpha(t_cur), self._alpha(t), self.prediction_type)
             t_cur = t
             report(progress, done + j + 1, total)
         return x
@@ -320,7 +320,7 @@ class FDIRestorationPipeline:
                progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0,
                tiling: Optional[Tiling] = None) -> torch.Tensor:
         """DDIM sampling (η = 0) from the level of ``t_0`` down to the clean level (ᾱ = 1);
-        ``hooks.active`` is set per step (:func:`fdi.sampling.guided_step_count`); ``tiling``: see :meth:`_model_output`."""
+        ``hooks.active`` is set per step (:func:`fdi.sampling.guided_step_count`); ``tiling``: :meth:`_model_output`."""
         x = latents.float()
         b = x.shape[0]
         use_cfg = cfg != 1.0
@@ -355,7 +355,8 @@ class FDIRestorationPipeline:
     def restore(self, images: torch.Tensor, adapters: Sequence[AdapterUse], *, steps: int = 50, inversion_steps: int = 50,
                 guidance_end: float = 0.333, strength: float = 1.0, mode: str = "composite",
                 prompt: str = "", negative_prompt: str = "", cfg: float = 1.0,
-                progress: Optional[ProgressCallback] = None, tile_size: int = 0, tile_overlap: int = 64) -> torch.Tensor:
+                progress: Optional[ProgressCallback] = None, tile_size: int = 0,
+                tile_overlap: int = 64) -> torch.Tensor:
         """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
 
         ``progress(done, total)`` counts UNet steps (inversion and sampling, all stages).
@@ -377,14 +378,15 @@ class FDIRestorationPipeline:
         x = images
         for i, stage in enumerate(stages):
             padded = pad_to_multiple(x.to(self.device, torch.float32))
-            tiling = optional_tiling(padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size, tile_overlap)
+            tiling = optional_tiling(padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size,
+                                     tile_overlap)
             guidance = [(self.compute_guidance(u, padded), u.weight) for u in stage]
             latents = self.encode_images(padded, tiling)
             del padded
             latents = self.invert(latents, cond, steps, inversion_steps, progress, i * per_stage, total, tiling)
             with DiffusersGuidance(self.unet, guidance, strength=strength, active=False) as hooks:
-                latents = self.sample(latents, cond, steps, guidance_end, hooks, uncond, cfg, progress, i * per_stage + inversion_steps,
-                                      total, tiling)
+                latents = self.sample(latents, cond, steps, guidance_end, hooks, uncond, cfg, progress,
+                                      i * per_stage + inversion_steps, total, tiling)
             del guidance
             x = self.decode_latents(latents, tiling)[..., :h, :w].cpu()
         return x

@@ -51,11 +51,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, nargs="+", metavar="IN",
                    help="degraded image files and/or folders (a folder: its image files, not recursive)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
-    p.add_argument("--skip-existing", action="store_true", help="skip images whose output already exists (resume a run)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="restore up to N images of the same size together (default 1)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip images whose output already exists (resume a run)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="restore up to N images of the same size together (default 1)")
     p.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default="none",
                    help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
-                        "(match its per-channel mean/std) or none (default; haze and low-light restorations change colours on purpose)")
+                        "(match its per-channel mean/std) or none (default; haze and low-light restorations change "
+                        "colours on purpose)")
     p.add_argument("--tile-size", type=int, default=0, metavar="PX",
                    help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole "
                         "image): bounded memory for large photos")
@@ -69,7 +72,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="", help="text prompt (default empty, as in the paper)")
     p.add_argument("--negative-prompt", default="", help="negative prompt, used when --cfg > 1")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
-    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu; cuda:LOCAL_RANK under accelerate/torchrun)")
+    p.add_argument("--device", default=None,
+                   help="torch device (default cuda if available, else cpu; cuda:LOCAL_RANK under accelerate/torchrun)")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="UNet/VAE dtype (default fp16 on cuda, fp32 on cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -77,7 +81,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def distributed_rank() -> Tuple[int, int, int]:
-    """``(rank, world size, local rank)`` from the environment ``accelerate launch`` and ``torchrun`` set (else ``(0, 1, 0)``)."""
+    """``(rank, world size, local rank)`` from the environment ``accelerate launch`` and ``torchrun`` set
+    (else ``(0, 1, 0)``)."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     rank = int(os.environ.get("RANK", "0") or 0)
     local = int(os.environ.get("LOCAL_RANK", str(rank)) or 0)
@@ -101,7 +106,8 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
                            "rename one or restore them into different folders")
         h, w = probe_image(path)
         if h < MIN_SIDE or w < MIN_SIDE:
-            raise FDIError(f"image {path.name!r} is {w}x{h} pixels; restoration needs at least {MIN_SIDE} pixels a side")
+            raise FDIError(f"image {path.name!r} is {w}x{h} pixels; restoration needs at least {MIN_SIDE} pixels "
+                           "a side")
         jobs[name] = Job(path, out_dir / name, (h, w))
     return [jobs[k] for k in sorted(jobs)]
 
@@ -120,7 +126,7 @@ def make_batches(jobs: List[Job], batch_size: int) -> List[List[Job]]:
 
 
 def remove_stale_temporaries(jobs: List[Job]) -> None:
-    """Delete temporary files a hard-killed earlier run left for these outputs (``.NAME.*.tmp``, see :mod:`fdi.files`)."""
+    """Delete temporary files a hard-killed earlier run left for these outputs (``.NAME.*.tmp``, :mod:`fdi.files`)."""
     for job in jobs:
         for tmp in job.output.parent.glob(f".{glob.escape(job.output.name)}.*.tmp"):
             try:
