@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from test_pipeline import make_adapter, tiny_fdi
 
+import fdi.images
 import fdi.progress
 from fdi.cli import main
 from fdi.images import load_image
@@ -55,14 +56,23 @@ class Spy:
     """Wraps ``FDIRestorationPipeline.restore``: records batch sizes and which outputs existed at each call."""
 
     def __init__(self, monkeypatch, out: Path):
-        self.calls, self.out = [], out
+        self.calls, self.out, self.loads = [], out, []
         original = FDIRestorationPipeline.restore
+        original_load = fdi.images.load_image
 
         def restore(pipe, images, *a, **k):
             self.calls.append((images.shape[0], sorted(p.name for p in out.glob("*.png")) if out.exists() else []))
+            self.loads.append(len(self.loads_done))
             return original(pipe, images, *a, **k)
 
+        self.loads_done = []
+
+        def load(path):
+            self.loads_done.append(path)
+            return original_load(path)
+
         monkeypatch.setattr(FDIRestorationPipeline, "restore", restore)
+        monkeypatch.setattr(fdi.images, "load_image", load)
 
 
 def test_folders_and_files_stream_one_output_per_image_equal_to_the_library(photos, tiny_sd_folder, tiny_pipeline,
@@ -76,6 +86,7 @@ def test_folders_and_files_stream_one_output_per_image_equal_to_the_library(phot
     # streamed: one image per restore call, and every earlier output was on disk before the next call started
     assert [c[0] for c in spy.calls] == [1] * 6
     assert [len(c[1]) for c in spy.calls] == list(range(6))
+    assert spy.loads == [1, 2, 3, 4, 5, 6]  # each image is read only when its turn comes: memory holds one batch
     printed = capsys.readouterr().out.split()
     assert len(printed) == 6 and all(Path(p).is_file() for p in printed)
     # each output is the library's restore of that file, quantised to 8 bits
