@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 
 from .adapter import FDIAdapter, FDIGuidance
 from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_unet
