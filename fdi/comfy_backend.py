@@ -30,6 +30,7 @@ from .adapter import FDIGuidance
 from .errors import FDIError
 from .guidance import StepInvariantCache, modulate
 from .sampling import guided_step_range, inversion_input_scale
+from .tiles import crop_residual
 
 #: name of the patch lists in ``transformer_options["patches"]``
 INPUT_PATCH_KEY = "input_block_patch"
@@ -40,6 +41,8 @@ SCALES_KEY = "fdi_scales"
 #: ComfyUI's ``WrappersMP.APPLY_MODEL`` and the key our wrapper is registered under
 APPLY_MODEL_WRAPPERS = "apply_model"
 WRAPPER_KEY = "fdi.decide_scales"
+#: ``transformer_options`` key of a tiled model call: the tile's latent offset ``(y, x)`` (:mod:`fdi.tiles`)
+TILE_KEY = "fdi_tile"
 
 #: UNet context widths of the Stable Diffusion families, for error messages
 CONTEXT_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
@@ -243,9 +246,12 @@ class FDIInputPatch(_FDIPatchBase):
         if not block or block[0] != "input" or block[1] not in self.input_blocks:
             return h
         level = self.input_blocks.index(block[1])
+        tile = transformer_options.get(TILE_KEY)  # a tile's latent offset (y, x): its crop of each residual
         delta = None
         for i, guidance, scale in self.scales(transformer_options):
-            d = self._cache.residual(h, level, [(guidance, 1.0)], 1.0, i) * _as(scale, h)
+            if tile is not None:
+                guidance = tile_guidance(guidance, level, tile, h.shape[-2:])
+            d = self._cache.residual(h, level, [(guidance, 1.0)], 1.0, (i, tile)) * _as(scale, h)
             delta = d if delta is None else delta + d
         return h if delta is None else h + delta
 
@@ -264,6 +270,14 @@ class FDIOutputPatch(_FDIPatchBase):
             coeffs = tuple(c * _as(scale, c) for c in self._cache.coefficients(h, point, [(guidance, 1.0)], 1.0, i))
             total = coeffs if total is None else tuple(a + b for a, b in zip(total, coeffs))
         return (h if total is None else modulate(h, total)), hsp
+
+
+def tile_guidance(guidance: FDIGuidance, level: int, offset: Tuple[int, int], size) -> FDIGuidance:
+    """``guidance`` with residual ``level`` cropped to the tile at latent ``offset`` 
+    (:func:`fdi.tiles.crop_residual`)."""
+    residuals = list(guidance.residuals)
+    residuals[level] = crop_residual(residuals[level], level, offset, size)
+    return FDIGuidance(residuals, guidance.modulations, guidance.refined)
 
 
 def _as(scale: Gate, like: torch.Tensor) -> Gate:
