@@ -1,4 +1,4 @@
-"""Benchmark one FDI training step at real size: seconds per optimizer step.
+"""Benchmark one FDI training step at real size: seconds per optimizer step and peak memory.
 
 Not a test. Full-size SD 2.1 architectures with random weights, built in memory from the
 hand-written configs of ``tests/sd21_fixture.py`` (UNet 320/640/1280/1280, KL-f8 VAE, 23-layer
@@ -9,7 +9,10 @@ per-step wall and process-CPU times are taken in its progress callback; the firs
 kernels) is reported separately. Data loading is included (``--num-workers 0``: in the step).
 
     python bench/train_step.py                                  # CPU, batch 1, 256 px, fp32
-    python bench/train_step.py --device cuda --resolution 512 --batch-size 8 --mixed-precision bf16
+    python bench/train_step.py --device cuda --resolution 512 --batch-size 1 --mixed-precision bf16 --gradient-checkpointing
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the training steps (the models
+included: they are moved to the GPU by the run), on CPU the process's peak resident set size.
 
 Prints one summary line. Random weights make the timing meaningful and the losses meaningless.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -84,7 +88,10 @@ def main(argv=None) -> int:
         def progress(done, total):
             marks.append((time.perf_counter(), time.process_time()))
 
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         train(cfg, progress=progress, models=models)
+        peak = (torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     times = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
     cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
@@ -99,7 +106,9 @@ def main(argv=None) -> int:
           f"{', gradient checkpointing' if args.gradient_checkpointing else ''}, {dev}: "
           f"{statistics.median(timed):.2f} s/step wall (median of {len(timed)} after a {times[0]:.2f} s warm-up step; "
           f"min {min(timed):.2f}, max {max(timed):.2f}), {statistics.median(timed_cpu):.2f} s/step process CPU time; "
-          f"1-min load average {load:.1f} on {os.cpu_count()} CPUs; model build {build_s:.0f} s")
+          f"1-min load average {load:.1f} on {os.cpu_count()} CPUs; model build {build_s:.0f} s; "
+          + (f"peak CUDA memory allocated {peak:.2f} GiB" if peak is not None else
+             f"peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (CPU figure)"))
     return 0
 
 

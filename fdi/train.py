@@ -114,12 +114,14 @@ class TrainResult:
 
 # ---------------------------------------------------------------------------------------------- the run
 def encode_prompt(text_encoder, tokenizer, prompt: str, device, dtype: torch.dtype) -> torch.Tensor:
-    """Text conditioning ``[1, 77, D]`` of ``prompt`` (``last_hidden_state``, padded to the context length)."""
+    """Text conditioning ``[1, 77, D]`` of ``prompt`` (``last_hidden_state``, padded to the context length) on
+    ``device`` in ``dtype``. The encoder runs where it is (the CPU after loading): it is not moved to the
+    training device, which it would occupy for the whole run."""
     length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
     ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-    encoder = text_encoder.to(device)
+    where = next(text_encoder.parameters()).device
     with torch.no_grad():
-        return encoder(ids.to(device))[0].to(dtype)
+        return text_encoder(ids.to(where))[0].to(device=device, dtype=dtype)
 
 
 class TrainRun:

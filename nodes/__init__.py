@@ -23,8 +23,9 @@ from comfy_api.latest import ComfyExtension, io
 
 from .fdi_nodes import NODES as _FDI_NODES
 from .guidance_nodes import NODES as _GUIDANCE_NODES
+from .train_nodes import NODES as _TRAIN_NODES
 
-NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES]
+NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_TRAIN_NODES]
 
 
 class FDIExtension(ComfyExtension):

@@ -115,3 +115,33 @@ def encode_clean(vae, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     z = vae.encode((images * 2 - 1).to(dtype)).latent_dist.mode().float()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (z - shift) * vae.config.scaling_factor
+
+
+class checkpointed:
+    """Context manager: ``modules``' forwards recompute their activations in the backward pass
+    (``torch.utils.checkpoint``, non-reentrant); restored on exit."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module], enabled: bool = True):
+        self.modules = list(modules) if enabled else []
+        self._saved: list = []
+
+    def __enter__(self) -> "checkpointed":
+        import torch.utils.checkpoint as cp
+
+        for m in self.modules:
+            fwd = m.forward
+
+            def wrapped(*args, _fwd=fwd, **kwargs):
+                return cp.checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
+
+            self._saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
+            m.forward = wrapped
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, had, fwd in self._saved:
+            if had:
+                m.forward = fwd
+            else:
+                del m.forward
+        self._saved = []
