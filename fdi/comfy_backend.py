@@ -65,7 +65,7 @@ def check_unet_for_adapter(unet_config: Optional[dict], channels: Sequence[int],
     if not isinstance(unet_config, dict) or "model_channels" not in unet_config or "channel_mult" not in unet_config:
         raise FDIError(
             "the MODEL is not a Stable Diffusion UNet (no model_channels/channel_mult: a DiT/flow model such as SD3 or Flux?); "
-            f"FDI adapters guide SD 2.x UNets, load an SD 2.1 checkpoint"
+            "FDI adapters guide SD 2.x UNets, load an SD 2.1 checkpoint"
         )
     ctx = unet_config.get("context_dim")
     family = CONTEXT_FAMILIES.get(ctx, f"a UNet with cross-attention width {ctx}")

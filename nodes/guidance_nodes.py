@@ -84,22 +84,19 @@ class FDINoiseDecoupling(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter: ModelHandle, fdi: FDI, image: torch.Tensor) -> io.NodeOutput:
-        return io.NodeOutput(run_adapter(adapter, fdi, image))
+        return io.NodeOutput(run_adapter(adapter, fdi, image_to_batch(image, "image")))
 
 
-def run_adapter(handle: ModelHandle, fdi: FDI, image: torch.Tensor) -> GuidanceHandle:
-    """The adapter's guidance for ``image`` (ComfyUI IMAGE) and ``fdi``, kept on the intermediate device."""
+def run_adapter(handle: ModelHandle, fdi: FDI, images: torch.Tensor) -> GuidanceHandle:
+    """The adapter's guidance for a library batch ``images`` ``[B, 3, H, W]`` and ``fdi``, kept on the intermediate device."""
     if fdi is None:
         raise FDIError("no FDI connected and the adapter file embeds none; connect an FDI from 'Load FDI' or 'Extract FDI'")
     if not isinstance(fdi, FDI):
         raise FDIError(f"the 'fdi' input is a {type(fdi).__name__}, not an FDI; connect an FDI output")
-    images = image_to_batch(image, "image")
-    adapter = handle.module
-    adapter.check_fdi(fdi)  # width, token count and encoder, before any work
+    handle.module.check_fdi(fdi)  # width, token count and encoder, before any work
     adapter = handle.loaded()
-    device = handle.patcher.load_device
     with torch.no_grad():
-        guidance = adapter(images.to(device, torch.float32), fdi).detach()
+        guidance = adapter(images.to(handle.patcher.load_device, torch.float32), fdi).detach()
     guidance = guidance.to(mm.intermediate_device(), torch.float32)
     return GuidanceHandle(guidance, tuple(adapter.config.channels), adapter.base_family, label=fdi.label or adapter.label)
 
@@ -161,8 +158,15 @@ def restore_schedule(model, steps: int, inversion_steps: int):
     the timesteps ``python -m fdi restore`` visits, for any step count."""
     ms = model.get_model_object("model_sampling")
     ts = ddim_timesteps(steps, int(getattr(ms, "num_timesteps", 1000)))
-    sampling = sampling_sigmas(ts, ms.sigma)
-    return sampling, inversion_sigmas(sampling, inversion_timesteps(ts, inversion_steps), ms.sigma)
+    # integer timesteps: read the MODEL's sigma table itself (what ddim_uniform does), not exp(log(σ)) interpolation
+    table = getattr(ms, "sigmas", None)
+    if isinstance(table, torch.Tensor) and table.numel() > int(ts.max()):
+        def sigma_of(t: torch.Tensor) -> torch.Tensor:
+            return table.cpu()[t.long()]
+    else:
+        sigma_of = ms.sigma
+    sampling = sampling_sigmas(ts, sigma_of)
+    return sampling, inversion_sigmas(sampling, inversion_timesteps(ts, inversion_steps), sigma_of)
 
 
 class FDIInvert(io.ComfyNode):

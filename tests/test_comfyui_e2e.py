@@ -257,6 +257,7 @@ def env(tmp_path_factory):
         "fdi_test:\n"
         f"  fdi_adapters: {extra / 'adapters'}\n"
         f"  checkpoints: {sd21_fixture.checkpoint_path().parent}\n"
+        f"  diffusers: {sd21_fixture.diffusers_fixture(Path(COMFYUI_DIR) / 'comfy' / 'sd1_tokenizer').parent}\n"
     )
     return {"base": base, "extra": extra, "yaml": yaml, "ckpt": ckpt_name, "fdi": fdi, "encoder": encoder,
             "input": inp, "models_fdi": base / "models" / "fdi", "output": base / "output"}
@@ -361,7 +362,7 @@ def guided_graph(ckpt: str, strength: float, prefix: str, cfg: float = 1.0, nega
         "2": node("CLIPTextEncode", text="", clip=["1", 1]),
         "3": node("CLIPTextEncode", text=negative, clip=["1", 1]),
         "4": node("LoadImage", image="degraded.png"),
-        "5": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME, dtype="fp32"),
+        "5": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
         "6": node("FDINoiseDecoupling", adapter=["5", 0], fdi=["5", 1], image=["4", 0]),
         "7": node("FDIApplyGuidance", model=["1", 0], guidance=["6", 0], strength=strength, start_percent=0.0, end_percent=end),
         "8": node("VAEEncode", pixels=["4", 0], vae=["1", 2]),
@@ -411,24 +412,70 @@ def test_guided_sampling_with_cfg_and_negative_prompt(guided_images):
 # ------------------------------------------------------------------------------------------------ (3) FDIRestore
 
 
-def test_fdi_restore_equals_the_node_by_node_graph(server, env, guided_images):
-    def restore(image: str, prefix: str, cfg: float = 1.0) -> dict:
-        return {
-            "1": node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
-            "2": node("CLIPTextEncode", text="", clip=["1", 1]),
-            "4": node("LoadImage", image=image),
-            "5": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME, dtype="fp32"),
-            "13": node("FDIRestore", model=["1", 0], vae=["1", 2], image=["4", 0], adapter=["5", 0], positive=["2", 0], steps=STEPS,
-                       inversion_steps=STEPS, strength=1.0, guidance_end=0.333, cfg=cfg, seed=0, fdi=["5", 1]),
-            "14": node("SaveImage", images=["13", 0], filename_prefix=prefix),
-        }
+def restore_graph(env, image: str, prefix: str, steps: int = STEPS, strength: float = 1.0, end: float = 0.333, cfg: float = 1.0,
+                  loader: dict | None = None, key: str = "") -> dict:
+    """A graph running FDIRestore on an input image (nodes suffixed with ``key`` so several fit in one prompt)."""
+    return {
+        f"1{key}": loader or node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
+        f"2{key}": node("CLIPTextEncode", text="", clip=[f"1{key}", 1]),
+        f"4{key}": node("LoadImage", image=image),
+        f"5{key}": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
+        f"13{key}": node("FDIRestore", model=[f"1{key}", 0], vae=[f"1{key}", 2], image=[f"4{key}", 0], adapter=[f"5{key}", 0],
+                         positive=[f"2{key}", 0], steps=steps, inversion_steps=steps, strength=strength, guidance_end=end, cfg=cfg,
+                         fdi=[f"5{key}", 1]),
+        f"14{key}": node("SaveImage", images=[f"13{key}", 0], filename_prefix=prefix),
+    }
 
-    # guidance_end 0.333 of 3 steps guides step 0 only (t = 667), like end_percent 0.5 in the node graph
-    same = saved_image(env, server.run_ok(restore("degraded.png", "e2e_restore")), "14")
-    assert np.abs(same - guided_images["s1"]).max() <= 1, "FDIRestore must equal Invert → Apply → KSamplerAdvanced"
+
+def test_fdi_restore_equals_the_node_by_node_graph(server, env, guided_images):
+    """The restore_single recipe (Noise Decoupling → Apply Guidance → VAE Encode → FDI Invert → KSamplerAdvanced ddim /
+    ddim_uniform) and FDIRestore guide the same steps (k < end·N) and give the same pixels."""
+    same = saved_image(env, server.run_ok(restore_graph(env, "degraded.png", "e2e_restore", end=0.5)), "14")
+    assert np.array_equal(same, guided_images["s1"]), f"max difference {np.abs(same - guided_images['s1']).max()}"
     # a size that is not a multiple of 8 comes back at its size; cfg > 1 without a negative uses a zeroed positive
-    odd = saved_image(env, server.run_ok(restore("odd.png", "e2e_restore_odd", cfg=3.0)), "14")
+    odd = saved_image(env, server.run_ok(restore_graph(env, "odd.png", "e2e_restore_odd", cfg=3.0)), "14")
     assert odd.shape == (52, 60, 3) and odd.std() > 0
+
+
+PARITY_CASES = [(img, steps, strength) for img in ("parity64.png", "parity56x72.png") for steps in (4, 6) for strength in (0.0, 1.0)]
+
+
+def test_fdi_restore_equals_the_cli_on_the_same_files(server, env, tmp_path):
+    """The same SD 2.1 folder (ComfyUI's DiffusersLoader / the CLI's --sd), adapter, image and settings through
+    FDIRestore and ``python -m fdi restore --device cpu --dtype fp32``: max ≤ 4/255, mean ≤ 1/255 in every case."""
+    import sd21_fixture
+
+    from fdi.cli import main
+
+    folder = sd21_fixture.diffusers_fixture(Path(COMFYUI_DIR) / "comfy" / "sd1_tokenizer")
+    write_image(env["input"] / "parity64.png", 64, 64, seed=21)
+    write_image(env["input"] / "parity56x72.png", 72, 56, seed=22)
+    loader = node("DiffusersLoader", model_path=folder.name)
+    graph = {}
+    for i, (img, steps, strength) in enumerate(PARITY_CASES):
+        graph.update(restore_graph(env, img, f"e2e_parity{i}", steps=steps, strength=strength, loader=loader, key=f"_{i}"))
+    entry = server.run_ok(graph)
+    report, failures = [], []
+    for i, (img, steps, strength) in enumerate(PARITY_CASES):
+        comfy_img = saved_image(env, entry, f"14_{i}")
+        out = tmp_path / f"cli{i}"
+        args = ["restore", "--sd", str(folder), "--adapter", str(env["extra"] / "adapters" / ADAPTER_NAME),
+                "--image", str(env["input"] / img), "-o", str(out), "--steps", str(steps), "--inversion-steps", str(steps),
+                "--strength", str(strength), "--guidance-end", "0.333", "--device", "cpu", "--dtype", "fp32", "--quiet"]
+        assert main(args) == 0
+        cli_img = load_png(out / f"{Path(img).stem}.png")
+        assert cli_img.shape == comfy_img.shape
+        d = np.abs(cli_img - comfy_img)
+        report.append(f"{img} steps={steps} strength={strength}: max {d.max()}, mean {d.mean():.3f}")
+        if d.max() > 4 or d.mean() > 1:
+            failures.append(report[-1])
+    print("\n".join(report))
+    assert not failures, "\n".join(failures)
+    # the cases are not all the same picture: strength changes the image, so the bound above means something
+    s0 = saved_image(env, entry, "14_0")
+    s1 = saved_image(env, entry, "14_1")
+    print(f"strength 0 vs 1 (64 px, 4 steps): mean {np.abs(s0 - s1).mean():.2f}")
+    assert np.abs(s0 - s1).mean() > 1.0
 
 
 # ------------------------------------------------------------------------------------------------ (4) bad input
@@ -459,7 +506,7 @@ def bad_cases(env) -> list:
         ("save name with ..", {"1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"),
                                "2": node("FDISave", fdi=["1", 0], name="a..b", keep_pairs=False, overwrite=True)}, "'..'"),
         ("FDI width not matching the adapter", {"1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"), "2": img,
-                                                "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME, dtype="fp32"),
+                                                "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
                                                 "4": node("FDINoiseDecoupling", adapter=["3", 0], fdi=["1", 0], image=["2", 0]),
                                                 "5": node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
                                                 "6": node("FDIApplyGuidance", model=["5", 0], guidance=["4", 0], strength=1.0, start_percent=0.0, end_percent=0.3),
@@ -474,7 +521,7 @@ def bad_cases(env) -> list:
                                         "3": node("FDICombine", fdi_a=["2", 0], weight_a=1.0, fdi_b=["1", 0], weight_b=1.0, mode="sum"),
                                         "4": node("FDISave", fdi=["3", 0], name="bad_combined", keep_pairs=False, overwrite=True)}, "different Q-Former"),
         ("end_percent < start_percent", {"1": node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]), "2": img,
-                                         "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME, dtype="fp32"),
+                                         "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
                                          "4": node("FDINoiseDecoupling", adapter=["3", 0], fdi=["3", 1], image=["2", 0]),
                                          "5": node("FDIApplyGuidance", model=["1", 0], guidance=["4", 0], strength=1.0, start_percent=0.6, end_percent=0.2),
                                          "6": node("CLIPTextEncode", text="", clip=["1", 1]),

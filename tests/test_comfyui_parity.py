@@ -118,7 +118,7 @@ def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
     ms = base.model_sampling
     sigma_start, sigma_end = sigma_window(ms.percent_to_sigma, 0.0, 0.5)
     model_options = copy.deepcopy(patcher.model_options)  # what ModelPatcher.clone() does
-    add_guidance(model_options, GuidanceEntry(g, 0.9, sigma_start, sigma_end), *blocks)
+    add_guidance(model_options, GuidanceEntry(g, 0.9, 0.0, 0.5, sigma_start, sigma_end), *blocks)
 
     x = torch.randn(2, 4, 8, 8) * 8
     ctx = torch.randn(2, 77, 1024)

@@ -261,6 +261,20 @@ def test_unet_check_accepts_sd2_and_refuses_sdxl_sd15_and_dits():
         check_unet_for_adapter({**SD2_CONFIG, "in_channels": 9}, (320, 640, 1280, 1280), "sd2.1-base")
 
 
+def test_unet_check_refuses_another_prediction_type():
+    """An sd2.1-base (epsilon) adapter on an SD 2.1-v MODEL, and the reverse, are refused as the pipeline refuses them."""
+    ch = (320, 640, 1280, 1280)
+    assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "epsilon") == (IN_BLOCKS, OUT_BLOCKS)
+    assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-v", "v_prediction") == (IN_BLOCKS, OUT_BLOCKS)
+    with pytest.raises(FDIError, match="trained for sd2.1-base .*epsilon.* the MODEL is a v-prediction"):
+        check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "v_prediction")
+    with pytest.raises(FDIError, match="trained for sd2.1-v .* the MODEL is an epsilon"):
+        check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-v", "epsilon")
+    with pytest.raises(FDIError, match="the MODEL is flow model"):
+        check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "flow")
+    assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", None) == (IN_BLOCKS, OUT_BLOCKS)  # type unknown: shapes only
+
+
 # ------------------------------------------------------------------------------------------------ inversion
 
 

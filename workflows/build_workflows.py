@@ -407,7 +407,7 @@ def restore_one_node() -> Workflow:
     wf.node("adapter", "FDIAdapterLoader", (400, 820), "Load FDI Adapter (derain, FDI embedded)", adapter_name=ADAPTERS["derain"])
     wf.group("Degraded image and adapter", ["image", "adapter"], COLORS["input"])
     wf.node("restore", "FDIRestore", (760, 400), "FDI Restore", size=[320, 330], steps=50, inversion_steps=50, strength=1.0,
-            guidance_end=0.333, cfg=1.0, seed=0)
+            guidance_end=0.333, cfg=1.0)
     wf.link("ckpt", "MODEL", "restore", "model")
     wf.link("ckpt", "VAE", "restore", "vae")
     wf.link("image", "IMAGE", "restore", "image")
@@ -542,7 +542,7 @@ def mixed_progressive() -> Workflow:
     wf.group("Degraded image and adapters", ["image", "adapter1", "adapter2"], COLORS["input"])
     for i, x in ((1, 760), (2, 1500)):
         wf.node(f"restore{i}", "FDIRestore", (x, 400), f"FDI Restore, stage {i} ({'derain' if i == 1 else 'dehaze'})",
-                size=[320, 330], steps=50, inversion_steps=50, strength=1.0, guidance_end=0.333, cfg=1.0, seed=0)
+                size=[320, 330], steps=50, inversion_steps=50, strength=1.0, guidance_end=0.333, cfg=1.0)
         wf.link("ckpt", "MODEL", f"restore{i}", "model")
         wf.link("ckpt", "VAE", f"restore{i}", "vae")
         wf.link(f"adapter{i}", "adapter", f"restore{i}", "adapter")
@@ -580,7 +580,7 @@ def style_transfer() -> Workflow:
     wf.node("adapter", "FDIAdapterLoader", (400, 1130), "Load FDI Adapter (style: painting)", size=[300, 102], adapter_name=ADAPTERS["painting"])
     wf.group("Content image and style adapter", ["image", "adapter"], COLORS["input"])
     wf.node("restore", "FDIRestore", (800, 400), "FDI Restore (style)", size=[320, 330], steps=50, inversion_steps=50,
-            strength=1.0, guidance_end=0.333, cfg=1.0, seed=0)
+            strength=1.0, guidance_end=0.333, cfg=1.0)
     wf.link("qformer", "qformer", "extract", "qformer")
     wf.link("ckpt", "MODEL", "restore", "model")
     wf.link("ckpt", "VAE", "restore", "vae")
