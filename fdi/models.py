@@ -56,6 +56,7 @@ class SDParts:
 
 # ---- tokenizer ------------------------------------------------------------------------------------
 
+
 def _bytes_to_unicode() -> Dict[int, str]:
     """GPT-2/CLIP's reversible byte → printable-character table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -89,15 +90,20 @@ def sd2_tokenizer():
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()
-    with tempfile.TemporaryDirectory(prefix="fdi-tokenizer-") as tmp:  # the file layout every transformers version reads
+    with tempfile.TemporaryDirectory(
+        prefix="fdi-tokenizer-"
+    ) as tmp:  # the file layout every transformers version reads
         d = Path(tmp)
         (d / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         (d / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        (d / "tokenizer_config.json").write_text(json.dumps({"pad_token": SD2_PAD_TOKEN, "model_max_length": CONTEXT_LENGTH}))
+        (d / "tokenizer_config.json").write_text(
+            json.dumps({"pad_token": SD2_PAD_TOKEN, "model_max_length": CONTEXT_LENGTH})
+        )
         return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
 
 
 # ---- single-file inspection -----------------------------------------------------------------------
+
 
 def inspect_single_file(path: PathLike) -> Dict[str, Any]:
     """Family facts of a single-file checkpoint from its header: ``{"arch", "v_prediction"}``.
@@ -108,17 +114,24 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
     p = Path(path)
     infos, _ = read_header(p, "model checkpoint")
     if _SDXL_LABEL in infos or any(k.startswith(_SDXL_HINT) for k in infos):
-        raise FDIError(f"{p.name!r} is an SDXL checkpoint; FDI adapters need an SD 2.x model (e.g. v2-1_512-ema-pruned.safetensors)")
+        raise FDIError(
+            f"{p.name!r} is an SDXL checkpoint; FDI adapters need an SD 2.x model "
+            "(e.g. v2-1_512-ema-pruned.safetensors)"
+        )
     if _CROSS_K not in infos:
-        raise FDIError(f"{p.name!r} is not a Stable Diffusion UNet checkpoint (no {_CROSS_K}); give an SD 2.x single-file "
-                       "checkpoint or a diffusers SD 2.1 folder")
+        raise FDIError(
+            f"{p.name!r} is not a Stable Diffusion UNet checkpoint (no {_CROSS_K}); give an SD 2.x single-file "
+            "checkpoint or a diffusers SD 2.1 folder"
+        )
     width = infos[_CROSS_K]["shape"][-1]
     if width != 1024:
         kind = {768: "an SD 1.x checkpoint"}.get(width, f"a UNet with cross-attention width {width}")
         raise FDIError(f"{p.name!r} is {kind}, not SD 2.x (width 1024); FDI adapters need an SD 2.x model")
     if _CONV_IN in infos and infos[_CONV_IN]["shape"][1] != 4:
-        raise FDIError(f"{p.name!r} takes {infos[_CONV_IN]['shape'][1]} latent channels (an inpainting/depth model); "
-                       "FDI adapters need a plain 4-channel SD 2.x model")
+        raise FDIError(
+            f"{p.name!r} takes {infos[_CONV_IN]['shape'][1]} latent channels (an inpainting/depth model); "
+            "FDI adapters need a plain 4-channel SD 2.x model"
+        )
     v = None
     if "v_pred" in infos:
         v = True
@@ -141,14 +154,17 @@ def family_config_dir(prediction_type: str) -> Path:
 
 # ---- loading --------------------------------------------------------------------------------------
 
+
 def _first_line(exc: Exception) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else ""
 
 
 def _load_error(what: str, path: Path, exc: Exception) -> FDIError:
-    return FDIError(f"could not load the {what} of {str(path)!r} ({type(exc).__name__}: {_first_line(exc)}); "
-                    "give a complete diffusers SD 2.1 folder with safetensors weights (nothing is downloaded)")
+    return FDIError(
+        f"could not load the {what} of {str(path)!r} ({type(exc).__name__}: {_first_line(exc)}); "
+        "give a complete diffusers SD 2.1 folder with safetensors weights (nothing is downloaded)"
+    )
 
 
 def check_prediction_type(prediction_type: Optional[str]) -> None:
@@ -156,8 +172,12 @@ def check_prediction_type(prediction_type: Optional[str]) -> None:
         raise FDIError(f"--prediction-type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
 
 
-def load_sd(model: PathLike, dtype: torch.dtype = torch.float32, config: Optional[PathLike] = None,
-            prediction_type: Optional[str] = None) -> SDParts:
+def load_sd(
+    model: PathLike,
+    dtype: torch.dtype = torch.float32,
+    config: Optional[PathLike] = None,
+    prediction_type: Optional[str] = None,
+) -> SDParts:
     """Load a diffusers folder or a single-file ``.safetensors`` SD 2.x checkpoint on the CPU, offline.
 
     ``config``: for a single file, a diffusers folder whose configs describe it (default: the
@@ -166,8 +186,10 @@ def load_sd(model: PathLike, dtype: torch.dtype = torch.float32, config: Optiona
     check_prediction_type(prediction_type)
     p = Path(model)
     if not p.exists():
-        raise FDIError(f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder (with model_index.json) "
-                       "or a single-file .safetensors checkpoint")
+        raise FDIError(
+            f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder (with model_index.json) "
+            "or a single-file .safetensors checkpoint"
+        )
     parts = _from_folder(p, dtype) if p.is_dir() else _from_single_file(p, dtype, config, prediction_type)
     if prediction_type is not None and parts.scheduler.config.prediction_type != prediction_type:
         from diffusers import DDIMScheduler
@@ -182,8 +204,10 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
 
     missing = [d for d in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / d).is_dir()]
     if missing:
-        raise FDIError(f"{str(p)!r} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); "
-                       "give the folder that holds model_index.json, unet/, vae/, …")
+        raise FDIError(
+            f"{str(p)!r} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); "
+            "give the folder that holds model_index.json, unet/, vae/, …"
+        )
     st = dict(local_files_only=True, use_safetensors=True)
     loaders = (
         ("unet", lambda: UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=dtype, **st)),
@@ -203,22 +227,32 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
     return SDParts(source=p.name, **parts)
 
 
-def _from_single_file(p: Path, dtype: torch.dtype, config: Optional[PathLike], prediction_type: Optional[str]) -> SDParts:
+def _from_single_file(
+    p: Path, dtype: torch.dtype, config: Optional[PathLike], prediction_type: Optional[str]
+) -> SDParts:
     from diffusers import StableDiffusionPipeline
 
     refuse_pickle(p, "model checkpoint")
     if p.suffix.lower() != ".safetensors":
-        raise FDIError(f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those")
+        raise FDIError(
+            f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those"
+        )
     if config is not None and not Path(config).is_dir():
-        raise FDIError(f"model config folder {str(config)!r} does not exist; give a diffusers SD 2.1 folder "
-                       "(its configs are enough), or leave it out to use the shipped SD 2.1 configs")
-    kwargs: Dict[str, Any] = dict(local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        raise FDIError(
+            f"model config folder {str(config)!r} does not exist; give a diffusers SD 2.1 folder "
+            "(its configs are enough), or leave it out to use the shipped SD 2.1 configs"
+        )
+    kwargs: Dict[str, Any] = dict(
+        local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
     if config is None:
         facts = inspect_single_file(p)
         if prediction_type is None:
             if facts["v_prediction"] is None:
-                raise FDIError(f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
-                               "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)")
+                raise FDIError(
+                    f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
+                    "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)"
+                )
             prediction_type = "v_prediction" if facts["v_prediction"] else "epsilon"
         kwargs["config"] = str(family_config_dir(prediction_type))
         kwargs["tokenizer"] = sd2_tokenizer()
@@ -232,10 +266,15 @@ def _from_single_file(p: Path, dtype: torch.dtype, config: Optional[PathLike], p
     except FDIError:
         raise
     except Exception as exc:  # diffusers raises many types here (config lookups, key errors)
-        hint = ("check that it is an SD 2.x checkpoint, or pass --sd-config with a diffusers folder describing it"
-                if config is None else "check that --sd-config describes this checkpoint (SD 2.1 base or 768)")
-        raise FDIError(f"could not load the single-file checkpoint {p.name!r} offline ({type(exc).__name__}: "
-                       f"{_first_line(exc)[:200]}); {hint}") from None
+        hint = (
+            "check that it is an SD 2.x checkpoint, or pass --sd-config with a diffusers folder describing it"
+            if config is None
+            else "check that --sd-config describes this checkpoint (SD 2.1 base or 768)"
+        )
+        raise FDIError(
+            f"could not load the single-file checkpoint {p.name!r} offline ({type(exc).__name__}: "
+            f"{_first_line(exc)[:200]}); {hint}"
+        ) from None
     finally:
         if old is None:
             os.environ.pop("HF_HUB_OFFLINE", None)

@@ -213,7 +213,9 @@ class TrainRun:
             )
         self.micro = cfg.batch_size // (P * cfg.grad_accum)
         self.device = self.acc.device
-        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+        from .encoder import parse_dtype  # the package's one dtype map
+
+        self.weight_dtype = parse_dtype("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision)
         self.main = self.acc.is_main_process
         n = len(self.pairs)
         self.max_steps = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil((cfg.epochs or 50) * n / cfg.batch_size))

@@ -11,8 +11,15 @@ import torch
 from safetensors.torch import save_file
 
 from fdi.errors import FDIError
-from fdi.models import (CONFIG_DIR, V_PRED_PROBE, clip_vocab_and_merges, family_config_dir, inspect_single_file,
-                        load_sd, sd2_tokenizer)
+from fdi.models import (
+    CONFIG_DIR,
+    V_PRED_PROBE,
+    clip_vocab_and_merges,
+    family_config_dir,
+    inspect_single_file,
+    load_sd,
+    sd2_tokenizer,
+)
 from tests.sd21_fixture import cache_dir
 
 CROSS_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
@@ -21,7 +28,12 @@ CROSS_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_
 def test_vocab_is_clips_and_the_tokenizer_pads_like_sd2():
     vocab, merges = clip_vocab_and_merges()
     assert len(vocab) == 49408 and len(merges) == 48894
-    assert vocab["!"] == 0 and vocab["a</w>"] == 320 and vocab["<|startoftext|>"] == 49406 and vocab["<|endoftext|>"] == 49407
+    assert (
+        vocab["!"] == 0
+        and vocab["a</w>"] == 320
+        and vocab["<|startoftext|>"] == 49406
+        and vocab["<|endoftext|>"] == 49407
+    )
     comfy = os.environ.get("COMFYUI_DIR")
     ref = Path(comfy or "/nonexistent") / "comfy" / "sd1_tokenizer" / "vocab.json"
     if ref.is_file():  # the full table, against the copy ComfyUI ships
@@ -52,21 +64,30 @@ def test_single_file_family_checks(tmp_path):
     sd15 = _header_file(tmp_path / "sd15.safetensors", {CROSS_K: torch.zeros(320, 768)})
     with pytest.raises(FDIError, match="SD 1.x checkpoint, not SD 2.x"):
         inspect_single_file(sd15)
-    xl = _header_file(tmp_path / "xl.safetensors", {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(4),
-                                                    CROSS_K: torch.zeros(640, 2048)})
+    xl = _header_file(
+        tmp_path / "xl.safetensors",
+        {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(4), CROSS_K: torch.zeros(640, 2048)},
+    )
     with pytest.raises(FDIError, match="SDXL"):
         inspect_single_file(xl)
     other = _header_file(tmp_path / "other.safetensors", {"foo": torch.zeros(1)})
     with pytest.raises(FDIError, match="not a Stable Diffusion UNet checkpoint"):
         inspect_single_file(other)
-    inpaint = _header_file(tmp_path / "inp.safetensors", {CROSS_K: torch.zeros(320, 1024),
-                                                          "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 9, 3, 3)})
+    inpaint = _header_file(
+        tmp_path / "inp.safetensors",
+        {CROSS_K: torch.zeros(320, 1024), "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 9, 3, 3)},
+    )
     with pytest.raises(FDIError, match="9 latent channels"):
         inspect_single_file(inpaint)
     # the v-prediction probe responds to the weights: std above 0.09 → v, below → epsilon, absent → unknown
     g = torch.Generator().manual_seed(0)
-    wide = _header_file(tmp_path / "v.safetensors", {CROSS_K: torch.zeros(320, 1024), V_PRED_PROBE: torch.randn(320, generator=g) * 0.2})
-    narrow = _header_file(tmp_path / "e.safetensors", {CROSS_K: torch.zeros(320, 1024), V_PRED_PROBE: torch.randn(320, generator=g) * 0.02})
+    wide = _header_file(
+        tmp_path / "v.safetensors", {CROSS_K: torch.zeros(320, 1024), V_PRED_PROBE: torch.randn(320, generator=g) * 0.2}
+    )
+    narrow = _header_file(
+        tmp_path / "e.safetensors",
+        {CROSS_K: torch.zeros(320, 1024), V_PRED_PROBE: torch.randn(320, generator=g) * 0.02},
+    )
     unknown = _header_file(tmp_path / "u.safetensors", {CROSS_K: torch.zeros(320, 1024)})
     assert inspect_single_file(wide)["v_prediction"] is True
     assert inspect_single_file(narrow)["v_prediction"] is False
@@ -84,7 +105,10 @@ FOLDER = cache_dir() / "diffusers" / "sd21_random"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SINGLE.is_file() and FOLDER.is_dir()), reason="needs the cached full-size SD 2.1 fixture (test_comfyui_e2e builds it)")
+@pytest.mark.skipif(
+    not (SINGLE.is_file() and FOLDER.is_dir()),
+    reason="needs the cached full-size SD 2.1 fixture (test_comfyui_e2e builds it)",
+)
 def test_single_file_without_configs_equals_the_diffusers_folder(monkeypatch):
     """ComfyUI's CheckpointSave output, loaded with the shipped configs and tokenizer, offline, holds
     exactly the weights of the diffusers folder it was made from."""

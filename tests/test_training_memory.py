@@ -48,9 +48,19 @@ def _run(tiny, settings, adapter=None, predict=None, **kw):
     adapter = adapter or FDIAdapter(tiny_adapter_config(), base_family="custom-base")
     tokens = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))
     deg, clean = _pairs()
-    res = train_on_pairs(adapter, predict or diffusers_predictor(unet, ctx, torch.float32),
-                         lambda x: encode_clean(vae, x, torch.float32), deg, clean, tokens, alphas, "epsilon",
-                         settings, torch.device("cpu"), **kw)
+    res = train_on_pairs(
+        adapter,
+        predict or diffusers_predictor(unet, ctx, torch.float32),
+        lambda x: encode_clean(vae, x, torch.float32),
+        deg,
+        clean,
+        tokens,
+        alphas,
+        "epsilon",
+        settings,
+        torch.device("cpu"),
+        **kw,
+    )
     return adapter, res
 
 
@@ -114,8 +124,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
     grads = []
     for on in (False, True):
         with checkpointed(list(unet.down_blocks) + list(unet.up_blocks), on):
-            s = training_step(adapter, diffusers_predictor(unet, ctx, torch.float32), img, z0, tokens, alphas, "epsilon", 0.1,
-                              step_generator(0, 0))
+            s = training_step(
+                adapter,
+                diffusers_predictor(unet, ctx, torch.float32),
+                img,
+                z0,
+                tokens,
+                alphas,
+                "epsilon",
+                0.1,
+                step_generator(0, 0),
+            )
             g = torch.autograd.grad(s.loss, list(adapter.parameters()), allow_unused=True)
         grads.append(torch.cat([x.flatten() for x in g if x is not None]))
     assert "forward" not in unet.down_blocks[0].__dict__  # restored
@@ -135,7 +154,9 @@ def test_pair_stability_curve_and_cli(tmp_path, capsys):
     assert np.all(np.diff(c["mean"]) > -0.02)  # more pairs, closer to the FDI of all (up to resampling noise)
     with pytest.raises(FDIError, match="keep_pairs"):
         pair_stability(None)
-    FDI.from_differences(noisy, encoder="tiny:0123456789abcdef", label="noisy", keep_pairs=True).save(tmp_path / "n.fdi.safetensors")
+    FDI.from_differences(noisy, encoder="tiny:0123456789abcdef", label="noisy", keep_pairs=True).save(
+        tmp_path / "n.fdi.safetensors"
+    )
     FDI.from_differences(noisy, encoder="tiny:0123456789abcdef").save(tmp_path / "bare.fdi.safetensors")
     out = tmp_path / "stab.png"
     assert main(["inspect", str(tmp_path / "n.fdi.safetensors"), "--stability", str(out), "--resamples", "5"]) == 0

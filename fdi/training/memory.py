@@ -47,7 +47,9 @@ class TrainSettings:
         if self.batch_size < 1:
             raise FDIError(f"batch size must be at least 1, got {self.batch_size}")
         if self.resolution < MIN_TRAIN_SIDE or self.resolution % 64:
-            raise FDIError(f"resolution {self.resolution} must be a multiple of 64 of at least {MIN_TRAIN_SIDE} px, e.g. 512")
+            raise FDIError(
+                f"resolution {self.resolution} must be a multiple of 64 of at least {MIN_TRAIN_SIDE} px, e.g. 512"
+            )
         if not (self.recon_weight >= 0 and math.isfinite(self.recon_weight)):
             raise FDIError(f"the reconstruction weight must be 0 or positive, got {self.recon_weight}")
 
@@ -64,8 +66,10 @@ class MemoryTrainResult:
 def check_pairs(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor]) -> None:
     """Pairs of ``[3, H, W]`` images: equal counts, at least one, every side ≥ :data:`MIN_TRAIN_SIDE`."""
     if len(degraded) != len(clean):
-        raise FDIError(f"{len(degraded)} degraded images but {len(clean)} clean ones; the pairs need the same count "
-                       "(one clean/style-B image per degraded/style-A image)")
+        raise FDIError(
+            f"{len(degraded)} degraded images but {len(clean)} clean ones; the pairs need the same count "
+            "(one clean/style-B image per degraded/style-A image)"
+        )
     if not degraded:
         raise FDIError("no training pairs; connect at least one degraded/clean pair")
     for i, (d, c) in enumerate(zip(degraded, clean)):
@@ -73,12 +77,15 @@ def check_pairs(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor])
             if img.ndim != 3 or img.shape[0] != 3:
                 raise FDIError(f"{what} image {i} has shape {tuple(img.shape)}, expected [3, H, W]")
             if min(img.shape[-2:]) < MIN_TRAIN_SIDE:
-                raise FDIError(f"{what} image {i} is {img.shape[-1]}x{img.shape[-2]} px; training needs at least "
-                               f"{MIN_TRAIN_SIDE} px a side, use larger images")
+                raise FDIError(
+                    f"{what} image {i} is {img.shape[-1]}x{img.shape[-2]} px; training needs at least "
+                    f"{MIN_TRAIN_SIDE} px a side, use larger images"
+                )
 
 
-def batch_for_step(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor], step: int, settings: TrainSettings
-                   ) -> Tuple[torch.Tensor, torch.Tensor]:
+def batch_for_step(
+    degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor], step: int, settings: TrainSettings
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """The crops of step ``step`` (0-based): ``([b, 3, R, R], [b, 3, R, R])`` float32, a function of the seed."""
     from ..data import transform_pair
 
@@ -89,18 +96,28 @@ def batch_for_step(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tenso
     while len(order) < first + b:  # the permutations of every epoch up to this step (cheap: n is small)
         order += torch.randperm(n, generator=torch.Generator().manual_seed(int(settings.seed) * 31 + epoch)).tolist()
         epoch += 1
-    idx = order[first:first + b]
+    idx = order[first : first + b]
     g = torch.Generator().manual_seed(int(settings.seed) * 7_919 + step * 613 + 104_729)
     crops = [transform_pair(degraded[i].float(), clean[i].float(), settings.resolution, g) for i in idx]
     return torch.stack([d for d, _ in crops]), torch.stack([c for _, c in crops])
 
 
-def train_on_pairs(adapter: torch.nn.Module, predict: Predictor, encode: Callable[[torch.Tensor], torch.Tensor],
-                   degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor], fdi_tokens: torch.Tensor,
-                   alphas_cumprod: torch.Tensor, prediction_type: str, settings: TrainSettings, device: torch.device,
-                   autocast_dtype: Optional[torch.dtype] = None, progress: Optional[ProgressCallback] = None,
-                   should_stop: Optional[Callable[[], bool]] = None,
-                   on_step: Optional[Callable[[int, float], None]] = None) -> MemoryTrainResult:
+def train_on_pairs(
+    adapter: torch.nn.Module,
+    predict: Predictor,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    degraded: Sequence[torch.Tensor],
+    clean: Sequence[torch.Tensor],
+    fdi_tokens: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    settings: TrainSettings,
+    device: torch.device,
+    autocast_dtype: Optional[torch.dtype] = None,
+    progress: Optional[ProgressCallback] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    on_step: Optional[Callable[[int, float], None]] = None,
+) -> MemoryTrainResult:
     """Train ``adapter`` (float32, on ``device``) in place for ``settings.steps`` steps.
 
     ``encode(clean [b,3,R,R] on device) → z0 [b,4,R/8,R/8]`` (posterior mode, scaled); ``predict``
@@ -123,15 +140,21 @@ def train_on_pairs(adapter: torch.nn.Module, predict: Predictor, encode: Callabl
             d, c = batch_for_step(degraded, clean, step, settings)
             z0 = encode(c.to(device))
             gen = step_generator(settings.seed, step)
-            ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype not in (None, torch.float32)
-                   else torch.autocast(device.type, enabled=False))
+            ctx = (
+                torch.autocast(device.type, dtype=autocast_dtype)
+                if autocast_dtype not in (None, torch.float32)
+                else torch.autocast(device.type, enabled=False)
+            )
             with ctx:
-                out = training_step(adapter, predict, d.to(device), z0, tokens, alphas, prediction_type,
-                                    settings.recon_weight, gen)
+                out = training_step(
+                    adapter, predict, d.to(device), z0, tokens, alphas, prediction_type, settings.recon_weight, gen
+                )
             value = float(out.loss.detach())
             if not math.isfinite(value):
-                result.stopped = (f"the loss became {value} at step {step + 1}; training stopped with the adapter of step {step} "
-                                  "(lower the learning rate, or train in fp32)")
+                result.stopped = (
+                    f"the loss became {value} at step {step + 1}; training stopped with the adapter of step {step} "
+                    "(lower the learning rate, or train in fp32)"
+                )
                 break
             grads = torch.autograd.grad(out.loss, params, allow_unused=True)
             for p, gr in zip(params, grads):

@@ -34,8 +34,15 @@ class StepLoss:
     recon: torch.Tensor
 
 
-def fdi_loss(pred: torch.Tensor, z_t: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
-             prediction_type: str, recon_weight: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fdi_loss(
+    pred: torch.Tensor,
+    z_t: torch.Tensor,
+    z0: torch.Tensor,
+    noise: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    prediction_type: str,
+    recon_weight: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(L, L_diffusion, L_recon)`` with ``L = MSE(pred, target) + λ·mean|ẑ_0 − z_0|`` (float32 scalars)."""
     pred = pred.float()
     target = diffusion_target(z0, noise, alpha_bar, prediction_type)
@@ -47,7 +54,9 @@ def fdi_loss(pred: torch.Tensor, z_t: torch.Tensor, z0: torch.Tensor, noise: tor
 def step_generator(seed: int, micro_batch: int, process_index: int = 0) -> torch.Generator:
     """CPU generator for the noise and timesteps of one micro-batch on one process."""
     g = torch.Generator()
-    g.manual_seed((int(seed) * 6_700_417 + int(micro_batch) * 1_000_033 + int(process_index) * 9_973 + 271_828) % (2**63 - 1))
+    g.manual_seed(
+        (int(seed) * 6_700_417 + int(micro_batch) * 1_000_033 + int(process_index) * 9_973 + 271_828) % (2**63 - 1)
+    )
     return g
 
 
@@ -58,9 +67,17 @@ def sample_noise(z0: torch.Tensor, num_train_timesteps: int, gen: torch.Generato
     return noise, t
 
 
-def training_step(adapter, predict: Predictor, degraded: torch.Tensor, z0: torch.Tensor, fdi_tokens: torch.Tensor,
-                  alphas_cumprod: torch.Tensor, prediction_type: str, recon_weight: float,
-                  gen: torch.Generator) -> StepLoss:
+def training_step(
+    adapter,
+    predict: Predictor,
+    degraded: torch.Tensor,
+    z0: torch.Tensor,
+    fdi_tokens: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    recon_weight: float,
+    gen: torch.Generator,
+) -> StepLoss:
     """The loss of one step (forward only; the caller backpropagates).
 
     ``degraded [b, 3, H, W]`` in 0..1 on the adapter's device; ``z0 [b, 4, H/8, W/8]`` scaled clean
@@ -78,6 +95,7 @@ def training_step(adapter, predict: Predictor, degraded: torch.Tensor, z0: torch
 
 # ---- backends ---------------------------------------------------------------------------------------
 
+
 def diffusers_predictor(unet, prompt_embeds: torch.Tensor, dtype: torch.dtype) -> Predictor:
     """A diffusers ``UNet2DConditionModel`` guided through :func:`fdi.diffusers_backend.guide_unet`."""
     from ..diffusers_backend import guide_unet
@@ -90,8 +108,13 @@ def diffusers_predictor(unet, prompt_embeds: torch.Tensor, dtype: torch.dtype) -
     return predict
 
 
-def comfy_predictor(diffusion_model, context: torch.Tensor, input_blocks: Sequence[int], output_blocks: Sequence[int],
-                    dtype: torch.dtype) -> Predictor:
+def comfy_predictor(
+    diffusion_model,
+    context: torch.Tensor,
+    input_blocks: Sequence[int],
+    output_blocks: Sequence[int],
+    dtype: torch.dtype,
+) -> Predictor:
     """A ComfyUI ``openaimodel`` UNet (``model.model.diffusion_model``) guided by the pack's UNet patches.
 
     Every call is guided (an entry with the whole step and sigma window open); ``z_t`` is the UNet's
@@ -100,8 +123,12 @@ def comfy_predictor(diffusion_model, context: torch.Tensor, input_blocks: Sequen
 
     def predict(z_t: torch.Tensor, t: torch.Tensor, guidance: FDIGuidance) -> torch.Tensor:
         entry = GuidanceEntry(guidance, 1.0, 0.0, 1.0, float("inf"), 0.0)
-        options = {"patches": {INPUT_PATCH_KEY: [FDIInputPatch([entry], input_blocks, output_blocks)],
-                               OUTPUT_PATCH_KEY: [FDIOutputPatch([entry], input_blocks, output_blocks)]}}
+        options = {
+            "patches": {
+                INPUT_PATCH_KEY: [FDIInputPatch([entry], input_blocks, output_blocks)],
+                OUTPUT_PATCH_KEY: [FDIOutputPatch([entry], input_blocks, output_blocks)],
+            }
+        }
         cond = context.to(dtype).expand(z_t.shape[0], -1, -1)
         return diffusion_model(z_t.to(dtype), t.float(), context=cond, transformer_options=options)
 
