@@ -8,6 +8,7 @@ and Cancel.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import List
@@ -16,6 +17,7 @@ import torch
 from comfy_api.latest import io, ui
 
 import comfy.model_management as mm
+import comfy.utils
 
 from ..fdi.adapter import FDIAdapter, FDIAdapterConfig
 from ..fdi.comfy_backend import check_unet_for_adapter
@@ -35,7 +37,6 @@ from .common import (
     image_to_batch,
     input_subfolder,
     make_patcher,
-    progress_callback,
 )
 
 FDIPairsType = io.Custom("FDI_PAIRS")
@@ -296,7 +297,24 @@ class FDITrainAdapter(io.ComfyNode):
                 mm.load_models_gpu([model], force_full_load=True)
                 return z.to(device)
 
-            bar = progress_callback(settings.steps)
+            bar = comfy.utils.ProgressBar(settings.steps)
+            bar.update_absolute(0, settings.steps)
+            seen: List[float] = []
+            every = max(1, settings.steps // 20)
+
+            def on_step(done: int, loss: float) -> None:  # the loss on the node: a curve as the progress preview
+                seen.append(loss)
+                preview = None
+                if done % every == 0 or done == settings.steps:
+                    from PIL import Image
+
+                    from ..fdi.plots import render_loss_curve
+
+                    picture = render_loss_curve(seen, title=f"step {done} of {settings.steps}: loss {loss:.4f}")
+                    preview = ("JPEG", Image.fromarray(picture), 512)
+                    logging.info("FDITrainAdapter: step %d/%d, loss %.5f", done, settings.steps, loss)
+                bar.update_absolute(done, settings.steps, preview)
+
             blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
             with checkpointed(blocks, gradient_checkpointing):
                 result = train_on_pairs(
@@ -311,10 +329,10 @@ class FDITrainAdapter(io.ComfyNode):
                     settings,
                     device,
                     autocast_dtype=None if device.type == "cpu" else dtype,
-                    progress=lambda d, t: bar(d, t) if not mm.processing_interrupted() else None,
                     should_stop=mm.processing_interrupted,
+                    on_step=on_step,
                 )
-            if result.stopped and "user" in result.stopped:
+            if result.cancelled:
                 mm.interrupt_current_processing(False)  # the cancel ended training; the graph goes on with this adapter
             new = new.to(mm.unet_offload_device()).eval().requires_grad_(False)
             new.fdi = fdi

@@ -91,7 +91,7 @@ out["bad_none"] = err(lambda: T.execute(model, clip, vae, fdi, **kw))
 
 # ---- train 2 steps, save, list, load, restore
 calls = []
-comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total]))
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total, preview is not None]))
 res = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, **kw)
 handle, curve, steps_done = res[0], res[1], res[2]
 out["steps_done"] = steps_done
@@ -176,7 +176,8 @@ def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
     assert "steps must be at least 1" in r["bad_steps"]
     assert "no training pairs" in r["bad_none"]
     assert r["steps_done"] == 2 and r["curve"][0] == 1 and r["curve"][3] == 3
-    assert r["progress"][0] == [0, 2] and r["progress"][-1] == [2, 2]
+    mine = [c for c in r["progress"] if c[1] == 2]
+    assert mine == [[0, 2, False], [1, 2, True], [2, 2, True]], r["progress"]  # the loss curve as the preview
     assert r["changed"] > 1e-5  # the trained adapter differs from a fresh one of the same seed
     assert r["save"] == "my_style.safetensors" and "already exists" in r["save_again"] and "not a plain name" in r["bad_name"]
     assert r["listed"] and r["embedded_equal"] and r["weights_equal"]

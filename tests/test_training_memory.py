@@ -101,13 +101,13 @@ def test_training_moves_the_adapter_and_stops_cleanly(tiny):
     # a stop request after the first step keeps that step's adapter
     calls = iter([False, True])
     _, stopped = _run(tiny, settings, should_stop=lambda: next(calls))
-    assert stopped.steps == 1 and "stopped by the user after 1 of 3" in stopped.stopped
+    assert stopped.steps == 1 and stopped.cancelled and "stopped by the user after 1 of 3" in stopped.stopped
     # a non-finite loss stops before the update: the weights stay those of the last good step
     fresh = FDIAdapter(tiny_adapter_config(), base_family="custom-base")
     w0 = {k: v.clone() for k, v in fresh.state_dict().items()}
     nan_predict = lambda z, t, g: z * float("nan")  # noqa: E731
     _, bad = _run(tiny, settings, adapter=fresh, predict=nan_predict)
-    assert bad.steps == 0 and "the loss became nan at step 1" in bad.stopped
+    assert bad.steps == 0 and not bad.cancelled and "the loss became nan at step 1" in bad.stopped
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in w0.items())
 
 

@@ -56,11 +56,13 @@ class TrainSettings:
 
 @dataclass
 class MemoryTrainResult:
-    """``losses`` per finished step; ``stopped``: why training ended early (``None``: all steps done)."""
+    """``losses`` per finished step; ``stopped``: why training ended early (``None``: all steps done);
+    ``cancelled``: it was ``should_stop``."""
 
     steps: int
     losses: List[float] = field(default_factory=list)
     stopped: Optional[str] = None
+    cancelled: bool = False
 
 
 def check_pairs(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor]) -> None:
@@ -136,6 +138,7 @@ def train_on_pairs(
         for step in range(settings.steps):
             if should_stop is not None and should_stop():
                 result.stopped = f"stopped by the user after {step} of {settings.steps} steps"
+                result.cancelled = True
                 break
             d, c = batch_for_step(degraded, clean, step, settings)
             z0 = encode(c.to(device))
