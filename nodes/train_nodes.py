@@ -69,6 +69,25 @@ def _model_facts(model) -> tuple:
     return cfg, pred, family
 
 
+def _autograd_safe(module: torch.nn.Module) -> int:
+    """Re-create ``module``'s inference-mode parameters and buffers as normal tensors (same values), in place.
+
+    ComfyUI runs nodes, checkpoint loading included, under ``torch.inference_mode``; such tensors cannot be
+    saved for backward, and the UNet's weights must be to backpropagate to the adapter through it. One
+    tensor at a time, so memory grows by one tensor at most. Returns how many were re-created."""
+    n = 0
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_inference():
+                m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                n += 1
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+                n += 1
+    return n
+
+
 class FDILoadPairs(io.ComfyNode):
     """Pairs of images of any sizes from two folders inside ComfyUI's input folder."""
 
@@ -176,6 +195,7 @@ class FDITrainAdapter(io.ComfyNode):
                     default=0,
                     min=0,
                     max=2**31 - 1,
+                    control_after_generate=True,
                     tooltip="Seed of the new adapter's weights, pair order, crops, noise and timesteps.",
                 ),
                 io.Boolean.Input(
@@ -286,6 +306,7 @@ class FDITrainAdapter(io.ComfyNode):
             new = new.to(device, torch.float32)
             base = model.model
             unet = base.diffusion_model
+            _autograd_safe(unet)
             context = clip.encode_from_tokens(clip.tokenize("")).clone().to(device)
             predict = comfy_predictor(unet, context, input_blocks, output_blocks, base.get_dtype())
             alphas = sigma_to_alpha(base.model_sampling.sigmas.float().cpu())
@@ -442,7 +463,8 @@ class FDIPairStability(io.ComfyNode):
             inputs=[
                 FDIType.Input("fdi", tooltip="An FDI with its per-pair FDIs (from 'Extract FDI' with keep_pairs on)."),
                 io.Int.Input("resamples", default=50, min=1, max=1000, tooltip="Random draws of k pairs for each k."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the draws."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Seed of the draws."),
             ],
             outputs=[io.Image.Output(display_name="plot", tooltip="The stability curve.")],
         )

@@ -25,8 +25,13 @@ CKPT = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set (run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)"),
-    pytest.mark.skipif(not CKPT.is_file(), reason="the cached SD 2.1 single-file fixture is missing (run tests/test_comfyui_e2e.py once)"),
+    pytest.mark.skipif(
+        not COMFYUI_DIR, reason="COMFYUI_DIR is not set (run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)"
+    ),
+    pytest.mark.skipif(
+        not CKPT.is_file(),
+        reason="the cached SD 2.1 single-file fixture is missing (run tests/test_comfyui_e2e.py once)",
+    ),
 ]
 
 SCRIPT = r"""
@@ -73,7 +78,8 @@ def err(fn):
         return type(exc).__name__ + ": " + str(exc)
     return None
 
-model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("sd21.safetensors")[:3]
+with torch.inference_mode():  # as ComfyUI's executor runs every node: the weights are inference tensors
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("sd21.safetensors")[:3]
 q = fdi_nodes.FDIQFormerLoader.execute("tiny", "fp32")[0]
 g = torch.Generator().manual_seed(0)
 clean = torch.rand(2, 64, 80, 3, generator=g)
@@ -92,7 +98,8 @@ out["bad_none"] = err(lambda: T.execute(model, clip, vae, fdi, **kw))
 # ---- train 2 steps, save, list, load, restore
 calls = []
 comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total, preview is not None]))
-res = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, **kw)
+with torch.inference_mode():
+    res = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, **kw)
 handle, curve, steps_done = res[0], res[1], res[2]
 out["steps_done"] = steps_done
 out["curve"] = list(curve.shape)
@@ -166,9 +173,18 @@ print(json.dumps(out))
 
 
 def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
-    code = SCRIPT.format(comfy=COMFYUI_DIR, tests=str(ROOT / "tests"), base=str(tmp_path), root=str(ROOT), ckpt=str(CKPT),
-                         init=str(ROOT / "__init__.py"), pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"))
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=1500, cwd=str(tmp_path))
+    code = SCRIPT.format(
+        comfy=COMFYUI_DIR,
+        tests=str(ROOT / "tests"),
+        base=str(tmp_path),
+        root=str(ROOT),
+        ckpt=str(CKPT),
+        init=str(ROOT / "__init__.py"),
+        pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=1500, cwd=str(tmp_path)
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     r = json.loads(run.stdout.strip().splitlines()[-1])
     assert r["bad_len"].startswith("FDIError: 2 degraded images but 1 clean")
@@ -179,7 +195,11 @@ def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
     mine = [c for c in r["progress"] if c[1] == 2]
     assert mine == [[0, 2, False], [1, 2, True], [2, 2, True]], r["progress"]  # the loss curve as the preview
     assert r["changed"] > 1e-5  # the trained adapter differs from a fresh one of the same seed
-    assert r["save"] == "my_style.safetensors" and "already exists" in r["save_again"] and "not a plain name" in r["bad_name"]
+    assert (
+        r["save"] == "my_style.safetensors"
+        and "already exists" in r["save_again"]
+        and "not a plain name" in r["bad_name"]
+    )
     assert r["listed"] and r["embedded_equal"] and r["weights_equal"]
     assert r["restored"][0][1:] == [64, 64, 3] and r["restored"][1]
     assert r["continued_steps"] == 1 and "another Q-Former" in r["bad_encoder"]
