@@ -94,6 +94,14 @@ out["bad_len"] = err(lambda: T.execute(model, clip, vae, fdi, degraded=deg, clea
 out["bad_small"] = err(lambda: T.execute(model, clip, vae, fdi, degraded=deg[:, :40], clean=clean[:, :40], **kw))
 out["bad_steps"] = err(lambda: T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, **dict(kw, steps=0)))
 out["bad_none"] = err(lambda: T.execute(model, clip, vae, fdi, **kw))
+import types
+def fake_model(**changes):
+    cfg = dict(model.model.model_config.unet_config, **changes)
+    return types.SimpleNamespace(model=types.SimpleNamespace(model_config=types.SimpleNamespace(unet_config=cfg),
+                                                             model_type=model.model.model_type))
+out["bad_sd15"] = err(lambda: T.execute(fake_model(context_dim=768), clip, vae, fdi, degraded=deg, clean=clean, **kw))
+out["bad_sdxl"] = err(lambda: T.execute(fake_model(context_dim=2048, channel_mult=[1, 2, 4]), clip, vae, fdi,
+                                        degraded=deg, clean=clean, **kw))
 
 # ---- train 2 steps, save, list, load, restore
 calls = []
@@ -191,6 +199,7 @@ def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
     assert "at least 64 px" in r["bad_small"]
     assert "steps must be at least 1" in r["bad_steps"]
     assert "no training pairs" in r["bad_none"]
+    assert "SD 1.x" in r["bad_sd15"] and "SDXL" in r["bad_sdxl"], (r["bad_sd15"], r["bad_sdxl"])
     assert r["steps_done"] == 2 and r["curve"][0] == 1 and r["curve"][3] == 3
     mine = [c for c in r["progress"] if c[1] == 2]
     assert mine == [[0, 2, False], [1, 2, True], [2, 2, True]], r["progress"]  # the loss curve as the preview
