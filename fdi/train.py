@@ -2,8 +2,8 @@
 
 :func:`train` runs :class:`TrainConfig` (the ``python -m fdi train`` options) on one device or under
 ``accelerate launch``: check inputs → task FDI → models (:func:`fdi.models.load_sd`) → the loop of
-:func:`fdi.training.step.training_step` (the step the ComfyUI node shares) with AdamW, logs,
-checkpoints (:mod:`fdi.training.state`) and validation (:mod:`fdi.training.validation`).
+:func:`fdi.training.step.training_step` (the step the ComfyUI node shares) in :mod:`fdi.training.loop`
+(AdamW, logs), checkpoints (:mod:`fdi.training.state`) and validation (:mod:`fdi.training.validation`).
 
 Files of a run (the *run folder*, default ``<output stem>-run/`` beside the output, or
 ``--checkpoint-dir``): ``checkpoint-<step>/``, ``train_log.csv`` (step, epoch, loss, loss_diffusion,
@@ -13,13 +13,10 @@ validating, ``train.fdi.safetensors`` (the task FDI), ``tensorboard/`` when Tens
 
 from __future__ import annotations
 
-import csv
 import gc
 import json
 import math
 import os
-import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -28,14 +25,13 @@ import torch
 
 from .errors import FDIError
 from .files import check_output_path
-from .progress import ProgressCallback, report
+from .progress import ProgressCallback
+from .training.loop import log_row, run_loop
 from .training.state import CHECKPOINT_PREFIX, fdi_hash, list_checkpoints, load_checkpoint, save_checkpoint
 from .training.step import StepLoss, diffusers_predictor, encode_clean, fdi_loss, step_generator, training_step
-from .training.validation import VAL_FIELDS, validate
 
 __all__ = ["CHECKPOINT_PREFIX", "TrainConfig", "TrainResult", "TrainRun", "encode_prompt", "fdi_loss", "list_checkpoints",
            "step_generator", "train"]
-LOG_FIELDS = ("step", "epoch", "loss", "loss_diffusion", "loss_recon", "lr", "grad_norm", "sec_per_step")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -325,43 +321,8 @@ class TrainRun:
     def raw_adapter(self):
         return self.acc.unwrap_model(self.adapter)
 
-    # ---- logs --------------------------------------------------------------------------------------
-    def open_logs(self) -> None:
-        self.tb = None
-        if not self.main:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.run_dir / "train_log.csv"
-        self.val_path = self.run_dir / "val_log.csv"
-        for path, fields in ((self.log_path, LOG_FIELDS), (self.val_path, VAL_FIELDS)):
-            rows = []
-            if path.is_file() and self.start_step > 0:  # keep the rows of the steps that the checkpoint covers
-                with open(path, newline="") as fh:
-                    rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= self.start_step]
-            if path is self.val_path and not self.cfg.validate_every and not rows:
-                continue
-            from .files import atomic_write
-
-            with atomic_write(path, "w") as fh:
-                w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            if not self.cfg.quiet:
-                print("TensorBoard is not installed: logging to train_log.csv only (pip install tensorboard to get both)")
-        else:
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.start_step + 1 if self.start_step else None)
-
     def log_row(self, path: Path, fields, row: dict) -> None:
-        with open(path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore").writerow(row)
-        if self.tb is not None:
-            tag = "val" if path == self.val_path else "train"
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(f"{tag}/{k}", v, row["step"])
+        log_row(self, path, fields, row)
 
     # ---- one micro-batch ---------------------------------------------------------------------------
     def micro_loss(self, batch: dict, micro_index: int) -> StepLoss:
@@ -372,83 +333,8 @@ class TrainRun:
             return training_step(self.adapter, self.predict, degraded, z0, self.fdi_tokens, self.alphas_cumprod,
                                  self.prediction_type, self.cfg.recon_weight, gen)
 
-    # ---- the loop --------------------------------------------------------------------------------------
     def loop(self) -> List[float]:
-        from torch.utils.data import DataLoader
-
-        from .data import PairedImageDataset, PairStream
-
-        cfg, acc = self.cfg, self.acc
-        accum = cfg.grad_accum
-        dataset = PairedImageDataset(self.pairs, cfg.resolution, train=True, seed=cfg.seed)
-        sampler = PairStream(len(self.pairs), self.micro, seed=cfg.seed, num_processes=acc.num_processes,
-                             process_index=acc.process_index, start=self.start_step * accum, stop=self.max_steps * accum)
-        loader = DataLoader(dataset, batch_size=self.micro, sampler=sampler, num_workers=cfg.num_workers,
-                            pin_memory=self.device.type == "cuda", drop_last=False,
-                            persistent_workers=False)
-        self.open_logs()
-        bar = None
-        if self.main and not cfg.quiet:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.max_steps, initial=self.start_step, desc="training", unit="step", dynamic_ncols=True)
-        losses: List[float] = []
-        step = self.start_step
-        report(self.progress, step, self.max_steps)
-        micro_index = step * accum
-        sums = torch.zeros(3, device=self.device)
-        t0 = time.perf_counter()
-        trainable = [p for p in self.adapter.parameters() if p.requires_grad]
-        try:
-            for batch in loader:
-                m = micro_index % accum
-                ctx = acc.no_sync(self.adapter) if m < accum - 1 else nullcontext()
-                with ctx:
-                    out = self.micro_loss(batch, micro_index)
-                    acc.backward(out.loss / accum)
-                sums += torch.stack([out.loss.detach(), out.diffusion.detach(), out.recon.detach()]) / accum
-                micro_index += 1
-                if m < accum - 1:
-                    continue
-                mean = acc.reduce(sums, reduction="mean") if acc.num_processes > 1 else sums
-                sums = torch.zeros(3, device=self.device)
-                vals = [float(v) for v in mean.cpu()]
-                # checked on the reduced loss before the update, so every process stops together and the
-                # adapter keeps the weights of the last good step; with fp16 the loss scaler skips such steps
-                if not math.isfinite(vals[0]) and cfg.mixed_precision != "fp16":
-                    raise FDIError(f"the loss became {vals[0]} at step {step + 1}; lower --lr (or use --mixed-precision no) "
-                                   "and resume from the last checkpoint")
-                grad_norm = float("nan")
-                if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                    grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
-                self.optimizer.step()
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.lr_scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                step += 1
-                losses.append(vals[0])
-                now = time.perf_counter()
-                if self.main and (step % cfg.log_every == 0 or step == self.max_steps):
-                    self.log_row(self.log_path, LOG_FIELDS, {
-                        "step": step, "epoch": round(step * cfg.batch_size / len(self.pairs), 4), "loss": round(vals[0], 7),
-                        "loss_diffusion": round(vals[1], 7), "loss_recon": round(vals[2], 7), "lr": lr,
-                        "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else "", "sec_per_step": round(now - t0, 4)})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{vals[0]:.4f}")
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < self.max_steps:
-                    save_checkpoint(self, step)
-                if cfg.validate_every and step % cfg.validate_every == 0:
-                    validate(self, step)
-                report(self.progress, step, self.max_steps)
-                t0 = time.perf_counter()  # checkpoint/validation time is not counted as step time
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.tb is not None:
-                self.tb.close()
-        self.steps_done = step
-        return losses
+        return run_loop(self)
 
     def finish(self) -> None:
         if self.main:
