@@ -78,8 +78,9 @@ def err(fn):
         return type(exc).__name__ + ": " + str(exc)
     return None
 
-with torch.inference_mode():  # as ComfyUI's executor runs every node: the weights are inference tensors
-    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("sd21.safetensors")[:3]
+# every node runs under inference mode, as in ComfyUI's executor (the loaded weights are inference tensors)
+torch.inference_mode().__enter__()
+model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("sd21.safetensors")[:3]
 q = fdi_nodes.FDIQFormerLoader.execute("tiny", "fp32")[0]
 g = torch.Generator().manual_seed(0)
 clean = torch.rand(2, 64, 80, 3, generator=g)
@@ -106,8 +107,7 @@ out["bad_sdxl"] = err(lambda: T.execute(fake_model(context_dim=2048, channel_mul
 # ---- train 2 steps, save, list, load, restore
 calls = []
 comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total, preview is not None]))
-with torch.inference_mode():
-    res = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, **kw)
+res = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, **kw)
 handle, curve, steps_done = res[0], res[1], res[2]
 out["steps_done"] = steps_done
 out["curve"] = list(curve.shape)
@@ -145,13 +145,13 @@ out["flag_cleared"] = not mm.processing_interrupted()
 comfy.utils.set_progress_bar_global_hook(None)
 
 # ---- one step on ComfyUI's UNet and on diffusers' UNet, same weights and batch: same loss and gradients
-parts = models_mod.load_sd({ckpt!r})
-unet_d = models_mod.place(parts.unet, "cpu", torch.float32)
-ctx = train_mod.encode_prompt(parts.text_encoder, parts.tokenizer, "", "cpu", torch.float32)
 mm.load_models_gpu([model], force_full_load=True)
 base = model.model
 tokens, width = fdi.shape
 with torch.inference_mode(False):
+    parts = models_mod.load_sd({ckpt!r})
+    unet_d = models_mod.place(parts.unet, "cpu", torch.float32)
+    ctx = train_mod.encode_prompt(parts.text_encoder, parts.tokenizer, "", "cpu", torch.float32)
     torch.manual_seed(3)
     adapter = adapter_mod.FDIAdapter(adapter_mod.FDIAdapterConfig(token_width=width, num_tokens=tokens))
     for p in adapter.parameters():  # the fresh adapter's zero-initialised outputs: give the gradient a path
