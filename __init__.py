@@ -12,6 +12,10 @@ This file must stay light and lazy:
   nodes, so paths a user declared there are kept; our default folder under ``models/`` is put
   first (it is where ``FDISave`` writes) and the accepted file types are set.
 
+``WEB_DIRECTORY`` is served by ComfyUI at ``/extensions/<pack folder>/``: the node help pages
+``web/docs/<NodeId>.md`` (written by ``tools/build_help.py``). Translations live in ``locales/``,
+which ComfyUI reads by itself (``/i18n``).
+
 The pack uses relative imports only (ComfyUI names the package after its folder path).
 """
 
@@ -19,6 +23,9 @@ from __future__ import annotations
 
 import os
 import sys
+
+#: served at /extensions/<pack folder>/ (read by ComfyUI before it calls comfy_entrypoint)
+WEB_DIRECTORY = "./web"
 
 #: model folder name -> accepted file suffixes (``blip2`` holds folders, see nodes.common)
 MODEL_FOLDERS = {
@@ -62,4 +69,4 @@ async def comfy_entrypoint():
     return FDIExtension()
 
 
-__all__ = ["comfy_entrypoint", "register_model_folders", "MODEL_FOLDERS"]
+__all__ = ["comfy_entrypoint", "register_model_folders", "MODEL_FOLDERS", "WEB_DIRECTORY"]

@@ -1,55 +1,19 @@
 """The FDI adapter: image branch, noise decoupling, multi-level guidance and visual modulator.
 
-One adapter is trained per task (or style); SD 2.1 and BLIP-2 stay frozen. Inputs are the degraded
-image ``x`` ``[B, 3, H, W]`` in 0..1 and the FDI tokens ``F`` ``[T, D]`` (``[32, 768]`` for BLIP-2)
-or ``[B, T, D]``. The output, an :class:`FDIGuidance`, depends on the image and the FDI only,
-never on the timestep: it is computed **once** per (image, FDI) and reused at every guided step.
+Inputs: the degraded image ``x`` ``[B, 3, H, W]`` in 0..1 and the FDI tokens ``F`` ``[T, D]`` or
+``[B, T, D]`` (``[32, 768]`` for BLIP-2). Output: an :class:`FDIGuidance`, which does not depend on
+the timestep: computed once per (image, FDI), reused at every guided step. The stages are methods,
+so training and tests can run them one by one:
 
-Stages (DESIGN §1.2; each is a method, so training code and tests can use them one by one):
+1. :meth:`FDIAdapter.image_features`: ``c_1..c_4`` ``[B, C_i, ceil(H/8)/2^(i-1), …]`` (the UNet
+   encoder's widths and sizes);
+2. :meth:`FDIAdapter.decouple`: ``F̂_i = F·P_i + Attn(q = LN(F)·Wq_i, k = LN(c_i)·Wk_i, v = c_i·Wv_i)·Wo_i``
+   ``[B, T, C_i]``;
+3. :meth:`FDIAdapter.guidance`: residuals ``r_i = Z_i(SE(F̂_i) ⊙ c_i)`` (``Z_i`` zero-initialised, so a
+   fresh adapter adds exact zeros) and AdaIN targets ``μ, σ`` of ``F̂_4, F̂_3, F̂_2`` with zero-initialised
+   gates for ``up_blocks[0..2]`` (blended in :mod:`fdi.guidance`).
 
-1. **Image branch** (:meth:`FDIAdapter.image_features`, T2I-Adapter style): ``2x − 1`` →
-   pixel-unshuffle by 8 → 3×3 conv → four levels of small residual blocks, a 2× average-pool
-   downsampling before levels 2–4 → ``c_1..c_4`` ``[B, C_i, H/8·2^-(i-1), W/8·2^-(i-1)]``, i.e.
-   at 1/8, 1/16, 1/32, 1/64 of the image size, with the UNet encoder's widths ``C_i``.
-2. **Noise decoupling** (:meth:`FDIAdapter.decouple`), per level ``i``: the FDI tokens are queries
-   of a multi-head cross-attention over the flattened ``c_i``::
-
-       F̂_i = F·P_i + Attn(q = LN(F)·Wq_i, k = LN(c_i)·Wk_i, v = c_i·Wv_i)·Wo_i      [B, T, C_i]
-
-3. **Multi-level guidance** (UNet encoder, :meth:`FDIAdapter.guidance`): squeeze-excitation on the
-   refined tokens, ``s_i = sigmoid(W2_i·relu(W1_i·mean_tokens(F̂_i)))`` ``[B, C_i]``, and the residual
-   ``r_i = Z_i(s_i ⊙ c_i)`` ``[B, C_i, h_i, w_i]`` where ``Z_i`` is a zero-initialised 1×1 conv (the
-   "zero-initialised last layer of the guidance path": ``r_i == 0`` exactly for a fresh adapter).
-4. **Visual modulator** (UNet decoder): AdaIN targets ``μ(F̂_i)``, ``σ(F̂_i)`` ``[B, C_i]`` (mean and
-   standard deviation over the tokens) for the decoder points ``up_blocks[0], [1], [2]``, driven by
-   ``F̂_4, F̂_3, F̂_2``, each with a learnable per-channel gate ``g`` ``[C]`` initialised to zero. The
-   blending itself, ``D ← D + g ⊙ (AdaIN(D; μ, σ) − D)``, happens in :mod:`fdi.guidance`.
-
-Decisions where the design is silent (recorded here so training, both UNet backends and the files
-agree):
-
-* Image normalisation: the 0..1 image is mapped to −1..1 (the range the SD VAE sees) before the
-  pixel-unshuffle. Sides that are not multiples of 8 are reflect-padded on the bottom/right to the
-  next multiple of 8, so ``h_1 = ceil(H/8)``; downsampling is ``AvgPool2d(2, ceil_mode=True)``, so
-  ``h_{i+1} = ceil(h_i/2)``, the same rounding as the UNet's stride-2 convs.
-  :mod:`fdi.guidance` crops a residual that comes out one or two pixels larger than the UNet
-  feature it is added to.
-* Residual block (``res_blocks`` per level, default 2): a bottleneck
-  ``x + conv1×1(relu(conv3×3(relu(conv1×1(x)))))`` with inner width ``C_i / bottleneck``
-  (default 2). Between levels of different width a 1×1 conv changes the channel count.
-* Attention: ``heads`` (default 8) heads of width ``C_i / heads``; ``Wq_i`` maps ``D → C_i``, the
-  others ``C_i → C_i``; all linear layers have biases. LayerNorms have ``eps = 1e-5``.
-* Standard deviations over tokens are population std with ``eps``: ``sqrt(var + 1e-5)``.
-* Squeeze-excitation reduction ``se_reduction`` (default 16, SENet's default): ``W1: C → C/16``,
-  ``W2: C/16 → C``.
-* Sizes: with these defaults the adapter has 47.3 M parameters (paper: 45.10 M): image branch 26.2 M,
-  noise decoupling 16.8 M, guidance heads (SE + zero 1×1 convs) 4.3 M, gates 3.2 k.
-
-File (DESIGN §4): safetensors with the weights under their ``state_dict`` names; metadata
-``format=fdi_adapter``, ``format_version=1``, ``config`` (JSON of :class:`FDIAdapterConfig`),
-``base_family`` (``sd2.1-base``, ``sd2.1-v``, …), ``encoder`` (the Q-Former fingerprint of the FDI it
-was trained with), ``label``, ``parameters``; optionally the embedded training FDI (tensors ``fdi``
-[and ``fdi_pairs``], metadata ``fdi_*``, see :meth:`fdi.instruction.FDI.to_embedded`).
+Architecture choices, sizes and the file format: docs/design.md, "Adapter and FDI".
 """
 
 from __future__ import annotations
@@ -203,14 +167,6 @@ class FDIGuidance:
                            [Modulation(m.mean.detach(), m.std.detach(), m.gate.detach()) for m in self.modulations],
                            [f.detach() for f in self.refined])
 
-    def select(self, index: Union[int, slice]) -> "FDIGuidance":
-        """The guidance of some images of the batch (``index`` into the batch dimension)."""
-        if isinstance(index, int):
-            index = slice(index, index + 1)
-        return FDIGuidance([r[index] for r in self.residuals],
-                           [Modulation(m.mean[index], m.std[index], m.gate) for m in self.modulations],
-                           [f[index] for f in self.refined])
-
 
 # --------------------------------------------------------------------------------------------------
 # building blocks
@@ -299,7 +255,7 @@ def token_stats(refined: torch.Tensor, eps: float = STAT_EPS) -> Tuple[torch.Ten
 
 
 class FDIAdapter(nn.Module):
-    """The FDI adapter (see the module doc for the stages and the formulas).
+    """The FDI adapter (stages and formulas: the module doc; choices: docs/design.md, "Adapter and FDI").
 
     Args:
         config: the architecture (defaults = SD 2.1 / BLIP-2, 47.3 M parameters).
@@ -357,7 +313,8 @@ class FDIAdapter(nn.Module):
         if isinstance(fdi, FDI):
             if self.encoder and fdi.encoder and not same_encoder(self.encoder, fdi.encoder):
                 raise FDIError(
-                    f"FDI {fdi.label or '(unlabelled)'} comes from encoder {fdi.encoder} but adapter {self.label or self.source or '(unnamed)'} "
+                    f"FDI {fdi.label or '(unlabelled)'} comes from encoder {fdi.encoder} "
+                    f"but adapter {self.display_name} "
                     f"was trained with FDIs of encoder {self.encoder}; extract the FDI with that Q-Former"
                 )
             tokens = fdi.tokens
@@ -405,11 +362,18 @@ class FDIAdapter(nn.Module):
 
     # ---- info ------------------------------------------------------------------------------------
 
+    @property
+    def display_name(self) -> str:
+        """How messages name the adapter: ``label (file)``, whichever of the two it has, or ``(unnamed)``."""
+        if self.label and self.source and self.label != self.source:
+            return f"{self.label} ({self.source})"
+        return self.label or self.source or "(unnamed)"
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def describe(self) -> str:
-        return (f"FDI adapter {self.label or self.source or '(unnamed)'}: {self.num_parameters() / 1e6:.2f} M parameters, "
+        return (f"FDI adapter {self.display_name}: {self.num_parameters() / 1e6:.2f} M parameters, "
                 f"base {self.base_family}, channels {self.config.channels}, FDI {self.config.num_tokens}x{self.config.token_width}, "
                 f"encoder {self.encoder or '(unknown)'}")
 
@@ -453,7 +417,9 @@ class FDIAdapter(nn.Module):
     @classmethod
     def from_file(cls, path: PathLike, base_family: Optional[str] = None, device: Union[str, torch.device] = "cpu",
                   dtype: Optional[torch.dtype] = None) -> "FDIAdapter":
-        """Load an adapter file (see the module doc). ``adapter.fdi`` is its embedded FDI or ``None``.
+        """Load an adapter file (format: docs/design.md, "Adapter and FDI").
+
+        ``adapter.fdi`` is its embedded FDI or ``None``.
 
         Raises :class:`FDIError` for pickle or non-safetensors files, another file format or
         version, a base family other than ``base_family`` (when given), and weights whose names or

@@ -7,12 +7,9 @@ read on its own, and shards that hold none of the wanted tensors are never opene
 
 The computation is exactly transformers' ``Blip2Model.get_qformer_features``: vision model →
 ``last_hidden_state`` → Q-Former with the learned query tokens as queries and the image embeddings
-as cross-attention keys/values → ``last_hidden_state`` ``[B, num_query_tokens, hidden]``.
-
-Decision (the design is silent): images are resized to the vision model's square input size with
-bicubic, antialiased interpolation (BLIP-2's processor resizes bicubically without keeping the
-aspect ratio; antialiasing keeps a large photo from aliasing), then normalised with the folder's
-``preprocessor_config.json`` mean/std. An image already at the input size is not resampled.
+as cross-attention keys/values → ``last_hidden_state`` ``[B, num_query_tokens, hidden]``. Images are
+resized (bicubic, antialiased) to the vision model's square input size and normalised with the
+folder's ``preprocessor_config.json`` mean/std; why: docs/design.md, "Adapter and FDI".
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dtypes import parse_dtype
 from .errors import FDIError
 from .files import PICKLE_SUFFIXES, load_safetensors, read_header
 
@@ -34,22 +32,6 @@ PathLike = Union[str, os.PathLike]
 
 WANTED_PREFIXES = ("vision_model.", "qformer.")
 WANTED_KEYS = ("query_tokens",)
-
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def parse_dtype(dtype: Union[str, torch.dtype, None]) -> torch.dtype:
-    """``"fp16"``/``"bf16"``/``"fp32"`` (or a torch dtype, or ``None`` = fp32) → torch dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise FDIError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16") from None
-
 
 def _wanted(key: str) -> bool:
     return key in WANTED_KEYS or key.startswith(WANTED_PREFIXES)

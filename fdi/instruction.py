@@ -4,7 +4,7 @@ An FDI is a ``(T, D)`` float32 tensor of Q-Former tokens — ``(32, 768)`` for B
 mean over reference pairs of ``Q(degraded_j) - Q(clean_j)``. It is tied to the encoder that made it
 by a fingerprint (:attr:`FDI.encoder`); FDIs of different encoders are never combined.
 
-File format (``*.fdi.safetensors``, DESIGN §4):
+File format (``*.fdi.safetensors``; why: docs/design.md, "Adapter and FDI"):
 
 * tensor ``fdi`` ``(T, D)`` float32; optional tensor ``pairs`` ``(N, T, D)`` float32 (the per-pair
   differences, kept for inspection);

@@ -26,6 +26,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io
 
+from ..fdi.dtypes import DTYPES, parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI_SUFFIX
 
@@ -39,7 +40,8 @@ FDIGuidanceType = io.Custom("FDI_GUIDANCE")
 
 CATEGORY = "FDI"
 
-DTYPE_CHOICES = ["auto", "fp32", "fp16", "bf16"]
+#: the precision combo of the loaders: ``auto`` (see :func:`pick_dtype`) or a name of :data:`fdi.dtypes.DTYPES`
+DTYPE_CHOICES = ["auto", *DTYPES]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,14 +193,10 @@ def check_inside(paths, base_folder: str, what: str) -> None:
 
 def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
     """``auto`` → fp16 (or bf16) where ComfyUI says the device supports it, else fp32."""
-    if choice == "fp32":
-        return torch.float32
-    if choice == "fp16":
-        return torch.float16
-    if choice == "bf16":
-        return torch.bfloat16
     if choice != "auto":
-        raise FDIError(f"unknown dtype {choice!r}; use one of {', '.join(DTYPE_CHOICES)}")
+        if choice not in DTYPES:
+            raise FDIError(f"unknown dtype {choice!r}; use one of {', '.join(DTYPE_CHOICES)}")
+        return parse_dtype(choice)
     if mm.should_use_fp16(device, prioritize_performance=False):
         return torch.float16
     if mm.should_use_bf16(device, prioritize_performance=False):
