@@ -209,7 +209,7 @@ class TrainRun:
             )
         self.micro = cfg.batch_size // (P * cfg.grad_accum)
         self.device = self.acc.device
-        from .encoder import parse_dtype  # the package's one dtype map
+        from .dtypes import parse_dtype  # the package's one dtype map
 
         self.weight_dtype = parse_dtype("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision)
         self.main = self.acc.is_main_process

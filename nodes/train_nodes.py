@@ -21,7 +21,7 @@ import comfy.utils
 
 from ..fdi.adapter import FDIAdapter, FDIAdapterConfig
 from ..fdi.comfy_backend import check_unet_for_adapter
-from ..fdi.encoder import parse_dtype
+from ..fdi.dtypes import parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI, same_encoder
 from ..fdi.sampling import sigma_to_alpha
