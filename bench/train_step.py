@@ -1,15 +1,18 @@
-"""Benchmark one FDI training step at real size: seconds per optimizer step.
+"""Benchmark one FDI training step at real size: seconds per optimizer step and peak memory.
 
 Not a test. Full-size SD 2.1 architectures with random weights, built in memory from the
 hand-written configs of ``tests/sd21_fixture.py`` (UNet 320/640/1280/1280, KL-f8 VAE, 23-layer
 OpenCLIP-H text tower), the default FDI adapter (47 M parameters), a random task FDI of shape
 (32, 768) given as a file (so BLIP-2 is not needed), and random image pairs. The step is the real
-one: :func:`fdi.train.train` is run for ``1 + --steps`` steps on the in-memory pipeline and the
+one: :func:`fdi.train.train` is run for ``1 + --steps`` steps on the in-memory models and the
 per-step wall and process-CPU times are taken in its progress callback; the first step (warm-up: allocator,
 kernels) is reported separately. Data loading is included (``--num-workers 0``: in the step).
 
     python bench/train_step.py                                  # CPU, batch 1, 256 px, fp32
-    python bench/train_step.py --device cuda --resolution 512 --batch-size 8 --mixed-precision bf16
+    python bench/train_step.py --device cuda --resolution 512 --batch-size 1 --mixed-precision bf16 --gradient-checkpointing
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the training steps (the models
+included: they are moved to the GPU by the run), on CPU the process's peak resident set size.
 
 Prints one summary line. Random weights make the timing meaningful and the losses meaningless.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -31,29 +35,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def build_pipeline():
-    """A full-size SD 2.1-base pipeline with random weights (fp32, CPU)."""
+def build_models():
+    """Full-size SD 2.1-base parts with random weights (fp32, CPU), as :func:`fdi.models.load_sd` returns them."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from fdi.pipeline import FDIRestorationPipeline
+    from fdi.models import SDParts, sd2_tokenizer
     from sd21_fixture import scheduler_config, text_config, unet_config, vae_config
-    from tiny_sd import tiny_tokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**unet_config())
-    vae = AutoencoderKL(**vae_config())
-    text = CLIPTextModel(CLIPTextConfig(**text_config()))
-    tok = tiny_tokenizer()  # any CLIP tokenizer works for the empty prompt; the vocabulary is not used
-    tok.model_max_length = 77
-    pipe = FDIRestorationPipeline(vae, text, tok, unet, DDIMScheduler(**scheduler_config()), device="cpu", dtype=torch.float32)
-    # Training needs the text encoder once, for the empty prompt (fdi.train frees it when it loads the
-    # model itself). Do the same here: keep the embedding, drop the 1.4 GB encoder before training.
-    embedding = pipe.encode_prompt("")
-    pipe.text_encoder = None
-    del text
-    pipe.encode_prompt = lambda prompt: embedding
-    return pipe
+    return SDParts(vae=AutoencoderKL(**vae_config()), text_encoder=CLIPTextModel(CLIPTextConfig(**text_config())),
+                   tokenizer=sd2_tokenizer(), unet=UNet2DConditionModel(**unet_config()),
+                   scheduler=DDIMScheduler(**scheduler_config()), source="random SD 2.1")
 
 
 def main(argv=None) -> int:
@@ -72,7 +65,7 @@ def main(argv=None) -> int:
     from fdi.train import TrainConfig, train
 
     t0 = time.perf_counter()
-    pipe = build_pipeline()
+    models = build_models()
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -95,7 +88,10 @@ def main(argv=None) -> int:
         def progress(done, total):
             marks.append((time.perf_counter(), time.process_time()))
 
-        train(cfg, progress=progress, pipeline=pipe)
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        train(cfg, progress=progress, models=models)
+        peak = (torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     times = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
     cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
@@ -110,7 +106,9 @@ def main(argv=None) -> int:
           f"{', gradient checkpointing' if args.gradient_checkpointing else ''}, {dev}: "
           f"{statistics.median(timed):.2f} s/step wall (median of {len(timed)} after a {times[0]:.2f} s warm-up step; "
           f"min {min(timed):.2f}, max {max(timed):.2f}), {statistics.median(timed_cpu):.2f} s/step process CPU time; "
-          f"1-min load average {load:.1f} on {os.cpu_count()} CPUs; model build {build_s:.0f} s")
+          f"1-min load average {load:.1f} on {os.cpu_count()} CPUs; model build {build_s:.0f} s; "
+          + (f"peak CUDA memory allocated {peak:.2f} GiB" if peak is not None else
+             f"peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (CPU figure)"))
     return 0
 
 

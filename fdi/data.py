@@ -8,7 +8,7 @@ Sources of pairs
       the list file's folder (so a dataset folder with its list can be moved as a whole). Blank lines
       and JSONL lines starting with ``#`` are skipped; a ``name`` column/key is optional.
 
-Augmentation (decisions; DESIGN §1.4 says "512 px")
+Augmentation (decisions; the paper trains at 512 px, see docs/design.md "Training")
     1. The degraded image is resized (bicubic, antialiased, clamped to 0..1) so that its *shorter*
        side equals ``resolution``, keeping its aspect ratio. The clean image is resized to exactly the
        same ``(H', W')``: pairs whose two images differ in size (a dataset that stores the clean image

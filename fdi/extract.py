@@ -95,3 +95,29 @@ def extract_fdi_from_folders(
     matched = pair_folders(degraded_dir, clean_dir)
     sources = [((lambda p=d: load_image(p)), (lambda p=c: load_image(p))) for _, d, c in matched]
     return extract_fdi_from_sources(encoder, sources, label, batch_size, keep_pairs, progress)
+
+
+def pair_stability(pairs: torch.Tensor, resamples: int = 50, seed: int = 0) -> dict:
+    """How stable the FDI is in the number of pairs: for ``k = 1 … N``, the cosine similarity between the
+    FDI of ``k`` random pairs (mean of their differences, drawn without replacement) and the FDI of all.
+
+    ``pairs``: per-pair FDIs ``[N, T, D]``. Returns ``{"k", "mean", "low", "high"}`` (lists; low/high the
+    10th/90th percentiles over ``resamples`` draws; at ``k = N`` all are 1)."""
+    if pairs is None or pairs.ndim != 3 or pairs.shape[0] < 1:
+        raise FDIError("the stability curve needs the per-pair FDIs; extract the FDI with keep_pairs on (--keep-pairs)")
+    x = pairs.to(torch.float64).flatten(1)
+    n = x.shape[0]
+    full = x.mean(0)
+    g = torch.Generator().manual_seed(int(seed))
+    out = {"k": [], "mean": [], "low": [], "high": []}
+    for k in range(1, n + 1):
+        sims = []
+        for _ in range(max(1, int(resamples)) if k < n else 1):
+            idx = torch.randperm(n, generator=g)[:k]
+            sims.append(float(torch.nn.functional.cosine_similarity(x[idx].mean(0), full, dim=0)))
+        s = torch.tensor(sims, dtype=torch.float64)
+        out["k"].append(k)
+        out["mean"].append(float(s.mean()))
+        out["low"].append(float(torch.quantile(s, 0.1)))
+        out["high"].append(float(torch.quantile(s, 0.9)))
+    return out

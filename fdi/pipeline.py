@@ -14,16 +14,13 @@ with the ComfyUI nodes; the loops run in float32 whatever the UNet's dtype. Adap
 image batch in float32 (:class:`AdapterUse`: adapter, FDI, weight; ``composite`` sums their
 guidance, ``progressive`` restores with one after the other).
 
-Loading: a diffusers folder or a single-file ``.safetensors`` checkpoint, offline, safetensors only.
+Loading: :mod:`fdi.models` (a diffusers folder or a single-file checkpoint, offline, safetensors only).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
@@ -31,9 +28,10 @@ import torch
 from .adapter import FDIAdapter, FDIGuidance
 from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_unet
 from .errors import FDIError
-from .files import PathLike, read_header, refuse_pickle
+from .files import PathLike
 from .images import check_image_batch
 from .instruction import FDI
+from .models import load_sd, place
 from .progress import ProgressCallback, report
 from .tiles import LATENT_SCALE, Tiling, check_tiling, optional_tiling
 from .sampling import (CLEAN_ALPHA, SD2_STEPS_OFFSET, SD2_TIMESTEP_SPACING, ddim_step, ddim_timesteps, guided_step_count,
@@ -81,21 +79,6 @@ def detect_base_family(unet_config, prediction_type: str) -> str:
 
 
 
-def _load_error(what: str, path: Path, exc: Exception) -> FDIError:
-    return FDIError(f"could not load the {what} of {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    "give a complete diffusers SD 2.1 folder with safetensors weights (nothing is downloaded)")
-
-
-def _placed(module, device: torch.device, dtype: torch.dtype):
-    """``module`` on ``device`` in ``dtype``, in eval mode (``to(dtype)`` only when it differs: diffusers warns otherwise)."""
-    p = next(module.parameters())
-    if p.dtype != dtype:
-        module = module.to(dtype=dtype)
-    if p.device != device:
-        module = module.to(device)
-    return module.eval()
-
-
 class FDIRestorationPipeline:
     """SD 2.1 + FDI adapters → restored images. Build it with :meth:`from_pretrained`.
 
@@ -112,10 +95,10 @@ class FDIRestorationPipeline:
         check_unet(unet)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.vae = _placed(vae, self.device, dtype)
-        self.text_encoder = _placed(text_encoder, self.device, dtype)
+        self.vae = place(vae, self.device, dtype)
+        self.text_encoder = place(text_encoder, self.device, dtype)
         self.tokenizer = tokenizer
-        self.unet = _placed(unet, self.device, dtype)
+        self.unet = place(unet, self.device, dtype)
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.source = source
         if self.prediction_type not in PREDICTION_TYPES:
@@ -125,74 +108,11 @@ class FDIRestorationPipeline:
 
     @classmethod
     def from_pretrained(cls, model: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
-                        config: Optional[PathLike] = None) -> "FDIRestorationPipeline":
-        """Load a diffusers folder or a single-file ``.safetensors`` checkpoint (offline, safetensors only).
-
-        ``config``: for a single file, a diffusers folder whose component configs describe it (for
-        SD 2.1: a ``stabilityai/stable-diffusion-2-1(-base)`` folder; the weights are not read).
-        """
-        dtype = dtype or torch.float32
-        p = Path(model)
-        if not p.exists():
-            raise FDIError(f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder (with model_index.json) or a single-file .safetensors checkpoint")
-        if p.is_dir():
-            return cls._from_folder(p, device, dtype)
-        return cls._from_single_file(p, device, dtype, config)
-
-    @classmethod
-    def _from_folder(cls, p: Path, device, dtype) -> "FDIRestorationPipeline":
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        missing = [d for d in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / d).is_dir()]
-        if missing:
-            raise FDIError(f"{str(p)!r} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); give the folder that holds model_index.json, unet/, vae/, …")
-        parts = {}
-        loaders = (
-            ("unet", lambda: UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=dtype, local_files_only=True, use_safetensors=True)),
-            ("vae", lambda: AutoencoderKL.from_pretrained(p, subfolder="vae", torch_dtype=dtype, local_files_only=True, use_safetensors=True)),
-            ("text_encoder", lambda: CLIPTextModel.from_pretrained(p / "text_encoder", dtype=dtype, local_files_only=True, use_safetensors=True)),
-            ("tokenizer", lambda: CLIPTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)),
-            ("scheduler", lambda: DDIMScheduler.from_pretrained(p, subfolder="scheduler", local_files_only=True)),
-        )
-        for name, load in loaders:
-            try:
-                parts[name] = load()
-            except FDIError:
-                raise
-            except (OSError, ValueError, EnvironmentError, KeyError, json.JSONDecodeError) as exc:
-                raise _load_error(name, p, exc) from None
-        return cls(parts["vae"], parts["text_encoder"], parts["tokenizer"], parts["unet"], parts["scheduler"], device=device, dtype=dtype, source=p.name)
-
-    @classmethod
-    def _from_single_file(cls, p: Path, device, dtype, config: Optional[PathLike]) -> "FDIRestorationPipeline":
-        from diffusers import StableDiffusionPipeline
-
-        refuse_pickle(p, "model checkpoint")
-        if p.suffix.lower() != ".safetensors":
-            raise FDIError(f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those")
-        read_header(p, "model checkpoint")
-        if config is not None and not Path(config).is_dir():
-            raise FDIError(f"model config folder {str(config)!r} does not exist; give a diffusers SD 2.1 folder (its configs are enough)")
-        kwargs = dict(local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
-        if config is not None:
-            kwargs["config"] = str(config)
-        old = os.environ.get("HF_HUB_OFFLINE")
-        os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: from_single_file must never reach the hub
-        try:
-            pipe = StableDiffusionPipeline.from_single_file(str(p), **kwargs)
-        except FDIError:
-            raise
-        except Exception as exc:  # diffusers raises many types here (config lookups, key errors)
-            hint = ("pass --sd-config with a diffusers SD 2.1 folder describing this checkpoint (configs only are enough)"
-                    if config is None else "check that --sd-config describes this checkpoint (SD 2.1 base or 768)")
-            raise FDIError(f"could not load the single-file checkpoint {p.name!r} offline ({type(exc).__name__}); {hint}") from None
-        finally:
-            if old is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = old
-        return cls(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.scheduler, device=device, dtype=dtype, source=p.name)
+                        config: Optional[PathLike] = None, prediction_type: Optional[str] = None) -> "FDIRestorationPipeline":
+        """Load a diffusers folder or a single-file SD 2.x ``.safetensors`` checkpoint (offline; :func:`fdi.models.load_sd`)."""
+        parts = load_sd(model, dtype=dtype or torch.float32, config=config, prediction_type=prediction_type)
+        return cls(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.scheduler, device=device,
+                   dtype=dtype or torch.float32, source=parts.source)
 
     # ---- properties and checks -------------------------------------------------------------------
 

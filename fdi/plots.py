@@ -122,3 +122,74 @@ def save_inspection(fdis: Sequence[FDI], names: Optional[Sequence[str]], path: P
             fig.savefig(fh, format=fmt)
         except ValueError as exc:
             raise FDIError(f"cannot write a plot as {fmt!r} ({exc}); use a .png, .pdf or .svg file name") from None
+
+
+def _rgb(fig) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _figure(width: float = 6.0, height: float = 3.6):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def render_loss_curve(losses: Sequence[float], title: str = "training loss") -> np.ndarray:
+    """Loss per step (and a moving mean over ~5 % of the steps) as an RGB ``uint8`` array ``[H, W, 3]``."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.asarray(list(losses), dtype=np.float64)
+    if y.size:
+        x = np.arange(1, y.size + 1)
+        ax.plot(x, y, lw=0.8, alpha=0.5, label="loss")
+        w = max(1, y.size // 20)
+        if w > 1:
+            ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.6, label=f"mean of {w}")
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no step finished", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _rgb(fig)
+
+
+def stability_figure(ks: Sequence[int], mean: Sequence[float], low: Sequence[float], high: Sequence[float], label: str = ""):
+    """The pair-stability curve: agreement (cosine) of the FDI of ``k`` pairs with the FDI of all pairs."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ax.fill_between(list(ks), list(low), list(high), alpha=0.25, label="10th–90th percentile")
+    ax.plot(list(ks), list(mean), marker="o", ms=3, label="mean over resamples")
+    ax.set_xlabel("pairs used (k)")
+    ax.set_ylabel("cosine similarity to the FDI of all pairs")
+    ax.set_ylim(min(0.0, float(np.min(low))), 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"How many pairs are enough{': ' + label if label else ''}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def render_stability(ks, mean, low, high, label: str = "") -> np.ndarray:
+    """:func:`stability_figure` as an RGB ``uint8`` array ``[H, W, 3]``."""
+    return _rgb(stability_figure(ks, mean, low, high, label))
+
+
+def save_figure(fig, path: PathLike) -> None:
+    """Write a figure atomically (format from the suffix: png, pdf, svg)."""
+    from pathlib import Path
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_write(path) as fh:
+        try:
+            fig.savefig(fh, format=fmt)
+        except ValueError as exc:
+            raise FDIError(f"cannot write a plot as {fmt!r} ({exc}); use a .png, .pdf or .svg file name") from None

@@ -25,8 +25,9 @@ from comfy_api.latest import ComfyExtension, io
 from .fdi_nodes import NODES as _FDI_NODES
 from .guidance_nodes import NODES as _GUIDANCE_NODES
 from .postprocess_nodes import NODES as _POSTPROCESS_NODES
+from .train_nodes import NODES as _TRAIN_NODES
 
-NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_POSTPROCESS_NODES]
+NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_POSTPROCESS_NODES, *_TRAIN_NODES]
 
 
 class FDIExtension(ComfyExtension):

@@ -136,11 +136,11 @@ def test_translation_check_names_what_is_missing():
     slots = {node_id: build_help.page_slots(text) for node_id, text in help_pages().items()}
     inputs, outputs = slots["FDIRestore"]
     slots["FDIRestore"] = (inputs + ["seed"], outputs)
-    slots["FDITrainAdapter"] = (["pairs"], ["adapter"])
+    slots["FDIUpcomingNode"] = (["pairs"], ["adapter"])  # a node not translated yet
     del slots["FDILoad"]
     problems = translation_problems(slots, node_defs)
     assert problems == ["FDIRestore: input seed untranslated (needs a name and a tooltip)",
-                        "FDITrainAdapter: untranslated node (add it to locales/zh/nodeDefs.json)",
+                        "FDIUpcomingNode: untranslated node (add it to locales/zh/nodeDefs.json)",
                         "FDILoad: translated node does not exist"]
 
 

@@ -190,12 +190,12 @@ def test_loader_errors(tmp_path, tiny_sd_folder):
     ckpt.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(FDIError, match="pickle"):
         FDIRestorationPipeline.from_pretrained(ckpt)
-    # a single-file checkpoint offline, without local configs: a clear error, no download attempt
+    # a single-file checkpoint that is no SD 2.x UNet: a clear error before loading, no download attempt
     from safetensors.torch import save_file
 
     single = tmp_path / "model.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, str(single))
-    with pytest.raises(FDIError, match="could not load the single-file checkpoint 'model.safetensors' offline.*--sd-config"):
+    with pytest.raises(FDIError, match="'model.safetensors' is not a Stable Diffusion UNet checkpoint"):
         FDIRestorationPipeline.from_pretrained(single)
 
 

@@ -53,8 +53,8 @@ PACK_NODES = set(re.findall(r'node_id="(FDI\w+)"', "".join(p.read_text() for p i
 CORE_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "ConditioningZeroOut", "LoadImage", "VAEEncode", "VAEDecode",
               "KSamplerAdvanced", "SaveImage", "PreviewImage"}
 #: widget values changed for speed in the tests (per run kind, so that the browser run really executes again)
-API_OVERRIDES = {"steps": 2, "inversion_steps": 2, "batch_size": 2, "overwrite": True}
-UI_OVERRIDES = {"steps": 1, "inversion_steps": 1, "batch_size": 3, "overwrite": True}
+API_OVERRIDES = {"steps": 2, "inversion_steps": 2, "batch_size": 2, "overwrite": True, "resolution": 64}
+UI_OVERRIDES = {"steps": 1, "inversion_steps": 1, "batch_size": 3, "overwrite": True, "resolution": 64}
 
 needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: checking and running the workflows needs a "
                                                            "ComfyUI checkout (COMFYUI_DIR=/path/to/ComfyUI, under ComfyUI's Python)")
@@ -108,7 +108,7 @@ def test_workflow_structure_ids_and_links(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_node_types_are_the_packs_or_comfyui_cores(name):
-    assert len(PACK_NODES) == 13, PACK_NODES
+    assert len(PACK_NODES) == 17, PACK_NODES
     unknown = {n["type"] for n in load(name)["nodes"]} - PACK_NODES - CORE_NODES - VIRTUAL
     assert not unknown, f"node types neither in this pack nor in the core list: {unknown}"
 
@@ -331,8 +331,8 @@ def comfy_env(tmp_path_factory):
         _write_images(inp, [name], 64, seed=sum(map(ord, name)))
     for k, (a, b) in enumerate(sorted(bw.PAIR_FOLDERS.values())):
         names = [f"pair_{i:03d}.png" for i in range(4)]
-        _write_images(inp / a, names, 48, seed=100 * k)
-        _write_images(inp / b, names, 48, seed=100 * k + 50)
+        _write_images(inp / a, names, 64, seed=100 * k)  # 64 px: the smallest side training accepts
+        _write_images(inp / b, names, 64, seed=100 * k + 50)
 
     encoder = QFormerEncoder.from_pretrained(blip)
     fdis = {}

@@ -55,6 +55,7 @@ INPUT_IMAGES = {
     "mixed_progressive": "rain_haze.png",
     "style_transfer": "photo.png",
     "style_fusion": "photo.png",
+    "train_style_adapter": "photo.png",
 }
 #: one reference pair loaded as images (build_fdi_from_pairs shows FDIExtract with them)
 ONE_PAIR_IMAGES = ("pair_rainy.png", "pair_clean.png")
@@ -62,6 +63,7 @@ ONE_PAIR_IMAGES = ("pair_rainy.png", "pair_clean.png")
 PAIR_FOLDERS = {
     "build_fdi_from_pairs": ("fdi/rainy", "fdi/clean"),
     "style_transfer": ("style/photo", "style/painting"),
+    "train_style_adapter": ("style/photo", "style/painting"),
 }
 
 MODEL_NOTE = (
@@ -647,6 +649,61 @@ def style_fusion() -> Workflow:
     return wf
 
 
+def train_style_adapter() -> Workflow:
+    wf = Workflow("train_style_adapter")
+    a, b = PAIR_FOLDERS["train_style_adapter"]
+    wf.note("note", (0, 0), (700, 300),
+            "Train a style adapter in the graph, save it, and use it at once. 'Train FDI Adapter' trains on the loaded "
+            "checkpoint's MODEL and VAE (frozen) with the style FDI of the same pairs; the loss curve shows how it went. "
+            "Cancel during training keeps the adapter of the last finished step. Then 'Save FDI Adapter' writes "
+            "models/fdi_adapters/my_style.safetensors (FDI embedded; 'Load FDI Adapter' lists it) and 'FDI Restore' "
+            "stylises the photo with the new adapter.\n\n"
+            + MODEL_NOTE + BLIP2_NOTE
+            + f"Pairs (10–50 are enough for a style; 'FDI Pair Stability' shows whether yours are): photos in ComfyUI/input/{a}/, "
+            f"the same scenes in the target style in ComfyUI/input/{b}/ (matched by file name; sizes may differ). "
+            f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['train_style_adapter']}' here).",
+            title="Read me: model files")
+    sd_base(wf, 0, 400)
+    wf.node("qformer", "FDIQFormerLoader", (0, 900), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
+    wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
+    wf.node("extract", "FDIExtractFromFolders", (400, 400), "Extract FDI (style A → style B)", size=[340, 206],
+            degraded_folder=a, clean_folder=b, label="my_style", batch_size=8, keep_pairs=True)
+    wf.node("pairs", "FDILoadPairs", (400, 650), "Load training pairs", size=[340, 82], degraded_folder=a, clean_folder=b)
+    wf.node("stability", "FDIPairStability", (400, 780), "FDI Pair Stability", resamples=50, seed=0)
+    wf.group("Style pairs and their FDI", ["extract", "pairs", "stability"], COLORS["fdi"])
+    wf.node("train", "FDITrainAdapter", (800, 400), "Train FDI Adapter", size=[340, 420], steps=200, learning_rate=1e-4,
+            batch_size=1, resolution=512, seed=0, gradient_checkpointing=True, training_dtype="bf16", recon_weight=0.1)
+    wf.node("save_adapter", "FDISaveAdapter", (800, 860), "Save FDI Adapter (models/fdi_adapters)", name="my_style", overwrite=False)
+    wf.group("Training", ["train", "save_adapter"], COLORS["guide"])
+    image_in(wf, "image", 1200, 900, INPUT_IMAGES["train_style_adapter"], "Photo to stylise")
+    wf.node("restore", "FDIRestore", (1560, 900), "FDI Restore (new style adapter)", size=[320, 330], steps=50, inversion_steps=50,
+            strength=1.0, guidance_end=0.333, cfg=1.0)
+    wf.node("save", "SaveImage", (1960, 900), "Stylised image", size=[340, 380], filename_prefix="fdi/train_style_adapter")
+    wf.node("curve", "PreviewImage", (1200, 400), "Loss curve", size=[420, 380])
+    wf.node("stab_view", "PreviewImage", (1640, 400), "Pair stability", size=[420, 380])
+    wf.link("qformer", "qformer", "extract", "qformer")
+    wf.link("ckpt", "MODEL", "train", "model")
+    wf.link("ckpt", "CLIP", "train", "clip")
+    wf.link("ckpt", "VAE", "train", "vae")
+    wf.link("extract", "fdi", "train", "fdi")
+    wf.link("pairs", "pairs", "train", "pairs")
+    wf.link("extract", "fdi", "stability", "fdi")
+    wf.link("train", "adapter", "save_adapter", "adapter")
+    wf.link("train", "loss_curve", "curve", "images")
+    wf.link("stability", "plot", "stab_view", "images")
+    wf.link("ckpt", "MODEL", "restore", "model")
+    wf.link("ckpt", "VAE", "restore", "vae")
+    wf.link("image", "IMAGE", "restore", "image")
+    wf.link("train", "adapter", "restore", "adapter")
+    wf.link("positive", "CONDITIONING", "restore", "positive")
+    wf.link("extract", "fdi", "restore", "fdi")
+    wf.link("restore", "image", "save", "images")
+    wf.group("Restore-style sampling with the new adapter", ["image", "restore"], COLORS["sample"])
+    wf.group("Loss curve and pair stability", ["curve", "stab_view"], COLORS["output"])
+    wf.group("Output", ["save"], COLORS["output"])
+    return wf
+
+
 #: name -> (builder, one-line description); the order is the one the tests run them in
 WORKFLOWS = {
     "build_fdi_from_pairs": (build_fdi_from_pairs, "reference pairs in two folders → FDI → save → inspect plot"),
@@ -658,6 +715,7 @@ WORKFLOWS = {
     "mixed_progressive": (mixed_progressive, "adapter 1's restoration fed into adapter 2"),
     "style_transfer": (style_transfer, "style pairs → FDI → style adapter → restore-style sampling"),
     "style_fusion": (style_fusion, "two style adapters combined with weights"),
+    "train_style_adapter": (train_style_adapter, "style pairs → FDI → train an adapter → save → restore-style sampling"),
 }
 
 

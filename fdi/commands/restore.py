@@ -44,6 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--sd", required=True, metavar="MODEL", help="diffusers SD 2.1 folder, or a single-file .safetensors checkpoint")
     p.add_argument("--sd-config", metavar="FOLDER", help="for a single-file checkpoint: a diffusers folder with the matching configs (no download)")
+    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+                   help="override the model's prediction type (default: the scheduler's, or for a single file detected from the weights)")
     p.add_argument("--adapter", required=True, action="append", metavar="A.safetensors", help="FDI adapter file; repeat for several")
     p.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each adapter, in --adapter order (default 1 each)")
     p.add_argument("--fdi", action="append", metavar="F.fdi.safetensors",
@@ -204,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         device = torch.device("cpu")
     dtype = parse_dtype(args.dtype or ("fp16" if device.type == "cuda" else "fp32"))
-    pipe = FDIRestorationPipeline.from_pretrained(sd, device=device, dtype=dtype, config=args.sd_config)
+    pipe = FDIRestorationPipeline.from_pretrained(sd, device=device, dtype=dtype, config=args.sd_config,
+                                                prediction_type=args.prediction_type)
     for use in uses:  # family and channel layout, before any work
         pipe.check_adapter(use.adapter)
     if skipped:

@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
         "train",
         help="train an FDI adapter on (degraded, clean) pairs; SD 2.1 and BLIP-2 stay frozen",
         description=(
-            "Train an FDI adapter (DESIGN §1.4): the task FDI is computed once from the training pairs with BLIP-2 "
+            "Train an FDI adapter (docs/design.md, Training): the task FDI is computed once from the training pairs with BLIP-2 "
             "(or read with --fdi), then only the adapter learns, with L = MSE(pred, target) + λ·|ẑ0 − z_gt|1. "
             "Runs on one CPU/GPU as is, and on many GPUs or nodes under 'accelerate launch --multi_gpu -m fdi train …'. "
             "--batch-size is the effective batch (per-device batch × --grad-accum × processes)."
@@ -22,8 +22,11 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("models and data")
-    g.add_argument("--sd", required=True, metavar="MODEL", help="SD 2.1 diffusers folder, or a single-file .safetensors checkpoint (with --sd-config)")
-    g.add_argument("--sd-config", metavar="DIR", default=None, help="for a single-file checkpoint: a diffusers SD 2.1 folder with its component configs")
+    g.add_argument("--sd", required=True, metavar="MODEL", help="SD 2.x diffusers folder, or a single-file .safetensors checkpoint")
+    g.add_argument("--sd-config", metavar="DIR", default=None,
+                   help="for a single-file checkpoint: a diffusers folder with its configs (default: the shipped SD 2.1 configs)")
+    g.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
+                   help="override the model's prediction type (default: the scheduler's, or for a single file detected from the weights)")
     g.add_argument("--blip2", metavar="DIR", default=None, help="BLIP-2 checkpoint folder, to compute the task FDI from the training pairs")
     g.add_argument("--fdi", metavar="F.fdi.safetensors", default=None, help="use this task FDI instead of computing it (BLIP-2 not needed)")
     g.add_argument("--degraded", metavar="DIR", default=None, help="folder of degraded images (style A for style transfer)")
@@ -96,7 +99,7 @@ def config_from_args(args) -> "object":
     from ..train import TrainConfig
 
     return TrainConfig(
-        sd=args.sd, sd_config=args.sd_config, output=args.output, blip2=args.blip2, degraded=args.degraded, clean=args.clean,
+        sd=args.sd, sd_config=args.sd_config, prediction_type=args.prediction_type, output=args.output, blip2=args.blip2, degraded=args.degraded, clean=args.clean,
         pairs_file=args.pairs_file, fdi=args.fdi, resolution=args.resolution, max_steps=args.max_steps, epochs=args.epochs,
         batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, lr_scheduler=args.lr_scheduler,
         lr_warmup_steps=args.lr_warmup_steps, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,

@@ -1,0 +1,174 @@
+"""One training step of an FDI adapter — the loss and the step every door shares (CLI, ComfyUI node).
+
+A step on a batch of clean latents ``z0 [b, 4, h, w]`` and degraded images ``[b, 3, 8h, 8w]``::
+
+    ε ~ N(0, 1),  t ~ U{0 … T−1},  z_t = sqrt(ᾱ_t)·z0 + sqrt(1−ᾱ_t)·ε
+    pred = UNet(z_t, t, prompt; guidance = adapter(degraded, F))
+    L    = MSE(pred, target) + λ · mean|ẑ0 − z0|
+
+The backend only provides ``predict(z_t, t, guidance) → UNet output`` (diffusers hooks or ComfyUI's
+UNet patches); targets and ẑ0 are :mod:`fdi.sampling`'s. docs/design.md ("Training") has the decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..adapter import FDIGuidance
+from ..sampling import diffusion_target, predict_x0
+
+#: ``predict(z_t [b,4,h,w] float32, t [b] int64, guidance) → model output [b,4,h,w]`` (epsilon or v)
+Predictor = Callable[[torch.Tensor, torch.Tensor, FDIGuidance], torch.Tensor]
+
+
+@dataclass
+class StepLoss:
+    """The loss of one step (float32 scalars; ``loss`` carries the graph)."""
+
+    loss: torch.Tensor
+    diffusion: torch.Tensor
+    recon: torch.Tensor
+
+
+def fdi_loss(
+    pred: torch.Tensor,
+    z_t: torch.Tensor,
+    z0: torch.Tensor,
+    noise: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    prediction_type: str,
+    recon_weight: float,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(L, L_diffusion, L_recon)`` with ``L = MSE(pred, target) + λ·mean|ẑ_0 − z_0|`` (float32 scalars)."""
+    pred = pred.float()
+    target = diffusion_target(z0, noise, alpha_bar, prediction_type)
+    l_diff = F.mse_loss(pred, target)
+    l_rec = F.l1_loss(predict_x0(z_t, pred, alpha_bar, prediction_type), z0) if recon_weight else pred.new_zeros(())
+    return l_diff + recon_weight * l_rec, l_diff, l_rec
+
+
+def step_generator(seed: int, micro_batch: int, process_index: int = 0) -> torch.Generator:
+    """CPU generator for the noise and timesteps of one micro-batch on one process."""
+    g = torch.Generator()
+    g.manual_seed(
+        (int(seed) * 6_700_417 + int(micro_batch) * 1_000_033 + int(process_index) * 9_973 + 271_828) % (2**63 - 1)
+    )
+    return g
+
+
+def sample_noise(z0: torch.Tensor, num_train_timesteps: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ε, t)`` for a batch of latents: ε like ``z0`` (float32, on its device), ``t [b]`` int64 uniform."""
+    noise = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(z0.device)
+    t = torch.randint(0, int(num_train_timesteps), (z0.shape[0],), generator=gen).to(z0.device)
+    return noise, t
+
+
+def training_step(
+    adapter,
+    predict: Predictor,
+    degraded: torch.Tensor,
+    z0: torch.Tensor,
+    fdi_tokens: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str,
+    recon_weight: float,
+    gen: torch.Generator,
+) -> StepLoss:
+    """The loss of one step (forward only; the caller backpropagates).
+
+    ``degraded [b, 3, H, W]`` in 0..1 on the adapter's device; ``z0 [b, 4, H/8, W/8]`` scaled clean
+    latents (float32); ``alphas_cumprod [T]`` float32 on ``z0``'s device."""
+    z0 = z0.float()
+    noise, t = sample_noise(z0, alphas_cumprod.shape[0], gen)
+    a = alphas_cumprod[t]
+    with torch.no_grad():
+        z_t = a.sqrt().view(-1, 1, 1, 1) * z0 + (1 - a).sqrt().view(-1, 1, 1, 1) * noise
+    guidance = adapter(degraded, fdi_tokens)
+    pred = predict(z_t, t, guidance)
+    loss, l_diff, l_rec = fdi_loss(pred.float(), z_t, z0, noise, a, prediction_type, recon_weight)
+    return StepLoss(loss, l_diff, l_rec)
+
+
+# ---- backends ---------------------------------------------------------------------------------------
+
+
+def diffusers_predictor(unet, prompt_embeds: torch.Tensor, dtype: torch.dtype) -> Predictor:
+    """A diffusers ``UNet2DConditionModel`` guided through :func:`fdi.diffusers_backend.guide_unet`."""
+    from ..diffusers_backend import guide_unet
+
+    def predict(z_t: torch.Tensor, t: torch.Tensor, guidance: FDIGuidance) -> torch.Tensor:
+        with guide_unet(unet, guidance):
+            cond = prompt_embeds.to(dtype).expand(z_t.shape[0], -1, -1)
+            return unet(z_t.to(dtype), t, encoder_hidden_states=cond).sample
+
+    return predict
+
+
+def comfy_predictor(
+    diffusion_model,
+    context: torch.Tensor,
+    input_blocks: Sequence[int],
+    output_blocks: Sequence[int],
+    dtype: torch.dtype,
+) -> Predictor:
+    """A ComfyUI ``openaimodel`` UNet (``model.model.diffusion_model``) guided by the pack's UNet patches.
+
+    Every call is guided (an entry with the whole step and sigma window open); ``z_t`` is the UNet's
+    input in VP form, which is ComfyUI's ``calculate_input`` of the sigma-space latent."""
+    from ..comfy_backend import INPUT_PATCH_KEY, OUTPUT_PATCH_KEY, FDIInputPatch, FDIOutputPatch, GuidanceEntry
+
+    def predict(z_t: torch.Tensor, t: torch.Tensor, guidance: FDIGuidance) -> torch.Tensor:
+        entry = GuidanceEntry(guidance, 1.0, 0.0, 1.0, float("inf"), 0.0)
+        options = {
+            "patches": {
+                INPUT_PATCH_KEY: [FDIInputPatch([entry], input_blocks, output_blocks)],
+                OUTPUT_PATCH_KEY: [FDIOutputPatch([entry], input_blocks, output_blocks)],
+            }
+        }
+        cond = context.to(dtype).expand(z_t.shape[0], -1, -1)
+        return diffusion_model(z_t.to(dtype), t.float(), context=cond, transformer_options=options)
+
+    return predict
+
+
+@torch.no_grad()
+def encode_clean(vae, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Clean images ``[b, 3, H, W]`` in 0..1 → scaled latents ``[b, 4, H/8, W/8]`` float32: the posterior
+    *mode*, as restoration encodes and as ComfyUI's ``VAE.encode`` does (one rule for both doors)."""
+    z = vae.encode((images * 2 - 1).to(dtype)).latent_dist.mode().float()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (z - shift) * vae.config.scaling_factor
+
+
+class checkpointed:
+    """Context manager: ``modules``' forwards recompute their activations in the backward pass
+    (``torch.utils.checkpoint``, non-reentrant); restored on exit."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module], enabled: bool = True):
+        self.modules = list(modules) if enabled else []
+        self._saved: list = []
+
+    def __enter__(self) -> "checkpointed":
+        import torch.utils.checkpoint as cp
+
+        for m in self.modules:
+            fwd = m.forward
+
+            def wrapped(*args, _fwd=fwd, **kwargs):
+                return cp.checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
+
+            self._saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
+            m.forward = wrapped
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, had, fwd in self._saved:
+            if had:
+                m.forward = fwd
+            else:
+                del m.forward
+        self._saved = []

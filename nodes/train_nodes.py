@@ -1,0 +1,493 @@
+"""Nodes that train and save FDI adapters inside ComfyUI: pairs from folders, training, saving, pair stability.
+
+The training step is the library's (:func:`fdi.training.step.training_step` with
+:func:`fdi.training.step.comfy_predictor`, the loop :func:`fdi.training.memory.train_on_pairs`);
+these nodes translate ComfyUI's ``MODEL``/``VAE``/``IMAGE`` and drive model management, progress
+and Cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..fdi.adapter import FDIAdapter, FDIAdapterConfig
+from ..fdi.comfy_backend import check_unet_for_adapter
+from ..fdi.dtypes import parse_dtype
+from ..fdi.errors import FDIError
+from ..fdi.instruction import FDI, same_encoder
+from ..fdi.sampling import sigma_to_alpha
+from ..fdi.training.memory import TrainSettings, check_pairs, train_on_pairs
+from ..fdi.training.step import checkpointed, comfy_predictor
+from .common import (
+    CATEGORY,
+    FDIAdapterType,
+    FDIType,
+    ModelHandle,
+    batch_to_image,
+    check_inside,
+    image_to_batch,
+    input_subfolder,
+    make_patcher,
+)
+
+FDIPairsType = io.Custom("FDI_PAIRS")
+TRAIN_DTYPES = ["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class PairList:
+    """The ``FDI_PAIRS`` value: ``degraded``/``clean`` lists of ``[3, H, W]`` float32 images (sizes may differ)."""
+
+    degraded: List[torch.Tensor]
+    clean: List[torch.Tensor]
+    names: List[str]
+
+
+def _model_facts(model) -> tuple:
+    """``(unet_config, prediction_type, family)`` of a ComfyUI MODEL, refusing what is not SD 2.x."""
+    base = model.model
+    cfg = getattr(getattr(base, "model_config", None), "unet_config", None)
+    mtype = getattr(getattr(base, "model_type", None), "name", "")
+    pred = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(mtype)
+    if pred is None:
+        raise FDIError(
+            f"the MODEL predicts {mtype or 'something unknown'}; "
+            "FDI adapters train on SD 2.x epsilon or v-prediction models"
+        )
+    family = "sd2.1-v" if pred == "v_prediction" else "sd2.1-base"
+    channels = FDIAdapterConfig().channels
+    check_unet_for_adapter(cfg, channels, family, pred)  # SD 1.5, SDXL, DiT, inpainting: a clear error
+    return cfg, pred, family
+
+
+def _autograd_safe(module: torch.nn.Module) -> int:
+    """Re-create ``module``'s inference-mode parameters and buffers as normal tensors (same values), in place.
+
+    ComfyUI runs nodes, checkpoint loading included, under ``torch.inference_mode``; such tensors cannot be
+    saved for backward, and the UNet's weights must be to backpropagate to the adapter through it. One
+    tensor at a time, so memory grows by one tensor at most. Returns how many were re-created."""
+    n = 0
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_inference():
+                m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
+                n += 1
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_inference():
+                m._buffers[name] = b.clone()
+                n += 1
+    return n
+
+
+class FDILoadPairs(io.ComfyNode):
+    """Pairs of images of any sizes from two folders inside ComfyUI's input folder."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDILoadPairs",
+            display_name="Load FDI Training Pairs",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Reads image pairs from two folders inside ComfyUI's input folder, matched by file name "
+                "(degraded/clean, or style A/style B). Images may have different sizes; training crops them."
+            ),
+            inputs=[
+                io.String.Input(
+                    "degraded_folder",
+                    default="pairs/degraded",
+                    tooltip="Folder inside input/ with the degraded (style A) images.",
+                ),
+                io.String.Input(
+                    "clean_folder",
+                    default="pairs/clean",
+                    tooltip="Folder inside input/ with the clean (style B) images, same file names.",
+                ),
+            ],
+            outputs=[FDIPairsType.Output(display_name="pairs", tooltip="The pairs, for 'Train FDI Adapter'.")],
+        )
+
+    @classmethod
+    def execute(cls, degraded_folder: str, clean_folder: str) -> io.NodeOutput:
+        from ..fdi.data import collect_pairs
+        from ..fdi.images import load_image
+
+        ddir = input_subfolder(degraded_folder, "degraded folder")
+        cdir = input_subfolder(clean_folder, "clean folder")
+        pairs = collect_pairs(ddir, cdir, None)
+        check_inside([p.degraded for p in pairs], ddir, "degraded")
+        check_inside([p.clean for p in pairs], cdir, "clean")
+        deg = [load_image(p.degraded) for p in pairs]
+        cln = [load_image(p.clean) for p in pairs]
+        check_pairs(deg, cln)
+        return io.NodeOutput(PairList(deg, cln, [p.name for p in pairs]))
+
+
+class FDITrainAdapter(io.ComfyNode):
+    """Train (or continue) an FDI adapter on the graph's MODEL and VAE."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDITrainAdapter",
+            display_name="Train FDI Adapter",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Trains an FDI adapter on image pairs with the graph's SD 2.x MODEL and VAE (both stay frozen): "
+                "L = MSE(UNet output, target) + λ·|ẑ0 − z0|1 with AdamW (β 0.9, 0.99), the step "
+                "'python -m fdi train' uses. Give the pairs as two IMAGE batches of equal size or from "
+                "'Load FDI Training Pairs'. Cancel ends training early and passes on the adapter of the last "
+                "finished step (the rest of the graph runs; press Cancel again to stop it)."
+            ),
+            inputs=[
+                io.Model.Input(
+                    "model",
+                    tooltip="An SD 2.x MODEL (e.g. from 'Load Checkpoint'); "
+                    "its prediction type sets the adapter's family.",
+                ),
+                io.Clip.Input(
+                    "clip", tooltip="The checkpoint's CLIP: it encodes the empty training prompt (as restoration uses)."
+                ),
+                io.Vae.Input(
+                    "vae", tooltip="The VAE of that checkpoint; clean images are encoded to the posterior mode."
+                ),
+                FDIType.Input("fdi", tooltip="The task FDI, from 'Extract FDI' on the same pairs (or 'Load FDI')."),
+                io.Image.Input(
+                    "degraded", optional=True, tooltip="Degraded (style A) images, one per pair; all the same size."
+                ),
+                io.Image.Input(
+                    "clean", optional=True, tooltip="Clean (style B) images, in the same order as 'degraded'."
+                ),
+                FDIPairsType.Input(
+                    "pairs",
+                    optional=True,
+                    tooltip="Pairs of mixed sizes from 'Load FDI Training Pairs' (instead of the two IMAGE inputs).",
+                ),
+                FDIAdapterType.Input(
+                    "adapter",
+                    optional=True,
+                    tooltip="An adapter to continue training (its FDI's Q-Former must be this FDI's).",
+                ),
+                io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimizer steps."),
+                io.Float.Input(
+                    "learning_rate", default=1e-4, min=1e-7, max=1e-1, step=1e-6, tooltip="AdamW learning rate."
+                ),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Pairs per step."),
+                io.Int.Input(
+                    "resolution",
+                    default=512,
+                    min=64,
+                    max=2048,
+                    step=64,
+                    tooltip="Side of the square random crops, px (images are resized so the shorter side is this).",
+                ),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=True,
+                    tooltip="Seed of the new adapter's weights, pair order, crops, noise and timesteps.",
+                ),
+                io.Boolean.Input(
+                    "gradient_checkpointing",
+                    default=True,
+                    tooltip="Recompute UNet activations in the backward pass: much less memory, about 30% slower.",
+                ),
+                io.Combo.Input(
+                    "training_dtype",
+                    options=TRAIN_DTYPES,
+                    default="bf16",
+                    tooltip="Autocast dtype of the frozen UNet; the adapter's weights stay fp32. fp32 on CPU.",
+                ),
+                io.Float.Input(
+                    "recon_weight",
+                    default=0.1,
+                    min=0.0,
+                    max=10.0,
+                    step=0.01,
+                    tooltip="λ of the latent L1 term (the paper's 0.1).",
+                ),
+            ],
+            outputs=[
+                FDIAdapterType.Output(
+                    display_name="adapter", tooltip="The trained adapter (the FDI is embedded when saved)."
+                ),
+                io.Image.Output(display_name="loss_curve", tooltip="Loss per step."),
+                io.Int.Output(
+                    display_name="steps_done",
+                    tooltip="Steps finished (fewer than asked when cancelled or stopped by a non-finite loss).",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        clip,
+        vae,
+        fdi: FDI,
+        steps: int,
+        learning_rate: float,
+        batch_size: int,
+        resolution: int,
+        seed: int,
+        gradient_checkpointing: bool,
+        training_dtype: str,
+        recon_weight: float,
+        degraded=None,
+        clean=None,
+        pairs: PairList = None,
+        adapter: ModelHandle = None,
+    ) -> io.NodeOutput:
+        # ---- every check before any work ----
+        if not isinstance(fdi, FDI):
+            raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
+        if pairs is not None and (degraded is not None or clean is not None):
+            raise FDIError("connect either 'pairs' or the 'degraded' and 'clean' images, not both")
+        if pairs is not None:
+            deg, cln = pairs.degraded, pairs.clean
+        elif degraded is not None and clean is not None:
+            deg, cln = list(image_to_batch(degraded, "degraded")), list(image_to_batch(clean, "clean"))
+        else:
+            raise FDIError(
+                "no training pairs: connect 'degraded' and 'clean' images, or 'pairs' from 'Load FDI Training Pairs'"
+            )
+        check_pairs(deg, cln)
+        settings = TrainSettings(
+            steps=steps,
+            lr=learning_rate,
+            batch_size=batch_size,
+            resolution=resolution,
+            seed=seed,
+            recon_weight=recon_weight,
+        )
+        settings.check()
+        unet_config, prediction_type, family = _model_facts(model)
+        if adapter is not None:
+            old = adapter.module
+            if not same_encoder(old.encoder, fdi.encoder) and old.encoder:
+                raise FDIError(
+                    f"the adapter was trained with FDIs of another Q-Former ({old.encoder}) "
+                    f"than this FDI ({fdi.encoder}); "
+                    "extract the FDI with that Q-Former or train a new adapter"
+                )
+            if old.base_family != family:
+                raise FDIError(
+                    f"the adapter was trained for {old.base_family}, the MODEL is {family}; "
+                    f"continue it on a {old.base_family} model"
+                )
+            config = old.config
+        else:
+            tokens, width = fdi.shape
+            config = FDIAdapterConfig(token_width=width, num_tokens=tokens)
+        input_blocks, output_blocks = check_unet_for_adapter(unet_config, config.channels, family, prediction_type)
+        dtype = parse_dtype(training_dtype)
+
+        with torch.inference_mode(False):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                new = FDIAdapter(config, base_family=family, encoder=fdi.encoder, label=fdi.label)
+            if adapter is not None:
+                new.load_state_dict({k: v.clone() for k, v in adapter.module.state_dict().items()})
+            new.check_fdi(fdi)
+            mm.load_models_gpu([model], force_full_load=True)
+            device = model.load_device
+            new = new.to(device, torch.float32)
+            base = model.model
+            unet = base.diffusion_model
+            _autograd_safe(unet)
+            context = clip.encode_from_tokens(clip.tokenize("")).clone().to(device)
+            predict = comfy_predictor(unet, context, input_blocks, output_blocks, base.get_dtype())
+            alphas = sigma_to_alpha(base.model_sampling.sigmas.float().cpu())
+
+            def encode(images: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    z = vae.encode(images.permute(0, 2, 3, 1).to(mm.intermediate_device()))
+                    z = base.latent_format.process_in(z.float()).clone()
+                mm.load_models_gpu([model], force_full_load=True)
+                return z.to(device)
+
+            bar = comfy.utils.ProgressBar(settings.steps)
+            bar.update_absolute(0, settings.steps)
+            seen: List[float] = []
+            every = max(1, settings.steps // 20)
+
+            def on_step(done: int, loss: float) -> None:  # the loss on the node: a curve as the progress preview
+                seen.append(loss)
+                preview = None
+                if done % every == 0 or done == settings.steps:
+                    from PIL import Image
+
+                    from ..fdi.plots import render_loss_curve
+
+                    picture = render_loss_curve(seen, title=f"step {done} of {settings.steps}: loss {loss:.4f}")
+                    preview = ("JPEG", Image.fromarray(picture), 512)
+                    logging.info("FDITrainAdapter: step %d/%d, loss %.5f", done, settings.steps, loss)
+                bar.update_absolute(done, settings.steps, preview)
+
+            blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+            with checkpointed(blocks, gradient_checkpointing):
+                result = train_on_pairs(
+                    new,
+                    predict,
+                    encode,
+                    [d.clone() for d in deg],
+                    [c.clone() for c in cln],
+                    fdi.tokens.clone(),
+                    alphas,
+                    prediction_type,
+                    settings,
+                    device,
+                    autocast_dtype=None if device.type == "cpu" else dtype,
+                    should_stop=mm.processing_interrupted,
+                    on_step=on_step,
+                )
+            if result.cancelled:
+                mm.interrupt_current_processing(False)  # the cancel ended training; the graph goes on with this adapter
+            new = new.to(mm.unet_offload_device()).eval().requires_grad_(False)
+            new.fdi = fdi
+        from ..fdi.plots import render_loss_curve
+
+        curve = (
+            torch.from_numpy(
+                render_loss_curve(result.losses, title=f"FDI adapter training ({result.steps} steps)")
+            ).float()
+            / 255
+        )
+        text = f"trained {result.steps} of {steps} steps" + (f"; {result.stopped}" if result.stopped else "")
+        handle = ModelHandle(new, make_patcher(new), f"trained:{fdi.label or 'fdi'}")
+        return io.NodeOutput(
+            handle, batch_to_image(curve[None].permute(0, 3, 1, 2)), result.steps, ui=ui.PreviewText(text)
+        )
+
+
+class FDISaveAdapter(io.ComfyNode):
+    """Write an adapter to models/fdi_adapters with its FDI embedded."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDISaveAdapter",
+            display_name="Save FDI Adapter",
+            category=f"{CATEGORY}/training",
+            description=(
+                "Saves the adapter as <name>.safetensors in models/fdi_adapters (written atomically) "
+                "with the FDI embedded, "
+                "so 'Load FDI Adapter' lists it at once. Plain names only."
+            ),
+            inputs=[
+                FDIAdapterType.Input("adapter", tooltip="The adapter to save (from 'Train FDI Adapter')."),
+                FDIType.Input("fdi", optional=True, tooltip="The FDI to embed (default: the adapter's own)."),
+                io.String.Input(
+                    "name", default="my_style", tooltip="File name without folder; '.safetensors' is added."
+                ),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    tooltip="Replace an existing file of that name; when off, an existing name is an error.",
+                ),
+            ],
+            outputs=[
+                io.String.Output(display_name="file_name", tooltip="The saved file, as 'Load FDI Adapter' lists it.")
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, adapter: ModelHandle, name: str, overwrite: bool, fdi: FDI = None) -> io.NodeOutput:
+        import folder_paths
+
+        file_name = check_adapter_name(name)
+        fdi = fdi if fdi is not None else adapter.module.fdi
+        if fdi is None:
+            raise FDIError("the adapter carries no FDI and none is connected; connect the FDI it was trained with")
+        adapter.module.check_fdi(fdi)
+        paths = folder_paths.get_folder_paths("fdi_adapters")
+        if not paths:
+            raise FDIError("no 'fdi_adapters' model folder is registered; reinstall the FDI node pack")
+        os.makedirs(paths[0], exist_ok=True)
+        path = os.path.join(paths[0], file_name)
+        if os.path.exists(path) and not overwrite:
+            raise FDIError(
+                f"models/fdi_adapters/{file_name} already exists; choose another name or switch 'overwrite' on"
+            )
+        adapter.module.save(path, fdi=fdi)
+        if hasattr(folder_paths, "filename_list_cache"):
+            folder_paths.filename_list_cache.pop("fdi_adapters", None)  # listed by the loader at once
+        return io.NodeOutput(file_name, ui=ui.PreviewText(f"saved models/fdi_adapters/{file_name}"))
+
+
+def check_adapter_name(name: str) -> str:
+    """A plain file name for an adapter, with ``.safetensors``; separators, '..', hidden names and control
+    characters are refused."""
+    raw = name
+    name = (name or "").strip()
+    if not name:
+        raise FDIError("the adapter file name is empty; type a name such as 'watercolour'")
+    if "/" in name or "\\" in name or ":" in name or ".." in name or name.startswith("."):
+        raise FDIError(
+            f"adapter file name {raw!r} is not a plain name (separator, drive, '..' or leading dot); "
+            "give e.g. 'watercolour', the file always goes to models/fdi_adapters"
+        )
+    if any(ord(ch) < 32 for ch in name):
+        raise FDIError(f"adapter file name {raw!r} contains control characters; give a plain name")
+    return name if name.endswith(".safetensors") else name + ".safetensors"
+
+
+class FDIPairStability(io.ComfyNode):
+    """Stability curve of an FDI in the number of pairs (a sibling of FDIInspect)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDIPairStability",
+            display_name="FDI Pair Stability",
+            category=f"{CATEGORY}/instruction",
+            description=(
+                "How many pairs are enough: for k = 1…N, the cosine similarity between the FDI of k random pairs "
+                "and the FDI "
+                "of all N pairs (mean and 10th–90th percentile over resamples). A curve near 1 well before N means the "
+                "instruction is already stable. Needs an FDI extracted with 'keep pairs' on."
+            ),
+            inputs=[
+                FDIType.Input("fdi", tooltip="An FDI with its per-pair FDIs (from 'Extract FDI' with keep_pairs on)."),
+                io.Int.Input("resamples", default=50, min=1, max=1000, tooltip="Random draws of k pairs for each k."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Seed of the draws."),
+            ],
+            outputs=[io.Image.Output(display_name="plot", tooltip="The stability curve.")],
+        )
+
+    @classmethod
+    def execute(cls, fdi: FDI, resamples: int, seed: int) -> io.NodeOutput:
+        from ..fdi.extract import pair_stability
+        from ..fdi.plots import render_stability
+
+        if not isinstance(fdi, FDI):
+            raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
+        curve = pair_stability(fdi.pairs, resamples=resamples, seed=seed)
+        img = (
+            torch.from_numpy(
+                render_stability(curve["k"], curve["mean"], curve["low"], curve["high"], fdi.label)
+            ).float()
+            / 255
+        )
+        k = next((k for k, lo in zip(curve["k"], curve["low"]) if lo >= 0.95), None)
+        text = f"{len(curve['k'])} pairs; " + (
+            f"k = {k} pairs already agree ≥ 0.95 (10th percentile)" if k else "no k below N reaches 0.95"
+        )
+        return io.NodeOutput(batch_to_image(img[None].permute(0, 3, 1, 2)), ui=ui.PreviewText(text))
+
+
+NODES = [FDILoadPairs, FDITrainAdapter, FDISaveAdapter, FDIPairStability]

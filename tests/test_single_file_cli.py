@@ -1,0 +1,162 @@
+"""`python -m fdi train` and `restore` on a single-file SD 2.1 checkpoint without --sd-config, offline.
+
+Uses the cached full-size random-weight fixture (ComfyUI's CheckpointSave output, built by
+tests/test_comfyui_e2e.py); slow (full-size models on the CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fdi.adapter import FDIAdapter
+from fdi.cli import main
+from fdi.images import save_image
+from fdi.instruction import FDI
+from sd21_fixture import cache_dir
+
+SINGLE = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not SINGLE.is_file(), reason="needs the cached SD 2.1 single file (tests/test_comfyui_e2e.py builds it)"
+    ),
+]
+
+
+def test_train_and_restore_from_a_single_file_offline(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise AssertionError("the hub was contacted")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    g = torch.Generator().manual_seed(0)
+    for d in ("deg", "clean"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        c = torch.rand(3, 64, 72, generator=g)
+        save_image(c, tmp_path / "clean" / f"{i}.png")
+        save_image((0.5 * c + 0.3).clamp(0, 1), tmp_path / "deg" / f"{i}.png")
+    FDI(tokens=torch.randn(8, 32, generator=g), encoder="t:0123456789abcdef", n_pairs=2).save(
+        tmp_path / "t.fdi.safetensors"
+    )
+    out = tmp_path / "a.safetensors"
+    assert (
+        main(
+            [
+                "train",
+                "--sd",
+                str(SINGLE),
+                "--fdi",
+                str(tmp_path / "t.fdi.safetensors"),
+                "--degraded",
+                str(tmp_path / "deg"),
+                "--clean",
+                str(tmp_path / "clean"),
+                "-o",
+                str(out),
+                "--resolution",
+                "64",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "1",
+                "--num-workers",
+                "0",
+                "--checkpoint-every",
+                "0",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--adapter-config",
+                '{"res_blocks": 1}',
+            ]
+        )
+        == 0
+    )
+    adapter = FDIAdapter.from_file(out)
+    assert adapter.base_family == "sd2.1-base" and adapter.fdi is not None
+    assert (
+        main(
+            [
+                "restore",
+                "--sd",
+                str(SINGLE),
+                "--adapter",
+                str(out),
+                "--image",
+                str(tmp_path / "deg" / "0.png"),
+                "-o",
+                str(tmp_path / "res"),
+                "--steps",
+                "1",
+                "--inversion-steps",
+                "1",
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "res" / "0.png").is_file()
+    # the prediction type can be forced: a v-prediction run makes an sd2.1-v adapter, refused by an epsilon restore
+    out_v = tmp_path / "v.safetensors"
+    assert (
+        main(
+            [
+                "train",
+                "--sd",
+                str(SINGLE),
+                "--prediction-type",
+                "v_prediction",
+                "--fdi",
+                str(tmp_path / "t.fdi.safetensors"),
+                "--degraded",
+                str(tmp_path / "deg"),
+                "--clean",
+                str(tmp_path / "clean"),
+                "-o",
+                str(out_v),
+                "--resolution",
+                "64",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "1",
+                "--num-workers",
+                "0",
+                "--checkpoint-every",
+                "0",
+                "--device",
+                "cpu",
+                "--quiet",
+                "--adapter-config",
+                '{"res_blocks": 1}',
+            ]
+        )
+        == 0
+    )
+    assert FDIAdapter.from_file(out_v).base_family == "sd2.1-v"
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "restore",
+                "--sd",
+                str(SINGLE),
+                "--adapter",
+                str(out_v),
+                "--image",
+                str(tmp_path / "deg" / "0.png"),
+                "-o",
+                str(tmp_path / "res_v"),
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "trained for sd2.1-v but the model is sd2.1-base" in capsys.readouterr().err
