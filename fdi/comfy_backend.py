@@ -10,10 +10,13 @@ Injection points for a UNet with ``n`` res-blocks per level (SD 2.x: ``n = 2``):
 residual ``r_i`` after input block ``(n+1)·i + n`` (2, 5, 8, 11), the decoder modulation on ``h``
 entering output block ``(n+1)·(j+1)`` (3, 6, 9).
 
-Which steps are guided is decided *inside* the traced forward with tensor arithmetic only (a 0/1
-gate per entry, from the current sigma and the sampler's ``sample_sigmas``): no host sync, no Python
-branch on a tensor, so ``torch.compile`` (ComfyUI's ``TorchCompileModel``) traces a patched UNet
-without graph breaks or recompiles.
+Which steps are guided is decided with tensor arithmetic only (a 0/1 gate per entry, from the current
+sigma and the sampler's ``sample_sigmas``): no host sync, no Python branch on a tensor. ``add_guidance``
+also installs an ``apply_model`` wrapper (:func:`decide_scales`) that computes each entry's
+``strength · gate`` *outside* the UNet's forward and hands the patches one tensor: a forward compiled by
+ComfyUI's ``TorchCompileModel`` (which drops guards on ``transformer_options``) then reads the strength,
+the window and the schedule as tensor values, so a new strength or step count is never served by a
+stale graph, and it traces without graph breaks or recompiles.
 """
 
 from __future__ import annotations
@@ -27,10 +30,19 @@ from .adapter import FDIGuidance
 from .errors import FDIError
 from .guidance import StepInvariantCache, modulate
 from .sampling import guided_step_range, inversion_input_scale
+from .tiles import crop_residual
 
 #: name of the patch lists in ``transformer_options["patches"]``
 INPUT_PATCH_KEY = "input_block_patch"
 OUTPUT_PATCH_KEY = "output_block_patch"
+
+#: ``transformer_options`` key of the per-entry scales decided outside the forward (:func:`decide_scales`)
+SCALES_KEY = "fdi_scales"
+#: ComfyUI's ``WrappersMP.APPLY_MODEL`` and the key our wrapper is registered under
+APPLY_MODEL_WRAPPERS = "apply_model"
+WRAPPER_KEY = "fdi.decide_scales"
+#: ``transformer_options`` key of a tiled model call: the tile's latent offset ``(y, x)`` (:mod:`fdi.tiles`)
+TILE_KEY = "fdi_tile"
 
 #: UNet context widths of the Stable Diffusion families, for error messages
 CONTEXT_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
@@ -184,11 +196,21 @@ class _FDIPatchBase:
         weight 1) is cached; a call multiplies it by this scale and sums over entries. One entry at
         scale ``s`` is bit-identical to the diffusers backend's call; several give the composite
         formula with their strengths as weights."""
+        decided = transformer_options.get(SCALES_KEY)
+        if isinstance(decided, torch.Tensor) and decided.shape == (len(self.entries),):
+            return [(i, e.guidance, decided[i]) for i, e in enumerate(self.entries)]
         out = []
         for i, e in enumerate(self.entries):
             gate = e.gate(transformer_options)
             out.append((i, e.guidance, e.strength * gate if isinstance(gate, torch.Tensor) else e.strength * float(gate)))
         return out
+
+    def decide(self, transformer_options: dict, device: torch.device) -> torch.Tensor:
+        """``strength · gate`` of every entry for the current model call, float32 ``[n_entries]`` on ``device``
+        (tensor math only, no host sync)."""
+        options = {k: v for k, v in transformer_options.items() if k != SCALES_KEY}
+        return torch.stack([torch.as_tensor(scale, dtype=torch.float32).to(device).reshape(())
+                            for _, _, scale in self.scales(options)])
 
     def __deepcopy__(self, memo: dict) -> "_FDIPatchBase":
         return self
@@ -224,9 +246,12 @@ class FDIInputPatch(_FDIPatchBase):
         if not block or block[0] != "input" or block[1] not in self.input_blocks:
             return h
         level = self.input_blocks.index(block[1])
+        tile = transformer_options.get(TILE_KEY)  # a tile's latent offset (y, x): its crop of each residual
         delta = None
         for i, guidance, scale in self.scales(transformer_options):
-            d = self._cache.residual(h, level, [(guidance, 1.0)], 1.0, i) * _as(scale, h)
+            if tile is not None:
+                guidance = tile_guidance(guidance, level, tile, h.shape[-2:])
+            d = self._cache.residual(h, level, [(guidance, 1.0)], 1.0, (i, tile)) * _as(scale, h)
             delta = d if delta is None else delta + d
         return h if delta is None else h + delta
 
@@ -247,18 +272,38 @@ class FDIOutputPatch(_FDIPatchBase):
         return (h if total is None else modulate(h, total)), hsp
 
 
+def tile_guidance(guidance: FDIGuidance, level: int, offset: Tuple[int, int], size) -> FDIGuidance:
+    """``guidance`` with residual ``level`` cropped to the tile at latent ``offset`` 
+    (:func:`fdi.tiles.crop_residual`)."""
+    residuals = list(guidance.residuals)
+    residuals[level] = crop_residual(residuals[level], level, offset, size)
+    return FDIGuidance(residuals, guidance.modulations, guidance.refined)
+
+
 def _as(scale: Gate, like: torch.Tensor) -> Gate:
     """A per-call scale as a multiplier of ``like``: a 0-d float32 tensor on its device (a 0-d tensor does not
     change the product's dtype and multiplies like a Python float), or the float itself."""
     return scale.to(device=like.device, dtype=torch.float32) if isinstance(scale, torch.Tensor) else scale
 
 
+def decide_scales(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+    """ComfyUI ``apply_model`` wrapper: the FDI entries' ``strength · gate`` computed before the UNet's forward and
+    passed to the patches as ``transformer_options["fdi_scales"]`` (so a compiled forward reads them as a tensor)."""
+    transformer_options = {} if transformer_options is None else transformer_options
+    patch = fdi_patches({"transformer_options": transformer_options})[INPUT_PATCH_KEY]
+    if patch is not None:
+        transformer_options = {**transformer_options, SCALES_KEY: patch.decide(transformer_options, x.device)}
+    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
 def add_guidance(model_options: dict, entry: GuidanceEntry, input_blocks: Sequence[int], output_blocks: Sequence[int]) -> None:
-    """Install or extend the FDI patches in (a clone's) ``model_options``, in place.
+    """Install or extend the FDI patches in (a clone's) ``model_options``, in place, and the :func:`decide_scales`
+    wrapper (once).
 
     An existing FDI patch pair is replaced by one with the extra entry (:meth:`_FDIPatchBase.with_entry`);
     other patches are kept in their order."""
     to = model_options.setdefault("transformer_options", {})
+    to.setdefault("wrappers", {}).setdefault(APPLY_MODEL_WRAPPERS, {})[WRAPPER_KEY] = [decide_scales]
     patches = to.setdefault("patches", {})
     for key, cls in ((INPUT_PATCH_KEY, FDIInputPatch), (OUTPUT_PATCH_KEY, FDIOutputPatch)):
         current = list(patches.get(key, []))

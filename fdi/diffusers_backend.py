@@ -26,17 +26,25 @@
 The hooks are inert while :attr:`DiffusersGuidance.active` is ``False`` (the pipeline toggles it per
 step: guidance window), and are removed on :meth:`DiffusersGuidance.remove` / context exit, after
 which the UNet computes exactly what it computed before.
+
+For ``torch.compile`` a UNet carries a :class:`GuidanceSlot` instead (installed once, by
+:func:`fdi.compile.compile_unet`): hooks that never change, reading a 0/1 gate tensor and guidance
+buffers of fixed shape per latent shape. :class:`DiffusersGuidance` on such a UNet fills the slot
+instead of hooking, so a new image or the window's end changes tensor values only: no recompile,
+no host sync.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from .adapter import FDIAdapter, FDIGuidance
 from .errors import FDIError
-from .guidance import StepInvariantCache, WeightedGuidance, as_weighted, modulate
+from .guidance import (StepInvariantCache, WeightedGuidance, as_weighted, modulate, modulation_coefficients,
+                       residual_delta)
 
 NUM_LEVELS = 4
 NUM_POINTS = 3
@@ -87,7 +95,8 @@ class DiffusersGuidance:
         active: whether the guidance applies from the start (the pipeline sets :attr:`active` per step).
 
     ``with DiffusersGuidance(unet, [(g, 1.0)]): unet(latents, t, text)`` — outside the block the
-    UNet is untouched. :meth:`set_guidances` swaps the guidance without re-hooking.
+    UNet is untouched. Assigning :attr:`guidances` swaps the guidance without re-hooking. On a UNet with a
+    :class:`GuidanceSlot` (compiled), the guidance goes into the slot and :attr:`active` sets its gate.
 
     Without autograd, what the hooks add is computed on the first guided call and cached; assign
     :attr:`guidances` or :attr:`strength` (which clears the cache) rather than changing guidance
@@ -99,9 +108,20 @@ class DiffusersGuidance:
         self.unet = unet
         self._guidances = as_weighted(guidances)
         self._strength = float(strength)
-        self.active = bool(active)
+        self._active = bool(active)
         self._handles: list = []
         self._cache = StepInvariantCache()
+        self._slot: Optional[GuidanceSlot] = None
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = bool(value)
+        if self._slot is not None:
+            self._slot.set_gate(self._enabled())
 
     @property
     def guidances(self) -> List[WeightedGuidance]:
@@ -111,6 +131,7 @@ class DiffusersGuidance:
     def guidances(self, value) -> None:
         self._guidances = as_weighted(value)
         self._cache.clear()
+        self._rebind()
 
     @property
     def strength(self) -> float:
@@ -120,9 +141,12 @@ class DiffusersGuidance:
     def strength(self, value: float) -> None:
         self._strength = float(value)
         self._cache.clear()
+        self._rebind()
 
-    def set_guidances(self, guidances: Union[FDIGuidance, Sequence[WeightedGuidance]]) -> None:
-        self.guidances = guidances
+    def _rebind(self) -> None:
+        if self._slot is not None:
+            self._slot.bind(self._guidances, self._strength)
+            self._slot.set_gate(self._enabled())
 
     # ---- hooks -----------------------------------------------------------------------------------
     # Residuals and modulation coefficients come from a StepInvariantCache (fdi.guidance): computed
@@ -160,7 +184,15 @@ class DiffusersGuidance:
     # ---- lifetime --------------------------------------------------------------------------------
 
     def attach(self) -> "DiffusersGuidance":
-        if self._handles:
+        if self._handles or self._slot is not None:
+            return self
+        slot = getattr(self.unet, SLOT_ATTRIBUTE, None)
+        if slot is not None:
+            if slot.bound:
+                raise FDIError("two FDI guidances were attached to one compiled UNet at once; "
+                               "remove the first before attaching another")
+            self._slot = slot
+            self._rebind()
             return self
         self._handles.append(self.unet.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
         for point in range(NUM_POINTS):
@@ -171,10 +203,13 @@ class DiffusersGuidance:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self._slot is not None:
+            self._slot.unbind()
+            self._slot = None
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return bool(self._handles) or self._slot is not None
 
     def __enter__(self) -> "DiffusersGuidance":
         return self.attach()
@@ -186,3 +221,139 @@ class DiffusersGuidance:
 def guide_unet(unet: nn.Module, guidances: Union[FDIGuidance, Sequence[WeightedGuidance]], strength: float = 1.0, active: bool = True) -> DiffusersGuidance:
     """Shorthand: ``with guide_unet(unet, [(g1, 1.0), (g2, 0.5)], strength=1.0): …``."""
     return DiffusersGuidance(unet, guidances, strength=strength, active=active)
+
+
+#: attribute of a UNet that carries a :class:`GuidanceSlot`
+SLOT_ATTRIBUTE = "_fdi_guidance_slot"
+
+
+class _SlotBuffers:
+    """Guidance for one latent shape: residuals ``[B, C_i, h_i, w_i]`` (UNet dtype) and per decoder point the
+    modulation coefficients ``(A [B, C], B [B, C], G [C])`` (float32)."""
+
+    def __init__(self, residuals: List[torch.Tensor],
+                 coefficients: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+        self.residuals = residuals
+        self.coefficients = coefficients
+
+    def tensors(self) -> List[torch.Tensor]:
+        return list(self.residuals) + [c for cs in self.coefficients for c in cs]
+
+
+class GuidanceSlot:
+    """Compile-friendly FDI guidance on a diffusers UNet: hooks installed once that read only tensors.
+
+    The encoder residuals and the decoder modulation are those of :class:`DiffusersGuidance`, each
+    multiplied by :attr:`gate` (a float32 0-d tensor, 0 or 1): at 0 they are exact no-ops (``h + 0·r``,
+    ``α = 1``, ``β = 0``). Per latent shape ``[B, 4, h, w]`` and dtype the slot keeps one set of
+    buffers; :meth:`prepare` (eager, before each UNet call) picks them and fills them once per bound
+    guidance. A traced forward thus sees the same tensors (same shapes, same addresses) for every
+    image and every step: one graph per shape, the window and new images change values only.
+    """
+
+    def __init__(self, unet: nn.Module):
+        check_unet(unet)
+        self.unet = unet
+        p = next(unet.parameters())
+        self.gate = torch.zeros((), dtype=torch.float32, device=p.device)
+        self._out_channels = [int(c) for c in reversed(unet.config.block_out_channels)][:NUM_POINTS]
+        self._buffers: Dict[tuple, _SlotBuffers] = {}
+        self._filled: set = set()
+        self._source: Optional[Tuple[List[WeightedGuidance], float]] = None
+        self._current: Optional[_SlotBuffers] = None
+        self._handles = [unet.register_forward_pre_hook(self._pre_hook, with_kwargs=True)]
+        for point in range(NUM_POINTS):
+            self._handles.append(unet.up_blocks[point].register_forward_hook(self._make_post_hook(point)))
+        _static(self.gate)
+        setattr(unet, SLOT_ATTRIBUTE, self)
+
+    @property
+    def bound(self) -> bool:
+        return self._source is not None
+
+    def bind(self, guidances: Sequence[WeightedGuidance], strength: float) -> None:
+        """Use this guidance from the next call on (buffers are refilled lazily, per shape)."""
+        self._source = (list(guidances), float(strength))
+        self._filled.clear()
+
+    def unbind(self) -> None:
+        """Gate 0 and zero buffers: the UNet computes what it computes without guidance."""
+        self.set_gate(False)
+        self._source = None
+        self._filled.clear()
+        for buffers in self._buffers.values():
+            for t in buffers.tensors():
+                t.zero_()
+
+    def set_gate(self, on: bool) -> None:
+        """Guidance on or off for the next calls (an in-place fill: no host sync, no new tensor)."""
+        self.gate.fill_(1.0 if on else 0.0)
+
+    def prepare(self, sample: torch.Tensor) -> None:
+        """Select (and, for a newly bound guidance, fill) the buffers for ``sample``'s shape; eager only."""
+        key = (tuple(sample.shape), sample.dtype, sample.device)
+        buffers = self._buffers.get(key)
+        if buffers is None:
+            buffers = self._allocate(sample)
+            self._buffers[key] = buffers
+        if self._source is not None and key not in self._filled:
+            guidances, strength = self._source
+            with torch.no_grad():
+                for level, r in enumerate(buffers.residuals):
+                    r.copy_(residual_delta(r, level, guidances, strength))
+                for point, cs in enumerate(buffers.coefficients):
+                    new = modulation_coefficients(point, guidances, strength, sample.shape[0], cs[0].shape[1],
+                                                  sample.device)
+                    for c, v in zip(cs, new):
+                        c.copy_(v)
+            self._filled.add(key)
+        self._current = buffers
+
+    def _allocate(self, sample: torch.Tensor) -> _SlotBuffers:
+        b, dev = sample.shape[0], sample.device
+        widths = self.unet.config.block_out_channels
+        residuals = [torch.zeros((b, int(widths[level]), h, w), dtype=sample.dtype, device=dev)
+                     for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1]))]
+        coefficients = [(torch.zeros(b, c, device=dev), torch.zeros(b, c, device=dev), torch.zeros(c, device=dev))
+                        for c in self._out_channels]
+        buffers = _SlotBuffers(residuals, coefficients)
+        for t in buffers.tensors():
+            _static(t)
+        return buffers
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        sample = args[0] if args else kwargs["sample"]
+        if not torch.compiler.is_compiling():
+            self.prepare(sample)
+        gate = self.gate.to(sample.dtype)
+        ours = [r * gate for r in self._current.residuals]
+        theirs = kwargs.get("down_intrablock_additional_residuals")
+        if theirs is not None:
+            theirs = list(theirs)
+            if len(theirs) < NUM_LEVELS:
+                raise FDIError(f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI "
+                               f"guidance, which needs {NUM_LEVELS}; pass one per down block")
+            ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
+        kwargs = dict(kwargs)
+        kwargs["down_intrablock_additional_residuals"] = ours
+        return args, kwargs
+
+    def _make_post_hook(self, point: int):
+        def hook(module: nn.Module, args: tuple, output):
+            return modulate(output, tuple(c * self.gate for c in self._current.coefficients[point]))
+        return hook
+
+    def remove(self) -> None:
+        """Take the hooks off the UNet (it computes exactly what it computed before)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if getattr(self.unet, SLOT_ATTRIBUTE, None) is self:
+            delattr(self.unet, SLOT_ATTRIBUTE)
+
+
+def _static(t: torch.Tensor) -> None:
+    """Tell ``torch.compile`` that ``t`` keeps its address (CUDA graphs read it in place instead of copying it)."""
+    mark = getattr(getattr(torch, "_dynamo", None), "mark_static_address", None)
+    if mark is not None:
+        mark(t)

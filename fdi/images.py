@@ -169,3 +169,63 @@ def check_image_batch(images: torch.Tensor, what: str = "images", min_side: int 
     if not torch.isfinite(images).all():
         raise FDIError(f"{what} hold NaN or infinite values; check the node or file that produced them")
     return images.float()
+
+
+#: EXIF orientations that swap width and height (transposed and rotated by 90°/270°)
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def collect_images(inputs: Sequence[PathLike]) -> List[Path]:
+    """The image files named by ``inputs``: files as given, folders expanded to their images.
+
+    A folder contributes its image files (suffix in :data:`IMAGE_SUFFIXES`, sorted, not recursive,
+    hidden files skipped); other files in it (sidecars, notes) are ignored. A missing path or a
+    folder without images raises :class:`FDIError`. The same file named twice is kept once.
+    """
+    out: List[Path] = []
+    seen = set()
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(e for e in p.iterdir() if not e.name.startswith(".") and e.is_file()
+                           and e.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FDIError(f"folder {str(p)!r} holds no images; put image files there "
+                               f"(accepted: {' '.join(IMAGE_SUFFIXES)}) or give the files themselves")
+        elif p.is_file():
+            found = [p]
+        else:
+            raise FDIError(f"image {str(p)!r} does not exist; check the path (files and folders are accepted)")
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+def probe_image(path: PathLike) -> Tuple[int, int]:
+    """``(H, W)`` of an image file after EXIF orientation, from its header (the pixels are not decoded).
+
+    Raises :class:`FDIError` for a missing, empty, unreadable or animated file, as :func:`load_image` does.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FDIError(f"image {str(p)!r} does not exist or is not a file; check the path")
+    if p.stat().st_size == 0:
+        raise FDIError(f"image {p.name!r} is empty (0 bytes); replace it with the real image file")
+    try:
+        with Image.open(p) as img:
+            if getattr(img, "n_frames", 1) > 1:
+                raise FDIError(f"image {p.name!r} is animated ({img.n_frames} frames); "
+                               "save the frame you want as a PNG")
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except FDIError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise FDIError(f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); "
+                       "check that it is a valid PNG/JPEG/WebP/TIFF/BMP file") from None
+    return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)

@@ -33,6 +33,7 @@ from .images import check_image_batch
 from .instruction import FDI
 from .models import load_sd, place
 from .progress import ProgressCallback, report
+from .tiles import LATENT_SCALE, Tiling, check_tiling, optional_tiling
 from .sampling import (CLEAN_ALPHA, SD2_STEPS_OFFSET, SD2_TIMESTEP_SPACING, ddim_step, ddim_timesteps, guided_step_count,
                        inversion_timesteps, pad_to_multiple)
 
@@ -145,19 +146,31 @@ class FDIRestorationPipeline:
         return self.text_encoder(ids.to(self.device))[0]
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32: the posterior *mode*."""
-        z = self.vae.encode((images * 2 - 1).to(device=self.device, dtype=self.dtype)).latent_dist.mode().float()
+    def encode_images(self, images: torch.Tensor, tiling: Optional[Tiling] = None) -> torch.Tensor:
+        """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32: the
+        posterior *mode*. With ``tiling`` (of the latent): each tile's pixels are encoded alone, the latents blended."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return (z - shift) * self.vae.config.scaling_factor
+
+        def encode(_: int, x: torch.Tensor) -> torch.Tensor:
+            z = self.vae.encode((x * 2 - 1).to(device=self.device, dtype=self.dtype)).latent_dist.mode().float()
+            return (z - shift) * self.vae.config.scaling_factor
+
+        if tiling is None:
+            return encode(0, images)
+        return tiling.blend(images.to(self.device), encode, in_scale=LATENT_SCALE)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents → images ``[B, 3, 8h, 8w]`` float32 in 0..1."""
+    def decode_latents(self, latents: torch.Tensor, tiling: Optional[Tiling] = None) -> torch.Tensor:
+        """Scaled latents → images ``[B, 3, 8h, 8w]`` float32 in 0..1 (with ``tiling``: decoded per tile, blended)."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        z = latents / self.vae.config.scaling_factor + shift
-        x = self.vae.decode(z.to(self.dtype)).sample.float()
-        return ((x + 1) / 2).clamp(0, 1)
+
+        def decode(_: int, z: torch.Tensor) -> torch.Tensor:
+            x = self.vae.decode((z / self.vae.config.scaling_factor + shift).to(self.dtype)).sample.float()
+            return ((x + 1) / 2).clamp(0, 1)
+
+        if tiling is None:
+            return decode(0, latents)
+        return tiling.blend(latents, decode, out_scale=LATENT_SCALE)
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         """The DDIM timesteps ``t_0 > … > t_{N−1}`` (int64, CPU) of the model's schedule (:func:`fdi.sampling.ddim_timesteps`)."""
@@ -179,22 +192,57 @@ class FDIRestorationPipeline:
                                  torch.tensor(CLEAN_ALPHA, device=self.device))
         return self._alpha_cache[2] if t is None else self._alpha_cache[1][int(t)]
 
+    def compile(self, mode: Optional[str] = None, vae: Optional[bool] = None, backend: object = "inductor") -> bool:
+        """Compile the UNet (and on CUDA the VAE) with ``torch.compile``: see :mod:`fdi.compile`.
+
+        ``mode`` defaults to CUDA graphs on CUDA; ``vae`` to ``True`` on CUDA. Returns whether the UNet
+        is compiled (``False``: unavailable here, a warning was given and it runs eagerly)."""
+        from .compile import compile_unet, compile_vae, default_mode
+
+        mode = default_mode(self.device) if mode is None else mode
+        self.compiled_unet = compile_unet(self.unet, self.device, mode, backend)
+        if vae if vae is not None else self.device.type == "cuda":
+            compile_vae(self.vae, self.device, backend)
+        return self.compiled_unet.is_compiled
+
     def _unet(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
-        return self.unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.float()
+        unet = getattr(self, "compiled_unet", None) or self.unet
+        return unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.to(torch.float32, copy=True)
+
+    def _model_output(self, x: torch.Tensor, t: int, cond: torch.Tensor, tiling: Optional[Tiling] = None,
+                      hooks: Optional[DiffusersGuidance] = None) -> torch.Tensor:
+        """The UNet output at ``x``: :meth:`_unet` itself, or with ``tiling`` its tiles blended (:meth:`Tiling.blend`),
+        each tile guided by its crop of ``hooks``' guidance while the hooks are active."""
+        if tiling is None or tiling.single:
+            return self._unet(x, t, cond)
+        if hooks is None or not hooks.active:
+            return tiling.blend(x, lambda i, xt: self._unet(xt, t, cond))
+        whole = hooks.guidances
+
+        def tile(i: int, xt: torch.Tensor) -> torch.Tensor:
+            hooks.guidances = [(tiling.crop_guidance(g, i), w) for g, w in whole]
+            return self._unet(xt, t, cond)
+
+        try:
+            return tiling.blend(x, tile)
+        finally:
+            hooks.guidances = whole
 
     @torch.no_grad()
     def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, inversion_steps: int,
-               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0) -> torch.Tensor:
+               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0,
+               tiling: Optional[Tiling] = None) -> torch.Tensor:
         """DDIM inversion of clean latents ``[B, 4, h, w]`` (ᾱ = 1) to the level of the first sampling timestep.
 
         Each step evaluates the UNet at the *next* timestep on the current latent (diffusers'
-        ``DDIMInverseScheduler``)."""
+        ``DDIMInverseScheduler``); with ``tiling``, per tile, blended (:meth:`_model_output`)."""
         x = latents.float()
         cond = cond.expand(x.shape[0], -1, -1)
         t_cur = None
         for j, t in enumerate(self.inversion_timesteps(steps, inversion_steps).tolist()):
-            x = ddim_step(x, self._unet(x, t, cond), self._alpha(t_cur), self._alpha(t), self.prediction_type)
+            out = self._model_output(x, t, cond, tiling)
+            x = ddim_step(x, out, self._alpha(t_cur), self._alpha(t), self.prediction_type)
             t_cur = t
             report(progress, done + j + 1, total)
         return x
@@ -202,9 +250,10 @@ class FDIRestorationPipeline:
     @torch.no_grad()
     def sample(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, guidance_end: float,
                hooks: Optional[DiffusersGuidance] = None, uncond: Optional[torch.Tensor] = None, cfg: float = 1.0,
-               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0) -> torch.Tensor:
+               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0,
+               tiling: Optional[Tiling] = None) -> torch.Tensor:
         """DDIM sampling (η = 0) from the level of ``t_0`` down to the clean level (ᾱ = 1);
-        ``hooks.active`` is set per step (:func:`fdi.sampling.guided_step_count`)."""
+        ``hooks.active`` is set per step (:func:`fdi.sampling.guided_step_count`); ``tiling``: :meth:`_model_output`."""
         x = latents.float()
         b = x.shape[0]
         use_cfg = cfg != 1.0
@@ -215,10 +264,10 @@ class FDIRestorationPipeline:
             if hooks is not None:
                 hooks.active = k < guided
             if use_cfg:
-                out_u, out_c = self._unet(torch.cat([x, x]), t, c).chunk(2)
+                out_u, out_c = self._model_output(torch.cat([x, x]), t, c, tiling, hooks).chunk(2)
                 out = out_u + cfg * (out_c - out_u)
             else:
-                out = self._unet(x, t, c)
+                out = self._model_output(x, t, c, tiling, hooks)
             x = ddim_step(x, out, self._alpha(t), self._alpha(ts[k + 1] if k + 1 < len(ts) else None), self.prediction_type)
             report(progress, done + k + 1, total)
         if hooks is not None:
@@ -239,14 +288,19 @@ class FDIRestorationPipeline:
     def restore(self, images: torch.Tensor, adapters: Sequence[AdapterUse], *, steps: int = 50, inversion_steps: int = 50,
                 guidance_end: float = 0.333, strength: float = 1.0, mode: str = "composite",
                 prompt: str = "", negative_prompt: str = "", cfg: float = 1.0,
-                progress: Optional[ProgressCallback] = None) -> torch.Tensor:
+                progress: Optional[ProgressCallback] = None, tile_size: int = 0,
+                tile_overlap: int = 64) -> torch.Tensor:
         """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
 
         ``progress(done, total)`` counts UNet steps (inversion and sampling, all stages).
+        ``tile_size`` (image pixels, a multiple of 64 from 128; 0 = off) and ``tile_overlap`` (pixels): VAE
+        encode/decode and every UNet evaluation run on overlapping tiles, blended (:mod:`fdi.tiles`); a tile at
+        least as large as the padded image gives the untiled result.
         Deterministic: the same inputs give the same output, bit for bit, on the same device.
         """
         adapters = list(adapters)
         self.check_inputs(images, adapters, steps, inversion_steps, guidance_end, strength, mode, cfg)
+        check_tiling(tile_size, tile_overlap)
         images = check_image_batch(images, "images", MIN_SIDE)
         h, w = images.shape[-2:]
         cond = self.encode_prompt(prompt)
@@ -257,12 +311,17 @@ class FDIRestorationPipeline:
         x = images
         for i, stage in enumerate(stages):
             padded = pad_to_multiple(x.to(self.device, torch.float32))
+            tiling = optional_tiling(padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size,
+                                     tile_overlap)
             guidance = [(self.compute_guidance(u, padded), u.weight) for u in stage]
-            latents = self.encode_images(padded)
-            latents = self.invert(latents, cond, steps, inversion_steps, progress, i * per_stage, total)
+            latents = self.encode_images(padded, tiling)
+            del padded
+            latents = self.invert(latents, cond, steps, inversion_steps, progress, i * per_stage, total, tiling)
             with DiffusersGuidance(self.unet, guidance, strength=strength, active=False) as hooks:
-                latents = self.sample(latents, cond, steps, guidance_end, hooks, uncond, cfg, progress, i * per_stage + inversion_steps, total)
-            x = self.decode_latents(latents)[..., :h, :w].cpu()
+                latents = self.sample(latents, cond, steps, guidance_end, hooks, uncond, cfg, progress,
+                                      i * per_stage + inversion_steps, total, tiling)
+            del guidance
+            x = self.decode_latents(latents, tiling)[..., :h, :w].cpu()
         return x
 
     def check_inputs(self, images: torch.Tensor, adapters: Sequence[AdapterUse], steps: int, inversion_steps: int,

@@ -14,6 +14,7 @@ Node ids are a contract (saved workflows refer to them):
 ``FDIApplyGuidance``      ``MODEL``, guidance, strength, window → ``MODEL`` (patched clone)
 ``FDIInvert``             ``MODEL``, positive, ``LATENT``, steps → ``LATENT`` (DDIM inversion)
 ``FDIRestore``            the whole pipeline → ``IMAGE``
+``FDIColorFix``           restored ``IMAGE``, reference ``IMAGE``, method → ``IMAGE``
 ========================  ======================================================================
 """
 
@@ -23,9 +24,10 @@ from comfy_api.latest import ComfyExtension, io
 
 from .fdi_nodes import NODES as _FDI_NODES
 from .guidance_nodes import NODES as _GUIDANCE_NODES
+from .postprocess_nodes import NODES as _POSTPROCESS_NODES
 from .train_nodes import NODES as _TRAIN_NODES
 
-NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_TRAIN_NODES]
+NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_POSTPROCESS_NODES, *_TRAIN_NODES]
 
 
 class FDIExtension(ComfyExtension):

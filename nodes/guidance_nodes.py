@@ -19,12 +19,14 @@ import comfy.utils
 import latent_preview
 
 from ..fdi.adapter import FDIAdapter
-from ..fdi.comfy_backend import GuidanceEntry, add_guidance, check_unet_for_adapter, ddim_inversion_sampler, sigma_window
+from ..fdi.comfy_backend import (TILE_KEY, GuidanceEntry, add_guidance, check_unet_for_adapter, ddim_inversion_sampler,
+                                 sigma_window)
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI
 from ..fdi.sampling import ddim_timesteps, inversion_sigmas, inversion_timesteps, pad_to_multiple, sampling_sigmas
+from ..fdi.tiles import LATENT_SCALE, Tiling, check_tiling, optional_tiling
 from .common import (CATEGORY, ModelHandle, FDIAdapterType, FDIGuidanceType, FDIType, GuidanceHandle, adapter_files,
-                     batch_to_image, image_to_batch, interrupt_check, make_patcher, model_file)
+                     batch_to_image, image_to_batch, interrupt_check, make_patcher, model_file, progress_callback)
 
 #: ComfyUI's DDIM sampler (Euler in sigma space, deterministic)
 SAMPLER = "ddim"
@@ -201,7 +203,7 @@ class FDIInvert(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-def invert(model, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+def invert(model, positive, samples: torch.Tensor, sigmas: torch.Tensor, preview: bool = True) -> torch.Tensor:
     """Run :func:`fdi.comfy_backend.ddim_inversion_sampler` through ComfyUI's sampling machinery.
 
     ComfyUI scales the latent in (``process_latent_in``), evaluates the MODEL with all its patches
@@ -211,15 +213,18 @@ def invert(model, positive, samples: torch.Tensor, sigmas: torch.Tensor) -> torc
         raise FDIError("the 'latent' input holds no latent samples; connect VAE Encode")
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
     sampler = comfy.samplers.KSAMPLER(partial(ddim_inversion_sampler, interrupt=interrupt_check))
-    return _sample(model, sampler, sigmas, 1.0, positive, positive, samples)
+    return _sample(model, sampler, sigmas, 1.0, positive, positive, samples, preview)
 
 
-def _sample(model, sampler, sigmas: torch.Tensor, cfg: float, positive, negative, samples: torch.Tensor) -> torch.Tensor:
-    """``comfy.sample.sample_custom`` from ``samples`` itself (zero noise) with ComfyUI's progress bar and preview."""
-    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+def _sample(model, sampler, sigmas: torch.Tensor, cfg: float, positive, negative, samples: torch.Tensor,
+            preview: bool = True) -> torch.Tensor:
+    """``comfy.sample.sample_custom`` from ``samples`` itself (zero noise) with ComfyUI's progress bar and preview
+    (``preview=False``: neither, the caller reports progress)."""
+    callback = latent_preview.prepare_callback(model, len(sigmas) - 1) if preview else None
     noise = torch.zeros_like(samples, device="cpu")
     return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
-                                      callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+                                      callback=callback, disable_pbar=not (preview and comfy.utils.PROGRESS_BAR_ENABLED),
+                                      seed=0)
 
 
 class FDIRestore(io.ComfyNode):
@@ -250,26 +255,89 @@ class FDIRestore(io.ComfyNode):
                 io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, tooltip="Classifier-free guidance scale for sampling (the paper uses 1)."),
                 FDIType.Input("fdi", optional=True, tooltip="The FDI; when not connected, the FDI embedded in the adapter file is used."),
                 io.Conditioning.Input("negative", optional=True, tooltip="Negative conditioning for cfg > 1; when not connected, a zeroed copy of 'positive' is used."),
+                io.Int.Input("tile_size", default=0, min=0, max=8192, step=64, optional=True,
+                             tooltip="0 = off. Otherwise restore in overlapping tiles of this many pixels (a multiple "
+                                     "of 64, from 128): VAE encode/decode and every UNet step run per tile and are "
+                                     "blended, so large images restore with the memory of one tile. A tile at least as "
+                                     "large as the image gives exactly the untiled result."),
+                io.Int.Input("tile_overlap", default=128, min=0, max=8192, step=8, optional=True,
+                             tooltip="Overlap of neighbouring tiles in pixels (blended smoothly; less than tile_size, "
+                                     "at most tile_size - 64)."),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The restored image(s), same size as the input.")],
         )
 
     @classmethod
     def execute(cls, model, vae, image: torch.Tensor, adapter: ModelHandle, positive, steps: int, inversion_steps: int,
-                strength: float, guidance_end: float, cfg: float, fdi: FDI = None, negative=None) -> io.NodeOutput:
+                strength: float, guidance_end: float, cfg: float, fdi: FDI = None, negative=None, tile_size: int = 0,
+                tile_overlap: int = 128) -> io.NodeOutput:
+        check_tiling(tile_size, tile_overlap)
         images = image_to_batch(image, "image")
         h, w = images.shape[-2:]
         padded = pad_to_multiple(images)
+        tiling = optional_tiling(padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size,
+                                 tile_overlap)
         guided = apply_guidance(model, run_adapter(adapter, fdi if fdi is not None else adapter.module.fdi, padded),
                                 strength, 0.0, guidance_end)
         sampling, inversion = restore_schedule(model, steps, inversion_steps)
-        latent = invert(model, positive, vae.encode(batch_to_image(padded)), inversion)
         negative = negative if negative is not None else zeroed(positive)
-        latent = _sample(guided, comfy.samplers.sampler_object(SAMPLER), sampling, cfg, positive, negative, latent)
-        decoded = vae.decode(latent)
-        if decoded.ndim == 5:  # video VAEs return [B, T, H, W, C]
-            decoded = decoded.reshape(-1, *decoded.shape[-3:])
+        if tiling is None or tiling.single:
+            latent = invert(model, positive, vae.encode(batch_to_image(padded)), inversion)
+            latent = _sample(guided, comfy.samplers.sampler_object(SAMPLER), sampling, cfg, positive, negative, latent)
+            decoded = _decode(vae, latent)
+        else:
+            # one tick per tile of the VAE encode, of each model call (len(sigmas) - 1 per pass) and of the decode
+            total = len(tiling.tiles) * (len(inversion) + len(sampling))
+            progress = progress_callback(total)
+            calls = [0]
+
+            def tick() -> None:  # raises on Cancel
+                calls[0] += 1
+                progress(min(calls[0], total), total)
+
+            latent = tiling.blend(padded, lambda i, x: (tick(), vae.encode(batch_to_image(x)).float())[1],
+                                  in_scale=LATENT_SCALE)
+            latent = invert(tiled_model(model, tiling, tick), positive, latent, inversion, preview=False)
+            latent = _sample(tiled_model(guided, tiling, tick), comfy.samplers.sampler_object(SAMPLER), sampling, cfg,
+                             positive, negative, latent, preview=False)
+            decoded = tiling.blend(latent, lambda i, z: (tick(), _decode(vae, z).permute(0, 3, 1, 2))[1],
+                                   out_scale=LATENT_SCALE).permute(0, 2, 3, 1)
         return io.NodeOutput(decoded[:, :h, :w, :].float().clamp(0, 1).to(mm.intermediate_device()))
+
+
+def _decode(vae, latent: torch.Tensor) -> torch.Tensor:
+    """``vae.decode`` as a ``[B, H, W, C]`` float IMAGE (video VAEs return ``[B, T, H, W, C]``)."""
+    decoded = vae.decode(latent)
+    if decoded.ndim == 5:
+        decoded = decoded.reshape(-1, *decoded.shape[-3:])
+    return decoded.float()
+
+
+def tiled_model(model, tiling: Tiling, tick=None):
+    """A clone of ``model`` whose every model call runs per tile of ``tiling`` and blends (:meth:`Tiling.blend`).
+
+    Each tile's call carries its latent offset in ``transformer_options["fdi_tile"]``, so the FDI patches add
+    that tile's crop of each residual (:func:`fdi.comfy_backend.tile_guidance`); ``tick()`` runs per tile."""
+    inner = model.model_options.get("model_function_wrapper")
+
+    def call(apply_model, args: dict) -> torch.Tensor:
+        x, t, c = args["input"], args["timestep"], args["c"]
+
+        def tile(i: int, xt: torch.Tensor) -> torch.Tensor:
+            if tick is not None:
+                tick()
+            t_ = tiling.tiles[i]
+            ct = dict(c)
+            ct["transformer_options"] = {**c.get("transformer_options", {}), TILE_KEY: (t_.y, t_.x)}
+            if inner is not None:
+                return inner(apply_model, {**args, "input": xt, "c": ct})
+            return apply_model(xt, t, **ct)
+
+        return tiling.blend(x, tile).to(x.dtype)
+
+    m = model.clone()
+    m.set_model_unet_function_wrapper(call)
+    return m
 
 
 def zeroed(conditioning):

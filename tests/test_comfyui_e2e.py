@@ -52,7 +52,8 @@ pytestmark = [
 ]
 
 NODE_IDS = ("FDIQFormerLoader", "FDIExtract", "FDIExtractFromFolders", "FDISave", "FDILoad", "FDICombine", "FDIAdapterLoader",
-            "FDINoiseDecoupling", "FDIApplyGuidance", "FDIInvert", "FDIRestore", "FDIInspect")
+            "FDINoiseDecoupling", "FDIApplyGuidance", "FDIInvert", "FDIRestore", "FDIInspect", "FDIColorFix",
+            "FDILoadPairs", "FDITrainAdapter", "FDISaveAdapter", "FDIPairStability")
 CUSTOM_TYPES = ("BLIP2_QFORMER", "FDI", "FDI_ADAPTER", "FDI_GUIDANCE")
 STEPS = 3  # ddim_uniform: t = 667 (guided for end 0.5), 334, 1 — the CPU here runs a full-size UNet step in seconds
 ADAPTER_NAME = "e2e_adapter.safetensors"

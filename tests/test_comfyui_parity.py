@@ -32,7 +32,7 @@ pytestmark = [
 
 
 def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
-    """Loading the pack the way ComfyUI does registers the 12 nodes and keeps diffusers out (DESIGN §2)."""
+    """Loading the pack the way ComfyUI does registers the 13 nodes and keeps diffusers out (DESIGN §2)."""
     import json
     import subprocess
     import textwrap
@@ -58,7 +58,7 @@ def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(result["nodes"]) == 12 and all(n.startswith("FDI") for n in result["nodes"])
+    assert len(result["nodes"]) == 17 and all(n.startswith("FDI") for n in result["nodes"])
     assert result["diffusers"] == []
     assert result["fdi_paths"][0] == str(tmp_path / "models" / "fdi")
 

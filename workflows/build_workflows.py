@@ -49,6 +49,7 @@ FDI_FILES = {"denoise": "denoise.fdi.safetensors", "desnow": "desnow.fdi.safeten
 INPUT_IMAGES = {
     "restore_single": "degraded.png",
     "restore_one_node": "degraded.png",
+    "restore_large_photo": "large_photo.png",
     "cross_task_fdi": "snowy.png",
     "mixed_composite": "rain_haze.png",
     "mixed_progressive": "rain_haze.png",
@@ -425,6 +426,40 @@ def restore_one_node() -> Workflow:
     return wf
 
 
+def restore_large_photo() -> Workflow:
+    wf = Workflow("restore_large_photo")
+    wf.note("note", (0, 0), (700, 300),
+            "Restore a large photo with bounded memory: 'FDI Restore' with tile_size 512 runs the VAE and every UNet step "
+            "on overlapping 512 px tiles (128 px overlap, blended smoothly), each guided by its crop of the adapter's "
+            "residuals; tile_size 0 turns tiles off, a tile at least as large as the image gives the untiled result. "
+            "'FDI Color Fix' (wavelet) then pulls the colours back to the input's while keeping the restored detail "
+            "(leave it out for dehazing and low-light adapters, whose colour change is the restoration).\n\n"
+            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_derain")
+            + f"Input: put the photo in ComfyUI/input ('{INPUT_IMAGES['restore_large_photo']}' here) or use Load Image's "
+            "upload button.", title="Read me: model files")
+    sd_base(wf, 0, 400)
+    image_in(wf, "image", 400, 400, INPUT_IMAGES["restore_large_photo"], "Large degraded photo")
+    wf.node("adapter", "FDIAdapterLoader", (400, 820), "Load FDI Adapter (derain, FDI embedded)", adapter_name=ADAPTERS["derain"])
+    wf.group("Degraded photo and adapter", ["image", "adapter"], COLORS["input"])
+    wf.node("restore", "FDIRestore", (760, 400), "FDI Restore (512 px tiles)", size=[320, 380], steps=50, inversion_steps=50,
+            strength=1.0, guidance_end=0.333, cfg=1.0, tile_size=512, tile_overlap=128)
+    wf.link("ckpt", "MODEL", "restore", "model")
+    wf.link("ckpt", "VAE", "restore", "vae")
+    wf.link("image", "IMAGE", "restore", "image")
+    wf.link("adapter", "adapter", "restore", "adapter")
+    wf.link("positive", "CONDITIONING", "restore", "positive")
+    wf.link("adapter", "fdi", "restore", "fdi")
+    wf.link("negative", "CONDITIONING", "restore", "negative")
+    wf.node("colorfix", "FDIColorFix", (760, 820), "FDI Color Fix (wavelet, towards the input)", method="wavelet")
+    wf.link("restore", "image", "colorfix", "image")
+    wf.link("image", "IMAGE", "colorfix", "reference")
+    wf.group("Tiled restore and colour fix", ["restore", "colorfix"], COLORS["sample"])
+    wf.node("save", "SaveImage", (1120, 400), "Restored photo", size=[340, 380], filename_prefix="fdi/restore_large_photo")
+    wf.link("colorfix", "image", "save", "images")
+    wf.group("Output", ["save"], COLORS["output"])
+    return wf
+
+
 def build_fdi_from_pairs() -> Workflow:
     wf = Workflow("build_fdi_from_pairs")
     deg, clean = PAIR_FOLDERS["build_fdi_from_pairs"]
@@ -674,6 +709,7 @@ WORKFLOWS = {
     "build_fdi_from_pairs": (build_fdi_from_pairs, "reference pairs in two folders → FDI → save → inspect plot"),
     "restore_single": (restore_single, "one image, one adapter, modular: decoupling → apply → DDIM inversion → KSamplerAdvanced → decode"),
     "restore_one_node": (restore_one_node, "the same restoration with the one-node 'FDI Restore'"),
+    "restore_large_photo": (restore_large_photo, "a large photo in tiles with 'FDI Restore', then 'FDI Color Fix'"),
     "cross_task_fdi": (cross_task_fdi, "two saved FDIs (denoise + desnow) combined, driving the desnowing adapter"),
     "mixed_composite": (mixed_composite, "two adapters chained with weights on one MODEL, one sampling"),
     "mixed_progressive": (mixed_progressive, "adapter 1's restoration fed into adapter 2"),

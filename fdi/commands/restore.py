@@ -1,12 +1,32 @@
-"""``python -m fdi restore``: restore images with FDI adapters on Stable Diffusion 2.1 (diffusers)."""
+"""``python -m fdi restore``: restore images with FDI adapters on Stable Diffusion 2.1 (diffusers).
+
+Files and folders in, one output per image written as soon as it is done (atomically); images of
+the same size are restored in batches; ``--skip-existing`` resumes; under ``accelerate launch`` or
+``torchrun`` the images are sharded over the processes (sorted by output name, image ``i`` to
+process ``i % world``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import math
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
+from typing import Dict, List, NamedTuple, Tuple
 
 from ..errors import FDIError
+
+
+class Job(NamedTuple):
+    """One image to restore: its file, its output file and its size ``(H, W)``."""
+
+    source: Path
+    output: Path
+    size: Tuple[int, int]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -18,7 +38,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "with the adapters' guidance active during the first --guidance-end fraction of the steps. "
             "Several adapters are combined by weighted sum (--mode composite) or run one after another "
             "(--mode progressive). Each FDI comes from --fdi or from the adapter file. Outputs are "
-            "OUT_DIR/<input name>.png at the input's size. Nothing is downloaded; BLIP-2 is not needed."
+            "OUT_DIR/<input name>.png at the input's size, each written as soon as it is done. "
+            "Nothing is downloaded; BLIP-2 is not needed."
         ),
     )
     p.add_argument("--sd", required=True, metavar="MODEL", help="diffusers SD 2.1 folder, or a single-file .safetensors checkpoint")
@@ -29,8 +50,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each adapter, in --adapter order (default 1 each)")
     p.add_argument("--fdi", action="append", metavar="F.fdi.safetensors",
                    help="FDI file: once for all adapters, or once per adapter (default: the FDI embedded in each adapter file)")
-    p.add_argument("--image", required=True, nargs="+", metavar="IN", help="degraded image file(s)")
+    p.add_argument("--image", required=True, nargs="+", metavar="IN",
+                   help="degraded image files and/or folders (a folder: its image files, not recursive)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip images whose output already exists (resume a run)")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="restore up to N images of the same size together (default 1)")
+    p.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default="none",
+                   help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
+                        "(match its per-channel mean/std) or none (default; haze and low-light restorations change "
+                        "colours on purpose)")
+    p.add_argument("--tile-size", type=int, default=0, metavar="PX",
+                   help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole "
+                        "image): bounded memory for large photos")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="overlap of neighbouring tiles in pixels, blended smoothly (default a quarter of --tile-size)")
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
     p.add_argument("--guidance-end", type=float, default=0.333, help="fraction of the sampling steps that are guided, 0..1 (default 0.333, the paper's first third)")
@@ -39,28 +74,102 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="", help="text prompt (default empty, as in the paper)")
     p.add_argument("--negative-prompt", default="", help="negative prompt, used when --cfg > 1")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
-    p.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device (default cuda if available, else cpu; cuda:LOCAL_RANK under accelerate/torchrun)")
     p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="UNet/VAE dtype (default fp16 on cuda, fp32 on cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (CUDA graphs on cuda) once per image shape: "
+                        "slower first image, faster after")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
+
+
+def distributed_rank() -> Tuple[int, int, int]:
+    """``(rank, world size, local rank)`` from the environment ``accelerate launch`` and ``torchrun`` set
+    (else ``(0, 1, 0)``)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    local = int(os.environ.get("LOCAL_RANK", str(rank)) or 0)
+    return rank, max(world, 1), local
+
+
+def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
+    """Every image of ``inputs`` (files and folders) with its output name and size, sorted by output name.
+
+    Raises :class:`FDIError` for a missing path, a folder without images, an unreadable or too small
+    image, or two inputs that would write the same output.
+    """
+    from ..images import collect_images, probe_image
+    from ..pipeline import MIN_SIDE
+
+    jobs: Dict[str, Job] = {}
+    for path in collect_images(inputs):
+        name = f"{path.stem}.png"
+        if name in jobs:
+            raise FDIError(f"images {str(jobs[name].source)!r} and {str(path)!r} would both be written as {name}; "
+                           "rename one or restore them into different folders")
+        h, w = probe_image(path)
+        if h < MIN_SIDE or w < MIN_SIDE:
+            raise FDIError(f"image {path.name!r} is {w}x{h} pixels; restoration needs at least {MIN_SIDE} pixels "
+                           "a side")
+        jobs[name] = Job(path, out_dir / name, (h, w))
+    return [jobs[k] for k in sorted(jobs)]
+
+
+def shard(jobs: List[Job], rank: int, world: int) -> List[Job]:
+    """The jobs of process ``rank`` of ``world``: job ``i`` of the sorted list goes to process ``i % world``."""
+    return jobs[rank::world]
+
+
+def make_batches(jobs: List[Job], batch_size: int) -> List[List[Job]]:
+    """Batches of at most ``batch_size`` jobs of the same size, in the order of each size's first job."""
+    by_size: Dict[Tuple[int, int], List[Job]] = {}
+    for job in jobs:
+        by_size.setdefault(job.size, []).append(job)
+    return [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+
+
+def remove_stale_temporaries(jobs: List[Job]) -> None:
+    """Delete temporary files a hard-killed earlier run left for these outputs (``.NAME.*.tmp``, :mod:`fdi.files`)."""
+    for job in jobs:
+        for tmp in job.output.parent.glob(f".{glob.escape(job.output.name)}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..adapter import FDIAdapter
+    from ..colorfix import color_fix
     from ..encoder import parse_dtype
     from ..images import load_image, save_image
     from ..instruction import FDI
-    from ..pipeline import MIN_SIDE, AdapterUse, FDIRestorationPipeline
+    from ..pipeline import AdapterUse, FDIRestorationPipeline
     from ..progress import tqdm_progress
+    from ..tiles import check_tiling
 
     # ---- every cheap check first: nothing is loaded or written before all inputs are valid ----
     if not (math.isfinite(args.guidance_end) and 0.0 <= args.guidance_end <= 1.0):
         raise FDIError(f"--guidance-end {args.guidance_end} is outside 0..1; it is the fraction of sampling steps that are guided (paper: 0.333)")
     if args.steps < 1 or args.inversion_steps < 1:
         raise FDIError(f"--steps ({args.steps}) and --inversion-steps ({args.inversion_steps}) must be at least 1")
+    if args.batch_size < 1:
+        raise FDIError(f"--batch-size {args.batch_size} must be at least 1")
+    if args.tile_overlap is None:
+        args.tile_overlap = args.tile_size // 4
+    if args.tile_size:
+        try:
+            check_tiling(args.tile_size, args.tile_overlap)
+        except FDIError as exc:
+            raise FDIError(f"--tile-size/--tile-overlap: {exc}") from None
     n = len(args.adapter)
     weights = args.weight or [1.0] * n
     if len(weights) != n:
@@ -71,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
     sd = Path(args.sd)
     if not sd.exists():
         raise FDIError(f"model {str(sd)!r} does not exist; give a diffusers SD 2.1 folder or a single-file .safetensors checkpoint")
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FDIError(f"output {str(out_dir)!r} is a file; give a folder (-o OUT_DIR)")
     adapters = [FDIAdapter.from_file(a) for a in args.adapter]
     loaded = [FDI.load(f) for f in fdis]
     uses = []
@@ -79,39 +191,61 @@ def run(args: argparse.Namespace) -> int:
         use = AdapterUse(adapter, fdi, w)
         adapter.tokens_for(use.resolved_fdi(), 1)  # no FDI at all, width, token count, encoder
         uses.append(use)
-    images, names = [], {}
-    for path in args.image:
-        img = load_image(path)
-        if img.shape[1] < MIN_SIDE or img.shape[2] < MIN_SIDE:
-            raise FDIError(f"image {Path(path).name!r} is {img.shape[2]}x{img.shape[1]} pixels; restoration needs at least {MIN_SIDE} pixels a side")
-        stem = Path(path).stem
-        if stem in names:
-            raise FDIError(f"images {names[stem]!r} and {path!r} would both be written as {stem}.png; rename one")
-        names[stem] = path
-        images.append((stem, img))
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FDIError(f"output {str(out_dir)!r} is a file; give a folder (-o OUT_DIR)")
+    jobs = plan_jobs(args.image, out_dir)
+    rank, world, local_rank = distributed_rank()
+    jobs = shard(jobs, rank, world)
+    skipped = 0
+    if args.skip_existing:
+        todo = [j for j in jobs if not j.output.exists()]
+        skipped, jobs = len(jobs) - len(todo), todo
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device:
+        device = torch.device(args.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
     dtype = parse_dtype(args.dtype or ("fp16" if device.type == "cuda" else "fp32"))
     pipe = FDIRestorationPipeline.from_pretrained(sd, device=device, dtype=dtype, config=args.sd_config,
                                                 prediction_type=args.prediction_type)
     for use in uses:  # family and channel layout, before any work
         pipe.check_adapter(use.adapter)
-
-    results = []
-    per_image = (args.steps + args.inversion_steps) * (n if args.mode == "progressive" else 1)
-    with tqdm_progress("restore", per_image * len(images), unit="step", enabled=not args.quiet) as cb:
-        for k, (stem, img) in enumerate(images):
-            offset = k * per_image
-            progress = (lambda d, t, o=offset: cb(o + d, per_image * len(images))) if cb else None
-            out = pipe.restore(img[None], uses, steps=args.steps, inversion_steps=args.inversion_steps,
-                               guidance_end=args.guidance_end, strength=args.strength, mode=args.mode,
-                               prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg, progress=progress)
-            results.append((stem, out[0]))
+    if skipped:
+        print(f"skipping {skipped} image(s) whose output exists", file=sys.stderr)
+    if not jobs:
+        return 0
+    if args.compile:
+        pipe.compile()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stem, img in results:
-        save_image(img, out_dir / f"{stem}.png")
-        print(out_dir / f"{stem}.png")
+    remove_stale_temporaries(jobs)
+
+    per_image = (args.steps + args.inversion_steps) * (n if args.mode == "progressive" else 1)
+    total = per_image * len(jobs)
+    done_images = 0
+    main_thread = threading.current_thread() is threading.main_thread()
+    # `kill` ends like Ctrl-C: the image being written is dropped with its temporary file, finished ones stay
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    try:
+        with tqdm_progress(f"restore {len(jobs)} image(s)", total, unit="step", enabled=not args.quiet) as cb:
+            for batch in make_batches(jobs, args.batch_size):
+                images = torch.stack([load_image(j.source) for j in batch])
+                offset, b = done_images * per_image, len(batch)
+                progress = (lambda d, t, o=offset, b=b: cb(o + d * b, total)) if cb else None
+                out = pipe.restore(images, uses, steps=args.steps, inversion_steps=args.inversion_steps,
+                                   guidance_end=args.guidance_end, strength=args.strength, mode=args.mode,
+                                   prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg,
+                                   progress=progress, tile_size=args.tile_size, tile_overlap=args.tile_overlap)
+                out = color_fix(out, images, args.color_fix)
+                for job, img in zip(batch, out):
+                    save_image(img, job.output)
+                    print(job.output, flush=True)
+                done_images += b
+                del images, out
+    except KeyboardInterrupt:
+        print(f"interrupted after {done_images} of {len(jobs)} image(s): the finished outputs are kept; "
+              "rerun with --skip-existing to resume", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
