@@ -213,6 +213,7 @@ def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
     assert r["restored"][0][1:] == [64, 64, 3] and r["restored"][1]
     assert r["continued_steps"] == 1 and "another Q-Former" in r["bad_encoder"]
     assert r["cancel_steps"] == 1 and r["flag_cleared"]
+    print("backend parity (loss ComfyUI, loss diffusers, relative gradient difference, gradient norm):", r["parity"])
     loss_c, loss_d, grad_rel, grad_norm = r["parity"]
     assert grad_norm > 0 and r["responds"] > 1e-6
     assert abs(loss_c - loss_d) <= 1e-3 * abs(loss_d), r["parity"]
