@@ -80,7 +80,7 @@ def check_adapter_for_unet(adapter: FDIAdapter, unet: nn.Module) -> None:
     want = tuple(int(c) for c in unet.config.block_out_channels)
     if tuple(adapter.config.channels) != want:
         raise FDIError(
-            f"adapter {adapter.label or adapter.source or '(unnamed)'} has channels {tuple(adapter.config.channels)} but the UNet's "
+            f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's "
             f"encoder widths are {want}; use an adapter trained for this model (e.g. SD 2.1 adapters have (320, 640, 1280, 1280))"
         )
 

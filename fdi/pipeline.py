@@ -54,7 +54,7 @@ class AdapterUse:
     def resolved_fdi(self) -> Union[FDI, torch.Tensor]:
         fdi = self.fdi if self.fdi is not None else self.adapter.fdi
         if fdi is None:
-            name = self.adapter.source or self.adapter.label or "(unnamed)"
+            name = self.adapter.display_name
             raise FDIError(f"adapter {name} has no embedded FDI and none was given; pass an FDI file (--fdi F.fdi.safetensors)")
         return fdi
 
@@ -128,7 +128,7 @@ class FDIRestorationPipeline:
         """Raise :class:`FDIError` when ``adapter`` was made for another base family or channel layout."""
         check_adapter_for_unet(adapter, self.unet)
         if adapter.base_family != self.base_family:
-            name = adapter.source or adapter.label or "(unnamed)"
+            name = adapter.display_name
             raise FDIError(f"adapter {name} was trained for {adapter.base_family or 'an unknown model'} but the model is {self.base_family}; "
                            f"use an adapter trained for {self.base_family} or load a {adapter.base_family} model")
 

@@ -54,7 +54,7 @@ comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=N
 result = {{}}
 q = fdi_nodes.FDIQFormerLoader.execute("tiny", "fp32")[0]
 result["patcher"] = type(q.patcher).__module__ + "." + type(q.patcher).__name__
-result["qformer_fp32"] = str(q.encoder.qformer.layernorm.weight.dtype)
+result["qformer_fp32"] = str(q.module.qformer.layernorm.weight.dtype)
 torch.manual_seed(0)
 a, b = torch.rand(5, 40, 36, 3), torch.rand(5, 40, 36, 3)
 fdi = fdi_nodes.FDIExtract.execute(q, a, b, "x", 2, True)[0]
