@@ -201,7 +201,7 @@ class FDIRestorationPipeline:
 
         mode = default_mode(self.device) if mode is None else mode
         self.compiled_unet = compile_unet(self.unet, self.device, mode, backend)
-        if vae if vae is not None else self.device.type == "cuda":
+        if (self.device.type == "cuda") if vae is None else vae:
             compile_vae(self.vae, self.device, backend)
         return self.compiled_unet.is_compiled
 

@@ -5,12 +5,14 @@ attention, reads free memory with psutil inside the forward and graph-breaks wit
 builds a small SD 2.x-shaped ComfyUI UNet in-process (``supported_models.SD20`` with widths
 32/32/64/64, random weights), and samples with ``comfy.sample.sample`` (DDIM, 4 steps, CFG 1) with the
 plain MODEL and with the MODEL patched by the pack's ``FDIApplyGuidance`` (guided for the first half of
-the steps, so the runs cross the window's end). ``TorchCompileModel.execute`` compiles each with a
-backend that counts the graphs dynamo hands it (and runs them eagerly); dynamo's counters give the
-graph breaks. The patched MODEL must have no graph break and no graph or recompile more than the plain
-one, give the uncompiled latents, and stay right when the step count or the strength changes on an
-already compiled model (ComfyUI's node drops dynamo's guards on ``transformer_options``). The slow test
-does the same with the node's ``inductor`` backend.
+the steps, so the runs cross the window's end; 16 × 16 latents: on 8 × 8 the AdaIN statistics of
+the deepest decoder point cover 2 × 2 pixels of near-zero variance and amplify inductor's rounding).
+``TorchCompileModel.execute`` compiles each with a backend that counts the graphs dynamo hands it
+(and runs them eagerly); dynamo's counters give the graph breaks. The patched MODEL must have no
+graph break and no graph or recompile more than the plain one, give the uncompiled latents, and stay
+right when the step count or the strength changes on an already compiled model (ComfyUI's node drops
+dynamo's guards on ``transformer_options``). The slow test does the same with the node's ``inductor``
+backend.
 """
 
 from __future__ import annotations
@@ -82,15 +84,15 @@ config = adapter_mod.FDIAdapterConfig(channels=TINY_CHANNELS, token_width=32, nu
                                       se_reduction=4)
 adapter = randomise_adapter(adapter_mod.FDIAdapter(config, base_family="custom-base").eval(), seed=1)
 with torch.no_grad():
-    guidance = adapter(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)),
+    guidance = adapter(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1)),
                        torch.randn(8, 32, generator=torch.Generator().manual_seed(2)))
 handle = common.GuidanceHandle(guidance, tuple(adapter.config.channels), adapter.base_family, "test")
 cond = [[torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(3)), {{}}]]
-latent = torch.zeros(1, 4, 8, 8)
+latent = torch.zeros(1, 4, 16, 16)
 
 
 def sample(m, steps=4):
-    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
     return comfy.sample.sample(m, noise, steps, 1.0, "ddim", "ddim_uniform", cond, [], latent, denoise=1.0,
                                disable_pbar=True, seed=0)
 
@@ -126,7 +128,8 @@ for label, m in (("plain", model), ("patched", patched)):
     first = sample(cm)
     graphs_first = backend.graphs if BACKEND == "count" else counters["stats"]["unique_graphs"]
     second = sample(cm)
-    r = {{"diff": max(maxdiff(first, ref[label]), maxdiff(second, ref[label]))}}
+    r = {{"diff": max(maxdiff(first, ref[label]), maxdiff(second, ref[label])),
+          "diff_first": maxdiff(first, ref[label])}}
     if label == "patched":
         r["diff_6_steps"] = maxdiff(sample(cm, 6), ref["patched6"])  # the same compiled MODEL, another schedule
         # a new Apply, compiled again
@@ -178,4 +181,4 @@ def test_patched_model_under_torch_compile_model_counts_and_pixels(tmp_path):
 
 @pytest.mark.slow
 def test_patched_model_under_torch_compile_model_with_inductor(tmp_path):
-    check(run_script(tmp_path, "inductor", timeout=3000), tol=0.05)
+    check(run_script(tmp_path, "inductor", timeout=3000), tol=1e-3)

@@ -15,6 +15,7 @@ import torch
 from fdi.adapter import FDIAdapter
 from fdi.compile import CompiledCall, compile_unavailable_reason, compile_unet
 from fdi.diffusers_backend import SLOT_ATTRIBUTE, DiffusersGuidance, GuidanceSlot
+from fdi.errors import FDIError
 from fdi.instruction import FDI
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
 from tiny_sd import TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tiny_unet
@@ -77,7 +78,7 @@ def test_slot_is_an_exact_noop_when_unbound_or_off_and_equals_the_hooks_when_on(
         torch.testing.assert_close(
             _run(unet, x[:1], ctx[:1]), hooked[:1], rtol=0, atol=1e-5
         )  # another shape: its buffers
-        with pytest.raises(Exception, match="two FDI guidances"):
+        with pytest.raises(FDIError, match="two FDI guidances"):
             DiffusersGuidance(unet, [(guidance, 1.0)]).attach()
     assert torch.equal(_run(unet, x, ctx), plain)  # unbound on exit: gate 0 and zero buffers
     slot.remove()
