@@ -251,5 +251,5 @@ def test_fdi_restore_tiles_in_comfyui_match_the_library_and_one_tile_is_exact(tm
     tiled_parity = np.abs(a["tiled"] - a["d_tiled"]).max()
     assert tiling_effect > 10 * np.abs(a["tiled"] - a["d_tiled"]).mean()  # the comparison below means something
     assert tiled_parity <= max(4 / 255, 2 * untiled_parity), (tiled_parity, untiled_parity)
-    assert result["tiled_progress"] == [24, 24]  # 6 tiles x (encode + 2 inversion + 2 sampling calls + decode)
+    assert result["tiled_progress"] == [36, 36]  # 6 tiles x (encode + 2 inversion + 2 sampling calls + decode)
     assert result["plain_progress"] != result["tiled_progress"]
