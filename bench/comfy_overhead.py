@@ -81,23 +81,26 @@ CURRENT_STEP = [0]  # the step timing_sampler is at, for time_inside
 def comfyui_dir() -> str:
     path = os.environ.get("COMFYUI_DIR", "")
     if not path:
-        sys.exit("error: COMFYUI_DIR is not set. This benchmark imports ComfyUI in-process: run it as\n"
-                 "  COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python bench/comfy_overhead.py\n"
-                 "under ComfyUI's Python (it needs ComfyUI's dependencies and diffusers).")
+        sys.exit(
+            "error: COMFYUI_DIR is not set. This benchmark imports ComfyUI in-process: run it as\n"
+            "  COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python bench/comfy_overhead.py\n"
+            "under ComfyUI's Python (it needs ComfyUI's dependencies and diffusers)."
+        )
     if not (Path(path) / "comfy" / "samplers.py").is_file():
         sys.exit(f"error: COMFYUI_DIR={path!r} is not a ComfyUI checkout (no comfy/samplers.py in it)")
     return path
 
 
 def import_comfy(comfy_path: str, device: str, base: str) -> None:
-    """Import ComfyUI's modules from ``comfy_path`` first on the path, set up like ``main.py --cpu --base-directory``."""
+    """Import ComfyUI's modules from ``comfy_path`` first on the path, set up like
+    ``main.py --cpu --base-directory``."""
     sys.path.insert(0, comfy_path)
     import comfy.cli_args
 
     comfy.cli_args.args.cpu = device == "cpu"
     comfy.cli_args.args.base_directory = base
-    import folder_paths  # noqa: F401 - reads base_directory
     import comfy.model_management  # noqa: F401 - device setup reads the args
+    import folder_paths  # noqa: F401 - reads base_directory
 
 
 def load_pack():
@@ -151,25 +154,38 @@ def load_model(checkpoint: str, comfy_path: str, dtype: torch.dtype):
 
     ckpt = Path(checkpoint) if checkpoint else sd21_fixture.checkpoint_path()
     if ckpt.is_file():
-        model = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=False, output_clip=False, model_options={"dtype": dtype})[0]
+        model = comfy.sd.load_checkpoint_guess_config(
+            str(ckpt), output_vae=False, output_clip=False, model_options={"dtype": dtype}
+        )[0]
         return model, f"checkpoint {ckpt.name} via load_checkpoint_guess_config"
     if checkpoint:
         sys.exit(f"error: checkpoint {checkpoint} does not exist")
-    print(f"(no cached checkpoint at {ckpt}; using the diffusers fixture's UNet, built on first use — minutes)", flush=True)
+    print(
+        f"(no cached checkpoint at {ckpt}; using the diffusers fixture's UNet, built on first use — minutes)",
+        flush=True,
+    )
     folder = sd21_fixture.diffusers_fixture(Path(comfy_path) / "comfy" / "sd1_tokenizer")
-    model = comfy.sd.load_diffusion_model(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), model_options={"dtype": dtype})
+    model = comfy.sd.load_diffusion_model(
+        str(folder / "unet" / "diffusion_pytorch_model.safetensors"), model_options={"dtype": dtype}
+    )
     return model, "diffusers fixture UNet via load_diffusion_model"
 
 
 def write_t2i_adapter(folder: Path) -> tuple:
-    """A random diffusers ``T2IAdapter`` at SD 1.x/2.x widths, saved with ``save_pretrained`` into ``folder``; ``(file name, parameters)``."""
+    """A random diffusers ``T2IAdapter`` at SD 1.x/2.x widths, saved with ``save_pretrained`` into ``folder``;
+    ``(file name, parameters)``."""
     from diffusers import T2IAdapter
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # its "keep in float32" note on .to(fp16): this adapter has no such module
     torch.manual_seed(1)
-    adapter = T2IAdapter(in_channels=3, channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8,
-                         adapter_type="full_adapter")
+    adapter = T2IAdapter(
+        in_channels=3,
+        channels=[320, 640, 1280, 1280],
+        num_res_blocks=2,
+        downscale_factor=8,
+        adapter_type="full_adapter",
+    )
     tmp = folder / "t2i_save_pretrained"
     adapter.to(torch.float16).save_pretrained(tmp, safe_serialization=True)  # diffusers' fp16 release format
     name = "t2i_random_sd21_full_adapter.safetensors"
@@ -224,6 +240,7 @@ def time_inside(wrappers, run_once, device: torch.device) -> dict:
             per_step = spent.setdefault(label, {})
             per_step[CURRENT_STEP[0]] = per_step.get(CURRENT_STEP[0], 0.0) + time.perf_counter() - t
             return out
+
         return call
 
     try:
@@ -255,14 +272,27 @@ def machine(device: torch.device) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="UNet weight dtype (ComfyUI's load option 'dtype')")
+    ap.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="fp32", help="UNet weight dtype (ComfyUI's load option 'dtype')"
+    )
     ap.add_argument("--size", type=int, default=256, help="image side in pixels (latent = size/8)")
-    ap.add_argument("--reps", type=int, default=None, help="interleaved rounds of plain/ours/T2I runs (default 6 on CPU, 30 on GPU)")
-    ap.add_argument("--timed-steps", type=int, default=2, help="timed steps per run, after the run's untimed-for-the-ratio first step (default 2)")
+    ap.add_argument(
+        "--reps", type=int, default=None, help="interleaved rounds of plain/ours/T2I runs (default 6 on CPU, 30 on GPU)"
+    )
+    ap.add_argument(
+        "--timed-steps",
+        type=int,
+        default=2,
+        help="timed steps per run, after the run's untimed-for-the-ratio first step (default 2)",
+    )
     ap.add_argument("--cfg", type=float, default=1.0, help="CFG scale (1 = positive batch only, as the paper samples)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--raw", action="store_true", help="also print every timed step (ms) per variant")
-    ap.add_argument("--checkpoint", default="", help="an SD 2.1 checkpoint (default: the cached random fixture of tests/sd21_fixture.py)")
+    ap.add_argument(
+        "--checkpoint",
+        default="",
+        help="an SD 2.1 checkpoint (default: the cached random fixture of tests/sd21_fixture.py)",
+    )
     args = ap.parse_args()
     if args.size % 64:
         ap.error("--size must be a multiple of 64 (the UNet's deepest level is 1/64 of the image)")
@@ -292,6 +322,7 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     import comfy.samplers
     import folder_paths
     from comfy.ldm.modules.diffusionmodules import openaimodel
+
     import nodes as comfy_nodes  # ComfyUI's stock nodes (COMFYUI_DIR is first on sys.path)
 
     try:
@@ -320,7 +351,9 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     context = torch.randn(1, 77, 1024)
     positive = [[context, {}]]
     negative = [[torch.zeros_like(context), {}]]
-    t2i_positive, t2i_negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(positive, negative, control_net, image, 1.0, 0.0, 1.0)
+    t2i_positive, t2i_negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        positive, negative, control_net, image, 1.0, 0.0, 1.0
+    )
 
     # our guidance: FDINoiseDecoupling (adapter forward, once) → FDIApplyGuidance (patched clone of the MODEL)
     adapter = our_adapter().to(dtype)
@@ -342,7 +375,11 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", 50)[: args.timed_steps + 2].cpu()
     latent = torch.zeros(1, 4, args.size // 8, args.size // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
-    setups = {"plain": (model, positive, negative), "ours": (guided_model, positive, negative), "t2i": (model, t2i_positive, t2i_negative)}
+    setups = {
+        "plain": (model, positive, negative),
+        "ours": (guided_model, positive, negative),
+        "t2i": (model, t2i_positive, t2i_negative),
+    }
     records = {v: {"steady": [], "first": [], "rounds": [], "prediction": None} for v in VARIANTS}
 
     def sample(variant: str, sigmas=sigmas, keep: bool = True) -> None:
@@ -362,23 +399,46 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     setup_s = time.perf_counter() - t_setup
     t_bench = time.perf_counter()
     for r in range(reps):
-        for v in VARIANTS[r % 3:] + VARIANTS[: r % 3]:
+        for v in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
             sample(v)
     bench_s = time.perf_counter() - t_bench
-    # direct measures: time inside our patches / ComfyUI's control code, one longer run each (medians over its later steps)
+    # direct measures: time inside our patches / ComfyUI's control code, one longer run each (medians over its later
+    # steps)
     direct_sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", 50)[: DIRECT_STEPS + 1].cpu()
     later = range(1, DIRECT_STEPS)
     backend = sys.modules[f"{PACK}.fdi.comfy_backend"]
-    ours_in = time_inside([(backend.FDIInputPatch, "__call__", lambda a: "patch"), (backend.FDIOutputPatch, "__call__", lambda a: "patch")],
-                          lambda: sample("ours", direct_sigmas, keep=False), device)
+    ours_in = time_inside(
+        [
+            (backend.FDIInputPatch, "__call__", lambda a: "patch"),
+            (backend.FDIOutputPatch, "__call__", lambda a: "patch"),
+        ],
+        lambda: sample("ours", direct_sigmas, keep=False),
+        device,
+    )
     if set(ours_in.get("patch", {})) != set(range(DIRECT_STEPS)):
         sys.exit("error: our patches were not called at every step of the guided run")
     ours_ms = statistics.median(ours_in["patch"][i] for i in later) * 1e3  # every block's call of a step
-    t2i_in = time_inside([(type(control_net), "get_control", lambda a: "first" if a[0].cond_hint is None or a[0].control_input is None else "later"),
-                          (openaimodel, "apply_control", lambda a: "add" if a[1] is not None else None)],
-                         lambda: sample("t2i", direct_sigmas, keep=False), device)
-    if set(t2i_in.get("first", {})) != {0} or set(t2i_in.get("later", {})) != set(later) or set(t2i_in.get("add", {})) != set(range(DIRECT_STEPS)):
-        sys.exit(f"error: ComfyUI's T2I control did not run as expected (adapter on the first step, cached control later): {t2i_in}")
+    t2i_in = time_inside(
+        [
+            (
+                type(control_net),
+                "get_control",
+                lambda a: "first" if a[0].cond_hint is None or a[0].control_input is None else "later",
+            ),
+            (openaimodel, "apply_control", lambda a: "add" if a[1] is not None else None),
+        ],
+        lambda: sample("t2i", direct_sigmas, keep=False),
+        device,
+    )
+    if (
+        set(t2i_in.get("first", {})) != {0}
+        or set(t2i_in.get("later", {})) != set(later)
+        or set(t2i_in.get("add", {})) != set(range(DIRECT_STEPS))
+    ):
+        sys.exit(
+            "error: ComfyUI's T2I control did not run as expected (adapter on the first "
+            f"step, cached control later): {t2i_in}"
+        )
     t2i_ms = statistics.median(t2i_in["later"][i] + t2i_in["add"][i] for i in later) * 1e3
 
     plain = records["plain"]["prediction"]
@@ -386,33 +446,58 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     med = {v: statistics.median(records[v]["steady"]) for v in VARIANTS}
 
     def paired(v: str) -> str:  # per-round ratios (runs of a round are adjacent in time): their median and IQR
-        q = statistics.quantiles([a / b for a, b in zip(records[v]["rounds"], records["plain"]["rounds"])], n=4, method="inclusive")
+        q = statistics.quantiles(
+            [a / b for a, b in zip(records[v]["rounds"], records["plain"]["rounds"])], n=4, method="inclusive"
+        )
         return f"per-round paired ratios: median {q[1]:.4f}, IQR {q[0]:.4f}-{q[2]:.4f}"
 
     first = {v: statistics.median(records[v]["first"]) for v in VARIANTS}
     n = len(records["plain"]["steady"])
     lat = f"{args.size // 8}x{args.size // 8}"
     where = machine(device)
-    print(f"machine: {where}, torch {torch.__version__}, ComfyUI {comfy_version}; device {mm.get_torch_device()}; "
-          f"UNet {unet_params / 1e6:.0f} M params in {str(unet_dtype).replace('torch.', '')} ({model_source}); "
-          f"image {args.size}x{args.size} -> latent {lat}, batch 1, cfg {args.cfg:g}; "
-          f"ours {adapter.num_parameters() / 1e6:.1f} M, T2I {t2i_params / 1e6:.1f} M params ({t2i_class}); "
-          f"setup {setup_s:.0f} s, measuring {bench_s:.0f} s")
+    print(
+        f"machine: {where}, torch {torch.__version__}, ComfyUI {comfy_version}; device {mm.get_torch_device()}; "
+        f"UNet {unet_params / 1e6:.0f} M params in {str(unet_dtype).replace('torch.', '')} ({model_source}); "
+        f"image {args.size}x{args.size} -> latent {lat}, batch 1, cfg {args.cfg:g}; "
+        f"ours {adapter.num_parameters() / 1e6:.1f} M, T2I {t2i_params / 1e6:.1f} M params ({t2i_class}); "
+        f"setup {setup_s:.0f} s, measuring {bench_s:.0f} s"
+    )
     tag = f"[{where.split(',')[0] if device.type == 'cpu' else where}, {args.dtype}, {args.size} px]"
-    print(f"ours/plain step: {med['ours'] * 1e3:.1f} ms / {med['plain'] * 1e3:.1f} ms = {med['ours'] / med['plain']:.4f} "
-          f"(target <= 1.02; medians of {n} steps in {reps} interleaved rounds; {paired('ours')}; time inside our patches {ours_ms:.1f} ms/step (median of {DIRECT_STEPS - 1}) = {ours_ms / (med['plain'] * 1e3):.2%} of a plain step; "
-          f"guidance changes the prediction by {effect['ours']:.1%}) {tag}")
-    print(f"T2I/plain step: {med['t2i'] * 1e3:.1f} ms / {med['plain'] * 1e3:.1f} ms = {med['t2i'] / med['plain']:.4f} "
-          f"(ComfyUI T2IAdapter via ControlNetLoader + ControlNetApplyAdvanced, same rounds; {paired('t2i')}; time inside its control code "
-          f"(get_control with cached control + apply_control adds) {t2i_ms:.1f} ms/step = {t2i_ms / (med['plain'] * 1e3):.2%} of a plain step; control changes the prediction by {effect['t2i']:.1%}) {tag}")
-    print(f"one-time per image/run: ours FDINoiseDecoupling {statistics.median(ours_once) * 1e3:.1f} ms (median of 3, before sampling); "
-          f"T2I first step {first['t2i'] * 1e3:.1f} ms vs plain first step {first['plain'] * 1e3:.1f} ms = "
-          f"+{(first['t2i'] - first['plain']) * 1e3:.1f} ms per sampling run (adapter forward, medians of {reps}) {tag}")
+    print(
+        f"ours/plain step: {med['ours'] * 1e3:.1f} ms / {med['plain'] * 1e3:.1f} "
+        f"ms = {med['ours'] / med['plain']:.4f} "
+        f"(target <= 1.02; medians of {n} steps in {reps} interleaved rounds; {paired('ours')}; "
+        f"time inside our patches {ours_ms:.1f} ms/step (median of {DIRECT_STEPS - 1}) "
+        f"= {ours_ms / (med['plain'] * 1e3):.2%} of a plain step; "
+        f"guidance changes the prediction by {effect['ours']:.1%}) {tag}"
+    )
+    print(
+        f"T2I/plain step: {med['t2i'] * 1e3:.1f} ms / {med['plain'] * 1e3:.1f} ms = {med['t2i'] / med['plain']:.4f} "
+        "(ComfyUI T2IAdapter via ControlNetLoader + ControlNetApplyAdvanced, same "
+        f"rounds; {paired('t2i')}; time inside its control code "
+        f"(get_control with cached control + apply_control adds) {t2i_ms:.1f} ms/step "
+        f"= {t2i_ms / (med['plain'] * 1e3):.2%} of a plain step; control changes "
+        f"the prediction by {effect['t2i']:.1%}) {tag}"
+    )
+    print(
+        f"one-time per image/run: ours FDINoiseDecoupling {statistics.median(ours_once) * 1e3:.1f} "
+        "ms (median of 3, before sampling); "
+        f"T2I first step {first['t2i'] * 1e3:.1f} ms vs plain first step {first['plain'] * 1e3:.1f} ms = "
+        f"+{(first['t2i'] - first['plain']) * 1e3:.1f} ms per sampling run (adapter "
+        f"forward, medians of {reps}) {tag}"
+    )
     if args.raw:
         for v in VARIANTS:
-            print(f"raw {v}: first steps {[round(t * 1e3) for t in records[v]['first']]} ms, later steps {[round(t * 1e3) for t in records[v]['steady']]} ms")
+            print(
+                f"raw {v}: first steps {[round(t * 1e3) for t in records[v]['first']]} ms, "
+                f"later steps {[round(t * 1e3) for t in records[v]['steady']]} ms"
+            )
     if min(effect.values()) <= 1e-6:
-        print("error: a guided run predicted the same as the plain run: its guidance was not active, the ratio means nothing", file=sys.stderr)
+        print(
+            "error: a guided run predicted the same as the plain run: its guidance "
+            "was not active, the ratio means nothing",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -17,8 +17,6 @@ full size, a 1 GB stand-in language model); ``--full`` builds the real ViT-g (39
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,12 +32,33 @@ sys.path.insert(0, str(ROOT))
 def blip2_config(full: bool):
     from transformers import Blip2Config
 
-    vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39 if full else 4, num_attention_heads=16,
-                  image_size=224, patch_size=14, qkv_bias=True)
-    qformer = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                   cross_attention_frequency=2, encoder_hidden_size=1408, vocab_size=30522)
-    text = dict(model_type="opt", vocab_size=1000, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, ffn_dim=64,
-                word_embed_proj_dim=64)
+    vision = dict(
+        hidden_size=1408,
+        intermediate_size=6144,
+        num_hidden_layers=39 if full else 4,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        qkv_bias=True,
+    )
+    qformer = dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        cross_attention_frequency=2,
+        encoder_hidden_size=1408,
+        vocab_size=30522,
+    )
+    text = dict(
+        model_type="opt",
+        vocab_size=1000,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        ffn_dim=64,
+        word_embed_proj_dim=64,
+    )
     return Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=32)
 
 
@@ -127,15 +146,22 @@ def main() -> None:
         total = (folder / "model.safetensors").stat().st_size
         loaded, rss = measure_load_rss(folder)
         size = "full" if args.full else "reduced"
-        print(f"extract.load_rss[{size}]: peak RSS growth of loading + one encode {rss / 1e9:.2f} GB / vision+Q-Former tensors "
-              f"{wanted / 1e9:.2f} GB = {rss / wanted:.2f}x (target <= 1.3x; after loading alone {loaded / 1e9:.2f} GB; "
-              f"checkpoint file {total / 1e9:.2f} GB incl. language model)")
+        print(
+            f"extract.load_rss[{size}]: peak RSS growth of loading + one encode {rss / 1e9:.2f} "
+            "GB / vision+Q-Former tensors "
+            f"{wanted / 1e9:.2f} GB = {rss / wanted:.2f}x (target <= 1.3x; after loading "
+            f"alone {loaded / 1e9:.2f} GB; "
+            f"checkpoint file {total / 1e9:.2f} GB incl. language model)"
+        )
         encoder = QFormerEncoder.from_pretrained(folder, device=args.device, vision_dtype=args.dtype)
         torch.set_grad_enabled(False)
         b1 = pairs_per_second(encoder, 1, args.pairs, args.device)
         b8 = pairs_per_second(encoder, 8, args.pairs, args.device)
-        print(f"extract.throughput[{size},{args.device},{args.dtype}]: batch 1 {b1:.2f} pairs/s, batch 8 {b8:.2f} pairs/s, "
-              f"ratio {b8 / b1:.2f}x")
+        print(
+            f"extract.throughput[{size},{args.device},{args.dtype}]: batch 1 {b1:.2f} "
+            f"pairs/s, batch 8 {b8:.2f} pairs/s, "
+            f"ratio {b8 / b1:.2f}x"
+        )
 
 
 if __name__ == "__main__":

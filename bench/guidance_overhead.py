@@ -35,18 +35,39 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 SD21_BASE_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
-    use_linear_projection=True, upcast_attention=False,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=1024,
+    attention_head_dim=[5, 10, 20, 20],
+    use_linear_projection=True,
+    upcast_attention=False,
 )
 
 SD_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=4, norm_num_groups=32,
-    sample_size=512, scaling_factor=0.18215,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
 )
 
 
@@ -68,20 +89,32 @@ def build_random_sd21(device: torch.device, dtype: torch.dtype):
 
     The text tower is reduced to 2 layers of width 1024 (it runs once per restore)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from tiny_sd import tiny_scheduler, tiny_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from fdi.pipeline import FDIRestorationPipeline
-    from tiny_sd import tiny_scheduler, tiny_tokenizer
 
     torch.manual_seed(0)
     tok = tiny_tokenizer()
     with torch.device(device):  # random init where the models will run (much faster on a GPU)
         unet = UNet2DConditionModel(**SD21_BASE_UNET)
         vae = AutoencoderKL(**SD_VAE)
-        text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=1024, intermediate_size=4096, num_hidden_layers=2,
-                                            num_attention_heads=16, max_position_embeddings=tok.model_max_length,
-                                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id))
-    return FDIRestorationPipeline(vae, text, tok, unet, tiny_scheduler("epsilon"), device=device, dtype=dtype, source="sd21-random")
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tok),
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=2,
+                num_attention_heads=16,
+                max_position_embeddings=tok.model_max_length,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.eos_token_id,
+            )
+        )
+    return FDIRestorationPipeline(
+        vae, text, tok, unet, tiny_scheduler("epsilon"), device=device, dtype=dtype, source="sd21-random"
+    )
 
 
 def trained_like_adapter(base_family: str):
@@ -102,8 +135,12 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     ap.add_argument("--size", type=int, default=256, help="image side in pixels (latent = size/8)")
-    ap.add_argument("--steps", type=int, default=4, help="sampling steps of the restore (inversion uses the same number)")
-    ap.add_argument("--reps", type=int, default=None, help="interleaved plain/guided step pairs (default 5 on CPU, 30 on GPU)")
+    ap.add_argument(
+        "--steps", type=int, default=4, help="sampling steps of the restore (inversion uses the same number)"
+    )
+    ap.add_argument(
+        "--reps", type=int, default=None, help="interleaved plain/guided step pairs (default 5 on CPU, 30 on GPU)"
+    )
     args = ap.parse_args()
 
     from fdi.diffusers_backend import DiffusersGuidance
@@ -116,9 +153,12 @@ def main() -> int:
     unet = pipe.unet
     adapter = trained_like_adapter(pipe.base_family)
     fdi = torch.randn(32, 768)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
-          f"dtype {args.dtype}, image {args.size}x{args.size}, UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.0f} M, "
-          f"adapter {adapter.num_parameters() / 1e6:.1f} M parameters")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    unet_m = sum(p.numel() for p in unet.parameters()) / 1e6
+    print(
+        f"device {device} ({where}), dtype {args.dtype}, image {args.size}x{args.size}, UNet {unet_m:.0f} M, "
+        f"adapter {adapter.num_parameters() / 1e6:.1f} M parameters"
+    )
 
     image = torch.rand(1, 3, args.size, args.size)
     use = AdapterUse(adapter, fdi, 1.0)
@@ -148,15 +188,28 @@ def main() -> int:
 
     # 3. whole restore vs the same number of plain UNet passes
     passes = 2 * args.steps
-    pipe.restore(image, [use], steps=2, inversion_steps=2, guidance_end=0.5)  # warm-up: VAE and text kernels' first calls
-    restore_s = timed(lambda: pipe.restore(image, [use], steps=args.steps, inversion_steps=args.steps, guidance_end=0.333), device)
+    # warm-up: VAE and text kernels' first calls
+    pipe.restore(image, [use], steps=2, inversion_steps=2, guidance_end=0.5)
+    restore_s = timed(
+        lambda: pipe.restore(image, [use], steps=args.steps, inversion_steps=args.steps, guidance_end=0.333), device
+    )
     with torch.no_grad():
         plain_passes_s = timed(lambda: [step() for _ in range(passes)], device)
 
-    print(f"step ratio: guided {g_med * 1e3:.1f} ms / plain {p_med * 1e3:.1f} ms = {g_med / p_med:.4f} (target <= 1.02; medians of {reps} interleaved pairs)")
-    print(f"adapter: one-time forward {statistics.median(adapter_times) * 1e3:.1f} ms per {args.size}x{args.size} image (median of 3)")
-    print(f"restore ratio: restore {restore_s:.2f} s / {passes} plain UNet passes {plain_passes_s:.2f} s = {restore_s / plain_passes_s:.4f} "
-          f"(target <= 1.10; {args.steps} inversion + {args.steps} sampling steps, VAE encode/decode and adapter included)")
+    print(
+        f"step ratio: guided {g_med * 1e3:.1f} ms / plain {p_med * 1e3:.1f} ms = "
+        f"{g_med / p_med:.4f} (target <= 1.02; medians of {reps} interleaved pairs)"
+    )
+    print(
+        f"adapter: one-time forward {statistics.median(adapter_times) * 1e3:.1f} "
+        f"ms per {args.size}x{args.size} image (median of 3)"
+    )
+    print(
+        f"restore ratio: restore {restore_s:.2f} s / {passes} plain UNet passes "
+        f"{plain_passes_s:.2f} s = {restore_s / plain_passes_s:.4f} "
+        f"(target <= 1.10; {args.steps} inversion + {args.steps} sampling steps, "
+        "VAE encode/decode and adapter included)"
+    )
     return 0
 
 

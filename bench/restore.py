@@ -69,8 +69,6 @@ def peak_bytes(fn, device: torch.device) -> int:
 
 def build_tiny(device: torch.device, dtype: torch.dtype):
     """The tests' tiny SD 2.1-shaped pipeline (widths 32/32/64/64), random weights, and a matching adapter."""
-    from fdi.adapter import FDIAdapter
-    from fdi.pipeline import FDIRestorationPipeline
     from tiny_sd import (
         randomise_adapter,
         tiny_adapter_config,
@@ -80,6 +78,9 @@ def build_tiny(device: torch.device, dtype: torch.dtype):
         tiny_unet,
         tiny_vae,
     )
+
+    from fdi.adapter import FDIAdapter
+    from fdi.pipeline import FDIRestorationPipeline
 
     torch.manual_seed(0)
     tok = tiny_tokenizer()

@@ -63,8 +63,9 @@ def child(args: argparse.Namespace) -> dict:
     else:
         loaded = rss_bytes()
     t = time.perf_counter()
-    out = pipe.restore(image, [use], steps=args.steps, inversion_steps=args.steps, tile_size=args.tile,
-                       tile_overlap=args.overlap)
+    out = pipe.restore(
+        image, [use], steps=args.steps, inversion_steps=args.steps, tile_size=args.tile, tile_overlap=args.overlap
+    )
     sync(device)
     seconds = time.perf_counter() - t
     if device.type == "cuda":
@@ -91,8 +92,20 @@ def main() -> int:
         args.size, args.tile = json.loads(args.child)
         print(json.dumps(child(args)))
         return 0
-    common = [sys.executable, __file__, "--device", args.device, "--dtype", args.dtype, "--steps", str(args.steps),
-              "--overlap", str(args.overlap), "--threads", str(args.threads)]
+    common = [
+        sys.executable,
+        __file__,
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--steps",
+        str(args.steps),
+        "--overlap",
+        str(args.overlap),
+        "--threads",
+        str(args.threads),
+    ]
     results = {}
     for name, size, tile in (("untiled", args.base, 0), ("tiled", args.size, args.tile)):
         run = subprocess.run(common + ["--child", json.dumps([size, tile])], capture_output=True, text=True)
@@ -102,13 +115,19 @@ def main() -> int:
         results[name] = json.loads(run.stdout.strip().splitlines()[-1])
     u, t = results["untiled"], results["tiled"]
     kind = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "peak RSS (ru_maxrss)"
-    gib = 1024 ** 3
-    print(f"machine: {args.device} {args.dtype}, {kind}, {args.steps} + {args.steps} steps, "
-          f"SD 2.1 base sizes with random weights")
-    print(f"untiled {args.base}²: peak {u['peak'] / gib:.2f} GiB (models loaded: {u['loaded'] / gib:.2f} GiB), "
-          f"{u['seconds']:.1f} s")
-    print(f"tiled {args.size}² in {args.tile} px tiles, overlap {args.overlap}: peak {t['peak'] / gib:.2f} GiB "
-          f"(models loaded: {t['loaded'] / gib:.2f} GiB), {t['seconds']:.1f} s")
+    gib = 1024**3
+    print(
+        f"machine: {args.device} {args.dtype}, {kind}, {args.steps} + {args.steps} steps, "
+        f"SD 2.1 base sizes with random weights"
+    )
+    print(
+        f"untiled {args.base}²: peak {u['peak'] / gib:.2f} GiB (models loaded: {u['loaded'] / gib:.2f} GiB), "
+        f"{u['seconds']:.1f} s"
+    )
+    print(
+        f"tiled {args.size}² in {args.tile} px tiles, overlap {args.overlap}: peak {t['peak'] / gib:.2f} GiB "
+        f"(models loaded: {t['loaded'] / gib:.2f} GiB), {t['seconds']:.1f} s"
+    )
     print(f"peak ratio tiled {args.size}² ÷ untiled {args.base}²: {t['peak'] / u['peak']:.2f} (goal ≤ 1.5)")
     above = (t["peak"] - t["loaded"]) / max(u["peak"] - u["loaded"], 1)
     print(f"ratio of the peaks above the loaded models: {above:.2f}")

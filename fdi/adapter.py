@@ -74,14 +74,19 @@ class FDIAdapterConfig:
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         if len(self.channels) != 4:
-            raise FDIError(f"an FDI adapter has four levels (SD 2.1 UNet encoder), got channels {self.channels}; give four widths such as (320, 640, 1280, 1280)")
+            raise FDIError(
+                f"an FDI adapter has four levels (SD 2.1 UNet encoder), got channels {self.channels}; "
+                "give four widths such as (320, 640, 1280, 1280)"
+            )
         for name in ("token_width", "num_tokens", "res_blocks", "bottleneck", "heads", "se_reduction", "unshuffle"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "res_blocks" else 1):
                 raise FDIError(f"adapter config {name}={v!r} is invalid; use a positive integer")
         for c in self.channels:
             if c < 1 or c % self.heads or c // self.bottleneck < 1 or c // self.se_reduction < 1:
-                raise FDIError(f"adapter width {c} must be positive and divisible by heads={self.heads}; change channels or heads")
+                raise FDIError(
+                    f"adapter width {c} must be positive and divisible by heads={self.heads}; change channels or heads"
+                )
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -93,13 +98,20 @@ class FDIAdapterConfig:
         try:
             d = json.loads(text)
         except (json.JSONDecodeError, TypeError):
-            raise FDIError(f"{source}: the adapter config in its metadata is not JSON; the file is corrupt, re-save it") from None
+            raise FDIError(
+                f"{source}: the adapter config in its metadata is not JSON; the file is corrupt, re-save it"
+            ) from None
         if not isinstance(d, dict):
-            raise FDIError(f"{source}: the adapter config in its metadata is not a JSON object; the file is corrupt, re-save it")
+            raise FDIError(
+                f"{source}: the adapter config in its metadata is not a JSON object; the file is corrupt, re-save it"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise FDIError(f"{source}: unknown adapter config keys {unknown}; the file was written by a newer version of the pack, update it")
+            raise FDIError(
+                f"{source}: unknown adapter config keys {unknown}; the file was written "
+                "by a newer version of the pack, update it"
+            )
         return cls(**d)
 
 
@@ -141,8 +153,10 @@ class FDIGuidance:
 
     def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> "FDIGuidance":
         """A copy on ``device`` and/or in floating ``dtype`` (no copy when nothing changes)."""
+
         def mv(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype)
+
         return FDIGuidance(
             residuals=[mv(r) for r in self.residuals],
             modulations=[Modulation(mv(m.mean), mv(m.std), mv(m.gate)) for m in self.modulations],
@@ -163,9 +177,11 @@ class FDIGuidance:
         )
 
     def detach(self) -> "FDIGuidance":
-        return FDIGuidance([r.detach() for r in self.residuals],
-                           [Modulation(m.mean.detach(), m.std.detach(), m.gate.detach()) for m in self.modulations],
-                           [f.detach() for f in self.refined])
+        return FDIGuidance(
+            [r.detach() for r in self.residuals],
+            [Modulation(m.mean.detach(), m.std.detach(), m.gate.detach()) for m in self.modulations],
+            [f.detach() for f in self.refined],
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +284,13 @@ class FDIAdapter(nn.Module):
     ``None``), ``source`` (file name).
     """
 
-    def __init__(self, config: Optional[FDIAdapterConfig] = None, base_family: str = "sd2.1-base", encoder: str = "", label: str = ""):
+    def __init__(
+        self,
+        config: Optional[FDIAdapterConfig] = None,
+        base_family: str = "sd2.1-base",
+        encoder: str = "",
+        label: str = "",
+    ):
         super().__init__()
         self.config = config = config or FDIAdapterConfig()
         self.base_family = base_family
@@ -280,7 +302,8 @@ class FDIAdapter(nn.Module):
         u = config.unshuffle
         self.conv_in = nn.Conv2d(3 * u * u, ch[0], 3, padding=1)
         self.levels = nn.ModuleList(
-            ImageLevel(ch[max(i - 1, 0)], ch[i], config.res_blocks, config.bottleneck, downsample=i > 0) for i in range(4)
+            ImageLevel(ch[max(i - 1, 0)], ch[i], config.res_blocks, config.bottleneck, downsample=i > 0)
+            for i in range(4)
         )
         self.decouple_levels = nn.ModuleList(NoiseDecoupling(config.token_width, c, config.heads) for c in ch)
         self.guidance_heads = nn.ModuleList(GuidanceHead(c, config.se_reduction) for c in ch)
@@ -373,9 +396,12 @@ class FDIAdapter(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def describe(self) -> str:
-        return (f"FDI adapter {self.display_name}: {self.num_parameters() / 1e6:.2f} M parameters, "
-                f"base {self.base_family}, channels {self.config.channels}, FDI {self.config.num_tokens}x{self.config.token_width}, "
-                f"encoder {self.encoder or '(unknown)'}")
+        return (
+            f"FDI adapter {self.display_name}: {self.num_parameters() / 1e6:.2f} M parameters, "
+            f"base {self.base_family}, channels {self.config.channels}, "
+            f"FDI {self.config.num_tokens}x{self.config.token_width}, "
+            f"encoder {self.encoder or '(unknown)'}"
+        )
 
     def check_fdi(self, fdi: FDI) -> None:
         """Raise :class:`FDIError` when ``fdi`` cannot drive this adapter (width, count, encoder)."""
@@ -415,8 +441,13 @@ class FDIAdapter(nn.Module):
         return p
 
     @classmethod
-    def from_file(cls, path: PathLike, base_family: Optional[str] = None, device: Union[str, torch.device] = "cpu",
-                  dtype: Optional[torch.dtype] = None) -> "FDIAdapter":
+    def from_file(
+        cls,
+        path: PathLike,
+        base_family: Optional[str] = None,
+        device: Union[str, torch.device] = "cpu",
+        dtype: Optional[torch.dtype] = None,
+    ) -> "FDIAdapter":
         """Load an adapter file (format: docs/design.md, "Adapter and FDI").
 
         ``adapter.fdi`` is its embedded FDI or ``None``.
@@ -428,26 +459,45 @@ class FDIAdapter(nn.Module):
         p = Path(path)
         tensors, meta = load_safetensors(p, what="adapter file")  # refuses pickle, validates the header
         src = p.name
-        check_file_format(meta, ADAPTER_FORMAT, ADAPTER_FORMAT_VERSION, src, "FDI adapter file",
-                          "FDI training ('python -m fdi train')", "Update the pack")
+        check_file_format(
+            meta,
+            ADAPTER_FORMAT,
+            ADAPTER_FORMAT_VERSION,
+            src,
+            "FDI adapter file",
+            "FDI training ('python -m fdi train')",
+            "Update the pack",
+        )
         if "config" not in meta:
             raise FDIError(f"{src!r} has no adapter config in its metadata; the file is incomplete, re-save it")
         config = FDIAdapterConfig.from_json(meta["config"], src)
         family = meta.get("base_family", "")
         if base_family is not None and family != base_family:
-            raise FDIError(f"adapter {src!r} was trained for {family or 'an unknown model'}, not {base_family}; use an adapter trained for {base_family} (or load the {family} model)")
+            raise FDIError(
+                f"adapter {src!r} was trained for {family or 'an unknown model'}, not {base_family}; "
+                f"use an adapter trained for {base_family} (or load the {family} model)"
+            )
         adapter = cls(config, base_family=family, encoder=meta.get("encoder", ""), label=meta.get("label", ""))
         expected = adapter.state_dict()
         weights = {k: v for k, v in tensors.items() if k not in EMBEDDED_FDI_KEYS}
         missing = sorted(set(expected) - set(weights))
         extra = sorted(set(weights) - set(expected))
         if missing or extra:
-            raise FDIError(f"adapter {src!r} does not match its config ({len(missing)} weights missing e.g. {missing[:2]}, {len(extra)} unexpected e.g. {extra[:2]}); the file is corrupt or from another version, re-save it")
+            raise FDIError(
+                f"adapter {src!r} does not match its config ({len(missing)} weights missing "
+                f"e.g. {missing[:2]}, {len(extra)} unexpected e.g. {extra[:2]}); the file "
+                "is corrupt or from another version, re-save it"
+            )
         for k, v in expected.items():
             if tuple(weights[k].shape) != tuple(v.shape):
-                raise FDIError(f"adapter {src!r}: weight {k!r} has shape {tuple(weights[k].shape)}, its config needs {tuple(v.shape)}; the file is corrupt, re-save it")
+                raise FDIError(
+                    f"adapter {src!r}: weight {k!r} has shape {tuple(weights[k].shape)}, its "
+                    f"config needs {tuple(v.shape)}; the file is corrupt, re-save it"
+                )
             if not weights[k].dtype.is_floating_point or not torch.isfinite(weights[k]).all():
-                raise FDIError(f"adapter {src!r}: weight {k!r} is not a finite float tensor; the file is corrupt, re-save it")
+                raise FDIError(
+                    f"adapter {src!r}: weight {k!r} is not a finite float tensor; the file is corrupt, re-save it"
+                )
         adapter.load_state_dict(weights, strict=True)
         adapter.fdi = FDI.from_embedded(tensors, meta, src)
         if adapter.fdi is not None:

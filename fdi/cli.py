@@ -22,7 +22,8 @@ COMMANDS = ("extract", "combine", "inspect", "eval", "train", "restore", "adapte
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fdi",
-        description="Feature Difference Instruction (FDI): extract, combine and inspect FDIs; restore and train with FDI adapters.",
+        description="Feature Difference Instruction (FDI): extract, combine and inspect FDIs; "
+        "restore and train with FDI adapters.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

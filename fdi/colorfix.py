@@ -40,7 +40,7 @@ def wavelet_decomposition(images: torch.Tensor, levels: int = WAVELET_LEVELS):
     high = torch.zeros_like(images)
     low = images
     for i in range(levels):
-        blurred = wavelet_blur(low, 2 ** i)
+        blurred = wavelet_blur(low, 2**i)
         high = high + (low - blurred)
         low = blurred
     return high, low
@@ -50,11 +50,14 @@ def _prepare(restored: torch.Tensor, reference: torch.Tensor):
     restored = check_image_batch(restored, "restored images")
     reference = check_image_batch(reference, "reference images").to(restored.device)
     if reference.shape[0] not in (1, restored.shape[0]):
-        raise FDIError(f"{reference.shape[0]} reference images for {restored.shape[0]} restored images; "
-                       "give one reference for all or one per image")
+        raise FDIError(
+            f"{reference.shape[0]} reference images for {restored.shape[0]} restored images; "
+            "give one reference for all or one per image"
+        )
     if reference.shape[-2:] != restored.shape[-2:]:
-        reference = F.interpolate(reference, size=restored.shape[-2:], mode="bilinear", align_corners=False,
-                                  antialias=True)
+        reference = F.interpolate(
+            reference, size=restored.shape[-2:], mode="bilinear", align_corners=False, antialias=True
+        )
     return restored, reference.expand(restored.shape[0], -1, -1, -1)
 
 

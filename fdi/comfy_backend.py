@@ -61,8 +61,9 @@ def block_indices(num_res_blocks: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]
     return tuple((n + 1) * i + n for i in range(4)), tuple((n + 1) * j for j in (1, 2, 3))
 
 
-def check_unet_for_adapter(unet_config: Optional[dict], channels: Sequence[int], base_family: str = "",
-                           prediction_type: Optional[str] = None) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+def check_unet_for_adapter(
+    unet_config: Optional[dict], channels: Sequence[int], base_family: str = "", prediction_type: Optional[str] = None
+) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """Check that a ComfyUI UNet (its ``model_config.unet_config``) can take an adapter's guidance.
 
     Needs an ``openaimodel`` UNet with four levels of equal res-block count whose widths are the
@@ -76,7 +77,8 @@ def check_unet_for_adapter(unet_config: Optional[dict], channels: Sequence[int],
     channels = tuple(int(c) for c in channels)
     if not isinstance(unet_config, dict) or "model_channels" not in unet_config or "channel_mult" not in unet_config:
         raise FDIError(
-            "the MODEL is not a Stable Diffusion UNet (no model_channels/channel_mult: a DiT/flow model such as SD3 or Flux?); "
+            "the MODEL is not a Stable Diffusion UNet (no model_channels/channel_mult: "
+            "a DiT/flow model such as SD3 or Flux?); "
             "FDI adapters guide SD 2.x UNets, load an SD 2.1 checkpoint"
         )
     ctx = unet_config.get("context_dim")
@@ -86,26 +88,36 @@ def check_unet_for_adapter(unet_config: Optional[dict], channels: Sequence[int],
     if widths != channels:
         raise FDIError(
             f"the MODEL ({family}) has UNet level widths {widths}, the adapter needs {channels} "
-            f"(it was trained for {base_family or 'another model'}); load an SD 2.1 checkpoint, or use an adapter trained for this model"
+            f"(it was trained for {base_family or 'another model'}); load an SD 2.1 "
+            "checkpoint, or use an adapter trained for this model"
         )
     nrb = unet_config.get("num_res_blocks", 2)
     if isinstance(nrb, (list, tuple)):
         if len(set(int(x) for x in nrb)) != 1:
-            raise FDIError(f"the MODEL's UNet levels have different block counts {list(nrb)}; FDI guidance needs an SD 2.x-shaped UNet")
+            raise FDIError(
+                f"the MODEL's UNet levels have different block counts {list(nrb)}; FDI guidance "
+                "needs an SD 2.x-shaped UNet"
+            )
         nrb = int(nrb[0])
     if base_family.startswith("sd2") and ctx != 1024:
         raise FDIError(
-            f"the MODEL is {family} (cross-attention width {ctx}), not SD 2.x (1024), but the adapter was trained for {base_family}; "
+            f"the MODEL is {family} (cross-attention width {ctx}), not SD 2.x (1024), "
+            f"but the adapter was trained for {base_family}; "
             "load an SD 2.1 checkpoint"
         )
     if int(unet_config.get("in_channels", 4)) != 4:
-        raise FDIError(f"the MODEL's UNet takes {unet_config.get('in_channels')} latent channels (an inpainting/depth variant?); FDI guidance needs a 4-channel SD 2.x UNet")
+        raise FDIError(
+            f"the MODEL's UNet takes {unet_config.get('in_channels')} latent channels "
+            "(an inpainting/depth variant?); FDI guidance needs a 4-channel SD 2.x "
+            "UNet"
+        )
     if prediction_type is not None and base_family:
         wanted = "v_prediction" if base_family.endswith("-v") else "epsilon" if base_family.endswith("-base") else None
         if wanted is not None and prediction_type != wanted:
             kind = {"epsilon": "an epsilon (SD 2.1 base, 512 px)", "v_prediction": "a v-prediction (SD 2.1, 768 px)"}
             raise FDIError(
-                f"the adapter was trained for {base_family} ({kind[wanted]} model) but the MODEL is {kind.get(prediction_type, prediction_type)} "
+                f"the adapter was trained for {base_family} ({kind[wanted]} model) but the "
+                f"MODEL is {kind.get(prediction_type, prediction_type)} "
                 f"model; load the matching checkpoint or use an adapter trained for it"
             )
     return block_indices(nrb)
@@ -162,13 +174,18 @@ def _step_gate(sigma: torch.Tensor, schedule: torch.Tensor, start: float, end: f
     return ((sigma > lo) & (sigma < hi)).float()
 
 
-def sigma_window(percent_to_sigma: Callable[[float], float], start_percent: float, end_percent: float) -> Tuple[float, float]:
+def sigma_window(
+    percent_to_sigma: Callable[[float], float], start_percent: float, end_percent: float
+) -> Tuple[float, float]:
     """``(sigma_start, sigma_end)`` of a ``[start, end]`` percent window (refuses ``end < start``)."""
     start, end = float(start_percent), float(end_percent)
     if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
         raise FDIError(f"start_percent and end_percent must be between 0 and 1, got {start} and {end}")
     if end < start:
-        raise FDIError(f"end_percent ({end}) is smaller than start_percent ({start}); guidance would never be active, set end_percent >= start_percent")
+        raise FDIError(
+            f"end_percent ({end}) is smaller than start_percent ({start}); guidance "
+            "would never be active, set end_percent >= start_percent"
+        )
     return float(percent_to_sigma(start)), float(percent_to_sigma(end))
 
 
@@ -178,8 +195,12 @@ class _FDIPatchBase:
     Immutable: ComfyUI deep-copies ``model_options`` on every ``clone()``, and ``__deepcopy__``
     returns the patch itself, so cloning a MODEL never copies guidance tensors."""
 
-    def __init__(self, entries: Sequence[GuidanceEntry], input_blocks: Sequence[int] = (2, 5, 8, 11),
-                 output_blocks: Sequence[int] = (3, 6, 9)):
+    def __init__(
+        self,
+        entries: Sequence[GuidanceEntry],
+        input_blocks: Sequence[int] = (2, 5, 8, 11),
+        output_blocks: Sequence[int] = (3, 6, 9),
+    ):
         self.entries: Tuple[GuidanceEntry, ...] = tuple(entries)
         self.input_blocks = tuple(int(b) for b in input_blocks)
         self.output_blocks = tuple(int(b) for b in output_blocks)
@@ -202,15 +223,18 @@ class _FDIPatchBase:
         out = []
         for i, e in enumerate(self.entries):
             gate = e.gate(transformer_options)
-            out.append((i, e.guidance, e.strength * gate if isinstance(gate, torch.Tensor) else e.strength * float(gate)))
+            out.append(
+                (i, e.guidance, e.strength * gate if isinstance(gate, torch.Tensor) else e.strength * float(gate))
+            )
         return out
 
     def decide(self, transformer_options: dict, device: torch.device) -> torch.Tensor:
         """``strength · gate`` of every entry for the current model call, float32 ``[n_entries]`` on ``device``
         (tensor math only, no host sync)."""
         options = {k: v for k, v in transformer_options.items() if k != SCALES_KEY}
-        return torch.stack([torch.as_tensor(scale, dtype=torch.float32).to(device).reshape(())
-                            for _, _, scale in self.scales(options)])
+        return torch.stack(
+            [torch.as_tensor(scale, dtype=torch.float32).to(device).reshape(()) for _, _, scale in self.scales(options)]
+        )
 
     def __deepcopy__(self, memo: dict) -> "_FDIPatchBase":
         return self
@@ -223,11 +247,16 @@ class _FDIPatchBase:
         if isinstance(device_or_dtype, torch.dtype):
             return self
         device = torch.device(device_or_dtype)
-        if all(t.device == device or (device.index is None and t.device.type == device.type)
-               for e in self.entries for t in e.guidance.residuals):
+        if all(
+            t.device == device or (device.index is None and t.device.type == device.type)
+            for e in self.entries
+            for t in e.guidance.residuals
+        ):
             return self
-        entries = [GuidanceEntry(e.guidance.to(device), e.strength, e.start, e.end, e.sigma_start, e.sigma_end)
-                   for e in self.entries]
+        entries = [
+            GuidanceEntry(e.guidance.to(device), e.strength, e.start, e.end, e.sigma_start, e.sigma_end)
+            for e in self.entries
+        ]
         return type(self)(entries, self.input_blocks, self.output_blocks)
 
     def models(self) -> list:
@@ -273,7 +302,7 @@ class FDIOutputPatch(_FDIPatchBase):
 
 
 def tile_guidance(guidance: FDIGuidance, level: int, offset: Tuple[int, int], size) -> FDIGuidance:
-    """``guidance`` with residual ``level`` cropped to the tile at latent ``offset`` 
+    """``guidance`` with residual ``level`` cropped to the tile at latent ``offset``
     (:func:`fdi.tiles.crop_residual`)."""
     residuals = list(guidance.residuals)
     residuals[level] = crop_residual(residuals[level], level, offset, size)
@@ -296,7 +325,9 @@ def decide_scales(executor, x, t, c_concat=None, c_crossattn=None, control=None,
     return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
-def add_guidance(model_options: dict, entry: GuidanceEntry, input_blocks: Sequence[int], output_blocks: Sequence[int]) -> None:
+def add_guidance(
+    model_options: dict, entry: GuidanceEntry, input_blocks: Sequence[int], output_blocks: Sequence[int]
+) -> None:
     """Install or extend the FDI patches in (a clone's) ``model_options``, in place, and the :func:`decide_scales`
     wrapper (once).
 
@@ -332,9 +363,15 @@ def fdi_patches(model_options: dict) -> Dict[str, Optional[_FDIPatchBase]]:
 
 
 @torch.no_grad()
-def ddim_inversion_sampler(model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: Optional[dict] = None,
-                           callback: Optional[Callable[[dict], None]] = None, disable=None,
-                           interrupt: Optional[Callable[[], None]] = None) -> torch.Tensor:
+def ddim_inversion_sampler(
+    model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: Optional[dict] = None,
+    callback: Optional[Callable[[dict], None]] = None,
+    disable=None,
+    interrupt: Optional[Callable[[], None]] = None,
+) -> torch.Tensor:
     """Deterministic DDIM inversion in k-diffusion form (the signature ComfyUI's ``KSAMPLER`` calls).
 
     ``sigmas`` ascend from the clean level (0) to the start level of sampling; ``model(x, σ)``

@@ -62,9 +62,15 @@ def _list_path(base: Path, value, lineno: int, key: str, source: str) -> Path:
     p = Path(value.strip())
     p = p if p.is_absolute() else base / p
     if p.suffix.lower() not in IMAGE_SUFFIXES:
-        raise FDIError(f"{source} line {lineno}: {key} path {value!r} is not an image file name (accepted: {' '.join(IMAGE_SUFFIXES)}); fix the list")
+        raise FDIError(
+            f"{source} line {lineno}: {key} path {value!r} is not an image file name "
+            f"(accepted: {' '.join(IMAGE_SUFFIXES)}); fix the list"
+        )
     if not p.is_file():
-        raise FDIError(f"{source} line {lineno}: {key} image {str(p)!r} does not exist; fix the path (relative paths are relative to the list file's folder)")
+        raise FDIError(
+            f"{source} line {lineno}: {key} image {str(p)!r} does not exist; fix the "
+            "path (relative paths are relative to the list file's folder)"
+        )
     return p
 
 
@@ -76,7 +82,9 @@ def read_pairs_file(path: PathLike) -> List[Pair]:
         raise FDIError(f"pairs file {str(p)!r} does not exist; check the path")
     suffix = p.suffix.lower()
     if suffix not in LIST_SUFFIXES:
-        raise FDIError(f"pairs file {p.name!r} must be a .csv (columns degraded,clean) or a .jsonl (keys degraded, clean) file")
+        raise FDIError(
+            f"pairs file {p.name!r} must be a .csv (columns degraded,clean) or a .jsonl (keys degraded, clean) file"
+        )
     base = p.parent
     rows: List[Tuple[int, dict]] = []
     try:
@@ -87,7 +95,10 @@ def read_pairs_file(path: PathLike) -> List[Pair]:
         reader = csv.DictReader(text.splitlines())
         fields = [f.strip() for f in (reader.fieldnames or [])]
         if "degraded" not in fields or "clean" not in fields:
-            raise FDIError(f"pairs file {source!r} needs a header line with the columns 'degraded' and 'clean' (found: {', '.join(fields) or 'none'}); add it")
+            raise FDIError(
+                f"pairs file {source!r} needs a header line with the columns 'degraded' "
+                f"and 'clean' (found: {', '.join(fields) or 'none'}); add it"
+            )
         for i, row in enumerate(reader, start=2):
             row = {(k or "").strip(): v for k, v in row.items()}
             if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
@@ -101,9 +112,14 @@ def read_pairs_file(path: PathLike) -> List[Pair]:
             try:
                 obj = json.loads(s)
             except json.JSONDecodeError as exc:
-                raise FDIError(f"{source} line {i} is not valid JSON ({exc.msg}); write one object per line like {{\"degraded\": \"a.png\", \"clean\": \"b.png\"}}") from None
+                raise FDIError(
+                    f"{source} line {i} is not valid JSON ({exc.msg}); write one object per "
+                    'line like {"degraded": "a.png", "clean": "b.png"}'
+                ) from None
             if not isinstance(obj, dict) or "degraded" not in obj or "clean" not in obj:
-                raise FDIError(f"{source} line {i} must be an object with the keys 'degraded' and 'clean'; fix that line")
+                raise FDIError(
+                    f"{source} line {i} must be an object with the keys 'degraded' and 'clean'; fix that line"
+                )
             rows.append((i, obj))
     pairs: List[Pair] = []
     seen = {}
@@ -120,18 +136,28 @@ def read_pairs_file(path: PathLike) -> List[Pair]:
     return pairs
 
 
-def collect_pairs(degraded_dir: Optional[PathLike] = None, clean_dir: Optional[PathLike] = None,
-                  pairs_file: Optional[PathLike] = None, what: str = "training") -> List[Pair]:
+def collect_pairs(
+    degraded_dir: Optional[PathLike] = None,
+    clean_dir: Optional[PathLike] = None,
+    pairs_file: Optional[PathLike] = None,
+    what: str = "training",
+) -> List[Pair]:
     """The pairs of a list file, or of two folders matched by stem (exactly one of the two sources).
 
     Raises :class:`FDIError` for no source, both sources, or fewer than one pair.
     """
     if pairs_file is not None and (degraded_dir is not None or clean_dir is not None):
-        raise FDIError(f"give the {what} pairs either as two folders (--degraded/--clean) or as a list file (--pairs-file), not both")
+        raise FDIError(
+            f"give the {what} pairs either as two folders (--degraded/--clean) or as "
+            "a list file (--pairs-file), not both"
+        )
     if pairs_file is not None:
         return read_pairs_file(pairs_file)
     if degraded_dir is None or clean_dir is None:
-        raise FDIError(f"no {what} pairs: give --degraded DIR and --clean DIR (images matched by file name), or --pairs-file LIST.csv|.jsonl")
+        raise FDIError(
+            f"no {what} pairs: give --degraded DIR and --clean DIR (images matched by "
+            "file name), or --pairs-file LIST.csv|.jsonl"
+        )
     pairs = [Pair(stem, d, c) for stem, d, c in pair_folders(degraded_dir, clean_dir)]
     if not pairs:  # pair_folders already refuses empty folders; kept as a guard for the contract
         raise FDIError(f"no {what} pairs found; put matching images in the degraded and clean folders")
@@ -161,8 +187,9 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return g
 
 
-def transform_pair(degraded: torch.Tensor, clean: torch.Tensor, resolution: int,
-                   generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def transform_pair(
+    degraded: torch.Tensor, clean: torch.Tensor, resolution: int, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Resize both images together, crop the same window, flip both or neither.
 
     Args:
@@ -182,8 +209,8 @@ def transform_pair(degraded: torch.Tensor, clean: torch.Tensor, resolution: int,
         top = int(torch.randint(0, h - resolution + 1, (1,), generator=generator))
         left = int(torch.randint(0, w - resolution + 1, (1,), generator=generator))
         flip = bool(torch.rand((), generator=generator) < 0.5)
-    d = d[:, top:top + resolution, left:left + resolution]
-    c = c[:, top:top + resolution, left:left + resolution]
+    d = d[:, top : top + resolution, left : left + resolution]
+    c = c[:, top : top + resolution, left : left + resolution]
     if flip:
         d, c = d.flip(-1), c.flip(-1)
     return d.contiguous(), c.contiguous()
@@ -234,8 +261,16 @@ class PairStream(Sampler):
     of its next micro-batch: no batches need to be read and skipped.
     """
 
-    def __init__(self, n: int, micro_batch: int, seed: int = 0, num_processes: int = 1, process_index: int = 0,
-                 start: int = 0, stop: int = 0):
+    def __init__(
+        self,
+        n: int,
+        micro_batch: int,
+        seed: int = 0,
+        num_processes: int = 1,
+        process_index: int = 0,
+        start: int = 0,
+        stop: int = 0,
+    ):
         if n < 1:
             raise FDIError("no image pairs; training needs at least one (degraded, clean) pair")
         self.n, self.b, self.seed = int(n), int(micro_batch), int(seed)

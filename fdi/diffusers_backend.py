@@ -43,8 +43,14 @@ from torch import nn
 
 from .adapter import FDIAdapter, FDIGuidance
 from .errors import FDIError
-from .guidance import (StepInvariantCache, WeightedGuidance, as_weighted, modulate, modulation_coefficients,
-                       residual_delta)
+from .guidance import (
+    StepInvariantCache,
+    WeightedGuidance,
+    as_weighted,
+    modulate,
+    modulation_coefficients,
+    residual_delta,
+)
 
 NUM_LEVELS = 4
 NUM_POINTS = 3
@@ -65,12 +71,16 @@ def check_unet(unet: nn.Module) -> None:
     downs = getattr(unet, "down_blocks", None)
     ups = getattr(unet, "up_blocks", None)
     if downs is None or ups is None or len(downs) != NUM_LEVELS or len(ups) < NUM_POINTS:
-        raise FDIError("the UNet does not have the SD 2.1 layout (4 down blocks, 4 up blocks); FDI adapters work with SD 2.1-style UNets only")
+        raise FDIError(
+            "the UNet does not have the SD 2.1 layout (4 down blocks, 4 up blocks); "
+            "FDI adapters work with SD 2.1-style UNets only"
+        )
     for i, block in enumerate(downs):
         has_attn = bool(getattr(block, "has_cross_attention", False))
         if not has_attn and getattr(block, "downsamplers", None) is not None:
             raise FDIError(
-                f"UNet down block {i} has no attention but a downsampler, so diffusers would add the FDI residual after "
+                f"UNet down block {i} has no attention but a downsampler, so diffusers would "
+                "add the FDI residual after "
                 "downsampling (not where ComfyUI adds it); FDI adapters support SD 2.1-style UNets only"
             )
 
@@ -81,7 +91,8 @@ def check_adapter_for_unet(adapter: FDIAdapter, unet: nn.Module) -> None:
     if tuple(adapter.config.channels) != want:
         raise FDIError(
             f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's "
-            f"encoder widths are {want}; use an adapter trained for this model (e.g. SD 2.1 adapters have (320, 640, 1280, 1280))"
+            f"encoder widths are {want}; use an adapter trained for this model (e.g. "
+            "SD 2.1 adapters have (320, 640, 1280, 1280))"
         )
 
 
@@ -103,7 +114,13 @@ class DiffusersGuidance:
     tensors in place.
     """
 
-    def __init__(self, unet: nn.Module, guidances: Union[FDIGuidance, Sequence[WeightedGuidance]], strength: float = 1.0, active: bool = True):
+    def __init__(
+        self,
+        unet: nn.Module,
+        guidances: Union[FDIGuidance, Sequence[WeightedGuidance]],
+        strength: float = 1.0,
+        active: bool = True,
+    ):
         check_unet(unet)
         self.unet = unet
         self._guidances = as_weighted(guidances)
@@ -162,13 +179,17 @@ class DiffusersGuidance:
         sample = args[0] if args else kwargs["sample"]
         ours = []
         for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1])):
-            probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))  # shape/dtype/device carrier
+            # shape/dtype/device carrier
+            probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))
             ours.append(self._cache.residual(probe, level, self._guidances, self._strength))
         theirs = kwargs.get("down_intrablock_additional_residuals")
         if theirs is not None:
             theirs = list(theirs)
             if len(theirs) < NUM_LEVELS:
-                raise FDIError(f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI guidance, which needs {NUM_LEVELS}; pass one per down block")
+                raise FDIError(
+                    f"{len(theirs)} intrablock residuals were passed to the UNet together with "
+                    f"FDI guidance, which needs {NUM_LEVELS}; pass one per down block"
+                )
             ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
         kwargs = dict(kwargs)
         kwargs["down_intrablock_additional_residuals"] = list(ours)  # a fresh list: diffusers pops from it
@@ -179,6 +200,7 @@ class DiffusersGuidance:
             if not self._enabled():
                 return None
             return modulate(output, self._cache.coefficients(output, point, self._guidances, self._strength))
+
         return hook
 
     # ---- lifetime --------------------------------------------------------------------------------
@@ -189,8 +211,10 @@ class DiffusersGuidance:
         slot = getattr(self.unet, SLOT_ATTRIBUTE, None)
         if slot is not None:
             if slot.bound:
-                raise FDIError("two FDI guidances were attached to one compiled UNet at once; "
-                               "remove the first before attaching another")
+                raise FDIError(
+                    "two FDI guidances were attached to one compiled UNet at once; "
+                    "remove the first before attaching another"
+                )
             self._slot = slot
             self._rebind()
             return self
@@ -218,7 +242,12 @@ class DiffusersGuidance:
         self.remove()
 
 
-def guide_unet(unet: nn.Module, guidances: Union[FDIGuidance, Sequence[WeightedGuidance]], strength: float = 1.0, active: bool = True) -> DiffusersGuidance:
+def guide_unet(
+    unet: nn.Module,
+    guidances: Union[FDIGuidance, Sequence[WeightedGuidance]],
+    strength: float = 1.0,
+    active: bool = True,
+) -> DiffusersGuidance:
     """Shorthand: ``with guide_unet(unet, [(g1, 1.0), (g2, 0.5)], strength=1.0): …``."""
     return DiffusersGuidance(unet, guidances, strength=strength, active=active)
 
@@ -231,8 +260,9 @@ class _SlotBuffers:
     """Guidance for one latent shape: residuals ``[B, C_i, h_i, w_i]`` (UNet dtype) and per decoder point the
     modulation coefficients ``(A [B, C], B [B, C], G [C])`` (float32)."""
 
-    def __init__(self, residuals: List[torch.Tensor],
-                 coefficients: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    def __init__(
+        self, residuals: List[torch.Tensor], coefficients: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    ):
         self.residuals = residuals
         self.coefficients = coefficients
 
@@ -302,8 +332,9 @@ class GuidanceSlot:
                 for level, r in enumerate(buffers.residuals):
                     r.copy_(residual_delta(r, level, guidances, strength))
                 for point, cs in enumerate(buffers.coefficients):
-                    new = modulation_coefficients(point, guidances, strength, sample.shape[0], cs[0].shape[1],
-                                                  sample.device)
+                    new = modulation_coefficients(
+                        point, guidances, strength, sample.shape[0], cs[0].shape[1], sample.device
+                    )
                     for c, v in zip(cs, new):
                         c.copy_(v)
             self._filled.add(key)
@@ -312,10 +343,14 @@ class GuidanceSlot:
     def _allocate(self, sample: torch.Tensor) -> _SlotBuffers:
         b, dev = sample.shape[0], sample.device
         widths = self.unet.config.block_out_channels
-        residuals = [torch.zeros((b, int(widths[level]), h, w), dtype=sample.dtype, device=dev)
-                     for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1]))]
-        coefficients = [(torch.zeros(b, c, device=dev), torch.zeros(b, c, device=dev), torch.zeros(c, device=dev))
-                        for c in self._out_channels]
+        residuals = [
+            torch.zeros((b, int(widths[level]), h, w), dtype=sample.dtype, device=dev)
+            for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1]))
+        ]
+        coefficients = [
+            (torch.zeros(b, c, device=dev), torch.zeros(b, c, device=dev), torch.zeros(c, device=dev))
+            for c in self._out_channels
+        ]
         buffers = _SlotBuffers(residuals, coefficients)
         for t in buffers.tensors():
             _static(t)
@@ -331,8 +366,10 @@ class GuidanceSlot:
         if theirs is not None:
             theirs = list(theirs)
             if len(theirs) < NUM_LEVELS:
-                raise FDIError(f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI "
-                               f"guidance, which needs {NUM_LEVELS}; pass one per down block")
+                raise FDIError(
+                    f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI "
+                    f"guidance, which needs {NUM_LEVELS}; pass one per down block"
+                )
             ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
         kwargs = dict(kwargs)
         kwargs["down_intrablock_additional_residuals"] = ours
@@ -341,6 +378,7 @@ class GuidanceSlot:
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):
             return modulate(output, tuple(c * self.gate for c in self._current.coefficients[point]))
+
         return hook
 
     def remove(self) -> None:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ PathLike = Union[str, os.PathLike]
 WANTED_PREFIXES = ("vision_model.", "qformer.")
 WANTED_KEYS = ("query_tokens",)
 
+
 def _wanted(key: str) -> bool:
     return key in WANTED_KEYS or key.startswith(WANTED_PREFIXES)
 
@@ -45,17 +46,23 @@ def _checkpoint_tensor_files(folder: Path) -> Dict[str, Path]:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-            raise FDIError(f"{index} is not a valid safetensors index (no weight_map); re-download the checkpoint") from None
+            raise FDIError(
+                f"{index} is not a valid safetensors index (no weight_map); re-download the checkpoint"
+            ) from None
         files = {}
         for key, shard in weight_map.items():
             if _wanted(key):
                 path = folder / shard
                 if Path(shard).name != shard:
-                    raise FDIError(f"{index.name} points outside the checkpoint folder ({shard!r}); re-download the checkpoint")
+                    raise FDIError(
+                        f"{index.name} points outside the checkpoint folder ({shard!r}); re-download the checkpoint"
+                    )
                 files[key] = path
         for path in set(files.values()):
             if not path.is_file():
-                raise FDIError(f"shard {path.name} listed in {index.name} is missing from {folder}; re-download the checkpoint")
+                raise FDIError(
+                    f"shard {path.name} listed in {index.name} is missing from {folder}; re-download the checkpoint"
+                )
         return files
     if single.is_file():
         infos, _ = read_header(single, "BLIP-2 weights")
@@ -67,16 +74,38 @@ def _checkpoint_tensor_files(folder: Path) -> Dict[str, Path]:
             "Download the checkpoint's model.safetensors files, or convert with transformers: "
             "Blip2ForConditionalGeneration.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
         )
-    raise FDIError(f"{folder} has no model.safetensors or model.safetensors.index.json; put the BLIP-2 checkpoint's weight files there")
+    raise FDIError(
+        f"{folder} has no model.safetensors or model.safetensors.index.json; put "
+        "the BLIP-2 checkpoint's weight files there"
+    )
 
 
-def _config_fingerprint(config, image_size: int, mean: Sequence[float], std: Sequence[float], query_tokens: torch.Tensor) -> str:
+def _config_fingerprint(
+    config, image_size: int, mean: Sequence[float], std: Sequence[float], query_tokens: torch.Tensor
+) -> str:
     vision = config.vision_config.to_dict()
     qformer = config.qformer_config.to_dict()
-    vkeys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
-             "layer_norm_eps", "hidden_act", "qkv_bias")
-    qkeys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "cross_attention_frequency",
-             "encoder_hidden_size", "layer_norm_eps", "hidden_act")
+    vkeys = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "image_size",
+        "patch_size",
+        "layer_norm_eps",
+        "hidden_act",
+        "qkv_bias",
+    )
+    qkeys = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "cross_attention_frequency",
+        "encoder_hidden_size",
+        "layer_norm_eps",
+        "hidden_act",
+    )
     spec = {
         "vision": {k: vision.get(k) for k in vkeys},
         "qformer": {k: qformer.get(k) for k in qkeys},
@@ -119,8 +148,12 @@ class QFormerEncoder(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, folder: PathLike, device: Union[str, torch.device] = "cpu",
-                        vision_dtype: Union[str, torch.dtype, None] = None) -> "QFormerEncoder":
+    def from_pretrained(
+        cls,
+        folder: PathLike,
+        device: Union[str, torch.device] = "cpu",
+        vision_dtype: Union[str, torch.dtype, None] = None,
+    ) -> "QFormerEncoder":
         """Load the encoder from a BLIP-2 checkpoint folder in Hugging Face layout.
 
         The folder needs ``config.json`` (``model_type`` ``blip-2``), ``preprocessor_config.json`` and
@@ -132,27 +165,45 @@ class QFormerEncoder(nn.Module):
 
         path = Path(folder)
         if not path.is_dir():
-            raise FDIError(f"BLIP-2 folder {str(path)!r} does not exist; download a BLIP-2 checkpoint (e.g. Salesforce/blip2-opt-2.7b) into it")
+            raise FDIError(
+                f"BLIP-2 folder {str(path)!r} does not exist; download a BLIP-2 checkpoint "
+                "(e.g. Salesforce/blip2-opt-2.7b) into it"
+            )
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
-            raise FDIError(f"{path} is not a BLIP-2 checkpoint: it has no config.json; point to the folder that holds the checkpoint's config.json")
+            raise FDIError(
+                f"{path} is not a BLIP-2 checkpoint: it has no config.json; point to the "
+                "folder that holds the checkpoint's config.json"
+            )
         try:
             raw = json.loads(cfg_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise FDIError(f"{cfg_file} is not valid JSON; re-download the checkpoint") from None
         model_type = raw.get("model_type") if isinstance(raw, dict) else None
         if model_type != "blip-2":
-            raise FDIError(f"{path} is a {model_type!r} checkpoint, not BLIP-2 (model_type 'blip-2'); use a BLIP-2 checkpoint such as Salesforce/blip2-opt-2.7b")
+            raise FDIError(
+                f"{path} is a {model_type!r} checkpoint, not BLIP-2 (model_type 'blip-2'); "
+                "use a BLIP-2 checkpoint such as Salesforce/blip2-opt-2.7b"
+            )
         try:
             config = Blip2Config.from_dict(raw)
         except Exception as exc:
-            raise FDIError(f"{cfg_file} could not be read as a BLIP-2 config ({exc}); re-download the checkpoint") from None
+            raise FDIError(
+                f"{cfg_file} could not be read as a BLIP-2 config ({exc}); re-download the checkpoint"
+            ) from None
         image_size, mean, std = cls._read_preprocessor(path, config)
 
         files = _checkpoint_tensor_files(path)
-        missing = [k for k in ("query_tokens", "qformer.layernorm.weight", "vision_model.post_layernorm.weight") if k not in files]
+        missing = [
+            k
+            for k in ("query_tokens", "qformer.layernorm.weight", "vision_model.post_layernorm.weight")
+            if k not in files
+        ]
         if missing:
-            raise FDIError(f"{path} lacks Q-Former tensors ({', '.join(missing)}); it is not a complete BLIP-2 checkpoint, re-download it")
+            raise FDIError(
+                f"{path} lacks Q-Former tensors ({', '.join(missing)}); it is not a complete "
+                "BLIP-2 checkpoint, re-download it"
+            )
         state: Dict[str, torch.Tensor] = {}
         by_file: Dict[Path, List[str]] = {}
         for key, f in files.items():
@@ -169,12 +220,18 @@ class QFormerEncoder(nn.Module):
         expected = set(enc.state_dict().keys())
         absent = sorted(expected - set(state))
         if absent:
-            raise FDIError(f"{path} lacks {len(absent)} Q-Former/vision tensors (e.g. {', '.join(absent[:3])}); the checkpoint is incomplete or of another architecture")
+            raise FDIError(
+                f"{path} lacks {len(absent)} Q-Former/vision tensors (e.g. {', '.join(absent[:3])}); "
+                "the checkpoint is incomplete or of another architecture"
+            )
         for k in list(state):
             if k not in expected:
                 state.pop(k)
             elif tuple(state[k].shape) != tuple(enc.state_dict()[k].shape):
-                raise FDIError(f"{path}: tensor {k} has shape {tuple(state[k].shape)} but config.json implies {tuple(enc.state_dict()[k].shape)}; config and weights do not belong together")
+                raise FDIError(
+                    f"{path}: tensor {k} has shape {tuple(state[k].shape)} but config.json implies "
+                    f"{tuple(enc.state_dict()[k].shape)}; config and weights do not belong together"
+                )
             elif not state[k].dtype.is_floating_point:
                 raise FDIError(f"{path}: tensor {k} has dtype {state[k].dtype}; expected floating point weights")
         state = {k: v.to(torch.float32) for k, v in state.items()}
@@ -189,12 +246,16 @@ class QFormerEncoder(nn.Module):
     def _read_preprocessor(path: Path, config) -> tuple:
         pre = path / "preprocessor_config.json"
         if not pre.is_file():
-            raise FDIError(f"{path} has no preprocessor_config.json (the image mean/std); copy it from the same BLIP-2 checkpoint")
+            raise FDIError(
+                f"{path} has no preprocessor_config.json (the image mean/std); copy it from the same BLIP-2 checkpoint"
+            )
         try:
             p = json.loads(pre.read_text())
             mean, std = [float(x) for x in p["image_mean"]], [float(x) for x in p["image_std"]]
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError):
-            raise FDIError(f"{pre} lacks a valid image_mean/image_std; copy it from the same BLIP-2 checkpoint") from None
+            raise FDIError(
+                f"{pre} lacks a valid image_mean/image_std; copy it from the same BLIP-2 checkpoint"
+            ) from None
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise FDIError(f"{pre} must give 3 image_mean values and 3 positive image_std values")
         if p.get("do_normalize", True) is False:
@@ -233,7 +294,9 @@ class QFormerEncoder(nn.Module):
         embeds = vision.last_hidden_state.to(torch.float32)
         mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)
         queries = self.query_tokens.to(torch.float32).expand(embeds.shape[0], -1, -1)
-        out = self.qformer(query_embeds=queries, encoder_hidden_states=embeds, encoder_attention_mask=mask, return_dict=True)
+        out = self.qformer(
+            query_embeds=queries, encoder_hidden_states=embeds, encoder_attention_mask=mask, return_dict=True
+        )
         return out.last_hidden_state.to(torch.float32)
 
     @torch.no_grad()

@@ -42,20 +42,28 @@ def extract_fdi_from_sources(
     kept: List[torch.Tensor] = []
     report(progress, 0, n)
     for start in range(0, n, batch_size):
-        chunk = pairs[start:start + batch_size]
+        chunk = pairs[start : start + batch_size]
         degraded = [load() for load, _ in chunk]
         clean = [load() for _, load in chunk]
         tokens = encoder.encode(degraded + clean)
-        diff = (tokens[: len(chunk)] - tokens[len(chunk):]).cpu()
+        diff = (tokens[: len(chunk)] - tokens[len(chunk) :]).cpu()
         if not torch.isfinite(diff).all():
-            raise FDIError(f"the encoder produced NaN/Inf for pairs {start + 1}..{start + len(chunk)}; check the BLIP-2 weights (or use fp32 instead of fp16)")
+            raise FDIError(
+                f"the encoder produced NaN/Inf for pairs {start + 1}..{start + len(chunk)}; "
+                "check the BLIP-2 weights (or use fp32 instead of fp16)"
+            )
         total += diff.to(torch.float64).sum(0)
         if keep_pairs:
             kept.append(diff.to(torch.float32))
         report(progress, min(start + batch_size, n), n)
     tokens = (total / n).to(torch.float32)
-    return FDI(tokens=tokens, encoder=encoder.fingerprint, n_pairs=n, label=label,
-               pairs=torch.cat(kept) if keep_pairs else None)
+    return FDI(
+        tokens=tokens,
+        encoder=encoder.fingerprint,
+        n_pairs=n,
+        label=label,
+        pairs=torch.cat(kept) if keep_pairs else None,
+    )
 
 
 def extract_fdi(
@@ -74,7 +82,10 @@ def extract_fdi(
     degraded = check_image_batch(degraded, "degraded images")
     clean = check_image_batch(clean, "clean images")
     if degraded.shape[0] != clean.shape[0]:
-        raise FDIError(f"{degraded.shape[0]} degraded images but {clean.shape[0]} clean images; give the same number, pair j = (degraded j, clean j)")
+        raise FDIError(
+            f"{degraded.shape[0]} degraded images but {clean.shape[0]} clean images; "
+            "give the same number, pair j = (degraded j, clean j)"
+        )
     sources = [((lambda i=i: degraded[i]), (lambda i=i: clean[i])) for i in range(degraded.shape[0])]
     return extract_fdi_from_sources(encoder, sources, label, batch_size, keep_pairs, progress)
 

@@ -32,10 +32,21 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 #: bytes per element of every dtype name safetensors writes
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 
 #: a header larger than this is refused (safetensors itself caps headers at 100 MB)
@@ -88,8 +99,16 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator:
 
 
 _TORCH_TO_ST = {
-    torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
-    torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64",
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.float64: "F64",
 }
 
 
@@ -115,7 +134,11 @@ def serialize_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping
         if t.dtype not in _TORCH_TO_ST:
             raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
         data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": _TORCH_TO_ST[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _TORCH_TO_ST[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         chunks.append(data)
         offset += len(data)
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
@@ -166,7 +189,10 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
             raise FDIError(f"{bad}: it is a pickle/zip checkpoint; only .safetensors files are read, convert it first")
         (n,) = struct.unpack("<Q", head)
         if n == 0 or n > MAX_HEADER_BYTES or n > size - 8:
-            raise FDIError(f"{bad} (its header claims {n} bytes, the file has {size}); the file is truncated or corrupt, re-export it")
+            raise FDIError(
+                f"{bad} (its header claims {n} bytes, the file has {size}); the file is "
+                "truncated or corrupt, re-export it"
+            )
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -175,7 +201,9 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
     if not isinstance(header, dict):
         raise FDIError(f"{bad} (its header is not a JSON object); the file is corrupt, re-export it")
     metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise FDIError(f"{bad} (its metadata is not a string map); the file is corrupt, re-export it")
     data_size = size - 8 - n
     infos: Dict[str, dict] = {}
@@ -186,18 +214,29 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in DTYPE_SIZES:
             raise FDIError(f"{bad} (tensor {name!r} has unknown dtype {dtype!r}); the file is corrupt, re-export it")
-        if (not isinstance(shape, list) or len(shape) > 8
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)
+        ):
             raise FDIError(f"{bad} (tensor {name!r} has an invalid shape {shape!r}); the file is corrupt, re-export it")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= data_size):
-            raise FDIError(f"{bad} (tensor {name!r} points outside the file); the file is truncated or corrupt, re-export it")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise FDIError(
+                f"{bad} (tensor {name!r} points outside the file); the file is truncated or corrupt, re-export it"
+            )
         numel = 1
         for d in shape:
             numel *= d
         if numel * DTYPE_SIZES[dtype] != offsets[1] - offsets[0]:
-            raise FDIError(f"{bad} (tensor {name!r}: shape {shape} does not match its {offsets[1] - offsets[0]} bytes); the file is corrupt, re-export it")
+            raise FDIError(
+                f"{bad} (tensor {name!r}: shape {shape} does not match its {offsets[1] - offsets[0]} "
+                "bytes); the file is corrupt, re-export it"
+            )
         infos[name] = {"dtype": dtype, "shape": shape, "data_offsets": offsets}
         spans.append((offsets[0], offsets[1]))
     spans.sort()
@@ -207,7 +246,9 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
     return infos, {str(k): str(v) for k, v in metadata.items()}
 
 
-def load_safetensors(path: PathLike, what: str = "file", keys: Optional[list] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+def load_safetensors(
+    path: PathLike, what: str = "file", keys: Optional[list] = None
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """Read (some of) the tensors of a validated safetensors file, on the CPU.
 
     ``keys`` restricts reading to those tensors (the others are never read from disk).
@@ -225,11 +266,15 @@ def load_safetensors(path: PathLike, what: str = "file", keys: Optional[list] = 
     except FDIError:
         raise
     except Exception as exc:  # safetensors' own errors on anything the header check let through
-        raise FDIError(f"{what} {Path(path).name!r} could not be read ({exc}); the file is corrupt, re-export it") from None
+        raise FDIError(
+            f"{what} {Path(path).name!r} could not be read ({exc}); the file is corrupt, re-export it"
+        ) from None
     return tensors, metadata
 
 
-def check_file_format(meta: Dict[str, str], fmt: str, version: int, source: str, kind: str, made_by: str, fix: str) -> None:
+def check_file_format(
+    meta: Dict[str, str], fmt: str, version: int, source: str, kind: str, made_by: str, fix: str
+) -> None:
     """Raise :class:`FDIError` unless ``meta`` says ``format=fmt`` and ``format_version=version``.
 
     ``kind`` names the file type for people ("FDI file", "FDI adapter file"), ``made_by`` says what
@@ -240,4 +285,7 @@ def check_file_format(meta: Dict[str, str], fmt: str, version: int, source: str,
         raise FDIError(f"{source!r} is not an {kind} (format={found!r}); {kind}s are made by {made_by}")
     found_version = meta.get("format_version")
     if found_version != str(version):
-        raise FDIError(f"{source!r} has {kind} format version {found_version!r}; this version of the pack reads version {version}. {fix}")
+        raise FDIError(
+            f"{source!r} has {kind} format version {found_version!r}; this version of "
+            f"the pack reads version {version}. {fix}"
+        )

@@ -26,7 +26,7 @@ from typing import Callable, Dict, Hashable, Iterable, List, Sequence, Tuple, Ty
 import torch
 import torch.nn.functional as F
 
-from .adapter import FDIGuidance, STAT_EPS
+from .adapter import STAT_EPS, FDIGuidance
 from .errors import FDIError
 
 WeightedGuidance = Tuple[FDIGuidance, float]
@@ -86,7 +86,9 @@ def _check_channels(what: str, got: int, want: int) -> None:
         )
 
 
-def residual_delta(h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0) -> torch.Tensor:
+def residual_delta(
+    h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0
+) -> torch.Tensor:
     """``strength · Σ_k w_k · fit(r_k,level)`` in ``h``'s dtype/device, shape of ``h`` (``[B, C, H, W]``)."""
     total = None
     for g, w in guidances:
@@ -100,7 +102,9 @@ def residual_delta(h: torch.Tensor, level: int, guidances: Sequence[WeightedGuid
     return total * strength
 
 
-def apply_residual(h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0) -> torch.Tensor:
+def apply_residual(
+    h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0
+) -> torch.Tensor:
     """Encoder level ``level`` (0..3): ``h + strength · Σ_k w_k · fit(r_k,level)`` (a new tensor)."""
     if not guidances:
         return h
@@ -113,8 +117,9 @@ def adain_statistics(d: torch.Tensor, eps: float = STAT_EPS) -> Tuple[torch.Tens
     return mean, torch.sqrt(var + eps)
 
 
-def modulation_coefficients(point: int, guidances: Sequence[WeightedGuidance], strength: float, batch: int, channels: int,
-                            device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def modulation_coefficients(
+    point: int, guidances: Sequence[WeightedGuidance], strength: float, batch: int, channels: int, device: torch.device
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The feature-independent part of the visual modulator at ``point``, float32 on ``device``:
 
     ``A = s·Σ_k w_k g_k σ_k`` ``[batch, C]``, ``B = s·Σ_k w_k g_k μ_k`` ``[batch, C]``, ``G = s·Σ_k w_k g_k`` ``[C]``.
@@ -150,7 +155,9 @@ def modulate(d: torch.Tensor, coefficients: Tuple[torch.Tensor, torch.Tensor, to
     return torch.addcmul(beta.to(d.dtype), d, alpha.to(d.dtype))
 
 
-def apply_modulation(d: torch.Tensor, point: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0) -> torch.Tensor:
+def apply_modulation(
+    d: torch.Tensor, point: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0
+) -> torch.Tensor:
     """Decoder point ``point`` (0..2): ``D + strength · Σ_k w_k · g_k ⊙ (AdaIN_k(D) − D)`` (a new tensor).
 
     Computed as :func:`modulate` of :func:`modulation_coefficients` (the same numbers as precomputing
@@ -188,14 +195,19 @@ class StepInvariantCache:
     def clear(self) -> None:
         self._values.clear()
 
-    def residual(self, h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float,
-                 key: Hashable = ()) -> torch.Tensor:
+    def residual(
+        self, h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float, key: Hashable = ()
+    ) -> torch.Tensor:
         """:func:`residual_delta` for a feature shaped like ``h`` (cached; ``key`` names the guidance set)."""
-        return self.get(("r", key, level, tuple(h.shape), h.dtype, h.device),
-                        lambda: residual_delta(h, level, guidances, strength))
+        return self.get(
+            ("r", key, level, tuple(h.shape), h.dtype, h.device), lambda: residual_delta(h, level, guidances, strength)
+        )
 
-    def coefficients(self, d: torch.Tensor, point: int, guidances: Sequence[WeightedGuidance], strength: float,
-                     key: Hashable = ()) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def coefficients(
+        self, d: torch.Tensor, point: int, guidances: Sequence[WeightedGuidance], strength: float, key: Hashable = ()
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`modulation_coefficients` for a feature shaped like ``d`` (cached; ``key`` names the guidance set)."""
-        return self.get(("m", key, point, d.shape[0], d.shape[1], d.device),
-                        lambda: modulation_coefficients(point, guidances, strength, d.shape[0], d.shape[1], d.device))
+        return self.get(
+            ("m", key, point, d.shape[0], d.shape[1], d.device),
+            lambda: modulation_coefficients(point, guidances, strength, d.shape[0], d.shape[1], d.device),
+        )

@@ -31,7 +31,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 def _to_rgb_array(img) -> np.ndarray:
     """Convert a PIL image of any mode to a float32 ``[H, W, 3]`` array in 0..1."""
-    from PIL import Image
 
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -71,14 +70,19 @@ def load_image(path: PathLike) -> torch.Tensor:
     try:
         with Image.open(p) as img:
             if getattr(img, "n_frames", 1) > 1:
-                raise FDIError(f"image {p.name!r} is animated ({img.n_frames} frames); save the frame you want as a PNG")
+                raise FDIError(
+                    f"image {p.name!r} is animated ({img.n_frames} frames); save the frame you want as a PNG"
+                )
             img.load()
             img = ImageOps.exif_transpose(img) or img
             arr = _to_rgb_array(img)
     except FDIError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise FDIError(f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); check that it is a valid PNG/JPEG/WebP/TIFF/BMP file") from None
+        raise FDIError(
+            f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); check "
+            "that it is a valid PNG/JPEG/WebP/TIFF/BMP file"
+        ) from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise FDIError(f"image {p.name!r} has no pixels ({arr.shape[1]}x{arr.shape[0]}); use a real image")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
@@ -93,7 +97,9 @@ def save_image(image: torch.Tensor, path: PathLike) -> None:
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"save_image expects [3, H, W], got {tuple(image.shape)}")
     arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(Path(path).suffix.lower(), "PNG")
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        Path(path).suffix.lower(), "PNG"
+    )
     with atomic_write(path) as fh:
         Image.fromarray(arr).save(fh, format=fmt)
 
@@ -114,9 +120,14 @@ def list_images(folder: PathLike, what: str = "folder") -> List[Path]:
         (files if entry.suffix.lower() in IMAGE_SUFFIXES else others).append(entry)
     if others:
         names = ", ".join(o.name for o in others[:5])
-        raise FDIError(f"{what} {str(d)!r} holds files that are not images ({names}); move them out (accepted: {' '.join(IMAGE_SUFFIXES)})")
+        raise FDIError(
+            f"{what} {str(d)!r} holds files that are not images ({names}); move them "
+            f"out (accepted: {' '.join(IMAGE_SUFFIXES)})"
+        )
     if not files:
-        raise FDIError(f"{what} {str(d)!r} holds no images; put the image files there (accepted: {' '.join(IMAGE_SUFFIXES)})")
+        raise FDIError(
+            f"{what} {str(d)!r} holds no images; put the image files there (accepted: {' '.join(IMAGE_SUFFIXES)})"
+        )
     return files
 
 
@@ -187,11 +198,16 @@ def collect_images(inputs: Sequence[PathLike]) -> List[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(e for e in p.iterdir() if not e.name.startswith(".") and e.is_file()
-                           and e.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(
+                e
+                for e in p.iterdir()
+                if not e.name.startswith(".") and e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not found:
-                raise FDIError(f"folder {str(p)!r} holds no images; put image files there "
-                               f"(accepted: {' '.join(IMAGE_SUFFIXES)}) or give the files themselves")
+                raise FDIError(
+                    f"folder {str(p)!r} holds no images; put image files there "
+                    f"(accepted: {' '.join(IMAGE_SUFFIXES)}) or give the files themselves"
+                )
         elif p.is_file():
             found = [p]
         else:
@@ -219,13 +235,16 @@ def probe_image(path: PathLike) -> Tuple[int, int]:
     try:
         with Image.open(p) as img:
             if getattr(img, "n_frames", 1) > 1:
-                raise FDIError(f"image {p.name!r} is animated ({img.n_frames} frames); "
-                               "save the frame you want as a PNG")
+                raise FDIError(
+                    f"image {p.name!r} is animated ({img.n_frames} frames); save the frame you want as a PNG"
+                )
             w, h = img.size
             orientation = img.getexif().get(0x0112, 1)
     except FDIError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise FDIError(f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); "
-                       "check that it is a valid PNG/JPEG/WebP/TIFF/BMP file") from None
+        raise FDIError(
+            f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); "
+            "check that it is a valid PNG/JPEG/WebP/TIFF/BMP file"
+        ) from None
     return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -64,14 +64,22 @@ class FDI:
 
     def __post_init__(self) -> None:
         if not isinstance(self.tokens, torch.Tensor) or self.tokens.ndim != 2 or self.tokens.numel() == 0:
-            raise FDIError(f"an FDI must be a (tokens, width) tensor such as (32, 768), got {getattr(self.tokens, 'shape', type(self.tokens))}")
+            raise FDIError(
+                "an FDI must be a (tokens, width) tensor such as (32, 768), "
+                f"got {getattr(self.tokens, 'shape', type(self.tokens))}"
+            )
         self.tokens = self.tokens.detach().to(torch.float32)
         if not torch.isfinite(self.tokens).all():
-            raise FDIError(f"FDI {self.label or '(unlabelled)'} holds NaN or infinite values; re-extract it from its image pairs")
+            raise FDIError(
+                f"FDI {self.label or '(unlabelled)'} holds NaN or infinite values; re-extract it from its image pairs"
+            )
         if self.pairs is not None:
             self.pairs = self.pairs.detach().to(torch.float32)
             if self.pairs.ndim != 3 or tuple(self.pairs.shape[1:]) != tuple(self.tokens.shape):
-                raise FDIError(f"per-pair FDIs have shape {tuple(self.pairs.shape)}, expected (N, {self.tokens.shape[0]}, {self.tokens.shape[1]})")
+                raise FDIError(
+                    f"per-pair FDIs have shape {tuple(self.pairs.shape)}, expected (N, {self.tokens.shape[0]}, "
+                    f"{self.tokens.shape[1]})"
+                )
 
     @property
     def shape(self) -> tuple:
@@ -80,7 +88,10 @@ class FDI:
 
     def describe(self) -> str:
         """One line for logs and UIs."""
-        return f"FDI {self.label or '(unlabelled)'}: {self.shape[0]}x{self.shape[1]} tokens, {self.n_pairs} pairs, encoder {self.encoder}, norm {self.tokens.norm():.4g}"
+        return (
+            f"FDI {self.label or '(unlabelled)'}: {self.shape[0]}x{self.shape[1]} tokens, "
+            f"{self.n_pairs} pairs, encoder {self.encoder}, norm {self.tokens.norm():.4g}"
+        )
 
     def to_file_tensors(self) -> Dict[str, torch.Tensor]:
         """The tensors of this FDI under the file's names (``fdi``, ``pairs``)."""
@@ -106,7 +117,14 @@ class FDI:
         """The FDI embedded in another file by :meth:`to_embedded`, or ``None`` if there is none."""
         if "fdi" not in tensors:
             return None
-        return cls._checked(tensors["fdi"], tensors.get("fdi_pairs"), meta.get("fdi_encoder", ""), meta.get("fdi_n_pairs", "0"), meta.get("fdi_label", ""), source)
+        return cls._checked(
+            tensors["fdi"],
+            tensors.get("fdi_pairs"),
+            meta.get("fdi_encoder", ""),
+            meta.get("fdi_n_pairs", "0"),
+            meta.get("fdi_label", ""),
+            source,
+        )
 
     def file_metadata(self) -> Dict[str, str]:
         """The file's metadata (all strings, as safetensors requires)."""
@@ -124,7 +142,9 @@ class FDI:
         """Write ``*.fdi.safetensors`` atomically; ``keep_pairs=False`` drops the per-pair tensors."""
         p = Path(path)
         if not p.name.endswith(FDI_SUFFIX):
-            raise FDIError(f"FDI file name {p.name!r} must end with {FDI_SUFFIX!r}; e.g. {p.name.split('.')[0]}{FDI_SUFFIX}")
+            raise FDIError(
+                f"FDI file name {p.name!r} must end with {FDI_SUFFIX!r}; e.g. {p.name.split('.')[0]}{FDI_SUFFIX}"
+            )
         fdi = self if keep_pairs else replace(self, pairs=None)
         save_safetensors(fdi.to_file_tensors(), p, fdi.file_metadata())
         return p
@@ -139,18 +159,37 @@ class FDI:
     @classmethod
     def from_file_parts(cls, tensors: Dict[str, torch.Tensor], meta: Dict[str, str], source: str) -> "FDI":
         """Build an FDI from an FDI file's tensors and metadata, checking format and version."""
-        check_file_format(meta, FDI_FORMAT, FDI_FORMAT_VERSION, source, "FDI file",
-                          "'python -m fdi extract' or the FDISave node", "Re-extract the FDI or update the pack")
+        check_file_format(
+            meta,
+            FDI_FORMAT,
+            FDI_FORMAT_VERSION,
+            source,
+            "FDI file",
+            "'python -m fdi extract' or the FDISave node",
+            "Re-extract the FDI or update the pack",
+        )
         if "fdi" not in tensors:
             raise FDIError(f"{source!r} has no 'fdi' tensor; the file is incomplete, re-extract it")
-        return cls._checked(tensors["fdi"], tensors.get("pairs"), meta.get("encoder", ""), meta.get("n_pairs", "0"), meta.get("label", ""), source)
+        return cls._checked(
+            tensors["fdi"],
+            tensors.get("pairs"),
+            meta.get("encoder", ""),
+            meta.get("n_pairs", "0"),
+            meta.get("label", ""),
+            source,
+        )
 
     @classmethod
-    def _checked(cls, tokens: torch.Tensor, pairs: Optional[torch.Tensor], encoder: str, n_pairs: str, label: str, source: str) -> "FDI":
+    def _checked(
+        cls, tokens: torch.Tensor, pairs: Optional[torch.Tensor], encoder: str, n_pairs: str, label: str, source: str
+    ) -> "FDI":
         if not tokens.dtype.is_floating_point:
             raise FDIError(f"{source!r}: the FDI tensor has dtype {tokens.dtype}, expected float32; re-extract it")
         if tokens.ndim != 2 or tokens.numel() == 0:
-            raise FDIError(f"{source!r}: the FDI tensor has shape {tuple(tokens.shape)}, expected (tokens, width) such as (32, 768); re-extract it")
+            raise FDIError(
+                f"{source!r}: the FDI tensor has shape {tuple(tokens.shape)}, expected (tokens, "
+                "width) such as (32, 768); re-extract it"
+            )
         if pairs is not None and not pairs.dtype.is_floating_point:
             raise FDIError(f"{source!r}: the per-pair tensor has dtype {pairs.dtype}, expected float32; re-extract it")
         if not encoder:
@@ -164,18 +203,24 @@ class FDI:
         return cls(tokens=tokens, encoder=encoder, n_pairs=n, label=label, pairs=pairs)
 
     @classmethod
-    def from_differences(cls, differences: torch.Tensor, encoder: str, label: str = "", keep_pairs: bool = False) -> "FDI":
+    def from_differences(
+        cls, differences: torch.Tensor, encoder: str, label: str = "", keep_pairs: bool = False
+    ) -> "FDI":
         """The task FDI of per-pair differences ``(N, T, D)``: their mean over ``N``."""
         if differences.ndim != 3 or differences.shape[0] == 0:
             raise FDIError(f"need at least one pair difference of shape (N, T, D), got {tuple(differences.shape)}")
         d = differences.to(torch.float32)
-        return cls(tokens=d.mean(0), encoder=encoder, n_pairs=int(d.shape[0]), label=label, pairs=d if keep_pairs else None)
+        return cls(
+            tokens=d.mean(0), encoder=encoder, n_pairs=int(d.shape[0]), label=label, pairs=d if keep_pairs else None
+        )
 
 
 COMBINE_MODES = ("sum", "mean", "difference")
 
 
-def combine(fdis: Sequence[FDI], weights: Optional[Sequence[float]] = None, mode: str = "sum", label: Optional[str] = None) -> FDI:
+def combine(
+    fdis: Sequence[FDI], weights: Optional[Sequence[float]] = None, mode: str = "sum", label: Optional[str] = None
+) -> FDI:
     """Combine FDIs linearly.
 
     * ``sum``: ``Σ w_k F_k`` (weights default to 1) — e.g. a denoising FDI plus a desnowing FDI;
@@ -206,11 +251,13 @@ def combine(fdis: Sequence[FDI], weights: Optional[Sequence[float]] = None, mode
         if not same_encoder(first.encoder, other.encoder):
             raise FDIError(
                 f"cannot combine FDI {first.label or '#1'!r} (encoder {first.encoder}) with FDI {other.label or '?'!r} "
-                f"(encoder {other.encoder}): they come from different Q-Former checkpoints; re-extract both with the same one"
+                f"(encoder {other.encoder}): they come from different Q-Former checkpoints; "
+                "re-extract both with the same one"
             )
         if other.shape != first.shape:
             raise FDIError(
-                f"cannot combine FDI {first.label or '#1'!r} of shape {first.shape} with FDI {other.label or '?'!r} of shape {other.shape}; "
+                f"cannot combine FDI {first.label or '#1'!r} of shape {first.shape} with "
+                f"FDI {other.label or '?'!r} of shape {other.shape}; "
                 "FDIs must come from the same encoder"
             )
     if mode == "difference":
@@ -225,8 +272,12 @@ def combine(fdis: Sequence[FDI], weights: Optional[Sequence[float]] = None, mode
         tokens += wk * f.tokens.to(torch.float64)
     if label is None:
         sep = {"sum": " + ", "mean": " & ", "difference": " - "}[mode]
-        label = sep.join(f"{wk:g}*{f.label or '?'}" for wk, f in zip(w if mode != "difference" else [w[0], -w[1]], fdis))
-    return FDI(tokens=tokens.to(torch.float32), encoder=first.encoder, n_pairs=sum(f.n_pairs for f in fdis), label=label)
+        label = sep.join(
+            f"{wk:g}*{f.label or '?'}" for wk, f in zip(w if mode != "difference" else [w[0], -w[1]], fdis)
+        )
+    return FDI(
+        tokens=tokens.to(torch.float32), encoder=first.encoder, n_pairs=sum(f.n_pairs for f in fdis), label=label
+    )
 
 
 def cosine_similarity_matrix(fdis: Sequence[FDI]) -> torch.Tensor:

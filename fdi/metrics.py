@@ -35,8 +35,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import FDIError
 from . import images
+from .errors import FDIError
 from .images import load_image
 
 PathLike = Union[str, os.PathLike]
@@ -81,27 +81,51 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:
     from skimage.metrics import structural_similarity
 
     if min(pred.shape[0], pred.shape[1]) < SSIM_MIN_SIDE:
-        raise FDIError(f"images of {pred.shape[1]}x{pred.shape[0]} pixels (after --crop-border) are too small for SSIM's 11x11 window; use larger images or a smaller --crop-border")
-    return float(structural_similarity(
-        gt, pred, data_range=data_range, gaussian_weights=True, sigma=SSIM_SIGMA, use_sample_covariance=False,
-        K1=0.01, K2=0.03, channel_axis=2 if pred.ndim == 3 else None,
-    ))
+        raise FDIError(
+            f"images of {pred.shape[1]}x{pred.shape[0]} pixels (after --crop-border) "
+            "are too small for SSIM's 11x11 window; use larger images or a smaller "
+            "--crop-border"
+        )
+    return float(
+        structural_similarity(
+            gt,
+            pred,
+            data_range=data_range,
+            gaussian_weights=True,
+            sigma=SSIM_SIGMA,
+            use_sample_covariance=False,
+            K1=0.01,
+            K2=0.03,
+            channel_axis=2 if pred.ndim == 3 else None,
+        )
+    )
 
 
-def image_metrics(pred: Union[torch.Tensor, np.ndarray], gt: Union[torch.Tensor, np.ndarray], crop_border: int = 0,
-                  name: str = "image") -> Dict[str, float]:
+def image_metrics(
+    pred: Union[torch.Tensor, np.ndarray],
+    gt: Union[torch.Tensor, np.ndarray],
+    crop_border: int = 0,
+    name: str = "image",
+) -> Dict[str, float]:
     """PSNR/SSIM on RGB and on Y of one image pair (``[3, H, W]`` in 0..1, same size).
 
     Returns ``{"psnr", "ssim", "psnr_y", "ssim_y"}`` (dB for PSNR, unitless SSIM).
     """
     p, g = _as_hwc(pred), _as_hwc(gt)
     if p.shape != g.shape:
-        raise FDIError(f"{name}: prediction is {p.shape[1]}x{p.shape[0]} but ground truth is {g.shape[1]}x{g.shape[0]}; metrics need the same size (restore at the original size or resize the prediction)")
+        raise FDIError(
+            f"{name}: prediction is {p.shape[1]}x{p.shape[0]} but ground truth is {g.shape[1]}x{g.shape[0]}; "
+            "metrics need the same size (restore at the original size or resize the "
+            "prediction)"
+        )
     if crop_border < 0:
         raise FDIError(f"crop border must be 0 or more pixels, got {crop_border}")
     if crop_border:
         if 2 * crop_border >= min(p.shape[0], p.shape[1]):
-            raise FDIError(f"{name}: --crop-border {crop_border} removes the whole {p.shape[1]}x{p.shape[0]} image; use a smaller border")
+            raise FDIError(
+                f"{name}: --crop-border {crop_border} removes the whole {p.shape[1]}x{p.shape[0]} "
+                "image; use a smaller border"
+            )
         p = p[crop_border:-crop_border, crop_border:-crop_border]
         g = g[crop_border:-crop_border, crop_border:-crop_border]
     py, gy = rgb_to_y(p), rgb_to_y(g)
@@ -118,12 +142,16 @@ def load_lpips(device: Union[str, torch.device] = "cpu") -> Callable[[torch.Tens
     try:
         import lpips  # noqa: F401
     except ImportError:
-        raise FDIError("LPIPS needs the 'lpips' package, which is not installed; pip install lpips (or leave out --lpips)") from None
+        raise FDIError(
+            "LPIPS needs the 'lpips' package, which is not installed; pip install lpips (or leave out --lpips)"
+        ) from None
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     if not any(p.name.startswith("alexnet-owt") for p in hub.glob("*.pth")):
         raise FDIError(
             f"LPIPS needs the torchvision AlexNet weights (alexnet-owt-*.pth) in {hub}, and they are not there; "
-            "download them once with: python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\" (or leave out --lpips)"
+            "download them once with: "
+            "python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\" "
+            "(or leave out --lpips)"
         )
     import lpips
 
@@ -142,9 +170,12 @@ def load_lpips(device: Union[str, torch.device] = "cpu") -> Callable[[torch.Tens
 def match_by_stem(pred_dir: PathLike, gt_dir: PathLike) -> List[Tuple[str, Path, Path]]:
     """``[(stem, pred_path, gt_path)]`` for two folders; every image needs its counterpart."""
     return images.match_by_stem(
-        pred_dir, gt_dir, names=("prediction folder", "ground-truth folder"),
+        pred_dir,
+        gt_dir,
+        names=("prediction folder", "ground-truth folder"),
         only=("predictions without ground truth", "ground-truth images without prediction"),
-        fix="Images are matched by file name without suffix; restore the missing ones or remove the extra files")
+        fix="Images are matched by file name without suffix; restore the missing ones or remove the extra files",
+    )
 
 
 @dataclass
@@ -203,8 +234,14 @@ def mean_metrics(rows: Sequence[Dict[str, Union[str, float]]]) -> Dict[str, floa
     return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
 
 
-def evaluate_folders(pred_dir: PathLike, gt_dir: PathLike, crop_border: int = 0, use_lpips: bool = False,
-                     device: Union[str, torch.device] = "cpu", progress=None) -> EvalResult:
+def evaluate_folders(
+    pred_dir: PathLike,
+    gt_dir: PathLike,
+    crop_border: int = 0,
+    use_lpips: bool = False,
+    device: Union[str, torch.device] = "cpu",
+    progress=None,
+) -> EvalResult:
     """Metrics of every prediction against its ground truth (matched by stem), and their means."""
     from .progress import report
 
@@ -218,17 +255,25 @@ def evaluate_folders(pred_dir: PathLike, gt_dir: PathLike, crop_border: int = 0,
         row.update(image_metrics(pred, gt, crop_border, name=stem))
         if lp is not None:
             c = crop_border
-            row["lpips"] = lp(pred[:, c:pred.shape[1] - c, c:pred.shape[2] - c], gt[:, c:gt.shape[1] - c, c:gt.shape[2] - c])
+            row["lpips"] = lp(
+                pred[:, c : pred.shape[1] - c, c : pred.shape[2] - c], gt[:, c : gt.shape[1] - c, c : gt.shape[2] - c]
+            )
         rows.append(row)
         report(progress, i + 1, len(pairs))
     return EvalResult(images=rows, mean=mean_metrics(rows), crop_border=crop_border)
 
 
-def evaluate_tensors(preds: Sequence[torch.Tensor], gts: Sequence[torch.Tensor], names: Optional[Sequence[str]] = None,
-                     crop_border: int = 0) -> EvalResult:
+def evaluate_tensors(
+    preds: Sequence[torch.Tensor],
+    gts: Sequence[torch.Tensor],
+    names: Optional[Sequence[str]] = None,
+    crop_border: int = 0,
+) -> EvalResult:
     """Metrics of in-memory images ``[3, H, W]`` in 0..1 (used by training's validation)."""
     if len(preds) != len(gts) or not preds:
-        raise FDIError(f"{len(preds)} predictions for {len(gts)} ground-truth images; give one prediction per image (at least one)")
+        raise FDIError(
+            f"{len(preds)} predictions for {len(gts)} ground-truth images; give one prediction per image (at least one)"
+        )
     names = list(names) if names is not None else [str(i) for i in range(len(preds))]
     rows = []
     for n, p, g in zip(names, preds, gts):

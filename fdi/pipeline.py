@@ -33,9 +33,17 @@ from .images import check_image_batch
 from .instruction import FDI
 from .models import load_sd, place
 from .progress import ProgressCallback, report
+from .sampling import (
+    CLEAN_ALPHA,
+    SD2_STEPS_OFFSET,
+    SD2_TIMESTEP_SPACING,
+    ddim_step,
+    ddim_timesteps,
+    guided_step_count,
+    inversion_timesteps,
+    pad_to_multiple,
+)
 from .tiles import LATENT_SCALE, Tiling, check_tiling, optional_tiling
-from .sampling import (CLEAN_ALPHA, SD2_STEPS_OFFSET, SD2_TIMESTEP_SPACING, ddim_step, ddim_timesteps, guided_step_count,
-                       inversion_timesteps, pad_to_multiple)
 
 MIN_SIDE = 8
 MODES = ("composite", "progressive")
@@ -55,7 +63,9 @@ class AdapterUse:
         fdi = self.fdi if self.fdi is not None else self.adapter.fdi
         if fdi is None:
             name = self.adapter.display_name
-            raise FDIError(f"adapter {name} has no embedded FDI and none was given; pass an FDI file (--fdi F.fdi.safetensors)")
+            raise FDIError(
+                f"adapter {name} has no embedded FDI and none was given; pass an FDI file (--fdi F.fdi.safetensors)"
+            )
         return fdi
 
 
@@ -77,8 +87,6 @@ def detect_base_family(unet_config, prediction_type: str) -> str:
     return f"{arch}-{suffix}"
 
 
-
-
 class FDIRestorationPipeline:
     """SD 2.1 + FDI adapters → restored images. Build it with :meth:`from_pretrained`.
 
@@ -88,8 +96,17 @@ class FDIRestorationPipeline:
     encoder. Components are moved there and put in eval mode; their weights are never changed.
     """
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, device: Union[str, torch.device] = "cpu",
-                 dtype: torch.dtype = torch.float32, source: str = ""):
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        device: Union[str, torch.device] = "cpu",
+        dtype: torch.dtype = torch.float32,
+        source: str = "",
+    ):
         from diffusers import DDIMScheduler
 
         check_unet(unet)
@@ -102,17 +119,35 @@ class FDIRestorationPipeline:
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.source = source
         if self.prediction_type not in PREDICTION_TYPES:
-            raise FDIError(f"model {source or ''} predicts {self.prediction_type!r}; FDI restoration supports epsilon and v_prediction models (SD 2.1)")
+            raise FDIError(
+                f"model {source or ''} predicts {self.prediction_type!r}; FDI restoration "
+                "supports epsilon and v_prediction models (SD 2.1)"
+            )
 
     # ---- loading ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, model: PathLike, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
-                        config: Optional[PathLike] = None, prediction_type: Optional[str] = None) -> "FDIRestorationPipeline":
-        """Load a diffusers folder or a single-file SD 2.x ``.safetensors`` checkpoint (offline; :func:`fdi.models.load_sd`)."""
+    def from_pretrained(
+        cls,
+        model: PathLike,
+        device: Union[str, torch.device] = "cpu",
+        dtype: Optional[torch.dtype] = None,
+        config: Optional[PathLike] = None,
+        prediction_type: Optional[str] = None,
+    ) -> "FDIRestorationPipeline":
+        """Load a diffusers folder or a single-file SD 2.x ``.safetensors`` checkpoint (offline;
+        :func:`fdi.models.load_sd`)."""
         parts = load_sd(model, dtype=dtype or torch.float32, config=config, prediction_type=prediction_type)
-        return cls(parts.vae, parts.text_encoder, parts.tokenizer, parts.unet, parts.scheduler, device=device,
-                   dtype=dtype or torch.float32, source=parts.source)
+        return cls(
+            parts.vae,
+            parts.text_encoder,
+            parts.tokenizer,
+            parts.unet,
+            parts.scheduler,
+            device=device,
+            dtype=dtype or torch.float32,
+            source=parts.source,
+        )
 
     # ---- properties and checks -------------------------------------------------------------------
 
@@ -129,8 +164,11 @@ class FDIRestorationPipeline:
         check_adapter_for_unet(adapter, self.unet)
         if adapter.base_family != self.base_family:
             name = adapter.display_name
-            raise FDIError(f"adapter {name} was trained for {adapter.base_family or 'an unknown model'} but the model is {self.base_family}; "
-                           f"use an adapter trained for {self.base_family} or load a {adapter.base_family} model")
+            raise FDIError(
+                f"adapter {name} was trained for {adapter.base_family or 'an unknown model'} "
+                f"but the model is {self.base_family}; "
+                f"use an adapter trained for {self.base_family} or load a {adapter.base_family} model"
+            )
 
     # ---- parts of the loop -----------------------------------------------------------------------
 
@@ -142,7 +180,9 @@ class FDIRestorationPipeline:
         ``model_max_length`` reports a huge sentinel, so the length comes from the encoder's config
         whenever the tokenizer's is larger."""
         length = min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
-        ids = self.tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        ).input_ids
         return self.text_encoder(ids.to(self.device))[0]
 
     @torch.no_grad()
@@ -173,13 +213,19 @@ class FDIRestorationPipeline:
         return tiling.blend(latents, decode, out_scale=LATENT_SCALE)
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
-        """The DDIM timesteps ``t_0 > … > t_{N−1}`` (int64, CPU) of the model's schedule (:func:`fdi.sampling.ddim_timesteps`)."""
+        """The DDIM timesteps ``t_0 > … > t_{N−1}`` (int64, CPU) of the model's schedule
+        (:func:`fdi.sampling.ddim_timesteps`)."""
         c = self.scheduler.config
-        return ddim_timesteps(steps, c.num_train_timesteps, getattr(c, "timestep_spacing", SD2_TIMESTEP_SPACING),
-                              getattr(c, "steps_offset", SD2_STEPS_OFFSET))
+        return ddim_timesteps(
+            steps,
+            c.num_train_timesteps,
+            getattr(c, "timestep_spacing", SD2_TIMESTEP_SPACING),
+            getattr(c, "steps_offset", SD2_STEPS_OFFSET),
+        )
 
     def inversion_timesteps(self, steps: int, inversion_steps: int) -> torch.Tensor:
-        """Ascending inversion timesteps ending at the first sampling timestep (:func:`fdi.sampling.inversion_timesteps`)."""
+        """Ascending inversion timesteps ending at the first sampling timestep
+        (:func:`fdi.sampling.inversion_timesteps`)."""
         return inversion_timesteps(self.sampling_timesteps(steps), inversion_steps)
 
     def _alpha(self, t: Optional[int]) -> torch.Tensor:
@@ -188,8 +234,11 @@ class FDIRestorationPipeline:
         The table is kept on the device, so the loops never copy from the host per step."""
         key = (self.device, id(self.scheduler))
         if getattr(self, "_alpha_cache", (None,))[0] != key:
-            self._alpha_cache = (key, self.scheduler.alphas_cumprod.to(self.device, torch.float32),
-                                 torch.tensor(CLEAN_ALPHA, device=self.device))
+            self._alpha_cache = (
+                key,
+                self.scheduler.alphas_cumprod.to(self.device, torch.float32),
+                torch.tensor(CLEAN_ALPHA, device=self.device),
+            )
         return self._alpha_cache[2] if t is None else self._alpha_cache[1][int(t)]
 
     def compile(self, mode: Optional[str] = None, vae: Optional[bool] = None, backend: object = "inductor") -> bool:
@@ -210,8 +259,14 @@ class FDIRestorationPipeline:
         unet = getattr(self, "compiled_unet", None) or self.unet
         return unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.to(torch.float32, copy=True)
 
-    def _model_output(self, x: torch.Tensor, t: int, cond: torch.Tensor, tiling: Optional[Tiling] = None,
-                      hooks: Optional[DiffusersGuidance] = None) -> torch.Tensor:
+    def _model_output(
+        self,
+        x: torch.Tensor,
+        t: int,
+        cond: torch.Tensor,
+        tiling: Optional[Tiling] = None,
+        hooks: Optional[DiffusersGuidance] = None,
+    ) -> torch.Tensor:
         """The UNet output at ``x``: :meth:`_unet` itself, or with ``tiling`` its tiles blended (:meth:`Tiling.blend`),
         each tile guided by its crop of ``hooks``' guidance while the hooks are active."""
         if tiling is None or tiling.single:
@@ -230,9 +285,17 @@ class FDIRestorationPipeline:
             hooks.guidances = whole
 
     @torch.no_grad()
-    def invert(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, inversion_steps: int,
-               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0,
-               tiling: Optional[Tiling] = None) -> torch.Tensor:
+    def invert(
+        self,
+        latents: torch.Tensor,
+        cond: torch.Tensor,
+        steps: int,
+        inversion_steps: int,
+        progress: Optional[ProgressCallback] = None,
+        done: int = 0,
+        total: int = 0,
+        tiling: Optional[Tiling] = None,
+    ) -> torch.Tensor:
         """DDIM inversion of clean latents ``[B, 4, h, w]`` (ᾱ = 1) to the level of the first sampling timestep.
 
         Each step evaluates the UNet at the *next* timestep on the current latent (diffusers'
@@ -248,10 +311,20 @@ class FDIRestorationPipeline:
         return x
 
     @torch.no_grad()
-    def sample(self, latents: torch.Tensor, cond: torch.Tensor, steps: int, guidance_end: float,
-               hooks: Optional[DiffusersGuidance] = None, uncond: Optional[torch.Tensor] = None, cfg: float = 1.0,
-               progress: Optional[ProgressCallback] = None, done: int = 0, total: int = 0,
-               tiling: Optional[Tiling] = None) -> torch.Tensor:
+    def sample(
+        self,
+        latents: torch.Tensor,
+        cond: torch.Tensor,
+        steps: int,
+        guidance_end: float,
+        hooks: Optional[DiffusersGuidance] = None,
+        uncond: Optional[torch.Tensor] = None,
+        cfg: float = 1.0,
+        progress: Optional[ProgressCallback] = None,
+        done: int = 0,
+        total: int = 0,
+        tiling: Optional[Tiling] = None,
+    ) -> torch.Tensor:
         """DDIM sampling (η = 0) from the level of ``t_0`` down to the clean level (ᾱ = 1);
         ``hooks.active`` is set per step (:func:`fdi.sampling.guided_step_count`); ``tiling``: :meth:`_model_output`."""
         x = latents.float()
@@ -268,7 +341,9 @@ class FDIRestorationPipeline:
                 out = out_u + cfg * (out_c - out_u)
             else:
                 out = self._model_output(x, t, c, tiling, hooks)
-            x = ddim_step(x, out, self._alpha(t), self._alpha(ts[k + 1] if k + 1 < len(ts) else None), self.prediction_type)
+            x = ddim_step(
+                x, out, self._alpha(t), self._alpha(ts[k + 1] if k + 1 < len(ts) else None), self.prediction_type
+            )
             report(progress, done + k + 1, total)
         if hooks is not None:
             hooks.active = False
@@ -285,11 +360,23 @@ class FDIRestorationPipeline:
         adapter = use.adapter.to(device=self.device, dtype=torch.float32).eval()
         return adapter(images.to(self.device, torch.float32), use.resolved_fdi()).detach()
 
-    def restore(self, images: torch.Tensor, adapters: Sequence[AdapterUse], *, steps: int = 50, inversion_steps: int = 50,
-                guidance_end: float = 0.333, strength: float = 1.0, mode: str = "composite",
-                prompt: str = "", negative_prompt: str = "", cfg: float = 1.0,
-                progress: Optional[ProgressCallback] = None, tile_size: int = 0,
-                tile_overlap: int = 64) -> torch.Tensor:
+    def restore(
+        self,
+        images: torch.Tensor,
+        adapters: Sequence[AdapterUse],
+        *,
+        steps: int = 50,
+        inversion_steps: int = 50,
+        guidance_end: float = 0.333,
+        strength: float = 1.0,
+        mode: str = "composite",
+        prompt: str = "",
+        negative_prompt: str = "",
+        cfg: float = 1.0,
+        progress: Optional[ProgressCallback] = None,
+        tile_size: int = 0,
+        tile_overlap: int = 64,
+    ) -> torch.Tensor:
         """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
 
         ``progress(done, total)`` counts UNet steps (inversion and sampling, all stages).
@@ -311,30 +398,56 @@ class FDIRestorationPipeline:
         x = images
         for i, stage in enumerate(stages):
             padded = pad_to_multiple(x.to(self.device, torch.float32))
-            tiling = optional_tiling(padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size,
-                                     tile_overlap)
+            tiling = optional_tiling(
+                padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size, tile_overlap
+            )
             guidance = [(self.compute_guidance(u, padded), u.weight) for u in stage]
             latents = self.encode_images(padded, tiling)
             del padded
             latents = self.invert(latents, cond, steps, inversion_steps, progress, i * per_stage, total, tiling)
             with DiffusersGuidance(self.unet, guidance, strength=strength, active=False) as hooks:
-                latents = self.sample(latents, cond, steps, guidance_end, hooks, uncond, cfg, progress,
-                                      i * per_stage + inversion_steps, total, tiling)
+                latents = self.sample(
+                    latents,
+                    cond,
+                    steps,
+                    guidance_end,
+                    hooks,
+                    uncond,
+                    cfg,
+                    progress,
+                    i * per_stage + inversion_steps,
+                    total,
+                    tiling,
+                )
             del guidance
             x = self.decode_latents(latents, tiling)[..., :h, :w].cpu()
         return x
 
-    def check_inputs(self, images: torch.Tensor, adapters: Sequence[AdapterUse], steps: int, inversion_steps: int,
-                     guidance_end: float, strength: float, mode: str, cfg: float) -> None:
+    def check_inputs(
+        self,
+        images: torch.Tensor,
+        adapters: Sequence[AdapterUse],
+        steps: int,
+        inversion_steps: int,
+        guidance_end: float,
+        strength: float,
+        mode: str,
+        cfg: float,
+    ) -> None:
         """Raise :class:`FDIError` for any argument :meth:`restore` cannot use (before any work)."""
         if mode not in MODES:
             raise FDIError(f"unknown mode {mode!r}; use composite or progressive")
         if not adapters:
             raise FDIError("no adapter given; restoration needs at least one FDI adapter")
-        if not (isinstance(steps, int) and steps >= 1) or not (isinstance(inversion_steps, int) and inversion_steps >= 1):
+        if not (isinstance(steps, int) and steps >= 1) or not (
+            isinstance(inversion_steps, int) and inversion_steps >= 1
+        ):
             raise FDIError(f"steps ({steps}) and inversion steps ({inversion_steps}) must be whole numbers ≥ 1")
         if not (math.isfinite(guidance_end) and 0.0 <= guidance_end <= 1.0):
-            raise FDIError(f"guidance end {guidance_end} is outside 0..1; it is the fraction of sampling steps that are guided (paper: 0.333)")
+            raise FDIError(
+                f"guidance end {guidance_end} is outside 0..1; it is the fraction of sampling "
+                "steps that are guided (paper: 0.333)"
+            )
         if not math.isfinite(strength):
             raise FDIError(f"strength {strength} is not a finite number; use e.g. 1.0")
         if not math.isfinite(cfg) or cfg < 0:

@@ -62,9 +62,14 @@ def inspection_figure(fdis: Sequence[FDI], names: Optional[Sequence[str]] = None
         raise FDIError("no FDIs to inspect; give at least one")
     for f in fdis[1:]:
         if f.shape != fdis[0].shape:
-            raise FDIError(f"FDIs of shapes {fdis[0].shape} and {f.shape} cannot be compared; inspect FDIs of one encoder together")
+            raise FDIError(
+                f"FDIs of shapes {fdis[0].shape} and {f.shape} cannot be compared; inspect FDIs of one encoder together"
+            )
         if not same_encoder(f.encoder, fdis[0].encoder):
-            raise FDIError(f"FDIs from encoders {fdis[0].encoder} and {f.encoder} cannot be compared; inspect FDIs of one encoder together")
+            raise FDIError(
+                f"FDIs from encoders {fdis[0].encoder} and {f.encoder} cannot be compared; "
+                "inspect FDIs of one encoder together"
+            )
     labels = _names(fdis, names)
     with_pairs = [(i, f) for i, f in enumerate(fdis) if f.pairs is not None and f.pairs.shape[0] > 0]
     ncols = 2 if with_pairs else 1
@@ -76,20 +81,29 @@ def inspection_figure(fdis: Sequence[FDI], names: Optional[Sequence[str]] = None
     ax.set_yticks(range(len(fdis)), labels, fontsize=8)
     for r in range(len(fdis)):
         for c in range(len(fdis)):
-            ax.text(c, r, f"{sim[r, c]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if abs(sim[r, c]) > 0.6 else "black")
+            ax.text(
+                c,
+                r,
+                f"{sim[r, c]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if abs(sim[r, c]) > 0.6 else "black",
+            )
     ax.set_title("FDI cosine similarity")
     fig.colorbar(im, ax=ax, shrink=0.8)
     if with_pairs:
         ax2 = fig.add_subplot(1, 2, 2)
-        stacked = torch.cat([f.pairs.flatten(1) for _, f in with_pairs] + [f.tokens.flatten()[None] for _, f in with_pairs])
+        stacked = torch.cat(
+            [f.pairs.flatten(1) for _, f in with_pairs] + [f.tokens.flatten()[None] for _, f in with_pairs]
+        )
         xy = pca_2d(stacked).numpy()
         cmap = matplotlib.colormaps["tab10"]
         start = 0
         n_pairs_total = sum(f.pairs.shape[0] for _, f in with_pairs)
         for k, (i, f) in enumerate(with_pairs):
             n = f.pairs.shape[0]
-            pts = xy[start:start + n]
+            pts = xy[start : start + n]
             ax2.scatter(pts[:, 0], pts[:, 1], s=12, alpha=0.7, color=cmap(k % 10), label=f"{labels[i]} ({n} pairs)")
             mean_pt = xy[n_pairs_total + k]
             ax2.scatter([mean_pt[0]], [mean_pt[1]], marker="*", s=160, color=cmap(k % 10), edgecolors="black")
@@ -151,7 +165,7 @@ def render_loss_curve(losses: Sequence[float], title: str = "training loss") -> 
         ax.plot(x, y, lw=0.8, alpha=0.5, label="loss")
         w = max(1, y.size // 20)
         if w > 1:
-            ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.6, label=f"mean of {w}")
+            ax.plot(x[w - 1 :], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.6, label=f"mean of {w}")
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no step finished", ha="center", va="center", transform=ax.transAxes)
@@ -162,7 +176,9 @@ def render_loss_curve(losses: Sequence[float], title: str = "training loss") -> 
     return _rgb(fig)
 
 
-def stability_figure(ks: Sequence[int], mean: Sequence[float], low: Sequence[float], high: Sequence[float], label: str = ""):
+def stability_figure(
+    ks: Sequence[int], mean: Sequence[float], low: Sequence[float], high: Sequence[float], label: str = ""
+):
     """The pair-stability curve: agreement (cosine) of the FDI of ``k`` pairs with the FDI of all pairs."""
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)

@@ -18,7 +18,9 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @contextmanager
-def tqdm_progress(desc: str, total: int, unit: str = "it", enabled: bool = True) -> Iterator[Optional[ProgressCallback]]:
+def tqdm_progress(
+    desc: str, total: int, unit: str = "it", enabled: bool = True
+) -> Iterator[Optional[ProgressCallback]]:
     """Yield a progress callback that drives a tqdm bar (or ``None`` when disabled)."""
     if not enabled:
         yield None

@@ -34,6 +34,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 # ---- padding ------------------------------------------------------------------------------------
 
+
 def padded_size(h: int, w: int, multiple: int = PAD_MULTIPLE) -> Tuple[int, int]:
     """``(H, W)`` rounded up to multiples of ``multiple``."""
     return -(-int(h) // multiple) * multiple, -(-int(w) // multiple) * multiple
@@ -55,8 +56,10 @@ def pad_to_multiple(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch
 
 # ---- timesteps and noise levels -----------------------------------------------------------------
 
-def ddim_timesteps(steps: int, num_train_timesteps: int = 1000, spacing: str = SD2_TIMESTEP_SPACING,
-                   offset: int = SD2_STEPS_OFFSET) -> torch.Tensor:
+
+def ddim_timesteps(
+    steps: int, num_train_timesteps: int = 1000, spacing: str = SD2_TIMESTEP_SPACING, offset: int = SD2_STEPS_OFFSET
+) -> torch.Tensor:
     """The ``steps`` DDIM sampling timesteps ``t_0 > … > t_{N−1}`` (int64), as diffusers' ``DDIMScheduler``.
 
     ``spacing`` and ``offset`` are the scheduler config's ``timestep_spacing`` and ``steps_offset``
@@ -108,7 +111,8 @@ def sigma_to_alpha(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def sampling_sigmas(timesteps: torch.Tensor, sigma_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Descending sigmas of a sampler visiting ``timesteps`` and landing on the clean level: ``[σ(t_0) … σ(t_{N−1}), 0]``.
+    """Descending sigmas of a sampler visiting ``timesteps`` and landing on the clean level:
+    ``[σ(t_0) … σ(t_{N−1}), 0]``.
 
     ``sigma_of`` maps float timesteps to sigmas with the model's schedule (ComfyUI: ``model_sampling.sigma``).
     """
@@ -116,8 +120,9 @@ def sampling_sigmas(timesteps: torch.Tensor, sigma_of: Callable[[torch.Tensor], 
     return torch.cat([s, s.new_zeros(1)])
 
 
-def inversion_sigmas(sampling_sigmas_: torch.Tensor, inversion_ts: torch.Tensor,
-                     sigma_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def inversion_sigmas(
+    sampling_sigmas_: torch.Tensor, inversion_ts: torch.Tensor, sigma_of: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """Ascending inversion sigmas ``[0, σ(τ_1) … σ(τ_n)]`` ending exactly on the first sampling sigma."""
     s = sigma_of(torch.as_tensor(inversion_ts).float()).float().flatten().cpu()
     out = torch.cat([s.new_zeros(1), s])
@@ -126,6 +131,7 @@ def inversion_sigmas(sampling_sigmas_: torch.Tensor, inversion_ts: torch.Tensor,
 
 
 # ---- which steps are guided ---------------------------------------------------------------------
+
 
 def guided_step_range(steps: int, start: float, end: float) -> Tuple[int, int]:
     """Sampling steps ``k`` (0-based) with ``start·N ≤ k < end·N`` are guided: returns ``(first, stop)``.
@@ -147,12 +153,15 @@ def guided_step_count(steps: int, guidance_end: float) -> int:
 
 # ---- model outputs ------------------------------------------------------------------------------
 
+
 def _alpha(alpha_bar, like: torch.Tensor) -> torch.Tensor:
     a = torch.as_tensor(alpha_bar, dtype=torch.float32, device=like.device)
     return a.view(-1, *([1] * (like.ndim - 1))) if a.ndim == 1 else a
 
 
-def predict_x0_eps(x: torch.Tensor, out: torch.Tensor, alpha_bar, prediction_type: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def predict_x0_eps(
+    x: torch.Tensor, out: torch.Tensor, alpha_bar, prediction_type: str
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(x̂_0, ε̂)`` from the model output ``out`` at latent ``x`` of level ᾱ (a scalar or ``[B]``)."""
     a = _alpha(alpha_bar, x)
     sa, s1 = a.sqrt(), (1 - a).sqrt()
@@ -162,7 +171,9 @@ def predict_x0_eps(x: torch.Tensor, out: torch.Tensor, alpha_bar, prediction_typ
         return sa * x - s1 * out, sa * out + s1 * x
     if prediction_type == "sample":
         return out, (x - sa * out) / s1
-    raise FDIError(f"prediction type {prediction_type!r} is not supported; SD 2.x models predict 'epsilon' or 'v_prediction'")
+    raise FDIError(
+        f"prediction type {prediction_type!r} is not supported; SD 2.x models predict 'epsilon' or 'v_prediction'"
+    )
 
 
 def predict_x0(x: torch.Tensor, out: torch.Tensor, alpha_bar, prediction_type: str) -> torch.Tensor:
@@ -173,7 +184,8 @@ def predict_x0(x: torch.Tensor, out: torch.Tensor, alpha_bar, prediction_type: s
 
 
 def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar, prediction_type: str) -> torch.Tensor:
-    """The regression target of the UNet at ``x_t = sqrt(ᾱ)x_0 + sqrt(1−ᾱ)ε``: ``ε``, ``v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x_0`` or ``x_0``."""
+    """The regression target of the UNet at ``x_t = sqrt(ᾱ)x_0 + sqrt(1−ᾱ)ε``: ``ε``,
+    ``v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x_0`` or ``x_0``."""
     if prediction_type == "epsilon":
         return noise
     a = _alpha(alpha_bar, x0)
@@ -181,7 +193,9 @@ def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar, predictio
         return a.sqrt() * noise - (1 - a).sqrt() * x0
     if prediction_type == "sample":
         return x0
-    raise FDIError(f"prediction type {prediction_type!r} is not supported; SD 2.x models predict 'epsilon' or 'v_prediction'")
+    raise FDIError(
+        f"prediction type {prediction_type!r} is not supported; SD 2.x models predict 'epsilon' or 'v_prediction'"
+    )
 
 
 def ddim_step(x: torch.Tensor, out: torch.Tensor, alpha_from, alpha_to, prediction_type: str) -> torch.Tensor:

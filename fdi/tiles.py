@@ -41,14 +41,20 @@ def check_tiling(tile_px: int, overlap_px: int) -> None:
     if tile_px == 0:
         return
     if tile_px < MIN_TILE or tile_px % TILE_MULTIPLE:
-        raise FDIError(f"tile size {tile_px} px is invalid; use a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} "
-                       f"(e.g. 512), or 0 for no tiles")
+        raise FDIError(
+            f"tile size {tile_px} px is invalid; use a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} "
+            f"(e.g. 512), or 0 for no tiles"
+        )
     if overlap_px < 0 or overlap_px >= tile_px:
-        raise FDIError(f"tile overlap {overlap_px} px must be smaller than the tile ({tile_px} px) and not negative; "
-                       f"use e.g. {tile_px // 4}")
+        raise FDIError(
+            f"tile overlap {overlap_px} px must be smaller than the tile ({tile_px} px) and not negative; "
+            f"use e.g. {tile_px // 4}"
+        )
     if overlap_px > tile_px - TILE_MULTIPLE:
-        raise FDIError(f"tile overlap {overlap_px} px leaves tiles less than {TILE_MULTIPLE} px apart; "
-                       f"use at most {tile_px - TILE_MULTIPLE} px for {tile_px} px tiles")
+        raise FDIError(
+            f"tile overlap {overlap_px} px leaves tiles less than {TILE_MULTIPLE} px apart; "
+            f"use at most {tile_px - TILE_MULTIPLE} px for {tile_px} px tiles"
+        )
 
 
 def tile_starts(length: int, tile: int, overlap: float, multiple: int = OFFSET_MULTIPLE) -> List[int]:
@@ -100,8 +106,10 @@ class Tiling:
 
     def __init__(self, height: int, width: int, tile: int, overlap: float):
         if height % OFFSET_MULTIPLE or width % OFFSET_MULTIPLE or tile % OFFSET_MULTIPLE:
-            raise FDIError(f"a tiled latent ({height}x{width}) and its tiles ({tile}) must be multiples of "
-                           f"{OFFSET_MULTIPLE}; pad the image to a multiple of {TILE_MULTIPLE} px first")
+            raise FDIError(
+                f"a tiled latent ({height}x{width}) and its tiles ({tile}) must be multiples of "
+                f"{OFFSET_MULTIPLE}; pad the image to a multiple of {TILE_MULTIPLE} px first"
+            )
         self.height, self.width, self.tile, self.overlap = int(height), int(width), int(tile), float(overlap)
         ys = tile_starts(self.height, self.tile, self.overlap)
         xs = tile_starts(self.width, self.tile, self.overlap)
@@ -128,8 +136,9 @@ class Tiling:
             self._weights[key] = (wy[:, None] * wx[None, :]).float()
         return self._weights[key]
 
-    def blend(self, x: torch.Tensor, fn: Callable[[int, torch.Tensor], torch.Tensor], in_scale: int = 1,
-              out_scale: int = 1) -> torch.Tensor:
+    def blend(
+        self, x: torch.Tensor, fn: Callable[[int, torch.Tensor], torch.Tensor], in_scale: int = 1, out_scale: int = 1
+    ) -> torch.Tensor:
         """``Σ_t w_t · fn(t, x[tile_t]) / Σ_t w_t`` over the tiles: ``x`` is at ``in_scale`` × the latent resolution,
         ``fn``'s output at ``out_scale`` ×; one tile: ``fn(0, x)`` itself. Accumulates in float32 on ``x``'s device."""
         if self.single:
@@ -154,11 +163,13 @@ class Tiling:
         t = self.tiles[index]
         residuals = []
         for level, r in enumerate(guidance.residuals):
-            s = 2 ** level
+            s = 2**level
             if r.shape[-2] * s != self.height or r.shape[-1] * s != self.width:
-                raise FDIError(f"residual r_{level + 1} is {tuple(r.shape[-2:])} but a {self.height}x{self.width} "
-                               f"latent needs {self.height // s}x{self.width // s} at level {level + 1}; "
-                               "run the adapter on the padded image")
+                raise FDIError(
+                    f"residual r_{level + 1} is {tuple(r.shape[-2:])} but a {self.height}x{self.width} "
+                    f"latent needs {self.height // s}x{self.width // s} at level {level + 1}; "
+                    "run the adapter on the padded image"
+                )
             residuals.append(crop_residual(r, level, (t.y, t.x), (t.h // s, t.w // s)))
         return FDIGuidance(residuals, list(guidance.modulations), list(guidance.refined))
 
@@ -170,7 +181,7 @@ def crop_residual(residual: torch.Tensor, level: int, offset, size) -> torch.Ten
     y, x = int(offset[0]), int(offset[1])
     if y % OFFSET_MULTIPLE or x % OFFSET_MULTIPLE:
         raise FDIError(f"tile offset ({y}, {x}) is not a multiple of {OFFSET_MULTIPLE} latent pixels")
-    return residual[..., y // s:y // s + int(size[0]), x // s:x // s + int(size[1])]
+    return residual[..., y // s : y // s + int(size[0]), x // s : x // s + int(size[1])]
 
 
 def optional_tiling(latent_height: int, latent_width: int, tile_px: int, overlap_px: int) -> Optional[Tiling]:

@@ -30,8 +30,17 @@ from .training.loop import log_row, run_loop
 from .training.state import CHECKPOINT_PREFIX, fdi_hash, list_checkpoints, load_checkpoint, save_checkpoint
 from .training.step import StepLoss, diffusers_predictor, encode_clean, fdi_loss, step_generator, training_step
 
-__all__ = ["CHECKPOINT_PREFIX", "TrainConfig", "TrainResult", "TrainRun", "encode_prompt", "fdi_loss", "list_checkpoints",
-           "step_generator", "train"]
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "TrainConfig",
+    "TrainResult",
+    "TrainRun",
+    "encode_prompt",
+    "fdi_loss",
+    "list_checkpoints",
+    "step_generator",
+    "train",
+]
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -134,10 +143,18 @@ class TrainRun:
         self.output = check_output_path(cfg.output, suffix=".safetensors")
         if cfg.max_steps is not None and cfg.epochs is not None:
             raise FDIError("give either --max-steps or --epochs, not both")
-        for name, v, lo in (("--batch-size", cfg.batch_size, 1), ("--grad-accum", cfg.grad_accum, 1), ("--resolution", cfg.resolution, 8),
-                            ("--checkpoint-every", cfg.checkpoint_every, 0), ("--validate-every", cfg.validate_every, 0),
-                            ("--num-workers", cfg.num_workers, 0), ("--log-every", cfg.log_every, 1), ("--val-steps", cfg.val_steps, 1),
-                            ("--val-max-images", cfg.val_max_images, 1), ("--lr-warmup-steps", cfg.lr_warmup_steps, 0)):
+        for name, v, lo in (
+            ("--batch-size", cfg.batch_size, 1),
+            ("--grad-accum", cfg.grad_accum, 1),
+            ("--resolution", cfg.resolution, 8),
+            ("--checkpoint-every", cfg.checkpoint_every, 0),
+            ("--validate-every", cfg.validate_every, 0),
+            ("--num-workers", cfg.num_workers, 0),
+            ("--log-every", cfg.log_every, 1),
+            ("--val-steps", cfg.val_steps, 1),
+            ("--val-max-images", cfg.val_max_images, 1),
+            ("--lr-warmup-steps", cfg.lr_warmup_steps, 0),
+        ):
             if not isinstance(v, int) or v < lo:
                 raise FDIError(f"{name} must be an integer of at least {lo}, got {v!r}")
         if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -152,25 +169,43 @@ class TrainRun:
 
         check_prediction_type(cfg.prediction_type)
         if cfg.mixed_precision not in MIXED_PRECISION:
-            raise FDIError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}")
+            raise FDIError(
+                f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}"
+            )
         if cfg.lr_scheduler not in LR_SCHEDULERS:
             raise FDIError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {cfg.lr_scheduler!r}")
         if cfg.resolution % 8:
             raise FDIError(f"--resolution {cfg.resolution} must be a multiple of 8 (the VAE's factor), e.g. 512")
         if cfg.validate_every and not (cfg.val_pairs_file or (cfg.val_degraded and cfg.val_clean)):
-            raise FDIError("--validate-every needs held-out pairs: --val-degraded DIR and --val-clean DIR (or --val-pairs-file)")
+            raise FDIError(
+                "--validate-every needs held-out pairs: --val-degraded DIR and --val-clean DIR (or --val-pairs-file)"
+            )
         if self.given_models is None and (not cfg.sd or not Path(cfg.sd).exists()):
-            raise FDIError(f"Stable Diffusion model {cfg.sd!r} does not exist; give a diffusers folder or a .safetensors checkpoint")
+            raise FDIError(
+                f"Stable Diffusion model {cfg.sd!r} does not exist; give a diffusers folder "
+                "or a .safetensors checkpoint"
+            )
         from .data import collect_pairs
 
         self.pairs = collect_pairs(cfg.degraded, cfg.clean, cfg.pairs_file)
-        self.val_pairs = collect_pairs(cfg.val_degraded, cfg.val_clean, cfg.val_pairs_file, what="validation") if cfg.validate_every else []
-        self.run_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else self.output.with_name(self.output.name[: -len(".safetensors")] + "-run")
+        self.val_pairs = (
+            collect_pairs(cfg.val_degraded, cfg.val_clean, cfg.val_pairs_file, what="validation")
+            if cfg.validate_every
+            else []
+        )
+        self.run_dir = (
+            Path(cfg.checkpoint_dir)
+            if cfg.checkpoint_dir
+            else self.output.with_name(self.output.name[: -len(".safetensors")] + "-run")
+        )
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise FDIError(f"checkpoint folder {str(self.run_dir)!r} is a file; give a folder with --checkpoint-dir")
         parent = self.run_dir if self.run_dir.exists() else self.run_dir.parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise FDIError(f"checkpoint folder {str(self.run_dir)!r} cannot be created or written; choose another --checkpoint-dir or fix the permissions")
+            raise FDIError(
+                f"checkpoint folder {str(self.run_dir)!r} cannot be created or written; "
+                "choose another --checkpoint-dir or fix the permissions"
+            )
         self.resume_from: Optional[Path] = None
         if cfg.resume:
             if cfg.resume == "latest":
@@ -179,14 +214,24 @@ class TrainRun:
             else:
                 r = Path(cfg.resume)
                 if not (r / "state.json").is_file():
-                    raise FDIError(f"--resume {cfg.resume!r} is not a training checkpoint (no state.json); give a checkpoint-<step> folder or 'latest'")
+                    raise FDIError(
+                        f"--resume {cfg.resume!r} is not a training checkpoint (no state.json); "
+                        "give a checkpoint-<step> folder or 'latest'"
+                    )
                 self.resume_from = r
         if cfg.resume == "latest" and self.resume_from is None and not cfg.quiet and os.environ.get("RANK", "0") == "0":
             print(f"no checkpoint in {self.run_dir} yet: starting a new run")
         if self.resume_from is None and list_checkpoints(self.run_dir):
-            raise FDIError(f"{self.run_dir} already holds checkpoints of another run; continue it with --resume latest, or start anew with another --checkpoint-dir (or delete that folder)")
+            raise FDIError(
+                f"{self.run_dir} already holds checkpoints of another run; continue it with "
+                "--resume latest, or start anew with another --checkpoint-dir (or delete "
+                "that folder)"
+            )
         if self.resume_from is None and not cfg.fdi and not cfg.blip2:
-            raise FDIError("the task FDI is needed: give --blip2 DIR (it is computed from the training pairs) or --fdi FILE.fdi.safetensors")
+            raise FDIError(
+                "the task FDI is needed: give --blip2 DIR (it is computed from the training "
+                "pairs) or --fdi FILE.fdi.safetensors"
+            )
 
     # ---- phase 2: accelerate, batch split --------------------------------------------------------
     def setup_accelerator(self) -> None:
@@ -197,15 +242,22 @@ class TrainRun:
         cpu = cfg.device is not None and str(cfg.device).startswith("cpu")
         if cfg.device and str(cfg.device).startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             torch.cuda.set_device(torch.device(cfg.device))
-        self.acc = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu,
-                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        self.acc = Accelerator(
+            mixed_precision=cfg.mixed_precision,
+            cpu=cpu,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+        )
         if cfg.device and self.acc.num_processes > 1 and not cpu:
-            raise FDIError("--device selects one device for a single process; with 'accelerate launch' leave it out (accelerate assigns the GPUs)")
+            raise FDIError(
+                "--device selects one device for a single process; with 'accelerate launch' "
+                "leave it out (accelerate assigns the GPUs)"
+            )
         P = self.acc.num_processes
         if cfg.batch_size % (P * cfg.grad_accum):
+            step = P * cfg.grad_accum
             raise FDIError(
                 f"--batch-size {cfg.batch_size} is not divisible by processes × --grad-accum = {P} × {cfg.grad_accum}; "
-                f"choose a batch size that is a multiple of {P * cfg.grad_accum} (e.g. {P * cfg.grad_accum * max(1, cfg.batch_size // (P * cfg.grad_accum))})"
+                f"choose a batch size that is a multiple of {step} (e.g. {step * max(1, cfg.batch_size // step)})"
             )
         self.micro = cfg.batch_size // (P * cfg.grad_accum)
         self.device = self.acc.device
@@ -214,7 +266,9 @@ class TrainRun:
         self.weight_dtype = parse_dtype("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision)
         self.main = self.acc.is_main_process
         n = len(self.pairs)
-        self.max_steps = cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil((cfg.epochs or 50) * n / cfg.batch_size))
+        self.max_steps = (
+            cfg.max_steps if cfg.max_steps is not None else max(1, math.ceil((cfg.epochs or 50) * n / cfg.batch_size))
+        )
 
     # ---- phase 3: FDI, models ----------------------------------------------------------------------
     def load_fdi(self):
@@ -226,9 +280,15 @@ class TrainRun:
 
             fdi = FDIAdapter.from_file(self.resume_from / "adapter.safetensors").fdi
             if fdi is None:
-                raise FDIError(f"checkpoint {self.resume_from} has no embedded FDI; it is incomplete, resume from an earlier checkpoint")
+                raise FDIError(
+                    f"checkpoint {self.resume_from} has no embedded FDI; it is incomplete, resume "
+                    "from an earlier checkpoint"
+                )
             if cfg.fdi and fdi_hash(FDI.load(cfg.fdi).tokens) != fdi_hash(fdi.tokens):
-                raise FDIError(f"--fdi {cfg.fdi} differs from the FDI the run in {self.resume_from.parent} was trained with; leave out --fdi to resume, or start a new run")
+                raise FDIError(
+                    f"--fdi {cfg.fdi} differs from the FDI the run in {self.resume_from.parent} "
+                    "was trained with; leave out --fdi to resume, or start a new run"
+                )
             return fdi
         if cfg.fdi:
             return FDI.load(cfg.fdi)
@@ -242,7 +302,9 @@ class TrainRun:
             encoder = QFormerEncoder.from_pretrained(cfg.blip2, device=self.device)
             sources = [((lambda p=pr.degraded: load_image(p)), (lambda p=pr.clean: load_image(p))) for pr in self.pairs]
             with tqdm_progress("task FDI", len(sources), unit="pair", enabled=not cfg.quiet) as cb:
-                fdi = extract_fdi_from_sources(encoder, sources, label=cfg.label or self.output.stem, batch_size=cfg.blip2_batch_size, progress=cb)
+                fdi = extract_fdi_from_sources(
+                    encoder, sources, label=cfg.label or self.output.stem, batch_size=cfg.blip2_batch_size, progress=cb
+                )
             del encoder, sources
             gc.collect()
             if torch.cuda.is_available():
@@ -261,16 +323,26 @@ class TrainRun:
 
         cfg = self.cfg
         self.fdi = self.load_fdi()
-        parts = self.given_models or load_sd(cfg.sd, dtype=self.weight_dtype, config=cfg.sd_config,
-                                             prediction_type=cfg.prediction_type)
+        parts = self.given_models or load_sd(
+            cfg.sd, dtype=self.weight_dtype, config=cfg.sd_config, prediction_type=cfg.prediction_type
+        )
         self.unet = place(parts.unet, self.device, self.weight_dtype)
         self.vae = place(parts.vae, self.device, self.weight_dtype)
-        self.prompt_embeds = encode_prompt(parts.text_encoder, parts.tokenizer, cfg.prompt, self.device,
-                                           self.weight_dtype)
+        self.prompt_embeds = encode_prompt(
+            parts.text_encoder, parts.tokenizer, cfg.prompt, self.device, self.weight_dtype
+        )
         self.pipe = None  # restoration pipeline for validation: the same modules, built once
         if cfg.validate_every:
-            self.pipe = FDIRestorationPipeline(self.vae, parts.text_encoder, parts.tokenizer, self.unet, parts.scheduler,
-                                               device=self.device, dtype=self.weight_dtype, source=parts.source)
+            self.pipe = FDIRestorationPipeline(
+                self.vae,
+                parts.text_encoder,
+                parts.tokenizer,
+                self.unet,
+                parts.scheduler,
+                device=self.device,
+                dtype=self.weight_dtype,
+                source=parts.source,
+            )
         scheduler = parts.scheduler  # load_sd applied --prediction-type to it
         del parts
         gc.collect()
@@ -283,15 +355,24 @@ class TrainRun:
         unet = self.unet
 
         tokens, width = self.fdi.shape
-        conf = {"channels": tuple(int(c) for c in unet.config.block_out_channels), "token_width": width, "num_tokens": tokens}
+        conf = {
+            "channels": tuple(int(c) for c in unet.config.block_out_channels),
+            "token_width": width,
+            "num_tokens": tokens,
+        }
         conf.update(cfg.adapter_config or {})
         try:
             adapter_config = FDIAdapterConfig(**conf)
         except TypeError as exc:
-            raise FDIError(f"--adapter-config has an unknown key ({exc}); use the fields of FDIAdapterConfig (channels, res_blocks, bottleneck, heads, se_reduction, …)") from None
+            raise FDIError(
+                f"--adapter-config has an unknown key ({exc}); use the fields of FDIAdapterConfig "
+                "(channels, res_blocks, bottleneck, heads, se_reduction, …)"
+            ) from None
         with torch.random.fork_rng(devices=[]):  # initial weights depend on --seed only; global RNG untouched
             torch.manual_seed(cfg.seed)
-            adapter = FDIAdapter(adapter_config, base_family=self.family, encoder=self.fdi.encoder, label=cfg.label or self.output.stem)
+            adapter = FDIAdapter(
+                adapter_config, base_family=self.family, encoder=self.fdi.encoder, label=cfg.label or self.output.stem
+            )
         from .diffusers_backend import check_adapter_for_unet
 
         check_adapter_for_unet(adapter, unet)
@@ -306,10 +387,19 @@ class TrainRun:
             "n_pairs": len(self.pairs),
             "fdi": fdi_hash(self.fdi.tokens),
         }
-        optimizer = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                          num_training_steps=self.max_steps)
+        optimizer = torch.optim.AdamW(
+            adapter.parameters(),
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.adam_weight_decay,
+            eps=cfg.adam_epsilon,
+        )
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer=optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps,
+            num_training_steps=self.max_steps,
+        )
         self.adapter, self.optimizer = self.acc.prepare(adapter, optimizer)
         self.fdi_tokens = self.fdi.tokens.to(self.device)
         self.predict = diffusers_predictor(self.unet, self.prompt_embeds, self.weight_dtype)
@@ -330,8 +420,17 @@ class TrainRun:
         degraded = batch["degraded"].to(self.device, non_blocking=True)
         z0 = encode_clean(self.vae, batch["clean"].to(self.device, non_blocking=True), self.weight_dtype)
         with self.acc.autocast():
-            return training_step(self.adapter, self.predict, degraded, z0, self.fdi_tokens, self.alphas_cumprod,
-                                 self.prediction_type, self.cfg.recon_weight, gen)
+            return training_step(
+                self.adapter,
+                self.predict,
+                degraded,
+                z0,
+                self.fdi_tokens,
+                self.alphas_cumprod,
+                self.prediction_type,
+                self.cfg.recon_weight,
+                gen,
+            )
 
     def loop(self) -> List[float]:
         return run_loop(self)
@@ -361,13 +460,23 @@ def train(cfg: TrainConfig, progress: Optional[ProgressCallback] = None, models=
     run.build()
     if run.start_step >= run.max_steps:  # e.g. a job restarted after its last checkpoint: just write the adapter
         if run.main and not cfg.quiet:
-            print(f"the checkpoint is already at step {run.start_step} of {run.max_steps}: writing the adapter without training "
-                  "(raise --max-steps or --epochs to train further)")
+            print(
+                f"the checkpoint is already at step {run.start_step} of {run.max_steps}: "
+                "writing the adapter without training "
+                "(raise --max-steps or --epochs to train further)"
+            )
         run.steps_done, losses = run.start_step, []
     else:
         losses = run.loop()
         if cfg.checkpoint_every:
             save_checkpoint(run, run.steps_done)
     run.finish()
-    return TrainResult(output=run.output, run_dir=run.run_dir, steps=run.steps_done, start_step=run.start_step,
-                       losses=losses, base_family=run.family, is_main_process=run.main)
+    return TrainResult(
+        output=run.output,
+        run_dir=run.run_dir,
+        steps=run.steps_done,
+        start_step=run.start_step,
+        losses=losses,
+        base_family=run.family,
+        is_main_process=run.main,
+    )

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional
-
-import torch
+from typing import Callable, List
 
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+import torch
 from comfy_api.latest import io
 
 from ..fdi.dtypes import DTYPES, parse_dtype
@@ -96,7 +95,10 @@ def blip2_folders() -> List[str]:
 def blip2_path(name: str) -> str:
     """The full path of a ``blip2`` folder picked in the UI (must be one :func:`blip2_folders` lists)."""
     if name not in blip2_folders():
-        raise FDIError(f"BLIP-2 folder {name!r} is not in models/blip2; put the checkpoint folder there (Hugging Face layout) and refresh")
+        raise FDIError(
+            f"BLIP-2 folder {name!r} is not in models/blip2; put the checkpoint folder "
+            "there (Hugging Face layout) and refresh"
+        )
     for base in folder_paths.get_folder_paths("blip2"):
         p = os.path.join(base, *name.split("/"))
         if os.path.isfile(os.path.join(p, "config.json")):
@@ -133,7 +135,10 @@ def check_save_name(name: str) -> str:
     if not name:
         raise FDIError("the FDI file name is empty; type a name such as 'derain'")
     if "/" in name or "\\" in name or ":" in name:
-        raise FDIError(f"FDI file name {raw!r} contains a path separator or drive; give a plain name, the file is always saved in models/fdi")
+        raise FDIError(
+            f"FDI file name {raw!r} contains a path separator or drive; give a plain "
+            "name, the file is always saved in models/fdi"
+        )
     if ".." in name or name.startswith("."):
         raise FDIError(f"FDI file name {raw!r} contains '..' or starts with '.'; give a plain name such as 'derain'")
     if any(ord(ch) < 32 for ch in name):
@@ -172,9 +177,14 @@ def input_subfolder(name: str, what: str) -> str:
     base = os.path.realpath(folder_paths.get_input_directory())
     full = os.path.realpath(os.path.join(base, *[p for p in parts if p]))
     if os.path.commonpath([base, full]) != base:
-        raise FDIError(f"the {what} {raw!r} leads outside ComfyUI's input folder (through a link); only folders inside it can be read")
+        raise FDIError(
+            f"the {what} {raw!r} leads outside ComfyUI's input folder (through a link); "
+            "only folders inside it can be read"
+        )
     if not os.path.isdir(full):
-        raise FDIError(f"the {what} {raw!r} does not exist in ComfyUI's input folder ({base}); create it and put the images there")
+        raise FDIError(
+            f"the {what} {raw!r} does not exist in ComfyUI's input folder ({base}); create it and put the images there"
+        )
     return full
 
 
@@ -184,7 +194,10 @@ def check_inside(paths, base_folder: str, what: str) -> None:
     for p in paths:
         real = os.path.realpath(p)
         if os.path.commonpath([base, real]) != base:
-            raise FDIError(f"{what} file {os.path.basename(str(p))!r} is a link to outside ComfyUI's input folder; copy the image in instead")
+            raise FDIError(
+                f"{what} file {os.path.basename(str(p))!r} is a link to outside ComfyUI's "
+                "input folder; copy the image in instead"
+            )
 
 
 # ------------------------------------------------------------------------------------------------

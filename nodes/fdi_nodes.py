@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import comfy.model_management as mm
 import torch
 from comfy_api.latest import io, ui
 
@@ -15,11 +16,25 @@ from ..fdi.errors import FDIError
 from ..fdi.extract import extract_fdi, extract_fdi_from_folders
 from ..fdi.images import pair_folders
 from ..fdi.instruction import COMBINE_MODES, FDI, combine
-from .common import (CATEGORY, DTYPE_CHOICES, Blip2QFormer, FDIType, ModelHandle, blip2_folders,
-                     blip2_path, check_inside, check_save_name, fdi_files, fdi_save_dir, image_to_batch, input_subfolder,
-                     make_patcher, model_file, pick_dtype, progress_callback)
-
-import comfy.model_management as mm
+from .common import (
+    CATEGORY,
+    DTYPE_CHOICES,
+    Blip2QFormer,
+    FDIType,
+    ModelHandle,
+    blip2_folders,
+    blip2_path,
+    check_inside,
+    check_save_name,
+    fdi_files,
+    fdi_save_dir,
+    image_to_batch,
+    input_subfolder,
+    make_patcher,
+    model_file,
+    pick_dtype,
+    progress_callback,
+)
 
 
 class FDIQFormerLoader(io.ComfyNode):
@@ -37,12 +52,26 @@ class FDIQFormerLoader(io.ComfyNode):
                 "Q-Former are read (about 1.1 B parameters); the language model is never loaded."
             ),
             inputs=[
-                io.Combo.Input("folder", options=blip2_folders(),
-                               tooltip="BLIP-2 checkpoint folder inside models/blip2 (holds config.json, preprocessor_config.json and model*.safetensors)."),
-                io.Combo.Input("dtype", options=DTYPE_CHOICES, default="auto",
-                               tooltip="Precision of the ViT vision model; 'auto' uses fp16/bf16 where the device supports it. The Q-Former always runs in fp32."),
+                io.Combo.Input(
+                    "folder",
+                    options=blip2_folders(),
+                    tooltip="BLIP-2 checkpoint folder inside models/blip2 (holds config.json, preprocessor_config.json "
+                    "and model*.safetensors).",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=DTYPE_CHOICES,
+                    default="auto",
+                    tooltip="Precision of the ViT vision model; 'auto' uses fp16/bf16 where the device "
+                    "supports it. The Q-Former always runs in fp32.",
+                ),
             ],
-            outputs=[Blip2QFormer.Output(display_name="qformer", tooltip="The Q-Former encoder, managed by ComfyUI (loaded to the GPU when used).")],
+            outputs=[
+                Blip2QFormer.Output(
+                    display_name="qformer",
+                    tooltip="The Q-Former encoder, managed by ComfyUI (loaded to the GPU when used).",
+                )
+            ],
         )
 
     @classmethod
@@ -63,32 +92,65 @@ class FDIExtract(io.ComfyNode):
             display_name="Extract FDI (images)",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Computes a Feature Difference Instruction from reference pairs: image j of 'degraded' pairs with image j "
-                "of 'clean'; the FDI is the mean over pairs of Q-Former(degraded) − Q-Former(clean). Both batches must have "
+                "Computes a Feature Difference Instruction from reference pairs: image "
+                "j of 'degraded' pairs with image j "
+                "of 'clean'; the FDI is the mean over pairs of Q-Former(degraded) − Q-Former(clean). "
+                "Both batches must have "
                 "the same length (the images may have any size)."
             ),
             inputs=[
                 Blip2QFormer.Input("qformer", tooltip="The BLIP-2 Q-Former from 'Load BLIP-2 Q-Former (FDI)'."),
                 io.Image.Input("degraded", tooltip="Degraded (or style A) reference images, one batch."),
-                io.Image.Input("clean", tooltip="The matching clean (or style B) images, same number and order as 'degraded'."),
-                io.String.Input("label", default="", tooltip="A name for this FDI (e.g. 'derain'), stored in the file and shown in plots."),
-                io.Int.Input("batch_size", default=8, min=1, max=256,
-                             tooltip="Pairs encoded per step; lower it if the GPU runs out of memory."),
-                io.Boolean.Input("keep_pairs", default=True,
-                                 tooltip="Keep the per-pair FDIs (for FDIInspect's 2-D map and to save them with the FDI)."),
+                io.Image.Input(
+                    "clean", tooltip="The matching clean (or style B) images, same number and order as 'degraded'."
+                ),
+                io.String.Input(
+                    "label",
+                    default="",
+                    tooltip="A name for this FDI (e.g. 'derain'), stored in the file and shown in plots.",
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=8,
+                    min=1,
+                    max=256,
+                    tooltip="Pairs encoded per step; lower it if the GPU runs out of memory.",
+                ),
+                io.Boolean.Input(
+                    "keep_pairs",
+                    default=True,
+                    tooltip="Keep the per-pair FDIs (for FDIInspect's 2-D map and to save them with the FDI).",
+                ),
             ],
             outputs=[FDIType.Output(display_name="fdi", tooltip="The FDI (32x768 tokens for BLIP-2).")],
         )
 
     @classmethod
-    def execute(cls, qformer: ModelHandle, degraded: torch.Tensor, clean: torch.Tensor, label: str, batch_size: int,
-                keep_pairs: bool) -> io.NodeOutput:
+    def execute(
+        cls,
+        qformer: ModelHandle,
+        degraded: torch.Tensor,
+        clean: torch.Tensor,
+        label: str,
+        batch_size: int,
+        keep_pairs: bool,
+    ) -> io.NodeOutput:
         d, c = image_to_batch(degraded, "degraded images"), image_to_batch(clean, "clean images")
         if d.shape[0] != c.shape[0]:
-            raise FDIError(f"{d.shape[0]} degraded images but {c.shape[0]} clean images; give batches of the same length (pair j = degraded j, clean j)")
+            raise FDIError(
+                f"{d.shape[0]} degraded images but {c.shape[0]} clean images; give batches "
+                "of the same length (pair j = degraded j, clean j)"
+            )
         encoder = qformer.loaded()
-        fdi = extract_fdi(encoder, d, c, label=label, batch_size=batch_size, keep_pairs=keep_pairs,
-                          progress=progress_callback(d.shape[0]))
+        fdi = extract_fdi(
+            encoder,
+            d,
+            c,
+            label=label,
+            batch_size=batch_size,
+            keep_pairs=keep_pairs,
+            progress=progress_callback(d.shape[0]),
+        )
         return io.NodeOutput(fdi)
 
 
@@ -102,26 +164,53 @@ class FDIExtractFromFolders(io.ComfyNode):
             display_name="Extract FDI (folders)",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Computes an FDI from every image pair of two folders inside ComfyUI's input folder, matched by file name "
+                "Computes an FDI from every image pair of two folders inside ComfyUI's "
+                "input folder, matched by file name "
                 "without suffix (rain_001.png ↔ rain_001.jpg). Images are read a batch at a time, with a progress bar; "
                 "Cancel stops it cleanly."
             ),
             inputs=[
                 Blip2QFormer.Input("qformer", tooltip="The BLIP-2 Q-Former from 'Load BLIP-2 Q-Former (FDI)'."),
-                io.String.Input("degraded_folder", default="fdi/degraded",
-                                tooltip="Folder of degraded (or style A) images, relative to ComfyUI's input folder. '..' and absolute paths are refused."),
-                io.String.Input("clean_folder", default="fdi/clean",
-                                tooltip="Folder of the matching clean (or style B) images, relative to ComfyUI's input folder."),
-                io.String.Input("label", default="", tooltip="A name for this FDI (e.g. 'derain'), stored in the file and shown in plots."),
-                io.Int.Input("batch_size", default=8, min=1, max=256, tooltip="Pairs read and encoded per step; memory stays bounded whatever the number of pairs."),
-                io.Boolean.Input("keep_pairs", default=True, tooltip="Keep the per-pair FDIs (for FDIInspect's 2-D map)."),
+                io.String.Input(
+                    "degraded_folder",
+                    default="fdi/degraded",
+                    tooltip="Folder of degraded (or style A) images, relative to ComfyUI's input folder. "
+                    "'..' and absolute paths are refused.",
+                ),
+                io.String.Input(
+                    "clean_folder",
+                    default="fdi/clean",
+                    tooltip="Folder of the matching clean (or style B) images, relative to ComfyUI's input folder.",
+                ),
+                io.String.Input(
+                    "label",
+                    default="",
+                    tooltip="A name for this FDI (e.g. 'derain'), stored in the file and shown in plots.",
+                ),
+                io.Int.Input(
+                    "batch_size",
+                    default=8,
+                    min=1,
+                    max=256,
+                    tooltip="Pairs read and encoded per step; memory stays bounded whatever the number of pairs.",
+                ),
+                io.Boolean.Input(
+                    "keep_pairs", default=True, tooltip="Keep the per-pair FDIs (for FDIInspect's 2-D map)."
+                ),
             ],
             outputs=[FDIType.Output(display_name="fdi", tooltip="The FDI of all pairs.")],
         )
 
     @classmethod
-    def execute(cls, qformer: ModelHandle, degraded_folder: str, clean_folder: str, label: str, batch_size: int,
-                keep_pairs: bool) -> io.NodeOutput:
+    def execute(
+        cls,
+        qformer: ModelHandle,
+        degraded_folder: str,
+        clean_folder: str,
+        label: str,
+        batch_size: int,
+        keep_pairs: bool,
+    ) -> io.NodeOutput:
         import folder_paths
 
         ddir = input_subfolder(degraded_folder, "degraded folder")
@@ -131,8 +220,15 @@ class FDIExtractFromFolders(io.ComfyNode):
         check_inside([p for _, p, _ in pairs], base, "degraded folder")
         check_inside([p for _, _, p in pairs], base, "clean folder")
         encoder = qformer.loaded()
-        fdi = extract_fdi_from_folders(encoder, ddir, cdir, label=label, batch_size=batch_size, keep_pairs=keep_pairs,
-                                       progress=progress_callback(len(pairs)))
+        fdi = extract_fdi_from_folders(
+            encoder,
+            ddir,
+            cdir,
+            label=label,
+            batch_size=batch_size,
+            keep_pairs=keep_pairs,
+            progress=progress_callback(len(pairs)),
+        )
         return io.NodeOutput(fdi)
 
 
@@ -146,16 +242,29 @@ class FDISave(io.ComfyNode):
             display_name="Save FDI",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Saves the FDI as <name>.fdi.safetensors in ComfyUI's models/fdi folder (written atomically), so it appears in "
+                "Saves the FDI as <name>.fdi.safetensors in ComfyUI's models/fdi folder "
+                "(written atomically), so it appears in "
                 "'Load FDI' without moving files. Plain names only: path separators and '..' are refused."
             ),
             inputs=[
                 FDIType.Input("fdi", tooltip="The FDI to save."),
-                io.String.Input("name", default="my_task", tooltip="File name (without folder); '.fdi.safetensors' is added."),
-                io.Boolean.Input("keep_pairs", default=True, tooltip="Also store the per-pair FDIs (bigger file; needed for FDIInspect's 2-D map)."),
-                io.Boolean.Input("overwrite", default=False, tooltip="Replace an existing file of the same name; when off, an existing name is an error."),
+                io.String.Input(
+                    "name", default="my_task", tooltip="File name (without folder); '.fdi.safetensors' is added."
+                ),
+                io.Boolean.Input(
+                    "keep_pairs",
+                    default=True,
+                    tooltip="Also store the per-pair FDIs (bigger file; needed for FDIInspect's 2-D map).",
+                ),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    tooltip="Replace an existing file of the same name; when off, an existing name is an error.",
+                ),
             ],
-            outputs=[io.String.Output(display_name="file_name", tooltip="The saved file's name, as 'Load FDI' lists it.")],
+            outputs=[
+                io.String.Output(display_name="file_name", tooltip="The saved file's name, as 'Load FDI' lists it.")
+            ],
             is_output_node=True,
         )
 
@@ -178,8 +287,15 @@ class FDILoad(io.ComfyNode):
             node_id="FDILoad",
             display_name="Load FDI",
             category=f"{CATEGORY}/instruction",
-            description="Loads a *.fdi.safetensors file from ComfyUI's models/fdi folder (or any 'fdi' path of extra_model_paths.yaml).",
-            inputs=[io.Combo.Input("fdi_name", options=fdi_files(), tooltip="FDI file in models/fdi (saved by 'Save FDI' or 'python -m fdi extract').")],
+            description="Loads a *.fdi.safetensors file from ComfyUI's models/fdi folder (or any "
+            "'fdi' path of extra_model_paths.yaml).",
+            inputs=[
+                io.Combo.Input(
+                    "fdi_name",
+                    options=fdi_files(),
+                    tooltip="FDI file in models/fdi (saved by 'Save FDI' or 'python -m fdi extract').",
+                )
+            ],
             outputs=[FDIType.Output(display_name="fdi", tooltip="The loaded FDI.")],
         )
 
@@ -199,14 +315,24 @@ class FDICombine(io.ComfyNode):
             category=f"{CATEGORY}/instruction",
             description=(
                 "Combines two FDIs linearly: sum = a·A + b·B, mean = (a·A + b·B)/(a + b), difference = a·A − b·B. "
-                "Chain several to combine more (e.g. a denoising FDI for desnowing). FDIs from different Q-Former checkpoints are refused."
+                "Chain several to combine more (e.g. a denoising FDI for desnowing). FDIs "
+                "from different Q-Former checkpoints are refused."
             ),
             inputs=[
                 FDIType.Input("fdi_a", tooltip="First FDI."),
-                io.Float.Input("weight_a", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Weight of the first FDI."),
+                io.Float.Input(
+                    "weight_a", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Weight of the first FDI."
+                ),
                 FDIType.Input("fdi_b", tooltip="Second FDI (same Q-Former as the first)."),
-                io.Float.Input("weight_b", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Weight of the second FDI."),
-                io.Combo.Input("mode", options=list(COMBINE_MODES), default="sum", tooltip="sum, mean (weights normalised to sum 1) or difference (first minus second)."),
+                io.Float.Input(
+                    "weight_b", default=1.0, min=-10.0, max=10.0, step=0.01, tooltip="Weight of the second FDI."
+                ),
+                io.Combo.Input(
+                    "mode",
+                    options=list(COMBINE_MODES),
+                    default="sum",
+                    tooltip="sum, mean (weights normalised to sum 1) or difference (first minus second).",
+                ),
             ],
             outputs=[FDIType.Output(display_name="fdi", tooltip="The combined FDI.")],
         )
@@ -226,7 +352,8 @@ class FDIInspect(io.ComfyNode):
             display_name="Inspect FDIs",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Shows how FDIs relate: the cosine-similarity matrix between them and, where per-pair FDIs are stored, a PCA "
+                "Shows how FDIs relate: the cosine-similarity matrix between them and, "
+                "where per-pair FDIs are stored, a PCA "
                 "2-D map of the pairs coloured by FDI (tasks that cluster apart are separable)."
             ),
             inputs=[

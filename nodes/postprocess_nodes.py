@@ -27,15 +27,22 @@ class FDIColorFix(io.ComfyNode):
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The restored image(s) (e.g. from 'FDI Restore')."),
-                io.Image.Input("reference",
-                               tooltip="The image whose colours to keep: the degraded input (one for all, or one per "
-                                       "image; resized to the restored size if it differs)."),
-                io.Combo.Input("method", options=list(COLOR_FIXES), default="wavelet",
-                               tooltip="wavelet: low frequencies from the reference, detail from the restoration; "
-                                       "adain: per-channel mean/std of the reference; none: no change."),
+                io.Image.Input(
+                    "reference",
+                    tooltip="The image whose colours to keep: the degraded input (one for all, or one per "
+                    "image; resized to the restored size if it differs).",
+                ),
+                io.Combo.Input(
+                    "method",
+                    options=list(COLOR_FIXES),
+                    default="wavelet",
+                    tooltip="wavelet: low frequencies from the reference, detail from the restoration; "
+                    "adain: per-channel mean/std of the reference; none: no change.",
+                ),
             ],
-            outputs=[io.Image.Output(display_name="image",
-                                     tooltip="The colour-corrected image(s), same size as 'image'.")],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The colour-corrected image(s), same size as 'image'.")
+            ],
         )
 
     @classmethod

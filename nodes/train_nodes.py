@@ -13,11 +13,10 @@ import os
 from dataclasses import dataclass
 from typing import List
 
-import torch
-from comfy_api.latest import io, ui
-
 import comfy.model_management as mm
 import comfy.utils
+import torch
+from comfy_api.latest import io, ui
 
 from ..fdi.adapter import FDIAdapter, FDIAdapterConfig
 from ..fdi.comfy_backend import check_unet_for_adapter
@@ -463,8 +462,9 @@ class FDIPairStability(io.ComfyNode):
             inputs=[
                 FDIType.Input("fdi", tooltip="An FDI with its per-pair FDIs (from 'Extract FDI' with keep_pairs on)."),
                 io.Int.Input("resamples", default=50, min=1, max=1000, tooltip="Random draws of k pairs for each k."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
-                             tooltip="Seed of the draws."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=2**31 - 1, control_after_generate=True, tooltip="Seed of the draws."
+                ),
             ],
             outputs=[io.Image.Output(display_name="plot", tooltip="The stability curve.")],
         )

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-# the tests import the library as ``fdi`` from the repository root (builders: ``from tiny_sd import …``, tests/ is on the path)
+# the tests import the library as ``fdi`` from the repository root (builders: ``from tiny_sd import …``, tests/ is on
+# the path)
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

@@ -42,39 +42,69 @@ def cache_dir() -> Path:
 def unet_config() -> dict:
     """The SD 2.1-base UNet config (diffusers ``UNet2DConditionModel``)."""
     return dict(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-        act_fn="silu", norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+        cross_attention_dim=1024,
+        attention_head_dim=(5, 10, 20, 20),
+        use_linear_projection=True,
+        act_fn="silu",
+        norm_num_groups=32,
+        flip_sin_to_cos=True,
+        freq_shift=0,
     )
 
 
 def vae_config() -> dict:
     """The SD KL-f8 VAE config (diffusers ``AutoencoderKL``)."""
     return dict(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
         block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        act_fn="silu", norm_num_groups=32, scaling_factor=0.18215,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        act_fn="silu",
+        norm_num_groups=32,
+        scaling_factor=0.18215,
     )
 
 
 def text_config() -> dict:
     """The SD 2.x OpenCLIP ViT-H text tower as a ``CLIPTextModel`` config (23 layers used)."""
     return dict(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-        layer_norm_eps=1e-5, bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
+        vocab_size=49408,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=23,
+        num_attention_heads=16,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=512,
+        layer_norm_eps=1e-5,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
     )
 
 
 def scheduler_config() -> dict:
     """SD 2.1-base's scheduler settings (epsilon prediction, scaled-linear betas)."""
     return dict(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon", num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+        num_train_timesteps=1000,
     )
 
 
@@ -122,11 +152,16 @@ def build_sd21_diffusers(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Pa
     tok.save_pretrained(tmp / "tokenizer")
     DDIMScheduler(**scheduler_config()).save_pretrained(tmp / "scheduler")
     index = {
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "requires_safety_checker": False,
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.30.0",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
     }
     (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
     (tmp / "FIXTURE_VERSION").write_text(FIXTURE_VERSION)
@@ -162,7 +197,9 @@ def random_adapter(token_width: int = 768, num_tokens: int = 32, seed: int = 0):
     from fdi.adapter import FDIAdapter, FDIAdapterConfig
 
     torch.manual_seed(seed)
-    adapter = FDIAdapter(FDIAdapterConfig(token_width=token_width, num_tokens=num_tokens), base_family="sd2.1-base", label="e2e")
+    adapter = FDIAdapter(
+        FDIAdapterConfig(token_width=token_width, num_tokens=num_tokens), base_family="sd2.1-base", label="e2e"
+    )
     with torch.no_grad():
         for head in adapter.guidance_heads:
             head.out.weight.normal_(0, 0.02)

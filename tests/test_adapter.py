@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tiny_sd import TINY_CHANNELS, randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter, FDIAdapterConfig, count_parameters
 from fdi.errors import FDIError
 from fdi.instruction import FDI
-from tiny_sd import TINY_CHANNELS, randomise_adapter, tiny_adapter_config
 
 
 def tiny(seed: int = 0, **kw) -> FDIAdapter:
@@ -170,7 +170,9 @@ def test_from_file_refuses_bad_files(tmp_path):
     # weights that do not fit the config (e.g. a file whose config was edited)
     sd = {k: v.contiguous() for k, v in a.state_dict().items()}
     meta = a.file_metadata()
-    meta["config"] = FDIAdapterConfig(channels=(64, 64, 128, 128), token_width=32, num_tokens=8, res_blocks=1, heads=4, se_reduction=4).to_json()
+    meta["config"] = FDIAdapterConfig(
+        channels=(64, 64, 128, 128), token_width=32, num_tokens=8, res_blocks=1, heads=4, se_reduction=4
+    ).to_json()
     save_file(sd, str(tmp_path / "bad.safetensors"), metadata=meta)
     with pytest.raises(FDIError, match="has shape"):
         FDIAdapter.from_file(tmp_path / "bad.safetensors")

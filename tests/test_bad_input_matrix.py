@@ -20,13 +20,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tiny_blip2 import build_tiny_blip2
+from tiny_sd import randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter, FDIAdapterConfig
 from fdi.cli import main
 from fdi.images import save_image
 from fdi.instruction import FDI
-from tiny_blip2 import build_tiny_blip2
-from tiny_sd import randomise_adapter, tiny_adapter_config
 
 MESSAGES: dict = {}
 
@@ -75,9 +75,34 @@ def case_args(name: str, w: dict, t: Path):
     """Return the CLI arguments of one bad-input case (building its inputs under ``t``)."""
     r, sd = w["root"], w["sd"]
     out_fdi = t / "out" / "o.fdi.safetensors"
-    extract = ["extract", "--blip2", r / "blip2", "--degraded", r / "deg", "--clean", r / "clean", "-o", out_fdi, "--quiet"]
-    restore = ["restore", "--sd", sd, "--adapter", r / "a.safetensors", "--image", r / "in.png", "-o", t / "out",
-               "--steps", "1", "--inversion-steps", "1", "--quiet"]
+    extract = [
+        "extract",
+        "--blip2",
+        r / "blip2",
+        "--degraded",
+        r / "deg",
+        "--clean",
+        r / "clean",
+        "-o",
+        out_fdi,
+        "--quiet",
+    ]
+    restore = [
+        "restore",
+        "--sd",
+        sd,
+        "--adapter",
+        r / "a.safetensors",
+        "--image",
+        r / "in.png",
+        "-o",
+        t / "out",
+        "--steps",
+        "1",
+        "--inversion-steps",
+        "1",
+        "--quiet",
+    ]
     combine = lambda *files: ["combine", *files, "-o", out_fdi]  # noqa: E731
 
     def with_folder(idx: int, folder: Path):
@@ -98,7 +123,15 @@ def case_args(name: str, w: dict, t: Path):
 
     fdi_file = r / "t.fdi.safetensors"
     if name == "extract: unmatched file names":
-        return with_folder(4, folder_with({"0.png": lambda p: save_image(torch.rand(3, 8, 8), p), "zz.png": lambda p: save_image(torch.rand(3, 8, 8), p)}))
+        return with_folder(
+            4,
+            folder_with(
+                {
+                    "0.png": lambda p: save_image(torch.rand(3, 8, 8), p),
+                    "zz.png": lambda p: save_image(torch.rand(3, 8, 8), p),
+                }
+            ),
+        )
     if name == "extract: empty folder":
         return with_folder(4, folder_with({}))
     if name == "extract: non-image file in a folder":
@@ -125,7 +158,11 @@ def case_args(name: str, w: dict, t: Path):
         return with_folder(2, d)
     if name == "extract: checkpoint missing Q-Former tensors":
         d = _copy_folder(r / "blip2", t / "noq")
-        _rewrite(d / "model.safetensors", d / "model.safetensors", lambda ts, m: ({k: v for k, v in ts.items() if not k.startswith("qformer.")}, m))
+        _rewrite(
+            d / "model.safetensors",
+            d / "model.safetensors",
+            lambda ts, m: ({k: v for k, v in ts.items() if not k.startswith("qformer.")}, m),
+        )
         return with_folder(2, d)
     if name == "extract: pickle (.bin) checkpoint":
         d = _copy_folder(r / "blip2", t / "pk")
@@ -147,10 +184,12 @@ def case_args(name: str, w: dict, t: Path):
         other = _rewrite(fdi_file, t / "other.fdi.safetensors", lambda ts, m: (ts, {**m, "encoder": "blip2-flan:bbbb"}))
         return combine(fdi_file, other)
     if name == "combine: NaN in an FDI file":
+
         def nan(ts, m):
             ts["fdi"] = ts["fdi"].clone()
             ts["fdi"][0, 0] = float("nan")
             return ts, m
+
         return combine(_rewrite(fdi_file, t / "nan.fdi.safetensors", nan))
     if name == "combine: file of another format":
         return combine(_rewrite(fdi_file, t / "x.fdi.safetensors", lambda ts, m: (ts, {**m, "format": "lora"})))
@@ -161,16 +200,34 @@ def case_args(name: str, w: dict, t: Path):
         (t / "x.fdi.safetensors").write_bytes(data[:-100])
         return combine(t / "x.fdi.safetensors")
     if name == "combine: header that lies about sizes":
-        return combine(_raw_header(t / "x.fdi.safetensors", {"fdi": {"dtype": "F32", "shape": [32, 768], "data_offsets": [0, 98304]}}, b"\0" * 64))
+        return combine(
+            _raw_header(
+                t / "x.fdi.safetensors",
+                {"fdi": {"dtype": "F32", "shape": [32, 768], "data_offsets": [0, 98304]}},
+                b"\0" * 64,
+            )
+        )
     if name == "combine: huge claimed shape":
-        return combine(_raw_header(t / "x.fdi.safetensors", {"fdi": {"dtype": "F32", "shape": [2**35, 2**35], "data_offsets": [0, 16]}}, b"\0" * 16))
+        return combine(
+            _raw_header(
+                t / "x.fdi.safetensors",
+                {"fdi": {"dtype": "F32", "shape": [2**35, 2**35], "data_offsets": [0, 16]}},
+                b"\0" * 16,
+            )
+        )
     if name == "combine: integer FDI tensor":
-        return combine(_rewrite(fdi_file, t / "x.fdi.safetensors", lambda ts, m: ({"fdi": ts["fdi"].to(torch.int32)}, m)))
+        return combine(
+            _rewrite(fdi_file, t / "x.fdi.safetensors", lambda ts, m: ({"fdi": ts["fdi"].to(torch.int32)}, m))
+        )
     if name == "combine: pickle .pt file":
         torch.save({"fdi": torch.zeros(8, 32)}, t / "x.pt")
         return combine(t / "x.pt")
     if name == "restore: adapter for another channel layout":
-        a = FDIAdapter(FDIAdapterConfig(channels=(320, 640, 1280, 1280), token_width=32, num_tokens=8, heads=8), base_family="sdxl-base", encoder="tiny-blip2:aaaa")
+        a = FDIAdapter(
+            FDIAdapterConfig(channels=(320, 640, 1280, 1280), token_width=32, num_tokens=8, heads=8),
+            base_family="sdxl-base",
+            encoder="tiny-blip2:aaaa",
+        )
         a.save(t / "sdxl.safetensors", fdi=FDI(tokens=torch.randn(8, 32), encoder="tiny-blip2:aaaa"))
         return [*restore[:4], t / "sdxl.safetensors", *restore[5:]]
     if name == "restore: adapter of another base family":
@@ -193,11 +250,15 @@ def case_args(name: str, w: dict, t: Path):
     if name == "restore: missing model folder":
         return [restore[0], "--sd", t / "no-model", *restore[3:]]
     if name == "restore: NaN weights in the adapter file":
+
         def nanw(ts, m):
-            k = next(k for k in ts if k.endswith("weight") and ts[k].dtype.is_floating_point and not k.startswith("fdi"))
+            k = next(
+                k for k in ts if k.endswith("weight") and ts[k].dtype.is_floating_point and not k.startswith("fdi")
+            )
             ts[k] = ts[k].clone()
             ts[k].view(-1)[0] = float("nan")
             return ts, m
+
         _rewrite(r / "a.safetensors", t / "nan.safetensors", nanw)
         return [*restore[:4], t / "nan.safetensors", *restore[5:]]
     if name == "adapter-info: pickle adapter":
@@ -209,24 +270,68 @@ def case_args(name: str, w: dict, t: Path):
         save_image(torch.rand(3, 8, 8), t / "g" / "b.png")
         return ["eval", "--pred", t / "p", "--gt", t / "g", "--report", t / "out" / "r.json"]
     if name == "train: batch size not divisible by accumulation":
-        return ["train", "--sd", sd, "--fdi", fdi_file, "--degraded", r / "deg", "--clean", r / "clean", "-o", t / "out" / "a.safetensors",
-                "--batch-size", "3", "--grad-accum", "2", "--max-steps", "1", "--resolution", "64", "--device", "cpu",
-                "--adapter-config", json.dumps(json.loads(tiny_adapter_config().to_json()))]
+        return [
+            "train",
+            "--sd",
+            sd,
+            "--fdi",
+            fdi_file,
+            "--degraded",
+            r / "deg",
+            "--clean",
+            r / "clean",
+            "-o",
+            t / "out" / "a.safetensors",
+            "--batch-size",
+            "3",
+            "--grad-accum",
+            "2",
+            "--max-steps",
+            "1",
+            "--resolution",
+            "64",
+            "--device",
+            "cpu",
+            "--adapter-config",
+            json.dumps(json.loads(tiny_adapter_config().to_json())),
+        ]
     raise KeyError(name)
 
 
 CASES = [
-    "extract: unmatched file names", "extract: empty folder", "extract: non-image file in a folder",
-    "extract: zero-length image", "extract: animated GIF", "extract: folder is not a BLIP-2 checkpoint",
-    "extract: checkpoint of another model type", "extract: checkpoint missing Q-Former tensors",
-    "extract: pickle (.bin) checkpoint", "extract: truncated checkpoint", "extract: output folder does not exist",
-    "combine: weights count not matching inputs", "combine: FDIs of different encoders", "combine: NaN in an FDI file",
-    "combine: file of another format", "combine: FDI format version from the future", "combine: truncated safetensors",
-    "combine: header that lies about sizes", "combine: huge claimed shape", "combine: integer FDI tensor",
-    "combine: pickle .pt file", "restore: adapter for another channel layout", "restore: adapter of another base family",
-    "restore: FDI width not matching the adapter", "restore: 1x1 image", "restore: unreadable image", "restore: weights count not matching adapters",
-    "restore: guidance end outside 0..1", "restore: missing model folder", "restore: NaN weights in the adapter file",
-    "adapter-info: pickle adapter", "eval: missing counterpart", "train: batch size not divisible by accumulation",
+    "extract: unmatched file names",
+    "extract: empty folder",
+    "extract: non-image file in a folder",
+    "extract: zero-length image",
+    "extract: animated GIF",
+    "extract: folder is not a BLIP-2 checkpoint",
+    "extract: checkpoint of another model type",
+    "extract: checkpoint missing Q-Former tensors",
+    "extract: pickle (.bin) checkpoint",
+    "extract: truncated checkpoint",
+    "extract: output folder does not exist",
+    "combine: weights count not matching inputs",
+    "combine: FDIs of different encoders",
+    "combine: NaN in an FDI file",
+    "combine: file of another format",
+    "combine: FDI format version from the future",
+    "combine: truncated safetensors",
+    "combine: header that lies about sizes",
+    "combine: huge claimed shape",
+    "combine: integer FDI tensor",
+    "combine: pickle .pt file",
+    "restore: adapter for another channel layout",
+    "restore: adapter of another base family",
+    "restore: FDI width not matching the adapter",
+    "restore: 1x1 image",
+    "restore: unreadable image",
+    "restore: weights count not matching adapters",
+    "restore: guidance end outside 0..1",
+    "restore: missing model folder",
+    "restore: NaN weights in the adapter file",
+    "adapter-info: pickle adapter",
+    "eval: missing counterpart",
+    "train: batch size not divisible by accumulation",
 ]
 
 
@@ -247,7 +352,7 @@ def test_bad_input(world, tmp_path, capsys, name):
     assert len(lines) == 1 and "Traceback" not in "\n".join(err), (name, err)
     assert _snapshot(tmp_path / "out") == before_out, f"{name}: something was written"
     assert _snapshot(world["root"]) == before_world, f"{name}: the inputs changed"
-    MESSAGES[name] = lines[0][len("error: "):]
+    MESSAGES[name] = lines[0][len("error: ") :]
 
 
 def test_matrix_is_large_enough():
@@ -257,7 +362,9 @@ def test_matrix_is_large_enough():
 def teardown_module(module):
     report = os.environ.get("FDI_MATRIX_REPORT")
     if report and MESSAGES:
-        rows = ["| bad input | message |", "|---|---|"] + [f"| {k} | {v.replace('|', '/')} |" for k, v in MESSAGES.items()]
+        rows = ["| bad input | message |", "|---|---|"] + [
+            f"| {k} | {v.replace('|', '/')} |" for k, v in MESSAGES.items()
+        ]
         Path(report).write_text("\n".join(rows) + "\n")
 
 
@@ -271,6 +378,11 @@ def test_odd_but_valid_images_are_handled(world, tmp_path):
     Image.new("RGB", (16, 16), "orange").convert("CMYK").save(d / "b.jpg")
     Image.new("RGB", (1, 1), "white").save(c / "b.png")
     out = tmp_path / "o.fdi.safetensors"
-    assert main(["extract", "--blip2", str(r / "blip2"), "--degraded", str(d), "--clean", str(c), "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            ["extract", "--blip2", str(r / "blip2"), "--degraded", str(d), "--clean", str(c), "-o", str(out), "--quiet"]
+        )
+        == 0
+    )
     f = FDI.load(out)
     assert f.n_pairs == 2 and torch.isfinite(f.tokens).all()

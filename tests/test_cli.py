@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from tiny_blip2 import build_tiny_blip2
 
 from fdi.cli import COMMANDS, main
 from fdi.images import save_image
 from fdi.instruction import FDI
-from tiny_blip2 import build_tiny_blip2
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +37,54 @@ def run_cli(*args):
 def test_extract_combine_inspect(setup, tmp_path, capsys):
     r = setup
     for task in ("rain", "snow"):
-        assert run_cli("extract", "--blip2", r / "blip2", "--degraded", r / task / "deg", "--clean", r / task / "clean",
-                       "-o", tmp_path / f"{task}.fdi.safetensors", "--keep-pairs", "--batch-size", "2", "--quiet") == 0
+        assert (
+            run_cli(
+                "extract",
+                "--blip2",
+                r / "blip2",
+                "--degraded",
+                r / task / "deg",
+                "--clean",
+                r / task / "clean",
+                "-o",
+                tmp_path / f"{task}.fdi.safetensors",
+                "--keep-pairs",
+                "--batch-size",
+                "2",
+                "--quiet",
+            )
+            == 0
+        )
     rain = FDI.load(tmp_path / "rain.fdi.safetensors")
     snow = FDI.load(tmp_path / "snow.fdi.safetensors")
     assert rain.n_pairs == 3 and rain.pairs.shape[0] == 3 and rain.label == "rain"
     assert torch.allclose(rain.tokens, rain.pairs.mean(0), atol=1e-6)
-    assert run_cli("combine", tmp_path / "rain.fdi.safetensors", tmp_path / "snow.fdi.safetensors",
-                   "--weights", "0.7", "0.3", "-o", tmp_path / "mix.fdi.safetensors") == 0
+    assert (
+        run_cli(
+            "combine",
+            tmp_path / "rain.fdi.safetensors",
+            tmp_path / "snow.fdi.safetensors",
+            "--weights",
+            "0.7",
+            "0.3",
+            "-o",
+            tmp_path / "mix.fdi.safetensors",
+        )
+        == 0
+    )
     mix = FDI.load(tmp_path / "mix.fdi.safetensors")
     assert (mix.tokens - (0.7 * rain.tokens + 0.3 * snow.tokens)).abs().max() < 1e-6
-    assert run_cli("inspect", tmp_path / "rain.fdi.safetensors", tmp_path / "snow.fdi.safetensors",
-                   tmp_path / "mix.fdi.safetensors", "-o", tmp_path / "plot.png") == 0
+    assert (
+        run_cli(
+            "inspect",
+            tmp_path / "rain.fdi.safetensors",
+            tmp_path / "snow.fdi.safetensors",
+            tmp_path / "mix.fdi.safetensors",
+            "-o",
+            tmp_path / "plot.png",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "rain" in out and "1.000" in out
     from PIL import Image
@@ -57,14 +93,36 @@ def test_extract_combine_inspect(setup, tmp_path, capsys):
         assert im.size[0] > 400 and im.size[1] > 300
 
 
-@pytest.mark.parametrize("case", [
-    "unmatched", "empty_folder", "non_image", "not_blip2", "pickle_ckpt", "bad_out_dir", "weights_count",
-    "mixed_encoders", "nan_fdi", "wrong_suffix",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unmatched",
+        "empty_folder",
+        "non_image",
+        "not_blip2",
+        "pickle_ckpt",
+        "bad_out_dir",
+        "weights_count",
+        "mixed_encoders",
+        "nan_fdi",
+        "wrong_suffix",
+    ],
+)
 def test_user_errors_exit_2_with_one_line_and_no_file(setup, tmp_path, capsys, case):
     r = setup
     out = tmp_path / "out.fdi.safetensors"
-    base = ["extract", "--blip2", r / "blip2", "--degraded", r / "rain" / "deg", "--clean", r / "rain" / "clean", "-o", out, "--quiet"]
+    base = [
+        "extract",
+        "--blip2",
+        r / "blip2",
+        "--degraded",
+        r / "rain" / "deg",
+        "--clean",
+        r / "rain" / "clean",
+        "-o",
+        out,
+        "--quiet",
+    ]
     if case == "unmatched":
         d = tmp_path / "d"
         d.mkdir()
@@ -104,8 +162,11 @@ def test_user_errors_exit_2_with_one_line_and_no_file(setup, tmp_path, capsys, c
     elif case == "nan_fdi":
         from safetensors.torch import save_file
 
-        save_file({"fdi": torch.full((8, 32), float("nan"))}, tmp_path / "n.fdi.safetensors",
-                  metadata={"format": "fdi", "format_version": "1", "encoder": "x:1", "n_pairs": "1", "label": ""})
+        save_file(
+            {"fdi": torch.full((8, 32), float("nan"))},
+            tmp_path / "n.fdi.safetensors",
+            metadata={"format": "fdi", "format_version": "1", "encoder": "x:1", "n_pairs": "1", "label": ""},
+        )
         args = ["combine", tmp_path / "n.fdi.safetensors", "-o", out]
     elif case == "wrong_suffix":
         out = tmp_path / "out.png"
@@ -126,6 +187,9 @@ def test_help_on_every_command():
 
 
 def test_import_is_light():
-    code = "import sys, fdi, fdi.instruction, fdi.encoder, fdi.extract, fdi.cli; print(any(m.startswith('diffusers') for m in sys.modules))"
+    code = (
+        "import sys, fdi, fdi.instruction, fdi.encoder, fdi.extract, fdi.cli; print(any(m.startswith('diffusers') "
+        "for m in sys.modules))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "False", res.stderr

@@ -75,8 +75,9 @@ class Spy:
         monkeypatch.setattr(fdi.images, "load_image", load)
 
 
-def test_folders_and_files_stream_one_output_per_image_equal_to_the_library(photos, tiny_sd_folder, tiny_pipeline,
-                                                                             monkeypatch, capsys):
+def test_folders_and_files_stream_one_output_per_image_equal_to_the_library(
+    photos, tiny_sd_folder, tiny_pipeline, monkeypatch, capsys
+):
     d, folder, loose, adapter = photos
     out = d / "out"
     spy = Spy(monkeypatch, out)
@@ -131,8 +132,9 @@ class _Recorder:
 def test_one_progress_bar_counts_every_step_of_every_image(photos, tiny_sd_folder, monkeypatch):
     d, folder, _, adapter = photos
     seen = []
-    monkeypatch.setattr(fdi.progress, "tqdm_progress",
-                        lambda desc, total, unit="it", enabled=True: _Recorder(seen, total))
+    monkeypatch.setattr(
+        fdi.progress, "tqdm_progress", lambda desc, total, unit="it", enabled=True: _Recorder(seen, total)
+    )
     args = base_args(tiny_sd_folder, adapter, d / "out", folder) + ["--batch-size", "2", "--steps", "3"]
     assert main(args) == 0
     assert seen[0] == ("bar", 5 * (3 + 2)) and sum(1 for s in seen if s[0] == "bar") == 1
@@ -159,8 +161,9 @@ def test_tiles_from_the_command_line(photos, tiny_sd_folder, tiny_pipeline):
     tiled = ["--tile-size", "128", "--tile-overlap", "64"]
     assert main(base_args(tiny_sd_folder, adapter, d / "tiled", big) + tiled) == 0
     use = [AdapterUse(make_adapter(), tiny_fdi(), 1.0)]
-    ref = tiny_pipeline.restore(load_image(big)[None], use, steps=2, inversion_steps=2, tile_size=128,
-                                tile_overlap=64)[0]
+    ref = tiny_pipeline.restore(load_image(big)[None], use, steps=2, inversion_steps=2, tile_size=128, tile_overlap=64)[
+        0
+    ]
     expect = (ref.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.int16)
     assert np.abs(pixels(d / "tiled" / "big.png") - expect).max() <= 1
     assert np.abs(pixels(d / "tiled" / "big.png") - pixels(d / "plain" / "big.png")).mean() > 1  # tiles did run
@@ -182,16 +185,19 @@ def test_color_fix_flag_changes_outputs_towards_the_input(photos, tiny_sd_folder
     assert np.abs(means["wavelet"] - target).max() <= 2 and np.abs(means["adain"] - target).max() <= 2
 
 
-@pytest.mark.parametrize("case, message", [
-    ("empty folder", "holds no images"),
-    ("same output name", "would both be written as p1.png"),
-    ("unreadable file in folder", "could not be read"),
-    ("missing path", "does not exist"),
-    ("batch size 0", "--batch-size 0 must be at least 1"),
-    ("tile not a multiple of 64", "--tile-size/--tile-overlap: tile size 200 px is invalid"),
-    ("tile under 128", "tile size 64 px is invalid; use a multiple of 64 of at least 128"),
-    ("overlap not smaller than the tile", "tile overlap 256 px must be smaller than the tile (256 px)"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("empty folder", "holds no images"),
+        ("same output name", "would both be written as p1.png"),
+        ("unreadable file in folder", "could not be read"),
+        ("missing path", "does not exist"),
+        ("batch size 0", "--batch-size 0 must be at least 1"),
+        ("tile not a multiple of 64", "--tile-size/--tile-overlap: tile size 200 px is invalid"),
+        ("tile under 128", "tile size 64 px is invalid; use a multiple of 64 of at least 128"),
+        ("overlap not smaller than the tile", "tile overlap 256 px must be smaller than the tile (256 px)"),
+    ],
+)
 def test_bad_collections_fail_before_any_work(photos, tiny_sd_folder, capsys, case, message):
     d, folder, loose, adapter = photos
     out = d / "never"
@@ -220,8 +226,15 @@ def test_bad_collections_fail_before_any_work(photos, tiny_sd_folder, capsys, ca
 
 def _run_cli(args, **kw):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "fdi", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fdi", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
@@ -266,9 +279,31 @@ def test_accelerate_launch_shards_the_images_over_processes_with_the_same_output
     assert single.returncode == 0, err
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     two = [a if a != str(d / "one") else str(d / "two") for a in args]
-    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "-m", "fdi", "restore", *two], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "fdi",
+            "restore",
+            *two,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     printed = [line for line in run.stdout.split() if line.endswith(".png")]
     assert sorted(printed) == sorted(set(printed)) and len(printed) == 6  # each image once

@@ -109,13 +109,20 @@ print(json.dumps({{"ids": ids, "out": out}}))
 
 
 @pytest.mark.comfyui
-@pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: run under ComfyUI's Python with "
-                                             "COMFYUI_DIR=/path/to/ComfyUI")
+@pytest.mark.skipif(
+    not COMFYUI_DIR, reason="COMFYUI_DIR is not set: run under ComfyUI's Python with COMFYUI_DIR=/path/to/ComfyUI"
+)
 def test_node_is_registered_and_equals_the_library(tmp_path):
-    code = NODE_SCRIPT.format(comfy=COMFYUI_DIR, base=str(tmp_path), root=str(ROOT), init=str(ROOT / "__init__.py"),
-                              pack_name="comfyui_fdi_colorfix")
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
-                         cwd=str(tmp_path))
+    code = NODE_SCRIPT.format(
+        comfy=COMFYUI_DIR,
+        base=str(tmp_path),
+        root=str(ROOT),
+        init=str(ROOT / "__init__.py"),
+        pack_name="comfyui_fdi_colorfix",
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert "FDIColorFix" in result["ids"]

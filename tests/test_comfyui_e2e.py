@@ -47,13 +47,32 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: these e2e tests need a ComfyUI checkout "
-                                               "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)"),
+    pytest.mark.skipif(
+        not COMFYUI_DIR,
+        reason="COMFYUI_DIR is not set: these e2e tests need a ComfyUI checkout "
+        "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)",
+    ),
 ]
 
-NODE_IDS = ("FDIQFormerLoader", "FDIExtract", "FDIExtractFromFolders", "FDISave", "FDILoad", "FDICombine", "FDIAdapterLoader",
-            "FDINoiseDecoupling", "FDIApplyGuidance", "FDIInvert", "FDIRestore", "FDIInspect", "FDIColorFix",
-            "FDILoadPairs", "FDITrainAdapter", "FDISaveAdapter", "FDIPairStability")
+NODE_IDS = (
+    "FDIQFormerLoader",
+    "FDIExtract",
+    "FDIExtractFromFolders",
+    "FDISave",
+    "FDILoad",
+    "FDICombine",
+    "FDIAdapterLoader",
+    "FDINoiseDecoupling",
+    "FDIApplyGuidance",
+    "FDIInvert",
+    "FDIRestore",
+    "FDIInspect",
+    "FDIColorFix",
+    "FDILoadPairs",
+    "FDITrainAdapter",
+    "FDISaveAdapter",
+    "FDIPairStability",
+)
 CUSTOM_TYPES = ("BLIP2_QFORMER", "FDI", "FDI_ADAPTER", "FDI_GUIDANCE")
 STEPS = 3  # ddim_uniform: t = 667 (guided for end 0.5), 334, 1 — the CPU here runs a full-size UNet step in seconds
 ADAPTER_NAME = "e2e_adapter.safetensors"
@@ -78,12 +97,27 @@ class ComfyServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "comfyui.log"
-        cmd = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(base), "--disable-auto-launch", "--database-url", "sqlite:///:memory:", "--force-fp32"]
+        cmd = [
+            os.environ.get("COMFYUI_PYTHON", sys.executable),
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-directory",
+            str(base),
+            "--disable-auto-launch",
+            "--database-url",
+            "sqlite:///:memory:",
+            "--force-fp32",
+        ]
         if extra_yaml is not None:
             cmd += ["--extra-model-paths-config", str(extra_yaml)]
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -204,10 +238,18 @@ def ensure_sd21_checkpoint() -> str:
         yaml.write_text(f"fixture:\n  diffusers: {diffusers_dir.parent}\n")
         server = ComfyServer(base, yaml)
         try:
-            server.run_ok({
-                "1": node("DiffusersLoader", model_path=diffusers_dir.name),
-                "2": node("CheckpointSave", model=["1", 0], clip=["1", 1], vae=["1", 2], filename_prefix="checkpoints/sd21_fixture"),
-            })
+            server.run_ok(
+                {
+                    "1": node("DiffusersLoader", model_path=diffusers_dir.name),
+                    "2": node(
+                        "CheckpointSave",
+                        model=["1", 0],
+                        clip=["1", 1],
+                        vae=["1", 2],
+                        filename_prefix="checkpoints/sd21_fixture",
+                    ),
+                }
+            )
         finally:
             server.stop()
         made = sorted((base / "output" / "checkpoints").glob("sd21_fixture_*.safetensors"))
@@ -250,7 +292,9 @@ def env(tmp_path_factory):
     (inp / "escape").symlink_to(outside, target_is_directory=True)
 
     encoder = QFormerEncoder.from_pretrained(blip)
-    fdi = extract_fdi_from_folders(encoder, inp / "pairs" / "degraded", inp / "pairs" / "clean", label="e2e-pairs", keep_pairs=True)
+    fdi = extract_fdi_from_folders(
+        encoder, inp / "pairs" / "degraded", inp / "pairs" / "clean", label="e2e-pairs", keep_pairs=True
+    )
     (extra / "adapters").mkdir()
     sd21_fixture.random_adapter(TINY_WIDTH, TINY_TOKENS).save(extra / "adapters" / ADAPTER_NAME, fdi=fdi)
     yaml = extra / "extra_model_paths.yaml"
@@ -260,8 +304,17 @@ def env(tmp_path_factory):
         f"  checkpoints: {sd21_fixture.checkpoint_path().parent}\n"
         f"  diffusers: {sd21_fixture.diffusers_fixture(Path(COMFYUI_DIR) / 'comfy' / 'sd1_tokenizer').parent}\n"
     )
-    return {"base": base, "extra": extra, "yaml": yaml, "ckpt": ckpt_name, "fdi": fdi, "encoder": encoder,
-            "input": inp, "models_fdi": base / "models" / "fdi", "output": base / "output"}
+    return {
+        "base": base,
+        "extra": extra,
+        "yaml": yaml,
+        "ckpt": ckpt_name,
+        "fdi": fdi,
+        "encoder": encoder,
+        "input": inp,
+        "models_fdi": base / "models" / "fdi",
+        "output": base / "output",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +342,8 @@ def test_object_info_lists_every_node_with_descriptions_and_tooltips(server):
                 types.add(spec[0] if isinstance(spec[0], str) else "COMBO")
         types.update(d["output"])
     assert set(CUSTOM_TYPES) <= types
-    assert ADAPTER_NAME in json.dumps(info["FDIAdapterLoader"]["input"]["required"]["adapter_name"])  # via extra_model_paths.yaml
+    # via extra_model_paths.yaml
+    assert ADAPTER_NAME in json.dumps(info["FDIAdapterLoader"]["input"]["required"]["adapter_name"])
     assert "tiny_blip2" in str(info["FDIQFormerLoader"]["input"]["required"]["folder"])
 
 
@@ -303,14 +357,37 @@ def test_extract_save_load_combine_inspect(server, env):
 
     first = {
         "1": node("FDIQFormerLoader", folder="tiny_blip2", dtype="fp32"),
-        "2": node("FDIExtractFromFolders", qformer=["1", 0], degraded_folder="pairs/degraded", clean_folder="pairs/clean",
-                  label="rain", batch_size=2, keep_pairs=True),
+        "2": node(
+            "FDIExtractFromFolders",
+            qformer=["1", 0],
+            degraded_folder="pairs/degraded",
+            clean_folder="pairs/clean",
+            label="rain",
+            batch_size=2,
+            keep_pairs=True,
+        ),
         "3": node("FDISave", fdi=["2", 0], name="e2e_rain", keep_pairs=True, overwrite=True),
         "4": node("LoadImage", image="degraded.png"),
         "5": node("LoadImage", image="odd.png"),
         "6": node("ImageBatch", image1=["4", 0], image2=["4", 0]),
-        "7": node("FDIExtract", qformer=["1", 0], degraded=["6", 0], clean=["6", 0], label="zero", batch_size=8, keep_pairs=True),
-        "8": node("FDIExtract", qformer=["1", 0], degraded=["4", 0], clean=["5", 0], label="imgs", batch_size=8, keep_pairs=True),
+        "7": node(
+            "FDIExtract",
+            qformer=["1", 0],
+            degraded=["6", 0],
+            clean=["6", 0],
+            label="zero",
+            batch_size=8,
+            keep_pairs=True,
+        ),
+        "8": node(
+            "FDIExtract",
+            qformer=["1", 0],
+            degraded=["4", 0],
+            clean=["5", 0],
+            label="imgs",
+            batch_size=8,
+            keep_pairs=True,
+        ),
         "9": node("FDISave", fdi=["8", 0], name="e2e_imgs.fdi.safetensors", keep_pairs=True, overwrite=True),
         "10": node("FDISave", fdi=["7", 0], name="e2e_zero", keep_pairs=False, overwrite=True),
     }
@@ -323,7 +400,9 @@ def test_extract_save_load_combine_inspect(server, env):
     assert torch.allclose(rain.tokens, env["fdi"].tokens, atol=1e-5) and rain.n_pairs == 5 and rain.pairs.shape[0] == 5
     assert rain.label == "rain" and rain.encoder.split(":")[-1] == env["encoder"].fingerprint.split(":")[-1]
     assert zero.tokens.abs().max() < 1e-5 and zero.pairs is None and zero.n_pairs == 2
-    ref = extract_fdi(env["encoder"], load_image(env["input"] / "degraded.png")[None], load_image(env["input"] / "odd.png")[None])
+    ref = extract_fdi(
+        env["encoder"], load_image(env["input"] / "degraded.png")[None], load_image(env["input"] / "odd.png")[None]
+    )
     assert torch.allclose(imgs.tokens, ref.tokens, atol=1e-3)  # through LoadImage's 8-bit → float path
 
     # FDILoad lists the saved files without moving them
@@ -353,11 +432,13 @@ def test_extract_save_load_combine_inspect(server, env):
     assert arr.shape[0] > 100 and arr.shape[1] > 100 and arr.std() > 5
 
 
-# ------------------------------------------------------------------------------------------------ (2) guided sampling with stock nodes
+# ------------------------------------------------------------------------------------------------ (2) guided sampling
+# with stock nodes
 
 
-def guided_graph(ckpt: str, strength: float, prefix: str, cfg: float = 1.0, negative: str = "", end: float = 0.5,
-                 apply: bool = True) -> dict:
+def guided_graph(
+    ckpt: str, strength: float, prefix: str, cfg: float = 1.0, negative: str = "", end: float = 0.5, apply: bool = True
+) -> dict:
     g = {
         "1": node("CheckpointLoaderSimple", ckpt_name=ckpt),
         "2": node("CLIPTextEncode", text="", clip=["1", 1]),
@@ -365,12 +446,27 @@ def guided_graph(ckpt: str, strength: float, prefix: str, cfg: float = 1.0, nega
         "4": node("LoadImage", image="degraded.png"),
         "5": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
         "6": node("FDINoiseDecoupling", adapter=["5", 0], fdi=["5", 1], image=["4", 0]),
-        "7": node("FDIApplyGuidance", model=["1", 0], guidance=["6", 0], strength=strength, start_percent=0.0, end_percent=end),
+        "7": node(
+            "FDIApplyGuidance", model=["1", 0], guidance=["6", 0], strength=strength, start_percent=0.0, end_percent=end
+        ),
         "8": node("VAEEncode", pixels=["4", 0], vae=["1", 2]),
         "9": node("FDIInvert", model=["1", 0], positive=["2", 0], latent=["8", 0], steps=STEPS),
-        "10": node("KSamplerAdvanced", model=["7", 0] if apply else ["1", 0], add_noise="disable", noise_seed=0, steps=STEPS, cfg=cfg,
-                   sampler_name="ddim", scheduler="ddim_uniform", positive=["2", 0], negative=["3", 0], latent_image=["9", 0],
-                   start_at_step=0, end_at_step=STEPS, return_with_leftover_noise="disable"),
+        "10": node(
+            "KSamplerAdvanced",
+            model=["7", 0] if apply else ["1", 0],
+            add_noise="disable",
+            noise_seed=0,
+            steps=STEPS,
+            cfg=cfg,
+            sampler_name="ddim",
+            scheduler="ddim_uniform",
+            positive=["2", 0],
+            negative=["3", 0],
+            latent_image=["9", 0],
+            start_at_step=0,
+            end_at_step=STEPS,
+            return_with_leftover_noise="disable",
+        ),
         "11": node("VAEDecode", samples=["10", 0], vae=["1", 2]),
         "12": node("SaveImage", images=["11", 0], filename_prefix=prefix),
     }
@@ -413,17 +509,37 @@ def test_guided_sampling_with_cfg_and_negative_prompt(guided_images):
 # ------------------------------------------------------------------------------------------------ (3) FDIRestore
 
 
-def restore_graph(env, image: str, prefix: str, steps: int = STEPS, strength: float = 1.0, end: float = 0.333, cfg: float = 1.0,
-                  loader: dict | None = None, key: str = "") -> dict:
+def restore_graph(
+    env,
+    image: str,
+    prefix: str,
+    steps: int = STEPS,
+    strength: float = 1.0,
+    end: float = 0.333,
+    cfg: float = 1.0,
+    loader: dict | None = None,
+    key: str = "",
+) -> dict:
     """A graph running FDIRestore on an input image (nodes suffixed with ``key`` so several fit in one prompt)."""
     return {
         f"1{key}": loader or node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
         f"2{key}": node("CLIPTextEncode", text="", clip=[f"1{key}", 1]),
         f"4{key}": node("LoadImage", image=image),
         f"5{key}": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
-        f"13{key}": node("FDIRestore", model=[f"1{key}", 0], vae=[f"1{key}", 2], image=[f"4{key}", 0], adapter=[f"5{key}", 0],
-                         positive=[f"2{key}", 0], steps=steps, inversion_steps=steps, strength=strength, guidance_end=end, cfg=cfg,
-                         fdi=[f"5{key}", 1]),
+        f"13{key}": node(
+            "FDIRestore",
+            model=[f"1{key}", 0],
+            vae=[f"1{key}", 2],
+            image=[f"4{key}", 0],
+            adapter=[f"5{key}", 0],
+            positive=[f"2{key}", 0],
+            steps=steps,
+            inversion_steps=steps,
+            strength=strength,
+            guidance_end=end,
+            cfg=cfg,
+            fdi=[f"5{key}", 1],
+        ),
         f"14{key}": node("SaveImage", images=[f"13{key}", 0], filename_prefix=prefix),
     }
 
@@ -438,7 +554,9 @@ def test_fdi_restore_equals_the_node_by_node_graph(server, env, guided_images):
     assert odd.shape == (52, 60, 3) and odd.std() > 0
 
 
-PARITY_CASES = [(img, steps, strength) for img in ("parity64.png", "parity56x72.png") for steps in (4, 6) for strength in (0.0, 1.0)]
+PARITY_CASES = [
+    (img, steps, strength) for img in ("parity64.png", "parity56x72.png") for steps in (4, 6) for strength in (0.0, 1.0)
+]
 
 
 def test_fdi_restore_equals_the_cli_on_the_same_files(server, env, tmp_path):
@@ -454,15 +572,38 @@ def test_fdi_restore_equals_the_cli_on_the_same_files(server, env, tmp_path):
     loader = node("DiffusersLoader", model_path=folder.name)
     graph = {}
     for i, (img, steps, strength) in enumerate(PARITY_CASES):
-        graph.update(restore_graph(env, img, f"e2e_parity{i}", steps=steps, strength=strength, loader=loader, key=f"_{i}"))
+        graph.update(
+            restore_graph(env, img, f"e2e_parity{i}", steps=steps, strength=strength, loader=loader, key=f"_{i}")
+        )
     entry = server.run_ok(graph)
     report, failures = [], []
     for i, (img, steps, strength) in enumerate(PARITY_CASES):
         comfy_img = saved_image(env, entry, f"14_{i}")
         out = tmp_path / f"cli{i}"
-        args = ["restore", "--sd", str(folder), "--adapter", str(env["extra"] / "adapters" / ADAPTER_NAME),
-                "--image", str(env["input"] / img), "-o", str(out), "--steps", str(steps), "--inversion-steps", str(steps),
-                "--strength", str(strength), "--guidance-end", "0.333", "--device", "cpu", "--dtype", "fp32", "--quiet"]
+        args = [
+            "restore",
+            "--sd",
+            str(folder),
+            "--adapter",
+            str(env["extra"] / "adapters" / ADAPTER_NAME),
+            "--image",
+            str(env["input"] / img),
+            "-o",
+            str(out),
+            "--steps",
+            str(steps),
+            "--inversion-steps",
+            str(steps),
+            "--strength",
+            str(strength),
+            "--guidance-end",
+            "0.333",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "--quiet",
+        ]
         assert main(args) == 0
         cli_img = load_png(out / f"{Path(img).stem}.png")
         assert cli_img.shape == comfy_img.shape
@@ -486,51 +627,190 @@ def bad_cases(env) -> list:
     q = node("FDIQFormerLoader", folder="tiny_blip2", dtype="fp32")
     img = node("LoadImage", image="degraded.png")
     return [
-        ("different batch lengths", {"1": q, "2": img, "3": node("ImageBatch", image1=["2", 0], image2=["2", 0]),
-                                     "4": node("FDIExtract", qformer=["1", 0], degraded=["3", 0], clean=["2", 0], label="x", batch_size=4, keep_pairs=False),
-                                     "5": node("FDISave", fdi=["4", 0], name="bad_batches", keep_pairs=False, overwrite=True)},
-         "2 degraded images but 1 clean"),
-        ("folder outside input", {"1": q, "2": node("FDIExtractFromFolders", qformer=["1", 0], degraded_folder="../models", clean_folder="pairs/clean",
-                                                       label="x", batch_size=2, keep_pairs=False),
-                                  "3": node("FDISave", fdi=["2", 0], name="bad_outside", keep_pairs=False, overwrite=True)}, "'..'"),
-        ("absolute folder", {"1": q, "2": node("FDIExtractFromFolders", qformer=["1", 0], degraded_folder=str(env["input"] / "pairs" / "degraded"),
-                                                  clean_folder="pairs/clean", label="x", batch_size=2, keep_pairs=False),
-                             "3": node("FDISave", fdi=["2", 0], name="bad_abs", keep_pairs=False, overwrite=True)}, "absolute path"),
-        ("symlink escaping input", {"1": q, "2": node("FDIExtractFromFolders", qformer=["1", 0], degraded_folder="escape", clean_folder="escape",
-                                                         label="x", batch_size=2, keep_pairs=False),
-                                    "3": node("FDISave", fdi=["2", 0], name="bad_link", keep_pairs=False, overwrite=True)}, "outside ComfyUI's input folder"),
-        ("empty folder", {"1": q, "2": node("FDIExtractFromFolders", qformer=["1", 0], degraded_folder="empty", clean_folder="empty",
-                                               label="x", batch_size=2, keep_pairs=False),
-                          "3": node("FDISave", fdi=["2", 0], name="bad_empty", keep_pairs=False, overwrite=True)}, "holds no images"),
-        ("save name with separator", {"1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"),
-                                      "2": node("FDISave", fdi=["1", 0], name="../escape", keep_pairs=False, overwrite=True)}, "path separator"),
-        ("save name with ..", {"1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"),
-                               "2": node("FDISave", fdi=["1", 0], name="a..b", keep_pairs=False, overwrite=True)}, "'..'"),
-        ("FDI width not matching the adapter", {"1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"), "2": img,
-                                                "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
-                                                "4": node("FDINoiseDecoupling", adapter=["3", 0], fdi=["1", 0], image=["2", 0]),
-                                                "5": node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
-                                                "6": node("FDIApplyGuidance", model=["5", 0], guidance=["4", 0], strength=1.0, start_percent=0.0, end_percent=0.3),
-                                                "7": node("KSampler", model=["6", 0], seed=0, steps=1, cfg=1.0, sampler_name="ddim", scheduler="ddim_uniform",
-                                                          positive=["8", 0], negative=["8", 0], latent_image=["9", 0], denoise=1.0),
-                                                "8": node("CLIPTextEncode", text="", clip=["5", 1]),
-                                                "9": node("EmptyLatentImage", width=64, height=64, batch_size=1),
-                                                "10": node("PreviewImage", images=["11", 0]),
-                                                "11": node("VAEDecode", samples=["7", 0], vae=["5", 2])}, "token width"),
-        ("FDIs of different encoders", {"1": node("FDILoad", fdi_name="e2e_other_encoder.fdi.safetensors"),
-                                        "2": node("FDILoad", fdi_name="e2e_rain.fdi.safetensors"),
-                                        "3": node("FDICombine", fdi_a=["2", 0], weight_a=1.0, fdi_b=["1", 0], weight_b=1.0, mode="sum"),
-                                        "4": node("FDISave", fdi=["3", 0], name="bad_combined", keep_pairs=False, overwrite=True)}, "different Q-Former"),
-        ("end_percent < start_percent", {"1": node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]), "2": img,
-                                         "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
-                                         "4": node("FDINoiseDecoupling", adapter=["3", 0], fdi=["3", 1], image=["2", 0]),
-                                         "5": node("FDIApplyGuidance", model=["1", 0], guidance=["4", 0], strength=1.0, start_percent=0.6, end_percent=0.2),
-                                         "6": node("CLIPTextEncode", text="", clip=["1", 1]),
-                                         "7": node("EmptyLatentImage", width=64, height=64, batch_size=1),
-                                         "8": node("KSampler", model=["5", 0], seed=0, steps=1, cfg=1.0, sampler_name="ddim", scheduler="ddim_uniform",
-                                                   positive=["6", 0], negative=["6", 0], latent_image=["7", 0], denoise=1.0),
-                                         "9": node("VAEDecode", samples=["8", 0], vae=["1", 2]),
-                                         "10": node("PreviewImage", images=["9", 0])}, "end_percent"),
+        (
+            "different batch lengths",
+            {
+                "1": q,
+                "2": img,
+                "3": node("ImageBatch", image1=["2", 0], image2=["2", 0]),
+                "4": node(
+                    "FDIExtract",
+                    qformer=["1", 0],
+                    degraded=["3", 0],
+                    clean=["2", 0],
+                    label="x",
+                    batch_size=4,
+                    keep_pairs=False,
+                ),
+                "5": node("FDISave", fdi=["4", 0], name="bad_batches", keep_pairs=False, overwrite=True),
+            },
+            "2 degraded images but 1 clean",
+        ),
+        (
+            "folder outside input",
+            {
+                "1": q,
+                "2": node(
+                    "FDIExtractFromFolders",
+                    qformer=["1", 0],
+                    degraded_folder="../models",
+                    clean_folder="pairs/clean",
+                    label="x",
+                    batch_size=2,
+                    keep_pairs=False,
+                ),
+                "3": node("FDISave", fdi=["2", 0], name="bad_outside", keep_pairs=False, overwrite=True),
+            },
+            "'..'",
+        ),
+        (
+            "absolute folder",
+            {
+                "1": q,
+                "2": node(
+                    "FDIExtractFromFolders",
+                    qformer=["1", 0],
+                    degraded_folder=str(env["input"] / "pairs" / "degraded"),
+                    clean_folder="pairs/clean",
+                    label="x",
+                    batch_size=2,
+                    keep_pairs=False,
+                ),
+                "3": node("FDISave", fdi=["2", 0], name="bad_abs", keep_pairs=False, overwrite=True),
+            },
+            "absolute path",
+        ),
+        (
+            "symlink escaping input",
+            {
+                "1": q,
+                "2": node(
+                    "FDIExtractFromFolders",
+                    qformer=["1", 0],
+                    degraded_folder="escape",
+                    clean_folder="escape",
+                    label="x",
+                    batch_size=2,
+                    keep_pairs=False,
+                ),
+                "3": node("FDISave", fdi=["2", 0], name="bad_link", keep_pairs=False, overwrite=True),
+            },
+            "outside ComfyUI's input folder",
+        ),
+        (
+            "empty folder",
+            {
+                "1": q,
+                "2": node(
+                    "FDIExtractFromFolders",
+                    qformer=["1", 0],
+                    degraded_folder="empty",
+                    clean_folder="empty",
+                    label="x",
+                    batch_size=2,
+                    keep_pairs=False,
+                ),
+                "3": node("FDISave", fdi=["2", 0], name="bad_empty", keep_pairs=False, overwrite=True),
+            },
+            "holds no images",
+        ),
+        (
+            "save name with separator",
+            {
+                "1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"),
+                "2": node("FDISave", fdi=["1", 0], name="../escape", keep_pairs=False, overwrite=True),
+            },
+            "path separator",
+        ),
+        (
+            "save name with ..",
+            {
+                "1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"),
+                "2": node("FDISave", fdi=["1", 0], name="a..b", keep_pairs=False, overwrite=True),
+            },
+            "'..'",
+        ),
+        (
+            "FDI width not matching the adapter",
+            {
+                "1": node("FDILoad", fdi_name="e2e_bad_width.fdi.safetensors"),
+                "2": img,
+                "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
+                "4": node("FDINoiseDecoupling", adapter=["3", 0], fdi=["1", 0], image=["2", 0]),
+                "5": node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
+                "6": node(
+                    "FDIApplyGuidance",
+                    model=["5", 0],
+                    guidance=["4", 0],
+                    strength=1.0,
+                    start_percent=0.0,
+                    end_percent=0.3,
+                ),
+                "7": node(
+                    "KSampler",
+                    model=["6", 0],
+                    seed=0,
+                    steps=1,
+                    cfg=1.0,
+                    sampler_name="ddim",
+                    scheduler="ddim_uniform",
+                    positive=["8", 0],
+                    negative=["8", 0],
+                    latent_image=["9", 0],
+                    denoise=1.0,
+                ),
+                "8": node("CLIPTextEncode", text="", clip=["5", 1]),
+                "9": node("EmptyLatentImage", width=64, height=64, batch_size=1),
+                "10": node("PreviewImage", images=["11", 0]),
+                "11": node("VAEDecode", samples=["7", 0], vae=["5", 2]),
+            },
+            "token width",
+        ),
+        (
+            "FDIs of different encoders",
+            {
+                "1": node("FDILoad", fdi_name="e2e_other_encoder.fdi.safetensors"),
+                "2": node("FDILoad", fdi_name="e2e_rain.fdi.safetensors"),
+                "3": node("FDICombine", fdi_a=["2", 0], weight_a=1.0, fdi_b=["1", 0], weight_b=1.0, mode="sum"),
+                "4": node("FDISave", fdi=["3", 0], name="bad_combined", keep_pairs=False, overwrite=True),
+            },
+            "different Q-Former",
+        ),
+        (
+            "end_percent < start_percent",
+            {
+                "1": node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
+                "2": img,
+                "3": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
+                "4": node("FDINoiseDecoupling", adapter=["3", 0], fdi=["3", 1], image=["2", 0]),
+                "5": node(
+                    "FDIApplyGuidance",
+                    model=["1", 0],
+                    guidance=["4", 0],
+                    strength=1.0,
+                    start_percent=0.6,
+                    end_percent=0.2,
+                ),
+                "6": node("CLIPTextEncode", text="", clip=["1", 1]),
+                "7": node("EmptyLatentImage", width=64, height=64, batch_size=1),
+                "8": node(
+                    "KSampler",
+                    model=["5", 0],
+                    seed=0,
+                    steps=1,
+                    cfg=1.0,
+                    sampler_name="ddim",
+                    scheduler="ddim_uniform",
+                    positive=["6", 0],
+                    negative=["6", 0],
+                    latent_image=["7", 0],
+                    denoise=1.0,
+                ),
+                "9": node("VAEDecode", samples=["8", 0], vae=["1", 2]),
+                "10": node("PreviewImage", images=["9", 0]),
+            },
+            "end_percent",
+        ),
     ]
 
 
@@ -540,7 +820,9 @@ def test_bad_inputs_give_clear_errors_and_write_nothing(server, env):
     folder = env["models_fdi"]
     folder.mkdir(parents=True, exist_ok=True)
     FDI(torch.randn(8, 16), encoder=env["fdi"].encoder, label="narrow").save(folder / "e2e_bad_width.fdi.safetensors")
-    FDI(torch.randn(*env["fdi"].shape), encoder="other_blip2:0123456789abcdef", label="other").save(folder / "e2e_other_encoder.fdi.safetensors")
+    FDI(torch.randn(*env["fdi"].shape), encoder="other_blip2:0123456789abcdef", label="other").save(
+        folder / "e2e_other_encoder.fdi.safetensors"
+    )
     # the rain FDI is written by the round-trip test; write it here too so this test can run alone
     if not (folder / "e2e_rain.fdi.safetensors").exists():
         env["fdi"].save(folder / "e2e_rain.fdi.safetensors")

@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: these tests import a ComfyUI checkout "
-                                               "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)"),
+    pytest.mark.skipif(
+        not COMFYUI_DIR,
+        reason="COMFYUI_DIR is not set: these tests import a ComfyUI checkout "
+        "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)",
+    ),
 ]
 
 SCRIPT = """
@@ -79,9 +82,17 @@ print(json.dumps(result))
 
 
 def test_extraction_drives_comfyui_progress_and_stops_on_cancel(tmp_path):
-    code = SCRIPT.format(comfy=COMFYUI_DIR, tests=str(ROOT / "tests"), base=str(tmp_path), root=str(ROOT),
-                         init=str(ROOT / "__init__.py"), pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"))
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    code = SCRIPT.format(
+        comfy=COMFYUI_DIR,
+        tests=str(ROOT / "tests"),
+        base=str(tmp_path),
+        root=str(ROOT),
+        init=str(ROOT / "__init__.py"),
+        pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["patcher"] == "comfy.model_patcher.ModelPatcher"

@@ -26,8 +26,12 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 
 pytestmark = [
     pytest.mark.comfyui,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: the parity tests need a ComfyUI checkout "
-                                               "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python, which has diffusers)"),
+    pytest.mark.skipif(
+        not COMFYUI_DIR,
+        reason="COMFYUI_DIR is not set: the parity tests need a ComfyUI checkout "
+        "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python, which has "
+        "diffusers)",
+    ),
 ]
 
 
@@ -46,7 +50,8 @@ def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
         comfy.cli_args.args.base_directory = {str(tmp_path)!r}
         import folder_paths
         name = {str(tmp_path / "custom_nodes" / "comfyui-fdi")!r}
-        spec = importlib.util.spec_from_file_location(name, {str(root / "__init__.py")!r}, submodule_search_locations=[{str(root)!r}])
+        spec = importlib.util.spec_from_file_location(name, {str(root / "__init__.py")!r},
+                                                      submodule_search_locations=[{str(root)!r}])
         pack = importlib.util.module_from_spec(spec)
         sys.modules[name] = pack
         spec.loader.exec_module(pack)
@@ -65,7 +70,8 @@ def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
 
 @pytest.fixture(scope="module")
 def comfy():
-    """ComfyUI's modules from ``COMFYUI_DIR`` (first on the path, before this repo's ``nodes/``), set up as ``--cpu``."""
+    """ComfyUI's modules from ``COMFYUI_DIR`` (first on the path, before this repo's ``nodes/``), set up as
+    ``--cpu``."""
     sys.path.insert(0, COMFYUI_DIR)
     import comfy.cli_args
 
@@ -104,8 +110,9 @@ def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
     from fdi.diffusers_backend import DiffusersGuidance
 
     folder = sd21_fixture.diffusers_fixture(Path(COMFYUI_DIR) / "comfy" / "sd1_tokenizer")
-    patcher = comfy.sd.load_diffusion_model(str(folder / "unet" / "diffusion_pytorch_model.safetensors"),
-                                            model_options={"dtype": torch.float32})
+    patcher = comfy.sd.load_diffusion_model(
+        str(folder / "unet" / "diffusion_pytorch_model.safetensors"), model_options={"dtype": torch.float32}
+    )
     base = patcher.model
     assert base.get_dtype() == torch.float32
     unet_d = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32).eval()
@@ -145,8 +152,10 @@ def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
     assert sigma_end <= float(ms.sigmas[t_in]) <= sigma_start and float(ms.sigmas[t_out]) < sigma_end
     plain_c, plain_d = comfy_eps(t_in, patcher.model_options), diffusers_eps(t_in, False)
     guided_c, guided_d = comfy_eps(t_in, model_options), diffusers_eps(t_in, True)
-    print(f"relative errors: plain {rel(plain_c, plain_d):.2e}, guided {rel(guided_c, guided_d):.2e}, "
-          f"guidance effect {rel(guided_c, plain_c):.2e}")
+    print(
+        f"relative errors: plain {rel(plain_c, plain_d):.2e}, guided {rel(guided_c, guided_d):.2e}, "
+        f"guidance effect {rel(guided_c, plain_c):.2e}"
+    )
     assert rel(plain_c, plain_d) <= 1e-3
     assert rel(guided_c, guided_d) <= 1e-3
     assert rel(guided_c, plain_c) > 1e-2, "the guidance must change the prediction for the parity to mean anything"

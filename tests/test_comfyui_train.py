@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from sd21_fixture import cache_dir
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
@@ -106,7 +105,8 @@ out["bad_sdxl"] = err(lambda: T.execute(fake_model(context_dim=2048, channel_mul
 
 # ---- train 2 steps, save, list, load, restore
 calls = []
-comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total, preview is not None]))
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total,
+preview is not None]))
 res = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, **kw)
 handle, curve, steps_done = res[0], res[1], res[2]
 out["steps_done"] = steps_done
@@ -116,14 +116,16 @@ fresh = adapter_mod.FDIAdapter(handle.module.config, base_family="sd2.1-base")
 with torch.random.fork_rng(devices=[]):
     torch.manual_seed(0)
     fresh = adapter_mod.FDIAdapter(handle.module.config, base_family="sd2.1-base")
-out["changed"] = max(float((a - b).abs().max()) for a, b in zip(handle.module.state_dict().values(), fresh.state_dict().values()))
+out["changed"] = max(float((a - b).abs().max()) for a, b in zip(handle.module.state_dict().values(),
+fresh.state_dict().values()))
 out["save"] = train_nodes.FDISaveAdapter.execute(handle, "my_style", False)[0]
 out["save_again"] = err(lambda: train_nodes.FDISaveAdapter.execute(handle, "my_style", False))
 out["bad_name"] = err(lambda: train_nodes.FDISaveAdapter.execute(handle, "../evil", False))
 out["listed"] = "my_style.safetensors" in common.adapter_files()
 loaded, embedded = guidance_nodes.FDIAdapterLoader.execute("my_style.safetensors")[:2]
 out["embedded_equal"] = bool(torch.equal(embedded.tokens, fdi.tokens))
-out["weights_equal"] = all(torch.equal(a, b) for a, b in zip(loaded.module.state_dict().values(), handle.module.state_dict().values()))
+out["weights_equal"] = all(torch.equal(a, b) for a, b in zip(loaded.module.state_dict().values(),
+handle.module.state_dict().values()))
 positive = nodes.CLIPTextEncode().encode(clip, "")[0]
 restored = guidance_nodes.FDIRestore.execute(model, vae, deg[:1, :, :64], loaded, positive, 2, 2, 1.0, 0.333, 1.0)[0]
 out["restored"] = [list(restored.shape), bool(torch.isfinite(restored).all())]
@@ -169,11 +171,13 @@ with torch.inference_mode(False):
         s = step_mod.training_step(adapter, pr, img, z0, fdi.tokens.clone(), alphas, "epsilon", 0.1,
                                    step_mod.step_generator(0, 0))
         grads = torch.autograd.grad(s.loss, params, allow_unused=True)
-        res[k] = (float(s.loss), torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten() for gr, p in zip(grads, params)]))
+        res[k] = (float(s.loss), torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten() for gr, p in
+        zip(grads, params)]))
     gc_, gd = res["comfy"][1], res["diffusers"][1]
     out["parity"] = [res["comfy"][0], res["diffusers"][0], float((gc_ - gd).norm() / gd.norm()), float(gd.norm())]
     # the step responds to the guidance: without the adapter's effect (zero FDI) the loss moves
-    s0 = step_mod.training_step(adapter, preds["diffusers"], img, z0, torch.zeros_like(fdi.tokens), alphas, "epsilon", 0.1,
+    s0 = step_mod.training_step(adapter, preds["diffusers"], img, z0, torch.zeros_like(fdi.tokens), alphas,
+    "epsilon", 0.1,
                                 step_mod.step_generator(0, 0))
     out["responds"] = abs(float(s0.loss) - res["diffusers"][0])
 print(json.dumps(out))

@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from tiny_sd import TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tiny_unet
 
 from fdi.adapter import FDIAdapter
 from fdi.compile import CompiledCall, compile_unavailable_reason, compile_unet
@@ -18,7 +19,6 @@ from fdi.diffusers_backend import SLOT_ATTRIBUTE, DiffusersGuidance, GuidanceSlo
 from fdi.errors import FDIError
 from fdi.instruction import FDI
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
-from tiny_sd import TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tiny_unet
 
 RUN = dict(steps=2, inversion_steps=2, guidance_end=0.5)  # step 0 guided, step 1 not
 

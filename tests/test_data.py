@@ -31,7 +31,13 @@ def test_pairs_from_csv_jsonl_and_folders(tmp_path):
     a = read_pairs_file(lst)
     assert [p.name for p in a] == ["p0", "p1", "p2"] and a[1].clean == tmp_path / "data" / "c" / "p1.jpg"
     jl = tmp_path / "data" / "list.jsonl"
-    jl.write_text("# comment\n" + "".join(json.dumps({"degraded": f"d/p{i}.png", "clean": str(tmp_path / "data" / "c" / f"p{i}.jpg")}) + "\n" for i in range(2)))
+    jl.write_text(
+        "# comment\n"
+        + "".join(
+            json.dumps({"degraded": f"d/p{i}.png", "clean": str(tmp_path / "data" / "c" / f"p{i}.jpg")}) + "\n"
+            for i in range(2)
+        )
+    )
     b = collect_pairs(pairs_file=jl)
     assert [(p.degraded, p.clean) for p in b] == [(p.degraded, p.clean) for p in a[:2]]
     c = collect_pairs(tmp_path / "data" / "d", tmp_path / "data" / "c")
@@ -75,7 +81,7 @@ def test_same_crop_and_flip_for_both_images():
         assert torch.allclose(d, 0.5 * c + torch.tensor([0.3, 0.1, 0.0]).view(3, 1, 1), atol=1e-6)
         # find where the crop came from, and whether it was flipped
         for left in range(25):
-            win = clean[:, :, left:left + 16]
+            win = clean[:, :, left : left + 16]
             if torch.equal(c, win):
                 seen_flip.add(False)
             if torch.equal(c, win.flip(-1)):
@@ -124,14 +130,14 @@ def test_stream_epochs_processes_and_resume():
     # every epoch visits every pair exactly once
     assert len(keys) == 24
     for e in range(4):
-        chunk = keys[e * n:(e + 1) * n]
+        chunk = keys[e * n : (e + 1) * n]
         assert sorted(k - e * n for k in chunk) == list(range(n))
     # P processes with micro-batch b together see exactly the single-process batches
     per_proc = [list(PairStream(n, b, seed=1, num_processes=P, process_index=p, start=0, stop=4)) for p in range(P)]
     for g in range(4):
-        together = sum((per_proc[p][g * b:(g + 1) * b] for p in range(P)), [])
-        assert together == keys[g * b * P:(g + 1) * b * P]
+        together = sum((per_proc[p][g * b : (g + 1) * b] for p in range(P)), [])
+        assert together == keys[g * b * P : (g + 1) * b * P]
     # resuming at micro-batch 2 continues exactly where a full run would be
-    assert list(PairStream(n, b * P, seed=1, start=2, stop=4)) == keys[2 * b * P:]
+    assert list(PairStream(n, b * P, seed=1, start=2, stop=4)) == keys[2 * b * P :]
     assert len(PairStream(n, b, start=2, stop=4)) == 4
     assert list(PairStream(n, b * P, seed=2, start=0, stop=4)) != keys

@@ -3,24 +3,40 @@
 from __future__ import annotations
 
 import torch
+from tiny_blip2 import build_tiny_blip2
+from tiny_sd import randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter
 from fdi.cli import main
 from fdi.images import save_image
 from fdi.instruction import FDI
-from tiny_blip2 import build_tiny_blip2
-from tiny_sd import randomise_adapter, tiny_adapter_config
 
 
 def test_restore_outputs_are_byte_identical(tmp_path, tiny_sd_folder):
     torch.manual_seed(0)
     fdi = FDI(tokens=torch.randn(8, 32), encoder="tiny-blip2:aaaa", n_pairs=1)
-    randomise_adapter(FDIAdapter(tiny_adapter_config(), base_family="custom-base", encoder="tiny-blip2:aaaa")).save(tmp_path / "a.safetensors", fdi=fdi)
+    randomise_adapter(FDIAdapter(tiny_adapter_config(), base_family="custom-base", encoder="tiny-blip2:aaaa")).save(
+        tmp_path / "a.safetensors", fdi=fdi
+    )
     save_image(torch.rand(3, 40, 52), tmp_path / "in.png")
     outs = []
     for run in ("one", "two"):
-        args = ["restore", "--sd", tiny_sd_folder, "--adapter", tmp_path / "a.safetensors", "--image", tmp_path / "in.png",
-                "-o", tmp_path / run, "--steps", "2", "--inversion-steps", "2", "--quiet"]
+        args = [
+            "restore",
+            "--sd",
+            tiny_sd_folder,
+            "--adapter",
+            tmp_path / "a.safetensors",
+            "--image",
+            tmp_path / "in.png",
+            "-o",
+            tmp_path / run,
+            "--steps",
+            "2",
+            "--inversion-steps",
+            "2",
+            "--quiet",
+        ]
         assert main([str(a) for a in args]) == 0
         outs.append((tmp_path / run / "in.png").read_bytes())
     assert outs[0] == outs[1]
@@ -41,8 +57,26 @@ def test_extract_and_adapter_files_are_byte_identical(tmp_path):
     blobs = []
     for run in ("a", "b"):
         out = tmp_path / f"{run}.fdi.safetensors"
-        assert main(["extract", "--blip2", str(tmp_path / "blip2"), "--degraded", str(tmp_path / "deg"), "--clean", str(tmp_path / "clean"),
-                     "-o", str(out), "--label", "x", "--keep-pairs", "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "extract",
+                    "--blip2",
+                    str(tmp_path / "blip2"),
+                    "--degraded",
+                    str(tmp_path / "deg"),
+                    "--clean",
+                    str(tmp_path / "clean"),
+                    "-o",
+                    str(out),
+                    "--label",
+                    "x",
+                    "--keep-pairs",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         blobs.append(out.read_bytes())
     assert blobs[0] == blobs[1]
     adapters = []

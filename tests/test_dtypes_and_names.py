@@ -14,9 +14,18 @@ from fdi.instruction import FDI
 SMALL = FDIAdapterConfig(channels=(8, 16, 16, 16), token_width=12, num_tokens=4, res_blocks=1, heads=2, se_reduction=4)
 
 
-@pytest.mark.parametrize("name, dtype", [("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16),
-                                         ("float16", torch.float16), ("BFLOAT16", torch.bfloat16),
-                                         (None, torch.float32), (torch.float64, torch.float64)])
+@pytest.mark.parametrize(
+    "name, dtype",
+    [
+        ("fp32", torch.float32),
+        ("fp16", torch.float16),
+        ("bf16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("BFLOAT16", torch.bfloat16),
+        (None, torch.float32),
+        (torch.float64, torch.float64),
+    ],
+)
 def test_parse_dtype(name, dtype):
     assert parse_dtype(name) is dtype
 
@@ -28,13 +37,16 @@ def test_one_map_for_every_caller():
         parse_dtype("fp8")
 
 
-@pytest.mark.parametrize("label, source, shown", [
-    ("derain", "fdi_derain.safetensors", "derain (fdi_derain.safetensors)"),
-    ("derain", "", "derain"),
-    ("", "a.safetensors", "a.safetensors"),
-    ("", "", "(unnamed)"),
-    ("x.safetensors", "x.safetensors", "x.safetensors"),
-])
+@pytest.mark.parametrize(
+    "label, source, shown",
+    [
+        ("derain", "fdi_derain.safetensors", "derain (fdi_derain.safetensors)"),
+        ("derain", "", "derain"),
+        ("", "a.safetensors", "a.safetensors"),
+        ("", "", "(unnamed)"),
+        ("x.safetensors", "x.safetensors", "x.safetensors"),
+    ],
+)
 def test_adapter_display_name(label, source, shown):
     with torch.device("meta"):
         adapter = FDIAdapter(SMALL, label=label)

@@ -8,10 +8,10 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_blip2 import TINY_IMAGE_SIZE, TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
 
 from fdi.encoder import QFormerEncoder
 from fdi.errors import FDIError
-from tiny_blip2 import TINY_IMAGE_SIZE, TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,14 @@ def test_matches_transformers_blip2model(blip2_dir, encoder):
         from transformers import AutoImageProcessor
 
         proc = AutoImageProcessor.from_pretrained(blip2_dir)
-        torch.testing.assert_close(pixel_values, (images - torch.tensor(proc.image_mean).view(1, 3, 1, 1)) / torch.tensor(proc.image_std).view(1, 3, 1, 1))
+        torch.testing.assert_close(
+            pixel_values,
+            (images - torch.tensor(proc.image_mean).view(1, 3, 1, 1)) / torch.tensor(proc.image_std).view(1, 3, 1, 1),
+        )
     got = encoder.encode(images)
     assert got.shape == (3, TINY_TOKENS, TINY_WIDTH) and got.dtype == torch.float32
-    # the fixture responds to its input (images differ by ~40 % relative), so a bound relative to that effect means something
+    # the fixture responds to its input (images differ by ~40 % relative), so a bound relative to that effect means
+    # something
     effect = float((expected[0] - expected[1]).norm() / expected[0].norm())
     assert effect > 0.1, f"the tiny Q-Former barely depends on its image (relative change {effect:.1e})"
     assert float((got - expected).norm() / expected.norm()) <= 1e-5 * effect / 0.1
@@ -65,7 +69,9 @@ def test_language_model_is_never_read(blip2_dir, encoder, tmp_path):
     tensors = load_file(stripped / "model.safetensors")
     lm = [k for k in tensors if k.startswith(("language_model.", "language_projection."))]
     assert lm, "the fixture should contain a language model"
-    save_file({k: v for k, v in tensors.items() if k not in lm}, stripped / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in tensors.items() if k not in lm}, stripped / "model.safetensors", metadata={"format": "pt"}
+    )
     enc2 = QFormerEncoder.from_pretrained(stripped)
     x = torch.rand(2, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     assert torch.equal(enc2.encode(x), encoder.encode(x))
@@ -132,7 +138,11 @@ def test_reduced_precision_vision_model(blip2_dir, encoder):
 
 @pytest.mark.parametrize("bad", ["images_nan", "empty", "gray"])
 def test_bad_image_batches(encoder, bad):
-    x = {"images_nan": torch.full((1, 3, 8, 8), float("nan")), "empty": torch.rand(0, 3, 8, 8), "gray": torch.rand(1, 1, 8, 8)}[bad]
+    x = {
+        "images_nan": torch.full((1, 3, 8, 8), float("nan")),
+        "empty": torch.rand(0, 3, 8, 8),
+        "gray": torch.rand(1, 1, 8, 8),
+    }[bad]
     with pytest.raises(FDIError):
         encoder.encode(x)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
 
 from fdi.encoder import QFormerEncoder
 from fdi.errors import FDIError
 from fdi.extract import extract_fdi, extract_fdi_from_folders
 from fdi.images import save_image
 from fdi.instruction import FDI, combine, cosine_similarity_matrix
-from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,13 @@ def encoder(tmp_path_factory):
 def random_fdi(seed: int, encoder: str = "tiny:abc", label: str = "", pairs: int = 0) -> FDI:
     g = torch.Generator().manual_seed(seed)
     p = torch.randn(pairs, TINY_TOKENS, TINY_WIDTH, generator=g) if pairs else None
-    return FDI(tokens=torch.randn(TINY_TOKENS, TINY_WIDTH, generator=g), encoder=encoder, n_pairs=pairs or 3, label=label, pairs=p)
+    return FDI(
+        tokens=torch.randn(TINY_TOKENS, TINY_WIDTH, generator=g),
+        encoder=encoder,
+        n_pairs=pairs or 3,
+        label=label,
+        pairs=p,
+    )
 
 
 def test_fdi_is_mean_of_pair_differences(encoder):

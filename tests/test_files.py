@@ -18,22 +18,33 @@ def _raw(header: dict, data: bytes = b"") -> bytes:
     return struct.pack("<Q", len(h)) + h + data
 
 
-@pytest.mark.parametrize("name,content", [
-    ("empty", b""),
-    ("short", b"\x01\x02"),
-    ("huge_header", struct.pack("<Q", 10**12) + b"{}"),
-    ("not_json", struct.pack("<Q", 4) + b"abcd"),
-    ("list_header", _raw([1, 2])),
-    ("bad_dtype", _raw({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)),
-    ("lying_size", _raw({"a": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}, b"\0" * 4)),
-    ("huge_shape", _raw({"a": {"dtype": "F32", "shape": [2**39, 2**39], "data_offsets": [0, 4]}}, b"\0" * 4)),
-    ("neg_shape", _raw({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4)),
-    ("shape_mismatch", _raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4)),
-    ("overlap", _raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12)),
-    ("bad_meta", _raw({"__metadata__": {"a": 1}})),
-    ("zip", b"PK\x03\x04" + b"\0" * 20),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("empty", b""),
+        ("short", b"\x01\x02"),
+        ("huge_header", struct.pack("<Q", 10**12) + b"{}"),
+        ("not_json", struct.pack("<Q", 4) + b"abcd"),
+        ("list_header", _raw([1, 2])),
+        ("bad_dtype", _raw({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)),
+        ("lying_size", _raw({"a": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}, b"\0" * 4)),
+        ("huge_shape", _raw({"a": {"dtype": "F32", "shape": [2**39, 2**39], "data_offsets": [0, 4]}}, b"\0" * 4)),
+        ("neg_shape", _raw({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4)),
+        ("shape_mismatch", _raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4)),
+        (
+            "overlap",
+            _raw(
+                {
+                    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+                },
+                b"\0" * 12,
+            ),
+        ),
+        ("bad_meta", _raw({"__metadata__": {"a": 1}})),
+        ("zip", b"PK\x03\x04" + b"\0" * 20),
+    ],
+)
 def test_corrupt_files_give_clean_errors(tmp_path, name, content):
     p = tmp_path / f"{name}.safetensors"
     p.write_bytes(content)
@@ -89,8 +100,13 @@ def test_round_trip_and_partial_read(tmp_path):
 def test_writer_is_deterministic_and_readable_by_safetensors(tmp_path):
     from safetensors.torch import load_file
 
-    t = {"b": torch.randn(3, 4), "a": torch.arange(6, dtype=torch.int64).view(2, 3), "h": torch.randn(5).to(torch.bfloat16),
-         "e": torch.zeros(0, 3), "m": torch.tensor([True, False])}
+    t = {
+        "b": torch.randn(3, 4),
+        "a": torch.arange(6, dtype=torch.int64).view(2, 3),
+        "h": torch.randn(5).to(torch.bfloat16),
+        "e": torch.zeros(0, 3),
+        "m": torch.tensor([True, False]),
+    }
     meta = {f"k{i}": str(i) for i in range(20)}
     save_safetensors(t, tmp_path / "1.safetensors", meta)
     save_safetensors(dict(reversed(list(t.items()))), tmp_path / "2.safetensors", dict(reversed(list(meta.items()))))

@@ -49,19 +49,28 @@ VALID_ADAPTER = _valid_adapter_bytes()
 
 dtypes = st.sampled_from(["F32", "F16", "BF16", "I32", "U8", "I64", "F64", "BOOL", "Q4", "", "F8_E4M3"])
 dims = st.one_of(st.integers(0, 16), st.integers(-3, 2**62), st.just(2**40))
-tensor_entry = st.fixed_dictionaries({
-    "dtype": dtypes,
-    "shape": st.lists(dims, max_size=4),
-    "data_offsets": st.lists(st.integers(-5, 2**40), min_size=0, max_size=3),
-})
+tensor_entry = st.fixed_dictionaries(
+    {
+        "dtype": dtypes,
+        "shape": st.lists(dims, max_size=4),
+        "data_offsets": st.lists(st.integers(-5, 2**40), min_size=0, max_size=3),
+    }
+)
 meta_values = st.one_of(st.text(max_size=8), st.sampled_from(["fdi", "1", "fdi_adapter", "2", "x:1"]))
-metadata = st.dictionaries(st.sampled_from(["format", "format_version", "encoder", "n_pairs", "label", "config", "base_family"]),
-                           meta_values, max_size=7)
+metadata = st.dictionaries(
+    st.sampled_from(["format", "format_version", "encoder", "n_pairs", "label", "config", "base_family"]),
+    meta_values,
+    max_size=7,
+)
 
 
 @st.composite
 def crafted(draw) -> bytes:
-    names = draw(st.lists(st.sampled_from(["fdi", "pairs", "fdi_pairs", "w", "image_branch.conv_in.weight"]), max_size=3, unique=True))
+    names = draw(
+        st.lists(
+            st.sampled_from(["fdi", "pairs", "fdi_pairs", "w", "image_branch.conv_in.weight"]), max_size=3, unique=True
+        )
+    )
     header = {n: draw(tensor_entry) for n in names}
     if draw(st.booleans()):
         header["__metadata__"] = draw(metadata)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_sd import TINY_CHANNELS, TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tiny_unet
 
 from fdi.adapter import FDIAdapter, FDIGuidance, Modulation
 from fdi.diffusers_backend import DiffusersGuidance, check_unet, guide_unet
 from fdi.errors import FDIError
 from fdi.guidance import apply_modulation, apply_residual, fit_batch, fit_spatial, residual_delta
-from tiny_sd import TINY_CHANNELS, TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tiny_unet
-
 
 # ---- pure math ------------------------------------------------------------------------------------
 
@@ -23,7 +22,13 @@ def _guidance(seed: int, b: int = 1, size=(8, 8), gate_scale: float = 0.5) -> FD
         res.append(torch.randn(b, c, h, w, generator=g))
         h, w = (h + 1) // 2, (w + 1) // 2
     for c in (TINY_CHANNELS[3], TINY_CHANNELS[2], TINY_CHANNELS[1]):
-        mods.append(Modulation(torch.randn(b, c, generator=g), torch.rand(b, c, generator=g) + 0.5, torch.rand(c, generator=g) * gate_scale))
+        mods.append(
+            Modulation(
+                torch.randn(b, c, generator=g),
+                torch.rand(b, c, generator=g) + 0.5,
+                torch.rand(c, generator=g) * gate_scale,
+            )
+        )
     return FDIGuidance(res, mods, [])
 
 
@@ -33,7 +38,9 @@ def test_fit_spatial_crops_small_excess_and_resizes_otherwise():
     assert torch.equal(fit_spatial(r, (9, 11)), r[..., :9, :11])
     out = fit_spatial(r, (5, 6))
     assert out.shape == (2, 3, 5, 6)
-    torch.testing.assert_close(out, torch.nn.functional.interpolate(r, size=(5, 6), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(
+        out, torch.nn.functional.interpolate(r, size=(5, 6), mode="bilinear", align_corners=False)
+    )
 
 
 def test_fit_batch_tiles_for_cfg_and_refuses_mismatch():
@@ -184,9 +191,14 @@ def test_residuals_enter_where_design_section3_says(unet, inputs):
             if isinstance(out, tuple):
                 return (apply_residual(out[0], level, [(g, 1.0)], 1.0),) + tuple(out[1:])
             return apply_residual(out, level, [(g, 1.0)], 1.0)
+
         handles.append(target.register_forward_hook(add))
     for point in range(3):
-        handles.append(unet.up_blocks[point].register_forward_hook(lambda m, a, o, p=point: apply_modulation(o, p, [(g, 1.0)], 1.0)))
+        handles.append(
+            unet.up_blocks[point].register_forward_hook(
+                lambda m, a, o, p=point: apply_modulation(o, p, [(g, 1.0)], 1.0)
+            )
+        )
     try:
         ref = _run(unet, inputs)
     finally:
@@ -197,8 +209,10 @@ def test_residuals_enter_where_design_section3_says(unet, inputs):
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
     # and the level-4 residual alone does change the skip path: without the in-place aliasing the
     # result would differ from the reference above
-    only4 = FDIGuidance([torch.zeros_like(r) if i < 3 else r for i, r in enumerate(g.residuals)],
-                        [Modulation(m.mean, m.std, torch.zeros_like(m.gate)) for m in g.modulations])
+    only4 = FDIGuidance(
+        [torch.zeros_like(r) if i < 3 else r for i, r in enumerate(g.residuals)],
+        [Modulation(m.mean, m.std, torch.zeros_like(m.gate)) for m in g.modulations],
+    )
     with guide_unet(unet, only4):
         a = _run(unet, inputs)
     assert (a - _run(unet, inputs)).abs().max() > 0
@@ -225,8 +239,12 @@ def test_caller_intrablock_residuals_are_added_not_replaced(unet, inputs):
         with guide_unet(unet, summed):
             want = unet(x, torch.tensor([200, 200]), encoder_hidden_states=ctx).sample
         with guide_unet(unet, g):
-            got = unet(x, torch.tensor([200, 200]), encoder_hidden_states=ctx,
-                       down_intrablock_additional_residuals=[e.clone() for e in extra]).sample
+            got = unet(
+                x,
+                torch.tensor([200, 200]),
+                encoder_hidden_states=ctx,
+                down_intrablock_additional_residuals=[e.clone() for e in extra],
+            ).sample
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -234,9 +252,14 @@ def test_unet_structure_is_checked():
     from diffusers import UNet2DConditionModel
 
     odd = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 32, 64, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=32,
+        sample_size=8,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=32,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8,
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
     )
     with pytest.raises(FDIError, match="down block 0 has no attention but a downsampler"):
         check_unet(odd)

@@ -22,8 +22,11 @@ sys.path.insert(0, str(ROOT / "tools"))
 import build_help  # noqa: E402  (tools/ is not a package)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: this test reads the node schemas "
-                                                            "from a ComfyUI checkout (run under ComfyUI's Python)")
+needs_comfyui = pytest.mark.skipif(
+    not COMFYUI_DIR,
+    reason="COMFYUI_DIR is not set: this test reads the node schemas "
+    "from a ComfyUI checkout (run under ComfyUI's Python)",
+)
 DOCS = ROOT / "web" / "docs"
 ZH = ROOT / "locales" / "zh" / "nodeDefs.json"
 
@@ -49,8 +52,9 @@ def translation_problems(slots: dict, node_defs: dict) -> list[str]:
                 item = given.get(name) or {}
                 if not str(item.get("name", "")).strip() or not str(item.get("tooltip", "")).strip():
                     problems.append(f"{node_id}: {kind[:-1]} {name} untranslated (needs a name and a tooltip)")
-            problems += [f"{node_id}: translated {kind[:-1]} {name} does not exist"
-                         for name in sorted(set(given) - set(names))]
+            problems += [
+                f"{node_id}: translated {kind[:-1]} {name} does not exist" for name in sorted(set(given) - set(names))
+            ]
     problems += [f"{node_id}: translated node does not exist" for node_id in sorted(set(node_defs) - set(slots))]
     return problems
 
@@ -100,8 +104,9 @@ def test_every_node_in_the_source_has_a_page_and_a_translation():
     assert {"FDIRestore", "FDIApplyGuidance", "FDIQFormerLoader"} <= set(source)
     pages = help_pages()
     problems = [f"{node_id}: no help page (run tools/build_help.py)" for node_id in sorted(set(source) - set(pages))]
-    problems += [f"{node_id}: help page of a node that no longer exists"
-                 for node_id in sorted(set(pages) - set(source))]
+    problems += [
+        f"{node_id}: help page of a node that no longer exists" for node_id in sorted(set(pages) - set(source))
+    ]
     slots = {}
     for node_id, (inputs, outputs) in source.items():
         page_inputs, page_outputs = build_help.page_slots(pages.get(node_id, ""))
@@ -113,8 +118,6 @@ def test_every_node_in_the_source_has_a_page_and_a_translation():
         slots[node_id] = (inputs, outputs if outputs is not None else page_outputs)
     problems += translation_problems(slots, json.loads(ZH.read_text(encoding="utf-8")))
     assert problems == []
-
-
 
 
 def test_every_help_page_is_translated_to_chinese():
@@ -139,19 +142,30 @@ def test_translation_check_names_what_is_missing():
     slots["FDIUpcomingNode"] = (["pairs"], ["adapter"])  # a node not translated yet
     del slots["FDILoad"]
     problems = translation_problems(slots, node_defs)
-    assert problems == ["FDIRestore: input seed untranslated (needs a name and a tooltip)",
-                        "FDIUpcomingNode: untranslated node (add it to locales/zh/nodeDefs.json)",
-                        "FDILoad: translated node does not exist"]
+    assert problems == [
+        "FDIRestore: input seed untranslated (needs a name and a tooltip)",
+        "FDIUpcomingNode: untranslated node (add it to locales/zh/nodeDefs.json)",
+        "FDILoad: translated node does not exist",
+    ]
 
 
 SAMPLE = {
-    "name": "FDIDemo", "display_name": "Demo", "category": "FDI/demo", "description": "Does a | thing.",
-    "input": {"required": {"x": ["FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "tooltip": "The x."}],
-                           "mode": [["a", "b"], {"default": "b", "tooltip": "How."}],
-                           "file": [[], {"tooltip": "A file."}]},
-              "optional": {"image": ["IMAGE", {"tooltip": "An image."}]}},
+    "name": "FDIDemo",
+    "display_name": "Demo",
+    "category": "FDI/demo",
+    "description": "Does a | thing.",
+    "input": {
+        "required": {
+            "x": ["FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "tooltip": "The x."}],
+            "mode": [["a", "b"], {"default": "b", "tooltip": "How."}],
+            "file": [[], {"tooltip": "A file."}],
+        },
+        "optional": {"image": ["IMAGE", {"tooltip": "An image."}]},
+    },
     "input_order": {"required": ["x", "mode", "file"], "optional": ["image"]},
-    "output": ["FDI"], "output_name": ["fdi"], "output_tooltips": ["The FDI."],
+    "output": ["FDI"],
+    "output_name": ["fdi"],
+    "output_tooltips": ["The FDI."],
 }
 
 
@@ -168,17 +182,24 @@ def test_a_help_page_lists_every_input_output_and_default(tmp_path):
     assert "No example workflow uses this node yet." in text
     assert build_help.page_slots(text) == (["x", "mode", "file", "image"], ["fdi"])
     # an example workflow that uses the node is found and its wiring described
-    wf = {"nodes": [{"id": 1, "type": "LoadImage", "title": "Rainy image",
-                     "outputs": [{"name": "IMAGE", "links": [7]}]},
-                    {"id": 2, "type": "FDIDemo", "inputs": [{"name": "image", "link": 7}], "outputs": []}],
-          "links": [[7, 1, 0, 2, 0, "IMAGE"]]}
+    wf = {
+        "nodes": [
+            {"id": 1, "type": "LoadImage", "title": "Rainy image", "outputs": [{"name": "IMAGE", "links": [7]}]},
+            {"id": 2, "type": "FDIDemo", "inputs": [{"name": "image", "link": 7}], "outputs": []},
+        ],
+        "links": [[7, 1, 0, 2, 0, "IMAGE"]],
+    }
     (tmp_path / "demo.json").write_text(json.dumps(wf))
     assert "- `workflows/demo.json`: `image` ← *Rainy image*." in build_help.render(SAMPLE, tmp_path)
 
 
 def test_a_chinese_page_says_the_same_in_chinese(tmp_path):
-    zh = {"display_name": "演示", "description": "做一件事。", "inputs": {"x": {"name": "数值", "tooltip": "x 值。"}},
-          "outputs": {"0": {"name": "fdi", "tooltip": "那个 FDI。"}}}
+    zh = {
+        "display_name": "演示",
+        "description": "做一件事。",
+        "inputs": {"x": {"name": "数值", "tooltip": "x 值。"}},
+        "outputs": {"0": {"name": "fdi", "tooltip": "那个 FDI。"}},
+    }
     text = build_help.render(SAMPLE, tmp_path, "zh", zh)
     assert text.startswith("# 演示\n") and "做一件事。" in text and "## 输入" in text
     assert "| `x` 数值 | `FLOAT` | 默认 `0.5`, 0.0 … 1.0 | x 值。 |" in text
@@ -200,11 +221,13 @@ def test_stale_pages_are_named(tmp_path):
         "FDIDemo/zh.md: missing (node FDIDemo has no such help page)",
         "FDINew.md: missing (node FDINew has no such help page)",
         "FDIGone.md: no such node or translation (remove the page)",
-        "FDIDemo.md: out of date"]
+        "FDIDemo.md: out of date",
+    ]
     for name, text in build_help.pages(infos, tmp_path, locales).items():
         (docs / name).write_text(text, encoding="utf-8")
     assert build_help.stale_pages(infos, docs, tmp_path, locales) == [
-        "FDIGone.md: no such node or translation (remove the page)"]
+        "FDIGone.md: no such node or translation (remove the page)"
+    ]
     assert "FDINew/zh.md" not in build_help.pages(infos, tmp_path, locales)  # untranslated: English only
 
 
@@ -246,7 +269,7 @@ def test_tool_comfy_is_complete():
     repo = project["urls"]["Repository"].removeprefix("https://github.com/")
     prefix = f"https://raw.githubusercontent.com/{repo}/main/"
     assert comfy["Icon"].startswith(prefix), comfy["Icon"]
-    icon = ROOT / comfy["Icon"][len(prefix):]
+    icon = ROOT / comfy["Icon"][len(prefix) :]
     with Image.open(icon) as im:
         assert im.width == im.height and 128 <= im.width <= 400, im.size  # registry: square, at most 400 px
     assert re.fullmatch(r">=\s*0\.3\.64", comfy["requires-comfyui"]), "README: 0.3.64 is the oldest ComfyUI tested"
@@ -260,8 +283,11 @@ def _tracked_files() -> list[str]:
         files = []
     if files:
         return files
-    return [str(p.relative_to(ROOT)).replace(os.sep, "/") for p in ROOT.rglob("*")
-            if p.is_file() and ".git" not in p.parts and "__pycache__" not in p.parts]
+    return [
+        str(p.relative_to(ROOT)).replace(os.sep, "/")
+        for p in ROOT.rglob("*")
+        if p.is_file() and ".git" not in p.parts and "__pycache__" not in p.parts
+    ]
 
 
 def test_comfyignore_keeps_development_files_out_of_the_archive():
@@ -278,9 +304,18 @@ def test_comfyignore_keeps_development_files_out_of_the_archive():
     for f in shipped:
         assert not f.startswith(("tests/", "bench/", ".ci/")) and not f.endswith((".jpg", ".jpeg")), f
     # what ComfyUI needs at run time ships
-    for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "README.md", "nodes/__init__.py",
-                   "fdi/__init__.py", "web/icon.png", "web/docs/FDIRestore.md", "locales/zh/nodeDefs.json",
-                   "workflows/restore_single.json"):
+    for needed in (
+        "__init__.py",
+        "pyproject.toml",
+        "requirements.txt",
+        "README.md",
+        "nodes/__init__.py",
+        "fdi/__init__.py",
+        "web/icon.png",
+        "web/docs/FDIRestore.md",
+        "locales/zh/nodeDefs.json",
+        "workflows/restore_single.json",
+    ):
         assert needed in shipped, needed
     assert all(f in shipped for f in files if f.startswith(("fdi/", "nodes/", "web/", "locales/")))
 

@@ -28,11 +28,13 @@ def test_modes(tmp_path):
     Image.fromarray(arr[..., 0], "L").save(tmp_path / "l.png")
     g = load_image(tmp_path / "l.png")
     assert g.shape == (3, 6, 5) and torch.equal(g[0], g[2]) and torch.equal(g[0], x[0])
-    sixteen = (np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000)
+    sixteen = np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000
     Image.fromarray(sixteen).save(tmp_path / "16.png")
     s = load_image(tmp_path / "16.png")
     assert torch.allclose(s[0], torch.from_numpy(sixteen.astype(np.float32) / 65535), atol=1e-7)
-    smooth = np.stack(list(np.meshgrid(np.linspace(0, 255, 16), np.linspace(0, 255, 16))) + [np.full((16, 16), 128.0)], 2).astype(np.uint8)
+    smooth = np.stack(
+        list(np.meshgrid(np.linspace(0, 255, 16), np.linspace(0, 255, 16))) + [np.full((16, 16), 128.0)], 2
+    ).astype(np.uint8)
     Image.fromarray(smooth).save(tmp_path / "j.jpg", quality=95)
     j = load_image(tmp_path / "j.jpg")
     assert j.shape == (3, 16, 16) and (j - torch.from_numpy(smooth).permute(2, 0, 1) / 255).abs().mean() < 0.02

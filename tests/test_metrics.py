@@ -25,16 +25,16 @@ def _img(seed, h=48, w=40):
 def _direct_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of Wang et al. 2004 written out: 11x11 Gaussian (sigma 1.5), 'valid' windows, L = 1."""
     r = np.arange(-5, 6, dtype=np.float64)
-    k1 = np.exp(-(r ** 2) / (2 * 1.5 ** 2))
+    k1 = np.exp(-(r**2) / (2 * 1.5**2))
     k1 /= k1.sum()
     win = torch.from_numpy(np.outer(k1, k1))[None, None]
     x = torch.from_numpy(a)[None, None]
     y = torch.from_numpy(b)[None, None]
     f = lambda t: torch.nn.functional.conv2d(t, win)  # noqa: E731
     mx, my = f(x), f(y)
-    sxx, syy, sxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+    sxx, syy, sxy = f(x * x) - mx**2, f(y * y) - my**2, f(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
     return float(m.mean())
 
 
@@ -71,7 +71,9 @@ def test_psnr_of_known_noise_matches_formula():
 
 def test_ssim_matches_direct_formula():
     gt = _img(5)
-    pred = (gt + 0.1 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)).clamp(0, 1)
+    pred = (gt + 0.1 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)).clamp(
+        0, 1
+    )
     m = image_metrics(pred, gt)
     p, g = pred.numpy(), gt.numpy()
     direct_rgb = np.mean([_direct_ssim(p[c], g[c]) for c in range(3)])
@@ -106,8 +108,14 @@ def test_eval_command_table_and_report(tmp_path, capsys):
     for i in range(3):
         g = _img(10 + i)
         _save(g, gt / f"im{i}.png")
-        _save((g + 0.03 * torch.randn(g.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)).clamp(0, 1) if i else g,
-              pred / f"im{i}.jpg" if i == 2 else pred / f"im{i}.png")
+        _save(
+            (g + 0.03 * torch.randn(g.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)).clamp(
+                0, 1
+            )
+            if i
+            else g,
+            pred / f"im{i}.jpg" if i == 2 else pred / f"im{i}.png",
+        )
     report = tmp_path / "r.json"
     assert main(["eval", "--pred", str(pred), "--gt", str(gt), "--y-channel", "--report", str(report), "--quiet"]) == 0
     out = capsys.readouterr().out

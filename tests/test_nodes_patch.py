@@ -14,8 +14,17 @@ import pytest
 import torch
 
 from fdi.adapter import FDIAdapter, FDIAdapterConfig, FDIGuidance, Modulation
-from fdi.comfy_backend import (FDIInputPatch, FDIOutputPatch, GuidanceEntry, add_guidance, block_indices, check_unet_for_adapter,
-                               ddim_inversion_sampler, fdi_patches, sigma_window)
+from fdi.comfy_backend import (
+    FDIInputPatch,
+    FDIOutputPatch,
+    GuidanceEntry,
+    add_guidance,
+    block_indices,
+    check_unet_for_adapter,
+    ddim_inversion_sampler,
+    fdi_patches,
+    sigma_window,
+)
 from fdi.errors import FDIError
 from fdi.guidance import apply_modulation, apply_residual
 from fdi.sampling import ddim_timesteps, guided_step_count, inversion_sigmas, inversion_timesteps, sampling_sigmas
@@ -25,11 +34,29 @@ IN_BLOCKS, OUT_BLOCKS = (2, 5, 8, 11), (3, 6, 9)
 WINDOW = dict(sigma_start=10.0, sigma_end=2.0)
 
 #: ComfyUI's SD 2.x / SDXL / SD 1.5 unet_config values (comfy/supported_models.py + model_detection)
-SD2_CONFIG = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2], "context_dim": 1024,
-              "in_channels": 4, "use_linear_in_transformer": True}
-SDXL_CONFIG = {"model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2], "context_dim": 2048,
-               "in_channels": 4, "transformer_depth": [0, 0, 2, 2, 10, 10]}
-SD15_CONFIG = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2], "context_dim": 768, "in_channels": 4}
+SD2_CONFIG = {
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4, 4],
+    "num_res_blocks": [2, 2, 2, 2],
+    "context_dim": 1024,
+    "in_channels": 4,
+    "use_linear_in_transformer": True,
+}
+SDXL_CONFIG = {
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4],
+    "num_res_blocks": [2, 2, 2],
+    "context_dim": 2048,
+    "in_channels": 4,
+    "transformer_depth": [0, 0, 2, 2, 10, 10],
+}
+SD15_CONFIG = {
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4, 4],
+    "num_res_blocks": [2, 2, 2, 2],
+    "context_dim": 768,
+    "in_channels": 4,
+}
 
 
 def random_guidance(batch: int = 1, size: int = 8, seed: int = 0, channels=CH) -> FDIGuidance:
@@ -42,12 +69,21 @@ def random_guidance(batch: int = 1, size: int = 8, seed: int = 0, channels=CH) -
         s = (s + 1) // 2
     mods = []
     for c in (channels[3], channels[2], channels[1]):
-        mods.append(Modulation(torch.randn(batch, c, generator=g), torch.rand(batch, c, generator=g) + 0.5, torch.rand(c, generator=g)))
+        mods.append(
+            Modulation(
+                torch.randn(batch, c, generator=g), torch.rand(batch, c, generator=g) + 0.5, torch.rand(c, generator=g)
+            )
+        )
     return FDIGuidance(residuals=residuals, modulations=mods)
 
 
 def opts(block, sigma=5.0, chunks=1):
-    return {"block": block, "sigmas": torch.tensor([sigma]), "cond_or_uncond": list(range(chunks)), "original_shape": [1, 4, 8, 8]}
+    return {
+        "block": block,
+        "sigmas": torch.tensor([sigma]),
+        "cond_or_uncond": list(range(chunks)),
+        "original_shape": [1, 4, 8, 8],
+    }
 
 
 def features(batch, c, s, seed=1):
@@ -207,7 +243,10 @@ def test_deepcopy_of_model_options_shares_the_tensors():
     for key in a:
         assert b[key] is a[key]
         assert b[key].entries[0].guidance.residuals[0].data_ptr() == g.residuals[0].data_ptr()
-    assert clone["transformer_options"]["patches"]["input_block_patch"] is not model_options["transformer_options"]["patches"]["input_block_patch"]
+    assert (
+        clone["transformer_options"]["patches"]["input_block_patch"]
+        is not model_options["transformer_options"]["patches"]["input_block_patch"]
+    )
 
 
 def test_chained_apply_adds_entries_equal_to_the_composite_formula():
@@ -225,7 +264,9 @@ def test_chained_apply_adds_entries_equal_to_the_composite_formula():
     assert torch.equal(inp(h, opts(("input", 8))), apply_residual(h, 2, [(g1, 0.8), (g2, 0.5)]))
     out = fdi_patches(second)["output_block_patch"]
     d = features(1, CH[3], 2)
-    torch.testing.assert_close(out(d, d, opts(("output", 3)))[0], apply_modulation(d, 0, [(g1, 0.8), (g2, 0.5)]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        out(d, d, opts(("output", 3)))[0], apply_modulation(d, 0, [(g1, 0.8), (g2, 0.5)]), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_to_moves_devices_ignores_dtypes_and_models_is_empty():
@@ -262,7 +303,8 @@ def test_unet_check_accepts_sd2_and_refuses_sdxl_sd15_and_dits():
 
 
 def test_unet_check_refuses_another_prediction_type():
-    """An sd2.1-base (epsilon) adapter on an SD 2.1-v MODEL, and the reverse, are refused as the pipeline refuses them."""
+    """An sd2.1-base (epsilon) adapter on an SD 2.1-v MODEL, and the reverse, are refused as the pipeline refuses
+    them."""
     ch = (320, 640, 1280, 1280)
     assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "epsilon") == (IN_BLOCKS, OUT_BLOCKS)
     assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-v", "v_prediction") == (IN_BLOCKS, OUT_BLOCKS)
@@ -272,7 +314,8 @@ def test_unet_check_refuses_another_prediction_type():
         check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-v", "epsilon")
     with pytest.raises(FDIError, match="the MODEL is flow model"):
         check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "flow")
-    assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", None) == (IN_BLOCKS, OUT_BLOCKS)  # type unknown: shapes only
+    # type unknown: shapes only
+    assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", None) == (IN_BLOCKS, OUT_BLOCKS)
 
 
 # ------------------------------------------------------------------------------------------------ inversion
@@ -323,9 +366,9 @@ def test_inversion_feeds_the_model_the_current_latent_rescaled_to_the_next_level
     sigmas = torch.tensor([0.0, 0.5, 2.0])
     ddim_inversion_sampler(model, x.clone(), sigmas)
     (x1, s1), (x2, s2) = seen
-    assert torch.allclose(x1 / (1 + s1 ** 2) ** 0.5, x, atol=1e-6)  # the UNet input at step 1 is x_VP = x (σ_c = 0)
+    assert torch.allclose(x1 / (1 + s1**2) ** 0.5, x, atol=1e-6)  # the UNet input at step 1 is x_VP = x (σ_c = 0)
     x_cur = x + (x1 - 0) / 0.5 * 0.5  # after step 1 (ε = x1/σ_n, moved by σ_n − σ_c)
-    assert torch.allclose(x2 / (1 + s2 ** 2) ** 0.5, x_cur / (1 + 0.5 ** 2) ** 0.5, atol=1e-6)
+    assert torch.allclose(x2 / (1 + s2**2) ** 0.5, x_cur / (1 + 0.5**2) ** 0.5, atol=1e-6)
 
 
 def test_inversion_interrupt_stops():
@@ -337,7 +380,12 @@ def test_inversion_interrupt_stops():
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        ddim_inversion_sampler(ConstantEps(torch.zeros(1, 4, 2, 2)), torch.zeros(1, 4, 2, 2), torch.tensor([0.0, 1.0, 2.0, 3.0]), interrupt=interrupt)
+        ddim_inversion_sampler(
+            ConstantEps(torch.zeros(1, 4, 2, 2)),
+            torch.zeros(1, 4, 2, 2),
+            torch.tensor([0.0, 1.0, 2.0, 3.0]),
+            interrupt=interrupt,
+        )
     assert len(calls) == 2
 
 
@@ -361,7 +409,8 @@ def test_restore_sigmas_visit_the_pipeline_timesteps():
     assert torch.equal(sampling[:-1], sch.table[ts]) and float(sampling[-1]) == 0.0
     same = inversion_sigmas(sampling, inversion_timesteps(ts, 10), sch.sigma)
     assert torch.equal(same, torch.flip(sampling, [0]))
-    more = inversion_sigmas(sampling, inversion_timesteps(ts, 19), sch.sigma)  # round(linspace(1, 901, 19)) = 1, 51, …, 901
+    # round(linspace(1, 901, 19)) = 1, 51, …, 901
+    more = inversion_sigmas(sampling, inversion_timesteps(ts, 19), sch.sigma)
     assert more.shape == (20,) and float(more[0]) == 0.0 and float(more[-1]) == float(sampling[0])
     assert torch.allclose(more[1:], sch.table[torch.arange(1, 902, 50)], atol=1e-6)
     one = inversion_sigmas(sampling, inversion_timesteps(ts, 1), sch.sigma)
@@ -423,8 +472,8 @@ def test_patched_forward_traces_without_graph_breaks():
     compiled = torch.compile(block_pass, backend="eager", fullgraph=True)
     with torch.no_grad():
         for k in range(6):
-            got = compiled(h, d, schedule[k:k + 1], schedule)
-            want = block_pass(h, d, schedule[k:k + 1], schedule)
+            got = compiled(h, d, schedule[k : k + 1], schedule)
+            want = block_pass(h, d, schedule[k : k + 1], schedule)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), k
     dynamo.reset()
 
@@ -451,7 +500,13 @@ def test_step_invariant_parts_are_computed_once_and_stay_exact_across_steps_and_
         calls["m"] += 1
         return real_m(*a, **k)
 
-    steps = ((8.0, [(g1, 0.7), (g2, 1.3)]), (8.0, [(g1, 0.7), (g2, 1.3)]), (4.0, [(g1, 0.7)]), (3.0, [(g1, 0.7)]), (1.0, []))
+    steps = (
+        (8.0, [(g1, 0.7), (g2, 1.3)]),
+        (8.0, [(g1, 0.7), (g2, 1.3)]),
+        (4.0, [(g1, 0.7)]),
+        (3.0, [(g1, 0.7)]),
+        (1.0, []),
+    )
     reference = [(apply_residual(h, 0, exp), apply_modulation(d, 0, exp)) for _, exp in steps]
     got = []
     guidance.residual_delta, guidance.modulation_coefficients = count_r, count_m

@@ -17,14 +17,16 @@ COMFY_MODULES = ("comfy", "folder_paths", "comfy_api", "nodes", "comfy_execution
 
 
 def run_python(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, cwd="/")
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, cwd="/"
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 LOAD_PACK = f"""
     import importlib.util, inspect, json, sys
-    spec = importlib.util.spec_from_file_location("comfyui_fdi_pack", {str(ROOT / '__init__.py')!r},
+    spec = importlib.util.spec_from_file_location("comfyui_fdi_pack", {str(ROOT / "__init__.py")!r},
                                                   submodule_search_locations=[{str(ROOT)!r}])
     pack = importlib.util.module_from_spec(spec)
     sys.modules["comfyui_fdi_pack"] = pack
@@ -33,14 +35,17 @@ LOAD_PACK = f"""
 
 
 def test_plain_import_imports_no_comfyui_and_no_torch():
-    result = run_python(LOAD_PACK + f"""
+    result = run_python(
+        LOAD_PACK
+        + f"""
     print(json.dumps({{
         "comfy": sorted(m for m in sys.modules if m.split(".")[0] in {COMFY_MODULES!r}),
         "torch": "torch" in sys.modules,
         "entrypoint": inspect.iscoroutinefunction(getattr(pack, "comfy_entrypoint", None)),
         "node_modules": sorted(m for m in sys.modules if m.startswith("comfyui_fdi_pack.")),
     }}))
-    """)
+    """
+    )
     assert result["comfy"] == []
     assert result["torch"] is False
     assert result["entrypoint"] is True
@@ -52,7 +57,8 @@ def test_library_comfy_backend_imports_no_comfyui():
     import json, sys
     sys.path.insert(0, {str(ROOT)!r})
     import fdi.comfy_backend, fdi.guidance, fdi.adapter
-    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {COMFY_MODULES!r} or m.startswith("diffusers"))))
+    loaded = [m for m in sys.modules if m.split(".")[0] in {COMFY_MODULES!r} or m.startswith("diffusers")]
+    print(json.dumps(sorted(loaded)))
     """)
     assert result == []
 
@@ -62,16 +68,20 @@ def test_model_folders_registered_when_loaded_by_comfyui(tmp_path):
     keeping paths from extra_model_paths.yaml and putting models/<name> first."""
     models = tmp_path / "models"
     extra = tmp_path / "elsewhere" / "fdi"
-    result = run_python(f"""
+    result = run_python(
+        f"""
     import json, sys, types
     fp = types.ModuleType("folder_paths")
     fp.models_dir = {str(models)!r}
     fp.folder_names_and_paths = {{"fdi": ([{str(extra)!r}], set()), "checkpoints": (["x"], {{".ckpt"}})}}
     sys.modules["folder_paths"] = fp
-    """ + LOAD_PACK + """
+    """
+        + LOAD_PACK
+        + """
     pack.register_model_folders(fp)  # idempotent
     print(json.dumps({k: [v[0], sorted(v[1])] for k, v in fp.folder_names_and_paths.items()}))
-    """)
+    """
+    )
     assert result["fdi"] == [[str(models / "fdi"), str(extra)], [".safetensors"]]
     assert result["fdi_adapters"] == [[str(models / "fdi_adapters")], [".safetensors"]]
     assert result["blip2"][0] == [str(models / "blip2")]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_sd import randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter, FDIAdapterConfig
 from fdi.cli import main
@@ -15,14 +16,17 @@ from fdi.errors import FDIError
 from fdi.instruction import FDI
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
 from fdi.sampling import pad_to_multiple
-from tiny_sd import randomise_adapter, tiny_adapter_config
 
 FAST = dict(steps=2, inversion_steps=2)
 
 
 def make_adapter(seed: int = 0, trained: bool = True, family: str = "custom-base", **config) -> FDIAdapter:
     torch.manual_seed(seed)
-    cfg = tiny_adapter_config() if not config else FDIAdapterConfig(**{**json.loads(tiny_adapter_config().to_json()), **config})
+    cfg = (
+        tiny_adapter_config()
+        if not config
+        else FDIAdapterConfig(**{**json.loads(tiny_adapter_config().to_json()), **config})
+    )
     a = FDIAdapter(cfg, base_family=family, encoder="blip2-tiny:abcd", label=f"a{seed}").eval()
     return randomise_adapter(a, seed=seed + 1) if trained else a
 
@@ -81,7 +85,9 @@ def test_fresh_adapter_restore_equals_zero_strength_and_trained_adapter_changes_
     x = image()
     base = tiny_pipeline.restore(x, [AdapterUse(make_adapter(trained=True), tiny_fdi(), 1.0)], strength=0.0, **FAST)
     fresh = tiny_pipeline.restore(x, [AdapterUse(make_adapter(trained=False), tiny_fdi(), 1.0)], **FAST)
-    guided = tiny_pipeline.restore(x, [AdapterUse(make_adapter(trained=True), tiny_fdi(), 1.0)], guidance_end=1.0, **FAST)
+    guided = tiny_pipeline.restore(
+        x, [AdapterUse(make_adapter(trained=True), tiny_fdi(), 1.0)], guidance_end=1.0, **FAST
+    )
     assert torch.equal(fresh, base)
     assert (guided - base).abs().max() > 1e-3
     assert guided.min() >= 0 and guided.max() <= 1
@@ -95,7 +101,9 @@ def test_guidance_is_active_only_inside_the_window(tiny_pipeline):
 
     h = tiny_pipeline.unet.down_blocks[0].register_forward_pre_hook(spy, with_kwargs=True)
     try:
-        tiny_pipeline.restore(image(), [AdapterUse(make_adapter(), tiny_fdi(), 1.0)], steps=6, inversion_steps=4, guidance_end=0.333)
+        tiny_pipeline.restore(
+            image(), [AdapterUse(make_adapter(), tiny_fdi(), 1.0)], steps=6, inversion_steps=4, guidance_end=0.333
+        )
     finally:
         h.remove()
     # 4 inversion steps unguided; sampling step k guided iff k < 0.333·6 = 1.998
@@ -124,12 +132,19 @@ def test_composite_with_zero_weight_equals_single_adapter_and_progressive_single
     x = image()
     a, b = make_adapter(0), make_adapter(5)
     one = tiny_pipeline.restore(x, [AdapterUse(a, tiny_fdi(0), 0.7)], guidance_end=1.0, **FAST)
-    two = tiny_pipeline.restore(x, [AdapterUse(a, tiny_fdi(0), 0.7), AdapterUse(b, tiny_fdi(1), 0.0)], guidance_end=1.0, **FAST)
+    two = tiny_pipeline.restore(
+        x, [AdapterUse(a, tiny_fdi(0), 0.7), AdapterUse(b, tiny_fdi(1), 0.0)], guidance_end=1.0, **FAST
+    )
     assert torch.equal(one, two)
     prog = tiny_pipeline.restore(x, [AdapterUse(a, tiny_fdi(0), 0.7)], guidance_end=1.0, mode="progressive", **FAST)
     assert torch.equal(prog, one)
-    chained = tiny_pipeline.restore(x, [AdapterUse(a, tiny_fdi(0), 0.7), AdapterUse(b, tiny_fdi(1), 1.0)], guidance_end=1.0,
-                                    mode="progressive", **FAST)
+    chained = tiny_pipeline.restore(
+        x,
+        [AdapterUse(a, tiny_fdi(0), 0.7), AdapterUse(b, tiny_fdi(1), 1.0)],
+        guidance_end=1.0,
+        mode="progressive",
+        **FAST,
+    )
     by_hand = tiny_pipeline.restore(one, [AdapterUse(b, tiny_fdi(1), 1.0)], guidance_end=1.0, **FAST)
     assert torch.equal(chained, by_hand)
 
@@ -154,7 +169,9 @@ def test_v_prediction_and_cfg_run(tiny_sd_v_folder, tiny_pipeline):
     a = make_adapter(family="custom-v")
     out = v.restore(image(40, 48), [AdapterUse(a, tiny_fdi(), 1.0)], **FAST)
     assert out.shape == (1, 3, 40, 48) and torch.isfinite(out).all()
-    cfg = tiny_pipeline.restore(image(), [AdapterUse(make_adapter(), tiny_fdi(), 1.0)], cfg=3.0, prompt="rain", negative_prompt="snow", **FAST)
+    cfg = tiny_pipeline.restore(
+        image(), [AdapterUse(make_adapter(), tiny_fdi(), 1.0)], cfg=3.0, prompt="rain", negative_prompt="snow", **FAST
+    )
     plain = tiny_pipeline.restore(image(), [AdapterUse(make_adapter(), tiny_fdi(), 1.0)], **FAST)
     assert torch.isfinite(cfg).all() and not torch.equal(cfg, plain)
 
@@ -164,7 +181,9 @@ def test_bad_inputs_raise_clear_errors(tiny_pipeline):
     ok = AdapterUse(make_adapter(), tiny_fdi(), 1.0)
     with pytest.raises(FDIError, match="trained for sd2.1-base but the model is custom-base"):
         tiny_pipeline.restore(x, [AdapterUse(make_adapter(family="sd2.1-base"), tiny_fdi())], **FAST)
-    with pytest.raises(FDIError, match=r"channels \(320, 640, 1280, 1280\) but the UNet's encoder widths are \(32, 32, 64, 64\)"):
+    with pytest.raises(
+        FDIError, match=r"channels \(320, 640, 1280, 1280\) but the UNet's encoder widths are \(32, " r"32, 64, 64\)"
+    ):
         tiny_pipeline.check_adapter(FDIAdapter(FDIAdapterConfig(), base_family="custom-base"))
     with pytest.raises(FDIError, match="token width 16 does not match"):
         tiny_pipeline.restore(x, [AdapterUse(make_adapter(), tiny_fdi(width=16))], **FAST)
@@ -219,26 +238,77 @@ def cli_files(tmp_path):
 def test_cli_restore_writes_outputs_at_input_size(cli_files, tiny_sd_folder, capsys):
     d, adapter, bare, fdi = cli_files
     out = d / "out"
-    rc = main(["restore", "--sd", str(tiny_sd_folder), "--adapter", str(adapter), "--adapter", str(bare), "--weight", "1", "--weight", "0.5",
-               "--fdi", str(fdi), "--fdi", str(fdi), "--image", str(d / "rainy.png"), "-o", str(out), "--steps", "2",
-               "--inversion-steps", "2", "--quiet", "--device", "cpu"])
+    rc = main(
+        [
+            "restore",
+            "--sd",
+            str(tiny_sd_folder),
+            "--adapter",
+            str(adapter),
+            "--adapter",
+            str(bare),
+            "--weight",
+            "1",
+            "--weight",
+            "0.5",
+            "--fdi",
+            str(fdi),
+            "--fdi",
+            str(fdi),
+            "--image",
+            str(d / "rainy.png"),
+            "-o",
+            str(out),
+            "--steps",
+            "2",
+            "--inversion-steps",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     with Image.open(out / "rainy.png") as im:
         assert im.size == (70, 50)
     # the embedded FDI is enough
-    assert main(["restore", "--sd", str(tiny_sd_folder), "--adapter", str(adapter), "--image", str(d / "rainy.png"), "-o", str(d / "out2"),
-                 "--steps", "1", "--inversion-steps", "1", "--quiet", "--mode", "progressive"]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                "--sd",
+                str(tiny_sd_folder),
+                "--adapter",
+                str(adapter),
+                "--image",
+                str(d / "rainy.png"),
+                "-o",
+                str(d / "out2"),
+                "--steps",
+                "1",
+                "--inversion-steps",
+                "1",
+                "--quiet",
+                "--mode",
+                "progressive",
+            ]
+        )
+        == 0
+    )
     assert (d / "out2" / "rainy.png").is_file()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--weight", "1", "--weight", "2"], "2 --weight values for 1 --adapter"),
-    (["--guidance-end", "1.5"], "--guidance-end 1.5 is outside 0..1"),
-    (["--image", "{d}/tiny.png"], "needs at least 8 pixels a side"),
-    (["--image", "{d}/broken.png"], "could not be read"),
-    (["--sd", "{d}/missing_model"], "does not exist"),
-    (["--adapter", "{d}/bare.safetensors"], "no embedded FDI"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--weight", "1", "--weight", "2"], "2 --weight values for 1 --adapter"),
+        (["--guidance-end", "1.5"], "--guidance-end 1.5 is outside 0..1"),
+        (["--image", "{d}/tiny.png"], "needs at least 8 pixels a side"),
+        (["--image", "{d}/broken.png"], "could not be read"),
+        (["--sd", "{d}/missing_model"], "does not exist"),
+        (["--adapter", "{d}/bare.safetensors"], "no embedded FDI"),
+    ],
+)
 def test_cli_restore_bad_inputs_write_nothing(cli_files, tiny_sd_folder, capsys, extra, message):
     d, adapter, bare, fdi = cli_files
     base = {"--sd": str(tiny_sd_folder), "--adapter": str(adapter), "--image": str(d / "rainy.png")}
@@ -257,7 +327,23 @@ def test_cli_restore_bad_inputs_write_nothing(cli_files, tiny_sd_folder, capsys,
 def test_cli_refuses_an_adapter_for_another_family(tmp_path, tiny_sd_folder, capsys):
     path = make_adapter(family="sd2.1-v").save(tmp_path / "v.safetensors", fdi=tiny_fdi())
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "x.png")
-    assert main(["restore", "--sd", str(tiny_sd_folder), "--adapter", str(path), "--image", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "restore",
+                "--sd",
+                str(tiny_sd_folder),
+                "--adapter",
+                str(path),
+                "--image",
+                str(tmp_path / "x.png"),
+                "-o",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "trained for sd2.1-v but the model is custom-base" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -269,12 +355,16 @@ def test_cli_adapter_info(cli_files, capsys):
     assert "custom-base" in out and "8 x 32" in out and "f0" in out and f"{make_adapter().num_parameters():,}" in out
     assert main(["adapter-info", str(bare), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["fdi"] is None and info["config"]["channels"] == [32, 32, 64, 64] and info["encoder"] == "blip2-tiny:abcd"
+    assert (
+        info["fdi"] is None and info["config"]["channels"] == [32, 32, 64, 64] and info["encoder"] == "blip2-tiny:abcd"
+    )
     assert main(["adapter-info", str(fdi)]) == 2
     assert "not an FDI adapter file" in capsys.readouterr().err
 
 
-def test_single_file_loading_is_offline_and_uses_the_given_configs(tmp_path, tiny_sd_folder, tiny_pipeline, monkeypatch):
+def test_single_file_loading_is_offline_and_uses_the_given_configs(
+    tmp_path, tiny_sd_folder, tiny_pipeline, monkeypatch
+):
     """The single-file path hands diffusers the local config folder with local_files_only and the hub
     switched off (a real SD 2.1 checkpoint cannot be built here; diffusers' converter is stubbed)."""
     import os
@@ -288,7 +378,9 @@ def test_single_file_loading_is_offline_and_uses_the_given_configs(tmp_path, tin
     def fake_from_single_file(path, **kwargs):
         seen.update(kwargs, path=path, offline=os.environ.get("HF_HUB_OFFLINE"))
         p = tiny_pipeline
-        return types.SimpleNamespace(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=p.unet, scheduler=p.scheduler)
+        return types.SimpleNamespace(
+            vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=p.unet, scheduler=p.scheduler
+        )
 
     monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_single_file", staticmethod(fake_from_single_file))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

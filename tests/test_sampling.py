@@ -1,4 +1,5 @@
-"""The shared sampling rules (:mod:`fdi.sampling`) and both DDIM doors checked against a model whose right answer is known.
+"""The shared sampling rules (:mod:`fdi.sampling`) and both DDIM doors checked against a model whose right answer is
+known.
 
 The *exact-denoiser* tests use data drawn from a Gaussian mixture (per latent pixel, over its 4
 channels): its optimal noise prediction is analytic and nonlinear in the latent, so a sampler that
@@ -15,9 +16,21 @@ import torch
 
 from fdi.comfy_backend import ddim_inversion_sampler
 from fdi.errors import FDIError
-from fdi.sampling import (alpha_to_sigma, ddim_step, ddim_timesteps, diffusion_target, guided_step_count, guided_step_range,
-                          inversion_sigmas, inversion_timesteps, pad_to_multiple, predict_x0, predict_x0_eps, sampling_sigmas,
-                          sigma_to_alpha)
+from fdi.sampling import (
+    alpha_to_sigma,
+    ddim_step,
+    ddim_timesteps,
+    diffusion_target,
+    guided_step_count,
+    guided_step_range,
+    inversion_sigmas,
+    inversion_timesteps,
+    pad_to_multiple,
+    predict_x0,
+    predict_x0_eps,
+    sampling_sigmas,
+    sigma_to_alpha,
+)
 
 # ------------------------------------------------------------------------------------------------ rules
 
@@ -88,13 +101,14 @@ def test_sigma_alpha_conversions_and_prediction_types_round_trip():
 
 
 class GaussianMixture:
-    """Latent pixels whose 4 channels come from a 3-component isotropic Gaussian mixture: E[x_0 | x_t] in closed form."""
+    """Latent pixels whose 4 channels come from a 3-component isotropic Gaussian mixture: E[x_0 | x_t] in closed
+    form."""
 
     def __init__(self, seed: int = 0, std: float = 0.3):
         g = torch.Generator().manual_seed(seed)
         self.means = torch.randn(3, 4, generator=g, dtype=torch.float64) * 1.5
         self.logw = torch.log(torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
-        self.var = std ** 2
+        self.var = std**2
 
     def sample(self, b: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -136,7 +150,7 @@ def euler(model, x, sigmas):
     """ComfyUI's 'ddim' sampler: Euler in sigma space."""
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - model(x, sigmas[i:i + 1])) / s
+        d = (x - model(x, sigmas[i : i + 1])) / s
         x = x + d * (s_next - s)
     return x
 
@@ -151,11 +165,13 @@ def comfy_round_trip(model: ComfyLikeModel, z0: torch.Tensor, steps: int, invers
         xt = z0.clone()
         for i in range(len(inv) - 1):
             s_cur, s_next = float(inv[i]), float(inv[i + 1])
-            xt = xt + (xt - model(xt, inv[i + 1:i + 2])) / s_next * (s_next - s_cur)
+            xt = xt + (xt - model(xt, inv[i + 1 : i + 2])) / s_next * (s_next - s_cur)
     return xt, euler(model, xt, sampling)
 
 
-def pipeline_round_trip(pipe, mixture: GaussianMixture, z0: torch.Tensor, steps: int, inversion_steps: int, monkeypatch):
+def pipeline_round_trip(
+    pipe, mixture: GaussianMixture, z0: torch.Tensor, steps: int, inversion_steps: int, monkeypatch
+):
     alphas = pipe.scheduler.alphas_cumprod
     monkeypatch.setattr(pipe, "_unet", lambda x, t, cond: mixture.eps(x, float(alphas[int(t)])))
     cond = torch.zeros(1, 1, 1)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sd21_fixture import cache_dir
 
 from fdi.adapter import FDIAdapter
 from fdi.cli import main
 from fdi.images import save_image
 from fdi.instruction import FDI
-from sd21_fixture import cache_dir
 
 SINGLE = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
 

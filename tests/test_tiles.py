@@ -22,8 +22,11 @@ FAST = dict(steps=3, inversion_steps=3, guidance_end=1.0)
 
 
 @settings(max_examples=200, deadline=None)
-@given(length=st.integers(1, 64).map(lambda k: 8 * k), tile=st.integers(2, 16).map(lambda k: 8 * k),
-       overlap=st.integers(0, 120))
+@given(
+    length=st.integers(1, 64).map(lambda k: 8 * k),
+    tile=st.integers(2, 16).map(lambda k: 8 * k),
+    overlap=st.integers(0, 120),
+)
 def test_grid_covers_with_the_overlap_on_whole_pixels_of_every_level(length, tile, overlap):
     overlap = min(overlap, tile - 8)
     starts = tile_starts(length, tile, overlap)
@@ -49,7 +52,7 @@ def test_each_tile_crops_every_residual_level_at_its_offset():
     h, w = 48, 64
     residuals = []
     for level in range(4):  # r[level][a, b] = the latent position it stands for: row·1000 + column
-        s = 2 ** level
+        s = 2**level
         rows = torch.arange(h // s).float()[:, None] * s * 1000
         cols = torch.arange(w // s).float()[None, :] * s
         residuals.append((rows + cols).expand(1, 2, -1, -1))
@@ -60,21 +63,24 @@ def test_each_tile_crops_every_residual_level_at_its_offset():
     for i, t in enumerate(tiling.tiles):
         crop = tiling.crop_guidance(g, i)
         for level, r in enumerate(crop.residuals):
-            assert r.shape[-2:] == (t.h // 2 ** level, t.w // 2 ** level)
+            assert r.shape[-2:] == (t.h // 2**level, t.w // 2**level)
             assert r[0, 0, 0, 0] == t.y * 1000 + t.x  # the tile's corner, at every level
         assert all(a is b for a, b in zip(crop.modulations, mods))  # AdaIN targets are per image: kept as they are
     with pytest.raises(FDIError, match="run the adapter on the padded image"):
         Tiling(56, 64, 24, 8).crop_guidance(g, 1)
 
 
-@pytest.mark.parametrize("tile, overlap, message", [
-    (96, 32, "multiple of 64 of at least 128"),
-    (64, 0, "multiple of 64 of at least 128"),
-    (200, 0, "multiple of 64 of at least 128"),
-    (256, 256, "must be smaller than the tile"),
-    (256, -8, "must be smaller than the tile"),
-    (256, 224, "at most 192 px"),
-])
+@pytest.mark.parametrize(
+    "tile, overlap, message",
+    [
+        (96, 32, "multiple of 64 of at least 128"),
+        (64, 0, "multiple of 64 of at least 128"),
+        (200, 0, "multiple of 64 of at least 128"),
+        (256, 256, "must be smaller than the tile"),
+        (256, -8, "must be smaller than the tile"),
+        (256, 224, "at most 192 px"),
+    ],
+)
 def test_bad_tile_settings(tile, overlap, message):
     with pytest.raises(FDIError, match=message):
         check_tiling(tile, overlap)
@@ -101,15 +107,16 @@ def test_every_tile_is_guided_by_its_crop_of_the_residuals(tiny_pipeline, monkey
         return original(sample, *a, **k)
 
     monkeypatch.setattr(unet, "forward", spy)
-    tiny_pipeline.restore(x, [use], strength=1.5, tile_size=128, tile_overlap=64, steps=2, inversion_steps=1,
-                          guidance_end=0.5)
+    tiny_pipeline.restore(
+        x, [use], strength=1.5, tile_size=128, tile_overlap=64, steps=2, inversion_steps=1, guidance_end=0.5
+    )
     monkeypatch.undo()
     tiling = Tiling(32, 24, 16, 8)
     n = len(tiling.tiles)
     assert n == 6 and len(seen) == 3 * n  # 1 inversion + 2 sampling steps, each over every tile
-    assert all(r is None for _, r in seen[:n]) and all(r is None for _, r in seen[2 * n:])  # guided: step 0 only
+    assert all(r is None for _, r in seen[:n]) and all(r is None for _, r in seen[2 * n :])  # guided: step 0 only
     whole = tiny_pipeline.compute_guidance(use, pad_to_multiple(x))
-    for i, (shape, residuals) in enumerate(seen[n:2 * n]):
+    for i, (shape, residuals) in enumerate(seen[n : 2 * n]):
         t = tiling.tiles[i]
         assert shape == (t.h, t.w)
         crop = tiling.crop_guidance(whole, i)
@@ -150,14 +157,14 @@ def test_comfy_input_patch_adds_the_tiles_crop_of_each_residual():
     from fdi.comfy_backend import TILE_KEY, FDIInputPatch, GuidanceEntry
 
     g = torch.Generator().manual_seed(0)
-    residuals = [torch.randn(1, 4, 32 // 2 ** i, 48 // 2 ** i, generator=g) for i in range(4)]
+    residuals = [torch.randn(1, 4, 32 // 2**i, 48 // 2**i, generator=g) for i in range(4)]
     guidance = FDIGuidance(residuals, [Modulation(torch.rand(1, 4), torch.rand(1, 4), torch.rand(4)) for _ in range(3)])
     patch = FDIInputPatch([GuidanceEntry(guidance, 0.5)])
     for level, block in enumerate((2, 5, 8, 11)):
-        s = 2 ** level
+        s = 2**level
         h = torch.randn(2, 4, 16 // s, 24 // s, generator=g)  # a tile of 16 x 24 latent pixels at (8, 16)
         out = patch(h, {"block": ("input", block), TILE_KEY: (8, 16)})
-        want = h + 0.5 * residuals[level][..., 8 // s:8 // s + 16 // s, 16 // s:16 // s + 24 // s]
+        want = h + 0.5 * residuals[level][..., 8 // s : 8 // s + 16 // s, 16 // s : 16 // s + 24 // s]
         assert torch.allclose(out, want, atol=1e-6)
         whole = torch.randn(2, 4, 32 // s, 48 // s, generator=g)  # no tile: the whole residual, as before
         assert torch.allclose(patch(whole, {"block": ("input", block)}), whole + 0.5 * residuals[level], atol=1e-6)
@@ -218,8 +225,10 @@ print(json.dumps(out))
 
 
 @pytest.mark.comfyui
-@pytest.mark.skipif(not os.environ.get("COMFYUI_DIR"), reason="COMFYUI_DIR is not set: run under ComfyUI's Python with "
-                                                              "COMFYUI_DIR=/path/to/ComfyUI")
+@pytest.mark.skipif(
+    not os.environ.get("COMFYUI_DIR"),
+    reason="COMFYUI_DIR is not set: run under ComfyUI's Python with COMFYUI_DIR=/path/to/ComfyUI",
+)
 def test_fdi_restore_tiles_in_comfyui_match_the_library_and_one_tile_is_exact(tmp_path):
     """FDIRestore with tiles on the full-size random SD 2.1 fixture: a tile covering the image is bit-identical to no
     tiles; 6 tiles agree with the diffusers pipeline's tiled restore as closely as the untiled doors agree."""
@@ -237,10 +246,18 @@ def test_fdi_restore_tiles_in_comfyui_match_the_library_and_one_tile_is_exact(tm
     if not ckpt.is_file() or not diffusers.is_dir():
         pytest.skip("the SD 2.1 fixture is not built yet (tests/test_comfyui_e2e.py builds it)")
     root = Path(__file__).resolve().parents[1]
-    code = COMFY_SCRIPT.format(comfy=comfy_dir, tests=str(root / "tests"), base=str(tmp_path), root=str(root),
-                               init=str(root / "__init__.py"), ckpt=str(ckpt), diffusers=str(diffusers))
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=1500,
-                         cwd=str(tmp_path))
+    code = COMFY_SCRIPT.format(
+        comfy=comfy_dir,
+        tests=str(root / "tests"),
+        base=str(tmp_path),
+        root=str(root),
+        init=str(root / "__init__.py"),
+        ckpt=str(ckpt),
+        diffusers=str(diffusers),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=1500, cwd=str(tmp_path)
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
     a = {k: np.load(tmp_path / f"{k}.npy") for k in ("plain", "one_tile", "tiled", "d_plain", "d_tiled")}

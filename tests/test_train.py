@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
+from tiny_sd import tiny_adapter_config
 
 from fdi.adapter import FDIAdapter
 from fdi.errors import FDIError, FDIInterrupted
@@ -21,8 +23,6 @@ from fdi.images import save_image
 from fdi.instruction import FDI
 from fdi.sampling import diffusion_target, predict_x0
 from fdi.train import TrainConfig, list_checkpoints, train
-from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
-from tiny_sd import tiny_adapter_config
 
 CAST = torch.tensor([0.35, 0.1, -0.05]).view(3, 1, 1)
 
@@ -52,7 +52,12 @@ def toy(tmp_path_factory, tiny_sd_folder):
         clean = torch.rand(3, 40, 48 + 4 * i, generator=g)
         save_image(clean, root / "clean" / f"{i:02d}.png")
         save_image((0.6 * clean + CAST).clamp(0, 1), root / "deg" / f"{i:02d}.png")
-    fdi = FDI(tokens=torch.randn(TINY_TOKENS, TINY_WIDTH, generator=g), encoder="tiny:0123456789abcdef", n_pairs=6, label="toy")
+    fdi = FDI(
+        tokens=torch.randn(TINY_TOKENS, TINY_WIDTH, generator=g),
+        encoder="tiny:0123456789abcdef",
+        n_pairs=6,
+        label="toy",
+    )
     fdi.save(root / "toy.fdi.safetensors")
     sd = root / "sd"
     shutil.copytree(tiny_sd_folder, sd)
@@ -65,9 +70,20 @@ def toy(tmp_path_factory, tiny_sd_folder):
 
 
 def _cfg(toy: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(sd=str(toy / "sd"), output=str(out), degraded=str(toy / "deg"), clean=str(toy / "clean"),
-                fdi=str(toy / "toy.fdi.safetensors"), resolution=32, batch_size=4, lr=1e-2, num_workers=0,
-                checkpoint_every=0, adapter_config=json.loads(tiny_adapter_config().to_json()), quiet=True)
+    base = dict(
+        sd=str(toy / "sd"),
+        output=str(out),
+        degraded=str(toy / "deg"),
+        clean=str(toy / "clean"),
+        fdi=str(toy / "toy.fdi.safetensors"),
+        resolution=32,
+        batch_size=4,
+        lr=1e-2,
+        num_workers=0,
+        checkpoint_every=0,
+        adapter_config=json.loads(tiny_adapter_config().to_json()),
+        quiet=True,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -137,8 +153,16 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(toy, tmp_path):
     other = json.loads(tiny_adapter_config().to_json())
     other["res_blocks"] = 2
     with pytest.raises(FDIError, match="different run.*adapter_config"):
-        train(_cfg(toy, tmp_path / "x.safetensors", checkpoint_dir=str(run_dir), resume=str(run_dir / "checkpoint-4"),
-                   adapter_config=other, **kw))
+        train(
+            _cfg(
+                toy,
+                tmp_path / "x.safetensors",
+                checkpoint_dir=str(run_dir),
+                resume=str(run_dir / "checkpoint-4"),
+                adapter_config=other,
+                **kw,
+            )
+        )
 
 
 def test_bad_input_fails_before_training(toy, tmp_path):
@@ -153,7 +177,11 @@ def test_bad_input_fails_before_training(toy, tmp_path):
         train(_cfg(toy, tmp_path / "a.pt", max_steps=1))
     (tmp_path / "d0").mkdir(), (tmp_path / "c0").mkdir()
     with pytest.raises(FDIError, match="holds no images"):  # fewer than one pair
-        train(_cfg(toy, tmp_path / "a.safetensors", degraded=str(tmp_path / "d0"), clean=str(tmp_path / "c0"), max_steps=1))
+        train(
+            _cfg(
+                toy, tmp_path / "a.safetensors", degraded=str(tmp_path / "d0"), clean=str(tmp_path / "c0"), max_steps=1
+            )
+        )
     with pytest.raises(FDIError, match="not a training checkpoint"):
         train(_cfg(toy, tmp_path / "a.safetensors", resume=str(tmp_path), max_steps=1))
     with pytest.raises(FDIError, match="--blip2 DIR"):
@@ -167,20 +195,56 @@ def test_bad_input_fails_before_training(toy, tmp_path):
 
 def test_cli_with_blip2_pairs_file_and_v_prediction(toy, tmp_path, tiny_sd_v_folder, capsys):
     """The command end to end: task FDI from BLIP-2, pairs from a CSV, a v-prediction model, validation."""
-    from fdi.cli import main
     from tiny_blip2 import build_tiny_blip2
+
+    from fdi.cli import main
 
     build_tiny_blip2(tmp_path / "blip2", seed=0)
     lst = tmp_path / "pairs.csv"
     lst.write_text("degraded,clean\n" + "".join(f"{toy}/deg/{i:02d}.png,{toy}/clean/{i:02d}.png\n" for i in range(4)))
     out = tmp_path / "v.safetensors"
-    argv = ["train", "--sd", str(tiny_sd_v_folder), "--blip2", str(tmp_path / "blip2"), "--pairs-file", str(lst), "-o", str(out),
-            "--resolution", "32", "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", "--num-workers", "0",
-            "--adapter-config", tiny_adapter_config().to_json(), "--validate-every", "2", "--val-degraded", str(toy / "deg"),
-            "--val-clean", str(toy / "clean"), "--val-steps", "2", "--val-max-images", "2", "--quiet"]
+    argv = [
+        "train",
+        "--sd",
+        str(tiny_sd_v_folder),
+        "--blip2",
+        str(tmp_path / "blip2"),
+        "--pairs-file",
+        str(lst),
+        "-o",
+        str(out),
+        "--resolution",
+        "32",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-3",
+        "--num-workers",
+        "0",
+        "--adapter-config",
+        tiny_adapter_config().to_json(),
+        "--validate-every",
+        "2",
+        "--val-degraded",
+        str(toy / "deg"),
+        "--val-clean",
+        str(toy / "clean"),
+        "--val-steps",
+        "2",
+        "--val-max-images",
+        "2",
+        "--quiet",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     a = FDIAdapter.from_file(out)
-    assert a.base_family == "custom-v" and a.fdi is not None and a.fdi.n_pairs == 4 and a.encoder.endswith(a.fdi.encoder.split(":")[-1])
+    assert (
+        a.base_family == "custom-v"
+        and a.fdi is not None
+        and a.fdi.n_pairs == 4
+        and a.encoder.endswith(a.fdi.encoder.split(":")[-1])
+    )
     run = tmp_path / "v-run"
     assert (run / "train.fdi.safetensors").is_file() and [s for s, _ in list_checkpoints(run)] == [2]
     val = (run / "val_log.csv").read_text().splitlines()
@@ -201,11 +265,44 @@ def test_two_processes_under_torchrun_resume_exactly(toy, tmp_path):
     import sys
 
     def run(out, extra=()):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "fdi", "train",
-               "--sd", str(toy / "sd"), "--fdi", str(toy / "toy.fdi.safetensors"), "--degraded", str(toy / "deg"),
-               "--clean", str(toy / "clean"), "-o", str(out), "--resolution", "32", "--max-steps", "4", "--batch-size", "4",
-               "--num-workers", "0", "--adapter-config", tiny_adapter_config().to_json(), "--checkpoint-every", "2",
-               "--device", "cpu", "--lr", "1e-3", "--quiet", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "fdi",
+            "train",
+            "--sd",
+            str(toy / "sd"),
+            "--fdi",
+            str(toy / "toy.fdi.safetensors"),
+            "--degraded",
+            str(toy / "deg"),
+            "--clean",
+            str(toy / "clean"),
+            "-o",
+            str(out),
+            "--resolution",
+            "32",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--adapter-config",
+            tiny_adapter_config().to_json(),
+            "--checkpoint-every",
+            "2",
+            "--device",
+            "cpu",
+            "--lr",
+            "1e-3",
+            "--quiet",
+            *extra,
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
@@ -216,7 +313,12 @@ def test_two_processes_under_torchrun_resume_exactly(toy, tmp_path):
     shutil.copytree(tmp_path / "full-run", tmp_path / "part-run")
     shutil.rmtree(tmp_path / "part-run" / "checkpoint-4")
     assert sorted(p.name for p in (tmp_path / "part-run" / "checkpoint-2").iterdir()) == [
-        "adapter.safetensors", "optimizer.safetensors", "rng-0.safetensors", "rng-1.safetensors", "state.json"]
+        "adapter.safetensors",
+        "optimizer.safetensors",
+        "rng-0.safetensors",
+        "rng-1.safetensors",
+        "state.json",
+    ]
     run(tmp_path / "part.safetensors", ["--resume", "latest"])
     a = FDIAdapter.from_file(tmp_path / "full.safetensors").state_dict()
     b = FDIAdapter.from_file(tmp_path / "part.safetensors").state_dict()
@@ -234,10 +336,35 @@ def test_ctrl_c_leaves_loadable_checkpoints(toy, tmp_path):
     from fdi.files import load_safetensors
 
     out = tmp_path / "c.safetensors"
-    cmd = [sys.executable, "-m", "fdi", "train", "--sd", str(toy / "sd"), "--fdi", str(toy / "toy.fdi.safetensors"),
-           "--degraded", str(toy / "deg"), "--clean", str(toy / "clean"), "-o", str(out), "--resolution", "32",
-           "--max-steps", "1000", "--batch-size", "2", "--num-workers", "0", "--checkpoint-every", "1",
-           "--adapter-config", tiny_adapter_config().to_json(), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fdi",
+        "train",
+        "--sd",
+        str(toy / "sd"),
+        "--fdi",
+        str(toy / "toy.fdi.safetensors"),
+        "--degraded",
+        str(toy / "deg"),
+        "--clean",
+        str(toy / "clean"),
+        "-o",
+        str(out),
+        "--resolution",
+        "32",
+        "--max-steps",
+        "1000",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--adapter-config",
+        tiny_adapter_config().to_json(),
+        "--quiet",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "c-run"

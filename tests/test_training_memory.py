@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny_sd import randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter
 from fdi.cli import main
@@ -18,7 +19,6 @@ from fdi.models import load_sd, place
 from fdi.train import encode_prompt
 from fdi.training.memory import TrainSettings, batch_for_step, check_pairs, train_on_pairs
 from fdi.training.step import checkpointed, diffusers_predictor, encode_clean
-from tiny_sd import randomise_adapter, tiny_adapter_config
 
 
 @pytest.fixture(autouse=True)

@@ -50,14 +50,26 @@ _spec.loader.exec_module(bw)
 NAMES = list(bw.WORKFLOWS)
 VIRTUAL = {"Note", "MarkdownNote"}
 PACK_NODES = set(re.findall(r'node_id="(FDI\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
-CORE_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "ConditioningZeroOut", "LoadImage", "VAEEncode", "VAEDecode",
-              "KSamplerAdvanced", "SaveImage", "PreviewImage"}
+CORE_NODES = {
+    "CheckpointLoaderSimple",
+    "CLIPTextEncode",
+    "ConditioningZeroOut",
+    "LoadImage",
+    "VAEEncode",
+    "VAEDecode",
+    "KSamplerAdvanced",
+    "SaveImage",
+    "PreviewImage",
+}
 #: widget values changed for speed in the tests (per run kind, so that the browser run really executes again)
 API_OVERRIDES = {"steps": 2, "inversion_steps": 2, "batch_size": 2, "overwrite": True, "resolution": 64}
 UI_OVERRIDES = {"steps": 1, "inversion_steps": 1, "batch_size": 3, "overwrite": True, "resolution": 64}
 
-needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="COMFYUI_DIR is not set: checking and running the workflows needs a "
-                                                           "ComfyUI checkout (COMFYUI_DIR=/path/to/ComfyUI, under ComfyUI's Python)")
+needs_comfyui = pytest.mark.skipif(
+    not COMFYUI_DIR,
+    reason="COMFYUI_DIR is not set: checking and running the workflows needs a "
+    "ComfyUI checkout (COMFYUI_DIR=/path/to/ComfyUI, under ComfyUI's Python)",
+)
 
 
 def load(name: str) -> dict:
@@ -69,9 +81,19 @@ def load(name: str) -> dict:
 
 def test_the_folder_holds_exactly_the_described_workflows():
     files = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
-    assert files == sorted(NAMES), "workflows/*.json and build_workflows.WORKFLOWS differ (ComfyUI lists every .json as a template)"
-    assert {"restore_single", "restore_one_node", "build_fdi_from_pairs", "cross_task_fdi", "mixed_composite",
-            "mixed_progressive", "style_transfer", "style_fusion"} <= set(files)
+    assert files == sorted(NAMES), (
+        "workflows/*.json and build_workflows.WORKFLOWS differ (ComfyUI lists every .json as a template)"
+    )
+    assert {
+        "restore_single",
+        "restore_one_node",
+        "build_fdi_from_pairs",
+        "cross_task_fdi",
+        "mixed_composite",
+        "mixed_progressive",
+        "style_transfer",
+        "style_fusion",
+    } <= set(files)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -87,13 +109,27 @@ def test_workflow_structure_ids_and_links(name):
     assert len(set(link_ids)) == len(link_ids), "duplicate link ids"
     assert wf["last_link_id"] >= max(link_ids, default=0)
     for n in wf["nodes"]:
-        for key in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"):
+        for key in (
+            "id",
+            "type",
+            "pos",
+            "size",
+            "flags",
+            "order",
+            "mode",
+            "inputs",
+            "outputs",
+            "properties",
+            "widgets_values",
+        ):
             assert key in n, f"node {n.get('id')} lacks {key}"
         assert n["mode"] == 0, f"node {n['id']} ({n['type']}) is muted or bypassed"
     for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
         assert src in nodes and dst in nodes, f"link {link_id} joins missing nodes"
         out, inp = nodes[src]["outputs"][src_slot], nodes[dst]["inputs"][dst_slot]
-        assert out["type"] == typ, f"link {link_id}: {nodes[src]['type']}.{out['name']} is {out['type']}, link says {typ}"
+        assert out["type"] == typ, (
+            f"link {link_id}: {nodes[src]['type']}.{out['name']} is {out['type']}, link says {typ}"
+        )
         assert inp["type"] == typ, f"link {link_id}: {nodes[dst]['type']}.{inp['name']} takes {inp['type']}, gets {typ}"
         assert link_id in (out["links"] or []), f"link {link_id} missing from {nodes[src]['type']}.{out['name']}.links"
         assert inp["link"] == link_id, f"link {link_id} not recorded on {nodes[dst]['type']}.{inp['name']}"
@@ -120,7 +156,9 @@ def test_workflow_is_readable_titles_groups_and_a_model_note(name):
     assert all(n.get("title") for n in real), "every node has a readable title"
     assert len(wf["groups"]) >= 2 and all(g["title"] and len(g["bounding"]) == 4 for g in wf["groups"])
     notes = [n["widgets_values"][0] for n in wf["nodes"] if n["type"] in VIRTUAL]
-    assert notes and any("models/" in t or "ComfyUI/models" in t for t in notes), "a note tells which model files go where"
+    assert notes and any("models/" in t or "ComfyUI/models" in t for t in notes), (
+        "a note tells which model files go where"
+    )
     text = "\n".join(notes)
     types = {n["type"] for n in real}
     if "CheckpointLoaderSimple" in types:
@@ -134,7 +172,7 @@ def test_workflow_is_readable_titles_groups_and_a_model_note(name):
     # groups do not overlap (readable layout)
     boxes = [g["bounding"] for g in wf["groups"]]
     for i, a in enumerate(boxes):
-        for b in boxes[i + 1:]:
+        for b in boxes[i + 1 :]:
             overlap = a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
             assert not overlap, f"groups overlap: {a} {b}"
 
@@ -142,7 +180,10 @@ def test_workflow_is_readable_titles_groups_and_a_model_note(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_workflow_has_a_thumbnail(name):
     thumb = WORKFLOWS / f"{name}.jpg"
-    assert thumb.is_file(), f"{thumb.name} is missing (the template browser shows <name>.jpg); make it with the browser test and FDI_UPDATE_THUMBNAILS=1"
+    assert thumb.is_file(), (
+        f"{thumb.name} is missing (the template browser shows <name>.jpg); make "
+        "it with the browser test and FDI_UPDATE_THUMBNAILS=1"
+    )
     data = thumb.read_bytes()
     assert data[:3] == b"\xff\xd8\xff", "not a JPEG"
     assert len(data) < 400_000, "thumbnails stay small"
@@ -150,19 +191,34 @@ def test_every_workflow_has_a_thumbnail(name):
 
 def test_use_case_shapes():
     """The graphs show what their names promise (checked on the files, not on the builder)."""
+
     def types(name):
         return [n["type"] for n in load(name)["nodes"]]
 
     single = types("restore_single")
-    for t in ("LoadImage", "FDIAdapterLoader", "FDINoiseDecoupling", "FDIApplyGuidance", "FDIInvert", "KSamplerAdvanced",
-              "VAEDecode", "SaveImage", "CheckpointLoaderSimple"):
+    for t in (
+        "LoadImage",
+        "FDIAdapterLoader",
+        "FDINoiseDecoupling",
+        "FDIApplyGuidance",
+        "FDIInvert",
+        "KSamplerAdvanced",
+        "VAEDecode",
+        "SaveImage",
+        "CheckpointLoaderSimple",
+    ):
         assert t in single, t
     ks = next(n for n in load("restore_single")["nodes"] if n["type"] == "KSamplerAdvanced")["widgets_values"]
     assert "ddim" in ks and "ddim_uniform" in ks and "disable" in ks
     assert "FDIRestore" in types("restore_one_node")
-    assert {"FDIQFormerLoader", "FDIExtractFromFolders", "FDISave", "FDIInspect", "PreviewImage"} <= set(types("build_fdi_from_pairs"))
+    assert {"FDIQFormerLoader", "FDIExtractFromFolders", "FDISave", "FDIInspect", "PreviewImage"} <= set(
+        types("build_fdi_from_pairs")
+    )
     assert types("cross_task_fdi").count("FDILoad") == 2 and "FDICombine" in types("cross_task_fdi")
-    assert types("mixed_composite").count("FDIApplyGuidance") == 2 and types("mixed_composite").count("FDIAdapterLoader") == 2
+    assert (
+        types("mixed_composite").count("FDIApplyGuidance") == 2
+        and types("mixed_composite").count("FDIAdapterLoader") == 2
+    )
     assert types("mixed_progressive").count("FDIRestore") == 2
     assert {"FDIExtractFromFolders", "FDIAdapterLoader", "FDIRestore"} <= set(types("style_transfer"))
     assert types("style_fusion").count("FDIApplyGuidance") == 2
@@ -195,7 +251,9 @@ def test_nodes_md_documents_every_node_and_the_workflows_that_show_it():
         assert names, node_id
         for name in names:
             assert name in NAMES, f"NODES.md: {node_id} is shown in unknown workflow {name}"
-            assert node_id in {n["type"] for n in load(name)["nodes"]}, f"NODES.md says {name} shows {node_id}, it does not"
+            assert node_id in {n["type"] for n in load(name)["nodes"]}, (
+                f"NODES.md says {name} shows {node_id}, it does not"
+            )
     used = {n["type"] for name in NAMES for n in load(name)["nodes"]}
     assert PACK_NODES <= used, f"nodes no workflow shows: {PACK_NODES - used}"
 
@@ -207,12 +265,15 @@ def widget_values(node: dict, info: dict) -> dict:
     """``{widget name: value}`` of a UI node, by the widget order of its ``/object_info`` schema."""
     layout = bw.widget_layout(info)
     values = node.get("widgets_values") or []
-    assert len(values) == len(layout), f"{node['type']} #{node['id']}: {len(values)} widget values, its schema has {len(layout)} widgets"
+    assert len(values) == len(layout), (
+        f"{node['type']} #{node['id']}: {len(values)} widget values, its schema has {len(layout)} widgets"
+    )
     return {name: v for (name, _, _, kind), v in zip(layout, values) if kind == "value"}
 
 
 def to_api(workflow: dict, object_info: dict, overrides: dict | None = None) -> dict:
-    """The API-format prompt of a UI workflow (what the frontend's ``graphToPrompt().output`` holds, minus ``_meta``)."""
+    """The API-format prompt of a UI workflow (what the frontend's ``graphToPrompt().output`` holds, minus
+    ``_meta``)."""
     links = {lk[0]: lk for lk in workflow["links"]}
     prompt = {}
     for n in workflow["nodes"]:
@@ -234,7 +295,11 @@ def check_value(where: str, value, typ, opts: dict) -> str | None:
     """Why ``value`` is invalid for an input of type ``typ`` with options ``opts`` (None when valid)."""
     if isinstance(typ, list) or typ == "COMBO":
         choices = bw.combo_options(typ, opts)
-        return None if value in choices else f"{where}: {value!r} is not one of {choices[:8]}{'…' if len(choices) > 8 else ''}"
+        return (
+            None
+            if value in choices
+            else f"{where}: {value!r} is not one of {choices[:8]}{'…' if len(choices) > 8 else ''}"
+        )
     if typ == "INT":
         if not isinstance(value, int) or isinstance(value, bool):
             return f"{where}: {value!r} is not an INT"
@@ -267,9 +332,15 @@ def validate_against_object_info(workflow: dict, object_info: dict) -> list:
         slot_inputs = [i for i in n["inputs"] if "widget" not in i]
         expected_slots = [(name, typ) for name, (typ, opts, _) in specs.items() if not bw.is_widget(typ, opts)]
         if [(i["name"], i["type"]) for i in slot_inputs] != expected_slots:
-            problems.append(f"{where}: input slots {[(i['name'], i['type']) for i in slot_inputs]} != schema {expected_slots}")
+            problems.append(
+                f"{where}: input slots {[(i['name'], i['type']) for i in slot_inputs]} != schema {expected_slots}"
+            )
         for name, (typ, opts, optional) in specs.items():
-            if not optional and not bw.is_widget(typ, opts) and not any(i["name"] == name and i["link"] is not None for i in n["inputs"]):
+            if (
+                not optional
+                and not bw.is_widget(typ, opts)
+                and not any(i["name"] == name and i["link"] is not None for i in n["inputs"])
+            ):
                 problems.append(f"{where}: required input {name!r} is not connected")
         outs = [(o["name"], o["type"]) for o in n["outputs"]]
         if outs != list(zip(info["output_name"], info["output"])):
@@ -307,9 +378,8 @@ def _write_images(folder: Path, names: list, size: int, seed: int):
 @pytest.fixture(scope="module")
 def comfy_env(tmp_path_factory):
     """A ComfyUI base folder with every file the workflows name (fixture models under the published names)."""
-    import torch
-
     import sd21_fixture
+    import torch
     from test_comfyui_e2e import ensure_sd21_checkpoint
     from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
 
@@ -342,7 +412,12 @@ def comfy_env(tmp_path_factory):
     fdis[0].save(models / "fdi" / bw.FDI_FILES["denoise"])
     from fdi.instruction import FDI
 
-    desnow = FDI(tokens=fdis[1].tokens * 0.5 + 0.1 * torch.randn_like(fdis[1].tokens), encoder=fdis[1].encoder, n_pairs=1, label="desnow")
+    desnow = FDI(
+        tokens=fdis[1].tokens * 0.5 + 0.1 * torch.randn_like(fdis[1].tokens),
+        encoder=fdis[1].encoder,
+        n_pairs=1,
+        label="desnow",
+    )
     desnow.save(models / "fdi" / bw.FDI_FILES["desnow"])
     (models / "fdi_adapters").mkdir(parents=True)
     for seed, (key, file_name) in enumerate(sorted(bw.ADAPTERS.items())):
@@ -379,7 +454,8 @@ def test_every_node_type_slot_and_widget_value_is_valid_for_object_info(object_i
 @needs_comfyui
 @pytest.mark.comfyui
 def test_validator_catches_stale_widgets_and_wrong_links(object_info):
-    """The checks above are not vacuous: a stale combo value, an out-of-range number, a missing widget and a bad slot are caught."""
+    """The checks above are not vacuous: a stale combo value, an out-of-range number, a missing widget and a bad
+    slot are caught."""
     wf = load("restore_single")
     bad = copy.deepcopy(wf)
     for n in bad["nodes"]:
@@ -391,7 +467,12 @@ def test_validator_catches_stale_widgets_and_wrong_links(object_info):
         if n["type"] == "FDIInvert":
             n["inputs"][0]["type"] = "LATENT"
     problems = "\n".join(validate_against_object_info(bad, object_info))
-    assert "no_such_sampler" in problems and "min 1" in problems and "2 widget values" in problems and "input slots" in problems
+    assert (
+        "no_such_sampler" in problems
+        and "min 1" in problems
+        and "2 widget values" in problems
+        and "input slots" in problems
+    )
 
 
 @needs_comfyui
@@ -418,7 +499,9 @@ def test_nodes_md_lists_every_input_output_and_default(object_info):
 def test_build_script_reproduces_the_files(object_info, tmp_path):
     info_file = tmp_path / "object_info.json"
     info_file.write_text(json.dumps(object_info))
-    assert bw.main(["--check", "--object-info", str(info_file)]) == 0, "run: python workflows/build_workflows.py --object-info <url>"
+    assert bw.main(["--check", "--object-info", str(info_file)]) == 0, (
+        "run: python workflows/build_workflows.py --object-info <url>"
+    )
 
 
 def _output_nodes(prompt: dict, object_info: dict) -> set:
@@ -551,11 +634,10 @@ return [w, h, s];
 def browser(comfy):
     import tempfile
 
+    import requests
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
-
-    import requests
 
     # a returning user: no first-run template dialog, no minimap over the screenshots
     for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False)):
@@ -563,9 +645,18 @@ def browser(comfy):
     profile = tempfile.mkdtemp(prefix="fdi-chromium-")
     opts = Options()
     opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", f"--window-size={VIEW[0]},{VIEW[1]}",
-                f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--window-size={VIEW[0]},{VIEW[1]}",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
@@ -573,7 +664,9 @@ def browser(comfy):
         driver.get(comfy.url + "/")
         deadline = time.time() + 120
         while time.time() < deadline:
-            if driver.execute_script("return !!(window.app && window.app.graph && window.LiteGraph && window.app.extensionManager)"):
+            if driver.execute_script(
+                "return !!(window.app && window.app.graph && window.LiteGraph && window.app.extensionManager)"
+            ):
                 break
             time.sleep(0.5)
         else:
@@ -588,7 +681,9 @@ def browser(comfy):
 
 
 def close_dialogs(driver) -> None:
-    driver.execute_script("document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close').forEach(b => b.click())")
+    driver.execute_script(
+        "document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close').forEach(b => b.click())"
+    )
     time.sleep(0.5)
 
 
@@ -684,7 +779,8 @@ def test_workflow_in_the_browser(name, browser, comfy, comfy_env, object_info):
 @needs_comfyui
 @pytest.mark.comfyui
 def test_template_browser_serves_the_workflows_and_thumbnails(comfy):
-    """ComfyUI lists a custom node's ``workflows/`` folder as templates; the frontend fetches <name>.json and <name>.jpg."""
+    """ComfyUI lists a custom node's ``workflows/`` folder as templates; the frontend fetches <name>.json and
+    <name>.jpg."""
     import requests
 
     listed = requests.get(f"{comfy.url}/workflow_templates", timeout=30).json()
@@ -700,13 +796,17 @@ def test_template_browser_serves_the_workflows_and_thumbnails(comfy):
 @pytest.mark.comfyui
 def test_template_browser_shows_the_pack(browser):
     """The frontend's template dialog has this pack's category (screenshot saved as an artefact)."""
-    browser.execute_async_script("const done = arguments[arguments.length - 1];"
-                                 "app.extensionManager.command.execute('Comfy.BrowseTemplates').then(() => done(1)).catch(e => done(String(e)));")
+    browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "app.extensionManager.command.execute('Comfy.BrowseTemplates').then(() "
+        "=> done(1)).catch(e => done(String(e)));"
+    )
     time.sleep(2)
     dialogs = browser.execute_script(JS_DIALOGS)
     assert any("comfyui-fdi" in d for d in dialogs), dialogs
     browser.execute_script("""
-      const items = [...document.querySelectorAll('.p-dialog *')].filter(e => e.children.length === 0 && e.textContent.trim() === 'comfyui-fdi');
+      const items = [...document.querySelectorAll('.p-dialog *')].filter(e => e.children.length === 0 &&
+      e.textContent.trim() === 'comfyui-fdi');
       if (items.length) items[0].click();""")
     time.sleep(3)
     browser.save_screenshot(str(ARTIFACTS / "template_browser.png"))

@@ -21,13 +21,36 @@ def tiny_blip2_config():
     # transformers initialises BLIP-2's vision tower with std 1e-10: its features would be ~1e-9 and the Q-Former
     # output would not depend on the image at all. An image-sensitive init makes the parity tests able to fail.
     return Blip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=TINY_IMAGE_SIZE, patch_size=4, initializer_range=0.2),
-        qformer_config=dict(hidden_size=TINY_WIDTH, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                            cross_attention_frequency=1, vocab_size=99, max_position_embeddings=64, initializer_range=0.2,
-                            encoder_hidden_size=32),
-        text_config=dict(model_type="opt", vocab_size=99, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                         ffn_dim=32, max_position_embeddings=64, word_embed_proj_dim=16),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=4,
+            initializer_range=0.2,
+        ),
+        qformer_config=dict(
+            hidden_size=TINY_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            cross_attention_frequency=1,
+            vocab_size=99,
+            max_position_embeddings=64,
+            initializer_range=0.2,
+            encoder_hidden_size=32,
+        ),
+        text_config=dict(
+            model_type="opt",
+            vocab_size=99,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            ffn_dim=32,
+            max_position_embeddings=64,
+            word_embed_proj_dim=16,
+        ),
         num_query_tokens=TINY_TOKENS,
     )
 

@@ -80,10 +80,19 @@ def tiny_vae():
 def tiny_text_encoder(vocab_size: int, bos: int, eos: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=TINY_TEXT_WIDTH, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=TINY_MAX_LENGTH, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
-    )).eval()
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=TINY_TEXT_WIDTH,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=TINY_MAX_LENGTH,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    ).eval()
 
 
 def tiny_scheduler(prediction_type: str = "epsilon"):
@@ -91,8 +100,14 @@ def tiny_scheduler(prediction_type: str = "epsilon"):
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type, timestep_spacing="leading",
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+        timestep_spacing="leading",
     )
 
 
@@ -105,8 +120,16 @@ def build_tiny_sd(folder: Path, prediction_type: str = "epsilon", seed: int = 0)
     text = tiny_text_encoder(len(tok), tok.bos_token_id, tok.eos_token_id)
     unet = tiny_unet(seed)
     vae = tiny_vae()
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=tiny_scheduler(prediction_type),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=tiny_scheduler(prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -117,7 +140,9 @@ def tiny_adapter_config(token_width: int = 32, num_tokens: int = 8):
     """An adapter config matching the tiny UNet (and, by default, the tiny Q-Former: 8 × 32 tokens)."""
     from fdi.adapter import FDIAdapterConfig
 
-    return FDIAdapterConfig(channels=TINY_CHANNELS, token_width=token_width, num_tokens=num_tokens, res_blocks=1, heads=4, se_reduction=4)
+    return FDIAdapterConfig(
+        channels=TINY_CHANNELS, token_width=token_width, num_tokens=num_tokens, res_blocks=1, heads=4, se_reduction=4
+    )
 
 
 def randomise_adapter(adapter, seed: int = 1, scale: float = 0.5):
@@ -125,7 +150,9 @@ def randomise_adapter(adapter, seed: int = 1, scale: float = 0.5):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for head in adapter.guidance_heads:
-            head.out.weight.copy_(torch.randn(head.out.weight.shape, generator=g) * scale / head.out.weight.shape[1] ** 0.5)
+            head.out.weight.copy_(
+                torch.randn(head.out.weight.shape, generator=g) * scale / head.out.weight.shape[1] ** 0.5
+            )
             head.out.bias.copy_(torch.randn(head.out.bias.shape, generator=g) * scale * 0.1)
         for gate in adapter.gates:
             gate.copy_(torch.rand(gate.shape, generator=g) * scale)

@@ -62,7 +62,7 @@ def collect_node_infos(comfyui_dir: str, python: str = sys.executable) -> dict:
     marker = [line for line in proc.stdout.splitlines() if line.startswith("@@INFOS@@")]
     if proc.returncode or not marker:
         raise RuntimeError(f"could not read the node schemas from ComfyUI at {comfyui_dir}:\n{proc.stderr[-3000:]}")
-    return json.loads(marker[0][len("@@INFOS@@"):])
+    return json.loads(marker[0][len("@@INFOS@@") :])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,10 +75,10 @@ PAPER = {
         "FDIExtract": "The paper averages the FDIs of all reference pairs of a task.",
         "FDIExtractFromFolders": "The paper averages the FDIs of all reference pairs of a task.",
         "FDIApplyGuidance": "The paper guides the first of three stages of 50 DDIM steps (steps 0..16) at the "
-                            "trained strength 1.",
+        "trained strength 1.",
         "FDIInvert": "The paper inverts with 50 DDIM steps, the same conditioning, no CFG.",
         "FDIRestore": "The paper: 50 DDIM inversion steps, 50 DDIM sampling steps, guidance in the first third, "
-                      "empty prompt, CFG 1.",
+        "empty prompt, CFG 1.",
     },
     "zh": {
         "FDIQFormerLoader": "论文使用的编码器是 BLIP-2 `Salesforce/blip2-opt-2.7b`（32 个宽度为 768 的 token）。",
@@ -92,21 +92,50 @@ PAPER = {
 
 #: the fixed words of a page, per language (``zh`` pages are written where the node is translated)
 TEXT = {
-    "en": {"category": "category", "inputs": "Inputs", "outputs": "Outputs", "example": "Example",
-           "defaults": "Defaults", "input_head": "| input | type | default, range | what it is |",
-           "output_head": "| output | type | what it is |", "none": "None.", "no_outputs": "None (an output node).",
-           "optional": " (optional)", "one_of": "one of ", "listed": "a name listed from ComfyUI's model folders",
-           "default": "default", "multiline": "multi-line text",
-           "examples": "Example workflows in the pack's `workflows/` folder (drag a file onto the canvas):",
-           "no_example": "No example workflow uses this node yet.", "defaults_line": "Defaults: ",
-           "of_them": "{n} of them", "sep": ", ", "end": "."},
-    "zh": {"category": "分类", "inputs": "输入", "outputs": "输出", "example": "示例", "defaults": "默认值",
-           "input_head": "| 输入 | 类型 | 默认值、范围 | 说明 |", "output_head": "| 输出 | 类型 | 说明 |",
-           "none": "无。", "no_outputs": "无（输出节点）。", "optional": "（可选）", "one_of": "可选值 ",
-           "listed": "从 ComfyUI 模型文件夹中列出的名称", "default": "默认", "multiline": "多行文本",
-           "examples": "本节点包 `workflows/` 文件夹中的示例工作流（把文件拖到画布上）：",
-           "no_example": "还没有示例工作流使用此节点。", "defaults_line": "默认值：",
-           "of_them": "共 {n} 个", "sep": "，", "end": "。"},
+    "en": {
+        "category": "category",
+        "inputs": "Inputs",
+        "outputs": "Outputs",
+        "example": "Example",
+        "defaults": "Defaults",
+        "input_head": "| input | type | default, range | what it is |",
+        "output_head": "| output | type | what it is |",
+        "none": "None.",
+        "no_outputs": "None (an output node).",
+        "optional": " (optional)",
+        "one_of": "one of ",
+        "listed": "a name listed from ComfyUI's model folders",
+        "default": "default",
+        "multiline": "multi-line text",
+        "examples": "Example workflows in the pack's `workflows/` folder (drag a file onto the canvas):",
+        "no_example": "No example workflow uses this node yet.",
+        "defaults_line": "Defaults: ",
+        "of_them": "{n} of them",
+        "sep": ", ",
+        "end": ".",
+    },
+    "zh": {
+        "category": "分类",
+        "inputs": "输入",
+        "outputs": "输出",
+        "example": "示例",
+        "defaults": "默认值",
+        "input_head": "| 输入 | 类型 | 默认值、范围 | 说明 |",
+        "output_head": "| 输出 | 类型 | 说明 |",
+        "none": "无。",
+        "no_outputs": "无（输出节点）。",
+        "optional": "（可选）",
+        "one_of": "可选值 ",
+        "listed": "从 ComfyUI 模型文件夹中列出的名称",
+        "default": "默认",
+        "multiline": "多行文本",
+        "examples": "本节点包 `workflows/` 文件夹中的示例工作流（把文件拖到画布上）：",
+        "no_example": "还没有示例工作流使用此节点。",
+        "defaults_line": "默认值：",
+        "of_them": "共 {n} 个",
+        "sep": "，",
+        "end": "。",
+    },
 }
 
 #: ComfyUI input options shown in the inputs table
@@ -188,8 +217,16 @@ def render(info: dict, workflows_dir: Path = WORKFLOWS, lang: str = "en", transl
     node_id = info["name"]
     tr_inputs, tr_outputs = tr.get("inputs") or {}, tr.get("outputs") or {}
     title = tr.get("display_name") or info.get("display_name") or node_id
-    out = [f"# {title}", "", f"`{node_id}` · {t['category']} *{info.get('category', '')}*", "",
-           tr.get("description") or info.get("description") or "", "", f"## {t['inputs']}", ""]
+    out = [
+        f"# {title}",
+        "",
+        f"`{node_id}` · {t['category']} *{info.get('category', '')}*",
+        "",
+        tr.get("description") or info.get("description") or "",
+        "",
+        f"## {t['inputs']}",
+        "",
+    ]
     rows = list(_inputs(info))
     if rows:
         out += [t["input_head"], "|---|---|---|---|"]
@@ -269,8 +306,10 @@ def stale_pages(infos: dict, docs: Path = DOCS, workflows_dir: Path = WORKFLOWS,
     have = {}
     if docs.is_dir():
         have = {p.relative_to(docs).as_posix(): p.read_text(encoding="utf-8") for p in docs.rglob("*.md")}
-    problems = [f"{name}: missing (node {name.split('/')[0].removesuffix('.md')} has no such help page)"
-                for name in sorted(set(want) - set(have))]
+    problems = [
+        f"{name}: missing (node {name.split('/')[0].removesuffix('.md')} has no such help page)"
+        for name in sorted(set(want) - set(have))
+    ]
     problems += [f"{name}: no such node or translation (remove the page)" for name in sorted(set(have) - set(want))]
     problems += [f"{name}: out of date" for name in sorted(set(want) & set(have)) if want[name] != have[name]]
     return problems
@@ -278,15 +317,24 @@ def stale_pages(infos: dict, docs: Path = DOCS, workflows_dir: Path = WORKFLOWS,
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR", ""),
-                        help="ComfyUI checkout to read the schemas with (default: $COMFYUI_DIR)")
-    parser.add_argument("--object-info", metavar="FILE",
-                        help="read the schemas from a saved /object_info (JSON) instead; the pack's nodes are taken")
+    parser.add_argument(
+        "--comfyui",
+        default=os.environ.get("COMFYUI_DIR", ""),
+        help="ComfyUI checkout to read the schemas with (default: $COMFYUI_DIR)",
+    )
+    parser.add_argument(
+        "--object-info",
+        metavar="FILE",
+        help="read the schemas from a saved /object_info (JSON) instead; the pack's nodes are taken",
+    )
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a page is missing or stale")
     args = parser.parse_args(argv)
     if args.object_info:
-        infos = {k: v for k, v in json.loads(Path(args.object_info).read_text(encoding="utf-8")).items()
-                 if str(v.get("python_module", "")).startswith("custom_nodes.")}
+        infos = {
+            k: v
+            for k, v in json.loads(Path(args.object_info).read_text(encoding="utf-8")).items()
+            if str(v.get("python_module", "")).startswith("custom_nodes.")
+        }
     elif args.comfyui:
         infos = collect_node_infos(args.comfyui)
     else:

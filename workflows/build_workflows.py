@@ -211,9 +211,20 @@ def build(wf: Workflow, object_info: dict) -> dict:
         d = wf.nodes[key]
         if d["type"] in ("Note", "MarkdownNote"):
             node = {
-                "id": ids[key], "type": d["type"], "pos": d["pos"], "size": d["size"], "flags": {}, "order": 0,
-                "mode": 0, "inputs": [], "outputs": [], "title": d["title"], "properties": {},
-                "widgets_values": [d["widgets"]["text"]], "color": "#432", "bgcolor": "#653",
+                "id": ids[key],
+                "type": d["type"],
+                "pos": d["pos"],
+                "size": d["size"],
+                "flags": {},
+                "order": 0,
+                "mode": 0,
+                "inputs": [],
+                "outputs": [],
+                "title": d["title"],
+                "properties": {},
+                "widgets_values": [d["widgets"]["text"]],
+                "color": "#432",
+                "bgcolor": "#653",
             }
             nodes_json[key] = node
             slot_index[key] = ({}, {})
@@ -242,8 +253,15 @@ def build(wf: Workflow, object_info: dict) -> dict:
                 values.append("fixed")
                 continue
             if kind == "upload":
-                inputs.append({"localized_name": "choose file to upload", "name": "upload", "type": "IMAGEUPLOAD",
-                               "widget": {"name": "upload"}, "link": None})
+                inputs.append(
+                    {
+                        "localized_name": "choose file to upload",
+                        "name": "upload",
+                        "type": "IMAGEUPLOAD",
+                        "widget": {"name": "upload"},
+                        "link": None,
+                    }
+                )
                 values.append("image")
                 continue
             inputs.append({"localized_name": name, "name": name, "type": wtype, "widget": {"name": name}, "link": None})
@@ -254,8 +272,17 @@ def build(wf: Workflow, object_info: dict) -> dict:
             outputs.append({"localized_name": oname, "name": oname, "type": typ, "links": None})
             out_index[oname] = (i, typ)
         size = d["size"] or _node_size(max(n_slot_inputs, len(outputs)), len(layout))
-        node = {"id": ids[key], "type": d["type"], "pos": d["pos"], "size": size, "flags": {}, "order": 0, "mode": 0,
-                "inputs": inputs, "outputs": outputs}
+        node = {
+            "id": ids[key],
+            "type": d["type"],
+            "pos": d["pos"],
+            "size": size,
+            "flags": {},
+            "order": 0,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": outputs,
+        }
         if d["title"]:
             node["title"] = d["title"]
         node["properties"] = {"Node name for S&R": d["type"]}
@@ -299,12 +326,26 @@ def build(wf: Workflow, object_info: dict) -> dict:
         xs1 = [nodes_json[m]["pos"][0] + nodes_json[m]["size"][0] for m in members]
         ys1 = [nodes_json[m]["pos"][1] + nodes_json[m]["size"][1] for m in members]
         x, y = min(xs0) - 20, min(ys0) - 70  # room for the group title and the node title bars
-        groups_json.append({"id": gid, "title": title, "bounding": [x, y, max(xs1) + 20 - x, max(ys1) + 20 - y],
-                            "color": color, "font_size": 24, "flags": {}})
+        groups_json.append(
+            {
+                "id": gid,
+                "title": title,
+                "bounding": [x, y, max(xs1) + 20 - x, max(ys1) + 20 - y],
+                "color": color,
+                "font_size": 24,
+                "flags": {},
+            }
+        )
 
     # a view that shows the whole graph on a 1600 x 1000 canvas
-    boxes = [(n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in nodes_json.values()]
-    boxes += [(g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2], g["bounding"][1] + g["bounding"][3]) for g in groups_json]
+    boxes = [
+        (n["pos"][0], n["pos"][1] - 30, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+        for n in nodes_json.values()
+    ]
+    boxes += [
+        (g["bounding"][0], g["bounding"][1], g["bounding"][0] + g["bounding"][2], g["bounding"][1] + g["bounding"][3])
+        for g in groups_json
+    ]
     x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
     x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
     scale = round(min(1.0, 1560 / (x1 - x0), 960 / (y1 - y0)), 3)
@@ -348,9 +389,22 @@ def modular_sampling(wf: Workflow, x: int, y: int, guided_model: tuple, image: s
     """VAE encode → FDI DDIM inversion (plain model) → KSamplerAdvanced (guided model) → decode → save."""
     wf.node("encode", "VAEEncode", (x, y), "VAE Encode (degraded image)")
     wf.node("invert", "FDIInvert", (x, y + 110), "FDI DDIM Inversion", steps=steps)
-    wf.node("sampler", "KSamplerAdvanced", (x + 340, y), "DDIM sampling (guided)", size=[320, 334],
-            add_noise="disable", noise_seed=0, steps=steps, cfg=1.0, sampler_name="ddim", scheduler="ddim_uniform",
-            start_at_step=0, end_at_step=10000, return_with_leftover_noise="disable")
+    wf.node(
+        "sampler",
+        "KSamplerAdvanced",
+        (x + 340, y),
+        "DDIM sampling (guided)",
+        size=[320, 334],
+        add_noise="disable",
+        noise_seed=0,
+        steps=steps,
+        cfg=1.0,
+        sampler_name="ddim",
+        scheduler="ddim_uniform",
+        start_at_step=0,
+        end_at_step=10000,
+        return_with_leftover_noise="disable",
+    )
     wf.node("decode", "VAEDecode", (x + 340, y + 380), "VAE Decode")
     wf.node("save", "SaveImage", (x + 700, y), "Restored image", size=[340, 380], filename_prefix=prefix)
     wf.link(image[0], image[1], "encode", "pixels")
@@ -375,17 +429,39 @@ def modular_sampling(wf: Workflow, x: int, y: int, guided_model: tuple, image: s
 
 def restore_single() -> Workflow:
     wf = Workflow("restore_single")
-    wf.note("note", (0, 0), (700, 300),
-            "Restore one image with an FDI adapter, step by step (the same as the one-node 'FDI Restore').\n\n"
-            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_derain")
-            + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['restore_single']}' here) or use Load Image's upload button.\n\n"
-            + SAMPLING_NOTE, title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Restore one image with an FDI adapter, step by step (the same as the one-node 'FDI Restore').\n\n"
+        + MODEL_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_derain")
+        + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['restore_single']}' "
+        "here) or use Load Image's upload button.\n\n" + SAMPLING_NOTE,
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     image_in(wf, "image", 400, 400, INPUT_IMAGES["restore_single"], "Degraded image")
     wf.group("Degraded image", ["image"], COLORS["input"])
-    wf.node("adapter", "FDIAdapterLoader", (760, 400), "Load FDI Adapter (derain, FDI embedded)", size=[330, 102], adapter_name=ADAPTERS["derain"])
+    wf.node(
+        "adapter",
+        "FDIAdapterLoader",
+        (760, 400),
+        "Load FDI Adapter (derain, FDI embedded)",
+        size=[330, 102],
+        adapter_name=ADAPTERS["derain"],
+    )
     wf.node("decouple", "FDINoiseDecoupling", (760, 560), "FDI Noise Decoupling", size=[330, 86])
-    wf.node("apply", "FDIApplyGuidance", (760, 700), "Apply FDI Guidance (first third)", size=[330, 146], strength=1.0, start_percent=0.0, end_percent=0.333)
+    wf.node(
+        "apply",
+        "FDIApplyGuidance",
+        (760, 700),
+        "Apply FDI Guidance (first third)",
+        size=[330, 146],
+        strength=1.0,
+        start_percent=0.0,
+        end_percent=0.333,
+    )
     wf.link("adapter", "adapter", "decouple", "adapter")
     wf.link("adapter", "fdi", "decouple", "fdi")
     wf.link("image", "IMAGE", "decouple", "image")
@@ -398,20 +474,42 @@ def restore_single() -> Workflow:
 
 def restore_one_node() -> Workflow:
     wf = Workflow("restore_one_node")
-    wf.note("note", (0, 0), (700, 300),
-            "Restore one image with an FDI adapter in one node: 'FDI Restore' runs the adapter, VAE-encodes the image, "
-            "DDIM-inverts it, samples it back with guidance in the first third of the steps, and decodes — the same "
-            "recipe, and the same pixels, as 'python -m fdi restore' on the same files.\n\n"
-            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_derain")
-            + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['restore_one_node']}' here) or use Load Image's upload button.\n"
-            "The FDI input is optional: left empty, the FDI embedded in the adapter file is used.",
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Restore one image with an FDI adapter in one node: 'FDI Restore' runs the adapter, VAE-encodes the image, "
+        "DDIM-inverts it, samples it back with guidance in the first third of the steps, and decodes — the same "
+        "recipe, and the same pixels, as 'python -m fdi restore' on the same files.\n\n"
+        + MODEL_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_derain")
+        + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['restore_one_node']}' "
+        "here) or use Load Image's upload button.\n"
+        "The FDI input is optional: left empty, the FDI embedded in the adapter file is used.",
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     image_in(wf, "image", 400, 400, INPUT_IMAGES["restore_one_node"], "Degraded image")
-    wf.node("adapter", "FDIAdapterLoader", (400, 820), "Load FDI Adapter (derain, FDI embedded)", adapter_name=ADAPTERS["derain"])
+    wf.node(
+        "adapter",
+        "FDIAdapterLoader",
+        (400, 820),
+        "Load FDI Adapter (derain, FDI embedded)",
+        adapter_name=ADAPTERS["derain"],
+    )
     wf.group("Degraded image and adapter", ["image", "adapter"], COLORS["input"])
-    wf.node("restore", "FDIRestore", (760, 400), "FDI Restore", size=[320, 330], steps=50, inversion_steps=50, strength=1.0,
-            guidance_end=0.333, cfg=1.0)
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (760, 400),
+        "FDI Restore",
+        size=[320, 330],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+    )
     wf.link("ckpt", "MODEL", "restore", "model")
     wf.link("ckpt", "VAE", "restore", "vae")
     wf.link("image", "IMAGE", "restore", "image")
@@ -428,21 +526,47 @@ def restore_one_node() -> Workflow:
 
 def restore_large_photo() -> Workflow:
     wf = Workflow("restore_large_photo")
-    wf.note("note", (0, 0), (700, 300),
-            "Restore a large photo with bounded memory: 'FDI Restore' with tile_size 512 runs the VAE and every UNet step "
-            "on overlapping 512 px tiles (128 px overlap, blended smoothly), each guided by its crop of the adapter's "
-            "residuals; tile_size 0 turns tiles off, a tile at least as large as the image gives the untiled result. "
-            "'FDI Color Fix' (wavelet) then pulls the colours back to the input's while keeping the restored detail "
-            "(leave it out for dehazing and low-light adapters, whose colour change is the restoration).\n\n"
-            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_derain")
-            + f"Input: put the photo in ComfyUI/input ('{INPUT_IMAGES['restore_large_photo']}' here) or use Load Image's "
-            "upload button.", title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Restore a large photo with bounded memory: 'FDI Restore' with tile_size "
+        "512 runs the VAE and every UNet step "
+        "on overlapping 512 px tiles (128 px overlap, blended smoothly), each guided by its crop of the adapter's "
+        "residuals; tile_size 0 turns tiles off, a tile at least as large as the image gives the untiled result. "
+        "'FDI Color Fix' (wavelet) then pulls the colours back to the input's while keeping the restored detail "
+        "(leave it out for dehazing and low-light adapters, whose colour change is the restoration).\n\n"
+        + MODEL_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_derain")
+        + f"Input: put the photo in ComfyUI/input ('{INPUT_IMAGES['restore_large_photo']}' "
+        "here) or use Load Image's "
+        "upload button.",
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     image_in(wf, "image", 400, 400, INPUT_IMAGES["restore_large_photo"], "Large degraded photo")
-    wf.node("adapter", "FDIAdapterLoader", (400, 820), "Load FDI Adapter (derain, FDI embedded)", adapter_name=ADAPTERS["derain"])
+    wf.node(
+        "adapter",
+        "FDIAdapterLoader",
+        (400, 820),
+        "Load FDI Adapter (derain, FDI embedded)",
+        adapter_name=ADAPTERS["derain"],
+    )
     wf.group("Degraded photo and adapter", ["image", "adapter"], COLORS["input"])
-    wf.node("restore", "FDIRestore", (760, 400), "FDI Restore (512 px tiles)", size=[320, 380], steps=50, inversion_steps=50,
-            strength=1.0, guidance_end=0.333, cfg=1.0, tile_size=512, tile_overlap=128)
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (760, 400),
+        "FDI Restore (512 px tiles)",
+        size=[320, 380],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+        tile_size=512,
+        tile_overlap=128,
+    )
     wf.link("ckpt", "MODEL", "restore", "model")
     wf.link("ckpt", "VAE", "restore", "vae")
     wf.link("image", "IMAGE", "restore", "image")
@@ -454,7 +578,9 @@ def restore_large_photo() -> Workflow:
     wf.link("restore", "image", "colorfix", "image")
     wf.link("image", "IMAGE", "colorfix", "reference")
     wf.group("Tiled restore and colour fix", ["restore", "colorfix"], COLORS["sample"])
-    wf.node("save", "SaveImage", (1120, 400), "Restored photo", size=[340, 380], filename_prefix="fdi/restore_large_photo")
+    wf.node(
+        "save", "SaveImage", (1120, 400), "Restored photo", size=[340, 380], filename_prefix="fdi/restore_large_photo"
+    )
     wf.link("colorfix", "image", "save", "images")
     wf.group("Output", ["save"], COLORS["output"])
     return wf
@@ -463,20 +589,37 @@ def restore_large_photo() -> Workflow:
 def build_fdi_from_pairs() -> Workflow:
     wf = Workflow("build_fdi_from_pairs")
     deg, clean = PAIR_FOLDERS["build_fdi_from_pairs"]
-    wf.note("note", (0, 0), (700, 300),
-            "Make an FDI (Feature Difference Instruction) from your own reference pairs, save it, and look at it.\n\n"
-            "Model files (ComfyUI/models/…):\n" + BLIP2_NOTE
-            + f"Pairs: put degraded images in ComfyUI/input/{deg}/ and the matching clean images in ComfyUI/input/{clean}/; "
-            "pairs are matched by file name without suffix (rain_001.png ↔ rain_001.jpg).\n"
-            "The FDI is written to ComfyUI/models/fdi/derain.fdi.safetensors (switch 'overwrite' on to replace it) and then "
-            "appears in 'Load FDI'. 'Inspect FDIs' plots the cosine similarities and a 2-D map of the per-pair FDIs.\n"
-            f"Below: 'Extract FDI (images)' makes an FDI from loaded image batches instead ('{ONE_PAIR_IMAGES[0]}' / "
-            f"'{ONE_PAIR_IMAGES[1]}' in ComfyUI/input here), compared with the folder FDI in the plot.",
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Make an FDI (Feature Difference Instruction) from your own reference pairs, save it, and look at it.\n\n"
+        "Model files (ComfyUI/models/…):\n"
+        + BLIP2_NOTE
+        + f"Pairs: put degraded images in ComfyUI/input/{deg}/ and the matching clean "
+        f"images in ComfyUI/input/{clean}/; "
+        "pairs are matched by file name without suffix (rain_001.png ↔ rain_001.jpg).\n"
+        "The FDI is written to ComfyUI/models/fdi/derain.fdi.safetensors (switch "
+        "'overwrite' on to replace it) and then "
+        "appears in 'Load FDI'. 'Inspect FDIs' plots the cosine similarities and a 2-D map of the per-pair FDIs.\n"
+        f"Below: 'Extract FDI (images)' makes an FDI from loaded image batches instead ('{ONE_PAIR_IMAGES[0]}' / "
+        f"'{ONE_PAIR_IMAGES[1]}' in ComfyUI/input here), compared with the folder FDI in the plot.",
+        title="Read me: model files",
+    )
     wf.node("qformer", "FDIQFormerLoader", (0, 400), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
     wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
-    wf.node("extract", "FDIExtractFromFolders", (380, 400), "Extract FDI (rainy → clean pairs)", size=[340, 206],
-            degraded_folder=deg, clean_folder=clean, label="derain", batch_size=8, keep_pairs=True)
+    wf.node(
+        "extract",
+        "FDIExtractFromFolders",
+        (380, 400),
+        "Extract FDI (rainy → clean pairs)",
+        size=[340, 206],
+        degraded_folder=deg,
+        clean_folder=clean,
+        label="derain",
+        batch_size=8,
+        keep_pairs=True,
+    )
     wf.group("FDI from reference pairs", ["extract"], COLORS["fdi"])
     wf.node("save", "FDISave", (780, 400), "Save FDI (models/fdi)", name="derain", keep_pairs=True, overwrite=False)
     wf.node("inspect", "FDIInspect", (780, 620), "Inspect FDIs")
@@ -488,24 +631,44 @@ def build_fdi_from_pairs() -> Workflow:
     wf.group("Save and inspect", ["save", "inspect", "preview"], COLORS["output"])
     image_in(wf, "pair_degraded", 0, 720, ONE_PAIR_IMAGES[0], "Reference pair: rainy image")
     image_in(wf, "pair_clean", 0, 1130, ONE_PAIR_IMAGES[1], "Reference pair: clean image")
-    wf.node("extract_one", "FDIExtract", (380, 720), "Extract FDI (one loaded pair)", size=[340, 206],
-            label="one pair", batch_size=8, keep_pairs=True)
+    wf.node(
+        "extract_one",
+        "FDIExtract",
+        (380, 720),
+        "Extract FDI (one loaded pair)",
+        size=[340, 206],
+        label="one pair",
+        batch_size=8,
+        keep_pairs=True,
+    )
     wf.link("qformer", "qformer", "extract_one", "qformer")
     wf.link("pair_degraded", "IMAGE", "extract_one", "degraded")
     wf.link("pair_clean", "IMAGE", "extract_one", "clean")
     wf.link("extract_one", "fdi", "inspect", "fdi_2")
-    wf.group("Or: an FDI from loaded images (batches of equal length)", ["pair_degraded", "pair_clean", "extract_one"], COLORS["fdi"])
+    wf.group(
+        "Or: an FDI from loaded images (batches of equal length)",
+        ["pair_degraded", "pair_clean", "extract_one"],
+        COLORS["fdi"],
+    )
     return wf
 
 
 def cross_task_fdi() -> Workflow:
     wf = Workflow("cross_task_fdi")
-    wf.note("note", (0, 0), (700, 300),
-            "Cross-task reuse: combine FDIs (here denoise + desnow, weighted sum) and restore with the desnowing adapter "
-            "guided by the combined FDI.\n\n"
-            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_desnow") + FDI_NOTE.replace("<name>.fdi.safetensors", "denoise.fdi.safetensors and desnow.fdi.safetensors")
-            + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['cross_task_fdi']}' here).\n\n" + SAMPLING_NOTE,
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Cross-task reuse: combine FDIs (here denoise + desnow, weighted sum) and "
+        "restore with the desnowing adapter "
+        "guided by the combined FDI.\n\n"
+        + MODEL_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_desnow")
+        + FDI_NOTE.replace("<name>.fdi.safetensors", "denoise.fdi.safetensors and desnow.fdi.safetensors")
+        + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['cross_task_fdi']}' here).\n\n"
+        + SAMPLING_NOTE,
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     image_in(wf, "image", 0, 900, INPUT_IMAGES["cross_task_fdi"], "Snowy image")
     wf.group("Degraded image", ["image"], COLORS["input"])
@@ -519,9 +682,25 @@ def cross_task_fdi() -> Workflow:
     wf.link("fdi_b", "fdi", "inspect", "fdi_2")
     wf.link("combine", "fdi", "inspect", "fdi_3")
     wf.group("Combine FDIs", ["fdi_a", "fdi_b", "combine", "inspect"], COLORS["fdi"])
-    wf.node("adapter", "FDIAdapterLoader", (760, 400), "Load FDI Adapter (desnow)", size=[330, 102], adapter_name=ADAPTERS["desnow"])
+    wf.node(
+        "adapter",
+        "FDIAdapterLoader",
+        (760, 400),
+        "Load FDI Adapter (desnow)",
+        size=[330, 102],
+        adapter_name=ADAPTERS["desnow"],
+    )
     wf.node("decouple", "FDINoiseDecoupling", (760, 560), "FDI Noise Decoupling (combined FDI)", size=[330, 86])
-    wf.node("apply", "FDIApplyGuidance", (760, 700), "Apply FDI Guidance", size=[330, 146], strength=1.0, start_percent=0.0, end_percent=0.333)
+    wf.node(
+        "apply",
+        "FDIApplyGuidance",
+        (760, 700),
+        "Apply FDI Guidance",
+        size=[330, 146],
+        strength=1.0,
+        start_percent=0.0,
+        end_percent=0.333,
+    )
     wf.link("adapter", "adapter", "decouple", "adapter")
     wf.link("combine", "fdi", "decouple", "fdi")
     wf.link("image", "IMAGE", "decouple", "image")
@@ -536,10 +715,25 @@ def _two_adapter_guidance(wf: Workflow, names: tuple, titles: tuple, strengths: 
     """Two adapters (embedded FDIs) → two decouplings → two chained Apply nodes on the checkpoint's MODEL."""
     for i, (name, title, strength) in enumerate(zip(names, titles, strengths), start=1):
         y = 400 + (i - 1) * 430
-        wf.node(f"adapter{i}", "FDIAdapterLoader", (760, y), f"Load FDI Adapter {i} ({title})", size=[330, 102], adapter_name=ADAPTERS[name])
+        wf.node(
+            f"adapter{i}",
+            "FDIAdapterLoader",
+            (760, y),
+            f"Load FDI Adapter {i} ({title})",
+            size=[330, 102],
+            adapter_name=ADAPTERS[name],
+        )
         wf.node(f"decouple{i}", "FDINoiseDecoupling", (760, y + 160), f"FDI Noise Decoupling {i}", size=[330, 86])
-        wf.node(f"apply{i}", "FDIApplyGuidance", (760, y + 300), f"Apply FDI Guidance {i} (weight {strength})", size=[330, 146],
-                strength=strength, start_percent=0.0, end_percent=0.333)
+        wf.node(
+            f"apply{i}",
+            "FDIApplyGuidance",
+            (760, y + 300),
+            f"Apply FDI Guidance {i} (weight {strength})",
+            size=[330, 146],
+            strength=strength,
+            start_percent=0.0,
+            end_percent=0.333,
+        )
         wf.link(f"adapter{i}", "adapter", f"decouple{i}", "adapter")
         wf.link(f"adapter{i}", "fdi", f"decouple{i}", "fdi")
         wf.link("image", "IMAGE", f"decouple{i}", "image")
@@ -551,36 +745,61 @@ def _two_adapter_guidance(wf: Workflow, names: tuple, titles: tuple, strengths: 
 
 def mixed_composite() -> Workflow:
     wf = Workflow("mixed_composite")
-    wf.note("note", (0, 0), (700, 300),
-            "Mixed degradations, composite: two adapters guide ONE sampling. Their Apply nodes are chained on the same "
-            "MODEL, so their residuals and modulations add up, each scaled by its strength (the weights).\n\n"
-            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_derain and fdi_dehaze")
-            + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['mixed_composite']}' here).\n\n" + SAMPLING_NOTE,
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Mixed degradations, composite: two adapters guide ONE sampling. Their Apply nodes are chained on the same "
+        "MODEL, so their residuals and modulations add up, each scaled by its strength (the weights).\n\n"
+        + MODEL_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_derain and fdi_dehaze")
+        + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['mixed_composite']}' here).\n\n"
+        + SAMPLING_NOTE,
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     image_in(wf, "image", 400, 400, INPUT_IMAGES["mixed_composite"], "Rainy and hazy image")
     wf.group("Degraded image", ["image"], COLORS["input"])
-    _two_adapter_guidance(wf, ("derain", "dehaze"), ("derain", "dehaze"), (0.6, 0.4), "Two adapters, weighted, on one MODEL")
+    _two_adapter_guidance(
+        wf, ("derain", "dehaze"), ("derain", "dehaze"), (0.6, 0.4), "Two adapters, weighted, on one MODEL"
+    )
     modular_sampling(wf, 1150, 400, ("apply2", "model"), ("image", "IMAGE"), "fdi/mixed_composite")
     return wf
 
 
 def mixed_progressive() -> Workflow:
     wf = Workflow("mixed_progressive")
-    wf.note("note", (0, 0), (700, 300),
-            "Mixed degradations, progressive: restore with adapter 1 (derain), then feed the result to adapter 2 (dehaze).\n\n"
-            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_derain and fdi_dehaze")
-            + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['mixed_progressive']}' here).\n"
-            "Each 'FDI Restore' uses the FDI embedded in its adapter file (connect 'Load FDI' to its fdi input to use another).",
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Mixed degradations, progressive: restore with adapter 1 (derain), then "
+        "feed the result to adapter 2 (dehaze).\n\n"
+        + MODEL_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_derain and fdi_dehaze")
+        + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['mixed_progressive']}' here).\n"
+        "Each 'FDI Restore' uses the FDI embedded in its adapter file (connect "
+        "'Load FDI' to its fdi input to use another).",
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     image_in(wf, "image", 400, 400, INPUT_IMAGES["mixed_progressive"], "Rainy and hazy image")
     wf.node("adapter1", "FDIAdapterLoader", (400, 820), "Load FDI Adapter 1 (derain)", adapter_name=ADAPTERS["derain"])
     wf.node("adapter2", "FDIAdapterLoader", (400, 980), "Load FDI Adapter 2 (dehaze)", adapter_name=ADAPTERS["dehaze"])
     wf.group("Degraded image and adapters", ["image", "adapter1", "adapter2"], COLORS["input"])
     for i, x in ((1, 760), (2, 1500)):
-        wf.node(f"restore{i}", "FDIRestore", (x, 400), f"FDI Restore, stage {i} ({'derain' if i == 1 else 'dehaze'})",
-                size=[320, 330], steps=50, inversion_steps=50, strength=1.0, guidance_end=0.333, cfg=1.0)
+        wf.node(
+            f"restore{i}",
+            "FDIRestore",
+            (x, 400),
+            f"FDI Restore, stage {i} ({'derain' if i == 1 else 'dehaze'})",
+            size=[320, 330],
+            steps=50,
+            inversion_steps=50,
+            strength=1.0,
+            guidance_end=0.333,
+            cfg=1.0,
+        )
         wf.link("ckpt", "MODEL", f"restore{i}", "model")
         wf.link("ckpt", "VAE", f"restore{i}", "vae")
         wf.link(f"adapter{i}", "adapter", f"restore{i}", "adapter")
@@ -592,7 +811,14 @@ def mixed_progressive() -> Workflow:
     wf.link("restore1", "image", "restore2", "image")
     wf.group("Stage 1: derain", ["restore1", "preview1"], COLORS["sample"])
     wf.group("Stage 2: dehaze", ["restore2"], COLORS["sample"])
-    wf.node("save", "SaveImage", (1900, 400), "Restored image (both stages)", size=[340, 380], filename_prefix="fdi/mixed_progressive")
+    wf.node(
+        "save",
+        "SaveImage",
+        (1900, 400),
+        "Restored image (both stages)",
+        size=[340, 380],
+        filename_prefix="fdi/mixed_progressive",
+    )
     wf.link("restore2", "image", "save", "images")
     wf.group("Output", ["save"], COLORS["output"])
     return wf
@@ -601,24 +827,58 @@ def mixed_progressive() -> Workflow:
 def style_transfer() -> Workflow:
     wf = Workflow("style_transfer")
     a, b = PAIR_FOLDERS["style_transfer"]
-    wf.note("note", (0, 0), (700, 300),
-            "Style transfer: the same machinery as restoration, with (style A, style B) reference pairs instead of "
-            "(degraded, clean). The FDI of the pairs drives a style adapter that turns style A into style B.\n\n"
-            + MODEL_NOTE + BLIP2_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_style_painting")
-            + f"Pairs: photos in ComfyUI/input/{a}/, the same scenes as paintings in ComfyUI/input/{b}/ (matched by file name). "
-            f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['style_transfer']}' here).",
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Style transfer: the same machinery as restoration, with (style A, style B) reference pairs instead of "
+        "(degraded, clean). The FDI of the pairs drives a style adapter that turns style A into style B.\n\n"
+        + MODEL_NOTE
+        + BLIP2_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_style_painting")
+        + f"Pairs: photos in ComfyUI/input/{a}/, the same scenes as paintings in ComfyUI/input/{b}/ "
+        "(matched by file name). "
+        f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['style_transfer']}' here).",
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     wf.node("qformer", "FDIQFormerLoader", (0, 900), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
     wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
-    wf.node("extract", "FDIExtractFromFolders", (400, 400), "Extract FDI (photo → painting pairs)", size=[340, 206],
-            degraded_folder=a, clean_folder=b, label="photo2painting", batch_size=8, keep_pairs=True)
+    wf.node(
+        "extract",
+        "FDIExtractFromFolders",
+        (400, 400),
+        "Extract FDI (photo → painting pairs)",
+        size=[340, 206],
+        degraded_folder=a,
+        clean_folder=b,
+        label="photo2painting",
+        batch_size=8,
+        keep_pairs=True,
+    )
     wf.group("Style FDI from reference pairs", ["extract"], COLORS["fdi"])
     image_in(wf, "image", 400, 720, INPUT_IMAGES["style_transfer"], "Photo to stylise")
-    wf.node("adapter", "FDIAdapterLoader", (400, 1130), "Load FDI Adapter (style: painting)", size=[300, 102], adapter_name=ADAPTERS["painting"])
+    wf.node(
+        "adapter",
+        "FDIAdapterLoader",
+        (400, 1130),
+        "Load FDI Adapter (style: painting)",
+        size=[300, 102],
+        adapter_name=ADAPTERS["painting"],
+    )
     wf.group("Content image and style adapter", ["image", "adapter"], COLORS["input"])
-    wf.node("restore", "FDIRestore", (800, 400), "FDI Restore (style)", size=[320, 330], steps=50, inversion_steps=50,
-            strength=1.0, guidance_end=0.333, cfg=1.0)
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (800, 400),
+        "FDI Restore (style)",
+        size=[320, 330],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+    )
     wf.link("qformer", "qformer", "extract", "qformer")
     wf.link("ckpt", "MODEL", "restore", "model")
     wf.link("ckpt", "VAE", "restore", "vae")
@@ -635,16 +895,28 @@ def style_transfer() -> Workflow:
 
 def style_fusion() -> Workflow:
     wf = Workflow("style_fusion")
-    wf.note("note", (0, 0), (700, 300),
-            "Style fusion: two style adapters, each with its embedded style FDI, guide one sampling with weights "
-            "(the strengths of the chained Apply nodes).\n\n"
-            + MODEL_NOTE + ADAPTER_NOTE.replace("<name>", "fdi_style_vangogh and fdi_style_ukiyoe")
-            + f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['style_fusion']}' here).\n\n" + SAMPLING_NOTE,
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Style fusion: two style adapters, each with its embedded style FDI, guide one sampling with weights "
+        "(the strengths of the chained Apply nodes).\n\n"
+        + MODEL_NOTE
+        + ADAPTER_NOTE.replace("<name>", "fdi_style_vangogh and fdi_style_ukiyoe")
+        + f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['style_fusion']}' "
+        "here).\n\n" + SAMPLING_NOTE,
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     image_in(wf, "image", 400, 400, INPUT_IMAGES["style_fusion"], "Photo to stylise")
     wf.group("Content image", ["image"], COLORS["input"])
-    _two_adapter_guidance(wf, ("vangogh", "ukiyoe"), ("style: Van Gogh", "style: ukiyo-e"), (0.5, 0.5), "Two style adapters, weighted, on one MODEL")
+    _two_adapter_guidance(
+        wf,
+        ("vangogh", "ukiyoe"),
+        ("style: Van Gogh", "style: ukiyo-e"),
+        (0.5, 0.5),
+        "Two style adapters, weighted, on one MODEL",
+    )
     modular_sampling(wf, 1150, 400, ("apply2", "model"), ("image", "IMAGE"), "fdi/style_fusion")
     return wf
 
@@ -652,33 +924,84 @@ def style_fusion() -> Workflow:
 def train_style_adapter() -> Workflow:
     wf = Workflow("train_style_adapter")
     a, b = PAIR_FOLDERS["train_style_adapter"]
-    wf.note("note", (0, 0), (700, 300),
-            "Train a style adapter in the graph, save it, and use it at once. 'Train FDI Adapter' trains on the loaded "
-            "checkpoint's MODEL and VAE (frozen) with the style FDI of the same pairs; the loss curve shows how it went. "
-            "Cancel during training keeps the adapter of the last finished step. Then 'Save FDI Adapter' writes "
-            "models/fdi_adapters/my_style.safetensors (FDI embedded; 'Load FDI Adapter' lists it) and 'FDI Restore' "
-            "stylises the photo with the new adapter.\n\n"
-            + MODEL_NOTE + BLIP2_NOTE
-            + f"Pairs (10–50 are enough for a style; 'FDI Pair Stability' shows whether yours are): photos in ComfyUI/input/{a}/, "
-            f"the same scenes in the target style in ComfyUI/input/{b}/ (matched by file name; sizes may differ). "
-            f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['train_style_adapter']}' here).",
-            title="Read me: model files")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Train a style adapter in the graph, save it, and use it at once. 'Train FDI Adapter' trains on the loaded "
+        "checkpoint's MODEL and VAE (frozen) with the style FDI of the same pairs; "
+        "the loss curve shows how it went. "
+        "Cancel during training keeps the adapter of the last finished step. Then 'Save FDI Adapter' writes "
+        "models/fdi_adapters/my_style.safetensors (FDI embedded; 'Load FDI Adapter' lists it) and 'FDI Restore' "
+        "stylises the photo with the new adapter.\n\n"
+        + MODEL_NOTE
+        + BLIP2_NOTE
+        + "Pairs (10–50 are enough for a style; 'FDI Pair Stability' shows whether "
+        f"yours are): photos in ComfyUI/input/{a}/, "
+        f"the same scenes in the target style in ComfyUI/input/{b}/ (matched by file name; sizes may differ). "
+        f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['train_style_adapter']}' here).",
+        title="Read me: model files",
+    )
     sd_base(wf, 0, 400)
     wf.node("qformer", "FDIQFormerLoader", (0, 900), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
     wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
-    wf.node("extract", "FDIExtractFromFolders", (400, 400), "Extract FDI (style A → style B)", size=[340, 206],
-            degraded_folder=a, clean_folder=b, label="my_style", batch_size=8, keep_pairs=True)
-    wf.node("pairs", "FDILoadPairs", (400, 650), "Load training pairs", size=[340, 82], degraded_folder=a, clean_folder=b)
+    wf.node(
+        "extract",
+        "FDIExtractFromFolders",
+        (400, 400),
+        "Extract FDI (style A → style B)",
+        size=[340, 206],
+        degraded_folder=a,
+        clean_folder=b,
+        label="my_style",
+        batch_size=8,
+        keep_pairs=True,
+    )
+    wf.node(
+        "pairs", "FDILoadPairs", (400, 650), "Load training pairs", size=[340, 82], degraded_folder=a, clean_folder=b
+    )
     wf.node("stability", "FDIPairStability", (400, 780), "FDI Pair Stability", resamples=50, seed=0)
     wf.group("Style pairs and their FDI", ["extract", "pairs", "stability"], COLORS["fdi"])
-    wf.node("train", "FDITrainAdapter", (800, 400), "Train FDI Adapter", size=[340, 420], steps=200, learning_rate=1e-4,
-            batch_size=1, resolution=512, seed=0, gradient_checkpointing=True, training_dtype="bf16", recon_weight=0.1)
-    wf.node("save_adapter", "FDISaveAdapter", (800, 860), "Save FDI Adapter (models/fdi_adapters)", name="my_style", overwrite=False)
+    wf.node(
+        "train",
+        "FDITrainAdapter",
+        (800, 400),
+        "Train FDI Adapter",
+        size=[340, 420],
+        steps=200,
+        learning_rate=1e-4,
+        batch_size=1,
+        resolution=512,
+        seed=0,
+        gradient_checkpointing=True,
+        training_dtype="bf16",
+        recon_weight=0.1,
+    )
+    wf.node(
+        "save_adapter",
+        "FDISaveAdapter",
+        (800, 860),
+        "Save FDI Adapter (models/fdi_adapters)",
+        name="my_style",
+        overwrite=False,
+    )
     wf.group("Training", ["train", "save_adapter"], COLORS["guide"])
     image_in(wf, "image", 1200, 900, INPUT_IMAGES["train_style_adapter"], "Photo to stylise")
-    wf.node("restore", "FDIRestore", (1560, 900), "FDI Restore (new style adapter)", size=[320, 330], steps=50, inversion_steps=50,
-            strength=1.0, guidance_end=0.333, cfg=1.0)
-    wf.node("save", "SaveImage", (1960, 900), "Stylised image", size=[340, 380], filename_prefix="fdi/train_style_adapter")
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (1560, 900),
+        "FDI Restore (new style adapter)",
+        size=[320, 330],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+    )
+    wf.node(
+        "save", "SaveImage", (1960, 900), "Stylised image", size=[340, 380], filename_prefix="fdi/train_style_adapter"
+    )
     wf.node("curve", "PreviewImage", (1200, 400), "Loss curve", size=[420, 380])
     wf.node("stab_view", "PreviewImage", (1640, 400), "Pair stability", size=[420, 380])
     wf.link("qformer", "qformer", "extract", "qformer")
@@ -707,7 +1030,10 @@ def train_style_adapter() -> Workflow:
 #: name -> (builder, one-line description); the order is the one the tests run them in
 WORKFLOWS = {
     "build_fdi_from_pairs": (build_fdi_from_pairs, "reference pairs in two folders → FDI → save → inspect plot"),
-    "restore_single": (restore_single, "one image, one adapter, modular: decoupling → apply → DDIM inversion → KSamplerAdvanced → decode"),
+    "restore_single": (
+        restore_single,
+        "one image, one adapter, modular: decoupling → apply → DDIM inversion → KSamplerAdvanced → decode",
+    ),
     "restore_one_node": (restore_one_node, "the same restoration with the one-node 'FDI Restore'"),
     "restore_large_photo": (restore_large_photo, "a large photo in tiles with 'FDI Restore', then 'FDI Color Fix'"),
     "cross_task_fdi": (cross_task_fdi, "two saved FDIs (denoise + desnow) combined, driving the desnowing adapter"),
@@ -715,7 +1041,10 @@ WORKFLOWS = {
     "mixed_progressive": (mixed_progressive, "adapter 1's restoration fed into adapter 2"),
     "style_transfer": (style_transfer, "style pairs → FDI → style adapter → restore-style sampling"),
     "style_fusion": (style_fusion, "two style adapters combined with weights"),
-    "train_style_adapter": (train_style_adapter, "style pairs → FDI → train an adapter → save → restore-style sampling"),
+    "train_style_adapter": (
+        train_style_adapter,
+        "style pairs → FDI → train an adapter → save → restore-style sampling",
+    ),
 }
 
 
@@ -725,10 +1054,15 @@ def dump(workflow: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--object-info", default="http://127.0.0.1:8188/object_info",
-                    help="URL of a running ComfyUI's /object_info (with this pack loaded) or a saved JSON copy")
+    ap.add_argument(
+        "--object-info",
+        default="http://127.0.0.1:8188/object_info",
+        help="URL of a running ComfyUI's /object_info (with this pack loaded) or a saved JSON copy",
+    )
     ap.add_argument("--out", default=str(HERE), help="folder to write to (default: this folder)")
-    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file differs from what would be written")
+    ap.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file differs from what would be written"
+    )
     args = ap.parse_args(argv)
     info = load_object_info(args.object_info)
     out = Path(args.out)

@@ -10,7 +10,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "adapter-info",
         help="print an FDI adapter file's config, parameter count, base model family and embedded FDI",
-        description="Read an FDI adapter file (safetensors only) and print what it holds. --json prints one JSON object.",
+        description="Read an FDI adapter file (safetensors only) and print what it holds. --json "
+        "prints one JSON object.",
     )
     p.add_argument("adapter", metavar="A.safetensors", help="FDI adapter file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -29,9 +30,15 @@ def run(args: argparse.Namespace) -> int:
         "encoder": a.encoder,
         "parameters": a.num_parameters(),
         "config": json.loads(a.config.to_json()),
-        "fdi": None if a.fdi is None else {
-            "label": a.fdi.label, "tokens": a.fdi.shape[0], "width": a.fdi.shape[1], "n_pairs": a.fdi.n_pairs,
-            "encoder": a.fdi.encoder, "norm": round(float(a.fdi.tokens.norm()), 6),
+        "fdi": None
+        if a.fdi is None
+        else {
+            "label": a.fdi.label,
+            "tokens": a.fdi.shape[0],
+            "width": a.fdi.shape[1],
+            "n_pairs": a.fdi.n_pairs,
+            "encoder": a.fdi.encoder,
+            "norm": round(float(a.fdi.tokens.norm()), 6),
         },
     }
     if args.json:
@@ -43,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters   {a.num_parameters():,} ({a.num_parameters() / 1e6:.2f} M)")
     print(f"channels     {', '.join(map(str, c.channels))}")
     print(f"FDI tokens   {c.num_tokens} x {c.token_width}")
-    print(f"architecture res_blocks={c.res_blocks} bottleneck={c.bottleneck} heads={c.heads} se_reduction={c.se_reduction} unshuffle={c.unshuffle}")
+    print(
+        f"architecture res_blocks={c.res_blocks} bottleneck={c.bottleneck} heads={c.heads} "
+        f"se_reduction={c.se_reduction} unshuffle={c.unshuffle}"
+    )
     print(f"encoder      {a.encoder or '(not recorded)'}")
     print(f"embedded FDI {a.fdi.describe() if a.fdi is not None else 'none (pass --fdi to restore)'}")
     return 0

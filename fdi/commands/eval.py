@@ -20,12 +20,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of restored images")
     p.add_argument("--gt", required=True, metavar="DIR", help="folder of ground-truth images (same file stems)")
-    p.add_argument("--y-channel", action="store_true",
-                   help="headline the Y-channel metrics (PSNR_Y/SSIM_Y first and in the summary line); both are always computed")
-    p.add_argument("--crop-border", type=int, default=0, metavar="N", help="pixels removed from each edge before the metrics (default 0)")
-    p.add_argument("--lpips", action="store_true", help="also compute LPIPS (AlexNet); needs the lpips package and cached AlexNet weights")
+    p.add_argument(
+        "--y-channel",
+        action="store_true",
+        help="headline the Y-channel metrics (PSNR_Y/SSIM_Y first and in the summary line); both are always computed",
+    )
+    p.add_argument(
+        "--crop-border",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pixels removed from each edge before the metrics (default 0)",
+    )
+    p.add_argument(
+        "--lpips",
+        action="store_true",
+        help="also compute LPIPS (AlexNet); needs the lpips package and cached AlexNet weights",
+    )
     p.add_argument("--device", default="cpu", help="device for LPIPS (default cpu)")
-    p.add_argument("--report", metavar="OUT.json", help="write the per-image and mean metrics to this JSON file (atomically)")
+    p.add_argument(
+        "--report", metavar="OUT.json", help="write the per-image and mean metrics to this JSON file (atomically)"
+    )
     p.add_argument("--quiet", action="store_true", help="print only the summary line, not the per-image table")
     p.set_defaults(func=run)
     return p
@@ -44,8 +59,9 @@ def run(args: argparse.Namespace) -> int:
 
     n = len(match_by_stem(args.pred, args.gt))
     with tqdm_progress("eval", n, unit="img", enabled=not args.quiet) as cb:
-        result = evaluate_folders(args.pred, args.gt, crop_border=args.crop_border, use_lpips=args.lpips,
-                                  device=args.device, progress=cb)
+        result = evaluate_folders(
+            args.pred, args.gt, crop_border=args.crop_border, use_lpips=args.lpips, device=args.device, progress=cb
+        )
     if not args.quiet:
         print(result.table(y_first=args.y_channel))
     m = result.mean

@@ -10,18 +10,27 @@ def add_parser(sub) -> None:
         "extract",
         help="compute an FDI from paired folders of degraded and clean images",
         description="Compute a task FDI: the mean over reference pairs of Q(degraded) - Q(clean), with a frozen BLIP-2 "
-                    "Q-Former. Pairs are matched by file name without suffix (rain_001.png <-> rain_001.jpg).",
+        "Q-Former. Pairs are matched by file name without suffix (rain_001.png <-> rain_001.jpg).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--blip2", required=True, metavar="DIR", help="BLIP-2 checkpoint folder (Hugging Face layout, safetensors)")
-    p.add_argument("--degraded", required=True, metavar="DIR", help="folder of degraded images (or style A for style transfer)")
+    p.add_argument(
+        "--blip2", required=True, metavar="DIR", help="BLIP-2 checkpoint folder (Hugging Face layout, safetensors)"
+    )
+    p.add_argument(
+        "--degraded", required=True, metavar="DIR", help="folder of degraded images (or style A for style transfer)"
+    )
     p.add_argument("--clean", required=True, metavar="DIR", help="folder of clean images (or style B), same file names")
     p.add_argument("-o", "--output", required=True, metavar="OUT.fdi.safetensors", help="FDI file to write")
     p.add_argument("--label", default=None, help="label stored in the file (default: the output name)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per encoder call (memory vs speed)")
     p.add_argument("--keep-pairs", action="store_true", help="also store the per-pair FDIs (for 'inspect')")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="vision-model precision (the Q-Former always runs in fp32)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16"],
+        help="vision-model precision (the Q-Former always runs in fp32)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -46,8 +55,15 @@ def run(args) -> int:
     encoder = QFormerEncoder.from_pretrained(args.blip2, device=device, vision_dtype=args.dtype)
     label = args.label if args.label is not None else out.name[: -len(FDI_SUFFIX)]
     with tqdm_progress("extracting FDI", len(pairs), unit="pair", enabled=not args.quiet) as progress:
-        fdi = extract_fdi_from_folders(encoder, args.degraded, args.clean, label=label, batch_size=args.batch_size,
-                                       keep_pairs=args.keep_pairs, progress=progress)
+        fdi = extract_fdi_from_folders(
+            encoder,
+            args.degraded,
+            args.clean,
+            label=label,
+            batch_size=args.batch_size,
+            keep_pairs=args.keep_pairs,
+            progress=progress,
+        )
     fdi.save(out)
     print(f"wrote {out}: {fdi.describe()}")
     return 0

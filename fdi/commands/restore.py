@@ -42,44 +42,116 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Nothing is downloaded; BLIP-2 is not needed."
         ),
     )
-    p.add_argument("--sd", required=True, metavar="MODEL", help="diffusers SD 2.1 folder, or a single-file .safetensors checkpoint")
-    p.add_argument("--sd-config", metavar="FOLDER", help="for a single-file checkpoint: a diffusers folder with the matching configs (no download)")
-    p.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
-                   help="override the model's prediction type (default: the scheduler's, or for a single file detected from the weights)")
-    p.add_argument("--adapter", required=True, action="append", metavar="A.safetensors", help="FDI adapter file; repeat for several")
-    p.add_argument("--weight", action="append", type=float, metavar="W", help="weight of each adapter, in --adapter order (default 1 each)")
-    p.add_argument("--fdi", action="append", metavar="F.fdi.safetensors",
-                   help="FDI file: once for all adapters, or once per adapter (default: the FDI embedded in each adapter file)")
-    p.add_argument("--image", required=True, nargs="+", metavar="IN",
-                   help="degraded image files and/or folders (a folder: its image files, not recursive)")
+    p.add_argument(
+        "--sd", required=True, metavar="MODEL", help="diffusers SD 2.1 folder, or a single-file .safetensors checkpoint"
+    )
+    p.add_argument(
+        "--sd-config",
+        metavar="FOLDER",
+        help="for a single-file checkpoint: a diffusers folder with the matching configs (no download)",
+    )
+    p.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        default=None,
+        help="override the model's prediction type (default: the scheduler's, or for "
+        "a single file detected from the weights)",
+    )
+    p.add_argument(
+        "--adapter",
+        required=True,
+        action="append",
+        metavar="A.safetensors",
+        help="FDI adapter file; repeat for several",
+    )
+    p.add_argument(
+        "--weight",
+        action="append",
+        type=float,
+        metavar="W",
+        help="weight of each adapter, in --adapter order (default 1 each)",
+    )
+    p.add_argument(
+        "--fdi",
+        action="append",
+        metavar="F.fdi.safetensors",
+        help="FDI file: once for all adapters, or once per adapter (default: the FDI embedded in each adapter file)",
+    )
+    p.add_argument(
+        "--image",
+        required=True,
+        nargs="+",
+        metavar="IN",
+        help="degraded image files and/or folders (a folder: its image files, not recursive)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="skip images whose output already exists (resume a run)")
-    p.add_argument("--batch-size", type=int, default=1, metavar="N",
-                   help="restore up to N images of the same size together (default 1)")
-    p.add_argument("--color-fix", choices=("none", "wavelet", "adain"), default="none",
-                   help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
-                        "(match its per-channel mean/std) or none (default; haze and low-light restorations change "
-                        "colours on purpose)")
-    p.add_argument("--tile-size", type=int, default=0, metavar="PX",
-                   help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole "
-                        "image): bounded memory for large photos")
-    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
-                   help="overlap of neighbouring tiles in pixels, blended smoothly (default a quarter of --tile-size)")
+    p.add_argument(
+        "--skip-existing", action="store_true", help="skip images whose output already exists (resume a run)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        metavar="N",
+        help="restore up to N images of the same size together (default 1)",
+    )
+    p.add_argument(
+        "--color-fix",
+        choices=("none", "wavelet", "adain"),
+        default="none",
+        help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
+        "(match its per-channel mean/std) or none (default; haze and low-light restorations change "
+        "colours on purpose)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole "
+        "image): bounded memory for large photos",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="overlap of neighbouring tiles in pixels, blended smoothly (default a quarter of --tile-size)",
+    )
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
-    p.add_argument("--guidance-end", type=float, default=0.333, help="fraction of the sampling steps that are guided, 0..1 (default 0.333, the paper's first third)")
+    p.add_argument(
+        "--guidance-end",
+        type=float,
+        default=0.333,
+        help="fraction of the sampling steps that are guided, 0..1 (default 0.333, the paper's first third)",
+    )
     p.add_argument("--strength", type=float, default=1.0, help="global guidance strength (default 1.0)")
-    p.add_argument("--mode", choices=("composite", "progressive"), default="composite", help="how several adapters combine (default composite)")
+    p.add_argument(
+        "--mode",
+        choices=("composite", "progressive"),
+        default="composite",
+        help="how several adapters combine (default composite)",
+    )
     p.add_argument("--prompt", default="", help="text prompt (default empty, as in the paper)")
     p.add_argument("--negative-prompt", default="", help="negative prompt, used when --cfg > 1")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
-    p.add_argument("--device", default=None,
-                   help="torch device (default cuda if available, else cpu; cuda:LOCAL_RANK under accelerate/torchrun)")
-    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default=None, help="UNet/VAE dtype (default fp16 on cuda, fp32 on cpu)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the UNet (CUDA graphs on cuda) once per image shape: "
-                        "slower first image, faster after")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default cuda if available, else cpu; cuda:LOCAL_RANK under accelerate/torchrun)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("fp16", "bf16", "fp32"),
+        default=None,
+        help="UNet/VAE dtype (default fp16 on cuda, fp32 on cpu)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet (CUDA graphs on cuda) once per image shape: slower first image, faster after",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -107,12 +179,15 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
     for path in collect_images(inputs):
         name = f"{path.stem}.png"
         if name in jobs:
-            raise FDIError(f"images {str(jobs[name].source)!r} and {str(path)!r} would both be written as {name}; "
-                           "rename one or restore them into different folders")
+            raise FDIError(
+                f"images {str(jobs[name].source)!r} and {str(path)!r} would both be written as {name}; "
+                "rename one or restore them into different folders"
+            )
         h, w = probe_image(path)
         if h < MIN_SIDE or w < MIN_SIDE:
-            raise FDIError(f"image {path.name!r} is {w}x{h} pixels; restoration needs at least {MIN_SIDE} pixels "
-                           "a side")
+            raise FDIError(
+                f"image {path.name!r} is {w}x{h} pixels; restoration needs at least {MIN_SIDE} pixels a side"
+            )
         jobs[name] = Job(path, out_dir / name, (h, w))
     return [jobs[k] for k in sorted(jobs)]
 
@@ -127,7 +202,7 @@ def make_batches(jobs: List[Job], batch_size: int) -> List[List[Job]]:
     by_size: Dict[Tuple[int, int], List[Job]] = {}
     for job in jobs:
         by_size.setdefault(job.size, []).append(job)
-    return [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+    return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
 
 def remove_stale_temporaries(jobs: List[Job]) -> None:
@@ -158,7 +233,10 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- every cheap check first: nothing is loaded or written before all inputs are valid ----
     if not (math.isfinite(args.guidance_end) and 0.0 <= args.guidance_end <= 1.0):
-        raise FDIError(f"--guidance-end {args.guidance_end} is outside 0..1; it is the fraction of sampling steps that are guided (paper: 0.333)")
+        raise FDIError(
+            f"--guidance-end {args.guidance_end} is outside 0..1; it is the fraction "
+            "of sampling steps that are guided (paper: 0.333)"
+        )
     if args.steps < 1 or args.inversion_steps < 1:
         raise FDIError(f"--steps ({args.steps}) and --inversion-steps ({args.inversion_steps}) must be at least 1")
     if args.batch_size < 1:
@@ -173,13 +251,17 @@ def run(args: argparse.Namespace) -> int:
     n = len(args.adapter)
     weights = args.weight or [1.0] * n
     if len(weights) != n:
-        raise FDIError(f"{len(weights)} --weight values for {n} --adapter files; give one weight per adapter, in the same order")
+        raise FDIError(
+            f"{len(weights)} --weight values for {n} --adapter files; give one weight per adapter, in the same order"
+        )
     fdis = args.fdi or []
     if len(fdis) not in (0, 1, n):
         raise FDIError(f"{len(fdis)} --fdi files for {n} adapters; give one FDI for all adapters or one per adapter")
     sd = Path(args.sd)
     if not sd.exists():
-        raise FDIError(f"model {str(sd)!r} does not exist; give a diffusers SD 2.1 folder or a single-file .safetensors checkpoint")
+        raise FDIError(
+            f"model {str(sd)!r} does not exist; give a diffusers SD 2.1 folder or a single-file .safetensors checkpoint"
+        )
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise FDIError(f"output {str(out_dir)!r} is a file; give a folder (-o OUT_DIR)")
@@ -206,8 +288,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         device = torch.device("cpu")
     dtype = parse_dtype(args.dtype or ("fp16" if device.type == "cuda" else "fp32"))
-    pipe = FDIRestorationPipeline.from_pretrained(sd, device=device, dtype=dtype, config=args.sd_config,
-                                                prediction_type=args.prediction_type)
+    pipe = FDIRestorationPipeline.from_pretrained(
+        sd, device=device, dtype=dtype, config=args.sd_config, prediction_type=args.prediction_type
+    )
     for use in uses:  # family and channel layout, before any work
         pipe.check_adapter(use.adapter)
     if skipped:
@@ -231,10 +314,21 @@ def run(args: argparse.Namespace) -> int:
                 images = torch.stack([load_image(j.source) for j in batch])
                 offset, b = done_images * per_image, len(batch)
                 progress = (lambda d, t, o=offset, b=b: cb(o + d * b, total)) if cb else None
-                out = pipe.restore(images, uses, steps=args.steps, inversion_steps=args.inversion_steps,
-                                   guidance_end=args.guidance_end, strength=args.strength, mode=args.mode,
-                                   prompt=args.prompt, negative_prompt=args.negative_prompt, cfg=args.cfg,
-                                   progress=progress, tile_size=args.tile_size, tile_overlap=args.tile_overlap)
+                out = pipe.restore(
+                    images,
+                    uses,
+                    steps=args.steps,
+                    inversion_steps=args.inversion_steps,
+                    guidance_end=args.guidance_end,
+                    strength=args.strength,
+                    mode=args.mode,
+                    prompt=args.prompt,
+                    negative_prompt=args.negative_prompt,
+                    cfg=args.cfg,
+                    progress=progress,
+                    tile_size=args.tile_size,
+                    tile_overlap=args.tile_overlap,
+                )
                 out = color_fix(out, images, args.color_fix)
                 for job, img in zip(batch, out):
                     save_image(img, job.output)
@@ -242,8 +336,11 @@ def run(args: argparse.Namespace) -> int:
                 done_images += b
                 del images, out
     except KeyboardInterrupt:
-        print(f"interrupted after {done_images} of {len(jobs)} image(s): the finished outputs are kept; "
-              "rerun with --skip-existing to resume", file=sys.stderr)
+        print(
+            f"interrupted after {done_images} of {len(jobs)} image(s): the finished outputs are kept; "
+            "rerun with --skip-existing to resume",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if main_thread:

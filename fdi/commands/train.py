@@ -14,63 +14,155 @@ def add_parser(sub) -> None:
         "train",
         help="train an FDI adapter on (degraded, clean) pairs; SD 2.1 and BLIP-2 stay frozen",
         description=(
-            "Train an FDI adapter (docs/design.md, Training): the task FDI is computed once from the training pairs with BLIP-2 "
+            "Train an FDI adapter (docs/design.md, Training): the task FDI is computed "
+            "once from the training pairs with BLIP-2 "
             "(or read with --fdi), then only the adapter learns, with L = MSE(pred, target) + λ·|ẑ0 − z_gt|1. "
-            "Runs on one CPU/GPU as is, and on many GPUs or nodes under 'accelerate launch --multi_gpu -m fdi train …'. "
+            "Runs on one CPU/GPU as is, and on many GPUs or nodes under 'accelerate "
+            "launch --multi_gpu -m fdi train …'. "
             "--batch-size is the effective batch (per-device batch × --grad-accum × processes)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("models and data")
-    g.add_argument("--sd", required=True, metavar="MODEL", help="SD 2.x diffusers folder, or a single-file .safetensors checkpoint")
-    g.add_argument("--sd-config", metavar="DIR", default=None,
-                   help="for a single-file checkpoint: a diffusers folder with its configs (default: the shipped SD 2.1 configs)")
-    g.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default=None,
-                   help="override the model's prediction type (default: the scheduler's, or for a single file detected from the weights)")
-    g.add_argument("--blip2", metavar="DIR", default=None, help="BLIP-2 checkpoint folder, to compute the task FDI from the training pairs")
-    g.add_argument("--fdi", metavar="F.fdi.safetensors", default=None, help="use this task FDI instead of computing it (BLIP-2 not needed)")
-    g.add_argument("--degraded", metavar="DIR", default=None, help="folder of degraded images (style A for style transfer)")
+    g.add_argument(
+        "--sd", required=True, metavar="MODEL", help="SD 2.x diffusers folder, or a single-file .safetensors checkpoint"
+    )
+    g.add_argument(
+        "--sd-config",
+        metavar="DIR",
+        default=None,
+        help="for a single-file checkpoint: a diffusers folder with its configs (default: the shipped SD 2.1 configs)",
+    )
+    g.add_argument(
+        "--prediction-type",
+        choices=("epsilon", "v_prediction"),
+        default=None,
+        help="override the model's prediction type (default: the scheduler's, or for "
+        "a single file detected from the weights)",
+    )
+    g.add_argument(
+        "--blip2",
+        metavar="DIR",
+        default=None,
+        help="BLIP-2 checkpoint folder, to compute the task FDI from the training pairs",
+    )
+    g.add_argument(
+        "--fdi",
+        metavar="F.fdi.safetensors",
+        default=None,
+        help="use this task FDI instead of computing it (BLIP-2 not needed)",
+    )
+    g.add_argument(
+        "--degraded", metavar="DIR", default=None, help="folder of degraded images (style A for style transfer)"
+    )
     g.add_argument("--clean", metavar="DIR", default=None, help="folder of clean images (style B), same file names")
-    g.add_argument("--pairs-file", metavar="F", default=None, help="CSV (columns degraded,clean) or JSONL (keys degraded, clean) listing pairs; paths relative to the file")
-    g.add_argument("-o", "--output", required=True, metavar="ADAPTER.safetensors", help="adapter file to write at the end")
+    g.add_argument(
+        "--pairs-file",
+        metavar="F",
+        default=None,
+        help="CSV (columns degraded,clean) or JSONL (keys degraded, clean) listing pairs; paths relative to the file",
+    )
+    g.add_argument(
+        "-o", "--output", required=True, metavar="ADAPTER.safetensors", help="adapter file to write at the end"
+    )
     g.add_argument("--label", default="", help="label stored in the adapter and FDI (default: the output name)")
-    g.add_argument("--adapter-config", default=None, metavar="JSON",
-                   help="adapter architecture overrides, as JSON or a .json file (e.g. '{\"res_blocks\": 2}'); channels and token sizes default to the UNet's and the FDI's")
+    g.add_argument(
+        "--adapter-config",
+        default=None,
+        metavar="JSON",
+        help='adapter architecture overrides, as JSON or a .json file (e.g. \'{"res_blocks": '
+        "2}'); channels and token sizes default to the UNet's and the FDI's",
+    )
     g.add_argument("--prompt", default="", help="text prompt used during training (the paper: empty)")
 
     t = p.add_argument_group("optimisation")
-    t.add_argument("--resolution", type=int, default=512, help="square training crops, pixels (shorter side resized to it, then random crop + flip)")
+    t.add_argument(
+        "--resolution",
+        type=int,
+        default=512,
+        help="square training crops, pixels (shorter side resized to it, then random crop + flip)",
+    )
     n = t.add_mutually_exclusive_group()
     n.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train (default: 50 epochs)")
-    n.add_argument("--epochs", type=float, default=None, help="passes over the training pairs (default 50, the paper's)")
-    t.add_argument("--batch-size", type=int, default=32, help="effective batch: pairs per optimizer step, over all processes and accumulation")
+    n.add_argument(
+        "--epochs", type=float, default=None, help="passes over the training pairs (default 50, the paper's)"
+    )
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="effective batch: pairs per optimizer step, over all processes and accumulation",
+    )
     t.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation micro-steps per optimizer step")
     t.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
-    t.add_argument("--lr-scheduler", default="constant", choices=["constant", "constant_with_warmup", "linear", "cosine"], help="learning-rate schedule")
+    t.add_argument(
+        "--lr-scheduler",
+        default="constant",
+        choices=["constant", "constant_with_warmup", "linear", "cosine"],
+        help="learning-rate schedule",
+    )
     t.add_argument("--lr-warmup-steps", type=int, default=0, help="linear warm-up steps")
     t.add_argument("--adam-beta1", type=float, default=0.9)
     t.add_argument("--adam-beta2", type=float, default=0.99)
     t.add_argument("--adam-weight-decay", type=float, default=1e-2)
     t.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clipping (0 = off)")
     t.add_argument("--recon-weight", type=float, default=0.1, help="λ of the latent L1 reconstruction term")
-    t.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="frozen models in this dtype, adapter under autocast (fp32 master weights)")
-    t.add_argument("--gradient-checkpointing", action="store_true", help="recompute UNet activations in the backward pass (less memory, ~30%% slower)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the adapter init, data order, crops, noise and timesteps")
-    t.add_argument("--device", default=None, help="single-process device (cpu, cuda, cuda:1); leave out under accelerate launch")
+    t.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=["no", "fp16", "bf16"],
+        help="frozen models in this dtype, adapter under autocast (fp32 master weights)",
+    )
+    t.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute UNet activations in the backward pass (less memory, ~30%% slower)",
+    )
+    t.add_argument(
+        "--seed", type=int, default=0, help="seed of the adapter init, data order, crops, noise and timesteps"
+    )
+    t.add_argument(
+        "--device", default=None, help="single-process device (cpu, cuda, cuda:1); leave out under accelerate launch"
+    )
     t.add_argument("--num-workers", type=int, default=4, help="data-loader worker processes per training process")
     t.add_argument("--blip2-batch-size", type=int, default=8, help="pairs per BLIP-2 call when computing the task FDI")
 
     c = p.add_argument_group("checkpoints, logs, validation")
-    c.add_argument("--checkpoint-every", type=int, default=500, help="save a resumable checkpoint every N steps (0 = only at the end)")
-    c.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="run folder for checkpoints and logs (default: <output>-run/ beside the output)")
-    c.add_argument("--checkpoints-total-limit", type=int, default=None, metavar="N", help="keep only the newest N checkpoints")
-    c.add_argument("--resume", default=None, metavar="DIR|latest", help="continue from a checkpoint folder, or the newest one in the run folder ('latest'; starts fresh if there is none)")
+    c.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="save a resumable checkpoint every N steps (0 = only at the end)",
+    )
+    c.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        metavar="DIR",
+        help="run folder for checkpoints and logs (default: <output>-run/ beside the output)",
+    )
+    c.add_argument(
+        "--checkpoints-total-limit", type=int, default=None, metavar="N", help="keep only the newest N checkpoints"
+    )
+    c.add_argument(
+        "--resume",
+        default=None,
+        metavar="DIR|latest",
+        help="continue from a checkpoint folder, or the newest one in the run folder "
+        "('latest'; starts fresh if there is none)",
+    )
     c.add_argument("--log-every", type=int, default=1, help="write a train_log.csv row every N steps")
-    c.add_argument("--validate-every", type=int, default=0, help="restore the held-out pairs every N steps and log PSNR/SSIM (0 = never)")
+    c.add_argument(
+        "--validate-every",
+        type=int,
+        default=0,
+        help="restore the held-out pairs every N steps and log PSNR/SSIM (0 = never)",
+    )
     c.add_argument("--val-degraded", default=None, metavar="DIR", help="held-out degraded images")
     c.add_argument("--val-clean", default=None, metavar="DIR", help="held-out clean images")
     c.add_argument("--val-pairs-file", default=None, metavar="F", help="held-out pairs as a CSV/JSONL list")
-    c.add_argument("--val-steps", type=int, default=50, help="DDIM inversion and sampling steps of a validation restore")
+    c.add_argument(
+        "--val-steps", type=int, default=50, help="DDIM inversion and sampling steps of a validation restore"
+    )
     c.add_argument("--val-max-images", type=int, default=8, help="validate on at most this many held-out pairs")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -84,7 +176,10 @@ def parse_adapter_config(value) -> dict:
     if not value.lstrip().startswith("{"):
         path = Path(value)
         if not path.is_file():
-            raise FDIError(f"--adapter-config {value!r} is neither JSON nor an existing .json file; give e.g. '{{\"res_blocks\": 2}}'")
+            raise FDIError(
+                f"--adapter-config {value!r} is neither JSON nor an existing .json file; "
+                "give e.g. '{\"res_blocks\": 2}'"
+            )
         text = path.read_text()
     try:
         data = json.loads(text)
@@ -99,18 +194,49 @@ def config_from_args(args) -> "object":
     from ..train import TrainConfig
 
     return TrainConfig(
-        sd=args.sd, sd_config=args.sd_config, prediction_type=args.prediction_type, output=args.output, blip2=args.blip2, degraded=args.degraded, clean=args.clean,
-        pairs_file=args.pairs_file, fdi=args.fdi, resolution=args.resolution, max_steps=args.max_steps, epochs=args.epochs,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, lr_scheduler=args.lr_scheduler,
-        lr_warmup_steps=args.lr_warmup_steps, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-        adam_weight_decay=args.adam_weight_decay, max_grad_norm=args.max_grad_norm, recon_weight=args.recon_weight,
-        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
-        checkpoint_every=args.checkpoint_every, checkpoint_dir=args.checkpoint_dir,
-        checkpoints_total_limit=args.checkpoints_total_limit, resume=args.resume, seed=args.seed, device=args.device,
-        num_workers=args.num_workers, adapter_config=parse_adapter_config(args.adapter_config), prompt=args.prompt,
-        label=args.label, blip2_batch_size=args.blip2_batch_size, validate_every=args.validate_every,
-        val_degraded=args.val_degraded, val_clean=args.val_clean, val_pairs_file=args.val_pairs_file,
-        val_steps=args.val_steps, val_max_images=args.val_max_images, log_every=args.log_every, quiet=args.quiet,
+        sd=args.sd,
+        sd_config=args.sd_config,
+        prediction_type=args.prediction_type,
+        output=args.output,
+        blip2=args.blip2,
+        degraded=args.degraded,
+        clean=args.clean,
+        pairs_file=args.pairs_file,
+        fdi=args.fdi,
+        resolution=args.resolution,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        lr_scheduler=args.lr_scheduler,
+        lr_warmup_steps=args.lr_warmup_steps,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_weight_decay=args.adam_weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        recon_weight=args.recon_weight,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoints_total_limit=args.checkpoints_total_limit,
+        resume=args.resume,
+        seed=args.seed,
+        device=args.device,
+        num_workers=args.num_workers,
+        adapter_config=parse_adapter_config(args.adapter_config),
+        prompt=args.prompt,
+        label=args.label,
+        blip2_batch_size=args.blip2_batch_size,
+        validate_every=args.validate_every,
+        val_degraded=args.val_degraded,
+        val_clean=args.val_clean,
+        val_pairs_file=args.val_pairs_file,
+        val_steps=args.val_steps,
+        val_max_images=args.val_max_images,
+        log_every=args.log_every,
+        quiet=args.quiet,
     )
 
 
@@ -123,9 +249,15 @@ def run(args) -> int:
     try:
         result = train(cfg)
     except KeyboardInterrupt:
-        print("interrupted: the adapter file was not written; the last checkpoint in the run folder is complete — continue with --resume latest",
-              file=sys.stderr)
+        print(
+            "interrupted: the adapter file was not written; the last checkpoint in "
+            "the run folder is complete — continue with --resume latest",
+            file=sys.stderr,
+        )
         return 130
     if result.is_main_process:
-        print(f"wrote {result.output} after {result.steps} steps (base {result.base_family}); checkpoints and logs in {result.run_dir}")
+        print(
+            f"wrote {result.output} after {result.steps} steps (base {result.base_family}); "
+            f"checkpoints and logs in {result.run_dir}"
+        )
     return 0

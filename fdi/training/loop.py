@@ -33,7 +33,9 @@ def open_logs(run) -> None:
         rows = []
         if path.is_file() and run.start_step > 0:  # keep the rows of the steps that the checkpoint covers
             with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= run.start_step]
+                rows = [
+                    r for r in csv.DictReader(fh) if r.get("step", "").isdigit() and int(r["step"]) <= run.start_step
+                ]
         if path is run.val_path and not run.cfg.validate_every and not rows:
             continue
         from ..files import atomic_write
@@ -48,7 +50,9 @@ def open_logs(run) -> None:
         if not run.cfg.quiet:
             print("TensorBoard is not installed: logging to train_log.csv only (pip install tensorboard to get both)")
     else:
-        run.tb = SummaryWriter(str(run.run_dir / "tensorboard"), purge_step=run.start_step + 1 if run.start_step else None)
+        run.tb = SummaryWriter(
+            str(run.run_dir / "tensorboard"), purge_step=run.start_step + 1 if run.start_step else None
+        )
 
 
 def log_row(run, path: Path, fields, row: dict) -> None:
@@ -70,11 +74,24 @@ def run_loop(run) -> List[float]:
     cfg, acc = run.cfg, run.acc
     accum = cfg.grad_accum
     dataset = PairedImageDataset(run.pairs, cfg.resolution, train=True, seed=cfg.seed)
-    sampler = PairStream(len(run.pairs), run.micro, seed=cfg.seed, num_processes=acc.num_processes,
-                         process_index=acc.process_index, start=run.start_step * accum, stop=run.max_steps * accum)
-    loader = DataLoader(dataset, batch_size=run.micro, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=run.device.type == "cuda", drop_last=False,
-                        persistent_workers=False)
+    sampler = PairStream(
+        len(run.pairs),
+        run.micro,
+        seed=cfg.seed,
+        num_processes=acc.num_processes,
+        process_index=acc.process_index,
+        start=run.start_step * accum,
+        stop=run.max_steps * accum,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=run.micro,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=run.device.type == "cuda",
+        drop_last=False,
+        persistent_workers=False,
+    )
     open_logs(run)
     bar = None
     if run.main and not cfg.quiet:
@@ -105,8 +122,11 @@ def run_loop(run) -> List[float]:
             # checked on the reduced loss before the update, so every process stops together and the
             # adapter keeps the weights of the last good step; with fp16 the loss scaler skips such steps
             if not math.isfinite(vals[0]) and cfg.mixed_precision != "fp16":
-                raise FDIError(f"the loss became {vals[0]} at step {step + 1}; lower --lr (or use --mixed-precision no) "
-                               "and resume from the last checkpoint")
+                raise FDIError(
+                    f"the loss became {vals[0]} at step {step + 1}; lower --lr (or use --mixed-precision "
+                    "no) "
+                    "and resume from the last checkpoint"
+                )
             grad_norm = float("nan")
             if cfg.max_grad_norm and cfg.max_grad_norm > 0:
                 grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
@@ -118,10 +138,21 @@ def run_loop(run) -> List[float]:
             losses.append(vals[0])
             now = time.perf_counter()
             if run.main and (step % cfg.log_every == 0 or step == run.max_steps):
-                log_row(run, run.log_path, LOG_FIELDS, {
-                    "step": step, "epoch": round(step * cfg.batch_size / len(run.pairs), 4), "loss": round(vals[0], 7),
-                    "loss_diffusion": round(vals[1], 7), "loss_recon": round(vals[2], 7), "lr": lr,
-                    "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else "", "sec_per_step": round(now - t0, 4)})
+                log_row(
+                    run,
+                    run.log_path,
+                    LOG_FIELDS,
+                    {
+                        "step": step,
+                        "epoch": round(step * cfg.batch_size / len(run.pairs), 4),
+                        "loss": round(vals[0], 7),
+                        "loss_diffusion": round(vals[1], 7),
+                        "loss_recon": round(vals[2], 7),
+                        "lr": lr,
+                        "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else "",
+                        "sec_per_step": round(now - t0, 4),
+                    },
+                )
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{vals[0]:.4f}")

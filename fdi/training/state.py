@@ -28,6 +28,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FORMAT = "fdi_train_state"
 STATE_VERSION = 1
 
+
 def fdi_hash(tokens: torch.Tensor) -> str:
     """Short hash of FDI tokens (part of the run signature)."""
     return hashlib.sha256(tokens.detach().to(torch.float32).cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
@@ -39,8 +40,13 @@ def list_checkpoints(run_dir: PathLike) -> List[Tuple[int, Path]]:
     out = []
     if d.is_dir():
         for p in d.iterdir():
-            if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "state.json").is_file():
-                out.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
+            if (
+                p.is_dir()
+                and p.name.startswith(CHECKPOINT_PREFIX)
+                and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+                and (p / "state.json").is_file()
+            ):
+                out.append((int(p.name[len(CHECKPOINT_PREFIX) :]), p))
     return sorted(out)
 
 
@@ -54,8 +60,11 @@ def _optimizer_to_file(optimizer, scaler) -> Tuple[Dict[str, torch.Tensor], Dict
                 tensors[f"state.{idx}.{k}"] = v.detach().cpu().clone()
             else:
                 scalars.setdefault(str(idx), {})[k] = v
-    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars),
-            "scaler": json.dumps(scaler.state_dict() if scaler is not None else None)}
+    meta = {
+        "param_groups": json.dumps(sd["param_groups"]),
+        "scalars": json.dumps(scalars),
+        "scaler": json.dumps(scaler.state_dict() if scaler is not None else None),
+    }
     return tensors, meta
 
 
@@ -84,15 +93,19 @@ def _rng_to_file() -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
             tensors[f"cuda.{i}"] = s
     py = random.getstate()
     npst = np.random.get_state()
-    meta = {"python": json.dumps([py[0], list(py[1]), py[2]]),
-            "numpy": json.dumps([npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])])}
+    meta = {
+        "python": json.dumps([py[0], list(py[1]), py[2]]),
+        "numpy": json.dumps([npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])]),
+    }
     return tensors, meta
 
 
 def _rng_from_file(path: Path) -> None:
     tensors, meta = load_safetensors(path, what="RNG checkpoint")
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))]
+    cuda = [
+        tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))
+    ]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
     py = json.loads(meta["python"])
@@ -124,9 +137,16 @@ def save_checkpoint(run, step: int) -> Path:
         run.raw_adapter().save(tmp / "adapter.safetensors", fdi=run.fdi)
         t, m = _optimizer_to_file(run.optimizer, run.acc.scaler)
         save_safetensors(t, tmp / "optimizer.safetensors", m)
-        state = {"format": STATE_FORMAT, "format_version": STATE_VERSION, "step": step, "signature": run.signature,
-                 "lr_scheduler": _lr_state(run.lr_scheduler), "num_processes": run.acc.num_processes,
-                 "max_steps": run.max_steps, "config": {k: v for k, v in asdict(run.cfg).items() if k != "progress"}}
+        state = {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "step": step,
+            "signature": run.signature,
+            "lr_scheduler": _lr_state(run.lr_scheduler),
+            "num_processes": run.acc.num_processes,
+            "max_steps": run.max_steps,
+            "config": {k: v for k, v in asdict(run.cfg).items() if k != "progress"},
+        }
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
         if final.exists():  # a re-run over the same step: replace it
             old = run.run_dir / f".{CHECKPOINT_PREFIX}{step}.old"
@@ -144,18 +164,27 @@ def save_checkpoint(run, step: int) -> Path:
     run.acc.wait_for_everyone()
     return final
 
+
 def load_checkpoint(run, ckpt: Path) -> None:
     try:
         state = json.loads((ckpt / "state.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        raise FDIError(f"{ckpt}/state.json is unreadable; the checkpoint is damaged, resume from an earlier one") from None
+        raise FDIError(
+            f"{ckpt}/state.json is unreadable; the checkpoint is damaged, resume from an earlier one"
+        ) from None
     if state.get("format") != STATE_FORMAT or state.get("format_version") != STATE_VERSION:
-        raise FDIError(f"{ckpt} is not an FDI training checkpoint of this version; resume from a checkpoint written by 'python -m fdi train'")
+        raise FDIError(
+            f"{ckpt} is not an FDI training checkpoint of this version; resume from "
+            "a checkpoint written by 'python -m fdi train'"
+        )
     theirs = state.get("signature", {})
     diff = sorted(k for k in set(theirs) | set(run.signature) if theirs.get(k) != run.signature.get(k))
     if diff:
         details = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {run.signature.get(k)!r}" for k in diff)
-        raise FDIError(f"cannot resume from {ckpt}: it belongs to a different run ({details}); use the same settings, or start a new run with another --checkpoint-dir")
+        raise FDIError(
+            f"cannot resume from {ckpt}: it belongs to a different run ({details}); "
+            "use the same settings, or start a new run with another --checkpoint-dir"
+        )
     saved = FDIAdapter.from_file(ckpt / "adapter.safetensors")
     run.raw_adapter().load_state_dict(saved.state_dict(), strict=True)
     _optimizer_from_file(ckpt / "optimizer.safetensors", run.optimizer, run.acc.scaler)
@@ -167,7 +196,10 @@ def load_checkpoint(run, ckpt: Path) -> None:
     run.lr_scheduler.base_lrs = [run.cfg.lr for _ in run.lr_scheduler.base_lrs]
     step = int(state["step"])
     if run.lr_scheduler.last_epoch != step:
-        raise FDIError(f"{ckpt}/state.json is inconsistent (scheduler at {run.lr_scheduler.last_epoch}, step {step}); resume from another checkpoint")
+        raise FDIError(
+            f"{ckpt}/state.json is inconsistent (scheduler at {run.lr_scheduler.last_epoch}, "
+            f"step {step}); resume from another checkpoint"
+        )
     for g, base, f in zip(run.optimizer.param_groups, run.lr_scheduler.base_lrs, run.lr_scheduler.lr_lambdas):
         g["initial_lr"] = base
         g["lr"] = base * f(step)

@@ -30,9 +30,13 @@ def validate(run, step: int) -> Optional[Dict[str, float]]:
         restored = []
         try:
             for i in range(0, len(degs), run.micro):
-                out = run.pipe.restore(torch.stack(degs[i:i + run.micro]), [AdapterUse(adapter, run.fdi, 1.0)],
-                                        steps=run.cfg.val_steps, inversion_steps=run.cfg.val_steps,
-                                        prompt=run.cfg.prompt)
+                out = run.pipe.restore(
+                    torch.stack(degs[i : i + run.micro]),
+                    [AdapterUse(adapter, run.fdi, 1.0)],
+                    steps=run.cfg.val_steps,
+                    inversion_steps=run.cfg.val_steps,
+                    prompt=run.cfg.prompt,
+                )
                 restored.extend(out)
         finally:
             adapter.train()
