@@ -299,10 +299,13 @@ def test_comfyignore_keeps_development_files_out_of_the_archive():
     left_out = sorted(set(files) - set(shipped))
     dev = ("tests/", "bench/", ".ci/", "tools/", "workflows/build_workflows.py")
     for f in left_out:
-        assert f.startswith(dev) or f.endswith(".jpg"), f
-    assert any(f.startswith("tests/") for f in left_out) and any(f.endswith(".jpg") for f in left_out)
+        assert f.startswith(dev) or (f.startswith("docs/") and f.endswith((".jpg", ".png"))), f
+    assert any(f.startswith("tests/") for f in left_out) and any(f.startswith("docs/") for f in left_out)
     for f in shipped:
-        assert not f.startswith(("tests/", "bench/", ".ci/")) and not f.endswith((".jpg", ".jpeg")), f
+        assert not f.startswith(("tests/", "bench/", ".ci/", "docs/restore_single")), f
+    # the template browser shows each workflow with its thumbnail: both ship
+    for name in (ROOT / "workflows").glob("*.json"):
+        assert f"workflows/{name.name}" in shipped and f"workflows/{name.stem}.jpg" in shipped, name
     # what ComfyUI needs at run time ships
     for needed in (
         "__init__.py",
