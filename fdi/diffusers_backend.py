@@ -1,4 +1,4 @@
-"""FDI guidance on a diffusers ``UNet2DConditionModel`` (DESIGN §3), without touching its weights.
+"""FDI guidance on a diffusers ``UNet2DConditionModel`` (injection points: docs/design.md), weights untouched.
 
 :class:`DiffusersGuidance` attaches two kinds of hooks and removes them on exit:
 

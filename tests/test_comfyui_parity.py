@@ -36,7 +36,7 @@ pytestmark = [
 
 
 def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
-    """Loading the pack the way ComfyUI does registers the 13 nodes and keeps diffusers out (DESIGN §2)."""
+    """Loading the pack the way ComfyUI does registers the 17 nodes and keeps diffusers out (docs/design.md)."""
     import json
     import subprocess
     import textwrap
