@@ -274,9 +274,21 @@ class FDIRestorationPipeline:
         if hooks is None or not hooks.active:
             return tiling.blend(x, lambda i, xt: self._unet(xt, t, cond))
         whole = hooks.guidances
+        # the crops do not change from step to step: cut them once per (tiling, guidance) and reuse them
+        # (the memo holds the tiling and guidances themselves, compared by identity, so it can never go stale)
+        memo = getattr(self, "_tile_crops", None)
+        if (
+            memo is None
+            or memo[0] is not tiling
+            or len(memo[1]) != len(whole)
+            or any(a is not b for a, (b, _) in zip(memo[1], whole))
+        ):
+            crops = [[(tiling.crop_guidance(g, i), w) for g, w in whole] for i in range(len(tiling.tiles))]
+            memo = self._tile_crops = (tiling, [g for g, _ in whole], crops)
+        crops = memo[2]
 
         def tile(i: int, xt: torch.Tensor) -> torch.Tensor:
-            hooks.guidances = [(tiling.crop_guidance(g, i), w) for g, w in whole]
+            hooks.guidances = crops[i]
             return self._unet(xt, t, cond)
 
         try:
@@ -420,6 +432,7 @@ class FDIRestorationPipeline:
                     tiling,
                 )
             del guidance
+            self._tile_crops = None  # drop this stage's tile crops with its guidance
             x = self.decode_latents(latents, tiling)[..., :h, :w].cpu()
         return x
 
