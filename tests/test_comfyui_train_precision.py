@@ -65,7 +65,12 @@ os.makedirs(folder_paths.get_folder_paths("checkpoints")[0], exist_ok=True)
 os.symlink({ckpt!r}, os.path.join(folder_paths.get_folder_paths("checkpoints")[0], "sd21.safetensors"))
 out = {{}}
 torch.inference_mode().__enter__()  # as in ComfyUI's executor
-model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("sd21.safetensors")[:3]
+if {with_clip!r}:
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("sd21.safetensors")[:3]
+else:  # the memory figure: no text encoder in memory (1.4 GB); the empty prompt's conditioning is zeros
+    import types, comfy.sd
+    model, _, vae = comfy.sd.load_checkpoint_guess_config({ckpt!r}, output_vae=True, output_clip=False)[:3]
+    clip = types.SimpleNamespace(tokenize=lambda text: None, encode_from_tokens=lambda tokens: torch.zeros(1, 77, 1024))
 q = fdi_nodes.FDIQFormerLoader.execute("tiny", "fp32")[0]
 g = torch.Generator().manual_seed(0)
 clean = torch.rand(2, 64, 80, 3, generator=g)
@@ -99,6 +104,18 @@ if {vpred!r}:
     out["v"] = train(m_v)
     ms = m_v.get_model_object("model_sampling")
     out["v_alphas_expected_last"] = float(1 / (1 + ms.sigmas.float()[-1] ** 2))
+if {gpu_like!r}:  # fp16 weights computing natively (a GPU's load: no manual cast), and "fp32" chosen
+    base.manual_cast_dtype = None
+    ops = [m for m in base.diffusion_model.modules() if hasattr(m, "comfy_cast_weights")]
+    for m in ops:
+        m.comfy_cast_weights = False
+    dtypes = set()
+    conv = base.diffusion_model.input_blocks[1][0].in_layers[2]
+    h = conv.register_forward_pre_hook(lambda mod, a: dtypes.add(str(a[0].dtype)))
+    out["gpu_like"] = train(model)
+    h.remove()
+    out["gpu_like_dtypes"] = sorted(dtypes)
+    out["cast_restored"] = not any(m.comfy_cast_weights for m in ops)
 out["storage_after"] = str(model.model.diffusion_model.input_blocks[1][0].in_layers[2].weight.dtype)
 print(json.dumps(out))
 """
@@ -132,7 +149,7 @@ def _run(tmp_path, flags, body, timeout=1500, **fmt):
 def test_training_on_a_unet_stored_in_fp8_or_fp16(tmp_path, flag):
     """Inputs go to the compute dtype (manual cast fp32 on the CPU), never to the storage dtype: before, fp8
     crashed with '"silu_cpu" not implemented for Float8_e4m3fn'."""
-    r = _run(tmp_path, [flag], TRAIN, vpred=flag == "fp16_unet")
+    r = _run(tmp_path, [flag], TRAIN, with_clip=True, vpred=flag == "fp16_unet", gpu_like=flag == "fp16_unet")
     want = {"fp8_e4m3fn_unet": "torch.float8_e4m3fn", "fp16_unet": "torch.float16"}[flag]
     assert r["storage"] == want and r["storage_after"] == want and r["manual_cast"] == "torch.float32", r
     assert r["plain"]["steps"] == 2 and r["plain"]["finite"] and r["plain"]["family"] == "sd2.1-base", r
@@ -142,6 +159,9 @@ def test_training_on_a_unet_stored_in_fp8_or_fp16(tmp_path, flag):
         # zsnr: the last level's ᾱ is ~0 (the base schedule's is 0.0047)
         assert r["v"]["alphas_last"] == pytest.approx(r["v_alphas_expected_last"], rel=1e-4, abs=1e-9)
         assert r["v"]["alphas_last"] < 1e-6 < 4e-3 < r["plain"]["alphas_last"], r
+        # "fp32" is fp32 compute on fp16-stored weights (they are cast for the run, then left as they were)
+        assert r["gpu_like"]["steps"] == 2 and r["gpu_like"]["finite"], r
+        assert r["gpu_like_dtypes"] == ["torch.float32"] and r["cast_restored"], r
 
 
 MEMORY = r"""
@@ -195,13 +215,14 @@ print(json.dumps(out))
 def test_checkpointing_cuts_the_training_steps_extra_peak_memory_at_512px(tmp_path):
     """One FDITrainAdapter step at 512 px, checkpointing off and on, each in a fresh process (glibc returning
     freed blocks at once, MALLOC_MMAP_THRESHOLD_): the peak RSS after the clean image is encoded, above the RSS
-    at that moment (the step: forward, backward, update), and the bytes autograd holds for the backward."""
+    at that moment (the step: forward, backward, update), and the bytes autograd holds for the backward.
+    The text encoder is left out (zeros for the empty prompt): it plays no part in the step."""
     figures = {}
     env_before = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     try:
         for on in (False, True):
-            figures[on] = _run(tmp_path / str(on), [], MEMORY, timeout=3000, checkpointing=on)
+            figures[on] = _run(tmp_path / str(on), [], MEMORY, timeout=3000, checkpointing=on, with_clip=False)
     finally:
         if env_before is None:
             os.environ.pop("MALLOC_MMAP_THRESHOLD_")
