@@ -216,7 +216,9 @@ def test_checkpointing_cuts_the_training_steps_extra_peak_memory_at_512px(tmp_pa
     """One FDITrainAdapter step at 512 px, checkpointing off and on, each in a fresh process (glibc returning
     freed blocks at once, MALLOC_MMAP_THRESHOLD_): the peak RSS after the clean image is encoded, above the RSS
     at that moment (the step: forward, backward, update), and the bytes autograd holds for the backward.
-    The text encoder is left out (zeros for the empty prompt): it plays no part in the step."""
+    The text encoder is left out (zeros for the empty prompt): it plays no part in the step. Measured on
+    ComfyUI 0.28.0 (2 shared CPU cores): step extra peak 3.64 GiB off, 1.03 GiB on (0.28×). The saved bytes
+    count a tensor once per op that saves it, so they exceed the RSS."""
     figures = {}
     env_before = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
