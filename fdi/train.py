@@ -28,7 +28,16 @@ from .files import check_output_path
 from .progress import ProgressCallback
 from .training.loop import log_row, run_loop
 from .training.state import CHECKPOINT_PREFIX, fdi_hash, list_checkpoints, load_checkpoint, save_checkpoint
-from .training.step import StepLoss, diffusers_predictor, encode_clean, fdi_loss, step_generator, training_step
+from .training.step import (
+    StepLoss,
+    checkpoint_units,
+    checkpointed,
+    diffusers_predictor,
+    encode_clean,
+    fdi_loss,
+    step_generator,
+    training_step,
+)
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -264,6 +273,14 @@ class TrainRun:
         from .dtypes import parse_dtype  # the package's one dtype map
 
         self.weight_dtype = parse_dtype("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision)
+        from .training.precision import loss_scaler
+
+        # fp16 needs dynamic loss scaling; accelerate gives it a scaler on GPUs, not on the CPU: ours there
+        self.scaler = (
+            loss_scaler(self.device, torch.float16)
+            if cfg.mixed_precision == "fp16" and self.acc.scaler is None
+            else None
+        )
         self.main = self.acc.is_main_process
         n = len(self.pairs)
         self.max_steps = (
@@ -346,8 +363,10 @@ class TrainRun:
         scheduler = parts.scheduler  # load_sd applied --prediction-type to it
         del parts
         gc.collect()
-        if cfg.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+        # the pack's own checkpointing of the blocks' resnets/attentions/samplers (as in ComfyUI): diffusers'
+        # enable_gradient_checkpointing() acts only in train() before diffusers 0.32, and the UNet is in eval()
+        unet_blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
+        self.checkpointing = checkpointed(checkpoint_units(unet_blocks), cfg.gradient_checkpointing)
         self.prediction_type = cfg.prediction_type or scheduler.config.prediction_type
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
@@ -433,7 +452,8 @@ class TrainRun:
             )
 
     def loop(self) -> List[float]:
-        return run_loop(self)
+        with self.checkpointing:
+            return run_loop(self)
 
     def finish(self) -> None:
         if self.main:

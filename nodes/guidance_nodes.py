@@ -205,8 +205,20 @@ class FDIApplyGuidance(io.ComfyNode):
 
 
 def prediction_type(model) -> str:
-    """The MODEL's prediction as the library names it (``epsilon``, ``v_prediction``, or ComfyUI's type name)."""
-    kind = getattr(getattr(getattr(model, "model", None), "model_type", None), "name", "")
+    """The MODEL's prediction as the library names it (``epsilon``, ``v_prediction``, or ComfyUI's type name).
+
+    Read from the MODEL's own ``model_sampling`` (what its sampler uses, a ``ModelSamplingDiscrete`` patch
+    included): the class nearest in its MRO that defines ``calculate_denoised`` (ComfyUI's ``EPS``,
+    ``V_PREDICTION``, ``EDM``, ``X0``, ``CONST``…). Without one, the base model's ``model_type``."""
+    kind = ""
+    get = getattr(model, "get_model_object", None)
+    sampling = get("model_sampling") if callable(get) else None
+    for cls in type(sampling).__mro__ if sampling is not None else ():
+        if "calculate_denoised" in cls.__dict__:  # e.g. LCM(EPS) in comfy_extras is LCM, not epsilon
+            kind = cls.__name__ if cls.__module__ == "comfy.model_sampling" else cls.__qualname__ + " (custom)"
+            break
+    if not kind:
+        kind = getattr(getattr(getattr(model, "model", None), "model_type", None), "name", "")
     return {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(kind, kind.lower() or "unknown")
 
 

@@ -25,7 +25,8 @@ from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI, same_encoder
 from ..fdi.sampling import sigma_to_alpha
 from ..fdi.training.memory import TrainSettings, check_pairs, train_on_pairs
-from ..fdi.training.step import checkpointed, comfy_predictor
+from ..fdi.training.precision import compute_dtype
+from ..fdi.training.step import checkpoint_units, checkpointed, comfy_predictor
 from .common import (
     CATEGORY,
     FDIAdapterType,
@@ -52,20 +53,50 @@ class PairList:
 
 
 def _model_facts(model) -> tuple:
-    """``(unet_config, prediction_type, family)`` of a ComfyUI MODEL, refusing what is not SD 2.x."""
+    """``(unet_config, prediction_type, family)`` of a ComfyUI MODEL, refusing what is not SD 2.x.
+
+    The prediction is the MODEL's own (:func:`prediction_type`: its ``model_sampling``, so a
+    ``ModelSamplingDiscrete`` v-prediction patch on an SD 2.x base makes it v-prediction)."""
+    from .guidance_nodes import prediction_type
+
     base = model.model
     cfg = getattr(getattr(base, "model_config", None), "unet_config", None)
-    mtype = getattr(getattr(base, "model_type", None), "name", "")
-    pred = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}.get(mtype)
-    if pred is None:
+    pred = prediction_type(model)
+    if pred not in ("epsilon", "v_prediction"):
         raise FDIError(
-            f"the MODEL predicts {mtype or 'something unknown'}; "
+            f"the MODEL predicts {pred if pred != 'unknown' else 'something unknown'}; "
             "FDI adapters train on SD 2.x epsilon or v-prediction models"
         )
     family = "sd2.1-v" if pred == "v_prediction" else "sd2.1-base"
     channels = FDIAdapterConfig().channels
     check_unet_for_adapter(cfg, channels, family, pred)  # SD 1.5, SDXL, DiT, inpainting: a clear error
     return cfg, pred, family
+
+
+class _compute_in:
+    """Context manager: the UNet's ComfyUI ops cast their weights to the input's dtype while
+    training computes in ``dtype`` and the weights are stored in another (fp16 weights, "fp32"
+    chosen; fp8 storage without manual cast), the way ComfyUI's manual-cast ops do. Restored on exit."""
+
+    def __init__(self, unet: torch.nn.Module, storage: torch.dtype, dtype: torch.dtype):
+        need = storage != dtype
+        self.mods = [m for m in unet.modules() if hasattr(m, "comfy_cast_weights")] if need else []
+        self.old = [m.comfy_cast_weights for m in self.mods]
+
+    def __enter__(self) -> "_compute_in":
+        for m in self.mods:
+            m.comfy_cast_weights = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, v in zip(self.mods, self.old):
+            m.comfy_cast_weights = v
+
+
+def _compute_dtype(model, training_dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype the frozen UNet computes in (:func:`fdi.training.precision.compute_dtype` with the device's
+    support as ComfyUI's model management sees it)."""
+    return compute_dtype(training_dtype, device, bool(mm.should_use_bf16(device)), bool(mm.should_use_fp16(device)))
 
 
 def _autograd_safe(module: torch.nn.Module) -> int:
@@ -206,7 +237,8 @@ class FDITrainAdapter(io.ComfyNode):
                     "training_dtype",
                     options=TRAIN_DTYPES,
                     default="bf16",
-                    tooltip="Autocast dtype of the frozen UNet; the adapter's weights stay fp32. fp32 on CPU.",
+                    tooltip="Compute dtype of the frozen UNet (bf16 falls back to fp16 with loss scaling where the GPU "
+                    "lacks bf16); the adapter's weights stay fp32. fp32 on CPU.",
                 ),
                 io.Float.Input(
                     "recon_weight",
@@ -291,7 +323,7 @@ class FDITrainAdapter(io.ComfyNode):
             tokens, width = fdi.shape
             config = FDIAdapterConfig(token_width=width, num_tokens=tokens)
         input_blocks, output_blocks = check_unet_for_adapter(unet_config, config.channels, family, prediction_type)
-        dtype = parse_dtype(training_dtype)
+        parse_dtype(training_dtype)  # an unknown name: a clear error before any work
 
         with torch.inference_mode(False):
             with torch.random.fork_rng(devices=[]):
@@ -307,8 +339,12 @@ class FDITrainAdapter(io.ComfyNode):
             unet = base.diffusion_model
             _autograd_safe(unet)
             context = clip.encode_from_tokens(clip.tokenize("")).clone().to(device)
-            predict = comfy_predictor(unet, context, input_blocks, output_blocks, base.get_dtype())
-            alphas = sigma_to_alpha(base.model_sampling.sigmas.float().cpu())
+            # compute dtype, never the storage one (fp8): ComfyUI's _apply_model casts to manual_cast_dtype
+            dtype = _compute_dtype(model, training_dtype, device)
+            storage = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+            predict = comfy_predictor(unet, context, input_blocks, output_blocks, dtype)
+            # the MODEL's own schedule: a ModelSamplingDiscrete patch (v-prediction, zsnr) included
+            alphas = sigma_to_alpha(model.get_model_object("model_sampling").sigmas.float().cpu())
 
             def encode(images: torch.Tensor) -> torch.Tensor:
                 with torch.no_grad():
@@ -336,7 +372,7 @@ class FDITrainAdapter(io.ComfyNode):
                 bar.update_absolute(done, settings.steps, preview)
 
             blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
-            with checkpointed(blocks, gradient_checkpointing):
+            with _compute_in(unet, storage, dtype), checkpointed(checkpoint_units(blocks), gradient_checkpointing):
                 result = train_on_pairs(
                     new,
                     predict,
@@ -348,7 +384,7 @@ class FDITrainAdapter(io.ComfyNode):
                     prediction_type,
                     settings,
                     device,
-                    autocast_dtype=None if device.type == "cpu" else dtype,
+                    compute_dtype=dtype,
                     should_stop=mm.processing_interrupted,
                     on_step=on_step,
                 )

@@ -14,8 +14,8 @@ from typing import List
 
 import torch
 
-from ..errors import FDIError
 from ..progress import report
+from .precision import NonFiniteGuard, scaled_update
 from .state import save_checkpoint
 from .validation import VAL_FIELDS, validate
 
@@ -105,13 +105,16 @@ def run_loop(run) -> List[float]:
     sums = torch.zeros(3, device=run.device)
     t0 = time.perf_counter()
     trainable = [p for p in run.adapter.parameters() if p.requires_grad]
+    own = getattr(run, "scaler", None)  # fp16 where accelerate gives no loss scaler (the CPU)
+    guard = NonFiniteGuard(scaled=acc.scaler is not None or own is not None)
     try:
         for batch in loader:
             m = micro_index % accum
             ctx = acc.no_sync(run.adapter) if m < accum - 1 else nullcontext()
             with ctx:
                 out = run.micro_loss(batch, micro_index)
-                acc.backward(out.loss / accum)
+                loss = out.loss / accum
+                acc.backward(own.scale(loss) if own is not None else loss)
             sums += torch.stack([out.loss.detach(), out.diffusion.detach(), out.recon.detach()]) / accum
             micro_index += 1
             if m < accum - 1:
@@ -119,18 +122,26 @@ def run_loop(run) -> List[float]:
             mean = acc.reduce(sums, reduction="mean") if acc.num_processes > 1 else sums
             sums = torch.zeros(3, device=run.device)
             vals = [float(v) for v in mean.cpu()]
-            # checked on the reduced loss before the update, so every process stops together and the
-            # adapter keeps the weights of the last good step; with fp16 the loss scaler skips such steps
-            if not math.isfinite(vals[0]) and cfg.mixed_precision != "fp16":
-                raise FDIError(
-                    f"the loss became {vals[0]} at step {step + 1}; lower --lr (or use --mixed-precision "
-                    "no) "
-                    "and resume from the last checkpoint"
-                )
+            # one rule (NonFiniteGuard), checked on the reduced loss, so every process stops together: a
+            # non-finite step is skipped (by the loss scaler, or here without one), and a run of them stops
+            # training with the adapter of the last good step
             grad_norm = float("nan")
-            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
-            run.optimizer.step()
+            if not math.isfinite(vals[0]) and not guard.scaled:
+                skipped = True
+            elif own is not None:
+                skipped, grad_norm = scaled_update(own, run.optimizer, trainable, cfg.max_grad_norm)
+            else:
+                if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                    grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
+                skipped = not guard.scaled and cfg.max_grad_norm > 0 and not math.isfinite(grad_norm)
+                if not skipped:
+                    run.optimizer.step()
+                    skipped = bool(getattr(run.optimizer, "step_was_skipped", False))
+            if guard.record(vals[0], skipped):
+                run.optimizer.zero_grad(set_to_none=True)
+                raise guard.error(
+                    step + 1, "lower --lr, or use --mixed-precision bf16 or no, and resume from the last checkpoint"
+                )
             lr = run.optimizer.param_groups[0]["lr"]
             run.lr_scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)

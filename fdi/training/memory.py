@@ -3,8 +3,9 @@
 The loop of :func:`train_on_pairs` draws each step's pairs from a seeded permutation, crops them
 with :func:`fdi.data.transform_pair` (random square crop + flip at ``resolution``), encodes the clean
 crops with the caller's ``encode`` and runs :func:`fdi.training.step.training_step`. It stops early,
-keeping the weights of the last finished step, when ``should_stop()`` turns true or the loss is not
-finite (then the update is skipped).
+keeping the weights of the last finished step, when ``should_stop()`` turns true or after
+:class:`fdi.training.precision.NonFiniteGuard`'s run of non-finite steps (each is skipped). fp16 compute
+gets dynamic loss scaling.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from ..errors import FDIError
 from ..progress import ProgressCallback, report
+from .precision import NonFiniteGuard, loss_scaler, scaled_grads, scaled_update
 from .step import Predictor, step_generator, training_step
 
 #: smallest image side accepted for training (one 64-px crop = an 8×8 latent)
@@ -116,6 +118,7 @@ def train_on_pairs(
     settings: TrainSettings,
     device: torch.device,
     autocast_dtype: Optional[torch.dtype] = None,
+    compute_dtype: Optional[torch.dtype] = None,
     progress: Optional[ProgressCallback] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     on_step: Optional[Callable[[int, float], None]] = None,
@@ -123,8 +126,9 @@ def train_on_pairs(
     """Train ``adapter`` (float32, on ``device``) in place for ``settings.steps`` steps.
 
     ``encode(clean [b,3,R,R] on device) → z0 [b,4,R/8,R/8]`` (posterior mode, scaled); ``predict``
-    as :data:`fdi.training.step.Predictor`; ``autocast_dtype``: run the frozen UNet under autocast in
-    this dtype (fp16/bf16), the adapter's weights stay float32."""
+    as :data:`fdi.training.step.Predictor`; ``autocast_dtype``: run the step under autocast in this
+    dtype (fp16/bf16), the adapter's weights stay float32; ``compute_dtype``: the dtype ``predict``
+    computes in (default ``autocast_dtype``). fp16 either way turns dynamic loss scaling on."""
     settings.check()
     check_pairs(degraded, clean)
     params = [p for p in adapter.parameters() if p.requires_grad]
@@ -132,6 +136,8 @@ def train_on_pairs(
     alphas = alphas_cumprod.to(device, torch.float32)
     tokens = fdi_tokens.to(device, torch.float32)
     result = MemoryTrainResult(steps=0)
+    scaler = loss_scaler(device, compute_dtype or autocast_dtype)
+    guard = NonFiniteGuard(scaled=scaler.is_enabled())
     adapter.train()
     report(progress, 0, settings.steps)
     try:
@@ -153,19 +159,18 @@ def train_on_pairs(
                     adapter, predict, d.to(device), z0, tokens, alphas, prediction_type, settings.recon_weight, gen
                 )
             value = float(out.loss.detach())
-            if not math.isfinite(value):
-                result.stopped = (
-                    f"the loss became {value} at step {step + 1}; training stopped with the adapter of step {step} "
-                    "(lower the learning rate, or train in fp32)"
-                )
+            skipped = True
+            if math.isfinite(value) or scaler.is_enabled():  # an unscaled non-finite loss is not backpropagated
+                scaled_grads(out.loss, params, scaler)
+                skipped, _ = scaled_update(scaler, opt, params, MAX_GRAD_NORM)
+                opt.zero_grad(set_to_none=True)
+            if guard.record(value, skipped):
+                result.stopped = guard.message(step + 1)
                 break
-            grads = torch.autograd.grad(out.loss, params, allow_unused=True)
-            for p, gr in zip(params, grads):
-                p.grad = None if gr is None else gr.detach()
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            result.steps = step + 1
+            if skipped:  # an overflow the scaler recovers from: no update, the step still counts as done
+                report(progress, step + 1, settings.steps)
+                continue
+            result.steps += 1
             result.losses.append(value)
             if on_step is not None:
                 on_step(step + 1, value)

@@ -13,7 +13,7 @@ UNet patches); targets and ẑ0 are :mod:`fdi.sampling`'s. docs/design.md ("Trai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -117,6 +117,10 @@ def comfy_predictor(
 ) -> Predictor:
     """A ComfyUI ``openaimodel`` UNet (``model.model.diffusion_model``) guided by the pack's UNet patches.
 
+    ``dtype``: the UNet's compute dtype (ComfyUI's ``manual_cast_dtype`` or the weights' dtype, or
+    the training dtype with the weights cast to it), never a storage-only dtype such as fp8: the
+    inputs and the context are cast to it, as ComfyUI's ``_apply_model`` does.
+
     Every call is guided (an entry with the whole step and sigma window open); ``z_t`` is the UNet's
     input in VP form, which is ComfyUI's ``calculate_input`` of the sigma-space latent."""
     from ..comfy_backend import INPUT_PATCH_KEY, OUTPUT_PATCH_KEY, FDIInputPatch, FDIOutputPatch, GuidanceEntry
@@ -144,9 +148,46 @@ def encode_clean(vae, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (z - shift) * vae.config.scaling_factor
 
 
+_CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+
+
+def checkpoint_units(blocks: Sequence[torch.nn.Module]) -> List[torch.nn.Module]:
+    """The modules to checkpoint in a UNet's ``blocks``: each block's children, containers
+    (``Sequential``/``ModuleList``/``ModuleDict``) opened down to the modules inside.
+
+    ComfyUI's ``openaimodel`` UNet runs a ``TimestepEmbedSequential`` by looping over its children
+    (``forward_timestep_embed``), never through its ``forward``: its ResBlocks, SpatialTransformers and
+    samplers are what runs. diffusers' blocks give their ``resnets``/``attentions``/samplers."""
+    units: List[torch.nn.Module] = []
+
+    def add(m: torch.nn.Module) -> None:
+        if isinstance(m, _CONTAINERS):
+            for c in m.children():
+                add(c)
+        else:
+            units.append(m)
+
+    for b in blocks:
+        for c in b.children():
+            add(c)
+    return units
+
+
+def _snapshot(args: tuple, kwargs: dict) -> Tuple[tuple, dict]:
+    """Shallow copies of the ``dict`` arguments (``transformer_options``), the rest as is."""
+    return (
+        tuple(dict(a) if isinstance(a, dict) else a for a in args),
+        {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()},
+    )
+
+
 class checkpointed:
     """Context manager: ``modules``' forwards recompute their activations in the backward pass
-    (``torch.utils.checkpoint``, non-reentrant); restored on exit."""
+    (``torch.utils.checkpoint``, non-reentrant); restored on exit.
+
+    The recompute sees its ``dict`` arguments as they were in the forward: ComfyUI passes one
+    ``transformer_options`` through the whole UNet and moves ``block``/``transformer_index`` on, and
+    attention patches read them."""
 
     def __init__(self, modules: Sequence[torch.nn.Module], enabled: bool = True):
         self.modules = list(modules) if enabled else []
@@ -159,14 +200,26 @@ class checkpointed:
             fwd = m.forward
 
             def wrapped(*args, _fwd=fwd, **kwargs):
-                return cp.checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
+                if not torch.is_grad_enabled():
+                    return _fwd(*args, **kwargs)
+                frozen = _snapshot(args, kwargs)
+                calls = [0]
+
+                def run(*a, **k):
+                    calls[0] += 1
+                    if calls[0] == 1:  # the forward: the live options, side effects as without checkpointing
+                        return _fwd(*a, **k)
+                    a2, k2 = _snapshot(*frozen)
+                    return _fwd(*a2, **k2)
+
+                return cp.checkpoint(run, *args, use_reentrant=False, **kwargs)
 
             self._saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
             m.forward = wrapped
         return self
 
     def __exit__(self, *exc) -> None:
-        for m, had, fwd in self._saved:
+        for m, had, fwd in reversed(self._saved):
             if had:
                 m.forward = fwd
             else:
