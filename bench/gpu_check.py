@@ -42,7 +42,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 
@@ -60,10 +60,9 @@ GRAD_SCALE = 2.0**16
 # ---- models ---------------------------------------------------------------------------------------
 
 
-def build_sd21(device: torch.device, dtype: torch.dtype, init_device: Optional[torch.device] = None):
+def build_sd21(device: torch.device, dtype: torch.dtype):
     """An :class:`fdi.pipeline.FDIRestorationPipeline` of full-size SD 2.1-base parts with random weights, from the
-    shipped configs (UNet, KL-f8 VAE, the 23-layer OpenCLIP-H text tower, DDIM schedule); ``init_device``: where the
-    weights are drawn (default ``device``; fast on a GPU)."""
+    shipped configs (UNet, KL-f8 VAE, the 23-layer OpenCLIP-H text tower, DDIM schedule), drawn on ``device``."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -72,7 +71,7 @@ def build_sd21(device: torch.device, dtype: torch.dtype, init_device: Optional[t
 
     cfg = family_config_dir("epsilon")
     torch.manual_seed(0)
-    with torch.device(init_device or device):
+    with torch.device(device):  # random init where the models run (fast on a GPU)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(cfg / "unet")))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(cfg / "vae")))
         text = CLIPTextModel(CLIPTextConfig.from_json_file(str(cfg / "text_encoder" / "config.json")))
@@ -82,12 +81,12 @@ def build_sd21(device: torch.device, dtype: torch.dtype, init_device: Optional[t
     )
 
 
-def build(smoke: bool, device: torch.device, dtype: torch.dtype, init_device: Optional[torch.device] = None):
+def build(smoke: bool, device: torch.device, dtype: torch.dtype):
     """``(pipeline, adapter, FDI tokens)``: tiny (``smoke``) or full size."""
     if smoke:
         return build_tiny(device, dtype)
     torch.manual_seed(0)
-    return build_sd21(device, dtype, init_device), trained_like_adapter("sd2.1-base"), torch.randn(32, 768)
+    return build_sd21(device, dtype), trained_like_adapter("sd2.1-base"), torch.randn(32, 768)
 
 
 # ---- 1. restore -----------------------------------------------------------------------------------
@@ -258,10 +257,11 @@ def offload_figures(smoke: bool, device: torch.device, dtype: torch.dtype, size:
 
     from fdi.pipeline import AdapterUse
 
-    pipe, adapter, tokens = build(smoke, device, dtype, init_device=torch.device("cpu"))
-    for name in ("unet", "vae", "text_encoder"):
-        module = getattr(pipe, name).to("cpu")
-        cpu_offload(module, execution_device=device)
+    pipe, adapter, tokens = build(smoke, device, dtype)
+    for name in ("unet", "vae", "text_encoder"):  # the weights go back to the CPU; accelerate streams them in
+        cpu_offload(getattr(pipe, name).to("cpu"), execution_device=device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     use = AdapterUse(adapter, tokens, 1.0)
 
