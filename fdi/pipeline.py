@@ -311,13 +311,15 @@ class FDIRestorationPipeline:
         """DDIM inversion of clean latents ``[B, 4, h, w]`` (ᾱ = 1) to the level of the first sampling timestep.
 
         Each step evaluates the UNet at the *next* timestep on the current latent (diffusers'
-        ``DDIMInverseScheduler``); with ``tiling``, per tile, blended (:meth:`_model_output`)."""
+        ``DDIMInverseScheduler``) and reads ε̂ off its output at that timestep's level
+        (:func:`fdi.sampling.ddim_step`, ``alpha_eval``); with ``tiling``, per tile, blended (:meth:`_model_output`)."""
         x = latents.float()
         cond = cond.expand(x.shape[0], -1, -1)
         t_cur = None
         for j, t in enumerate(self.inversion_timesteps(steps, inversion_steps).tolist()):
             out = self._model_output(x, t, cond, tiling)
-            x = ddim_step(x, out, self._alpha(t_cur), self._alpha(t), self.prediction_type)
+            a_t = self._alpha(t)
+            x = ddim_step(x, out, self._alpha(t_cur), a_t, self.prediction_type, alpha_eval=a_t)
             t_cur = t
             report(progress, done + j + 1, total)
         return x

@@ -198,10 +198,22 @@ def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar, predictio
     )
 
 
-def ddim_step(x: torch.Tensor, out: torch.Tensor, alpha_from, alpha_to, prediction_type: str) -> torch.Tensor:
+def ddim_step(
+    x: torch.Tensor, out: torch.Tensor, alpha_from, alpha_to, prediction_type: str, alpha_eval=None
+) -> torch.Tensor:
     """One deterministic DDIM move (η = 0) of ``x`` from level ``alpha_from`` to ``alpha_to``, given the
-    model output ``out`` (sampling: evaluated at ``x``; inversion: at the target timestep)."""
-    x0, eps = predict_x0_eps(x, out, alpha_from, prediction_type)
+    model output ``out`` at ``x`` evaluated at level ``alpha_eval``.
+
+    ``alpha_eval`` defaults to ``alpha_from`` (sampling). DDIM inversion evaluates the model at the
+    target level (``alpha_eval = alpha_to``): ε̂ is then read off the output with ᾱ of that level, as
+    the model defines it, and ``x̂_0 = (x − sqrt(1 − ᾱ_from)·ε̂) / sqrt(ᾱ_from)``, which is what ComfyUI's
+    denoiser gives at that level (for ε models both readings are the same)."""
+    if alpha_eval is None:
+        x0, eps = predict_x0_eps(x, out, alpha_from, prediction_type)
+    else:
+        eps = predict_x0_eps(x, out, alpha_eval, prediction_type)[1]
+        a_from = _alpha(alpha_from, x)
+        x0 = (x - (1 - a_from).sqrt() * eps) / a_from.sqrt()
     a = _alpha(alpha_to, x)
     return a.sqrt() * x0 + (1 - a).sqrt() * eps
 

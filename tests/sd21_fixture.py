@@ -188,7 +188,7 @@ def checkpoint_path() -> Path:
     return cache_dir() / "checkpoints" / f"{FIXTURE_NAME}_v{FIXTURE_VERSION}.safetensors"
 
 
-def random_adapter(token_width: int = 768, num_tokens: int = 32, seed: int = 0):
+def random_adapter(token_width: int = 768, num_tokens: int = 32, seed: int = 0, base_family: str = "sd2.1-base"):
     """A *non-fresh* SD 2.1-width FDI adapter: its zero-initialised output convs and gates are randomised.
 
     A fresh adapter is an exact no-op on the UNet; tests that must see guidance change a prediction
@@ -198,7 +198,7 @@ def random_adapter(token_width: int = 768, num_tokens: int = 32, seed: int = 0):
 
     torch.manual_seed(seed)
     adapter = FDIAdapter(
-        FDIAdapterConfig(token_width=token_width, num_tokens=num_tokens), base_family="sd2.1-base", label="e2e"
+        FDIAdapterConfig(token_width=token_width, num_tokens=num_tokens), base_family=base_family, label="e2e"
     )
     with torch.no_grad():
         for head in adapter.guidance_heads:
@@ -207,3 +207,52 @@ def random_adapter(token_width: int = 768, num_tokens: int = 32, seed: int = 0):
         for gate in adapter.gates:
             gate.uniform_(0.2, 0.8)
     return adapter.eval()
+
+
+#: the v-prediction single file (SD 2.1-v, 768 kind) made from :func:`checkpoint_path`'s; its own folder and version
+V_FIXTURE_DIR = "fdi-vpred"
+V_FIXTURE_VERSION = "1"
+#: ComfyUI's SD20.model_type probe: a v-prediction SD 2.x file has a population std > 0.09 in this LayerNorm bias
+V_PROBE = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+V_PROBE_STD = 0.2
+
+
+def v_checkpoint_name() -> str:
+    """The v single file's name as ComfyUI lists it under ``checkpoints`` (a subfolder of :func:`checkpoint_path`'s)."""
+    return f"{V_FIXTURE_DIR}/{FIXTURE_NAME}_vpred_v{V_FIXTURE_VERSION}.safetensors"
+
+
+def v_checkpoint_path() -> Path:
+    return checkpoint_path().parent / v_checkpoint_name()
+
+
+def build_v_checkpoint(src: Path, dst: Path, seed: int = 0) -> Path:
+    """Copy the single file ``src`` to ``dst`` as an SD 2.1-v checkpoint: every tensor as is, except the probe bias
+    (:data:`V_PROBE`), drawn from N(0, 0.2²) so that ComfyUI's test (std > 0.09) and
+    :func:`fdi.models.inspect_single_file` both read it as v-prediction; the metadata says
+    ``modelspec.predict_key: v``. Atomic (``.partial`` first)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    g = torch.Generator().manual_seed(seed)
+    bias = tensors[V_PROBE]
+    tensors[V_PROBE] = (torch.randn(bias.shape, generator=g) * V_PROBE_STD).to(bias.dtype)
+    meta.pop("prompt", None)
+    meta["modelspec.predict_key"] = "v"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".partial")
+    save_file(tensors, str(tmp), metadata=meta)
+    del tensors
+    os.replace(tmp, dst)
+    return dst
+
+
+def v_checkpoint() -> Path:
+    """The cached v single file, built on first use from the cached epsilon one (``checkpoint_path()``, must exist)."""
+    dst = v_checkpoint_path()
+    if not dst.is_file():
+        build_v_checkpoint(checkpoint_path(), dst)
+    return dst

@@ -76,6 +76,7 @@ NODE_IDS = (
 CUSTOM_TYPES = ("BLIP2_QFORMER", "FDI", "FDI_ADAPTER", "FDI_GUIDANCE")
 STEPS = 3  # ddim_uniform: t = 667 (guided for end 0.5), 334, 1 — the CPU here runs a full-size UNet step in seconds
 ADAPTER_NAME = "e2e_adapter.safetensors"
+V_ADAPTER_NAME = "e2e_adapter_v.safetensors"
 SERVER_TIMEOUT = 180
 PROMPT_TIMEOUT = 900
 
@@ -519,13 +520,14 @@ def restore_graph(
     cfg: float = 1.0,
     loader: dict | None = None,
     key: str = "",
+    adapter: str = ADAPTER_NAME,
 ) -> dict:
     """A graph running FDIRestore on an input image (nodes suffixed with ``key`` so several fit in one prompt)."""
     return {
         f"1{key}": loader or node("CheckpointLoaderSimple", ckpt_name=env["ckpt"]),
         f"2{key}": node("CLIPTextEncode", text="", clip=[f"1{key}", 1]),
         f"4{key}": node("LoadImage", image=image),
-        f"5{key}": node("FDIAdapterLoader", adapter_name=ADAPTER_NAME),
+        f"5{key}": node("FDIAdapterLoader", adapter_name=adapter),
         f"13{key}": node(
             "FDIRestore",
             model=[f"1{key}", 0],
@@ -559,12 +561,23 @@ PARITY_CASES = [
 ]
 
 
+def cli_restore(
+    env, sd: Path, img: str, out: Path, steps: int, strength: float, adapter: str = ADAPTER_NAME
+) -> np.ndarray:
+    """``python -m fdi restore --device cpu --dtype fp32`` (in process) on an input image with the e2e adapter."""
+    from fdi.cli import main
+
+    args = ["restore", "--sd", str(sd), "--adapter", str(env["extra"] / "adapters" / adapter)]
+    args += ["--image", str(env["input"] / img), "-o", str(out), "--steps", str(steps), "--inversion-steps", str(steps)]
+    args += ["--strength", str(strength), "--guidance-end", "0.333", "--device", "cpu", "--dtype", "fp32", "--quiet"]
+    assert main(args) == 0
+    return load_png(out / f"{Path(img).stem}.png")
+
+
 def test_fdi_restore_equals_the_cli_on_the_same_files(server, env, tmp_path):
     """The same SD 2.1 folder (ComfyUI's DiffusersLoader / the CLI's --sd), adapter, image and settings through
     FDIRestore and ``python -m fdi restore --device cpu --dtype fp32``: max ≤ 4/255, mean ≤ 1/255 in every case."""
     import sd21_fixture
-
-    from fdi.cli import main
 
     folder = sd21_fixture.diffusers_fixture(Path(COMFYUI_DIR) / "comfy" / "sd1_tokenizer")
     write_image(env["input"] / "parity64.png", 64, 64, seed=21)
@@ -579,33 +592,7 @@ def test_fdi_restore_equals_the_cli_on_the_same_files(server, env, tmp_path):
     report, failures = [], []
     for i, (img, steps, strength) in enumerate(PARITY_CASES):
         comfy_img = saved_image(env, entry, f"14_{i}")
-        out = tmp_path / f"cli{i}"
-        args = [
-            "restore",
-            "--sd",
-            str(folder),
-            "--adapter",
-            str(env["extra"] / "adapters" / ADAPTER_NAME),
-            "--image",
-            str(env["input"] / img),
-            "-o",
-            str(out),
-            "--steps",
-            str(steps),
-            "--inversion-steps",
-            str(steps),
-            "--strength",
-            str(strength),
-            "--guidance-end",
-            "0.333",
-            "--device",
-            "cpu",
-            "--dtype",
-            "fp32",
-            "--quiet",
-        ]
-        assert main(args) == 0
-        cli_img = load_png(out / f"{Path(img).stem}.png")
+        cli_img = cli_restore(env, folder, img, tmp_path / f"cli{i}", steps, strength)
         assert cli_img.shape == comfy_img.shape
         d = np.abs(cli_img - comfy_img)
         report.append(f"{img} steps={steps} strength={strength}: max {d.max()}, mean {d.mean():.3f}")
@@ -618,6 +605,99 @@ def test_fdi_restore_equals_the_cli_on_the_same_files(server, env, tmp_path):
     s1 = saved_image(env, entry, "14_1")
     print(f"strength 0 vs 1 (64 px, 4 steps): mean {np.abs(s0 - s1).mean():.2f}")
     assert np.abs(s0 - s1).mean() > 1.0
+
+
+DETECT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import torch
+from safetensors import safe_open
+import comfy.model_detection
+P = "model.diffusion_model."
+res = []
+for path in sys.argv[2:]:
+    with safe_open(path, framework="pt") as fh:
+        sd = {}
+        for k in fh.keys():
+            if k.startswith(P):
+                sl = fh.get_slice(k)
+                dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[sl.get_dtype()]
+                real = k.endswith("norm1.bias")
+                sd[k] = fh.get_tensor(k) if real else torch.empty(sl.get_shape(), dtype=dt, device="meta")
+    cfg = comfy.model_detection.model_config_from_unet(sd, P)
+    res.append([type(cfg).__name__, cfg.model_type(sd, P).name])
+print(json.dumps(res))
+"""
+
+
+def comfy_detects(*paths: Path) -> list:
+    """``[config class, model type]`` per single file, by ComfyUI's own detection (the loader's, on shapes)."""
+    out = subprocess.run(
+        [sys.executable, "-c", DETECT, COMFYUI_DIR, *map(str, paths)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+#: (single file, image, steps, strength): the v file's cases, and the epsilon file's as the control of the same door
+V_CASES = [
+    ("v", "parity64.png", 6, 1.0),
+    ("v", "parity56x72.png", 4, 1.0),
+    ("v", "parity64.png", 6, 0.0),
+    ("eps", "parity64.png", 6, 1.0),
+]
+
+
+def test_fdi_restore_equals_the_cli_on_a_v_prediction_single_file(server, env, tmp_path):
+    """An SD 2.1-v single file (random weights, detected as V_PREDICTION by ComfyUI's CheckpointLoaderSimple and as
+    v_prediction by the CLI) through FDIRestore and ``python -m fdi restore --sd FILE``: max ≤ 4/255, mean ≤ 1/255;
+    the epsilon single file it was made from, through the same loaders, is the control."""
+    import sd21_fixture
+    from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
+
+    from fdi.models import inspect_single_file
+
+    files = {"v": sd21_fixture.v_checkpoint(), "eps": sd21_fixture.checkpoint_path()}
+    names = {"v": sd21_fixture.v_checkpoint_name(), "eps": env["ckpt"]}
+    # the e2e adapter's weights, labelled for the v family (the pack refuses an epsilon adapter on a v MODEL)
+    adapters = {"v": V_ADAPTER_NAME, "eps": ADAPTER_NAME}
+    v_adapter = sd21_fixture.random_adapter(TINY_WIDTH, TINY_TOKENS, base_family="sd2.1-v")
+    v_adapter.save(env["extra"] / "adapters" / V_ADAPTER_NAME, fdi=env["fdi"])
+    assert comfy_detects(files["v"], files["eps"]) == [["SD20", "V_PREDICTION"], ["SD20", "EPS"]]
+    assert inspect_single_file(files["v"])["v_prediction"] is True
+    assert inspect_single_file(files["eps"])["v_prediction"] is False
+    write_image(env["input"] / "parity64.png", 64, 64, seed=21)
+    write_image(env["input"] / "parity56x72.png", 72, 56, seed=22)
+    graph = {}
+    for i, (kind, img, steps, strength) in enumerate(V_CASES):
+        loader = node("CheckpointLoaderSimple", ckpt_name=names[kind])
+        graph.update(
+            restore_graph(
+                env, img, f"e2e_vparity{i}", steps, strength, loader=loader, key=f"_v{i}", adapter=adapters[kind]
+            )
+        )
+    entry = server.run_ok(graph)
+    report, failures, comfy_imgs = [], [], []
+    for i, (kind, img, steps, strength) in enumerate(V_CASES):
+        comfy_img = saved_image(env, entry, f"14_v{i}")
+        comfy_imgs.append(comfy_img)
+        cli_img = cli_restore(env, files[kind], img, tmp_path / f"cli_v{i}", steps, strength, adapters[kind])
+        assert cli_img.shape == comfy_img.shape
+        d = np.abs(cli_img - comfy_img)
+        report.append(
+            f"{kind} single file, {img} steps={steps} strength={strength}: max {d.max()}, mean {d.mean():.3f}"
+        )
+        if d.max() > 4 or d.mean() > 1:
+            failures.append(report[-1])
+    print("\n".join(report))
+    assert not failures, "\n".join(failures)
+    # the bound means something: strength changes the v picture, and the v file is not sampled as the epsilon one
+    strength_effect = np.abs(comfy_imgs[0] - comfy_imgs[2]).mean()
+    v_vs_eps = np.abs(comfy_imgs[0] - comfy_imgs[3]).mean()
+    print(f"v: strength 0 vs 1 mean {strength_effect:.2f}; v vs eps file, same settings: mean {v_vs_eps:.2f}")
+    assert strength_effect > 1.0 and v_vs_eps > 1.0
 
 
 # ------------------------------------------------------------------------------------------------ (4) bad input

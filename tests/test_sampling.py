@@ -128,12 +128,22 @@ class GaussianMixture:
         e = (p[:, 0] - math.sqrt(a) * x0) / math.sqrt(1 - a)
         return e.view(x.shape[0], x.shape[2], x.shape[3], 4).permute(0, 3, 1, 2).to(x.dtype)
 
+    def output(self, x: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
+        """The optimal model output at level ᾱ: ε, or ``v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x̂_0`` of the same posterior mean."""
+        eps = self.eps(x, alpha_bar)
+        if prediction_type == "epsilon":
+            return eps
+        a = float(alpha_bar)
+        x0 = (x.double() - math.sqrt(1 - a) * eps.double()) / math.sqrt(a)
+        return (math.sqrt(a) * eps.double() - math.sqrt(1 - a) * x0).to(x.dtype)
+
 
 class ComfyLikeModel:
-    """ComfyUI's EPS model wrapper around the exact denoiser: the UNet sees ``x/sqrt(1+σ²)`` at timestep t(σ)."""
+    """ComfyUI's EPS / V_PREDICTION model wrapper around the exact denoiser: the UNet sees ``x/sqrt(1+σ²)`` at
+    timestep t(σ); ``calculate_denoised`` is ``x − σ·ε`` or ``x/(σ²+1) − v·σ/sqrt(σ²+1)`` (σ_data = 1)."""
 
-    def __init__(self, mixture: GaussianMixture, alphas: torch.Tensor):
-        self.mixture, self.alphas = mixture, alphas
+    def __init__(self, mixture: GaussianMixture, alphas: torch.Tensor, prediction_type: str = "epsilon"):
+        self.mixture, self.alphas, self.prediction_type = mixture, alphas, prediction_type
         self.table = alpha_to_sigma(alphas).float()
 
     def sigma(self, t):
@@ -142,8 +152,10 @@ class ComfyLikeModel:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kw) -> torch.Tensor:
         s = float(sigma.reshape(-1)[0])
         t = int((self.table - s).abs().argmin())
-        eps = self.mixture.eps(x / math.sqrt(1 + s * s), float(self.alphas[t]))
-        return x - s * eps
+        out = self.mixture.output(x / math.sqrt(1 + s * s), float(self.alphas[t]), self.prediction_type)
+        if self.prediction_type == "v_prediction":
+            return x / (s * s + 1) - out * s / math.sqrt(s * s + 1)
+        return x - s * out
 
 
 def euler(model, x, sigmas):
@@ -170,10 +182,22 @@ def comfy_round_trip(model: ComfyLikeModel, z0: torch.Tensor, steps: int, invers
 
 
 def pipeline_round_trip(
-    pipe, mixture: GaussianMixture, z0: torch.Tensor, steps: int, inversion_steps: int, monkeypatch
+    pipe,
+    mixture: GaussianMixture,
+    z0: torch.Tensor,
+    steps: int,
+    inversion_steps: int,
+    monkeypatch,
+    prediction_type: str = "epsilon",
 ):
+    from diffusers import DDIMScheduler
+
+    if pipe.prediction_type != prediction_type:
+        monkeypatch.setattr(
+            pipe, "scheduler", DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+        )
     alphas = pipe.scheduler.alphas_cumprod
-    monkeypatch.setattr(pipe, "_unet", lambda x, t, cond: mixture.eps(x, float(alphas[int(t)])))
+    monkeypatch.setattr(pipe, "_unet", lambda x, t, cond: mixture.output(x, float(alphas[int(t)]), prediction_type))
     cond = torch.zeros(1, 1, 1)
     xt = pipe.invert(z0, cond, steps, inversion_steps)
     return xt, pipe.sample(xt, cond, steps, 0.0)
@@ -197,6 +221,61 @@ def test_exact_denoiser_round_trip_is_the_same_in_both_doors(tiny_pipeline, monk
     # and the test can see the old bug: without the rescale the doors part by far more than that
     _, out_old = comfy_round_trip(model, z0, steps, inversion_steps, rescale=False)
     assert float((out_old - out_d).abs().max()) > 50 * max(diff, 1e-5)
+
+
+def old_v_inversion(pipe, mixture: GaussianMixture, z0: torch.Tensor, steps: int, inversion_steps: int):
+    """The pre-fix CLI inversion of a v model: ε read off the output with ᾱ of the *current* level."""
+    alphas = pipe.scheduler.alphas_cumprod
+    x, a_cur = z0.clone(), 1.0
+    for t in inversion_timesteps(ddim_timesteps(steps), inversion_steps).tolist():
+        a = float(alphas[t])
+        x = ddim_step(x, mixture.output(x, a, "v_prediction"), a_cur, a, "v_prediction")
+        a_cur = a
+    return x
+
+
+@pytest.mark.parametrize("steps,inversion_steps", [(50, 50), (6, 6), (4, 4), (6, 10)])
+def test_exact_v_denoiser_round_trip_is_the_same_in_both_doors(tiny_pipeline, monkeypatch, steps, inversion_steps):
+    """A v-prediction model through ComfyUI's V_PREDICTION denoiser and through the pipeline: the same inverted
+    latent and the same round trip; the old rule (ε read at the current level) parts from ComfyUI by far more."""
+    mixture = GaussianMixture(seed=5)
+    z0 = mixture.sample(2, 6, 6, seed=6)
+    alphas = tiny_pipeline.scheduler.alphas_cumprod
+    model = ComfyLikeModel(mixture, alphas, "v_prediction")
+    xt_c, out_c = comfy_round_trip(model, z0, steps, inversion_steps)
+    xt_d, out_d = pipeline_round_trip(tiny_pipeline, mixture, z0, steps, inversion_steps, monkeypatch, "v_prediction")
+    t0 = int(ddim_timesteps(steps)[0])
+    scale = float(xt_d.abs().max())
+    inv_diff = float((xt_c * math.sqrt(float(alphas[t0])) - xt_d).abs().max())
+    assert inv_diff <= 1e-4 * scale, inv_diff
+    diff = float((out_c - out_d).abs().max())
+    assert diff <= 1e-3 * float(z0.abs().max()), diff
+    # the round trip responds to the model: it is not the identity, and the two doors' errors agree
+    err_c, err_d = float((out_c - z0).abs().mean()), float((out_d - z0).abs().mean())
+    assert abs(err_c - err_d) <= 0.01 * err_d + 1e-6, (err_c, err_d)
+    # the pre-fix CLI rule: its inverted latent is far from ComfyUI's
+    old = old_v_inversion(tiny_pipeline, mixture, z0, steps, inversion_steps)
+    old_diff = float((old - xt_d).abs().max())
+    print(
+        f"v, {steps}/{inversion_steps} steps: inverted max diff {inv_diff:.2e} (old rule {old_diff:.3f}), "
+        f"round trip max diff {diff:.2e}, scale {scale:.2f}"
+    )
+    assert old_diff > 50 * max(inv_diff, 1e-4 * scale), (old_diff, inv_diff)
+
+
+def test_ddim_step_reads_eps_at_the_evaluation_level():
+    """``alpha_eval``: ε̂ of a v output is read at the level the model saw; for an ε model nothing changes."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    a_from, a_eval = 0.9, 0.6
+    x = math.sqrt(a_from) * x0 + math.sqrt(1 - a_from) * eps
+    # a v model evaluated at level a_eval on x: v = sqrt(a)ε − sqrt(1−a)x̂_0 with x = sqrt(a)x̂_0 + sqrt(1−a)ε
+    v = diffusion_target((x - math.sqrt(1 - a_eval) * eps) / math.sqrt(a_eval), eps, a_eval, "v_prediction")
+    moved = ddim_step(x, v, a_from, 0.3, "v_prediction", alpha_eval=a_eval)
+    torch.testing.assert_close(moved, math.sqrt(0.3) * x0 + math.sqrt(0.7) * eps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ddim_step(x, eps, a_from, 0.3, "epsilon", alpha_eval=a_eval), ddim_step(x, eps, a_from, 0.3, "epsilon")
+    )
 
 
 def test_exact_denoiser_round_trip_reconstructs_with_many_steps(tiny_pipeline, monkeypatch):
