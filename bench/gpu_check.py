@@ -54,7 +54,10 @@ for p in (ROOT, ROOT.parent, ROOT.parent / "tests"):
 from guidance_overhead import sync, timed, trained_like_adapter  # noqa: E402
 from restore import build_tiny, peak_bytes, unet_passes  # noqa: E402
 
-GRAD_SCALE = 2.0**16
+from fdi.training.precision import INITIAL_LOSS_SCALE  # noqa: E402
+from fdi.training.step import unet_checkpointing  # noqa: E402
+
+GRAD_SCALE = INITIAL_LOSS_SCALE  # the first scale of the library's fp16 loss scaler
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -153,17 +156,6 @@ def compiled_figures(
 # ---- 2. and 3. training -----------------------------------------------------------------------------
 
 
-def enable_checkpointing(unet, on: bool) -> None:
-    """The CLI's gradient checkpointing of the UNet (``fdi/train.py``: diffusers' switch; train mode so every
-    diffusers version honours it; dropout is 0 in SD 2.1, so the forward is unchanged)."""
-    if on:
-        unet.enable_gradient_checkpointing()
-        unet.train()
-    else:
-        unet.disable_gradient_checkpointing()
-        unet.eval()
-
-
 def train_batch(pipe, resolution: int) -> Dict[str, torch.Tensor]:
     """A fixed batch of one pair at ``resolution`` px: degraded image, clean latent (the library's
     :func:`fdi.training.step.encode_clean`), empty-prompt embedding, ᾱ table; made before any measurement."""
@@ -211,19 +203,21 @@ def training_figures(pipe, adapter, fdi_tokens, resolution: int, grad_resolution
     out: Dict = {"resolution": resolution, "grad_resolution": grad_resolution}
     batch = train_batch(pipe, resolution)
     for name, on in (("no_checkpointing", False), ("checkpointing", True)):
-        enable_checkpointing(pipe.unet, on)
         fig = out[name] = {"peak_extra_bytes": None}
-        if device.type == "cuda":
-            try:
-                fig["peak_extra_bytes"] = peak_bytes(
-                    lambda: adapter_grads(pipe, pipe.unet, adapter, fdi_tokens, batch, pipe.dtype), device
-                )
-            except torch.cuda.OutOfMemoryError:
-                fig["error"] = "out of memory"
-                torch.cuda.empty_cache()
-                continue
-        fig["step_s"] = timed(lambda: adapter_grads(pipe, pipe.unet, adapter, fdi_tokens, batch, pipe.dtype), device)
-    enable_checkpointing(pipe.unet, False)
+        # the library's checkpointing of the frozen UNet, as `fdi train --gradient-checkpointing` and the node use
+        with unet_checkpointing(pipe.unet, on):
+            if device.type == "cuda":
+                try:
+                    fig["peak_extra_bytes"] = peak_bytes(
+                        lambda: adapter_grads(pipe, pipe.unet, adapter, fdi_tokens, batch, pipe.dtype), device
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    fig["error"] = "out of memory"
+                    torch.cuda.empty_cache()
+                    continue
+            fig["step_s"] = timed(
+                lambda: adapter_grads(pipe, pipe.unet, adapter, fdi_tokens, batch, pipe.dtype), device
+            )
     a, b = out["checkpointing"]["peak_extra_bytes"], out["no_checkpointing"]["peak_extra_bytes"]
     out["checkpointing_ratio"] = a / b if a is not None and b else None
 

@@ -30,13 +30,12 @@ from .training.loop import log_row, run_loop
 from .training.state import CHECKPOINT_PREFIX, fdi_hash, list_checkpoints, load_checkpoint, save_checkpoint
 from .training.step import (
     StepLoss,
-    checkpoint_units,
-    checkpointed,
     diffusers_predictor,
     encode_clean,
     fdi_loss,
     step_generator,
     training_step,
+    unet_checkpointing,
 )
 
 __all__ = [
@@ -365,8 +364,7 @@ class TrainRun:
         gc.collect()
         # the pack's own checkpointing of the blocks' resnets/attentions/samplers (as in ComfyUI): diffusers'
         # enable_gradient_checkpointing() acts only in train() before diffusers 0.32, and the UNet is in eval()
-        unet_blocks = [*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks]
-        self.checkpointing = checkpointed(checkpoint_units(unet_blocks), cfg.gradient_checkpointing)
+        self.checkpointing = unet_checkpointing(self.unet, cfg.gradient_checkpointing)
         self.prediction_type = cfg.prediction_type or scheduler.config.prediction_type
         self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)

@@ -26,7 +26,7 @@ from ..fdi.instruction import FDI, same_encoder
 from ..fdi.sampling import sigma_to_alpha
 from ..fdi.training.memory import TrainSettings, check_pairs, train_on_pairs
 from ..fdi.training.precision import compute_dtype
-from ..fdi.training.step import checkpoint_units, checkpointed, comfy_predictor
+from ..fdi.training.step import comfy_predictor, unet_checkpointing
 from .common import (
     CATEGORY,
     FDIAdapterType,
@@ -371,8 +371,7 @@ class FDITrainAdapter(io.ComfyNode):
                     logging.info("FDITrainAdapter: step %d/%d, loss %.5f", done, settings.steps, loss)
                 bar.update_absolute(done, settings.steps, preview)
 
-            blocks = [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
-            with _compute_in(unet, storage, dtype), checkpointed(checkpoint_units(blocks), gradient_checkpointing):
+            with _compute_in(unet, storage, dtype), unet_checkpointing(unet, gradient_checkpointing):
                 result = train_on_pairs(
                     new,
                     predict,

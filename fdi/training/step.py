@@ -151,6 +151,22 @@ def encode_clean(vae, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 _CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
 
 
+def unet_blocks(unet: torch.nn.Module) -> List[torch.nn.Module]:
+    """The blocks of a UNet in forward order: a diffusers ``UNet2DConditionModel``'s down, mid and up
+    blocks, or a ComfyUI ``openaimodel`` UNet's input, middle and output blocks."""
+    if hasattr(unet, "down_blocks"):
+        return [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    if hasattr(unet, "input_blocks"):
+        return [*unet.input_blocks, unet.middle_block, *unet.output_blocks]
+    raise TypeError(f"{type(unet).__name__} is neither a diffusers nor a ComfyUI SD UNet")
+
+
+def unet_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> "checkpointed":
+    """:class:`checkpointed` over :func:`checkpoint_units` of :func:`unet_blocks` (both doors' gradient
+    checkpointing of a frozen UNet; a context manager)."""
+    return checkpointed(checkpoint_units(unet_blocks(unet)), enabled)
+
+
 def checkpoint_units(blocks: Sequence[torch.nn.Module]) -> List[torch.nn.Module]:
     """The modules to checkpoint in a UNet's ``blocks``: each block's children, containers
     (``Sequential``/``ModuleList``/``ModuleDict``) opened down to the modules inside.
