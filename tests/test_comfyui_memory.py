@@ -154,3 +154,163 @@ def test_pack_modules_load_whole_under_any_vram_budget_and_novram(tmp_path):
     for key in ("residuals", "modulations"):
         assert out[f"whole/{key}/unload"][2:] == [True, ["cpu"], 0]  # then all of it, back home
     assert out["whole/adapter/forward"] == "meta"
+
+
+RESTORE = """
+import gc
+import numpy as np
+import comfy.sd, comfy.utils
+from sd21_fixture import random_adapter
+from tiny_blip2 import build_tiny_blip2
+from fdi.instruction import FDI
+
+gn = sys.modules[name + ".nodes.guidance_nodes"]
+fn = sys.modules[name + ".nodes.fdi_nodes"]
+args = comfy.cli_args.args
+adapter = random_adapter(768, 32, seed=1)
+adapter.encoder = "blip2-test:0123456789abcdef"
+fdi = FDI(torch.randn(32, 768, generator=torch.Generator().manual_seed(0)), encoder=adapter.encoder, n_pairs=1)
+adapter.save(folder_paths.get_folder_paths("fdi_adapters")[0] + "/mem.safetensors", fdi=fdi)
+handle = gn.FDIAdapterLoader.execute("mem.safetensors")[0]
+yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+image = torch.stack([0.3 + 0.4 * xx, 0.5 + 0.2 * yy, 0.6 - 0.3 * xx * yy], -1)[None]
+
+real_model_load = mm.LoadedModel.model_load
+loads = []
+
+
+def novram_model_load(self, lowvram_model_memory=0, force_patch_weights=False):
+    return real_model_load(self, 0.1, force_patch_weights)  # load_models_gpu's budget under --novram
+
+
+real_whole_load = common.WholeModelPatcher.load
+
+
+def recording_load(self, *a, **k):
+    out = real_whole_load(self, *a, **k)
+    inner = getattr(self.model, "inner", self.model)
+    loads.append([type(inner).__name__, getattr(inner, "part", ""), self.loaded_size() == self.model_size()])
+    return out
+
+
+common.WholeModelPatcher.load = recording_load
+out = {{}}
+positive = None
+
+
+def load(flag):
+    global positive
+    for f in ("fp16_unet", "fp8_e4m3fn_unet"):
+        setattr(args, f, f == flag)
+    loaded = comfy.sd.load_checkpoint_guess_config({ckpt!r}, output_vae=True, output_clip=positive is None)
+    model, clip, vae = loaded[:3]
+    if positive is None:
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+    del clip
+    return model, vae
+
+
+def restore(model, vae, strength):
+    with torch.inference_mode():  # as ComfyUI's executor runs a node
+        return gn.FDIRestore.execute(model, vae, image, handle, positive, 2, 2, strength, 1.0, 1.0)[0].numpy()
+
+
+def free():
+    mm.unload_all_models()
+    gc.collect()
+
+
+model, vae = load(None)
+np.save({base!r} + "/fp32_s1.npy", restore(model, vae, 1.0))
+np.save({base!r} + "/fp32_s0.npy", restore(model, vae, 0.0))
+guided = gn.apply_guidance(model, gn.run_adapter(handle, handle.module.fdi, image.permute(0, 3, 1, 2)), 1, 0, 1)
+out["patch_models"] = [[getattr(m.model, "part", ""), m.model_size()] for m in guided.model_patches_models()]
+out["guidance_bytes"] = [m.model.nbytes for m in guided.model_patches_models()]
+del guided
+free()
+loads.clear()
+mm.LoadedModel.model_load = novram_model_load
+np.save({base!r} + "/novram_s1.npy", restore(model, vae, 1.0))
+out["novram_unet_lowvram"] = bool(model.model.model_lowvram)  # ComfyUI's low-VRAM path really ran
+out["novram_loads"] = loads[:]
+build_tiny_blip2(folder_paths.get_folder_paths("blip2")[0] + "/tiny")
+q = fn.FDIQFormerLoader.execute("tiny", "fp32")[0]
+torch.manual_seed(0)
+a, b = torch.rand(3, 40, 36, 3), torch.rand(3, 40, 36, 3)
+with torch.inference_mode():
+    novram_fdi = fn.FDIExtract.execute(q, a, b, "x", 2, False)[0].tokens.clone()
+out["novram_qformer_whole"] = q.patcher.loaded_size() == q.patcher.model_size() and not q.patcher.model.model_lowvram
+mm.LoadedModel.model_load = real_model_load
+free()
+with torch.inference_mode():
+    plain_fdi = fn.FDIExtract.execute(q, a, b, "x", 2, False)[0].tokens.clone()
+out["extract_diff"] = float((novram_fdi - plain_fdi).abs().max())
+out["extract_scale"] = float(plain_fdi.abs().mean())
+del model, vae
+free()
+seen = []
+for cls in (backend.FDIInputPatch, backend.FDIOutputPatch):
+    real_call = cls.__call__
+
+    def recording_call(self, h, *a, _real=real_call, **k):
+        seen.append(str(h.dtype))
+        return _real(self, h, *a, **k)
+
+    cls.__call__ = recording_call
+# fp16 compute as on a GPU (CPU ComfyUI computes manual-cast models in fp32): ModelPatcher.set_model_compute_dtype
+for flag, key in (("fp16_unet", "fp16"), ("fp8_e4m3fn_unet", "fp8")):
+    model, vae = load(flag)
+    out[key + "_dtypes"] = [str(model.model.get_dtype()), str(model.model.manual_cast_dtype)]
+    if key == "fp8":  # the fp8 weights computed in fp32: the reference with the same weights
+        np.save({base!r} + "/fp8_fp32_s1.npy", restore(model, vae, 1.0))
+        np.save({base!r} + "/fp8_fp32_s0.npy", restore(model, vae, 0.0))
+    half = model.clone()
+    half.set_model_compute_dtype(torch.float16)
+    seen.clear()
+    np.save({base!r} + f"/{{key}}_s1.npy", restore(half, vae, 1.0))
+    out[key + "_feature_dtypes"] = sorted(set(seen))
+    np.save({base!r} + f"/{{key}}_s0.npy", restore(half, vae, 0.0))
+    del model, vae, half
+    free()
+print(json.dumps(out))
+"""
+
+
+def test_restore_and_extraction_under_novram_and_fp16_fp8_unets(tmp_path):
+    """A restore and an extraction with every model load forced through ComfyUI's ``--novram`` partial-load path
+    give the fully loaded results; ``--fp16-unet`` and ``--fp8_e4m3fn-unet`` (manual cast) restores get the fp32
+    model's guidance effect up to the weights' rounding."""
+    import numpy as np
+    import sd21_fixture
+
+    ckpt = sd21_fixture.checkpoint_path()
+    if not ckpt.is_file():
+        pytest.skip("the SD 2.1 fixture is not built yet (tests/test_comfyui_e2e.py builds it)")
+    out = run_script(tmp_path, RESTORE, 1500, ckpt=str(ckpt))
+    names = ("fp32_s1", "fp32_s0", "novram_s1", "fp16_s1", "fp16_s0", "fp8_fp32_s1", "fp8_fp32_s0", "fp8_s1", "fp8_s0")
+    a = {k: np.load(tmp_path / f"{k}.npy").astype(np.float64) for k in names}
+    effect = a["fp32_s1"] - a["fp32_s0"]
+    print(json.dumps(out))
+    print({k: float(np.abs(v - a["fp32_s1"]).max()) for k, v in a.items()}, float(np.abs(effect).mean()))
+    assert np.abs(effect).mean() > 0.01  # the guidance changes the image: the comparisons below mean something
+    # --novram semantics: the UNet ran ComfyUI's low-VRAM cast path, the pack's modules were loaded whole
+    assert out["novram_unet_lowvram"] is True
+    loaded = {(kind, part) for kind, part, whole in out["novram_loads"]}
+    assert {("FDIAdapter", ""), ("GuidanceTensors", "residuals"), ("GuidanceTensors", "modulations")} <= loaded
+    assert all(whole for _, _, whole in out["novram_loads"])
+    assert np.abs(a["novram_s1"] - a["fp32_s1"]).max() <= 1 / 255
+    assert out["novram_qformer_whole"] is True and out["extract_diff"] <= 1e-5 * max(out["extract_scale"], 1.0)
+    # the guidance's bytes are visible to ComfyUI: the patches' models() are the two parts, their sizes the bytes
+    assert [p for p, _ in out["patch_models"]] == ["residuals", "modulations"]
+    assert [s for _, s in out["patch_models"]] == out["guidance_bytes"] and min(out["guidance_bytes"]) > 0
+    # fp16 / fp8 weights (manual cast), fp16 features as on a GPU: the guidance acts as on the fp32 computation
+    # with the same weights (the fixture's weights are fp16 values; fp8 ones are compared with themselves in fp32)
+    assert out["fp16_dtypes"][0] == "torch.float16" and out["fp8_dtypes"][0] == "torch.float8_e4m3fn"
+    assert out["fp16_feature_dtypes"] == ["torch.float16"] and out["fp8_feature_dtypes"] == ["torch.float16"]
+    for key, ref in (("fp16", "fp32"), ("fp8", "fp8_fp32")):
+        ref_effect = a[f"{ref}_s1"] - a[f"{ref}_s0"]
+        eff = a[f"{key}_s1"] - a[f"{key}_s0"]
+        rel = float(np.abs(eff - ref_effect).mean() / np.abs(ref_effect).mean())
+        image = float(np.abs(a[f"{key}_s1"] - a[f"{ref}_s1"]).mean() / np.abs(ref_effect).mean())
+        print(key, "effect error", rel, "image difference / effect", image)
+        assert rel <= 0.1 and image <= 0.1, (key, rel, image)
