@@ -257,20 +257,20 @@ for cls in (backend.FDIInputPatch, backend.FDIOutputPatch):
         return _real(self, h, *a, **k)
 
     cls.__call__ = recording_call
-# fp16 compute as on a GPU (CPU ComfyUI computes manual-cast models in fp32): ModelPatcher.set_model_compute_dtype
+# --fp16-unet computed in fp16 as on a GPU (a CPU ComfyUI computes manual-cast models in fp32), through
+# ModelPatcher.set_model_compute_dtype; --fp8_e4m3fn-unet with ComfyUI's CPU manual cast (fp8 storage, fp32 compute)
 for flag, key in (("fp16_unet", "fp16"), ("fp8_e4m3fn_unet", "fp8")):
     model, vae = load(flag)
     out[key + "_dtypes"] = [str(model.model.get_dtype()), str(model.model.manual_cast_dtype)]
-    if key == "fp8":  # the fp8 weights computed in fp32: the reference with the same weights
-        np.save({base!r} + "/fp8_fp32_s1.npy", restore(model, vae, 1.0))
-        np.save({base!r} + "/fp8_fp32_s0.npy", restore(model, vae, 0.0))
-    half = model.clone()
-    half.set_model_compute_dtype(torch.float16)
+    run = model
+    if key == "fp16":
+        run = model.clone()
+        run.set_model_compute_dtype(torch.float16)
     seen.clear()
-    np.save({base!r} + f"/{{key}}_s1.npy", restore(half, vae, 1.0))
+    np.save({base!r} + f"/{{key}}_s1.npy", restore(run, vae, 1.0))
     out[key + "_feature_dtypes"] = sorted(set(seen))
-    np.save({base!r} + f"/{{key}}_s0.npy", restore(half, vae, 0.0))
-    del model, vae, half
+    np.save({base!r} + f"/{{key}}_s0.npy", restore(run, vae, 0.0))
+    del model, vae, run
     free()
 print(json.dumps(out))
 """
@@ -278,8 +278,8 @@ print(json.dumps(out))
 
 def test_restore_and_extraction_under_novram_and_fp16_fp8_unets(tmp_path):
     """A restore and an extraction with every model load forced through ComfyUI's ``--novram`` partial-load path
-    give the fully loaded results; ``--fp16-unet`` and ``--fp8_e4m3fn-unet`` (manual cast) restores get the fp32
-    model's guidance effect up to the weights' rounding."""
+    give the fully loaded results; ``--fp16-unet`` (fp16 features) and ``--fp8_e4m3fn-unet`` (manual cast) restores
+    succeed with the guidance acting as on the fp32 model."""
     import numpy as np
     import sd21_fixture
 
@@ -287,12 +287,12 @@ def test_restore_and_extraction_under_novram_and_fp16_fp8_unets(tmp_path):
     if not ckpt.is_file():
         pytest.skip("the SD 2.1 fixture is not built yet (tests/test_comfyui_e2e.py builds it)")
     out = run_script(tmp_path, RESTORE, 1500, ckpt=str(ckpt))
-    names = ("fp32_s1", "fp32_s0", "novram_s1", "fp16_s1", "fp16_s0", "fp8_fp32_s1", "fp8_fp32_s0", "fp8_s1", "fp8_s0")
+    names = ("fp32_s1", "fp32_s0", "novram_s1", "fp16_s1", "fp16_s0", "fp8_s1", "fp8_s0")
     a = {k: np.load(tmp_path / f"{k}.npy").astype(np.float64) for k in names}
     effect = a["fp32_s1"] - a["fp32_s0"]
+    size = float(np.abs(effect).mean())
     print(json.dumps(out))
-    print({k: float(np.abs(v - a["fp32_s1"]).max()) for k, v in a.items()}, float(np.abs(effect).mean()))
-    assert np.abs(effect).mean() > 0.01  # the guidance changes the image: the comparisons below mean something
+    assert size > 0.01  # the guidance changes the image: the comparisons below mean something
     # --novram semantics: the UNet ran ComfyUI's low-VRAM cast path, the pack's modules were loaded whole
     assert out["novram_unet_lowvram"] is True
     loaded = {(kind, part) for kind, part, whole in out["novram_loads"]}
@@ -303,14 +303,14 @@ def test_restore_and_extraction_under_novram_and_fp16_fp8_unets(tmp_path):
     # the guidance's bytes are visible to ComfyUI: the patches' models() are the two parts, their sizes the bytes
     assert [p for p, _ in out["patch_models"]] == ["residuals", "modulations"]
     assert [s for _, s in out["patch_models"]] == out["guidance_bytes"] and min(out["guidance_bytes"]) > 0
-    # fp16 / fp8 weights (manual cast), fp16 features as on a GPU: the guidance acts as on the fp32 computation
-    # with the same weights (the fixture's weights are fp16 values; fp8 ones are compared with themselves in fp32)
-    assert out["fp16_dtypes"][0] == "torch.float16" and out["fp8_dtypes"][0] == "torch.float8_e4m3fn"
-    assert out["fp16_feature_dtypes"] == ["torch.float16"] and out["fp8_feature_dtypes"] == ["torch.float16"]
-    for key, ref in (("fp16", "fp32"), ("fp8", "fp8_fp32")):
-        ref_effect = a[f"{ref}_s1"] - a[f"{ref}_s0"]
-        eff = a[f"{key}_s1"] - a[f"{key}_s0"]
-        rel = float(np.abs(eff - ref_effect).mean() / np.abs(ref_effect).mean())
-        image = float(np.abs(a[f"{key}_s1"] - a[f"{ref}_s1"]).mean() / np.abs(ref_effect).mean())
-        print(key, "effect error", rel, "image difference / effect", image)
-        assert rel <= 0.1 and image <= 0.1, (key, rel, image)
+    # --fp16-unet with fp16 features: the fixture's weights are fp16 values, so the fp32 model has the same weights;
+    # the guidance's effect and the image agree with it to a small part of the effect
+    assert out["fp16_dtypes"][0] == "torch.float16" and out["fp16_feature_dtypes"] == ["torch.float16"]
+    effect16 = a["fp16_s1"] - a["fp16_s0"]
+    assert np.abs(effect16 - effect).mean() <= 0.05 * size  # measured 0.013
+    assert np.abs(a["fp16_s1"] - a["fp32_s1"]).mean() <= 0.05 * size  # measured 0.016
+    # --fp8_e4m3fn-unet (manual cast): fp8 rounding changes a random-weight UNet about as much as the guidance does,
+    # so only the size of the effect is compared
+    assert out["fp8_dtypes"] == ["torch.float8_e4m3fn", "torch.float32"]
+    assert out["fp8_feature_dtypes"] == ["torch.float32"]
+    assert 0.5 * size <= float(np.abs(a["fp8_s1"] - a["fp8_s0"]).mean()) <= 2 * size  # measured 0.82x
