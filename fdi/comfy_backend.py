@@ -21,14 +21,14 @@ stale graph, and it traces without graph breaks or recompiles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .adapter import FDIGuidance
+from .adapter import FDIGuidance, Modulation
 from .errors import FDIError
-from .guidance import StepInvariantCache, modulate
+from .guidance import StepInvariantCache, fit_residual, modulate, targets_coefficients
 from .sampling import guided_step_range, inversion_input_scale
 from .tiles import crop_residual
 
@@ -129,13 +129,94 @@ def check_unet_for_adapter(
 Gate = Union[float, torch.Tensor]
 
 
+class GuidanceTensors(torch.nn.Module):
+    """One part of an :class:`FDIGuidance` as buffers of a module ComfyUI can load and offload like a model:
+    ``part="residuals"`` (``r_1..r_4``, what the input patch reads) or ``"modulations"`` (mean, std and gate of
+    each decoder point, what the output patch reads). ``refined`` is read by neither and is not held.
+
+    The buffers start as the guidance's own tensors (no copy). Moving the module to the device and dtype
+    those tensors came from reuses them instead of copying back, so there is at most one copy on any
+    other device and never a second one at home. ``moves`` counts moves (caches derived from the tensors
+    compare it)."""
+
+    PARTS = ("residuals", "modulations")
+
+    def __init__(self, guidance: FDIGuidance, part: str):
+        super().__init__()
+        if part not in self.PARTS:
+            raise ValueError(f"part must be one of {self.PARTS}, got {part!r}")
+        self.part = part
+        if part == "residuals":
+            tensors = {f"r{i}": r for i, r in enumerate(guidance.residuals)}
+            self.count = len(guidance.residuals)
+        else:
+            tensors = {}
+            for j, m in enumerate(guidance.modulations):
+                tensors.update({f"mean{j}": m.mean, f"std{j}": m.std, f"gate{j}": m.gate})
+            self.count = len(guidance.modulations)
+        for name, t in tensors.items():
+            self.register_buffer(name, t)
+        self._home = dict(tensors)
+        self.moves = 0
+
+    def _apply(self, fn, recurse=True):  # what Module.to/cuda/cpu/half call
+        for name, buf in list(self._buffers.items()):
+            home = self._home[name]
+            target = fn(torch.empty(0, dtype=buf.dtype))  # where fn sends a tensor of buf's dtype
+            if target.device == home.device and target.dtype == home.dtype:
+                self._buffers[name] = home
+            elif not (target.device == buf.device and target.dtype == buf.dtype):
+                self._buffers[name] = fn(buf)
+        self.moves += 1
+        return self
+
+    def residual(self, level: int) -> torch.Tensor:
+        """``r_{level+1}`` ``[B, C_i, h_i, w_i]`` where the module is now."""
+        return self._buffers[f"r{level}"]
+
+    def modulation(self, point: int) -> Modulation:
+        """The targets of decoder point ``point`` (mean, std ``[B, C]``, gate ``[C]``) where the module is now."""
+        b = self._buffers
+        return Modulation(b[f"mean{point}"], b[f"std{point}"], b[f"gate{point}"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the buffers (one copy)."""
+        return sum(t.numel() * t.element_size() for t in self._buffers.values())
+
+
+@dataclass(frozen=True, eq=False)
+class SharedGuidance:
+    """The device copy of a guidance that every patch and every MODEL using it shares: ``residuals`` and
+    ``modulations`` (:class:`GuidanceTensors`), and what the input and the output patch report from
+    ``models()`` so that ComfyUI loads, offloads and counts them (``nodes/`` puts a ``ModelPatcher`` of each
+    there; the library leaves them empty)."""
+
+    residuals: GuidanceTensors
+    modulations: GuidanceTensors
+    residual_models: Tuple[object, ...] = ()
+    modulation_models: Tuple[object, ...] = ()
+
+    @classmethod
+    def of(
+        cls, guidance: FDIGuidance, manage: Optional[Callable[[torch.nn.Module], object]] = None
+    ) -> "SharedGuidance":
+        """Both parts of ``guidance``; ``manage(module)`` (e.g. a ``ModelPatcher`` factory) gives each its model."""
+        r, m = GuidanceTensors(guidance, "residuals"), GuidanceTensors(guidance, "modulations")
+        if manage is None:
+            return cls(r, m)
+        return cls(r, m, (manage(r),), (manage(m),))
+
+
 @dataclass(frozen=True)
 class GuidanceEntry:
     """One Apply node's contribution: guidance, strength and the guided part of the sampling.
 
     ``start``/``end`` are fractions of the sampler's steps (:func:`fdi.sampling.guided_step_range`);
     ``sigma_start``/``sigma_end`` are the same window in noise levels (ComfyUI's ``percent_to_sigma``),
-    used when the sampler's schedule is not known (a sampler that calls the model directly)."""
+    used when the sampler's schedule is not known (a sampler that calls the model directly).
+    ``shared``: where the patches read the guidance's tensors (its one device copy); ``None`` reads
+    ``guidance`` itself (the training step's use)."""
 
     guidance: FDIGuidance
     strength: float
@@ -143,6 +224,17 @@ class GuidanceEntry:
     end: float = 1.0
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
+    shared: Optional[SharedGuidance] = None
+
+    def residual(self, level: int) -> torch.Tensor:
+        """``r_{level+1}`` wherever it is now (the shared copy when there is one)."""
+        return self.shared.residuals.residual(level) if self.shared is not None else self.guidance.residuals[level]
+
+    def modulation(self, point: int) -> Modulation:
+        """The AdaIN targets of decoder point ``point`` wherever they are now."""
+        return (
+            self.shared.modulations.modulation(point) if self.shared is not None else self.guidance.modulations[point]
+        )
 
     def gate(self, transformer_options: dict) -> Gate:
         """1 where this entry guides the current model call, else 0: a float32 0-d tensor, or 1.0 when
@@ -193,7 +285,12 @@ class _FDIPatchBase:
     """Shared state and ComfyUI patch protocol (``to``, ``models``, ``__deepcopy__``).
 
     Immutable: ComfyUI deep-copies ``model_options`` on every ``clone()``, and ``__deepcopy__``
-    returns the patch itself, so cloning a MODEL never copies guidance tensors."""
+    returns the patch itself, so cloning a MODEL never copies guidance tensors. Entries with a
+    :class:`SharedGuidance` are read where ComfyUI put its one copy (``models()`` hands ComfyUI what
+    this patch reads: the input patch the residuals, the output patch the modulation targets)."""
+
+    #: which part of a guidance the patch reads (:class:`GuidanceTensors` part)
+    part = ""
 
     def __init__(
         self,
@@ -205,27 +302,25 @@ class _FDIPatchBase:
         self.input_blocks = tuple(int(b) for b in input_blocks)
         self.output_blocks = tuple(int(b) for b in output_blocks)
         self._cache = StepInvariantCache()
+        self._moves: tuple = ()
 
     def with_entry(self, entry: GuidanceEntry) -> "_FDIPatchBase":
         """A new patch with one more entry (this one is left unchanged)."""
         return type(self)(self.entries + (entry,), self.input_blocks, self.output_blocks)
 
-    def scales(self, transformer_options: dict) -> List[Tuple[int, FDIGuidance, Gate]]:
-        """``(index, guidance, strength · gate)`` per entry for the current model call.
+    def scales(self, transformer_options: dict) -> List[Tuple[int, GuidanceEntry, Gate]]:
+        """``(index, entry, strength · gate)`` per entry for the current model call.
 
-        The step-invariant part of each entry (its fitted residual, its modulation coefficients at
-        weight 1) is cached; a call multiplies it by this scale and sums over entries. One entry at
-        scale ``s`` is bit-identical to the diffusers backend's call; several give the composite
-        formula with their strengths as weights."""
+        A call multiplies each entry's (weight-1) contribution by this scale and sums over entries. One entry at
+        scale ``s`` is bit-identical to the diffusers backend's call; several give the composite formula with
+        their strengths as weights."""
         decided = transformer_options.get(SCALES_KEY)
         if isinstance(decided, torch.Tensor) and decided.shape == (len(self.entries),):
-            return [(i, e.guidance, decided[i]) for i, e in enumerate(self.entries)]
+            return [(i, e, decided[i]) for i, e in enumerate(self.entries)]
         out = []
         for i, e in enumerate(self.entries):
             gate = e.gate(transformer_options)
-            out.append(
-                (i, e.guidance, e.strength * gate if isinstance(gate, torch.Tensor) else e.strength * float(gate))
-            )
+            out.append((i, e, e.strength * gate if isinstance(gate, torch.Tensor) else e.strength * float(gate)))
         return out
 
     def decide(self, transformer_options: dict, device: torch.device) -> torch.Tensor:
@@ -236,6 +331,15 @@ class _FDIPatchBase:
             [torch.as_tensor(scale, dtype=torch.float32).to(device).reshape(()) for _, _, scale in self.scales(options)]
         )
 
+    def _refresh_cache(self) -> None:
+        """Drop cached values derived from shared tensors that ComfyUI has moved since (they would pin the old copy)."""
+        if torch.compiler.is_compiling():
+            return
+        moves = tuple(getattr(e.shared, self.part).moves if e.shared is not None else -1 for e in self.entries)
+        if moves != self._moves:
+            self._cache.clear()
+            self._moves = moves
+
     def __deepcopy__(self, memo: dict) -> "_FDIPatchBase":
         return self
 
@@ -243,32 +347,51 @@ class _FDIPatchBase:
         return self
 
     def to(self, device_or_dtype) -> "_FDIPatchBase":
-        """Move the guidance tensors to a device once (a dtype is ignored: the math casts per feature)."""
-        if isinstance(device_or_dtype, torch.dtype):
+        """ComfyUI's ``model_patches_to``. Shared entries are left where they are (ComfyUI moves their one copy
+        through ``models()``); an entry without one gets only the part this patch reads moved (once). A dtype is
+        ignored: the math casts per feature."""
+        if isinstance(device_or_dtype, torch.dtype) or device_or_dtype is None:
             return self
         device = torch.device(device_or_dtype)
-        if all(
-            t.device == device or (device.index is None and t.device.type == device.type)
-            for e in self.entries
-            for t in e.guidance.residuals
-        ):
-            return self
-        entries = [
-            GuidanceEntry(e.guidance.to(device), e.strength, e.start, e.end, e.sigma_start, e.sigma_end)
-            for e in self.entries
-        ]
-        return type(self)(entries, self.input_blocks, self.output_blocks)
+
+        def there(t: torch.Tensor) -> bool:
+            return t.device == device or (device.index is None and t.device.type == device.type)
+
+        entries, moved = [], False
+        for e in self.entries:
+            g = e.guidance
+            if e.shared is None and self.part == "residuals" and not all(there(t) for t in g.residuals):
+                g = FDIGuidance([t.to(device) for t in g.residuals], g.modulations, g.refined)
+            elif e.shared is None and self.part == "modulations" and not all(there(m.mean) for m in g.modulations):
+                mods = [Modulation(m.mean.to(device), m.std.to(device), m.gate.to(device)) for m in g.modulations]
+                g = FDIGuidance(g.residuals, mods, g.refined)
+            moved = moved or g is not e.guidance
+            entries.append(e if g is e.guidance else replace(e, guidance=g))
+        return type(self)(entries, self.input_blocks, self.output_blocks) if moved else self
 
     def models(self) -> list:
-        """No model to load while sampling: the adapter ran before."""
-        return []
+        """What ComfyUI must load with the UNet for this patch: the models of the shared part it reads (each once)."""
+        out: list = []
+        for e in self.entries:
+            if e.shared is not None:
+                for m in getattr(e.shared, "residual_models" if self.part == "residuals" else "modulation_models"):
+                    if not any(m is o for o in out):
+                        out.append(m)
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.entries)} guidance entr{'y' if len(self.entries) == 1 else 'ies'})"
 
 
 class FDIInputPatch(_FDIPatchBase):
-    """``input_block_patch``: ``h ← h + Σ_k strength_k · gate_k · fit(r_k,i)`` after input block ``input_blocks[i]``."""
+    """``input_block_patch``: ``h ← h + Σ_k strength_k · gate_k · fit(r_k,i)`` after input block ``input_blocks[i]``.
+
+    In a tiled model call (``transformer_options["fdi_tile"]``, the tile's latent offset) each residual is first cut
+    to that tile (:func:`fdi.tiles.crop_residual`); otherwise a residual of another size than the feature is an
+    error (:func:`fdi.guidance.fit_spatial`). Residuals are not cached: the crop is a view, so a call costs a cast
+    and a multiply-add per entry and holds no memory after it."""
+
+    part = "residuals"
 
     def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         block = transformer_options.get("block")
@@ -277,26 +400,37 @@ class FDIInputPatch(_FDIPatchBase):
         level = self.input_blocks.index(block[1])
         tile = transformer_options.get(TILE_KEY)  # a tile's latent offset (y, x): its crop of each residual
         delta = None
-        for i, guidance, scale in self.scales(transformer_options):
+        for _, entry, scale in self.scales(transformer_options):
+            r = entry.residual(level)
             if tile is not None:
-                guidance = tile_guidance(guidance, level, tile, h.shape[-2:])
-            d = self._cache.residual(h, level, [(guidance, 1.0)], 1.0, (i, tile)) * _as(scale, h)
+                r = crop_residual(r, level, tile, h.shape[-2:])
+            d = fit_residual(r, h, level) * _as(scale, h)
             delta = d if delta is None else delta + d
         return h if delta is None else h + delta
 
 
 class FDIOutputPatch(_FDIPatchBase):
     """``output_block_patch``: AdaIN modulation of ``h`` entering output block ``output_blocks[j]``
-    (each entry's coefficients times its scale, summed: the composite formula)."""
+    (each entry's coefficients times its scale, summed: the composite formula; the coefficients are cached
+    per step-invariant key and dropped when ComfyUI moves the shared targets)."""
+
+    part = "modulations"
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
         block = transformer_options.get("block")
         if not block or block[0] != "output" or block[1] not in self.output_blocks:
             return h, hsp
         point = self.output_blocks.index(block[1])
+        self._refresh_cache()
         total = None
-        for i, guidance, scale in self.scales(transformer_options):
-            coeffs = tuple(c * _as(scale, c) for c in self._cache.coefficients(h, point, [(guidance, 1.0)], 1.0, i))
+        batch, channels = h.shape[0], h.shape[1]
+        for i, entry, scale in self.scales(transformer_options):
+            m = entry.modulation(point)
+            cached = self._cache.get(
+                ("m", i, point, batch, channels, h.device),
+                lambda m=m: targets_coefficients([(m, 1.0)], 1.0, batch, channels, h.device, point),
+            )
+            coeffs = tuple(c * _as(scale, c) for c in cached)
             total = coeffs if total is None else tuple(a + b for a, b in zip(total, coeffs))
         return (h if total is None else modulate(h, total)), hsp
 

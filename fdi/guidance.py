@@ -12,11 +12,11 @@ decoder points ``0..2``. Features ``h``, ``D`` are ``[B, C, h, w]``.
       D ← D + strength · Σ_k w_k g_k ⊙ (AdaIN_k(D) − D)  =  α ⊙ D + β
 
   with ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D``, ``A = s·Σ w_k g_k σ_k``, ``B = s·Σ w_k g_k μ_k``,
-  ``G = s·Σ w_k g_k`` (statistics and coefficients in float32, the product in ``D``'s dtype).
+  ``G = s·Σ w_k g_k`` (statistics, coefficients and ``α ⊙ D + β`` in float32, rounded once to ``D``'s dtype).
 
 Both are exact no-ops for zero residuals and gates, ``strength = 0`` or zero weights. ``fit``
-crops (up to :data:`MAX_CROP` pixels) or resizes a residual to the feature and tiles its batch
-(:func:`fit_spatial`, :func:`fit_batch`).
+crops a residual larger than the feature by up to :data:`MAX_CROP` pixels and tiles its batch
+(:func:`fit_spatial`, :func:`fit_batch`); a residual of any other size is refused, never resized.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from __future__ import annotations
 from typing import Callable, Dict, Hashable, Iterable, List, Sequence, Tuple, TypeVar, Union
 
 import torch
-import torch.nn.functional as F
 
-from .adapter import STAT_EPS, FDIGuidance
+from .adapter import STAT_EPS, FDIGuidance, Modulation
 from .errors import FDIError
 
 WeightedGuidance = Tuple[FDIGuidance, float]
 T = TypeVar("T")
 
-#: a residual larger than the feature by at most this many pixels a side is cropped, not resized
+#: a residual larger than the feature by at most this many pixels a side is cropped (rounding of odd sizes)
 MAX_CROP = 2
 
 
@@ -67,15 +66,25 @@ def fit_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
     )
 
 
-def fit_spatial(r: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bring a residual ``[B, C, h, w]`` to spatial ``size = (H, W)``: as is, cropped, or resized."""
+def fit_spatial(r: torch.Tensor, size: Sequence[int], level: int = 0) -> torch.Tensor:
+    """Bring a residual ``[B, C, h, w]`` (encoder level ``level``) to spatial ``size = (H, W)``: as is, or cropped
+    bottom/right when it is larger by at most :data:`MAX_CROP` pixels a side. Any other size is an
+    :class:`FDIError`: the UNet is then given a crop or a resized latent (area conditioning, a third-party tiled
+    sampler), where a stretched residual would guide the wrong pixels."""
     rh, rw = r.shape[-2:]
     h, w = int(size[0]), int(size[1])
     if (rh, rw) == (h, w):
         return r
     if 0 <= rh - h <= MAX_CROP and 0 <= rw - w <= MAX_CROP:
         return r[..., :h, :w]
-    return F.interpolate(r, size=(h, w), mode="bilinear", align_corners=False)
+    s = 2 ** int(level)
+    raise FDIError(
+        f"FDI guidance residual r_{level + 1} is {rh}x{rw} but the UNet feature is {h}x{w}: the guidance was "
+        f"computed for a {rh * s * 8}x{rw * s * 8} px image and the UNet is given {h * s * 8}x{w * s * 8} px, "
+        "another size or a crop of the latent (area conditioning, a tiled sampler); FDI guidance is never stretched. "
+        "For large images use FDI Restore's tile_size/tile_overlap inputs (each tile gets its part of the "
+        "guidance), otherwise run FDI Noise Decoupling on the image at the size you sample"
+    )
 
 
 def _check_channels(what: str, got: int, want: int) -> None:
@@ -86,15 +95,20 @@ def _check_channels(what: str, got: int, want: int) -> None:
         )
 
 
+def fit_residual(r: torch.Tensor, h: torch.Tensor, level: int) -> torch.Tensor:
+    """Residual ``r`` of encoder level ``level`` as an addend of the feature ``h`` ``[B, C, H, W]``: channels checked,
+    cropped (:func:`fit_spatial`), in ``h``'s dtype/device, batch tiled (:func:`fit_batch`; views where possible)."""
+    _check_channels(f"FDI residual r_{level + 1}", r.shape[1], h.shape[1])
+    return fit_batch(fit_spatial(r, h.shape[-2:], level).to(device=h.device, dtype=h.dtype), h.shape[0])
+
+
 def residual_delta(
     h: torch.Tensor, level: int, guidances: Sequence[WeightedGuidance], strength: float = 1.0
 ) -> torch.Tensor:
     """``strength · Σ_k w_k · fit(r_k,level)`` in ``h``'s dtype/device, shape of ``h`` (``[B, C, H, W]``)."""
     total = None
     for g, w in guidances:
-        r = g.residuals[level]
-        _check_channels(f"FDI residual r_{level + 1}", r.shape[1], h.shape[1])
-        r = fit_batch(fit_spatial(r.to(device=h.device, dtype=h.dtype), h.shape[-2:]), h.shape[0])
+        r = fit_residual(g.residuals[level], h, level)
         term = r * w
         total = term if total is None else total + term
     if total is None:
@@ -128,9 +142,22 @@ def modulation_coefficients(
     ``α = 1 − G + A/σ_D`` and ``β = B − A·μ_D/σ_D`` (:func:`modulate`): one pass over ``D`` instead of
     one per adapter, and the coefficients can be computed once per restoration.
     """
+    return targets_coefficients(
+        [(g.modulations[point], w) for g, w in guidances], strength, batch, channels, device, point
+    )
+
+
+def targets_coefficients(
+    targets: Sequence[Tuple[Modulation, float]],
+    strength: float,
+    batch: int,
+    channels: int,
+    device: torch.device,
+    point: int = 0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`modulation_coefficients` of weighted AdaIN targets ``(Modulation, w)`` of one decoder point."""
     a_sum = b_sum = g_sum = None
-    for g, w in guidances:
-        m = g.modulations[point]
+    for m, w in targets:
         _check_channels(f"FDI modulation {point}", m.mean.shape[-1], channels)
         gw = m.gate.to(device=device, dtype=torch.float32) * w
         a = gw * fit_batch(m.std.to(device=device, dtype=torch.float32), batch)
@@ -145,14 +172,16 @@ def modulation_coefficients(
 
 
 def modulate(d: torch.Tensor, coefficients: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``α ⊙ D + β`` with ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D`` (statistics and coefficients in
-    float32, the product in ``D``'s dtype). Zero coefficients give ``α = 1``, ``β = 0``: exactly ``D``."""
+    """``α ⊙ D + β`` with ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D``, all in float32 and rounded once to
+    ``D``'s dtype. (In fp16, ``α ⊙ D`` and ``β`` nearly cancel when a channel's mean is large against its std:
+    rounding them first would cost many times the output's own rounding.) Zero coefficients give exactly ``D``."""
     a_sum, b_sum, g_sum = coefficients
-    mu, sigma = adain_statistics(d)
+    d32 = d.float()
+    mu, sigma = adain_statistics(d32)
     a = a_sum[:, :, None, None] / sigma
     alpha = (1 - g_sum[None, :, None, None]) + a
     beta = b_sum[:, :, None, None] - a * mu
-    return torch.addcmul(beta.to(d.dtype), d, alpha.to(d.dtype))
+    return torch.addcmul(beta, d32, alpha).to(d.dtype)
 
 
 def apply_modulation(

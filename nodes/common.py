@@ -15,7 +15,7 @@ runs last).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List
 
 import comfy.model_management as mm
@@ -25,6 +25,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..fdi.comfy_backend import SharedGuidance
 from ..fdi.dtypes import DTYPES, parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI_SUFFIX
@@ -230,17 +231,37 @@ class ModuleHolder(torch.nn.Module):
         self.inner = module
 
 
-def make_patcher(module: torch.nn.Module) -> comfy.model_patcher.ModelPatcher:
-    """Wrap ``module`` (kept on the offload device) in a ``ModelPatcher`` with ComfyUI's devices."""
+class WholeModelPatcher(comfy.model_patcher.ModelPatcher):
+    """A ``ModelPatcher`` that loads its module whole or not at all (``docs/design.md``, ComfyUI integration).
+
+    ComfyUI's partial loading (a VRAM budget below the model's size, ``--lowvram``, ``--novram``) moves only
+    leaf modules with weights and relies on ``comfy.ops`` layers to cast the rest per call. The pack's
+    modules (the Q-Former, adapters, guidance tensors) are plain ``torch.nn``: a partial load would leave
+    parameters such as ``query_tokens``, embeddings and buffers behind on the offload device. So every
+    load here is a full load (and ComfyUI counts the whole size as loaded), and freeing any part of it
+    unloads all of it. Always the legacy patcher, also where ComfyUI's dynamic VRAM is on: that one
+    streams ``comfy.ops`` weights, which these modules do not have."""
+
+    def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False, **kwargs):
+        return super().load(
+            device_to, lowvram_model_memory=0, force_patch_weights=force_patch_weights, full_load=True, **kwargs
+        )
+
+    def partially_unload(self, device_to, memory_to_free=0, force_patch_weights=False, **kwargs):
+        return 0  # nothing freed in part: ComfyUI then unloads the whole module (LoadedModel.model_unload)
+
+
+def make_patcher(module: torch.nn.Module, offload_device=None) -> comfy.model_patcher.ModelPatcher:
+    """Wrap ``module`` (kept on the offload device) in a :class:`WholeModelPatcher` with ComfyUI's devices."""
     load_device = mm.get_torch_device()
-    offload_device = mm.unet_offload_device()
+    offload_device = mm.unet_offload_device() if offload_device is None else offload_device
     holder = ModuleHolder(module.to(offload_device)).eval()
-    return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+    return WholeModelPatcher(holder, load_device=load_device, offload_device=offload_device)
 
 
 def load_to_device(patcher: comfy.model_patcher.ModelPatcher) -> torch.device:
-    """Ask ComfyUI to put ``patcher``'s module on its load device (offloading others if needed)."""
-    mm.load_models_gpu([patcher])
+    """Ask ComfyUI to put ``patcher``'s module on its load device, whole (offloading others if needed)."""
+    mm.load_models_gpu([patcher], force_full_load=True)
     return patcher.load_device
 
 
@@ -261,19 +282,34 @@ class ModelHandle:
         return self.module
 
 
-@dataclass
+@dataclass(eq=False)
 class GuidanceHandle:
     """The ``FDI_GUIDANCE`` value: the adapter's output for some images (on the intermediate device).
 
     ``guidance`` is a :class:`fdi.adapter.FDIGuidance`; ``channels`` the adapter's level widths and
     ``base_family`` the model family it was trained for, so ``FDIApplyGuidance`` can refuse a MODEL
-    of another shape; ``label`` names the FDI for messages.
+    of another shape; ``label`` names the FDI for messages. :meth:`shared` is the one device copy every
+    MODEL guided by it uses.
     """
 
     guidance: object
     channels: tuple
     base_family: str
     label: str = ""
+    _shared: object = field(default=None, repr=False)
+
+    def shared(self) -> SharedGuidance:
+        """The guidance's residuals and modulation targets as two modules ComfyUI loads with the UNet (the FDI
+        patches' ``models()``), made once: one device copy however many Apply nodes use this guidance."""
+        if self._shared is None:
+            home = self.guidance.residuals[0].device
+            self._shared = SharedGuidance.of(self.guidance, manage=lambda m: _tensor_patcher(m, home))
+        return self._shared
+
+
+def _tensor_patcher(module: torch.nn.Module, home: torch.device) -> comfy.model_patcher.ModelPatcher:
+    """A :class:`WholeModelPatcher` for a module of guidance tensors that live on ``home``."""
+    return WholeModelPatcher(module, load_device=mm.get_torch_device(), offload_device=home)
 
 
 # ------------------------------------------------------------------------------------------------

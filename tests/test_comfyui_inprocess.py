@@ -56,7 +56,7 @@ calls = []
 comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total]))
 result = {{}}
 q = fdi_nodes.FDIQFormerLoader.execute("tiny", "fp32")[0]
-result["patcher"] = type(q.patcher).__module__ + "." + type(q.patcher).__name__
+result["patcher"] = [c.__module__ + "." + c.__name__ for c in type(q.patcher).__mro__]
 result["qformer_fp32"] = str(q.module.qformer.layernorm.weight.dtype)
 torch.manual_seed(0)
 a, b = torch.rand(5, 40, 36, 3), torch.rand(5, 40, 36, 3)
@@ -95,7 +95,8 @@ def test_extraction_drives_comfyui_progress_and_stops_on_cancel(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["patcher"] == "comfy.model_patcher.ModelPatcher"
+    assert result["patcher"][0].endswith("nodes.common.WholeModelPatcher")  # loads whole (test_comfyui_memory.py)
+    assert "comfy.model_patcher.ModelPatcher" in result["patcher"]
     assert result["qformer_fp32"] == "torch.float32"
     assert result["n_pairs"] == 5
     assert result["progress"] == [[0, 5], [2, 5], [4, 5], [5, 5]]  # one update per batch of 2 pairs

@@ -9,7 +9,7 @@ from tiny_sd import TINY_CHANNELS, TINY_TEXT_WIDTH, randomise_adapter, tiny_adap
 from fdi.adapter import FDIAdapter, FDIGuidance, Modulation
 from fdi.diffusers_backend import DiffusersGuidance, check_unet, guide_unet
 from fdi.errors import FDIError
-from fdi.guidance import apply_modulation, apply_residual, fit_batch, fit_spatial, residual_delta
+from fdi.guidance import apply_modulation, apply_residual, fit_batch, fit_spatial, modulate, residual_delta
 
 # ---- pure math ------------------------------------------------------------------------------------
 
@@ -32,15 +32,38 @@ def _guidance(seed: int, b: int = 1, size=(8, 8), gate_scale: float = 0.5) -> FD
     return FDIGuidance(res, mods, [])
 
 
-def test_fit_spatial_crops_small_excess_and_resizes_otherwise():
+def test_fit_spatial_crops_small_excess_and_refuses_any_other_size():
     r = torch.arange(2 * 3 * 10 * 12, dtype=torch.float32).reshape(2, 3, 10, 12)
     assert fit_spatial(r, (10, 12)) is r
-    assert torch.equal(fit_spatial(r, (9, 11)), r[..., :9, :11])
-    out = fit_spatial(r, (5, 6))
-    assert out.shape == (2, 3, 5, 6)
-    torch.testing.assert_close(
-        out, torch.nn.functional.interpolate(r, size=(5, 6), mode="bilinear", align_corners=False)
-    )
+    assert torch.equal(fit_spatial(r, (9, 11)), r[..., :9, :11])  # MAX_CROP: odd-size rounding
+    assert torch.equal(fit_spatial(r, (8, 10)), r[..., :8, :10])
+    # a crop of the latent (area conditioning, tiled samplers) or another size: refused, never stretched
+    for size in ((5, 6), (7, 12), (10, 6), (12, 12), (20, 24)):
+        with pytest.raises(FDIError, match="never stretched.*FDI Restore's tile_size/tile_overlap"):
+            fit_spatial(r, size, level=1)
+    h = torch.randn(2, 3, 5, 6)
+    g = FDIGuidance([r[:1]] * 4, [], [])
+    with pytest.raises(FDIError, match=r"r_2 is 10x12 but the UNet feature is 5x6"):
+        apply_residual(h, 1, [(g, 1.0)])
+
+
+def test_modulation_runs_in_fp32_and_rounds_once_in_fp16():
+    """A channel mean large against its std: α·D and β nearly cancel; fp16 must lose no more than its rounding."""
+    torch.manual_seed(0)
+    c = 16
+    d = (torch.randn(2, c, 32, 32) * 0.5 + 20).half()  # mean 20, std 0.5
+    coeffs = (torch.rand(2, c) + 0.5, torch.randn(2, c), torch.ones(c))  # full gate: AdaIN towards (B, A)
+    ref = modulate(d.float(), coeffs)  # fp32 on the same fp16 input values
+    std = ref.std(dim=(2, 3), keepdim=True)
+    assert float(((ref - d.float()).abs() / std).mean()) > 1.0  # the modulation changes the feature a lot
+    got = modulate(d, coeffs)
+    assert got.dtype == torch.float16
+    assert torch.equal(got, ref.half())  # exactly fp32 rounded once
+    rounding = float(((ref.half().float() - ref).abs() / std).max())
+    err = float(((got.float() - ref).abs() / std).max())
+    assert err <= rounding + 1e-7 and err < 3e-3  # was 0.019 of the output std (10x the rounding) in fp16 math
+    zero = (torch.zeros(2, c), torch.zeros(2, c), torch.zeros(c))
+    assert torch.equal(modulate(d, zero), d) and torch.equal(modulate(d.bfloat16(), zero), d.bfloat16())
 
 
 def test_fit_batch_tiles_for_cfg_and_refuses_mismatch():

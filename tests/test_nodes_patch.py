@@ -9,6 +9,7 @@ gating, batch handling, resizing, chaining, deep copies, and the inversion arith
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from fdi.comfy_backend import (
     FDIInputPatch,
     FDIOutputPatch,
     GuidanceEntry,
+    SharedGuidance,
     add_guidance,
     block_indices,
     check_unet_for_adapter,
@@ -211,15 +213,25 @@ def test_guidance_of_batch_one_broadcasts():
         patches_for([GuidanceEntry(random_guidance(batch=2), 1.0, **WINDOW)])[0](h, opts(("input", 2)))
 
 
-def test_residuals_are_cropped_or_resized_to_the_feature():
+def test_residuals_are_cropped_to_the_feature_and_never_stretched():
     g = random_guidance(size=9)  # adapter rounds up (9, 5, 3, 2), the UNet's latent is 8
     inp, _ = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
     h = features(1, CH[0], 8)
     assert torch.allclose(inp(h, opts(("input", 2))), h + g.residuals[0][..., :8, :8], atol=1e-6)
-    g2 = random_guidance(size=16)  # guidance of a 2x larger image: bilinear resize
+    # guidance of a 2x larger image, or the UNet handed a crop (area conditioning, a third-party tiled sampler):
+    # was stretched bilinearly onto the feature; now an error naming FDI Restore's tile inputs
+    g2 = random_guidance(size=16)
     inp2, _ = patches_for([GuidanceEntry(g2, 1.0, **WINDOW)])
-    resized = torch.nn.functional.interpolate(g2.residuals[0], size=(8, 8), mode="bilinear", align_corners=False)
-    assert torch.allclose(inp2(h, opts(("input", 2))), h + resized, atol=1e-6)
+    with pytest.raises(FDIError, match="never stretched.*tile_size/tile_overlap"):
+        inp2(h, opts(("input", 2)))
+    # a crop with its offset (FDIRestore's tiles) gets exactly its part of every residual
+    for level, block in enumerate(IN_BLOCKS):
+        s = 2**level
+        hf = features(1, CH[level], 8 // s)
+        o = opts(("input", block))
+        o["fdi_tile"] = (8, 0)
+        want = hf + g2.residuals[level][..., 8 // s : 16 // s, : 8 // s]
+        assert torch.allclose(inp2(hf, o), want, atol=1e-6)
 
 
 def test_feature_dtype_is_kept():
@@ -269,15 +281,62 @@ def test_chained_apply_adds_entries_equal_to_the_composite_formula():
     )
 
 
-def test_to_moves_devices_ignores_dtypes_and_models_is_empty():
-    g = random_guidance()
-    inp, _ = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
-    assert inp.to(torch.float16) is inp
-    assert inp.to(torch.device("cpu")) is inp  # already there: no copy
-    moved = inp.to(torch.device("meta"))
-    assert moved is not inp and moved.entries[0].guidance.residuals[0].device.type == "meta"
+def _device_bytes(patches, device_type: str) -> dict:
+    """Bytes of distinct tensors on ``device_type`` the patches reach: ``{"residuals": n, "modulations": n}``."""
+    seen, out = set(), {"residuals": 0, "modulations": 0}
+    for p in patches:
+        for e in p.entries:
+            sources = [e.guidance.residuals, [t for m in e.guidance.modulations for t in (m.mean, m.std, m.gate)]]
+            if e.shared is not None:
+                sources[0] = sources[0] + [e.shared.residuals.residual(i) for i in range(4)]
+                sources[1] = sources[1] + [t for j in range(3) for t in e.shared.modulations.modulation(j)]
+            for part, tensors in zip(("residuals", "modulations"), sources):
+                for t in tensors:
+                    if t.device.type == device_type and id(t) not in seen:
+                        seen.add(id(t))
+                        out[part] += t.numel() * t.element_size()
+    return out
+
+
+def test_model_patches_to_makes_one_device_copy_each_patch_moving_only_what_it_reads():
+    """ComfyUI calls ``model_patches_to(device)`` on both patches; "meta" stands in for the GPU."""
+    g = random_guidance(size=16)
+    r_bytes = sum(t.numel() * t.element_size() for t in g.residuals)
+    m_bytes = sum(t.numel() * t.element_size() for m in g.modulations for t in m)
+    # unshared entries (the training step's): each patch moves only its part; was the whole guidance, twice
+    inp, out = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
+    assert inp.to(torch.float16) is inp and inp.to(torch.device("cpu")) is inp  # dtype ignored, already there
+    moved = [inp.to(torch.device("meta")), out.to(torch.device("meta"))]
+    assert _device_bytes(moved, "meta") == {"residuals": r_bytes, "modulations": m_bytes}
     assert inp.entries[0].guidance.residuals[0].device.type == "cpu"  # the original is untouched
-    assert inp.models() == []
+    assert inp.models() == [] and out.models() == []
+    # shared entries (the nodes'): the patches move nothing; ComfyUI moves the one copy through models()
+    managers = []
+    shared = SharedGuidance.of(g, manage=lambda module: managers.append(module) or f"patcher-{len(managers)}")
+    entry = GuidanceEntry(g, 1.0, **WINDOW, shared=shared)
+    model_options = {"transformer_options": {}}
+    add_guidance(model_options, entry, IN_BLOCKS, OUT_BLOCKS)
+    add_guidance(model_options, replace(entry, strength=0.5), IN_BLOCKS, OUT_BLOCKS)  # a second Apply, same guidance
+    inp, out = fdi_patches(model_options).values()
+    assert inp.models() == ["patcher-1"] and out.models() == ["patcher-2"]  # residuals / modulations, once each
+    assert managers[0] is shared.residuals and managers[1] is shared.modulations
+    assert shared.residuals.nbytes == r_bytes and shared.modulations.nbytes == m_bytes
+    assert inp.to(torch.device("meta")) is inp and out.to(torch.device("meta")) is out
+    assert _device_bytes([inp, out], "meta") == {"residuals": 0, "modulations": 0}
+    for module in managers:  # what ComfyUI's ModelPatcher does on load
+        module.to(torch.device("meta"))
+    assert _device_bytes([inp, out], "meta") == {"residuals": r_bytes, "modulations": m_bytes}
+    h, d = features(1, CH[0], 16), features(1, CH[3], 2)
+    assert inp(h.to("meta"), opts(("input", 2))).device.type == "meta"  # the patches read the device copy
+    assert out(d.to("meta"), d.to("meta"), opts(("output", 3)))[0].device.type == "meta"
+    for module in managers:  # offload: back to the guidance's own tensors, no second copy at home
+        module.to(torch.device("cpu"))
+    assert (
+        shared.residuals.residual(0) is g.residuals[0] and shared.modulations.modulation(1).std is g.modulations[1].std
+    )
+    assert _device_bytes([inp, out], "meta") == {"residuals": 0, "modulations": 0}
+    torch.testing.assert_close(out(d, d, opts(("output", 3)))[0], apply_modulation(d, 0, [(g, 1.5)]))
+    assert torch.equal(inp(h, opts(("input", 2))), apply_residual(h, 0, [(g, 1.0), (g, 0.5)]))
 
 
 # ------------------------------------------------------------------------------------------------ UNet checks
@@ -479,22 +538,19 @@ def test_patched_forward_traces_without_graph_breaks():
 
 
 def test_step_invariant_parts_are_computed_once_and_stay_exact_across_steps_and_windows():
-    """Later steps reuse each entry's fitted residual and modulation coefficients (no recomputation on the
-    hot path), with the same numbers as the first step, whether the entry is inside its window or not."""
+    """Later steps reuse each entry's modulation coefficients (no recomputation on the hot path), with the same
+    numbers as the first step, whether the entry is inside its window or not. Residuals are used as they are
+    (a view, cast per call): the patch caches no copy of them."""
     g1, g2 = random_guidance(seed=4), random_guidance(seed=5)
     early = GuidanceEntry(g1, 0.7, sigma_start=10.0, sigma_end=2.0)
     late = GuidanceEntry(g2, 1.3, sigma_start=10.0, sigma_end=6.0)
     inp, out = patches_for([early, late])
     h = features(1, CH[0], 8, seed=7)
     d = features(1, CH[3], 2, seed=8)
-    import fdi.guidance as guidance
+    import fdi.comfy_backend as backend
 
-    calls = {"r": 0, "m": 0}
-    real_r, real_m = guidance.residual_delta, guidance.modulation_coefficients
-
-    def count_r(*a, **k):
-        calls["r"] += 1
-        return real_r(*a, **k)
+    calls = {"m": 0}
+    real_m = backend.targets_coefficients
 
     def count_m(*a, **k):
         calls["m"] += 1
@@ -509,15 +565,16 @@ def test_step_invariant_parts_are_computed_once_and_stay_exact_across_steps_and_
     )
     reference = [(apply_residual(h, 0, exp), apply_modulation(d, 0, exp)) for _, exp in steps]
     got = []
-    guidance.residual_delta, guidance.modulation_coefficients = count_r, count_m
+    backend.targets_coefficients = count_m
     try:
         with torch.no_grad():
             for sigma, _ in steps:
                 got.append((inp(h, opts(("input", 2), sigma=sigma)), out(d, d, opts(("output", 3), sigma=sigma))[0]))
     finally:
-        guidance.residual_delta, guidance.modulation_coefficients = real_r, real_m
+        backend.targets_coefficients = real_m
     for (r_got, m_got), (r_ref, m_ref) in zip(got, reference):
         assert torch.equal(r_got, r_ref)
         torch.testing.assert_close(m_got, m_ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(got[-1][0], h) and torch.equal(got[-1][1], d)  # outside every window: exactly the feature
-    assert calls == {"r": 2, "m": 2}  # one per entry, not one per step
+    assert calls == {"m": 2}  # one per entry, not one per step
+    assert len(inp._cache._values) == 0  # no residual copies held between calls
