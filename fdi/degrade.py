@@ -288,15 +288,29 @@ def degrade_image(
     return out.to(image.dtype), drawn
 
 
-def degrade(images: torch.Tensor, degradation: Degradation | str, seed: int = 0) -> torch.Tensor:
-    """Degrade a batch ``[B, 3, H, W]`` in 0..1; image ``i`` uses ``image_seed(seed, i)``.
+def degrade(
+    images: torch.Tensor,
+    degradation: Degradation | str,
+    seed: int = 0,
+    copies: int = 1,
+    progress: Optional[ProgressCallback] = None,
+) -> torch.Tensor:
+    """Degrade a batch ``[B, 3, H, W]`` in 0..1; returns ``[B·copies, 3, H, W]``, same dtype and device, in 0..1.
 
-    Returns ``[B, 3, H, W]``, same dtype and device, in 0..1.
+    Output ``j = i·copies + k`` is copy ``k`` of image ``i``, drawn with ``image_seed(seed, j)``.
     """
     deg = parse_spec(degradation) if isinstance(degradation, str) else degradation
     if images.ndim != 4 or images.shape[1] != 3:
         raise FDIError(f"degrade expects a batch [B, 3, H, W], got {tuple(images.shape)}")
-    return torch.stack([degrade_image(img, deg, image_seed(seed, i))[0] for i, img in enumerate(images)])
+    if copies < 1:
+        raise FDIError(f"copies must be at least 1, got {copies}")
+    out = []
+    total = len(images) * copies
+    for i, img in enumerate(images):
+        for k in range(copies):
+            out.append(degrade_image(img, deg, image_seed(seed, i * copies + k))[0])
+            report(progress, len(out), total)
+    return torch.stack(out)
 
 
 def degrade_folder(
