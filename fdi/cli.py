@@ -16,7 +16,7 @@ from typing import List, Optional
 from .errors import FDIError
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ("extract", "combine", "inspect", "eval", "train", "restore", "adapter-info")
+COMMANDS = ("degrade", "extract", "combine", "inspect", "eval", "train", "restore", "adapter-info")
 
 
 def build_parser() -> argparse.ArgumentParser:

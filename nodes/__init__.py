@@ -15,6 +15,7 @@ Node ids are a contract (saved workflows refer to them):
 ``FDIInvert``             ``MODEL``, positive, ``LATENT``, steps → ``LATENT`` (DDIM inversion)
 ``FDIRestore``            the whole pipeline → ``IMAGE``
 ``FDIColorFix``           restored ``IMAGE``, reference ``IMAGE``, method → ``IMAGE``
+``FDIDegradePairs``       clean ``IMAGE``, degradation spec, seed → degraded and clean ``IMAGE``
 ========================  ======================================================================
 """
 
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .degrade_nodes import NODES as _DEGRADE_NODES
 from .fdi_nodes import NODES as _FDI_NODES
 from .guidance_nodes import NODES as _GUIDANCE_NODES
 from .postprocess_nodes import NODES as _POSTPROCESS_NODES
 from .train_nodes import NODES as _TRAIN_NODES
 
-NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_POSTPROCESS_NODES, *_TRAIN_NODES]
+NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_POSTPROCESS_NODES, *_TRAIN_NODES, *_DEGRADE_NODES]
 
 
 class FDIExtension(ComfyExtension):

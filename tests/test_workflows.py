@@ -144,7 +144,7 @@ def test_workflow_structure_ids_and_links(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_node_types_are_the_packs_or_comfyui_cores(name):
-    assert len(PACK_NODES) == 17, PACK_NODES
+    assert len(PACK_NODES) == 18, PACK_NODES
     unknown = {n["type"] for n in load(name)["nodes"]} - PACK_NODES - CORE_NODES - VIRTUAL
     assert not unknown, f"node types neither in this pack nor in the core list: {unknown}"
 

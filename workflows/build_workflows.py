@@ -56,6 +56,7 @@ INPUT_IMAGES = {
     "style_transfer": "photo.png",
     "style_fusion": "photo.png",
     "train_style_adapter": "photo.png",
+    "train_from_clean_photos": "clean_photo.png",
 }
 #: one reference pair loaded as images (build_fdi_from_pairs shows FDIExtract with them)
 ONE_PAIR_IMAGES = ("pair_rainy.png", "pair_clean.png")
@@ -1027,6 +1028,122 @@ def train_style_adapter() -> Workflow:
     return wf
 
 
+def train_from_clean_photos() -> Workflow:
+    wf = Workflow("train_from_clean_photos")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Train a dehazing adapter from clean photos alone: 'FDI Degrade Pairs' makes (hazy, clean) pairs with "
+        "synthetic haze (atmospheric scattering; other effects: rain, noise, poisson, jpeg, lowlight, "
+        "motion_blur, defocus, or sums such as 'haze,noise'), 'Extract FDI' makes the task FDI from them, "
+        "'Train FDI Adapter' trains on them, 'Save FDI Adapter' writes models/fdi_adapters/my_dehaze.safetensors "
+        "and 'FDI Restore' tries the new adapter on the hazy images.\n\n"
+        + MODEL_NOTE
+        + BLIP2_NOTE
+        + f"Input: a clean photo in ComfyUI/input ('{INPUT_IMAGES['train_from_clean_photos']}' here); 'copies' "
+        "makes several degraded versions of it. For a folder of photos use 'python -m fdi degrade --clean DIR "
+        "--kind haze -o PAIRS' and 'Load FDI Training Pairs'.",
+        title="Read me: model files",
+    )
+    sd_base(wf, 0, 400)
+    wf.node("qformer", "FDIQFormerLoader", (0, 900), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
+    wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
+    image_in(wf, "photo", 400, 400, INPUT_IMAGES["train_from_clean_photos"], "Clean photo")
+    wf.node(
+        "degrade",
+        "FDIDegradePairs",
+        (400, 800),
+        "FDI Degrade Pairs (synthetic haze)",
+        size=[340, 160],
+        degradation="haze",
+        seed=0,
+        copies=4,
+    )
+    wf.link("photo", "IMAGE", "degrade", "images")
+    wf.group("Pairs from a clean photo", ["photo", "degrade"], COLORS["input"])
+    wf.node(
+        "extract",
+        "FDIExtract",
+        (800, 400),
+        "Extract FDI (hazy → clean)",
+        size=[340, 206],
+        label="my_dehaze",
+        batch_size=8,
+        keep_pairs=True,
+    )
+    wf.link("qformer", "qformer", "extract", "qformer")
+    wf.link("degrade", "degraded", "extract", "degraded")
+    wf.link("degrade", "clean", "extract", "clean")
+    wf.group("Task FDI", ["extract"], COLORS["fdi"])
+    wf.node(
+        "train",
+        "FDITrainAdapter",
+        (1200, 400),
+        "Train FDI Adapter",
+        size=[340, 420],
+        steps=200,
+        learning_rate=1e-4,
+        batch_size=1,
+        resolution=512,
+        seed=0,
+        gradient_checkpointing=True,
+        training_dtype="bf16",
+        recon_weight=0.1,
+    )
+    wf.node(
+        "save_adapter",
+        "FDISaveAdapter",
+        (1200, 860),
+        "Save FDI Adapter (models/fdi_adapters)",
+        name="my_dehaze",
+        overwrite=False,
+    )
+    wf.link("ckpt", "MODEL", "train", "model")
+    wf.link("ckpt", "CLIP", "train", "clip")
+    wf.link("ckpt", "VAE", "train", "vae")
+    wf.link("extract", "fdi", "train", "fdi")
+    wf.link("degrade", "degraded", "train", "degraded")
+    wf.link("degrade", "clean", "train", "clean")
+    wf.link("train", "adapter", "save_adapter", "adapter")
+    wf.group("Training", ["train", "save_adapter"], COLORS["guide"])
+    wf.node("pairs_view", "PreviewImage", (1600, 400), "Hazy pairs", size=[420, 380])
+    wf.node("curve", "PreviewImage", (2060, 400), "Loss curve", size=[420, 380])
+    wf.link("degrade", "degraded", "pairs_view", "images")
+    wf.link("train", "loss_curve", "curve", "images")
+    wf.group("Pairs and loss curve", ["pairs_view", "curve"], COLORS["output"])
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (1600, 900),
+        "FDI Restore (new dehazing adapter)",
+        size=[320, 330],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+    )
+    wf.link("ckpt", "MODEL", "restore", "model")
+    wf.link("ckpt", "VAE", "restore", "vae")
+    wf.link("degrade", "degraded", "restore", "image")
+    wf.link("train", "adapter", "restore", "adapter")
+    wf.link("positive", "CONDITIONING", "restore", "positive")
+    wf.link("extract", "fdi", "restore", "fdi")
+    wf.group("Try the new adapter on the hazy images", ["restore"], COLORS["sample"])
+    wf.node(
+        "save",
+        "SaveImage",
+        (2000, 900),
+        "Dehazed images",
+        size=[340, 380],
+        filename_prefix="fdi/train_from_clean_photos",
+    )
+    wf.link("restore", "image", "save", "images")
+    wf.group("Output", ["save"], COLORS["output"])
+    return wf
+
+
 #: name -> (builder, one-line description); the order is the one the tests run them in
 WORKFLOWS = {
     "build_fdi_from_pairs": (build_fdi_from_pairs, "reference pairs in two folders → FDI → save → inspect plot"),
@@ -1044,6 +1161,10 @@ WORKFLOWS = {
     "train_style_adapter": (
         train_style_adapter,
         "style pairs → FDI → train an adapter → save → restore-style sampling",
+    ),
+    "train_from_clean_photos": (
+        train_from_clean_photos,
+        "a clean photo → synthetic haze pairs → FDI → train an adapter → save → restore the hazy images",
     ),
 }
 

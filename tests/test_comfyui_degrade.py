@@ -1,0 +1,105 @@
+"""FDIDegradePairs executed in-process with ComfyUI's modules: the library's pixels, progress, Cancel, errors.
+
+A fresh interpreter imports ComfyUI from ``COMFYUI_DIR`` (``--cpu``, a temporary base directory), loads
+the pack the way ComfyUI does and calls the node's ``execute``. Needs ``COMFYUI_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(
+        not COMFYUI_DIR,
+        reason="COMFYUI_DIR is not set: these tests import a ComfyUI checkout "
+        "(run with COMFYUI_DIR=/path/to/ComfyUI under ComfyUI's Python)",
+    ),
+]
+
+SCRIPT = """
+import asyncio, importlib.util, json, sys
+sys.path.insert(0, {comfy!r})
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+comfy.cli_args.args.base_directory = {base!r}
+import comfy.model_management as mm
+import comfy.utils
+import torch
+
+name = {pack_name!r}
+spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules[name] = pack
+spec.loader.exec_module(pack)
+asyncio.run(pack.comfy_entrypoint())
+node = sys.modules[name + ".nodes.degrade_nodes"].FDIDegradePairs
+lib = sys.modules[name + ".fdi.degrade"]
+listed = sys.modules[name + ".nodes"].NODE_CLASSES
+
+calls = []
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total]))
+result = {{"listed": node in listed}}
+torch.manual_seed(0)
+images = torch.rand(2, 40, 52, 3) * 0.8 + 0.1
+degraded, clean = node.execute(images, "haze,noise:sigma=20", 7, 2).result
+result["shapes"] = [list(degraded.shape), list(clean.shape)]
+result["clean_repeats"] = bool(torch.equal(clean, images.repeat_interleave(2, dim=0)))
+ref = lib.degrade(images.permute(0, 3, 1, 2), "haze,noise:sigma=20", seed=7, copies=2).permute(0, 2, 3, 1)
+result["library_max_diff"] = float((degraded - ref).abs().max())
+result["moved"] = float((degraded - clean).abs().mean())
+result["progress"] = calls[:]
+again = node.execute(images, "haze,noise:sigma=20", 7, 2).result[0]
+result["same_seed_same_pixels"] = bool(torch.equal(again, degraded))
+other = node.execute(images, "haze,noise:sigma=20", 8, 2).result[0]
+result["other_seed_differs"] = bool(not torch.equal(other, degraded))
+mm.interrupt_current_processing(True)
+try:
+    node.execute(images, "haze", 0, 1)
+    result["interrupted"] = False
+except mm.InterruptProcessingException:
+    result["interrupted"] = True
+finally:
+    mm.interrupt_current_processing(False)
+try:
+    node.execute(images, "fog", 0, 1)
+except Exception as exc:
+    result["bad_spec"] = type(exc).__name__ + ": " + str(exc)
+print(json.dumps(result))
+"""
+
+
+def test_degrade_pairs_node_matches_the_library_and_drives_comfyui(tmp_path):
+    code = SCRIPT.format(
+        comfy=COMFYUI_DIR,
+        base=str(tmp_path),
+        root=str(ROOT),
+        init=str(ROOT / "__init__.py"),
+        pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["listed"] is True
+    assert r["shapes"] == [[4, 40, 52, 3], [4, 40, 52, 3]]
+    assert r["clean_repeats"] is True
+    assert r["library_max_diff"] == 0.0
+    assert r["moved"] > 0.05  # the fixture responds: haze + σ=20 noise moves pixels by far more than rounding
+    assert r["same_seed_same_pixels"] is True and r["other_seed_differs"] is True
+    # one update per pair (ComfyUI 0.28 may drop intermediate updates): rising to 4 of 4
+    values = [v for v, _ in r["progress"]]
+    assert {t for _, t in r["progress"]} == {4} and values == sorted(values) and values[-1] == 4
+    assert r["interrupted"] is True
+    assert r["bad_spec"].startswith("FDIError: unknown degradation 'fog'")
