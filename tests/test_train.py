@@ -372,7 +372,8 @@ def test_ctrl_c_leaves_loadable_checkpoints(toy, tmp_path):
     while time.time() < deadline and len(list_checkpoints(run)) < 3 and p.poll() is None:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
+    # generous: on a loaded machine (a shared CI box) the interrupted step and the clean-up take far longer
+    _, err = p.communicate(timeout=600)
     assert p.returncode == 130, err[-2000:]
     assert "--resume latest" in err and not out.exists()
     found = list_checkpoints(run)
