@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pytest
 import torch
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -36,7 +38,8 @@ pytestmark = [
 
 
 def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
-    """Loading the pack the way ComfyUI does registers the 17 nodes and keeps diffusers out (docs/design.md)."""
+    """Loading the pack the way ComfyUI does registers every node of nodes/*.py and keeps diffusers out
+    (docs/design.md)."""
     import json
     import subprocess
     import textwrap
@@ -63,7 +66,11 @@ def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(result["nodes"]) == 17 and all(n.startswith("FDI") for n in result["nodes"])
+    declared = sorted(
+        set(re.findall(r'node_id="(\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
+    )
+    assert len(declared) >= 18 and sorted(result["nodes"]) == declared
+    assert all(n.startswith("FDI") for n in result["nodes"])
     assert result["diffusers"] == []
     assert result["fdi_paths"][0] == str(tmp_path / "models" / "fdi")
 
