@@ -6,15 +6,15 @@ cached under the cache folder given to :func:`build_world` and reused when its r
 
 * **Patches**: every photo is resized so its shorter side is :attr:`WorldConfig.short_side`, then cut into
   ``patch``-pixel squares on a grid of stride ``patch // 2`` (train) or ``patch`` (test).
-* **VAE** (diffusers ``AutoencoderKL``, SD's block types, latent = image / 8 with
-  ``latent_channels`` = 16, not SD's 4: a 4-channel latent is a 48× compression that a VAE this small,
-  trained for minutes, reconstructed held-out patches at 15.7 dB; see docs/design.md): trained on random
-  ``vae_crop``-pixel crops of the train patches (it is fully convolutional) with L1 + MSE
-  reconstruction and a small KL term; its ``scaling_factor`` is set to
+* **VAE** (diffusers ``AutoencoderKL``, SD's block types without the mid-block attention, latent = image / 8
+  with ``latent_channels`` = 48, not SD's 4: a 4- or 16-channel latent, trained for minutes, reconstructed
+  held-out patches at 14–16 dB; see docs/design.md): trained on random ``vae_crop``-pixel crops of the
+  train patches (it is fully convolutional) on the posterior mode (what restore and train encode) with
+  MSE + 0.1 L1 and a tiny penalty on the latent's size; its ``scaling_factor`` is set to
   ``1 / std`` of the training latents, as SD's 0.18215 was chosen.
 * **UNet** (diffusers ``UNet2DConditionModel`` with SD 2.x's block layout: three ``CrossAttnDownBlock2D`` and a
   ``DownBlock2D``, mirrored up blocks, linear-projection transformers), ε-prediction on SD 2.1's
-  scaled-linear schedule, trained on the VAE latents of the train patches and their mirror images
+  scaled-linear schedule, trained on the VAE latents (modes) of the train patches and their mirror images
   with the empty prompt of a frozen random CLIP text tower (SD 2's tokenizer).
 * **BLIP-2**: a tiny ``Blip2ForConditionalGeneration`` with random weights (no BLIP-2 weights reach
   this machine): the Q-Former is a fixed random feature map of the image, so FDIs are differences of
