@@ -146,7 +146,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder (report.json, images, figure)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fdi-learns", help="world/adapter cache")
-    ap.add_argument("--reduced", action="store_true", help="the slow test's run: the same world, no few-pairs curve")
+    ap.add_argument(
+        "--reduced",
+        action="store_true",
+        help="the slow test's run: a shorter-trained world (VAE 800, UNet 500, adapters 400 steps), 8 test patches, "
+        "no few-pairs curve",
+    )
     ap.add_argument(
         "--smoke", action="store_true", help="a few steps of everything: checks the plumbing, learns nothing"
     )
@@ -167,8 +172,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     t_start = time.time()
     timing: Dict[str, float] = {}
     cfg = W.WorldConfig()
-    adapter_steps, batch = 200, 8
+    adapter_steps, batch = 600, 8
     if args.reduced:
+        cfg = W.WorldConfig(vae_steps=800, unet_steps=500, test_patches=8)
+        adapter_steps = 400
         args.no_curve = True
     if args.smoke:
         cfg = W.WorldConfig(vae_steps=10, unet_steps=10, test_patches=4)
@@ -205,7 +212,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.time()
     fractions = (1.0,) if args.no_curve else (0.1, 0.3, 1.0)
     curve_tasks = () if args.no_curve else tuple(t for t in args.curve.split(",") if t)
-    recipe = {"world": cfg.key(), "steps": adapter_steps, "batch": batch, "lr": 1e-3, "config": ADAPTER_CONFIG}
+    recipe = {
+        "world": cfg.key(),
+        "steps": adapter_steps,
+        "batch": batch,
+        "lr": 1e-3,
+        "lr_scheduler": "cosine",
+        "warmup": 30,
+        "config": ADAPTER_CONFIG,
+    }
     akey = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
     adapters: Dict[tuple, Path] = {}
     n_pairs: Dict[tuple, int] = {}
@@ -243,6 +258,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                     batch,
                     "--lr",
                     1e-3,
+                    "--lr-scheduler",
+                    "cosine",
+                    "--lr-warmup-steps",
+                    30,
                     "--num-workers",
                     0,
                     "--checkpoint-every",

@@ -1,13 +1,15 @@
 """The small world, end to end (slow): ``bench/learns.py --reduced`` from nothing in a temporary cache.
 
-It trains the world's VAE and UNet from scratch, makes pairs with ``fdi degrade``, trains the haze and noise
-adapters with ``fdi train`` and restores the held-out patches with ``fdi restore``; about 35 minutes on 2 shared
-CPU cores. Run with ``python -m pytest -m slow tests/test_learns.py``.
+It trains the reduced world's VAE and UNet from scratch, makes pairs with ``fdi degrade``, trains the haze and
+noise adapters with ``fdi train`` and restores the held-out patches with ``fdi restore``. Run with
+``python -m pytest -m slow tests/test_learns.py`` (see README, "See it learn", for its measured time).
 
-What it asserts is what the default world was measured to do (README, "See it learn"): the degradations are
-real, the report has every number, and the trained adapters act on the restoration. It does NOT assert a gain
-over the degraded input: the world trained in that time does not reach one (its VAE reconstructs held-out
-patches at 14.1 dB; see docs/design.md, "The small world").
+What it asserts is what the reduced run was measured to do (24 min on the shared 2-core box; README, "See it
+learn"): the world's VAE reconstructs held-out patches well above the degraded inputs (measured 22.5 dB), and the
+restoration of the noisy held-out patches beats the noisy input (measured +5.3 dB: 17.75 -> 23.09). That gain is
+the world's inversion + sampling round trip (strength 0 gives the same 23.09 dB), NOT the FDI guidance: the
+trained adapters move the output by < 0.01 dB and do not beat the wrong FDI, and haze gains nothing (13.65 ->
+13.36). It does not assert an FDI gain because none was measured; see docs/design.md, "The small world".
 """
 
 from __future__ import annotations
@@ -22,24 +24,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Bounds below the reduced run's measured values (VAE 22.54 dB held-out; noise restored - degraded 5.34 dB).
+MIN_VAE_PSNR = 20.0
+MIN_NOISE_GAIN_DB = 3.0
+
 
 @pytest.mark.slow
-def test_small_world_runs_from_nothing_and_its_adapters_act(tmp_path):
+def test_small_world_runs_from_nothing_and_restores_noise(tmp_path):
     pytest.importorskip("skimage")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, str(ROOT / "bench" / "learns.py"), "--out", str(tmp_path / "out")]
     cmd += ["--cache", str(tmp_path / "cache"), "--reduced"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=4 * 3600)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=2 * 3600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     n = report["world"]["test_patches"]
     for task in ("haze", "noise", "haze+noise"):
         for kind in ("degraded", "unguided", "restored", "clean"):
             assert len(list((tmp_path / "out" / task / kind).glob("*.png"))) == n, (task, kind)
+    assert (tmp_path / "out" / "learns.jpg").is_file()
+    assert report["world"]["vae_heldout_psnr"] >= MIN_VAE_PSNR
     for task in ("haze", "noise"):
         row = report[task]
-        for key in ("psnr_degraded", "psnr_unguided", "psnr_restored", "psnr_wrong_fdi", "ssim_restored"):
-            assert isinstance(row[key], float), (task, key)
         assert row["psnr_degraded"] < 25  # the degradation is real (the clean image would be inf)
-        assert row["psnr_restored"] != row["psnr_unguided"]  # the trained adapter changes the restoration
-    assert (tmp_path / "out" / "learns.jpg").is_file()
+        assert row["psnr_restored"] != row["psnr_unguided"]  # the trained adapter reaches the restoration
+        assert report["world"]["vae_heldout_psnr"] > row["psnr_degraded"] + 2  # the world could restore it
+    noise = report["noise"]
+    assert noise["psnr_restored"] - noise["psnr_degraded"] >= MIN_NOISE_GAIN_DB, noise
