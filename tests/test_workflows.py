@@ -343,8 +343,10 @@ def validate_against_object_info(workflow: dict, object_info: dict) -> list:
             ):
                 problems.append(f"{where}: required input {name!r} is not connected")
         outs = [(o["name"], o["type"]) for o in n["outputs"]]
-        if outs != list(zip(info["output_name"], info["output"])):
-            problems.append(f"{where}: outputs {outs} != schema {list(zip(info['output_name'], info['output']))}")
+        linked = {o["name"] for o in n["outputs"] if o.get("links")}
+        expected = [(name, typ) for typ, name in bw.saved_outputs(info, linked)]
+        if outs != expected:
+            problems.append(f"{where}: outputs {outs} != schema {expected}")
         layout = bw.widget_layout(info)
         values = n.get("widgets_values") or []
         if len(values) != len(layout):

@@ -202,6 +202,19 @@ def _node_size(n_slots: int, n_widgets: int, width: int = 300, extra: int = 0) -
     return [width, 20 * n_slots + 24 * n_widgets + 14 + extra]
 
 
+def saved_outputs(info: dict, linked: set) -> list:
+    """The ``(type, name)`` output slots a workflow file holds for a node of schema ``info`` whose outputs named
+    ``linked`` are connected: the schema's, less the trailing unlinked ones of a stock ComfyUI output node.
+
+    ComfyUI 0.28 gave the stock SaveImage/PreviewImage an ``images`` output that 0.8 lacks; the frontend adds a
+    missing trailing slot when it loads a file, so one file serves every supported version."""
+    outs = list(zip(info["output"], info["output_name"]))
+    if info.get("output_node") and not str(info.get("python_module", "")).startswith("custom_nodes"):
+        while outs and outs[-1][1] not in linked:
+            outs.pop()
+    return outs
+
+
 def build(wf: Workflow, object_info: dict) -> dict:
     """The UI-format (0.4) JSON of ``wf`` for the node schemas in ``object_info``."""
     keys = list(wf.nodes)
@@ -269,7 +282,8 @@ def build(wf: Workflow, object_info: dict) -> dict:
             raw_typ = info["input"].get("required", {}).get(name, info["input"].get("optional", {}).get(name))[0]
             values.append(d["widgets"][name] if name in d["widgets"] else default_value(name, raw_typ, opts))
         outputs, out_index = [], {}
-        for i, (typ, oname) in enumerate(zip(info["output"], info["output_name"])):
+        linked = {oname for src, oname, _, _ in wf.links if src == key}
+        for i, (typ, oname) in enumerate(saved_outputs(info, linked)):
             outputs.append({"localized_name": oname, "name": oname, "type": typ, "links": None})
             out_index[oname] = (i, typ)
         size = d["size"] or _node_size(max(n_slot_inputs, len(outputs)), len(layout))
