@@ -99,6 +99,10 @@ def test_extraction_drives_comfyui_progress_and_stops_on_cancel(tmp_path):
     assert "comfy.model_patcher.ModelPatcher" in result["patcher"]
     assert result["qformer_fp32"] == "torch.float32"
     assert result["n_pairs"] == 5
-    assert result["progress"] == [[0, 5], [2, 5], [4, 5], [5, 5]]  # one update per batch of 2 pairs
+    # one update per batch of 2 pairs: [0, 2, 4, 5] of 5; ComfyUI 0.28's ProgressBar drops updates < 100 ms apart
+    # (never the first or the last), so the hook sees an increasing subsequence with both ends
+    values = [v for v, _ in result["progress"]]
+    assert all(t == 5 for _, t in result["progress"]) and values[0] == 0 and values[-1] == 5
+    assert set(values) <= {0, 2, 4, 5} and values == sorted(set(values)), result["progress"]
     assert result["interrupted"] is True
     assert result["mismatch"].startswith("FDIError: 5 degraded images but 3 clean images")

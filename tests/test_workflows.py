@@ -814,6 +814,7 @@ def test_template_browser_shows_the_pack(browser):
     browser.save_screenshot(str(ARTIFACTS / "template_browser.png"))
     text = "\n".join(browser.execute_script(JS_DIALOGS))
     close_dialogs(browser)
-    # the dialog renders the cards that fit (a virtual list): most of the pack's workflows are on screen
+    # the dialog renders the cards that fit (a virtual list): frontend 1.35 showed 9 of 10 at this window size,
+    # 1.45 (ComfyUI 0.28) shows 6 of 11; at least that many of the pack's workflows are on screen
     shown = [name for name in NAMES if name in text]
-    assert len(shown) >= min(len(NAMES), 8), (shown, text[:1000])
+    assert len(shown) >= min(len(NAMES), 6), (shown, text[:1000])
