@@ -93,7 +93,7 @@ class _compute_in:
             m.comfy_cast_weights = v
 
 
-def _compute_dtype(model, training_dtype: str, device: torch.device) -> torch.dtype:
+def _compute_dtype(training_dtype: str, device: torch.device) -> torch.dtype:
     """The dtype the frozen UNet computes in (:func:`fdi.training.precision.compute_dtype` with the device's
     support as ComfyUI's model management sees it)."""
     return compute_dtype(training_dtype, device, bool(mm.should_use_bf16(device)), bool(mm.should_use_fp16(device)))
@@ -340,7 +340,7 @@ class FDITrainAdapter(io.ComfyNode):
             _autograd_safe(unet)
             context = clip.encode_from_tokens(clip.tokenize("")).clone().to(device)
             # compute dtype, never the storage one (fp8): ComfyUI's _apply_model casts to manual_cast_dtype
-            dtype = _compute_dtype(model, training_dtype, device)
+            dtype = _compute_dtype(training_dtype, device)
             storage = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
             predict = comfy_predictor(unet, context, input_blocks, output_blocks, dtype)
             # the MODEL's own schedule: a ModelSamplingDiscrete patch (v-prediction, zsnr) included
