@@ -158,8 +158,8 @@ def compiled_figures(
 
 def train_batch(pipe, resolution: int) -> Dict[str, torch.Tensor]:
     """A fixed batch of one pair at ``resolution`` px: degraded image, clean latent (the library's
-    :func:`fdi.training.step.encode_clean`), empty-prompt embedding, ᾱ table; made before any measurement."""
-    from fdi.training.step import encode_clean
+    fdi.models.vae_encode), empty-prompt embedding, ᾱ table; made before any measurement."""
+    from fdi.models import vae_encode
 
     device = pipe.device
     g = torch.Generator().manual_seed(0)
@@ -167,7 +167,7 @@ def train_batch(pipe, resolution: int) -> Dict[str, torch.Tensor]:
     with torch.no_grad():
         return {
             "degraded": torch.rand(1, 3, resolution, resolution, generator=g).to(device),
-            "z0": encode_clean(pipe.vae, clean, pipe.dtype),
+            "z0": vae_encode(pipe.vae, clean, pipe.dtype),
             "embeds": pipe.encode_prompt(""),
             "alphas": pipe.scheduler.alphas_cumprod.to(device, torch.float32),
         }

@@ -4,7 +4,7 @@ Not a test. Full-size SD 2.1 architectures with random weights, built in memory 
 hand-written configs of ``tests/sd21_fixture.py`` (UNet 320/640/1280/1280, KL-f8 VAE, 23-layer
 OpenCLIP-H text tower), the default FDI adapter (47 M parameters), a random task FDI of shape
 (32, 768) given as a file (so BLIP-2 is not needed), and random image pairs. The step is the real
-one: :func:`fdi.train.train` is run for ``1 + --steps`` steps on the in-memory models and the
+one: :func:`fdi.training.run.train` is run for ``1 + --steps`` steps on the in-memory models and the
 per-step wall and process-CPU times are taken in its progress callback; the first step (warm-up: allocator,
 kernels) is reported separately. Data loading is included (``--num-workers 0``: in the step).
 
@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     from fdi.adapter import count_parameters
     from fdi.images import save_image
     from fdi.instruction import FDI
-    from fdi.train import TrainConfig, train
+    from fdi.training.config import TrainConfig
+    from fdi.training.run import train
 
     t0 = time.perf_counter()
     models = build_models()

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset, Sampler
 
 from .errors import FDIError
 from .images import IMAGE_SUFFIXES, load_image, pair_folders
+from .seeds import seeded_generator
 
 PathLike = Union[str, os.PathLike]
 
@@ -182,9 +183,7 @@ def resized_shape(height: int, width: int, resolution: int) -> Tuple[int, int]:
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A CPU generator that depends on ``(seed, epoch, index)`` only (see the module doc)."""
-    g = torch.Generator()
-    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7_919 + int(index) * 104_729 + 12_345) % (2**63 - 1))
-    return g
+    return seeded_generator("crop", seed, epoch, index)
 
 
 def transform_pair(
@@ -282,9 +281,7 @@ class PairStream(Sampler):
         """The visiting order of epoch ``epoch``: a permutation of ``0..N-1``."""
         perm = self._perm_cache.get(epoch)
         if perm is None:
-            g = torch.Generator()
-            g.manual_seed((self.seed * 2_147_483_647 + epoch * 65_537 + 99_991) % (2**63 - 1))
-            perm = torch.randperm(self.n, generator=g)
+            perm = torch.randperm(self.n, generator=seeded_generator("order", self.seed, epoch))
             self._perm_cache = {epoch: perm}
         return perm
 

@@ -31,7 +31,7 @@ from .errors import FDIError
 from .files import PathLike
 from .images import check_image_batch
 from .instruction import FDI
-from .models import load_sd, place
+from .models import encode_prompt, load_sd, place, vae_encode
 from .progress import ProgressCallback, report
 from .sampling import (
     CLEAN_ALPHA,
@@ -172,28 +172,17 @@ class FDIRestorationPipeline:
 
     # ---- parts of the loop -----------------------------------------------------------------------
 
-    @torch.no_grad()
     def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Text conditioning ``[1, L, D]`` (``last_hidden_state`` of the padded prompt).
-
-        ``L`` is the text encoder's context length (77 for SD 2.1): a tokenizer saved without a
-        ``model_max_length`` reports a huge sentinel, so the length comes from the encoder's config
-        whenever the tokenizer's is larger."""
-        length = min(int(self.tokenizer.model_max_length), int(self.text_encoder.config.max_position_embeddings))
-        ids = self.tokenizer(
-            prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
-        ).input_ids
-        return self.text_encoder(ids.to(self.device))[0]
+        """Text conditioning ``[1, L, D]`` (:func:`fdi.models.encode_prompt`)."""
+        return encode_prompt(self.text_encoder, self.tokenizer, prompt)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, tiling: Optional[Tiling] = None) -> torch.Tensor:
         """``[B, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[B, 4, H/8, W/8]`` float32: the
         posterior *mode*. With ``tiling`` (of the latent): each tile's pixels are encoded alone, the latents blended."""
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
 
         def encode(_: int, x: torch.Tensor) -> torch.Tensor:
-            z = self.vae.encode((x * 2 - 1).to(device=self.device, dtype=self.dtype)).latent_dist.mode().float()
-            return (z - shift) * self.vae.config.scaling_factor
+            return vae_encode(self.vae, x, self.dtype)
 
         if tiling is None:
             return encode(0, images)

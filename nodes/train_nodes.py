@@ -18,13 +18,14 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..fdi.adapter import FDIAdapter, FDIAdapterConfig
+from ..fdi.adapter import FDIAdapterConfig
 from ..fdi.comfy_backend import check_unet_for_adapter
 from ..fdi.dtypes import parse_dtype
 from ..fdi.errors import FDIError
-from ..fdi.instruction import FDI, same_encoder
+from ..fdi.instruction import FDI
 from ..fdi.sampling import sigma_to_alpha
-from ..fdi.training.memory import TrainSettings, check_pairs, train_on_pairs
+from ..fdi.training.comfy_unet import autograd_safe, cast_weights_to_compute
+from ..fdi.training.memory import TrainSettings, adapter_for_training, check_pairs, train_on_pairs
 from ..fdi.training.precision import compute_dtype
 from ..fdi.training.step import comfy_predictor, unet_checkpointing
 from .common import (
@@ -73,49 +74,10 @@ def _model_facts(model) -> tuple:
     return cfg, pred, family
 
 
-class _compute_in:
-    """Context manager: the UNet's ComfyUI ops cast their weights to the input's dtype while
-    training computes in ``dtype`` and the weights are stored in another (fp16 weights, "fp32"
-    chosen; fp8 storage without manual cast), the way ComfyUI's manual-cast ops do. Restored on exit."""
-
-    def __init__(self, unet: torch.nn.Module, storage: torch.dtype, dtype: torch.dtype):
-        need = storage != dtype
-        self.mods = [m for m in unet.modules() if hasattr(m, "comfy_cast_weights")] if need else []
-        self.old = [m.comfy_cast_weights for m in self.mods]
-
-    def __enter__(self) -> "_compute_in":
-        for m in self.mods:
-            m.comfy_cast_weights = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for m, v in zip(self.mods, self.old):
-            m.comfy_cast_weights = v
-
-
 def _compute_dtype(training_dtype: str, device: torch.device) -> torch.dtype:
     """The dtype the frozen UNet computes in (:func:`fdi.training.precision.compute_dtype` with the device's
     support as ComfyUI's model management sees it)."""
     return compute_dtype(training_dtype, device, bool(mm.should_use_bf16(device)), bool(mm.should_use_fp16(device)))
-
-
-def _autograd_safe(module: torch.nn.Module) -> int:
-    """Re-create ``module``'s inference-mode parameters and buffers as normal tensors (same values), in place.
-
-    ComfyUI runs nodes, checkpoint loading included, under ``torch.inference_mode``; such tensors cannot be
-    saved for backward, and the UNet's weights must be to backpropagate to the adapter through it. One
-    tensor at a time, so memory grows by one tensor at most. Returns how many were re-created."""
-    n = 0
-    for m in module.modules():
-        for name, p in list(m._parameters.items()):
-            if p is not None and p.is_inference():
-                m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
-                n += 1
-        for name, b in list(m._buffers.items()):
-            if b is not None and b.is_inference():
-                m._buffers[name] = b.clone()
-                n += 1
-    return n
 
 
 class FDILoadPairs(io.ComfyNode):
@@ -281,20 +243,9 @@ class FDITrainAdapter(io.ComfyNode):
         pairs: PairList = None,
         adapter: ModelHandle = None,
     ) -> io.NodeOutput:
-        # ---- every check before any work ----
         if not isinstance(fdi, FDI):
             raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
-        if pairs is not None and (degraded is not None or clean is not None):
-            raise FDIError("connect either 'pairs' or the 'degraded' and 'clean' images, not both")
-        if pairs is not None:
-            deg, cln = pairs.degraded, pairs.clean
-        elif degraded is not None and clean is not None:
-            deg, cln = list(image_to_batch(degraded, "degraded")), list(image_to_batch(clean, "clean"))
-        else:
-            raise FDIError(
-                "no training pairs: connect 'degraded' and 'clean' images, or 'pairs' from 'Load FDI Training Pairs'"
-            )
-        check_pairs(deg, cln)
+        deg, cln = _training_pairs(degraded, clean, pairs)
         settings = TrainSettings(
             steps=steps,
             lr=learning_rate,
@@ -305,105 +256,117 @@ class FDITrainAdapter(io.ComfyNode):
         )
         settings.check()
         unet_config, prediction_type, family = _model_facts(model)
-        if adapter is not None:
-            old = adapter.module
-            if not same_encoder(old.encoder, fdi.encoder) and old.encoder:
-                raise FDIError(
-                    f"the adapter was trained with FDIs of another Q-Former ({old.encoder}) "
-                    f"than this FDI ({fdi.encoder}); "
-                    "extract the FDI with that Q-Former or train a new adapter"
-                )
-            if old.base_family != family:
-                raise FDIError(
-                    f"the adapter was trained for {old.base_family}, the MODEL is {family}; "
-                    f"continue it on a {old.base_family} model"
-                )
-            config = old.config
-        else:
-            tokens, width = fdi.shape
-            config = FDIAdapterConfig(token_width=width, num_tokens=tokens)
-        input_blocks, output_blocks = check_unet_for_adapter(unet_config, config.channels, family, prediction_type)
         parse_dtype(training_dtype)  # an unknown name: a clear error before any work
-
         with torch.inference_mode(False):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                new = FDIAdapter(config, base_family=family, encoder=fdi.encoder, label=fdi.label)
-            if adapter is not None:
-                new.load_state_dict({k: v.clone() for k, v in adapter.module.state_dict().items()})
-            new.check_fdi(fdi)
-            mm.load_models_gpu([model], force_full_load=True)
-            device = model.load_device
-            new = new.to(device, torch.float32)
-            base = model.model
-            unet = base.diffusion_model
-            _autograd_safe(unet)
-            context = clip.encode_from_tokens(clip.tokenize("")).clone().to(device)
-            # compute dtype, never the storage one (fp8): ComfyUI's _apply_model casts to manual_cast_dtype
-            dtype = _compute_dtype(training_dtype, device)
-            storage = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
-            predict = comfy_predictor(unet, context, input_blocks, output_blocks, dtype)
-            # the MODEL's own schedule: a ModelSamplingDiscrete patch (v-prediction, zsnr) included
-            alphas = sigma_to_alpha(model.get_model_object("model_sampling").sigmas.float().cpu())
-
-            def encode(images: torch.Tensor) -> torch.Tensor:
-                with torch.no_grad():
-                    z = vae.encode(images.permute(0, 2, 3, 1).to(mm.intermediate_device()))
-                    z = base.latent_format.process_in(z.float()).clone()
-                mm.load_models_gpu([model], force_full_load=True)
-                return z.to(device)
-
-            bar = comfy.utils.ProgressBar(settings.steps)
-            bar.update_absolute(0, settings.steps)
-            seen: List[float] = []
-            every = max(1, settings.steps // 20)
-
-            def on_step(done: int, loss: float) -> None:  # the loss on the node: a curve as the progress preview
-                seen.append(loss)
-                preview = None
-                if done % every == 0 or done == settings.steps:
-                    from PIL import Image
-
-                    from ..fdi.plots import render_loss_curve
-
-                    picture = render_loss_curve(seen, title=f"step {done} of {settings.steps}: loss {loss:.4f}")
-                    preview = ("JPEG", Image.fromarray(picture), 512)
-                    logging.info("FDITrainAdapter: step %d/%d, loss %.5f", done, settings.steps, loss)
-                bar.update_absolute(done, settings.steps, preview)
-
-            with _compute_in(unet, storage, dtype), unet_checkpointing(unet, gradient_checkpointing):
-                result = train_on_pairs(
-                    new,
-                    predict,
-                    encode,
-                    [d.clone() for d in deg],
-                    [c.clone() for c in cln],
-                    fdi.tokens.clone(),
-                    alphas,
-                    prediction_type,
-                    settings,
-                    device,
-                    compute_dtype=dtype,
-                    should_stop=mm.processing_interrupted,
-                    on_step=on_step,
-                )
+            new = adapter_for_training(fdi, family, seed, adapter.module if adapter is not None else None)
+            blocks = check_unet_for_adapter(unet_config, new.config.channels, family, prediction_type)
+            result = _train(
+                model,
+                clip,
+                vae,
+                new,
+                fdi,
+                deg,
+                cln,
+                settings,
+                prediction_type,
+                blocks,
+                training_dtype,
+                gradient_checkpointing,
+            )
             if result.cancelled:
                 mm.interrupt_current_processing(False)  # the cancel ended training; the graph goes on with this adapter
             new = new.to(mm.unet_offload_device()).eval().requires_grad_(False)
             new.fdi = fdi
         from ..fdi.plots import render_loss_curve
 
-        curve = (
-            torch.from_numpy(
-                render_loss_curve(result.losses, title=f"FDI adapter training ({result.steps} steps)")
-            ).float()
-            / 255
-        )
+        curve = render_loss_curve(result.losses, title=f"FDI adapter training ({result.steps} steps)")
+        curve = torch.from_numpy(curve).float()[None].permute(0, 3, 1, 2) / 255
         text = f"trained {result.steps} of {steps} steps" + (f"; {result.stopped}" if result.stopped else "")
         handle = ModelHandle(new, make_patcher(new), f"trained:{fdi.label or 'fdi'}")
-        return io.NodeOutput(
-            handle, batch_to_image(curve[None].permute(0, 3, 1, 2)), result.steps, ui=ui.PreviewText(text)
+        return io.NodeOutput(handle, batch_to_image(curve), result.steps, ui=ui.PreviewText(text))
+
+
+def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
+    """``(degraded, clean)`` lists of ``[3, H, W]`` images from the two IMAGE inputs or an ``FDI_PAIRS``."""
+    if pairs is not None and (degraded is not None or clean is not None):
+        raise FDIError("connect either 'pairs' or the 'degraded' and 'clean' images, not both")
+    if pairs is not None:
+        deg, cln = pairs.degraded, pairs.clean
+    elif degraded is not None and clean is not None:
+        deg, cln = list(image_to_batch(degraded, "degraded")), list(image_to_batch(clean, "clean"))
+    else:
+        raise FDIError(
+            "no training pairs: connect 'degraded' and 'clean' images, or 'pairs' from 'Load FDI Training Pairs'"
         )
+    check_pairs(deg, cln)
+    return deg, cln
+
+
+def _train(model, clip, vae, adapter, fdi, deg, cln, settings, prediction_type, blocks, training_dtype, checkpointing):
+    """Train ``adapter`` in place on the MODEL's UNet (loaded by model management, weights made
+    autograd-safe, computing in the training dtype) with the VAE's mode latents; a ``MemoryTrainResult``."""
+    mm.load_models_gpu([model], force_full_load=True)
+    device = model.load_device
+    adapter.to(device, torch.float32)
+    base = model.model
+    unet = base.diffusion_model
+    autograd_safe(unet)
+    context = clip.encode_from_tokens(clip.tokenize("")).clone().to(device)
+    # compute dtype, never the storage one (fp8): ComfyUI's _apply_model casts to manual_cast_dtype
+    dtype = _compute_dtype(training_dtype, device)
+    storage = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
+    predict = comfy_predictor(unet, context, *blocks, dtype)
+    # the MODEL's own schedule: a ModelSamplingDiscrete patch (v-prediction, zsnr) included
+    alphas = sigma_to_alpha(model.get_model_object("model_sampling").sigmas.float().cpu())
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = vae.encode(images.permute(0, 2, 3, 1).to(mm.intermediate_device()))
+            z = base.latent_format.process_in(z.float()).clone()
+        mm.load_models_gpu([model], force_full_load=True)
+        return z.to(device)
+
+    with cast_weights_to_compute(unet, storage, dtype), unet_checkpointing(unet, checkpointing):
+        return train_on_pairs(
+            adapter,
+            predict,
+            encode,
+            [d.clone() for d in deg],
+            [c.clone() for c in cln],
+            fdi.tokens.clone(),
+            alphas,
+            prediction_type,
+            settings,
+            device,
+            compute_dtype=dtype,
+            should_stop=mm.processing_interrupted,
+            on_step=_progress(settings.steps),
+        )
+
+
+def _progress(steps: int):
+    """``on_step(done, loss)`` for :func:`train_on_pairs`: ComfyUI's progress bar with the loss curve as its
+    preview (about 20 times a run)."""
+    bar = comfy.utils.ProgressBar(steps)
+    bar.update_absolute(0, steps)
+    seen: List[float] = []
+    every = max(1, steps // 20)
+
+    def on_step(done: int, loss: float) -> None:
+        seen.append(loss)
+        preview = None
+        if done % every == 0 or done == steps:
+            from PIL import Image
+
+            from ..fdi.plots import render_loss_curve
+
+            picture = render_loss_curve(seen, title=f"step {done} of {steps}: loss {loss:.4f}")
+            preview = ("JPEG", Image.fromarray(picture), 512)
+            logging.info("FDITrainAdapter: step %d/%d, loss %.5f", done, steps, loss)
+        bar.update_absolute(done, steps, preview)
+
+    return on_step
 
 
 class FDISaveAdapter(io.ComfyNode):

@@ -1,7 +1,7 @@
-"""`fdi.train` / `python -m fdi train` on tiny random models: loss goes down, exact resume, bad input.
+"""`fdi.training` / `python -m fdi train` on tiny random models: loss goes down, exact resume, bad input.
 
 All runs use the tiny SD 2.1-shaped pipeline (conftest ``tiny_sd_folder``), the tiny adapter config
-and 32-px crops. Torch runs single-threaded inside these tests: on a shared 2-core machine two
+and 64-px crops. Torch runs single-threaded inside these tests: on a shared 2-core machine two
 threads per process oversubscribe the CPU and make each step ~10× slower.
 """
 
@@ -22,7 +22,9 @@ from fdi.errors import FDIError, FDIInterrupted
 from fdi.images import save_image
 from fdi.instruction import FDI
 from fdi.sampling import diffusion_target, predict_x0
-from fdi.train import TrainConfig, list_checkpoints, train
+from fdi.training.config import TrainConfig
+from fdi.training.run import train
+from fdi.training.state import list_checkpoints
 
 CAST = torch.tensor([0.35, 0.1, -0.05]).view(3, 1, 1)
 
@@ -76,7 +78,7 @@ def _cfg(toy: Path, out: Path, **kw) -> TrainConfig:
         degraded=str(toy / "deg"),
         clean=str(toy / "clean"),
         fdi=str(toy / "toy.fdi.safetensors"),
-        resolution=32,
+        resolution=64,
         batch_size=4,
         lr=1e-2,
         num_workers=0,
@@ -169,6 +171,12 @@ def test_bad_input_fails_before_training(toy, tmp_path):
     with pytest.raises(FDIError, match="not divisible by processes × --grad-accum = 1 × 3"):
         train(_cfg(toy, tmp_path / "a.safetensors", batch_size=4, grad_accum=3, max_steps=1))
     (tmp_path / "file").write_text("x")
+    # one resolution rule for both doors (the node's too): a multiple of 64, the UNet's three downsamplings × 8
+    for bad in (96, 32, 0):
+        with pytest.raises(FDIError, match="must be a multiple of 64"):
+            train(_cfg(toy, tmp_path / "a.safetensors", resolution=bad, max_steps=1))
+    with pytest.raises(FDIError, match=r"--adam-beta2 must be in \[0, 1\)"):
+        train(_cfg(toy, tmp_path / "a.safetensors", adam_beta2=1.0, max_steps=1))
     with pytest.raises(FDIError, match="does not exist"):
         train(_cfg(toy, tmp_path / "missing" / "a.safetensors", max_steps=1))
     with pytest.raises(FDIError, match="does not exist"):
@@ -214,7 +222,7 @@ def test_cli_with_blip2_pairs_file_and_v_prediction(toy, tmp_path, tiny_sd_v_fol
         "-o",
         str(out),
         "--resolution",
-        "32",
+        "64",
         "--max-steps",
         "2",
         "--batch-size",
@@ -285,7 +293,7 @@ def test_two_processes_under_torchrun_resume_exactly(toy, tmp_path):
             "-o",
             str(out),
             "--resolution",
-            "32",
+            "64",
             "--max-steps",
             "4",
             "--batch-size",
@@ -352,7 +360,7 @@ def test_ctrl_c_leaves_loadable_checkpoints(toy, tmp_path):
         "-o",
         str(out),
         "--resolution",
-        "32",
+        "64",
         "--max-steps",
         "1000",
         "--batch-size",
@@ -421,7 +429,7 @@ def test_gradient_checkpointing_acts_with_the_unet_in_eval(toy, tmp_path):
 def test_fp16_training_stops_after_a_run_of_nonfinite_steps(toy, tmp_path, monkeypatch):
     """fp16: a step whose loss is not finite is skipped, a run of them stops with a clear error (before: the
     finite check was skipped under fp16 and the run 'finished' untrained)."""
-    import fdi.train as train_mod
+    import fdi.training.run as train_mod
     from fdi.training.precision import MAX_NONFINITE_SCALED
 
     real = train_mod.diffusers_predictor
@@ -455,3 +463,65 @@ def test_fp16_training_stops_after_a_run_of_nonfinite_steps(toy, tmp_path, monke
     assert all(
         torch.isfinite(v).all() for v in FDIAdapter.from_file(last / "adapter.safetensors").state_dict().values()
     )
+
+
+def test_cli_options_are_the_config_fields():
+    """`python -m fdi train` has one option per TrainConfig field (same name, same default): the mapping is
+    generic, so a new field without an option fails here (before: 44 fields copied by hand, --adam-epsilon
+    and --deterministic missing)."""
+    from dataclasses import fields
+
+    from fdi.cli import build_parser
+    from fdi.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--sd", "m", "-o", "a.safetensors"])
+    missing = [f.name for f in fields(TrainConfig) if not hasattr(args, f.name)]
+    assert missing == []
+    assert config_from_args(args) == TrainConfig(sd="m", output="a.safetensors")
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--sd",
+            "m",
+            "-o",
+            "a.safetensors",
+            "--adam-epsilon",
+            "1e-6",
+            "--deterministic",
+            "--adam-beta2",
+            "0.9",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.adam_epsilon, cfg.deterministic, cfg.adam_beta2) == (1e-6, True, 0.9)
+
+
+def test_deterministic_runs_and_a_resumed_run_agree(toy, tmp_path):
+    """--deterministic: deterministic kernels during the run (the global setting restored after), two straight
+    4-step runs and a 2 + 2 resumed run agree to 1e-7 (the full-width version: tests/test_determinism.py)."""
+    kw = dict(max_steps=4, batch_size=2, deterministic=True, checkpoint_every=2)
+    seen = []
+
+    def probe(done, total):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.mkldnn.deterministic))
+
+    runs = [train(_cfg(toy, tmp_path / f"{r}.safetensors", **kw), progress=probe) for r in "ab"]
+    assert set(seen) == {(True, True)}
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.mkldnn.deterministic
+
+    def stop_after_2(done, total):
+        if done == 3:  # step 3 started from the checkpoint of step 2: stop, then resume from it
+            raise FDIInterrupted("stop")
+
+    with pytest.raises(FDIInterrupted):
+        train(_cfg(toy, tmp_path / "c.safetensors", **kw), progress=stop_after_2)
+    assert not torch.are_deterministic_algorithms_enabled()
+    resumed = train(_cfg(toy, tmp_path / "c.safetensors", resume="latest", **kw))
+    assert resumed.start_step == 2
+    ref = FDIAdapter.from_file(tmp_path / "a.safetensors").state_dict()
+    for other in ("b", "c"):
+        got = FDIAdapter.from_file(tmp_path / f"{other}.safetensors").state_dict()
+        assert max((ref[k] - got[k]).abs().max().item() for k in ref) <= 1e-7, other
+    init = FDIAdapter.from_file(tmp_path / "a-run" / "checkpoint-2" / "adapter.safetensors").state_dict()
+    assert max((ref[k] - init[k]).abs().max().item() for k in ref) > 1e-4  # the last two steps moved the weights
+    assert runs[0].losses == runs[1].losses

@@ -15,10 +15,9 @@ from fdi.cli import main
 from fdi.errors import FDIError
 from fdi.extract import pair_stability
 from fdi.instruction import FDI
-from fdi.models import load_sd, place
-from fdi.train import encode_prompt
+from fdi.models import encode_prompt, load_sd, place, vae_encode
 from fdi.training.memory import TrainSettings, batch_for_step, check_pairs, train_on_pairs
-from fdi.training.step import checkpointed, diffusers_predictor, encode_clean
+from fdi.training.step import checkpointed, diffusers_predictor
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +50,7 @@ def _run(tiny, settings, adapter=None, predict=None, **kw):
     res = train_on_pairs(
         adapter,
         predict or diffusers_predictor(unet, ctx, torch.float32),
-        lambda x: encode_clean(vae, x, torch.float32),
+        lambda x: vae_encode(vae, x, torch.float32),
         deg,
         clean,
         tokens,

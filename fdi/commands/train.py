@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from ..errors import FDIError
+from ..models import PREDICTION_TYPES
+from ..training import config as defaults
+from ..training.config import LR_SCHEDULERS, MIXED_PRECISION
 
 
 def add_parser(sub) -> None:
@@ -35,7 +39,7 @@ def add_parser(sub) -> None:
     )
     g.add_argument(
         "--prediction-type",
-        choices=("epsilon", "v_prediction"),
+        choices=PREDICTION_TYPES,
         default=None,
         help="override the model's prediction type (default: the scheduler's, or for "
         "a single file detected from the weights)",
@@ -80,7 +84,7 @@ def add_parser(sub) -> None:
         "--resolution",
         type=int,
         default=512,
-        help="square training crops, pixels (shorter side resized to it, then random crop + flip)",
+        help="square training crops, pixels, a multiple of 64 (shorter side resized to it, then random crop + flip)",
     )
     n = t.add_mutually_exclusive_group()
     n.add_argument("--max-steps", type=int, default=None, help="optimizer steps to train (default: 50 epochs)")
@@ -98,25 +102,33 @@ def add_parser(sub) -> None:
     t.add_argument(
         "--lr-scheduler",
         default="constant",
-        choices=["constant", "constant_with_warmup", "linear", "cosine"],
+        choices=LR_SCHEDULERS,
         help="learning-rate schedule",
     )
     t.add_argument("--lr-warmup-steps", type=int, default=0, help="linear warm-up steps")
-    t.add_argument("--adam-beta1", type=float, default=0.9)
-    t.add_argument("--adam-beta2", type=float, default=0.99)
-    t.add_argument("--adam-weight-decay", type=float, default=1e-2)
-    t.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient-norm clipping (0 = off)")
+    t.add_argument("--adam-beta1", type=float, default=defaults.ADAM_BETA1, help="AdamW β1")
+    t.add_argument("--adam-beta2", type=float, default=defaults.ADAM_BETA2, help="AdamW β2")
+    t.add_argument("--adam-weight-decay", type=float, default=defaults.ADAM_WEIGHT_DECAY, help="AdamW weight decay")
+    t.add_argument("--adam-epsilon", type=float, default=defaults.ADAM_EPSILON, help="AdamW ε")
+    t.add_argument(
+        "--max-grad-norm", type=float, default=defaults.MAX_GRAD_NORM, help="gradient-norm clipping (0 = off)"
+    )
     t.add_argument("--recon-weight", type=float, default=0.1, help="λ of the latent L1 reconstruction term")
     t.add_argument(
         "--mixed-precision",
         default="no",
-        choices=["no", "fp16", "bf16"],
+        choices=MIXED_PRECISION,
         help="frozen models in this dtype, adapter under autocast (fp32 master weights)",
     )
     t.add_argument(
         "--gradient-checkpointing",
         action="store_true",
         help="recompute UNet activations in the backward pass (less memory, ~30%% slower)",
+    )
+    t.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="bit-reproducible runs on the CPU: deterministic kernels and the single-tensor AdamW (slower)",
     )
     t.add_argument(
         "--seed", type=int, default=0, help="seed of the adapter init, data order, crops, noise and timesteps"
@@ -190,60 +202,19 @@ def parse_adapter_config(value) -> dict:
     return data
 
 
-def config_from_args(args) -> "object":
-    from ..train import TrainConfig
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~fdi.training.config.TrainConfig` of parsed arguments: one option per field, same name."""
+    from ..training.config import TrainConfig
 
-    return TrainConfig(
-        sd=args.sd,
-        sd_config=args.sd_config,
-        prediction_type=args.prediction_type,
-        output=args.output,
-        blip2=args.blip2,
-        degraded=args.degraded,
-        clean=args.clean,
-        pairs_file=args.pairs_file,
-        fdi=args.fdi,
-        resolution=args.resolution,
-        max_steps=args.max_steps,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        lr=args.lr,
-        lr_scheduler=args.lr_scheduler,
-        lr_warmup_steps=args.lr_warmup_steps,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_weight_decay=args.adam_weight_decay,
-        max_grad_norm=args.max_grad_norm,
-        recon_weight=args.recon_weight,
-        mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing,
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoints_total_limit=args.checkpoints_total_limit,
-        resume=args.resume,
-        seed=args.seed,
-        device=args.device,
-        num_workers=args.num_workers,
-        adapter_config=parse_adapter_config(args.adapter_config),
-        prompt=args.prompt,
-        label=args.label,
-        blip2_batch_size=args.blip2_batch_size,
-        validate_every=args.validate_every,
-        val_degraded=args.val_degraded,
-        val_clean=args.val_clean,
-        val_pairs_file=args.val_pairs_file,
-        val_steps=args.val_steps,
-        val_max_images=args.val_max_images,
-        log_every=args.log_every,
-        quiet=args.quiet,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["adapter_config"] = parse_adapter_config(values["adapter_config"])
+    return TrainConfig(**values)
 
 
 def run(args) -> int:
     import sys
 
-    from ..train import train
+    from ..training.run import train
 
     cfg = config_from_args(args)
     try:

@@ -1,6 +1,6 @@
 """The CLI training loop: data loading, accumulation, the optimizer step, logs, checkpoints, validation.
 
-``run`` is the :class:`fdi.train.TrainRun` being trained (its models, optimizer, accelerator, config).
+``run`` is the :class:`fdi.training.run.TrainRun` being trained (its models, optimizer, accelerator, config).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import List
 import torch
 
 from ..progress import report
-from .precision import NonFiniteGuard, scaled_update
+from .precision import NonFiniteGuard, guarded_update
 from .state import save_checkpoint
 from .validation import VAL_FIELDS, validate
 
@@ -23,6 +23,8 @@ LOG_FIELDS = ("step", "epoch", "loss", "loss_diffusion", "loss_recon", "lr", "gr
 
 
 def open_logs(run) -> None:
+    """The run's ``train_log.csv`` (and ``val_log.csv``) cut back to the checkpoint's step, TensorBoard when
+    installed (main process only)."""
     run.tb = None
     if not run.main:
         return
@@ -56,6 +58,7 @@ def open_logs(run) -> None:
 
 
 def log_row(run, path: Path, fields, row: dict) -> None:
+    """Append ``row`` to the CSV log ``path`` (and its numbers to TensorBoard)."""
     with open(path, "a", newline="") as fh:
         csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore").writerow(row)
     if run.tb is not None:
@@ -65,26 +68,24 @@ def log_row(run, path: Path, fields, row: dict) -> None:
                 run.tb.add_scalar(f"{tag}/{k}", v, row["step"])
 
 
-def run_loop(run) -> List[float]:
-    """Train from ``run.start_step`` to ``run.max_steps``; returns the loss of each optimizer step."""
+def make_loader(run):
+    """The data loader of this process from ``run.start_step`` to ``run.max_steps`` (micro-batches)."""
     from torch.utils.data import DataLoader
 
     from ..data import PairedImageDataset, PairStream
 
     cfg, acc = run.cfg, run.acc
-    accum = cfg.grad_accum
-    dataset = PairedImageDataset(run.pairs, cfg.resolution, train=True, seed=cfg.seed)
     sampler = PairStream(
         len(run.pairs),
         run.micro,
         seed=cfg.seed,
         num_processes=acc.num_processes,
         process_index=acc.process_index,
-        start=run.start_step * accum,
-        stop=run.max_steps * accum,
+        start=run.start_step * cfg.grad_accum,
+        stop=run.max_steps * cfg.grad_accum,
     )
-    loader = DataLoader(
-        dataset,
+    return DataLoader(
+        PairedImageDataset(run.pairs, cfg.resolution, train=True, seed=cfg.seed),
         batch_size=run.micro,
         sampler=sampler,
         num_workers=cfg.num_workers,
@@ -92,6 +93,46 @@ def run_loop(run) -> List[float]:
         drop_last=False,
         persistent_workers=False,
     )
+
+
+def optimizer_update(run, trainable, loss: float) -> tuple:
+    """One optimizer update after the accumulated backward passes; ``(skipped, grad_norm)``.
+
+    accelerate's loss scaler where it made one (fp16 on GPUs), else the run's own
+    (:func:`.precision.guarded_update`): the same non-finite rule as the node's loop."""
+    cfg, acc = run.cfg, run.acc
+    if acc.scaler is None:
+        return guarded_update(run.scaler, run.optimizer, trainable, cfg.max_grad_norm, loss)
+    grad_norm = float("nan")
+    if cfg.max_grad_norm > 0:
+        grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
+    run.optimizer.step()
+    return bool(getattr(run.optimizer, "step_was_skipped", False)), grad_norm
+
+
+def log_step(run, step: int, vals: List[float], lr: float, grad_norm: float, seconds: float) -> None:
+    """The ``train_log.csv`` row (and TensorBoard scalars) of optimizer step ``step``."""
+    row = {
+        "step": step,
+        "epoch": round(step * run.cfg.batch_size / len(run.pairs), 4),
+        "loss": round(vals[0], 7),
+        "loss_diffusion": round(vals[1], 7),
+        "loss_recon": round(vals[2], 7),
+        "lr": lr,
+        "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else "",
+        "sec_per_step": round(seconds, 4),
+    }
+    log_row(run, run.log_path, LOG_FIELDS, row)
+
+
+def run_loop(run) -> List[float]:
+    """Train from ``run.start_step`` to ``run.max_steps``; returns the loss of each optimizer step.
+
+    The non-finite rule (:class:`.precision.NonFiniteGuard`) is checked on the loss reduced over the
+    processes, so every process stops together, with an :class:`~fdi.errors.FDIError`."""
+    cfg, acc = run.cfg, run.acc
+    accum = cfg.grad_accum
+    loader = make_loader(run)
     open_logs(run)
     bar = None
     if run.main and not cfg.quiet:
@@ -105,16 +146,15 @@ def run_loop(run) -> List[float]:
     sums = torch.zeros(3, device=run.device)
     t0 = time.perf_counter()
     trainable = [p for p in run.adapter.parameters() if p.requires_grad]
-    own = getattr(run, "scaler", None)  # fp16 where accelerate gives no loss scaler (the CPU)
-    guard = NonFiniteGuard(scaled=acc.scaler is not None or own is not None)
+    scaler = run.scaler if acc.scaler is None else acc.scaler
+    guard = NonFiniteGuard(scaled=scaler.is_enabled())
     try:
         for batch in loader:
             m = micro_index % accum
-            ctx = acc.no_sync(run.adapter) if m < accum - 1 else nullcontext()
-            with ctx:
+            with acc.no_sync(run.adapter) if m < accum - 1 else nullcontext():
                 out = run.micro_loss(batch, micro_index)
                 loss = out.loss / accum
-                acc.backward(own.scale(loss) if own is not None else loss)
+                acc.backward(run.scaler.scale(loss) if acc.scaler is None else loss)
             sums += torch.stack([out.loss.detach(), out.diffusion.detach(), out.recon.detach()]) / accum
             micro_index += 1
             if m < accum - 1:
@@ -122,21 +162,7 @@ def run_loop(run) -> List[float]:
             mean = acc.reduce(sums, reduction="mean") if acc.num_processes > 1 else sums
             sums = torch.zeros(3, device=run.device)
             vals = [float(v) for v in mean.cpu()]
-            # one rule (NonFiniteGuard), checked on the reduced loss, so every process stops together: a
-            # non-finite step is skipped (by the loss scaler, or here without one), and a run of them stops
-            # training with the adapter of the last good step
-            grad_norm = float("nan")
-            if not math.isfinite(vals[0]) and not guard.scaled:
-                skipped = True
-            elif own is not None:
-                skipped, grad_norm = scaled_update(own, run.optimizer, trainable, cfg.max_grad_norm)
-            else:
-                if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                    grad_norm = float(acc.clip_grad_norm_(trainable, cfg.max_grad_norm))
-                skipped = not guard.scaled and cfg.max_grad_norm > 0 and not math.isfinite(grad_norm)
-                if not skipped:
-                    run.optimizer.step()
-                    skipped = bool(getattr(run.optimizer, "step_was_skipped", False))
+            skipped, grad_norm = optimizer_update(run, trainable, vals[0])
             if guard.record(vals[0], skipped):
                 run.optimizer.zero_grad(set_to_none=True)
                 raise guard.error(
@@ -147,30 +173,19 @@ def run_loop(run) -> List[float]:
             run.optimizer.zero_grad(set_to_none=True)
             step += 1
             losses.append(vals[0])
-            now = time.perf_counter()
             if run.main and (step % cfg.log_every == 0 or step == run.max_steps):
-                log_row(
-                    run,
-                    run.log_path,
-                    LOG_FIELDS,
-                    {
-                        "step": step,
-                        "epoch": round(step * cfg.batch_size / len(run.pairs), 4),
-                        "loss": round(vals[0], 7),
-                        "loss_diffusion": round(vals[1], 7),
-                        "loss_recon": round(vals[2], 7),
-                        "lr": lr,
-                        "grad_norm": round(grad_norm, 6) if math.isfinite(grad_norm) else "",
-                        "sec_per_step": round(now - t0, 4),
-                    },
-                )
+                log_step(run, step, vals, lr, grad_norm, time.perf_counter() - t0)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{vals[0]:.4f}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.max_steps:
                 save_checkpoint(run, step)
             if cfg.validate_every and step % cfg.validate_every == 0:
-                validate(run, step)
+                metrics = validate(run)
+                if metrics is not None:
+                    log_row(
+                        run, run.val_path, VAL_FIELDS, {"step": step, **{k: round(v, 6) for k, v in metrics.items()}}
+                    )
             report(run.progress, step, run.max_steps)
             t0 = time.perf_counter()  # checkpoint/validation time is not counted as step time
     finally:

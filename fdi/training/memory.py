@@ -18,21 +18,29 @@ import torch
 
 from ..errors import FDIError
 from ..progress import ProgressCallback, report
-from .precision import NonFiniteGuard, loss_scaler, scaled_grads, scaled_update
+from ..seeds import seeded_generator
+from .config import (
+    ADAM_BETA1,
+    ADAM_BETA2,
+    ADAM_EPSILON,
+    ADAM_WEIGHT_DECAY,
+    MAX_GRAD_NORM,
+    RESOLUTION_MULTIPLE,
+    adamw,
+    check_adamw,
+    check_resolution,
+)
+from .determinism import deterministic_algorithms
+from .precision import NonFiniteGuard, guarded_update, loss_scaler, scaled_grads
 from .step import Predictor, step_generator, training_step
-
-#: smallest image side accepted for training (one 64-px crop = an 8×8 latent)
-MIN_TRAIN_SIDE = 64
-ADAM_BETAS = (0.9, 0.99)
-ADAM_WEIGHT_DECAY = 1e-2
-MAX_GRAD_NORM = 1.0
 
 
 @dataclass
 class TrainSettings:
     """Options of an in-memory run: ``steps`` optimizer steps of ``batch_size`` pairs, square crops of
-    ``resolution`` px, AdamW at ``lr`` (β = 0.9, 0.99), ``recon_weight`` = λ, ``seed`` for order, crops,
-    noise and timesteps."""
+    ``resolution`` px, AdamW at ``lr`` (betas, weight decay, ε and clipping as the CLI's defaults),
+    ``recon_weight`` = λ, ``seed`` for order, crops, noise and timesteps; ``deterministic``: as the CLI's
+    ``--deterministic``."""
 
     steps: int = 200
     lr: float = 1e-4
@@ -40,20 +48,25 @@ class TrainSettings:
     resolution: int = 512
     seed: int = 0
     recon_weight: float = 0.1
+    adam_beta1: float = ADAM_BETA1
+    adam_beta2: float = ADAM_BETA2
+    adam_weight_decay: float = ADAM_WEIGHT_DECAY
+    adam_epsilon: float = ADAM_EPSILON
+    max_grad_norm: float = MAX_GRAD_NORM
+    deterministic: bool = False
 
     def check(self) -> None:
+        """A clear :class:`FDIError` for each setting out of range."""
         if not isinstance(self.steps, int) or self.steps < 1:
             raise FDIError(f"steps must be at least 1, got {self.steps}; train for 1 step or more")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise FDIError(f"learning rate must be a positive number, got {self.lr}")
         if self.batch_size < 1:
             raise FDIError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.resolution < MIN_TRAIN_SIDE or self.resolution % 64:
-            raise FDIError(
-                f"resolution {self.resolution} must be a multiple of 64 of at least {MIN_TRAIN_SIDE} px, e.g. 512"
-            )
+        check_resolution(self.resolution)
         if not (self.recon_weight >= 0 and math.isfinite(self.recon_weight)):
             raise FDIError(f"the reconstruction weight must be 0 or positive, got {self.recon_weight}")
+        check_adamw(self.adam_beta1, self.adam_beta2, self.adam_weight_decay, self.adam_epsilon, self.max_grad_norm)
 
 
 @dataclass
@@ -68,7 +81,8 @@ class MemoryTrainResult:
 
 
 def check_pairs(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor]) -> None:
-    """Pairs of ``[3, H, W]`` images: equal counts, at least one, every side ≥ :data:`MIN_TRAIN_SIDE`."""
+    """Pairs of ``[3, H, W]`` images: equal counts, at least one, every side ≥ one training crop's multiple
+    (:data:`.config.RESOLUTION_MULTIPLE` px)."""
     if len(degraded) != len(clean):
         raise FDIError(
             f"{len(degraded)} degraded images but {len(clean)} clean ones; the pairs need the same count "
@@ -80,10 +94,10 @@ def check_pairs(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor])
         for what, img in (("degraded", d), ("clean", c)):
             if img.ndim != 3 or img.shape[0] != 3:
                 raise FDIError(f"{what} image {i} has shape {tuple(img.shape)}, expected [3, H, W]")
-            if min(img.shape[-2:]) < MIN_TRAIN_SIDE:
+            if min(img.shape[-2:]) < RESOLUTION_MULTIPLE:
                 raise FDIError(
                     f"{what} image {i} is {img.shape[-1]}x{img.shape[-2]} px; training needs at least "
-                    f"{MIN_TRAIN_SIDE} px a side, use larger images"
+                    f"{RESOLUTION_MULTIPLE} px a side, use larger images"
                 )
 
 
@@ -91,18 +105,15 @@ def batch_for_step(
     degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor], step: int, settings: TrainSettings
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The crops of step ``step`` (0-based): ``([b, 3, R, R], [b, 3, R, R])`` float32, a function of the seed."""
-    from ..data import transform_pair
+    from ..data import sample_generator, transform_pair
 
     n, b = len(degraded), settings.batch_size
-    order: List[int] = []
-    first = step * b
-    epoch = 0
-    while len(order) < first + b:  # the permutations of every epoch up to this step (cheap: n is small)
-        order += torch.randperm(n, generator=torch.Generator().manual_seed(int(settings.seed) * 31 + epoch)).tolist()
-        epoch += 1
-    idx = order[first : first + b]
-    g = torch.Generator().manual_seed(int(settings.seed) * 7_919 + step * 613 + 104_729)
-    crops = [transform_pair(degraded[i].float(), clean[i].float(), settings.resolution, g) for i in idx]
+    crops = []
+    for position in range(step * b, step * b + b):  # the CLI's stream: a permutation per epoch, a crop per sample
+        epoch, i = divmod(position, n)
+        index = int(torch.randperm(n, generator=seeded_generator("order", settings.seed, epoch))[i])
+        gen = sample_generator(settings.seed, epoch, index)
+        crops.append(transform_pair(degraded[index].float(), clean[index].float(), settings.resolution, gen))
     return torch.stack([d for d, _ in crops]), torch.stack([c for _, c in crops])
 
 
@@ -132,49 +143,77 @@ def train_on_pairs(
     settings.check()
     check_pairs(degraded, clean)
     params = [p for p in adapter.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, betas=ADAM_BETAS, weight_decay=ADAM_WEIGHT_DECAY)
+    opt = adamw(params, settings.lr, settings)
     alphas = alphas_cumprod.to(device, torch.float32)
     tokens = fdi_tokens.to(device, torch.float32)
     result = MemoryTrainResult(steps=0)
     scaler = loss_scaler(device, compute_dtype or autocast_dtype)
     guard = NonFiniteGuard(scaled=scaler.is_enabled())
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype not in (None, torch.float32)
+        else torch.autocast(device.type, enabled=False)
+    )
     adapter.train()
     report(progress, 0, settings.steps)
     try:
-        for step in range(settings.steps):
-            if should_stop is not None and should_stop():
-                result.stopped = f"stopped by the user after {step} of {settings.steps} steps"
-                result.cancelled = True
-                break
-            d, c = batch_for_step(degraded, clean, step, settings)
-            z0 = encode(c.to(device))
-            gen = step_generator(settings.seed, step)
-            ctx = (
-                torch.autocast(device.type, dtype=autocast_dtype)
-                if autocast_dtype not in (None, torch.float32)
-                else torch.autocast(device.type, enabled=False)
-            )
-            with ctx:
-                out = training_step(
-                    adapter, predict, d.to(device), z0, tokens, alphas, prediction_type, settings.recon_weight, gen
-                )
-            value = float(out.loss.detach())
-            skipped = True
-            if math.isfinite(value) or scaler.is_enabled():  # an unscaled non-finite loss is not backpropagated
-                scaled_grads(out.loss, params, scaler)
-                skipped, _ = scaled_update(scaler, opt, params, MAX_GRAD_NORM)
+        with deterministic_algorithms(settings.deterministic):
+            for step in range(settings.steps):
+                if should_stop is not None and should_stop():
+                    result.stopped = f"stopped by the user after {step} of {settings.steps} steps"
+                    result.cancelled = True
+                    break
+                d, c = batch_for_step(degraded, clean, step, settings)
+                z0 = encode(c.to(device))
+                gen = step_generator(settings.seed, step)
+                with autocast:
+                    out = training_step(
+                        adapter, predict, d.to(device), z0, tokens, alphas, prediction_type, settings.recon_weight, gen
+                    )
+                value = float(out.loss.detach())
+                if math.isfinite(value) or scaler.is_enabled():  # an unscaled non-finite loss is not backpropagated
+                    scaled_grads(out.loss, params, scaler)
+                skipped, _ = guarded_update(scaler, opt, params, settings.max_grad_norm, value)
                 opt.zero_grad(set_to_none=True)
-            if guard.record(value, skipped):
-                result.stopped = guard.message(step + 1)
-                break
-            if skipped:  # an overflow the scaler recovers from: no update, the step still counts as done
+                if guard.record(value, skipped):
+                    result.stopped = guard.message(step + 1)
+                    break
+                if not skipped:  # an overflow the scaler recovers from: no update, the step still counts as done
+                    result.steps += 1
+                    result.losses.append(value)
+                    if on_step is not None:
+                        on_step(step + 1, value)
                 report(progress, step + 1, settings.steps)
-                continue
-            result.steps += 1
-            result.losses.append(value)
-            if on_step is not None:
-                on_step(step + 1, value)
-            report(progress, step + 1, settings.steps)
     finally:
         adapter.eval()
     return result
+
+
+def adapter_for_training(fdi, family: str, seed: int, previous=None) -> torch.nn.Module:
+    """A float32 adapter to train for ``fdi`` on a ``family`` base: a copy of ``previous`` (its Q-Former and
+    family must match; it stays untouched), or a new one sized to the FDI with weights a function of ``seed``."""
+    from ..adapter import FDIAdapter, FDIAdapterConfig
+    from ..instruction import same_encoder
+
+    if previous is not None:
+        if previous.encoder and not same_encoder(previous.encoder, fdi.encoder):
+            raise FDIError(
+                f"the adapter was trained with FDIs of another Q-Former ({previous.encoder}) than this FDI "
+                f"({fdi.encoder}); extract the FDI with that Q-Former or train a new adapter"
+            )
+        if previous.base_family != family:
+            raise FDIError(
+                f"the adapter was trained for {previous.base_family}, the MODEL is {family}; "
+                f"continue it on a {previous.base_family} model"
+            )
+        config = previous.config
+    else:
+        tokens, width = fdi.shape
+        config = FDIAdapterConfig(token_width=width, num_tokens=tokens)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = FDIAdapter(config, base_family=family, encoder=fdi.encoder, label=fdi.label)
+    if previous is not None:
+        adapter.load_state_dict({k: v.clone() for k, v in previous.state_dict().items()})
+    adapter.check_fdi(fdi)
+    return adapter.float()

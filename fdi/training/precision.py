@@ -103,6 +103,17 @@ def scaled_update(
     return scaler.get_scale() < before, norm
 
 
+def guarded_update(
+    scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer, params, max_grad_norm: float, loss: float
+) -> tuple:
+    """The update of both doors after the backward pass: :func:`scaled_update`, except that a non-finite
+    ``loss`` without loss scaling updates nothing (its gradients are dropped); ``(skipped, grad_norm)``."""
+    if not math.isfinite(loss) and not scaler.is_enabled():
+        optimizer.zero_grad(set_to_none=True)
+        return True, float("nan")
+    return scaled_update(scaler, optimizer, params, max_grad_norm)
+
+
 def scaled_grads(loss: torch.Tensor, params, scaler: torch.amp.GradScaler) -> None:
     """Set ``params``' ``.grad`` to d(scale·loss)/dp (still scaled: :func:`scaled_update` unscales)."""
     grads = torch.autograd.grad(scaler.scale(loss), params, allow_unused=True)

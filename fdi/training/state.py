@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``checkpoint-<step>`` written to ``.checkpoint-<step>.tmp`` and renamed
 when complete (docs/design.md, "Training"). ``run`` below is the training run
-(:class:`fdi.train.TrainRun`): its ``cfg``, ``acc`` (accelerate), ``optimizer``, ``lr_scheduler``,
+(:class:`fdi.training.run.TrainRun`): its ``cfg``, ``acc`` (accelerate), ``optimizer``, ``lr_scheduler``,
 ``signature``, ``fdi``, ``run_dir``, ``main`` and ``raw_adapter()``.
 """
 
@@ -145,7 +145,7 @@ def save_checkpoint(run, step: int) -> Path:
             "lr_scheduler": _lr_state(run.lr_scheduler),
             "num_processes": run.acc.num_processes,
             "max_steps": run.max_steps,
-            "config": {k: v for k, v in asdict(run.cfg).items() if k != "progress"},
+            "config": asdict(run.cfg),
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
         if final.exists():  # a re-run over the same step: replace it

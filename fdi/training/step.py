@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..adapter import FDIGuidance
 from ..sampling import diffusion_target, predict_x0
+from ..seeds import seeded_generator
 
 #: ``predict(z_t [b,4,h,w] float32, t [b] int64, guidance) → model output [b,4,h,w]`` (epsilon or v)
 Predictor = Callable[[torch.Tensor, torch.Tensor, FDIGuidance], torch.Tensor]
@@ -53,11 +54,7 @@ def fdi_loss(
 
 def step_generator(seed: int, micro_batch: int, process_index: int = 0) -> torch.Generator:
     """CPU generator for the noise and timesteps of one micro-batch on one process."""
-    g = torch.Generator()
-    g.manual_seed(
-        (int(seed) * 6_700_417 + int(micro_batch) * 1_000_033 + int(process_index) * 9_973 + 271_828) % (2**63 - 1)
-    )
-    return g
+    return seeded_generator("noise", seed, micro_batch, process_index)
 
 
 def sample_noise(z0: torch.Tensor, num_train_timesteps: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -137,15 +134,6 @@ def comfy_predictor(
         return diffusion_model(z_t.to(dtype), t.float(), context=cond, transformer_options=options)
 
     return predict
-
-
-@torch.no_grad()
-def encode_clean(vae, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Clean images ``[b, 3, H, W]`` in 0..1 → scaled latents ``[b, 4, H/8, W/8]`` float32: the posterior
-    *mode*, as restoration encodes and as ComfyUI's ``VAE.encode`` does (one rule for both doors)."""
-    z = vae.encode((images * 2 - 1).to(dtype)).latent_dist.mode().float()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (z - shift) * vae.config.scaling_factor
 
 
 _CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)

@@ -9,11 +9,11 @@ import torch
 VAL_FIELDS = ("step", "psnr", "ssim", "psnr_y", "ssim_y")
 
 
-def validate(run, step: int) -> Optional[Dict[str, float]]:
-    """Restore the held-out pairs (centre crops at the training resolution) and log PSNR/SSIM.
+def validate(run) -> Optional[Dict[str, float]]:
+    """Restore the held-out pairs (centre crops at the training resolution); their mean PSNR/SSIM (main process).
 
     Uses the restoration pipeline as a user would (DDIM inversion + guided sampling, ``val_steps``
-    steps each, seed = ``--seed``), with the adapter's current weights. Main process only.
+    steps each, seed = ``--seed``), with the adapter's current weights; ``None`` on the other processes.
     """
     metrics = None
     if run.main:
@@ -42,6 +42,5 @@ def validate(run, step: int) -> Optional[Dict[str, float]]:
             adapter.train()
         res = evaluate_tensors([r.float() for r in restored], cleans, names)
         metrics = {k: res.mean[k] for k in VAL_FIELDS[1:]}
-        run.log_row(run.val_path, VAL_FIELDS, {"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
     run.acc.wait_for_everyone()
     return metrics

@@ -1,0 +1,176 @@
+"""The options of a training run and their checks: :class:`TrainConfig` (the CLI's, one field per option),
+:class:`TrainResult`, and the rules both doors share (resolution, optimiser, determinism).
+
+docs/design.md ("Training") has the decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+from ..errors import FDIError
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+#: training crops are square, a multiple of this many pixels: the VAE's 8 × 2^3 for the SD 2.x UNet's three
+#: downsamplings, so every UNet level and adapter feature has an integer size (as restoration pads to)
+RESOLUTION_MULTIPLE = 64
+#: AdamW and clipping defaults of both doors
+ADAM_BETA1 = 0.9
+ADAM_BETA2 = 0.99
+ADAM_WEIGHT_DECAY = 1e-2
+ADAM_EPSILON = 1e-8
+MAX_GRAD_NORM = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (the command line maps onto it one to one, by field name).
+
+    Paths: ``sd`` (diffusers folder or single-file SD 2.1 checkpoint), ``output`` (the adapter file
+    to write, ``.safetensors``), ``blip2`` (BLIP-2 folder; not needed with ``fdi`` or on resume),
+    training pairs as ``degraded`` + ``clean`` folders or ``pairs_file``.
+
+    Sizes: ``resolution`` in pixels (square crops), ``batch_size`` = effective batch in pairs per
+    optimizer step, ``grad_accum`` micro-steps per optimizer step. Length: ``max_steps`` optimizer
+    steps, or ``epochs`` passes over the pairs (50 when neither is given, as in the paper).
+    """
+
+    sd: str
+    output: str
+    sd_config: Optional[str] = None
+    prediction_type: Optional[str] = None
+    blip2: Optional[str] = None
+    degraded: Optional[str] = None
+    clean: Optional[str] = None
+    pairs_file: Optional[str] = None
+    fdi: Optional[str] = None
+    resolution: int = 512
+    max_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 1e-5
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    adam_beta1: float = ADAM_BETA1
+    adam_beta2: float = ADAM_BETA2
+    adam_weight_decay: float = ADAM_WEIGHT_DECAY
+    adam_epsilon: float = ADAM_EPSILON
+    max_grad_norm: float = MAX_GRAD_NORM
+    recon_weight: float = 0.1
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    deterministic: bool = False
+    checkpoint_every: int = 500
+    checkpoint_dir: Optional[str] = None
+    checkpoints_total_limit: Optional[int] = None
+    resume: Optional[str] = None
+    seed: int = 0
+    device: Optional[str] = None
+    num_workers: int = 4
+    adapter_config: Dict = field(default_factory=dict)
+    prompt: str = ""
+    label: str = ""
+    blip2_batch_size: int = 8
+    validate_every: int = 0
+    val_degraded: Optional[str] = None
+    val_clean: Optional[str] = None
+    val_pairs_file: Optional[str] = None
+    val_steps: int = 50
+    val_max_images: int = 8
+    log_every: int = 1
+    quiet: bool = False
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fdi.training.run.train` returns: the adapter file, the steps done and the loss history."""
+
+    output: Path
+    run_dir: Path
+    steps: int
+    start_step: int
+    losses: List[float]
+    base_family: str
+    is_main_process: bool = True
+
+
+def check_resolution(resolution: int, name: str = "resolution") -> None:
+    """Refuse a training crop side (px) that is not a positive multiple of :data:`RESOLUTION_MULTIPLE`."""
+    if not isinstance(resolution, int) or resolution < RESOLUTION_MULTIPLE or resolution % RESOLUTION_MULTIPLE:
+        raise FDIError(
+            f"{name} {resolution!r} must be a multiple of {RESOLUTION_MULTIPLE} px (the VAE's 8 × the UNet's three "
+            f"downsamplings), e.g. 512"
+        )
+
+
+def check_adamw(beta1: float, beta2: float, weight_decay: float, eps: float, max_grad_norm: float) -> None:
+    """Refuse AdamW settings outside their ranges (betas in [0, 1), the rest ≥ 0, ``eps`` > 0)."""
+    for name, v in (("--adam-beta1", beta1), ("--adam-beta2", beta2)):
+        if not (0 <= v < 1):
+            raise FDIError(f"{name} must be in [0, 1), got {v}; the usual values are 0.9 and 0.99")
+    for name, v in (("--adam-weight-decay", weight_decay), ("--max-grad-norm", max_grad_norm)):
+        if not (v >= 0 and math.isfinite(v)):
+            raise FDIError(f"{name} must be 0 or positive, got {v}")
+    if not (eps > 0 and math.isfinite(eps)):
+        raise FDIError(f"--adam-epsilon must be positive, got {eps}")
+
+
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, settings) -> torch.optim.AdamW:
+    """The optimiser of both doors: AdamW at ``lr`` with ``settings``' ``adam_beta1``, ``adam_beta2``,
+    ``adam_weight_decay`` and ``adam_epsilon`` (a :class:`TrainConfig` or the node's settings).
+    The single-tensor implementation (``foreach=False``) when ``settings.deterministic``."""
+    return torch.optim.AdamW(
+        params,
+        lr=lr,
+        betas=(settings.adam_beta1, settings.adam_beta2),
+        weight_decay=settings.adam_weight_decay,
+        eps=settings.adam_epsilon,
+        foreach=False if getattr(settings, "deterministic", False) else None,
+    )
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every check of ``cfg`` that needs no file: counts, ranges, names (a clear :class:`FDIError` each)."""
+    if cfg.max_steps is not None and cfg.epochs is not None:
+        raise FDIError("give either --max-steps or --epochs, not both")
+    for name, v, lo in (
+        ("--batch-size", cfg.batch_size, 1),
+        ("--grad-accum", cfg.grad_accum, 1),
+        ("--checkpoint-every", cfg.checkpoint_every, 0),
+        ("--validate-every", cfg.validate_every, 0),
+        ("--num-workers", cfg.num_workers, 0),
+        ("--log-every", cfg.log_every, 1),
+        ("--val-steps", cfg.val_steps, 1),
+        ("--val-max-images", cfg.val_max_images, 1),
+        ("--lr-warmup-steps", cfg.lr_warmup_steps, 0),
+    ):
+        if not isinstance(v, int) or v < lo:
+            raise FDIError(f"{name} must be an integer of at least {lo}, got {v!r}")
+    check_resolution(cfg.resolution, "--resolution")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise FDIError(f"--max-steps must be at least 1, got {cfg.max_steps}")
+    if cfg.epochs is not None and not cfg.epochs > 0:
+        raise FDIError(f"--epochs must be positive, got {cfg.epochs}")
+    if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise FDIError(f"--lr must be a positive number, got {cfg.lr}")
+    if not (cfg.recon_weight >= 0 and math.isfinite(cfg.recon_weight)):
+        raise FDIError(f"--recon-weight must be 0 or positive, got {cfg.recon_weight}")
+    check_adamw(cfg.adam_beta1, cfg.adam_beta2, cfg.adam_weight_decay, cfg.adam_epsilon, cfg.max_grad_norm)
+    from ..models import check_prediction_type
+
+    check_prediction_type(cfg.prediction_type)
+    if cfg.mixed_precision not in MIXED_PRECISION:
+        raise FDIError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}")
+    if cfg.lr_scheduler not in LR_SCHEDULERS:
+        raise FDIError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {cfg.lr_scheduler!r}")
+    if cfg.validate_every and not (cfg.val_pairs_file or (cfg.val_degraded and cfg.val_clean)):
+        raise FDIError(
+            "--validate-every needs held-out pairs: --val-degraded DIR and --val-clean DIR (or --val-pairs-file)"
+        )
