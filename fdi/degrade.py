@@ -27,7 +27,6 @@ Several effects apply in the order light meets them, whatever the order asked fo
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 
 from .errors import FDIError
 from .progress import ProgressCallback, report
+from .seeds import derive_seed
 
 PathLike = Union[str, os.PathLike]
 
@@ -264,8 +264,7 @@ def parse_spec(spec: str) -> Degradation:
 
 def image_seed(seed: int, key: str | int) -> int:
     """The seed of one image: a stable hash of ``(seed, key)`` (a file stem or a batch index)."""
-    digest = hashlib.sha256(f"{int(seed)}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derive_seed(int(seed), key)
 
 
 def degrade_image(

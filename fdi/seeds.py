@@ -15,13 +15,13 @@ import torch
 __all__ = ["derive_seed", "seeded_generator"]
 
 
-def derive_seed(purpose: str, *parts: Union[int, str]) -> int:
-    """A seed in ``[0, 2^63)`` for the stream ``purpose`` at coordinates ``parts`` (e.g. the user's seed,
-    an epoch, an index): SHA-256 of their text, so distinct coordinates give unrelated streams."""
-    text = "\x1f".join([purpose, *(str(int(p)) if not isinstance(p, str) else p for p in parts)])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+def derive_seed(*parts: Union[int, str]) -> int:
+    """A seed in ``[0, 2^63)`` from ``parts`` (a stream's name, the user's seed, indices, a file stem): the
+    first 8 bytes of the SHA-256 of their ``:``-joined text, so distinct coordinates give unrelated streams."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def seeded_generator(purpose: str, *parts: Union[int, str]) -> torch.Generator:
+def seeded_generator(*parts: Union[int, str]) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with :func:`derive_seed` of the same arguments."""
-    return torch.Generator().manual_seed(derive_seed(purpose, *parts))
+    return torch.Generator().manual_seed(derive_seed(*parts))

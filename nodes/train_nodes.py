@@ -255,24 +255,11 @@ class FDITrainAdapter(io.ComfyNode):
             recon_weight=recon_weight,
         )
         settings.check()
-        unet_config, prediction_type, family = _model_facts(model)
         parse_dtype(training_dtype)  # an unknown name: a clear error before any work
         with torch.inference_mode(False):
-            new = adapter_for_training(fdi, family, seed, adapter.module if adapter is not None else None)
-            blocks = check_unet_for_adapter(unet_config, new.config.channels, family, prediction_type)
-            result = _train(
-                model,
-                clip,
-                vae,
-                new,
-                fdi,
-                deg,
-                cln,
-                settings,
-                prediction_type,
-                blocks,
-                training_dtype,
-                gradient_checkpointing,
+            previous = adapter.module if adapter is not None else None
+            new, result = _train(
+                model, clip, vae, fdi, previous, (deg, cln), settings, training_dtype, gradient_checkpointing
             )
             if result.cancelled:
                 mm.interrupt_current_processing(False)  # the cancel ended training; the graph goes on with this adapter
@@ -303,9 +290,14 @@ def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
     return deg, cln
 
 
-def _train(model, clip, vae, adapter, fdi, deg, cln, settings, prediction_type, blocks, training_dtype, checkpointing):
-    """Train ``adapter`` in place on the MODEL's UNet (loaded by model management, weights made
-    autograd-safe, computing in the training dtype) with the VAE's mode latents; a ``MemoryTrainResult``."""
+def _train(
+    model, clip, vae, fdi: FDI, previous, pairs: tuple, settings: TrainSettings, training_dtype: str, checkpointing
+):
+    """A new adapter (or a copy of ``previous``) trained on the MODEL's UNet (loaded by model management,
+    weights made autograd-safe, computing in the training dtype) with the VAE's latents: ``(adapter, result)``."""
+    unet_config, prediction_type, family = _model_facts(model)
+    adapter = adapter_for_training(fdi, family, settings.seed, previous)
+    blocks = check_unet_for_adapter(unet_config, adapter.config.channels, family, prediction_type)
     mm.load_models_gpu([model], force_full_load=True)
     device = model.load_device
     adapter.to(device, torch.float32)
@@ -328,12 +320,12 @@ def _train(model, clip, vae, adapter, fdi, deg, cln, settings, prediction_type, 
         return z.to(device)
 
     with cast_weights_to_compute(unet, storage, dtype), unet_checkpointing(unet, checkpointing):
-        return train_on_pairs(
+        result = train_on_pairs(
             adapter,
             predict,
             encode,
-            [d.clone() for d in deg],
-            [c.clone() for c in cln],
+            [d.clone() for d in pairs[0]],
+            [c.clone() for c in pairs[1]],
             fdi.tokens.clone(),
             alphas,
             prediction_type,
@@ -343,6 +335,7 @@ def _train(model, clip, vae, adapter, fdi, deg, cln, settings, prediction_type, 
             should_stop=mm.processing_interrupted,
             on_step=_progress(settings.steps),
         )
+    return adapter, result
 
 
 def _progress(steps: int):
