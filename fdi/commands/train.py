@@ -128,7 +128,7 @@ def add_parser(sub) -> None:
     t.add_argument(
         "--deterministic",
         action="store_true",
-        help="bit-reproducible runs on the CPU: deterministic kernels and the single-tensor AdamW (slower)",
+        help="bit-reproducible runs: deterministic kernels, MKL's reproducible mode (MKL_CBWR=AUTO) on the CPU",
     )
     t.add_argument(
         "--seed", type=int, default=0, help="seed of the adapter init, data order, crops, noise and timesteps"
@@ -217,6 +217,10 @@ def run(args) -> int:
     from ..training.run import train
 
     cfg = config_from_args(args)
+    if cfg.deterministic:  # before the first matrix product of the process: MKL reads its mode once
+        from ..training.determinism import request_reproducible_libraries
+
+        request_reproducible_libraries()
     try:
         result = train(cfg)
     except KeyboardInterrupt:

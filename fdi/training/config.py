@@ -124,15 +124,13 @@ def check_adamw(beta1: float, beta2: float, weight_decay: float, eps: float, max
 
 def adamw(params: Iterable[torch.nn.Parameter], lr: float, settings) -> torch.optim.AdamW:
     """The optimiser of both doors: AdamW at ``lr`` with ``settings``' ``adam_beta1``, ``adam_beta2``,
-    ``adam_weight_decay`` and ``adam_epsilon`` (a :class:`TrainConfig` or the node's settings).
-    The single-tensor implementation (``foreach=False``) when ``settings.deterministic``."""
+    ``adam_weight_decay`` and ``adam_epsilon`` (a :class:`TrainConfig` or the node's settings)."""
     return torch.optim.AdamW(
         params,
         lr=lr,
         betas=(settings.adam_beta1, settings.adam_beta2),
         weight_decay=settings.adam_weight_decay,
         eps=settings.adam_epsilon,
-        foreach=False if getattr(settings, "deterministic", False) else None,
     )
 
 
