@@ -26,23 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
-
-def write_inputs(root: Path, resolution: int) -> None:
-    """Two random pairs and a random (32, 768) task FDI under ``root``."""
-    from fdi.images import save_image
-    from fdi.instruction import FDI
-
-    g = torch.Generator().manual_seed(0)
-    for d in ("deg", "clean"):
-        (root / d).mkdir()
-    for i in range(2):
-        clean = torch.rand(3, resolution + 24, resolution + 40, generator=g)
-        save_image(clean, root / "clean" / f"{i}.png")
-        save_image((0.7 * clean + 0.2).clamp(0, 1), root / "deg" / f"{i}.png")
-    FDI(tokens=torch.randn(32, 768, generator=g), encoder="bench:0000000000000000", n_pairs=2).save(
-        root / "task.fdi.safetensors"
-    )
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 def seconds_per_step(sd: Path, root: Path, resolution: int, steps: int, deterministic: bool, name: str) -> list:
@@ -60,6 +44,7 @@ def seconds_per_step(sd: Path, root: Path, resolution: int, steps: int, determin
 
 def main(argv=None) -> int:
     from sd21_fixture import FIXTURE_NAME, cache_dir
+    from train_step import write_inputs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sd", type=Path, default=cache_dir() / "diffusers" / FIXTURE_NAME)
@@ -70,7 +55,7 @@ def main(argv=None) -> int:
     plain, det = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_inputs(root, args.resolution)
+        write_inputs(root, args.resolution, 2)
         for r in range(args.rounds):
             plain += seconds_per_step(args.sd, root, args.resolution, args.steps, False, f"plain{r}")
             det += seconds_per_step(args.sd, root, args.resolution, args.steps, True, f"det{r}")

@@ -55,6 +55,24 @@ def build_models():
     )
 
 
+def write_inputs(root: Path, resolution: int, n_pairs: int) -> None:
+    """``n_pairs`` random pairs (``deg/``, ``clean/``, a little larger than ``resolution``) and a random
+    (32, 768) task FDI (``task.fdi.safetensors``) under ``root``."""
+    from fdi.images import save_image
+    from fdi.instruction import FDI
+
+    g = torch.Generator().manual_seed(0)
+    for d in ("deg", "clean"):
+        (root / d).mkdir()
+    for i in range(n_pairs):
+        clean = torch.rand(3, resolution + 24, resolution + 40, generator=g)
+        save_image(clean, root / "clean" / f"{i}.png")
+        save_image((0.7 * clean + 0.2).clamp(0, 1), root / "deg" / f"{i}.png")
+    FDI(tokens=torch.randn(32, 768, generator=g), encoder="bench:0000000000000000", n_pairs=n_pairs).save(
+        root / "task.fdi.safetensors"
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
@@ -66,8 +84,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from fdi.adapter import count_parameters
-    from fdi.images import save_image
-    from fdi.instruction import FDI
     from fdi.training.config import TrainConfig
     from fdi.training.run import train
 
@@ -76,17 +92,7 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        g = torch.Generator().manual_seed(0)
-        for d in ("deg", "clean"):
-            (root / d).mkdir()
-        n_pairs = max(2, args.batch_size)
-        for i in range(n_pairs):
-            clean = torch.rand(3, args.resolution + 24, args.resolution + 40, generator=g)
-            save_image(clean, root / "clean" / f"{i}.png")
-            save_image((0.7 * clean + 0.2).clamp(0, 1), root / "deg" / f"{i}.png")
-        FDI(tokens=torch.randn(32, 768, generator=g), encoder="bench:0000000000000000", n_pairs=n_pairs).save(
-            root / "task.fdi.safetensors"
-        )
+        write_inputs(root, args.resolution, max(2, args.batch_size))
         cfg = TrainConfig(
             sd="",
             output=str(root / "a.safetensors"),

@@ -372,9 +372,8 @@ class FDISaveAdapter(io.ComfyNode):
             display_name="Save FDI Adapter",
             category=f"{CATEGORY}/training",
             description=(
-                "Saves the adapter as <name>.safetensors in models/fdi_adapters (written atomically) "
-                "with the FDI embedded, "
-                "so 'Load FDI Adapter' lists it at once. Plain names only."
+                "Saves the adapter as <name>.safetensors in models/fdi_adapters (written atomically) with the FDI "
+                "embedded, so 'Load FDI Adapter' lists it at once. Plain names only."
             ),
             inputs=[
                 FDIAdapterType.Input("adapter", tooltip="The adapter to save (from 'Train FDI Adapter')."),

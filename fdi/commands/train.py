@@ -18,16 +18,21 @@ def add_parser(sub) -> None:
         "train",
         help="train an FDI adapter on (degraded, clean) pairs; SD 2.1 and BLIP-2 stay frozen",
         description=(
-            "Train an FDI adapter (docs/design.md, Training): the task FDI is computed "
-            "once from the training pairs with BLIP-2 "
-            "(or read with --fdi), then only the adapter learns, with L = MSE(pred, target) + λ·|ẑ0 − z_gt|1. "
-            "Runs on one CPU/GPU as is, and on many GPUs or nodes under 'accelerate "
-            "launch --multi_gpu -m fdi train …'. "
+            "Train an FDI adapter: the task FDI is computed once from the training pairs with BLIP-2 (or read "
+            "with --fdi), then only the adapter learns, with L = MSE(pred, target) + λ·|ẑ0 − z_gt|1. "
+            "Runs on one CPU/GPU as is, and on many GPUs or nodes under "
+            "'accelerate launch --multi_gpu -m fdi train …'. "
             "--batch-size is the effective batch (per-device batch × --grad-accum × processes)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("models and data")
+    _model_and_data_options(p.add_argument_group("models and data"))
+    _optimisation_options(p.add_argument_group("optimisation"))
+    _checkpoint_options(p.add_argument_group("checkpoints, logs, validation"))
+    p.set_defaults(func=run)
+
+
+def _model_and_data_options(g) -> None:
     g.add_argument(
         "--sd", required=True, metavar="MODEL", help="SD 2.x diffusers folder, or a single-file .safetensors checkpoint"
     )
@@ -41,8 +46,7 @@ def add_parser(sub) -> None:
         "--prediction-type",
         choices=PREDICTION_TYPES,
         default=None,
-        help="override the model's prediction type (default: the scheduler's, or for "
-        "a single file detected from the weights)",
+        help="override the model's prediction type (default: the scheduler's, or detected from a single file)",
     )
     g.add_argument(
         "--blip2",
@@ -79,7 +83,8 @@ def add_parser(sub) -> None:
     )
     g.add_argument("--prompt", default="", help="text prompt used during training (the paper: empty)")
 
-    t = p.add_argument_group("optimisation")
+
+def _optimisation_options(t) -> None:
     t.add_argument(
         "--resolution",
         type=int,
@@ -139,7 +144,8 @@ def add_parser(sub) -> None:
     t.add_argument("--num-workers", type=int, default=4, help="data-loader worker processes per training process")
     t.add_argument("--blip2-batch-size", type=int, default=8, help="pairs per BLIP-2 call when computing the task FDI")
 
-    c = p.add_argument_group("checkpoints, logs, validation")
+
+def _checkpoint_options(c) -> None:
     c.add_argument(
         "--checkpoint-every",
         type=int,
@@ -159,8 +165,7 @@ def add_parser(sub) -> None:
         "--resume",
         default=None,
         metavar="DIR|latest",
-        help="continue from a checkpoint folder, or the newest one in the run folder "
-        "('latest'; starts fresh if there is none)",
+        help="continue from a checkpoint folder, or from the run folder's newest ('latest', fresh if none)",
     )
     c.add_argument("--log-every", type=int, default=1, help="write a train_log.csv row every N steps")
     c.add_argument(
@@ -177,7 +182,6 @@ def add_parser(sub) -> None:
     )
     c.add_argument("--val-max-images", type=int, default=8, help="validate on at most this many held-out pairs")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def parse_adapter_config(value) -> dict:

@@ -105,8 +105,8 @@ def check_resolution(resolution: int, name: str = "resolution") -> None:
     """Refuse a training crop side (px) that is not a positive multiple of :data:`RESOLUTION_MULTIPLE`."""
     if not isinstance(resolution, int) or resolution < RESOLUTION_MULTIPLE or resolution % RESOLUTION_MULTIPLE:
         raise FDIError(
-            f"{name} {resolution!r} must be a multiple of {RESOLUTION_MULTIPLE} px (the VAE's 8 × the UNet's three "
-            f"downsamplings), e.g. 512"
+            f"{name} {resolution!r} must be a multiple of {RESOLUTION_MULTIPLE} px "
+            "(the VAE's 8 × the UNet's three downsamplings), e.g. 512"
         )
 
 
