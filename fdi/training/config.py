@@ -28,9 +28,43 @@ ADAM_EPSILON = 1e-8
 MAX_GRAD_NORM = 1.0
 
 
+@dataclass(kw_only=True)
+class OptimizerSettings:
+    """AdamW, clipping and determinism: the same fields and defaults in both doors' settings."""
+
+    adam_beta1: float = ADAM_BETA1
+    adam_beta2: float = ADAM_BETA2
+    adam_weight_decay: float = ADAM_WEIGHT_DECAY
+    adam_epsilon: float = ADAM_EPSILON
+    max_grad_norm: float = MAX_GRAD_NORM
+    deterministic: bool = False
+
+    def check_optimizer(self) -> None:
+        """Refuse AdamW settings outside their ranges (betas in [0, 1), the rest ≥ 0, ``adam_epsilon`` > 0)."""
+        for name, v in (("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)):
+            if not (0 <= v < 1):
+                raise FDIError(f"{name} must be in [0, 1), got {v}; the usual values are 0.9 and 0.99")
+        for name, v in (("--adam-weight-decay", self.adam_weight_decay), ("--max-grad-norm", self.max_grad_norm)):
+            if not (v >= 0 and math.isfinite(v)):
+                raise FDIError(f"{name} must be 0 or positive, got {v}")
+        if not (self.adam_epsilon > 0 and math.isfinite(self.adam_epsilon)):
+            raise FDIError(f"--adam-epsilon must be positive, got {self.adam_epsilon}")
+
+    def adamw(self, params: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
+        """The optimiser of both doors: AdamW at ``lr`` with these betas, weight decay and ε."""
+        return torch.optim.AdamW(
+            params,
+            lr=lr,
+            betas=(self.adam_beta1, self.adam_beta2),
+            weight_decay=self.adam_weight_decay,
+            eps=self.adam_epsilon,
+        )
+
+
 @dataclass
-class TrainConfig:
-    """Everything a training run needs (the command line maps onto it one to one, by field name).
+class TrainConfig(OptimizerSettings):
+    """Everything a training run needs (the command line maps onto it one to one, by field name; the
+    optimiser's fields are :class:`OptimizerSettings`').
 
     Paths: ``sd`` (diffusers folder or single-file SD 2.1 checkpoint), ``output`` (the adapter file
     to write, ``.safetensors``), ``blip2`` (BLIP-2 folder; not needed with ``fdi`` or on resume),
@@ -58,15 +92,9 @@ class TrainConfig:
     lr: float = 1e-5
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
-    adam_beta1: float = ADAM_BETA1
-    adam_beta2: float = ADAM_BETA2
-    adam_weight_decay: float = ADAM_WEIGHT_DECAY
-    adam_epsilon: float = ADAM_EPSILON
-    max_grad_norm: float = MAX_GRAD_NORM
     recon_weight: float = 0.1
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
-    deterministic: bool = False
     checkpoint_every: int = 500
     checkpoint_dir: Optional[str] = None
     checkpoints_total_limit: Optional[int] = None
@@ -110,30 +138,6 @@ def check_resolution(resolution: int, name: str = "resolution") -> None:
         )
 
 
-def check_adamw(beta1: float, beta2: float, weight_decay: float, eps: float, max_grad_norm: float) -> None:
-    """Refuse AdamW settings outside their ranges (betas in [0, 1), the rest ≥ 0, ``eps`` > 0)."""
-    for name, v in (("--adam-beta1", beta1), ("--adam-beta2", beta2)):
-        if not (0 <= v < 1):
-            raise FDIError(f"{name} must be in [0, 1), got {v}; the usual values are 0.9 and 0.99")
-    for name, v in (("--adam-weight-decay", weight_decay), ("--max-grad-norm", max_grad_norm)):
-        if not (v >= 0 and math.isfinite(v)):
-            raise FDIError(f"{name} must be 0 or positive, got {v}")
-    if not (eps > 0 and math.isfinite(eps)):
-        raise FDIError(f"--adam-epsilon must be positive, got {eps}")
-
-
-def adamw(params: Iterable[torch.nn.Parameter], lr: float, settings) -> torch.optim.AdamW:
-    """The optimiser of both doors: AdamW at ``lr`` with ``settings``' ``adam_beta1``, ``adam_beta2``,
-    ``adam_weight_decay`` and ``adam_epsilon`` (a :class:`TrainConfig` or the node's settings)."""
-    return torch.optim.AdamW(
-        params,
-        lr=lr,
-        betas=(settings.adam_beta1, settings.adam_beta2),
-        weight_decay=settings.adam_weight_decay,
-        eps=settings.adam_epsilon,
-    )
-
-
 def check_config(cfg: TrainConfig) -> None:
     """Every check of ``cfg`` that needs no file: counts, ranges, names (a clear :class:`FDIError` each)."""
     if cfg.max_steps is not None and cfg.epochs is not None:
@@ -160,7 +164,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise FDIError(f"--lr must be a positive number, got {cfg.lr}")
     if not (cfg.recon_weight >= 0 and math.isfinite(cfg.recon_weight)):
         raise FDIError(f"--recon-weight must be 0 or positive, got {cfg.recon_weight}")
-    check_adamw(cfg.adam_beta1, cfg.adam_beta2, cfg.adam_weight_decay, cfg.adam_epsilon, cfg.max_grad_norm)
+    cfg.check_optimizer()
     from ..models import check_prediction_type
 
     check_prediction_type(cfg.prediction_type)

@@ -19,28 +19,17 @@ import torch
 from ..errors import FDIError
 from ..progress import ProgressCallback, report
 from ..seeds import seeded_generator
-from .config import (
-    ADAM_BETA1,
-    ADAM_BETA2,
-    ADAM_EPSILON,
-    ADAM_WEIGHT_DECAY,
-    MAX_GRAD_NORM,
-    RESOLUTION_MULTIPLE,
-    adamw,
-    check_adamw,
-    check_resolution,
-)
+from .config import RESOLUTION_MULTIPLE, OptimizerSettings, check_resolution
 from .determinism import deterministic_algorithms
 from .precision import NonFiniteGuard, guarded_update, loss_scaler, scaled_grads
 from .step import Predictor, step_generator, training_step
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(OptimizerSettings):
     """Options of an in-memory run: ``steps`` optimizer steps of ``batch_size`` pairs, square crops of
-    ``resolution`` px, AdamW at ``lr`` (betas, weight decay, ε and clipping as the CLI's defaults),
-    ``recon_weight`` = λ, ``seed`` for order, crops, noise and timesteps; ``deterministic``: as the CLI's
-    ``--deterministic``."""
+    ``resolution`` px, AdamW at ``lr`` (the optimiser's fields: :class:`.config.OptimizerSettings`),
+    ``recon_weight`` = λ, ``seed`` for order, crops, noise and timesteps."""
 
     steps: int = 200
     lr: float = 1e-4
@@ -48,12 +37,6 @@ class TrainSettings:
     resolution: int = 512
     seed: int = 0
     recon_weight: float = 0.1
-    adam_beta1: float = ADAM_BETA1
-    adam_beta2: float = ADAM_BETA2
-    adam_weight_decay: float = ADAM_WEIGHT_DECAY
-    adam_epsilon: float = ADAM_EPSILON
-    max_grad_norm: float = MAX_GRAD_NORM
-    deterministic: bool = False
 
     def check(self) -> None:
         """A clear :class:`FDIError` for each setting out of range."""
@@ -66,7 +49,7 @@ class TrainSettings:
         check_resolution(self.resolution)
         if not (self.recon_weight >= 0 and math.isfinite(self.recon_weight)):
             raise FDIError(f"the reconstruction weight must be 0 or positive, got {self.recon_weight}")
-        check_adamw(self.adam_beta1, self.adam_beta2, self.adam_weight_decay, self.adam_epsilon, self.max_grad_norm)
+        self.check_optimizer()
 
 
 @dataclass
@@ -143,7 +126,7 @@ def train_on_pairs(
     settings.check()
     check_pairs(degraded, clean)
     params = [p for p in adapter.parameters() if p.requires_grad]
-    opt = adamw(params, settings.lr, settings)
+    opt = settings.adamw(params, settings.lr)
     alphas = alphas_cumprod.to(device, torch.float32)
     tokens = fdi_tokens.to(device, torch.float32)
     result = MemoryTrainResult(steps=0)

@@ -26,7 +26,7 @@ from ..errors import FDIError
 from ..files import check_output_path
 from ..models import encode_prompt, vae_encode
 from ..progress import ProgressCallback
-from .config import TrainConfig, TrainResult, adamw, check_config
+from .config import TrainConfig, TrainResult, check_config
 from .determinism import deterministic_algorithms
 from .loop import run_loop
 from .state import fdi_hash, list_checkpoints, load_checkpoint, save_checkpoint
@@ -236,7 +236,7 @@ class TrainRun:
         }
         from diffusers.optimization import get_scheduler
 
-        optimizer = adamw(adapter.parameters(), self.cfg.lr, self.cfg)
+        optimizer = self.cfg.adamw(adapter.parameters(), self.cfg.lr)
         self.lr_scheduler = get_scheduler(
             self.cfg.lr_scheduler,
             optimizer=optimizer,
