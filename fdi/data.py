@@ -298,8 +298,3 @@ class PairStream(Sampler):
             first = (g * self.P + self.p) * self.b
             for pos in range(first, first + self.b):
                 yield self.key(pos)
-
-
-def epoch_of_step(step: int, batch_size: int, n: int) -> float:
-    """Epochs completed after ``step`` optimizer steps of ``batch_size`` samples over ``n`` pairs."""
-    return step * batch_size / n
