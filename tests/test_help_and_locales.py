@@ -231,6 +231,32 @@ def test_stale_pages_are_named(tmp_path):
     assert "FDINew/zh.md" not in build_help.pages(infos, tmp_path, locales)  # untranslated: English only
 
 
+def test_nodes_md_is_written_from_the_schemas_and_its_staleness_named(tmp_path):
+    (tmp_path / "demo.json").write_text(
+        json.dumps({"nodes": [{"id": 1, "type": "FDIDemo"}, {"id": 2, "type": "FDIDemo"}]})
+    )
+    other = dict(SAMPLE, name="FDIOther", category="FDI/loaders", display_name="Other")
+    text = build_help.render_nodes_md({"FDIDemo": SAMPLE, "FDIOther": other}, tmp_path)
+    assert text.startswith(build_help.NODES_INTRO.read_text(encoding="utf-8").rstrip() + "\n\n## FDI/loaders\n")
+    assert text.index("### `FDIOther` — Other") < text.index("## FDI/demo") < text.index("### `FDIDemo` — Demo")
+    assert "| `x` | `FLOAT` | default `0.5`, 0.0 … 1.0 | The x. |" in text
+    assert "| `fdi` | `FDI` | The FDI. |" in text
+    assert "Shown in: `demo` (2 of them)." in text and "Shown in: no example workflow yet." in text
+    path = tmp_path / "NODES.md"
+    assert build_help.stale_nodes_md({"FDIDemo": SAMPLE}, path, tmp_path) == ["NODES.md: missing"]
+    path.write_text(build_help.render_nodes_md({"FDIDemo": SAMPLE}, tmp_path), encoding="utf-8")
+    assert build_help.stale_nodes_md({"FDIDemo": SAMPLE}, path, tmp_path) == []
+    assert build_help.stale_nodes_md({"FDIDemo": dict(SAMPLE, description="New.")}, path, tmp_path) == [
+        "NODES.md: out of date"
+    ]
+
+
+def test_nodes_md_lists_every_example_workflow():
+    text = (ROOT / "NODES.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\| `(\w+)` \|", text.split("## The example workflows")[1], flags=re.M)
+    assert listed and sorted(listed) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+
+
 def test_every_translated_node_has_a_chinese_page():
     node_defs = json.loads(ZH.read_text(encoding="utf-8"))
     pages = help_pages()
@@ -335,6 +361,8 @@ def node_infos():
 @pytest.mark.comfyui
 def test_help_pages_match_the_schemas(node_infos):
     assert build_help.stale_pages(node_infos) == [], "run tools/build_help.py under ComfyUI's Python"
+    assert build_help.stale_nodes_md(node_infos) == [], "run tools/build_help.py under ComfyUI's Python"
+    assert len(node_infos) == len(re.findall(r"^### `FDI\w+`", (ROOT / "NODES.md").read_text(), flags=re.M)) == 18
 
 
 @needs_comfyui
