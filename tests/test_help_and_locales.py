@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import build_help  # noqa: E402  (tools/ is not a package)
+import build_cli_doc  # noqa: E402  (tools/ is not a package)
+import build_help  # noqa: E402
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 needs_comfyui = pytest.mark.skipif(
@@ -249,6 +250,17 @@ def test_nodes_md_is_written_from_the_schemas_and_its_staleness_named(tmp_path):
     assert build_help.stale_nodes_md({"FDIDemo": dict(SAMPLE, description="New.")}, path, tmp_path) == [
         "NODES.md: out of date"
     ]
+
+
+def test_cli_reference_is_written_from_the_parser():
+    from fdi.cli import COMMANDS, build_parser
+
+    text = build_cli_doc.render(build_parser())
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == text, "run python tools/build_cli_doc.py"
+    assert [line[3:] for line in text.splitlines() if line.startswith("## ")] == list(COMMANDS)
+    assert (
+        "| `--tile-size` | `PX` | `0` |" in text and "| `--adapter` | `A.safetensors` (repeatable) | required |" in text
+    )
 
 
 def test_nodes_md_lists_every_example_workflow():
