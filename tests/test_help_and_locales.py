@@ -257,7 +257,7 @@ def test_cli_reference_is_written_from_the_parser():
 
     text = build_cli_doc.render(build_parser())
     assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == text, "run python tools/build_cli_doc.py"
-    assert [line[3:] for line in text.splitlines() if line.startswith("## ")] == list(COMMANDS)
+    assert [line[4:] for line in text.splitlines() if line.startswith("### ")] == list(COMMANDS)
     assert (
         "| `--tile-size` | `PX` | `0` |" in text and "| `--adapter` | `A.safetensors` (repeatable) | required |" in text
     )

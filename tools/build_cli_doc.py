@@ -21,8 +21,48 @@ HEAD = """# Command line reference
 
 `python -m fdi COMMAND …`; every command also has `--help`. User errors end with exit code 2 and one line
 on stderr; Ctrl-C ends with 130; no command leaves a half-written file behind (every write is a temporary
-file + rename). Examples of whole runs are in the [README](../README.md); this page is written by
-`tools/build_cli_doc.py` from the parser (do not edit it by hand).
+file + rename). This page is written by `tools/build_cli_doc.py` from the parser (do not edit it by hand):
+the examples first, then every command and flag.
+
+## Examples
+
+```bash
+# FDI from paired folders (rain_001.png pairs with rain_001.jpg); any size, RGB/RGBA/gray/16-bit
+python -m fdi extract --blip2 models/blip2/blip2-opt-2.7b --degraded rainy/ --clean clean/ -o rain.fdi.safetensors \\
+    --keep-pairs
+# combine: sum (Σ w·F), mean (Σ w·F / Σ w) or difference (w1·F1 − w2·F2); cosine matrix + PCA map of FDIs
+python -m fdi combine denoise.fdi.safetensors desnow.fdi.safetensors --weights 0.5 0.5 -o mix.fdi.safetensors
+python -m fdi inspect rain.fdi.safetensors haze.fdi.safetensors snow.fdi.safetensors -o fdis.png
+
+# restore: one adapter (its file embeds its FDI); two adapters combined (composite) or chained (progressive)
+python -m fdi restore --sd models/stable-diffusion-2-1-base --adapter derain.safetensors --image rainy/ -o out/
+python -m fdi restore --sd models/stable-diffusion-2-1-base --adapter derain.safetensors --weight 1.0 \\
+    --adapter desnow.safetensors --weight 0.5 --fdi rain.fdi.safetensors --fdi snow.fdi.safetensors \\
+    --image photo.jpg -o out/
+python -m fdi restore --sd v2-1_512-ema-pruned.safetensors --adapter dehaze.safetensors --adapter derain.safetensors \\
+    --mode progressive --image in.png -o out/
+# a large photo in 512 px tiles, colours pulled back to the input's; a folder, resumable; 4 GPUs
+python -m fdi restore --sd … --adapter denoise.safetensors --image big.jpg -o out/ --tile-size 512 --color-fix wavelet
+python -m fdi restore --sd … --adapter derain.safetensors --image photos/ -o out/ --batch-size 4 --skip-existing
+accelerate launch --multi_gpu --num_processes 4 -m fdi restore --sd … --adapter … --image photos/ -o out/
+python -m fdi adapter-info derain.safetensors        # config, parameters, base model, embedded FDI
+
+# train with the paper's settings on Rain100H (a pairs list with columns degraded,clean), on 4 GPUs
+accelerate launch --multi_gpu --num_processes 4 -m fdi train \\
+    --sd models/stable-diffusion-2-1-base --blip2 models/blip2/blip2-opt-2.7b \\
+    --pairs-file data/RainTrainH/pairs.csv -o derain.safetensors --mixed-precision bf16 \\
+    --checkpoint-every 250 --resume latest \\
+    --validate-every 500 --val-degraded data/Rain100H/rain --val-clean data/Rain100H/norain
+# score restorations (PSNR/SSIM on RGB and BT.601 Y; --lpips needs the lpips package)
+python -m fdi eval --pred results/derain --gt data/Rain100H/norain --y-channel --report derain_eval.json
+```
+
+`--sd` is a diffusers folder or a single-file `.safetensors` checkpoint (its configs ship with the package;
+`--sd-config` names a diffusers folder instead); epsilon vs v-prediction is read from the weights. `--color-fix`
+defaults to `none` because dehazing, low-light and style adapters change colours on purpose; use `wavelet` for
+rain, snow, noise, blur or JPEG. A training run writes resumable checkpoints (safetensors + JSON), `train_log.csv`,
+`val_log.csv` and TensorBoard logs (when `tensorboard` is installed) to `<output>-run/`; the task FDI is embedded
+in the adapter file, so that one file is all restoration needs. The reasons: [design.md](design.md).
 """
 
 
@@ -58,7 +98,7 @@ def _value_text(action: argparse.Action) -> str:
         text = f"one of `{shown}`"
     else:
         metavar = action.metavar or (action.dest if not action.option_strings else action.dest.upper())
-        text = f"`{' '.join(metavar) if isinstance(metavar, tuple) else metavar}`"
+        text = f"`{_cell(' '.join(metavar) if isinstance(metavar, tuple) else metavar)}`"
     if action.nargs in ("+", "*"):
         text += " (one or more)" if action.nargs == "+" else " (any number)"
     elif isinstance(action, argparse._AppendAction):
@@ -79,7 +119,7 @@ def _default_text(action: argparse.Action) -> str:
 
 def render(parser: argparse.ArgumentParser) -> str:
     """The Markdown reference of ``parser``'s commands: one section a command, one table an argument group."""
-    out = [HEAD.rstrip(), "", "| command | what it does |", "|---|---|"]
+    out = [HEAD.rstrip(), "", "## Commands", "", "| command | what it does |", "|---|---|"]
     commands = _subparsers(parser)
     helps = {}
     for action in parser._actions:
@@ -87,7 +127,7 @@ def render(parser: argparse.ArgumentParser) -> str:
             helps = {a.dest: a.help for a in action._choices_actions}
     out += [f"| [`{name}`](#{name}) | {_cell(helps.get(name, ''))} |" for name in commands]
     for name, sub in commands.items():
-        out += ["", f"## {name}", "", f"`{sub.prog}`", ""]
+        out += ["", f"### {name}", "", f"`{sub.prog}`", ""]
         if sub.description:
             out += [_cell(sub.description), ""]
         for group in sub._action_groups:
