@@ -263,6 +263,26 @@ def test_cli_reference_is_written_from_the_parser():
     )
 
 
+def test_readme_is_a_short_true_path():
+    """The README stays a newcomer's path: short, the two commands, links that resolve, one parameter count."""
+    import torch
+
+    from fdi.adapter import FDIAdapter
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 220
+    assert "python -m fdi restore --sd" in text and "\npython -m pytest -q\n" in text
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if not target.startswith("https://"):
+            assert (ROOT / target).exists(), f"README links to {target}, which is not in the repository"
+    with torch.device("meta"):
+        n = sum(p.numel() for p in FDIAdapter().parameters())
+    counts = re.findall(r"(\d+(?:\.\d+)?) M parameters", text)
+    assert counts == [f"{n / 1e6:.1f}"], (counts, n)
+    workflows = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    assert all(name in text for name in workflows)
+
+
 def test_nodes_md_lists_every_example_workflow():
     text = (ROOT / "NODES.md").read_text(encoding="utf-8")
     listed = re.findall(r"^\| `(\w+)` \|", text.split("## The example workflows")[1], flags=re.M)
