@@ -283,6 +283,16 @@ def test_readme_is_a_short_true_path():
     assert all(name in text for name in workflows)
 
 
+def test_links_between_the_docs_resolve():
+    pages = [ROOT / "README.md", ROOT / "NODES.md", ROOT / "DEVELOPERS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not target.startswith(("https://", "http://")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
+
+
 def test_nodes_md_lists_every_example_workflow():
     text = (ROOT / "NODES.md").read_text(encoding="utf-8")
     listed = re.findall(r"^\| `(\w+)` \|", text.split("## The example workflows")[1], flags=re.M)
