@@ -19,7 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import build_help  # noqa: E402  (tools/ is not a package)
+import build_cli_doc  # noqa: E402  (tools/ is not a package)
+import build_help  # noqa: E402
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 needs_comfyui = pytest.mark.skipif(
@@ -231,6 +232,73 @@ def test_stale_pages_are_named(tmp_path):
     assert "FDINew/zh.md" not in build_help.pages(infos, tmp_path, locales)  # untranslated: English only
 
 
+def test_nodes_md_is_written_from_the_schemas_and_its_staleness_named(tmp_path):
+    (tmp_path / "demo.json").write_text(
+        json.dumps({"nodes": [{"id": 1, "type": "FDIDemo"}, {"id": 2, "type": "FDIDemo"}]})
+    )
+    other = dict(SAMPLE, name="FDIOther", category="FDI/loaders", display_name="Other")
+    text = build_help.render_nodes_md({"FDIDemo": SAMPLE, "FDIOther": other}, tmp_path)
+    assert text.startswith(build_help.NODES_INTRO.read_text(encoding="utf-8").rstrip() + "\n\n## FDI/loaders\n")
+    assert text.index("### `FDIOther` — Other") < text.index("## FDI/demo") < text.index("### `FDIDemo` — Demo")
+    assert "| `x` | `FLOAT` | default `0.5`, 0.0 … 1.0 | The x. |" in text
+    assert "| `fdi` | `FDI` | The FDI. |" in text
+    assert "Shown in: `demo` (2 of them)." in text and "Shown in: no example workflow yet." in text
+    path = tmp_path / "NODES.md"
+    assert build_help.stale_nodes_md({"FDIDemo": SAMPLE}, path, tmp_path) == ["NODES.md: missing"]
+    path.write_text(build_help.render_nodes_md({"FDIDemo": SAMPLE}, tmp_path), encoding="utf-8")
+    assert build_help.stale_nodes_md({"FDIDemo": SAMPLE}, path, tmp_path) == []
+    assert build_help.stale_nodes_md({"FDIDemo": dict(SAMPLE, description="New.")}, path, tmp_path) == [
+        "NODES.md: out of date"
+    ]
+
+
+def test_cli_reference_is_written_from_the_parser():
+    from fdi.cli import COMMANDS, build_parser
+
+    text = build_cli_doc.render(build_parser())
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == text, "run python tools/build_cli_doc.py"
+    assert [line[4:] for line in text.splitlines() if line.startswith("### ")] == list(COMMANDS)
+    assert (
+        "| `--tile-size` | `PX` | `0` |" in text and "| `--adapter` | `A.safetensors` (repeatable) | required |" in text
+    )
+
+
+def test_readme_is_a_short_true_path():
+    """The README stays a newcomer's path: short, the two commands, links that resolve, one parameter count."""
+    import torch
+
+    from fdi.adapter import FDIAdapter
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 220
+    assert "python -m fdi restore --sd" in text and "\npython -m pytest -q\n" in text
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if not target.startswith("https://"):
+            assert (ROOT / target).exists(), f"README links to {target}, which is not in the repository"
+    with torch.device("meta"):
+        n = sum(p.numel() for p in FDIAdapter().parameters())
+    counts = re.findall(r"(\d+(?:\.\d+)?) M parameters", text)
+    assert counts == [f"{n / 1e6:.1f}"], (counts, n)
+    workflows = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+    assert all(name in text for name in workflows)
+
+
+def test_links_between_the_docs_resolve():
+    pages = [ROOT / "README.md", ROOT / "NODES.md", ROOT / "DEVELOPERS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if not target.startswith(("https://", "http://")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
+
+
+def test_nodes_md_lists_every_example_workflow():
+    text = (ROOT / "NODES.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\| `(\w+)` \|", text.split("## The example workflows")[1], flags=re.M)
+    assert listed and sorted(listed) == sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
+
+
 def test_every_translated_node_has_a_chinese_page():
     node_defs = json.loads(ZH.read_text(encoding="utf-8"))
     pages = help_pages()
@@ -335,6 +403,8 @@ def node_infos():
 @pytest.mark.comfyui
 def test_help_pages_match_the_schemas(node_infos):
     assert build_help.stale_pages(node_infos) == [], "run tools/build_help.py under ComfyUI's Python"
+    assert build_help.stale_nodes_md(node_infos) == [], "run tools/build_help.py under ComfyUI's Python"
+    assert len(node_infos) == len(re.findall(r"^### `FDI\w+`", (ROOT / "NODES.md").read_text(), flags=re.M)) == 18
 
 
 @needs_comfyui

@@ -177,6 +177,75 @@ def test_workflow_is_readable_titles_groups_and_a_model_note(name):
             assert not overlap, f"groups overlap: {a} {b}"
 
 
+#: stock loaders of one downloadable model file: node type -> (widget, ComfyUI model folder)
+STOCK_LOADERS = {
+    "CheckpointLoaderSimple": ("ckpt_name", "checkpoints"),
+    "VAELoader": ("vae_name", "vae"),
+    "LoraLoader": ("lora_name", "loras"),
+    "UNETLoader": ("unet_name", "diffusion_models"),
+    "CLIPLoader": ("clip_name", "text_encoders"),
+}
+#: the frontend's rule for offering a download (``isModelDownloadable`` of frontend 1.45's missingModelDownload)
+DOWNLOAD_PREFIXES = ("https://civitai.com/", "https://civitai.red/", "https://huggingface.co/")
+DOWNLOAD_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pth", ".pt")
+
+
+def model_entry_problems(workflow: dict) -> list[str]:
+    """What is wrong with the model entries (``{name, url, directory}``) of ``workflow``'s stock loaders.
+
+    Every stock loader carries in ``properties.models`` the entry of the file its widget names, with a URL the
+    frontend offers to download (https, an allowed host, ending with ``/<name>``) into the loader's folder; the
+    top-level ``models`` lists exactly the loaders' entries."""
+    problems, wanted = [], []
+    for n in workflow["nodes"]:
+        if n["type"] not in STOCK_LOADERS:
+            continue
+        widget, folder = STOCK_LOADERS[n["type"]]
+        name = n["widgets_values"][0]
+        entries = [m for m in n["properties"].get("models", []) if m.get("name") == name]
+        if len(entries) != 1:
+            problems.append(f"node {n['id']} ({n['type']}): no model entry for its {widget} {name!r}")
+            continue
+        entry = entries[0]
+        if set(entry) != {"name", "url", "directory"}:
+            problems.append(f"node {n['id']}: entry keys {sorted(entry)}")
+        url = str(entry.get("url", ""))
+        if not (url.startswith(DOWNLOAD_PREFIXES) and url.endswith("/" + name) and name.endswith(DOWNLOAD_SUFFIXES)):
+            problems.append(f"node {n['id']}: {url!r} is not a download URL of {name!r} the frontend offers")
+        if entry.get("directory") != folder:
+            problems.append(f"node {n['id']}: directory {entry.get('directory')!r}, its loader reads {folder!r}")
+        wanted += [entry] if entry not in wanted else []
+    if workflow.get("models", []) != wanted:
+        problems.append(f"top-level models {workflow.get('models')} != the loaders' entries {wanted}")
+    return problems
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_downloadable_model_has_a_valid_entry(name):
+    wf = load(name)
+    assert model_entry_problems(wf) == []
+    if any(n["type"] == "CheckpointLoaderSimple" for n in wf["nodes"]):
+        assert wf["models"] == [
+            {
+                "name": "v2-1_512-ema-pruned.safetensors",
+                "url": "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/"
+                "v2-1_512-ema-pruned.safetensors",
+                "directory": "checkpoints",
+            }
+        ]
+
+
+def test_model_entry_check_names_what_is_wrong():
+    wf = copy.deepcopy(load("restore_single"))
+    ckpt = next(n for n in wf["nodes"] if n["type"] == "CheckpointLoaderSimple")
+    ckpt["properties"]["models"][0]["directory"] = "loras"
+    ckpt["properties"]["models"][0]["url"] = "http://example.com/model.safetensors"
+    problems = model_entry_problems(wf)
+    assert len(problems) == 3 and "is not a download URL" in problems[0] and "'loras'" in problems[1], problems
+    del ckpt["properties"]["models"]
+    assert model_entry_problems(wf)[0].endswith("no model entry for its ckpt_name 'v2-1_512-ema-pruned.safetensors'")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_workflow_has_a_thumbnail(name):
     thumb = WORKFLOWS / f"{name}.jpg"
@@ -504,6 +573,23 @@ def test_build_script_reproduces_the_files(object_info, tmp_path):
     assert bw.main(["--check", "--object-info", str(info_file)]) == 0, (
         "run: python workflows/build_workflows.py --object-info <url>"
     )
+
+
+@needs_comfyui
+@pytest.mark.comfyui
+def test_model_entries_name_folders_and_files_of_this_comfyui(comfy, object_info):
+    """Each entry's directory is a model folder the server lists (``GET /models``, what the frontend downloads
+    into) and its name a file the loader offers (the fixture is installed under the published name)."""
+    import requests
+
+    folders = set(requests.get(f"{comfy.url}/models", timeout=10).json())
+    for name in NAMES:
+        for n in load(name)["nodes"]:
+            for entry in n["properties"].get("models", []):
+                assert entry["directory"] in folders, (name, entry)
+                widget = STOCK_LOADERS[n["type"]][0]
+                choices = bw.combo_options(*object_info[n["type"]]["input"]["required"][widget][:2])
+                assert entry["name"] in choices, (name, entry)
 
 
 def _output_nodes(prompt: dict, object_info: dict) -> set:

@@ -4,8 +4,9 @@ ComfyUI serves ``web/`` (the pack's ``WEB_DIRECTORY``) at ``/extensions/<pack fo
 frontend's node-help panel fetches ``docs/<NodeId>.md`` from there. Every fact on a page (what the
 node does, each input with its type, default, range and tooltip, each output) comes from the node's
 V3 schema as ComfyUI reports it (``/object_info`` format); the examples come from ``workflows/``.
-So a page cannot drift from its node: ``tests/test_help_and_locales.py`` regenerates the pages and
-compares.
+The same run writes ``NODES.md`` (every node on one page, by category, and the list of example
+workflows from ``workflows/build_workflows.py``). So a page cannot drift from its node:
+``tests/test_help_and_locales.py`` regenerates the pages and ``NODES.md`` and compares.
 
     COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/python tools/build_help.py          # write
     COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/python tools/build_help.py --check  # compare only
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "web" / "docs"
 WORKFLOWS = ROOT / "workflows"
 LOCALES = ROOT / "locales"
+NODES_MD = ROOT / "NODES.md"
 
 #: imports ComfyUI (as --cpu, in a throw-away base directory), loads the pack as ComfyUI does and
 #: prints ``{node id: GET_NODE_INFO_V1()}`` for every node of ``nodes.NODE_CLASSES``
@@ -263,6 +265,88 @@ def render(info: dict, workflows_dir: Path = WORKFLOWS, lang: str = "en", transl
     return "\n".join(out).rstrip() + "\n"
 
 
+# ------------------------------------------------------------------------------------------------
+# NODES.md: every node on one page
+
+#: the hand-written head of NODES.md (types, model folders); what follows it is generated
+NODES_INTRO = ROOT / "tools" / "nodes_intro.md"
+
+#: the order of the categories in NODES.md (others follow, sorted)
+CATEGORY_ORDER = ("FDI/loaders", "FDI/instruction", "FDI/guidance", "FDI/sampling", "FDI/postprocess")
+
+
+def _workflow_list(workflows_dir: Path) -> list[tuple[str, str]]:
+    """``[(name, one-line description)]`` of the example workflows, from ``build_workflows.WORKFLOWS``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fdi_build_workflows_list", workflows_dir / "build_workflows.py")
+    if spec is None or not (workflows_dir / "build_workflows.py").is_file():
+        return [(p.stem, "") for p in sorted(workflows_dir.glob("*.json"))]
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [(name, text) for name, (_, text) in module.WORKFLOWS.items()]
+
+
+def _shown_in(node_id: str, workflows_dir: Path) -> str:
+    found = []
+    for path in sorted(workflows_dir.glob("*.json")):
+        n = sum(node.get("type") == node_id for node in json.loads(path.read_text(encoding="utf-8")).get("nodes", []))
+        if n:
+            found.append(f"`{path.stem}`" + (f" ({n} of them)" if n > 1 else ""))
+    return "Shown in: " + (", ".join(found) + "." if found else "no example workflow yet.")
+
+
+def render_nodes_md(infos: dict, workflows_dir: Path = WORKFLOWS) -> str:
+    """``NODES.md``: every node of ``infos`` (``/object_info`` entries), by category, then the example workflows."""
+    t = TEXT["en"]
+    by_category: dict[str, list[dict]] = {}
+    for info in infos.values():
+        by_category.setdefault(info.get("category", ""), []).append(info)
+    order = [c for c in CATEGORY_ORDER if c in by_category] + sorted(set(by_category) - set(CATEGORY_ORDER))
+    out = [NODES_INTRO.read_text(encoding="utf-8").rstrip()]
+    for category in order:
+        out += ["", f"## {category}"]
+        for info in sorted(by_category[category], key=lambda i: i["name"]):
+            node_id = info["name"]
+            out += ["", f"### `{node_id}` — {info.get('display_name') or node_id}", ""]
+            out += [info.get("description") or "", ""]
+            rows = list(_inputs(info))
+            if rows:
+                out += [t["input_head"], "|---|---|---|---|"]
+                for name, typ, opts, optional in rows:
+                    tip = opts.get("tooltip", "") + (t["optional"] if optional else "")
+                    cells = (f"`{name}`", _cell(_type_text(typ, opts, t)), _cell(_range_text(opts, t)), _cell(tip))
+                    out.append("| " + " | ".join(cells) + " |")
+                out.append("")
+            names = info.get("output_name") or []
+            if names:
+                tips = info.get("output_tooltips") or [""] * len(names)
+                out += [t["output_head"], "|---|---|---|"]
+                for name, typ, tip in zip(names, info.get("output", []), tips):
+                    out.append(f"| `{name}` | `{_cell(typ)}` | {_cell(tip or '')} |")
+                out.append("")
+            out.append(_shown_in(node_id, workflows_dir))
+    out += ["", "## The example workflows", "", "| workflow | what it shows |", "|---|---|"]
+    out += [f"| `{name}` | {_cell(text)} |" for name, text in _workflow_list(workflows_dir)]
+    out += [
+        "",
+        "They show in ComfyUI's template browser under this pack's name; `python workflows/build_workflows.py`",
+        "regenerates them (see DEVELOPERS.md).",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def stale_nodes_md(infos: dict, path: Path = NODES_MD, workflows_dir: Path = WORKFLOWS) -> list[str]:
+    """``["NODES.md: …"]`` when ``path`` is missing or differs from what the schemas give (empty: up to date)."""
+    if not path.is_file():
+        return [f"{path.name}: missing"]
+    return (
+        []
+        if path.read_text(encoding="utf-8") == render_nodes_md(infos, workflows_dir)
+        else [f"{path.name}: out of date"]
+    )
+
+
 def page_slots(text: str) -> tuple[list[str], list[str]]:
     """The input and output names a help page (of any language) lists in its two tables, in order."""
     heads = {f"## {t[k]}": k for t in TEXT.values() for k in ("inputs", "outputs")}
@@ -339,9 +423,9 @@ def main(argv=None) -> int:
         infos = collect_node_infos(args.comfyui)
     else:
         parser.error("give --comfyui /path/to/ComfyUI (or set COMFYUI_DIR; under ComfyUI's Python) or --object-info")
-    problems = stale_pages(infos)
+    problems = stale_pages(infos) + stale_nodes_md(infos)
     if args.check:
-        print("\n".join(problems) or f"the help pages of {len(infos)} nodes are up to date")
+        print("\n".join(problems) or f"the help pages and NODES.md of {len(infos)} nodes are up to date")
         return 1 if problems else 0
     want = pages(infos)
     for name, text in want.items():
@@ -353,7 +437,8 @@ def main(argv=None) -> int:
     for folder in sorted((p for p in DOCS.iterdir() if p.is_dir()), reverse=True):
         if not any(folder.iterdir()):
             folder.rmdir()
-    print(f"wrote {len(want)} help pages for {len(infos)} nodes to {DOCS.relative_to(ROOT)}")
+    NODES_MD.write_text(render_nodes_md(infos), encoding="utf-8")
+    print(f"wrote {len(want)} help pages for {len(infos)} nodes to {DOCS.relative_to(ROOT)}, and {NODES_MD.name}")
     return 0
 
 

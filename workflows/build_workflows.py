@@ -35,6 +35,18 @@ HERE = Path(__file__).resolve().parent
 # model and input file names the workflows refer to (the notes tell users where they go)
 
 CHECKPOINT = "v2-1_512-ema-pruned.safetensors"
+#: the model files a user downloads, as the ComfyUI frontend's model entries (``{name, url, directory}``, the
+#: ``ModelFile`` of its workflow schema): a loader node whose widget names one of them carries it in
+#: ``properties.models`` and the workflow lists it in its top-level ``models``, so a frontend that finds the
+#: file missing offers the download into that folder. BLIP-2 is a folder, not one file: its note says where it
+#: comes from.
+DOWNLOADS = {
+    CHECKPOINT: {
+        "name": CHECKPOINT,
+        "url": f"https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/{CHECKPOINT}",
+        "directory": "checkpoints",
+    },
+}
 BLIP2_FOLDER = "blip2-opt-2.7b"
 ADAPTERS = {
     "derain": "fdi_derain.safetensors",
@@ -70,7 +82,8 @@ PAIR_FOLDERS = {
 MODEL_NOTE = (
     "Model files (ComfyUI/models/…):\n"
     f"• checkpoints/{CHECKPOINT}: Stable Diffusion 2.1 base, the file as published in "
-    "stabilityai/stable-diffusion-2-1-base (any SD 2.x 512 checkpoint works).\n"
+    "stabilityai/stable-diffusion-2-1-base on Hugging Face (any SD 2.x 512 checkpoint works); a frontend that "
+    "finds it missing offers the download.\n"
 )
 ADAPTER_NOTE = (
     "• fdi_adapters/<name>.safetensors: FDI adapters made by 'python -m fdi train' (one per task or style). "
@@ -78,8 +91,9 @@ ADAPTER_NOTE = (
 )
 BLIP2_NOTE = (
     f"• blip2/{BLIP2_FOLDER}/: a BLIP-2 checkpoint folder in Hugging Face layout (config.json, "
-    "preprocessor_config.json, model*.safetensors), e.g. Salesforce/blip2-opt-2.7b. Only its vision model "
-    "and Q-Former are read; the language model is never loaded.\n"
+    "preprocessor_config.json, model*.safetensors), e.g. the files of https://huggingface.co/Salesforce/blip2-opt-2.7b "
+    "(a folder: the frontend does not download it). Only its vision model and Q-Former are read; the language "
+    "model is never loaded.\n"
 )
 FDI_NOTE = "• fdi/<name>.fdi.safetensors: FDI files from 'Save FDI' or 'python -m fdi extract'.\n"
 SAMPLING_NOTE = (
@@ -301,6 +315,9 @@ def build(wf: Workflow, object_info: dict) -> dict:
         if d["title"]:
             node["title"] = d["title"]
         node["properties"] = {"Node name for S&R": d["type"]}
+        models = [dict(DOWNLOADS[v]) for v in values if isinstance(v, str) and v in DOWNLOADS]
+        if models:
+            node["properties"]["models"] = models
         node["widgets_values"] = values
         nodes_json[key] = node
         slot_index[key] = (in_index, out_index)
@@ -366,6 +383,9 @@ def build(wf: Workflow, object_info: dict) -> dict:
     scale = round(min(1.0, 1560 / (x1 - x0), 960 / (y1 - y0)), 3)
     offset = [round(20 / scale - x0, 1), round(20 / scale - y0, 1)]
 
+    models = []
+    for node in nodes_json.values():
+        models += [m for m in node["properties"].get("models", []) if m not in models]
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-fdi/workflows/{wf.name}")),
         "revision": 0,
@@ -376,6 +396,7 @@ def build(wf: Workflow, object_info: dict) -> dict:
         "groups": groups_json,
         "config": {},
         "extra": {"ds": {"scale": scale, "offset": offset}, "frontendVersion": "1.35.9"},
+        **({"models": models} if models else {}),
         "version": 0.4,
     }
 
