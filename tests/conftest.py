@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-# the tests import the library as ``fdi`` from the repository root (builders: ``from tiny_sd import …``, tests/ is on
-# the path)
+# the tests import the library as ``fdi`` from the repository root, the builders (``from tiny_sd import …``) from
+# tests/ and the ComfyUI harness from tools/; the test modules live in tests/unit, tests/cli and tests/comfyui
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "tests", ROOT / "tools"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 # never reach a model hub from a test
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

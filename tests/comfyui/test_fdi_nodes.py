@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -95,7 +95,7 @@ def test_extraction_drives_comfyui_progress_and_stops_on_cancel(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["patcher"][0].endswith("nodes.common.WholeModelPatcher")  # loads whole (test_comfyui_memory.py)
+    assert result["patcher"][0].endswith("nodes.common.WholeModelPatcher")  # loads whole (tests/comfyui/test_memory.py)
     assert "comfy.model_patcher.ModelPatcher" in result["patcher"]
     assert result["qformer_fp32"] == "torch.float32"
     assert result["n_pairs"] == 5

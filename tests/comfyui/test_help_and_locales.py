@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 import build_help  # noqa: E402  (tools/ is not a package)
 
@@ -353,7 +353,7 @@ def test_running_comfyui_serves_help_pages_and_chinese_names(tmp_path):
     """The frontend's rule: a node whose python_module is ``custom_nodes.<pack>`` has its help at
     ``/extensions/<pack>/docs/<NodeId>.md``; ``/i18n`` merges every pack's ``locales/``."""
     import requests
-    from test_comfyui_e2e import ComfyServer
+    from test_e2e import ComfyServer
 
     (tmp_path / "custom_nodes").mkdir()
     (tmp_path / "custom_nodes" / "comfyui-fdi").symlink_to(ROOT, target_is_directory=True)

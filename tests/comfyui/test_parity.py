@@ -9,7 +9,7 @@ error of 1e-3 in fp32 at a guided step, and match the plain prediction outside t
 
 Run under ComfyUI's Python::
 
-    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest -m comfyui tests/test_comfyui_parity.py
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest -m comfyui tests/comfyui/test_parity.py
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -44,7 +44,7 @@ def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
     import subprocess
     import textwrap
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = textwrap.dedent(f"""
         import asyncio, importlib.util, json, sys
         sys.path.insert(0, {COMFYUI_DIR!r})

@@ -20,7 +20,7 @@ import pytest
 from sd21_fixture import cache_dir
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CKPT = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
 
 pytestmark = [

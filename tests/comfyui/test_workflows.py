@@ -23,7 +23,7 @@ Three layers:
 
 Run them all (about 10 minutes on 2 CPU cores the first time; the SD 2.1 fixture is cached)::
 
-    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest tests/test_workflows.py
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest tests/comfyui/test_workflows.py
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 
@@ -370,7 +370,7 @@ def validate_against_object_info(workflow: dict, object_info: dict) -> list:
 
 
 def _write_images(folder: Path, names: list, size: int, seed: int):
-    from test_comfyui_e2e import write_image
+    from test_e2e import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
@@ -382,7 +382,7 @@ def comfy_env(tmp_path_factory):
     """A ComfyUI base folder with every file the workflows name (fixture models under the published names)."""
     import sd21_fixture
     import torch
-    from test_comfyui_e2e import ensure_sd21_checkpoint
+    from test_e2e import ensure_sd21_checkpoint
     from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
 
     from fdi.encoder import QFormerEncoder
@@ -432,7 +432,7 @@ def comfy_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def comfy(comfy_env):
-    from test_comfyui_e2e import ComfyServer
+    from test_e2e import ComfyServer
 
     server = ComfyServer(comfy_env["base"])
     yield server
@@ -537,7 +537,7 @@ def check_outputs(name: str, entry: dict, prompt: dict, object_info: dict, env: 
 @pytest.mark.comfyui
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_runs_in_comfyui(name, comfy, comfy_env, object_info):
-    from test_comfyui_e2e import error_message
+    from test_e2e import error_message
 
     prompt = to_api(load(name), object_info, API_OVERRIDES)
     entry = comfy.run(prompt)
@@ -738,7 +738,7 @@ def test_browser_detects_a_missing_node(browser):
 @pytest.mark.comfyui
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_in_the_browser(name, browser, comfy, comfy_env, object_info):
-    from test_comfyui_e2e import error_message
+    from test_e2e import error_message
 
     wf = load(name)
     res = browser.execute_async_script(JS_LOAD, wf, name)

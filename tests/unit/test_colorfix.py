@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from fdi.colorfix import adain_color_fix, color_fix, wavelet_color_fix, wavelet_decomposition
 from fdi.errors import FDIError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_pipeline import make_adapter, tiny_fdi
+from tiny_sd import make_adapter, tiny_fdi
 
 from fdi.adapter import FDIGuidance, Modulation
 from fdi.errors import FDIError
@@ -245,7 +245,7 @@ def test_fdi_restore_tiles_in_comfyui_match_the_library_and_one_tile_is_exact(tm
     diffusers = sd21_fixture.cache_dir() / "diffusers" / sd21_fixture.FIXTURE_NAME
     if not ckpt.is_file() or not diffusers.is_dir():
         pytest.skip("the SD 2.1 fixture is not built yet (tests/test_comfyui_e2e.py builds it)")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = COMFY_SCRIPT.format(
         comfy=comfy_dir,
         tests=str(root / "tests"),

@@ -303,7 +303,7 @@ def test_two_processes_under_torchrun_resume_exactly(toy, tmp_path):
             "--quiet",
             *extra,
         ]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         return p.stdout
@@ -365,7 +365,7 @@ def test_ctrl_c_leaves_loadable_checkpoints(toy, tmp_path):
         tiny_adapter_config().to_json(),
         "--quiet",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     # a job started in the background by a shell without job control (`cmd &` in a script) inherits SIGINT
     # *ignored*, and Python then never installs its Ctrl-C handler: give the child the default, as a terminal does
     p = subprocess.Popen(
