@@ -193,13 +193,11 @@ def test_bad_input_fails_before_training(toy, tmp_path):
     assert not list(tmp_path.glob("*-run"))  # nothing was written
 
 
-def test_cli_with_blip2_pairs_file_and_v_prediction(toy, tmp_path, tiny_sd_v_folder, capsys):
+def test_cli_with_blip2_pairs_file_and_v_prediction(toy, tmp_path, tiny_sd_v_folder, tiny_blip2_folder, capsys):
     """The command end to end: task FDI from BLIP-2, pairs from a CSV, a v-prediction model, validation."""
-    from tiny_blip2 import build_tiny_blip2
-
     from fdi.cli import main
 
-    build_tiny_blip2(tmp_path / "blip2", seed=0)
+    shutil.copytree(tiny_blip2_folder, tmp_path / "blip2")
     lst = tmp_path / "pairs.csv"
     lst.write_text("degraded,clean\n" + "".join(f"{toy}/deg/{i:02d}.png,{toy}/clean/{i:02d}.png\n" for i in range(4)))
     out = tmp_path / "v.safetensors"
