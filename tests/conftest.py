@@ -1,7 +1,9 @@
 """Shared pytest fixtures: tiny random models built once per test session into a temporary folder.
 
-Keep this file to fixtures that several test modules use; module-specific helpers belong in the
-module (or in a ``tests/tiny_*.py`` builder).
+The tests live by door: ``unit/`` (the library, ``test_<module>.py``), ``cli/`` (``python -m fdi`` and the bench
+scripts), ``comfyui/`` (the pack inside a real ComfyUI, through ``tools/comfyui_harness.py``; ``-m comfyui`` and
+``COMFYUI_DIR``). Test modules never import each other: shared helpers go to the builders here in ``tests/``
+(``tiny_sd``, ``tiny_blip2``, ``sd21_fixture``, ``images_fixture``), to the harness, or to a fixture below.
 """
 
 from __future__ import annotations
