@@ -1,9 +1,10 @@
 """Shared pytest fixtures: tiny random models built once per test session into a temporary folder.
 
-The tests live by door: ``unit/`` (the library, ``test_<module>.py``), ``cli/`` (``python -m fdi`` and the bench
-scripts), ``comfyui/`` (the pack inside a real ComfyUI, through ``tools/comfyui_harness.py``; ``-m comfyui`` and
-``COMFYUI_DIR``). Test modules never import each other: shared helpers go to the builders here in ``tests/``
-(``tiny_sd``, ``tiny_blip2``, ``sd21_fixture``, ``images_fixture``), to the harness, or to a fixture below.
+The tests live by door: ``unit/`` (the library, ``test_<module>.py``), ``cli/`` (``python -m fdi`` and the
+bench scripts), ``comfyui/`` (the pack: its files, and the pack inside a real ComfyUI through
+``tools/comfyui_harness.py``, marked ``comfyui`` and skipped without ``COMFYUI_DIR``). Test modules never
+import each other: shared helpers go to the builders here in ``tests/`` (``tiny_sd``, ``tiny_blip2``,
+``sd21_fixture``, ``images_fixture``), to the harness, or to a fixture below.
 """
 
 from __future__ import annotations
