@@ -256,3 +256,49 @@ def v_checkpoint() -> Path:
     if not dst.is_file():
         build_v_checkpoint(checkpoint_path(), dst)
     return dst
+
+
+def ensure_checkpoint(comfyui_dir: str) -> str:
+    """The name of the cached single-file SD 2.1 checkpoint (:func:`checkpoint_path`), built on first use by the
+    ComfyUI at ``comfyui_dir``: its ``DiffusersLoader`` → ``CheckpointSave`` on :func:`diffusers_fixture`'s folder,
+    in a short-lived server (``tools/comfyui_harness.py``, which must be importable: the tests put ``tools/`` on
+    ``sys.path``)."""
+    import shutil
+    import tempfile
+
+    from comfyui_harness import ComfyServer, node
+
+    ckpt = checkpoint_path()
+    if ckpt.is_file():
+        return ckpt.name
+    diffusers_dir = diffusers_fixture(Path(comfyui_dir) / "comfy" / "sd1_tokenizer")
+    base = Path(tempfile.mkdtemp(prefix="fdi-fixture-"))
+    try:
+        (base / "custom_nodes").mkdir()
+        yaml = base / "extra_model_paths.yaml"
+        yaml.write_text(f"fixture:\n  diffusers: {diffusers_dir.parent}\n")
+        server = ComfyServer(base, yaml, comfyui=comfyui_dir)
+        try:
+            server.run_ok(
+                {
+                    "1": node("DiffusersLoader", model_path=diffusers_dir.name),
+                    "2": node(
+                        "CheckpointSave",
+                        model=["1", 0],
+                        clip=["1", 1],
+                        vae=["1", 2],
+                        filename_prefix="checkpoints/sd21_fixture",
+                    ),
+                }
+            )
+        finally:
+            server.stop()
+        made = sorted((base / "output" / "checkpoints").glob("sd21_fixture_*.safetensors"))
+        assert made, "CheckpointSave wrote no checkpoint"
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".partial")
+        shutil.move(str(made[-1]), tmp)
+        os.replace(tmp, ckpt)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return ckpt.name

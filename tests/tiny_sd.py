@@ -157,3 +157,28 @@ def randomise_adapter(adapter, seed: int = 1, scale: float = 0.5):
         for gate in adapter.gates:
             gate.copy_(torch.rand(gate.shape, generator=g) * scale)
     return adapter
+
+
+def make_adapter(seed: int = 0, trained: bool = True, family: str = "custom-base", **config):
+    """A tiny adapter for the tiny UNet (labelled ``a<seed>``), randomised to act as a trained one unless
+    ``trained=False``; ``config`` overrides fields of :func:`tiny_adapter_config`."""
+    import json
+
+    from fdi.adapter import FDIAdapter, FDIAdapterConfig
+
+    torch.manual_seed(seed)
+    cfg = (
+        tiny_adapter_config()
+        if not config
+        else FDIAdapterConfig(**{**json.loads(tiny_adapter_config().to_json()), **config})
+    )
+    a = FDIAdapter(cfg, base_family=family, encoder="blip2-tiny:abcd", label=f"a{seed}").eval()
+    return randomise_adapter(a, seed=seed + 1) if trained else a
+
+
+def tiny_fdi(seed: int = 0, width: int = 32):
+    """A random 8-token FDI (2 pairs, labelled ``f<seed>``) for the tiny adapter's encoder name."""
+    from fdi.instruction import FDI
+
+    g = torch.Generator().manual_seed(seed)
+    return FDI(torch.randn(8, width, generator=g), encoder="blip2-tiny:abcd", n_pairs=2, label=f"f{seed}")

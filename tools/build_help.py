@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is not a package: the ComfyUI harness beside
+import comfyui_harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "web" / "docs"
@@ -29,22 +31,10 @@ WORKFLOWS = ROOT / "workflows"
 LOCALES = ROOT / "locales"
 NODES_MD = ROOT / "NODES.md"
 
-#: imports ComfyUI (as --cpu, in a throw-away base directory), loads the pack as ComfyUI does and
-#: prints ``{node id: GET_NODE_INFO_V1()}`` for every node of ``nodes.NODE_CLASSES``
+#: run after the harness's boot (ComfyUI as --cpu in a throw-away base directory, the pack loaded as ComfyUI loads
+#: it): prints ``{node id: GET_NODE_INFO_V1()}`` for every node of ``nodes.NODE_CLASSES``
 _COLLECT = """
-import asyncio, importlib.util, json, sys
-sys.path.insert(0, {comfy!r})
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.base_directory = {base!r}
-import folder_paths
-name = "custom_nodes.comfyui-fdi"
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
-extension = asyncio.run(pack.comfy_entrypoint())
-infos = {{}}
+infos = {}
 for cls in asyncio.run(extension.get_node_list()):
     cls.RELATIVE_PYTHON_MODULE = name
     info = cls.GET_NODE_INFO_V1()
@@ -59,8 +49,8 @@ def collect_node_infos(comfyui_dir: str, python: str = sys.executable) -> dict:
     Runs a fresh ``python`` that imports ComfyUI from ``comfyui_dir``; nothing is written there.
     """
     with tempfile.TemporaryDirectory() as base:
-        code = _COLLECT.format(comfy=str(comfyui_dir), base=base, init=str(ROOT / "__init__.py"), root=str(ROOT))
-        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=base, timeout=600, check=False)
+        code = comfyui_harness.script(_COLLECT, comfyui_dir, base)
+        proc = comfyui_harness.run_python(code, base, timeout=600, python=python)
     marker = [line for line in proc.stdout.splitlines() if line.startswith("@@INFOS@@")]
     if proc.returncode or not marker:
         raise RuntimeError(f"could not read the node schemas from ComfyUI at {comfyui_dir}:\n{proc.stderr[-3000:]}")

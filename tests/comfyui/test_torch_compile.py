@@ -18,15 +18,12 @@ backend.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import comfyui_harness as harness
 import pytest
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = harness.comfyui_dir()
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -38,23 +35,10 @@ pytestmark = [
 ]
 
 SCRIPT = r"""
-import importlib, importlib.util, json, sys
-sys.path.insert(0, {comfy!r})
-sys.path.insert(1, {tests!r})
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.use_pytorch_cross_attention = True
-comfy.cli_args.args.base_directory = {base!r}
-import torch
 import comfy.model_base, comfy.model_management, comfy.model_patcher, comfy.sample, comfy.supported_models
 from comfy_extras.nodes_torch_compile import TorchCompileModel
 from torch._dynamo.utils import counters
 
-name = "comfyui_fdi_under_test"
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
 nodes = importlib.import_module(name + ".nodes.guidance_nodes")
 common = importlib.import_module(name + ".nodes.common")
 adapter_mod = importlib.import_module(name + ".fdi.adapter")
@@ -144,19 +128,10 @@ print(json.dumps(result))
 
 
 def run_script(tmp_path: Path, backend: str, timeout: int) -> dict:
-    code = SCRIPT.format(
-        comfy=COMFYUI_DIR,
-        tests=str(ROOT / "tests"),
-        base=str(tmp_path),
-        init=str(ROOT / "__init__.py"),
-        root=str(ROOT),
-        backend=backend,
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path)
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    flags = {"use_pytorch_cross_attention": True}
+    boot = dict(pack_name="comfyui_fdi_under_test", tests_path=True, flags=flags)
+    code = harness.script(SCRIPT.format(backend=backend), COMFYUI_DIR, tmp_path, **boot)
+    result = harness.run_json(code, tmp_path, timeout, stderr_chars=4000)
     print(json.dumps(result, indent=1))
     return result
 

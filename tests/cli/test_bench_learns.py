@@ -2,7 +2,7 @@
 
 It trains the reduced world's VAE and UNet from scratch, makes pairs with ``fdi degrade``, trains the haze and
 noise adapters with ``fdi train`` and restores the held-out patches with ``fdi restore``. Run with
-``python -m pytest -m slow tests/test_learns.py`` (see README, "See it learn", for its measured time).
+``python -m pytest -m slow tests/cli/test_bench_learns.py`` (see README, "See it learn", for its measured time).
 
 What it asserts is what the reduced run was measured to do (24 min on the shared 2-core box; README, "See it
 learn"): the world's VAE reconstructs held-out patches well above the degraded inputs (measured 22.5 dB), and the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Bounds below the reduced run's measured values (VAE 22.54 dB held-out; noise restored - degraded 5.34 dB).
 MIN_VAE_PSNR = 20.0

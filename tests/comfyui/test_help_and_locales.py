@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 import build_cli_doc  # noqa: E402  (tools/ is not a package)
 import build_help  # noqa: E402
@@ -422,12 +422,11 @@ def test_chinese_translation_covers_every_input_of_the_schemas(node_infos):
 def test_running_comfyui_serves_help_pages_and_chinese_names(tmp_path):
     """The frontend's rule: a node whose python_module is ``custom_nodes.<pack>`` has its help at
     ``/extensions/<pack>/docs/<NodeId>.md``; ``/i18n`` merges every pack's ``locales/``."""
+    import comfyui_harness as harness
     import requests
-    from test_comfyui_e2e import ComfyServer
 
-    (tmp_path / "custom_nodes").mkdir()
-    (tmp_path / "custom_nodes" / "comfyui-fdi").symlink_to(ROOT, target_is_directory=True)
-    server = ComfyServer(tmp_path)
+    harness.link_pack(tmp_path)
+    server = harness.ComfyServer(tmp_path)
     try:
         info = server.object_info()
         ours = {k: v for k, v in info.items() if v.get("python_module", "").startswith("custom_nodes.comfyui-fdi")}

@@ -9,18 +9,13 @@ model management is imported. Needs ``COMFYUI_DIR`` and the cached fixture.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
+import comfyui_harness as harness
 import pytest
 from sd21_fixture import cache_dir
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = harness.comfyui_dir()
 CKPT = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
 
 pytestmark = [
@@ -30,32 +25,16 @@ pytestmark = [
     ),
     pytest.mark.skipif(
         not CKPT.is_file(),
-        reason="the cached SD 2.1 single-file fixture is missing (run tests/test_comfyui_e2e.py once)",
+        reason="the cached SD 2.1 single-file fixture is missing (run tests/comfyui/test_e2e.py once)",
     ),
 ]
 
 HEADER = r"""
-import asyncio, importlib.util, json, os, sys, threading, time
-sys.path.insert(0, {comfy!r})
-sys.path.insert(1, {tests!r})
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.base_directory = {base!r}
-for flag in {flags!r}:
-    setattr(comfy.cli_args.args, flag, True)
-import folder_paths
+import threading, time
 import comfy.model_management as mm
 import comfy.utils
-import torch
-torch.set_num_threads(2)
 from tiny_blip2 import build_tiny_blip2
 
-name = {pack_name!r}
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
-asyncio.run(pack.comfy_entrypoint())
 import nodes
 fdi_nodes = sys.modules[name + ".nodes.fdi_nodes"]
 guidance_nodes = sys.modules[name + ".nodes.guidance_nodes"]
@@ -123,26 +102,10 @@ print(json.dumps(out))
 
 def _run(tmp_path, flags, body, timeout=1500, **fmt):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    code = (HEADER + body).format(
-        comfy=COMFYUI_DIR,
-        tests=str(ROOT / "tests"),
-        base=str(tmp_path),
-        root=str(ROOT),
-        ckpt=str(CKPT),
-        init=str(ROOT / "__init__.py"),
-        pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"),
-        flags=list(flags),
-        **fmt,
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=str(tmp_path),
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    code = (HEADER + body).format(ckpt=str(CKPT), **fmt)
+    boot = dict(pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"), tests_path=True, threads=2)
+    code = harness.script(code, COMFYUI_DIR, tmp_path, flags={flag: True for flag in flags}, **boot)
+    return harness.run_json(code, tmp_path, timeout, stderr_chars=4000)
 
 
 @pytest.mark.parametrize("flag", ["fp8_e4m3fn_unet", "fp16_unet"])

@@ -20,7 +20,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tiny_blip2 import build_tiny_blip2
 from tiny_sd import randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter, FDIAdapterConfig
@@ -32,10 +31,10 @@ MESSAGES: dict = {}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_sd_folder):
+def world(tmp_path_factory, tiny_sd_folder, tiny_blip2_folder):
     """Valid inputs of every kind; each case breaks one of them."""
     r = tmp_path_factory.mktemp("matrix")
-    build_tiny_blip2(r / "blip2", seed=0)
+    shutil.copytree(tiny_blip2_folder, r / "blip2")
     (r / "deg").mkdir(), (r / "clean").mkdir()
     torch.manual_seed(0)
     for i in range(2):

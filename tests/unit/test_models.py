@@ -107,7 +107,7 @@ FOLDER = cache_dir() / "diffusers" / "sd21_random"
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (SINGLE.is_file() and FOLDER.is_dir()),
-    reason="needs the cached full-size SD 2.1 fixture (test_comfyui_e2e builds it)",
+    reason="needs the cached full-size SD 2.1 fixture (tests/comfyui/test_e2e.py builds it)",
 )
 def test_single_file_without_configs_equals_the_diffusers_folder(monkeypatch):
     """ComfyUI's CheckpointSave output, loaded with the shipped configs and tokenizer, offline, holds

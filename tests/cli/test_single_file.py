@@ -1,7 +1,7 @@
 """`python -m fdi train` and `restore` on a single-file SD 2.1 checkpoint without --sd-config, offline.
 
 Uses the cached full-size random-weight fixture (ComfyUI's CheckpointSave output, built by
-tests/test_comfyui_e2e.py); slow (full-size models on the CPU)."""
+tests/comfyui/test_e2e.py); slow (full-size models on the CPU)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SINGLE = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not SINGLE.is_file(), reason="needs the cached SD 2.1 single file (tests/test_comfyui_e2e.py builds it)"
+        not SINGLE.is_file(), reason="needs the cached SD 2.1 single file (tests/comfyui/test_e2e.py builds it)"
     ),
 ]
 

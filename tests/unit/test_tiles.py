@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_pipeline import make_adapter, tiny_fdi
+from tiny_sd import make_adapter, tiny_fdi
 
 from fdi.adapter import FDIGuidance, Modulation
 from fdi.errors import FDIError
@@ -168,105 +165,3 @@ def test_comfy_input_patch_adds_the_tiles_crop_of_each_residual():
         assert torch.allclose(out, want, atol=1e-6)
         whole = torch.randn(2, 4, 32 // s, 48 // s, generator=g)  # no tile: the whole residual, as before
         assert torch.allclose(patch(whole, {"block": ("input", block)}), whole + 0.5 * residuals[level], atol=1e-6)
-
-
-COMFY_SCRIPT = """
-import asyncio, importlib.util, json, sys
-sys.path.insert(0, {comfy!r})
-sys.path.insert(1, {tests!r})
-sys.path.append({root!r})  # the library as `fdi` for the diffusers side (after ComfyUI: its `nodes` comes first)
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.base_directory = {base!r}
-import folder_paths, numpy as np, torch
-import comfy.sd, comfy.utils
-torch.set_num_threads(2)
-name = "comfyui_fdi_tiles"
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
-asyncio.run(pack.comfy_entrypoint())
-gn = sys.modules[name + ".nodes.guidance_nodes"]
-from sd21_fixture import random_adapter
-from fdi.instruction import FDI
-
-adapter = random_adapter(768, 32, seed=1)
-adapter.encoder = "blip2-test:0123456789abcdef"
-fdi = FDI(torch.randn(32, 768, generator=torch.Generator().manual_seed(0)), encoder=adapter.encoder, n_pairs=1)
-adapter.save(folder_paths.get_folder_paths("fdi_adapters")[0] + "/tiles.safetensors", fdi=fdi)
-handle = gn.FDIAdapterLoader.execute("tiles.safetensors")[0]
-model, clip, vae = comfy.sd.load_checkpoint_guess_config({ckpt!r}, output_vae=True, output_clip=True)[:3]
-tokens = clip.tokenize("")
-positive = clip.encode_from_tokens_scheduled(tokens)
-yy, xx = torch.meshgrid(torch.linspace(0, 1, 192), torch.linspace(0, 1, 256), indexing="ij")
-image = torch.stack([0.3 + 0.4 * xx, 0.5 + 0.2 * yy, 0.6 - 0.3 * xx * yy], -1)[None]
-calls = []
-comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total]))
-out = {{}}
-for key, tile, overlap in (("plain", 0, 0), ("one_tile", 256, 64), ("tiled", 128, 64)):
-    calls.clear()
-    with torch.inference_mode():  # as ComfyUI's executor runs a node
-        img = gn.FDIRestore.execute(model, vae, image, handle, positive, 2, 2, 1.0, 1.0, 1.0,
-                                    tile_size=tile, tile_overlap=overlap)[0]
-    np.save({base!r} + f"/{{key}}.npy", img.numpy())
-    out[key + "_progress"] = calls[-1] if calls else None
-del model, clip, vae
-import gc; gc.collect()
-from fdi.pipeline import FDIRestorationPipeline, AdapterUse
-pipe = FDIRestorationPipeline.from_pretrained({diffusers!r})
-use = AdapterUse(adapter, fdi, 1.0)
-x = image.permute(0, 3, 1, 2)
-for key, tile in (("d_plain", 0), ("d_tiled", 128)):
-    r = pipe.restore(x, [use], steps=2, inversion_steps=2, guidance_end=1.0, tile_size=tile, tile_overlap=64)
-    np.save({base!r} + f"/{{key}}.npy", r.detach().permute(0, 2, 3, 1).numpy())
-print(json.dumps(out))
-"""
-
-
-@pytest.mark.comfyui
-@pytest.mark.skipif(
-    not os.environ.get("COMFYUI_DIR"),
-    reason="COMFYUI_DIR is not set: run under ComfyUI's Python with COMFYUI_DIR=/path/to/ComfyUI",
-)
-def test_fdi_restore_tiles_in_comfyui_match_the_library_and_one_tile_is_exact(tmp_path):
-    """FDIRestore with tiles on the full-size random SD 2.1 fixture: a tile covering the image is bit-identical to no
-    tiles; 6 tiles agree with the diffusers pipeline's tiled restore as closely as the untiled doors agree."""
-    import json
-    import subprocess
-    import sys
-    import textwrap
-
-    import numpy as np
-    import sd21_fixture
-
-    comfy_dir = os.environ["COMFYUI_DIR"]
-    ckpt = sd21_fixture.checkpoint_path()
-    diffusers = sd21_fixture.cache_dir() / "diffusers" / sd21_fixture.FIXTURE_NAME
-    if not ckpt.is_file() or not diffusers.is_dir():
-        pytest.skip("the SD 2.1 fixture is not built yet (tests/test_comfyui_e2e.py builds it)")
-    root = Path(__file__).resolve().parents[1]
-    code = COMFY_SCRIPT.format(
-        comfy=comfy_dir,
-        tests=str(root / "tests"),
-        base=str(tmp_path),
-        root=str(root),
-        init=str(root / "__init__.py"),
-        ckpt=str(ckpt),
-        diffusers=str(diffusers),
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=1500, cwd=str(tmp_path)
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    a = {k: np.load(tmp_path / f"{k}.npy") for k in ("plain", "one_tile", "tiled", "d_plain", "d_tiled")}
-    assert np.array_equal(a["plain"], a["one_tile"])
-    assert a["tiled"].shape == (1, 192, 256, 3)
-    tiling_effect = np.abs(a["tiled"] - a["plain"]).mean()
-    untiled_parity = np.abs(a["plain"] - a["d_plain"]).max()
-    tiled_parity = np.abs(a["tiled"] - a["d_tiled"]).max()
-    assert tiling_effect > 10 * np.abs(a["tiled"] - a["d_tiled"]).mean()  # the comparison below means something
-    assert tiled_parity <= max(4 / 255, 2 * untiled_parity), (tiled_parity, untiled_parity)
-    assert result["tiled_progress"] == [36, 36]  # 6 tiles x (encode + 2 inversion + 2 sampling calls + decode)
-    assert result["plain_progress"] != result["tiled_progress"]

@@ -6,17 +6,10 @@ the pack the way ComfyUI does and calls the node's ``execute``. Needs ``COMFYUI_
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
+import comfyui_harness as harness
 import pytest
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = harness.comfyui_dir()
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -28,28 +21,16 @@ pytestmark = [
 ]
 
 SCRIPT = """
-import asyncio, importlib.util, json, sys
-sys.path.insert(0, {comfy!r})
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.base_directory = {base!r}
 import comfy.model_management as mm
 import comfy.utils
-import torch
 
-name = {pack_name!r}
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
-asyncio.run(pack.comfy_entrypoint())
 node = sys.modules[name + ".nodes.degrade_nodes"].FDIDegradePairs
 lib = sys.modules[name + ".fdi.degrade"]
 listed = sys.modules[name + ".nodes"].NODE_CLASSES
 
 calls = []
 comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total]))
-result = {{"listed": node in listed}}
+result = {"listed": node in listed}
 torch.manual_seed(0)
 images = torch.rand(2, 40, 52, 3) * 0.8 + 0.1
 degraded, clean = node.execute(images, "haze,noise:sigma=20", 7, 2).result
@@ -80,18 +61,8 @@ print(json.dumps(result))
 
 
 def test_degrade_pairs_node_matches_the_library_and_drives_comfyui(tmp_path):
-    code = SCRIPT.format(
-        comfy=COMFYUI_DIR,
-        base=str(tmp_path),
-        root=str(ROOT),
-        init=str(ROOT / "__init__.py"),
-        pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"),
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    code = harness.script(SCRIPT, COMFYUI_DIR, tmp_path, pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"))
+    r = harness.run_json(code, tmp_path, timeout=300)
     assert r["listed"] is True
     assert r["shapes"] == [[4, 40, 52, 3], [4, 40, 52, 3]]
     assert r["clean_repeats"] is True

@@ -23,7 +23,7 @@ Three layers:
 
 Run them all (about 10 minutes on 2 CPU cores the first time; the SD 2.1 fixture is cached)::
 
-    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest tests/test_workflows.py
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest tests/comfyui/test_workflows.py
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ import shutil
 import time
 from pathlib import Path
 
+import comfyui_harness as harness
 import pytest
+from comfyui_harness import error_message
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+COMFYUI_DIR = harness.comfyui_dir()
 
 _spec = importlib.util.spec_from_file_location("fdi_build_workflows", WORKFLOWS / "build_workflows.py")
 bw = importlib.util.module_from_spec(_spec)
@@ -439,7 +441,7 @@ def validate_against_object_info(workflow: dict, object_info: dict) -> list:
 
 
 def _write_images(folder: Path, names: list, size: int, seed: int):
-    from test_comfyui_e2e import write_image
+    from images_fixture import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
@@ -447,25 +449,23 @@ def _write_images(folder: Path, names: list, size: int, seed: int):
 
 
 @pytest.fixture(scope="module")
-def comfy_env(tmp_path_factory):
+def comfy_env(tmp_path_factory, tiny_blip2_folder, sd21_adapter):
     """A ComfyUI base folder with every file the workflows name (fixture models under the published names)."""
     import sd21_fixture
     import torch
-    from test_comfyui_e2e import ensure_sd21_checkpoint
-    from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
+    from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
 
     from fdi.encoder import QFormerEncoder
     from fdi.extract import extract_fdi_from_folders
 
-    ensure_sd21_checkpoint()
+    sd21_fixture.ensure_checkpoint(COMFYUI_DIR)
     base = tmp_path_factory.mktemp("wf_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "comfyui-fdi").symlink_to(ROOT, target_is_directory=True)
+    harness.link_pack(base)
     models = base / "models"
     (models / "checkpoints").mkdir(parents=True)
     (models / "checkpoints" / bw.CHECKPOINT).symlink_to(sd21_fixture.checkpoint_path())
     blip = models / "blip2" / bw.BLIP2_FOLDER
-    build_tiny_blip2(blip)
+    shutil.copytree(tiny_blip2_folder, blip)
 
     inp = base / "input"
     for name in sorted(set(bw.INPUT_IMAGES.values()) | set(bw.ONE_PAIR_IMAGES)):
@@ -492,7 +492,7 @@ def comfy_env(tmp_path_factory):
     desnow.save(models / "fdi" / bw.FDI_FILES["desnow"])
     (models / "fdi_adapters").mkdir(parents=True)
     for seed, (key, file_name) in enumerate(sorted(bw.ADAPTERS.items())):
-        adapter = sd21_fixture.random_adapter(TINY_WIDTH, TINY_TOKENS, seed=seed)
+        adapter = sd21_adapter(TINY_WIDTH, TINY_TOKENS, seed=seed)
         adapter.label = key
         adapter.save(models / "fdi_adapters" / file_name, fdi=fdis[seed % 2])
         del adapter
@@ -501,9 +501,7 @@ def comfy_env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def comfy(comfy_env):
-    from test_comfyui_e2e import ComfyServer
-
-    server = ComfyServer(comfy_env["base"])
+    server = harness.ComfyServer(comfy_env["base"])
     yield server
     server.stop()
 
@@ -623,8 +621,6 @@ def check_outputs(name: str, entry: dict, prompt: dict, object_info: dict, env: 
 @pytest.mark.comfyui
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_runs_in_comfyui(name, comfy, comfy_env, object_info):
-    from test_comfyui_e2e import error_message
-
     prompt = to_api(load(name), object_info, API_OVERRIDES)
     entry = comfy.run(prompt)
     assert entry["status"]["status_str"] == "success", f"{name}: {error_message(entry)}\n{comfy.log_tail(40)}"
@@ -824,8 +820,6 @@ def test_browser_detects_a_missing_node(browser):
 @pytest.mark.comfyui
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_in_the_browser(name, browser, comfy, comfy_env, object_info):
-    from test_comfyui_e2e import error_message
-
     wf = load(name)
     res = browser.execute_async_script(JS_LOAD, wf, name)
     assert "error" not in res, res["error"]

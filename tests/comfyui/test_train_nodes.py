@@ -3,23 +3,16 @@ training step on ComfyUI's UNet against diffusers' UNet from the same weights.
 
 A fresh interpreter imports ComfyUI from ``COMFYUI_DIR`` (``--cpu``, temporary base directory),
 loads the cached single-file fixture with ``CheckpointLoaderSimple`` and calls the nodes' ``execute``.
-Needs ``COMFYUI_DIR`` and the cached fixture (``tests/test_comfyui_e2e.py`` builds it).
+Needs ``COMFYUI_DIR`` and the cached fixture (``tests/comfyui/test_e2e.py`` builds it).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
+import comfyui_harness as harness
 import pytest
 from sd21_fixture import cache_dir
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = harness.comfyui_dir()
 CKPT = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
 
 pytestmark = [
@@ -29,30 +22,15 @@ pytestmark = [
     ),
     pytest.mark.skipif(
         not CKPT.is_file(),
-        reason="the cached SD 2.1 single-file fixture is missing (run tests/test_comfyui_e2e.py once)",
+        reason="the cached SD 2.1 single-file fixture is missing (run tests/comfyui/test_e2e.py once)",
     ),
 ]
 
 SCRIPT = r"""
-import asyncio, importlib.util, json, os, sys
-sys.path.insert(0, {comfy!r})
-sys.path.insert(1, {tests!r})
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.base_directory = {base!r}
-import folder_paths
 import comfy.model_management as mm
 import comfy.utils
-import torch
-torch.set_num_threads(2)
 from tiny_blip2 import build_tiny_blip2
 
-name = {pack_name!r}
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
-asyncio.run(pack.comfy_entrypoint())
 import nodes
 fdi_nodes = sys.modules[name + ".nodes.fdi_nodes"]
 guidance_nodes = sys.modules[name + ".nodes.guidance_nodes"]
@@ -184,20 +162,9 @@ print(json.dumps(out))
 
 
 def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
-    code = SCRIPT.format(
-        comfy=COMFYUI_DIR,
-        tests=str(ROOT / "tests"),
-        base=str(tmp_path),
-        root=str(ROOT),
-        ckpt=str(CKPT),
-        init=str(ROOT / "__init__.py"),
-        pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"),
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=1500, cwd=str(tmp_path)
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    r = json.loads(run.stdout.strip().splitlines()[-1])
+    boot = dict(pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"), tests_path=True, threads=2)
+    code = harness.script(SCRIPT.format(ckpt=str(CKPT)), COMFYUI_DIR, tmp_path, **boot)
+    r = harness.run_json(code, tmp_path, timeout=1500, stderr_chars=4000)
     assert r["bad_len"].startswith("FDIError: 2 degraded images but 1 clean")
     assert "at least 64 px" in r["bad_small"]
     assert "steps must be at least 1" in r["bad_steps"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: every figure the GPU run must give (``null`` on the CPU where the figure is CUDA-only)
 KEYS = {

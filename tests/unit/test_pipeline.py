@@ -8,32 +8,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_sd import randomise_adapter, tiny_adapter_config
+from tiny_sd import make_adapter, tiny_fdi
 
 from fdi.adapter import FDIAdapter, FDIAdapterConfig
 from fdi.cli import main
 from fdi.errors import FDIError
-from fdi.instruction import FDI
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
 from fdi.sampling import pad_to_multiple
 
 FAST = dict(steps=2, inversion_steps=2)
-
-
-def make_adapter(seed: int = 0, trained: bool = True, family: str = "custom-base", **config) -> FDIAdapter:
-    torch.manual_seed(seed)
-    cfg = (
-        tiny_adapter_config()
-        if not config
-        else FDIAdapterConfig(**{**json.loads(tiny_adapter_config().to_json()), **config})
-    )
-    a = FDIAdapter(cfg, base_family=family, encoder="blip2-tiny:abcd", label=f"a{seed}").eval()
-    return randomise_adapter(a, seed=seed + 1) if trained else a
-
-
-def tiny_fdi(seed: int = 0, width: int = 32) -> FDI:
-    g = torch.Generator().manual_seed(seed)
-    return FDI(torch.randn(8, width, generator=g), encoder="blip2-tiny:abcd", n_pairs=2, label=f"f{seed}")
 
 
 def image(h: int = 64, w: int = 64, b: int = 1, seed: int = 0) -> torch.Tensor:

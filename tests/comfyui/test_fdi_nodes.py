@@ -8,17 +8,10 @@ interrupt flag set as the Cancel button sets it. Needs ``COMFYUI_DIR`` (run unde
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
+import comfyui_harness as harness
 import pytest
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = harness.comfyui_dir()
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -30,31 +23,17 @@ pytestmark = [
 ]
 
 SCRIPT = """
-import asyncio, importlib.util, json, sys
-sys.path.insert(0, {comfy!r})
-sys.path.insert(1, {tests!r})
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.base_directory = {base!r}
-import folder_paths
 import comfy.model_management as mm
 import comfy.utils
-import torch
 from tiny_blip2 import build_tiny_blip2
 
-name = {pack_name!r}
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
-asyncio.run(pack.comfy_entrypoint())
 fdi_nodes = sys.modules[name + ".nodes.fdi_nodes"]
 common = sys.modules[name + ".nodes.common"]
 build_tiny_blip2(folder_paths.get_folder_paths("blip2")[0] + "/tiny")
 
 calls = []
 comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append([value, total]))
-result = {{}}
+result = {}
 q = fdi_nodes.FDIQFormerLoader.execute("tiny", "fp32")[0]
 result["patcher"] = [c.__module__ + "." + c.__name__ for c in type(q.patcher).__mro__]
 result["qformer_fp32"] = str(q.module.qformer.layernorm.weight.dtype)
@@ -82,20 +61,10 @@ print(json.dumps(result))
 
 
 def test_extraction_drives_comfyui_progress_and_stops_on_cancel(tmp_path):
-    code = SCRIPT.format(
-        comfy=COMFYUI_DIR,
-        tests=str(ROOT / "tests"),
-        base=str(tmp_path),
-        root=str(ROOT),
-        init=str(ROOT / "__init__.py"),
-        pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"),
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["patcher"][0].endswith("nodes.common.WholeModelPatcher")  # loads whole (test_comfyui_memory.py)
+    pack_name = str(tmp_path / "custom_nodes" / "comfyui-fdi")
+    code = harness.script(SCRIPT, COMFYUI_DIR, tmp_path, pack_name=pack_name, tests_path=True)
+    result = harness.run_json(code, tmp_path, timeout=300)
+    assert result["patcher"][0].endswith("nodes.common.WholeModelPatcher")  # loads whole (tests/comfyui/test_memory.py)
     assert "comfy.model_patcher.ModelPatcher" in result["patcher"]
     assert result["qformer_fp32"] == "torch.float32"
     assert result["n_pairs"] == 5

@@ -9,22 +9,21 @@ error of 1e-3 in fp32 at a guided step, and match the plain prediction outside t
 
 Run under ComfyUI's Python::
 
-    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest -m comfyui tests/test_comfyui_parity.py
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest -m comfyui tests/comfyui/test_parity.py
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import re
-import sys
 from pathlib import Path
 
+import comfyui_harness as harness
 import pytest
 import torch
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = harness.comfyui_dir()
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -40,32 +39,13 @@ pytestmark = [
 def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
     """Loading the pack the way ComfyUI does registers every node of nodes/*.py and keeps diffusers out
     (docs/design.md)."""
-    import json
-    import subprocess
-    import textwrap
-
-    root = Path(__file__).resolve().parents[1]
-    code = textwrap.dedent(f"""
-        import asyncio, importlib.util, json, sys
-        sys.path.insert(0, {COMFYUI_DIR!r})
-        import comfy.cli_args
-        comfy.cli_args.args.cpu = True
-        comfy.cli_args.args.base_directory = {str(tmp_path)!r}
-        import folder_paths
-        name = {str(tmp_path / "custom_nodes" / "comfyui-fdi")!r}
-        spec = importlib.util.spec_from_file_location(name, {str(root / "__init__.py")!r},
-                                                      submodule_search_locations=[{str(root)!r}])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules[name] = pack
-        spec.loader.exec_module(pack)
-        nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
-        print(json.dumps({{"nodes": [n.GET_SCHEMA().node_id for n in nodes],
-                           "diffusers": sorted(m for m in sys.modules if m.split(".")[0] == "diffusers"),
-                           "fdi_paths": folder_paths.get_folder_paths("fdi")}}))
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    body = """
+    print(json.dumps({"nodes": [n.GET_SCHEMA().node_id for n in asyncio.run(extension.get_node_list())],
+                      "diffusers": sorted(m for m in sys.modules if m.split(".")[0] == "diffusers"),
+                      "fdi_paths": folder_paths.get_folder_paths("fdi")}))
+    """
+    code = harness.script(body, COMFYUI_DIR, tmp_path, pack_name=str(tmp_path / "custom_nodes" / "comfyui-fdi"))
+    result = harness.run_json(code, tmp_path, timeout=300)
     declared = sorted(
         set(re.findall(r'node_id="(\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
     )
@@ -79,15 +59,7 @@ def test_pack_loads_in_comfyui_without_importing_diffusers(tmp_path):
 def comfy():
     """ComfyUI's modules from ``COMFYUI_DIR`` (first on the path, before this repo's ``nodes/``), set up as
     ``--cpu``."""
-    sys.path.insert(0, COMFYUI_DIR)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True  # like main.py --cpu: fp32 on the CPU, whatever GPU the machine has
-    import comfy.model_management  # noqa: F401 - device setup reads the args
-    import comfy.sd
-    import comfy.supported_models
-
-    return comfy
+    return harness.import_comfyui(COMFYUI_DIR)
 
 
 def test_sdxl_shaped_model_is_refused_with_comfyui_config(comfy):

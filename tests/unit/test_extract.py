@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
+from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
 
 from fdi.encoder import QFormerEncoder
 from fdi.errors import FDIError
@@ -15,10 +15,8 @@ from fdi.instruction import FDI, combine, cosine_similarity_matrix
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    d = tmp_path_factory.mktemp("blip2") / "tiny-blip2"
-    build_tiny_blip2(d, seed=0)
-    return QFormerEncoder.from_pretrained(d)
+def encoder(tiny_blip2_folder):
+    return QFormerEncoder.from_pretrained(tiny_blip2_folder)
 
 
 def random_fdi(seed: int, encoder: str = "tiny:abc", label: str = "", pairs: int = 0) -> FDI:

@@ -201,13 +201,11 @@ def test_bad_input_fails_before_training(toy, tmp_path):
     assert not list(tmp_path.glob("*-run"))  # nothing was written
 
 
-def test_cli_with_blip2_pairs_file_and_v_prediction(toy, tmp_path, tiny_sd_v_folder, capsys):
+def test_cli_with_blip2_pairs_file_and_v_prediction(toy, tmp_path, tiny_sd_v_folder, tiny_blip2_folder, capsys):
     """The command end to end: task FDI from BLIP-2, pairs from a CSV, a v-prediction model, validation."""
-    from tiny_blip2 import build_tiny_blip2
-
     from fdi.cli import main
 
-    build_tiny_blip2(tmp_path / "blip2", seed=0)
+    shutil.copytree(tiny_blip2_folder, tmp_path / "blip2")
     lst = tmp_path / "pairs.csv"
     lst.write_text("degraded,clean\n" + "".join(f"{toy}/deg/{i:02d}.png,{toy}/clean/{i:02d}.png\n" for i in range(4)))
     out = tmp_path / "v.safetensors"
@@ -311,7 +309,7 @@ def test_two_processes_under_torchrun_resume_exactly(toy, tmp_path):
             "--quiet",
             *extra,
         ]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
         return p.stdout
@@ -373,7 +371,7 @@ def test_ctrl_c_leaves_loadable_checkpoints(toy, tmp_path):
         tiny_adapter_config().to_json(),
         "--quiet",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     # a job started in the background by a shell without job control (`cmd &` in a script) inherits SIGINT
     # *ignored*, and Python then never installs its Ctrl-C handler: give the child the default, as a terminal does
     p = subprocess.Popen(

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tiny_blip2 import build_tiny_blip2
 from tiny_sd import randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter
@@ -17,7 +17,7 @@ from fdi.cli import main
 from fdi.images import save_image
 from fdi.instruction import FDI
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_restore_outputs_are_byte_identical(tmp_path, tiny_sd_folder):
@@ -54,8 +54,8 @@ def test_restore_outputs_are_byte_identical(tmp_path, tiny_sd_folder):
     assert (tmp_path / "three" / "in.png").read_bytes() != outs[0]
 
 
-def test_extract_and_adapter_files_are_byte_identical(tmp_path):
-    build_tiny_blip2(tmp_path / "blip2", seed=0)
+def test_extract_and_adapter_files_are_byte_identical(tmp_path, tiny_blip2_folder):
+    shutil.copytree(tiny_blip2_folder, tmp_path / "blip2")
     for d in ("deg", "clean"):
         (tmp_path / d).mkdir()
     g = torch.Generator().manual_seed(0)
@@ -104,7 +104,7 @@ def test_deterministic_full_width_training_is_bit_reproducible(tmp_path):
 
     sd = cache_dir() / "diffusers" / FIXTURE_NAME
     if not (sd / "model_index.json").is_file():
-        pytest.skip("the cached SD 2.1 diffusers fixture is missing (tests/test_comfyui_e2e.py builds it)")
+        pytest.skip("the cached SD 2.1 diffusers fixture is missing (tests/comfyui/test_e2e.py builds it)")
     g = torch.Generator().manual_seed(0)
     for d in ("deg", "clean"):
         (tmp_path / d).mkdir()

@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMFY_MODULES = ("comfy", "folder_paths", "comfy_api", "nodes", "comfy_execution", "server")
 
 

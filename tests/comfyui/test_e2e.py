@@ -2,7 +2,7 @@
 
 Run under ComfyUI's own Python (it must have ComfyUI's requirements, diffusers and pytest)::
 
-    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest -m comfyui tests/test_comfyui_e2e.py
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/venv/bin/python -m pytest -m comfyui tests/comfyui/test_e2e.py
 
 What happens:
 
@@ -27,23 +27,17 @@ a fraction of one).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
+import comfyui_harness as harness
 import numpy as np
 import pytest
 import torch
+from comfyui_harness import error_message, node
+from images_fixture import load_png, write_image
 
-ROOT = Path(__file__).resolve().parents[1]
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+COMFYUI_DIR = harness.comfyui_dir()
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -77,209 +71,26 @@ CUSTOM_TYPES = ("BLIP2_QFORMER", "FDI", "FDI_ADAPTER", "FDI_GUIDANCE")
 STEPS = 3  # ddim_uniform: t = 667 (guided for end 0.5), 334, 1 — the CPU here runs a full-size UNet step in seconds
 ADAPTER_NAME = "e2e_adapter.safetensors"
 V_ADAPTER_NAME = "e2e_adapter_v.safetensors"
-SERVER_TIMEOUT = 180
-PROMPT_TIMEOUT = 900
-
-
-# ------------------------------------------------------------------------------------------------ server
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ComfyServer:
-    """A ComfyUI ``main.py --cpu --force-fp32`` process on a loopback port, with API helpers."""
-
-    def __init__(self, base: Path, extra_yaml: Path | None = None):
-        self.base = base
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base / "comfyui.log"
-        cmd = [
-            os.environ.get("COMFYUI_PYTHON", sys.executable),
-            "main.py",
-            "--cpu",
-            "--listen",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--base-directory",
-            str(base),
-            "--disable-auto-launch",
-            "--database-url",
-            "sqlite:///:memory:",
-            "--force-fp32",
-        ]
-        if extra_yaml is not None:
-            cmd += ["--extra-model-paths-config", str(extra_yaml)]
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            cmd, cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.wait_ready()
-
-    def wait_ready(self) -> None:
-        import requests
-
-        deadline = time.time() + SERVER_TIMEOUT
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/system_stats", timeout=2).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not start in {SERVER_TIMEOUT}s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 60) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def alive(self) -> bool:
-        import requests
-
-        return self.proc.poll() is None and requests.get(f"{self.url}/system_stats", timeout=10).ok
-
-    def object_info(self) -> dict:
-        import requests
-
-        return requests.get(f"{self.url}/object_info", timeout=60).json()
-
-    def submit(self, graph: dict):
-        import requests
-
-        r = requests.post(f"{self.url}/prompt", json={"prompt": graph, "client_id": uuid.uuid4().hex}, timeout=60)
-        return r.status_code, r.json()
-
-    def run(self, graph: dict, timeout: float = PROMPT_TIMEOUT) -> dict:
-        """Queue ``graph`` and return its ``/history`` entry once it has finished (success or error)."""
-        import requests
-
-        status, body = self.submit(graph)
-        assert status == 200, f"prompt refused: {json.dumps(body)[:2000]}"
-        pid = body["prompt_id"]
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            h = requests.get(f"{self.url}/history/{pid}", timeout=30).json()
-            if pid in h and h[pid].get("status", {}).get("completed") is not None:
-                if h[pid]["status"].get("status_str") in ("success", "error"):
-                    return h[pid]
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI died while running a prompt:\n{self.log_tail()}")
-            time.sleep(0.3)
-        raise TimeoutError(f"prompt {pid} did not finish in {timeout}s:\n{self.log_tail()}")
-
-    def run_ok(self, graph: dict) -> dict:
-        entry = self.run(graph)
-        assert entry["status"]["status_str"] == "success", f"{error_message(entry)}\n{self.log_tail(30)}"
-        return entry
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
-        self.log.close()
-
-
-def error_message(entry: dict) -> str:
-    for kind, data in entry.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return f"{data.get('node_type')}: {data.get('exception_type')}: {data.get('exception_message')}"
-    return ""
-
-
-def node(class_type: str, **inputs) -> dict:
-    return {"class_type": class_type, "inputs": inputs}
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-def write_image(path: Path, w: int, h: int, seed: int) -> None:
-    """A smooth random RGB image (a few sinusoids) as PNG."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    img = np.zeros((h, w, 3))
-    for c in range(3):
-        fx, fy, ph = rng.uniform(1, 6, 3)
-        img[..., c] = 0.5 + 0.4 * np.sin(2 * np.pi * (fx * xx + fy * yy) + ph)
-    Image.fromarray((img * 255).round().astype(np.uint8)).save(path)
-
-
-def load_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB")).astype(np.int16)
-
-
-def ensure_sd21_checkpoint() -> str:
-    """The cached single-file SD 2.1 checkpoint (built with ComfyUI's DiffusersLoader → CheckpointSave)."""
-    import sd21_fixture
-
-    ckpt = sd21_fixture.checkpoint_path()
-    if ckpt.is_file():
-        return ckpt.name
-    diffusers_dir = sd21_fixture.diffusers_fixture(Path(COMFYUI_DIR) / "comfy" / "sd1_tokenizer")
-    base = Path(tempfile.mkdtemp(prefix="fdi-fixture-"))
-    try:
-        (base / "custom_nodes").mkdir()
-        yaml = base / "extra_model_paths.yaml"
-        yaml.write_text(f"fixture:\n  diffusers: {diffusers_dir.parent}\n")
-        server = ComfyServer(base, yaml)
-        try:
-            server.run_ok(
-                {
-                    "1": node("DiffusersLoader", model_path=diffusers_dir.name),
-                    "2": node(
-                        "CheckpointSave",
-                        model=["1", 0],
-                        clip=["1", 1],
-                        vae=["1", 2],
-                        filename_prefix="checkpoints/sd21_fixture",
-                    ),
-                }
-            )
-        finally:
-            server.stop()
-        made = sorted((base / "output" / "checkpoints").glob("sd21_fixture_*.safetensors"))
-        assert made, "CheckpointSave wrote no checkpoint"
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".partial")
-        shutil.move(str(made[-1]), tmp)
-        os.replace(tmp, ckpt)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-    return ckpt.name
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, tiny_blip2_folder, sd21_adapter):
     """Temporary ComfyUI base folder + extra model paths, the tiny BLIP-2, the adapter, input images."""
     import sd21_fixture
-    from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, build_tiny_blip2
+    from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
 
     from fdi.encoder import QFormerEncoder
     from fdi.extract import extract_fdi_from_folders
 
-    ckpt_name = ensure_sd21_checkpoint()
+    ckpt_name = sd21_fixture.ensure_checkpoint(COMFYUI_DIR)
     base = tmp_path_factory.mktemp("comfy_base")
     extra = tmp_path_factory.mktemp("comfy_extra")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "comfyui-fdi").symlink_to(ROOT, target_is_directory=True)
+    harness.link_pack(base)
     blip = base / "models" / "blip2" / "tiny_blip2"
-    build_tiny_blip2(blip)
+    shutil.copytree(tiny_blip2_folder, blip)
     inp = base / "input"
     for sub in ("pairs/degraded", "pairs/clean", "empty"):
         (inp / sub).mkdir(parents=True)
@@ -297,7 +108,7 @@ def env(tmp_path_factory):
         encoder, inp / "pairs" / "degraded", inp / "pairs" / "clean", label="e2e-pairs", keep_pairs=True
     )
     (extra / "adapters").mkdir()
-    sd21_fixture.random_adapter(TINY_WIDTH, TINY_TOKENS).save(extra / "adapters" / ADAPTER_NAME, fdi=fdi)
+    sd21_adapter(TINY_WIDTH, TINY_TOKENS).save(extra / "adapters" / ADAPTER_NAME, fdi=fdi)
     yaml = extra / "extra_model_paths.yaml"
     yaml.write_text(
         "fdi_test:\n"
@@ -320,7 +131,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(env):
-    s = ComfyServer(env["base"], env["yaml"])
+    s = harness.ComfyServer(env["base"], env["yaml"])
     yield s
     s.stop()
 
@@ -608,16 +419,12 @@ def test_fdi_restore_equals_the_cli_on_the_same_files(server, env, tmp_path):
 
 
 DETECT = """
-import json, sys
-sys.path.insert(0, sys.argv[1])
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
 import torch
 from safetensors import safe_open
 import comfy.model_detection
 P = "model.diffusion_model."
 res = []
-for path in sys.argv[2:]:
+for path in sys.argv[1:]:
     with safe_open(path, framework="pt") as fh:
         sd = {}
         for k in fh.keys():
@@ -634,11 +441,8 @@ print(json.dumps(res))
 
 def comfy_detects(*paths: Path) -> list:
     """``[config class, model type]`` per single file, by ComfyUI's own detection (the loader's, on shapes)."""
-    out = subprocess.run(
-        [sys.executable, "-c", DETECT, COMFYUI_DIR, *map(str, paths)], capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    code = harness.script(DETECT, COMFYUI_DIR, None, load_pack=False)
+    return harness.run_json(code, None, timeout=300, args=paths)
 
 
 #: (single file, image, steps, strength): the v file's cases, and the epsilon file's as the control of the same door
@@ -650,7 +454,7 @@ V_CASES = [
 ]
 
 
-def test_fdi_restore_equals_the_cli_on_a_v_prediction_single_file(server, env, tmp_path):
+def test_fdi_restore_equals_the_cli_on_a_v_prediction_single_file(server, env, tmp_path, sd21_adapter):
     """An SD 2.1-v single file (random weights, detected as V_PREDICTION by ComfyUI's CheckpointLoaderSimple and as
     v_prediction by the CLI) through FDIRestore and ``python -m fdi restore --sd FILE``: max ≤ 4/255, mean ≤ 1/255;
     the epsilon single file it was made from, through the same loaders, is the control."""
@@ -663,7 +467,7 @@ def test_fdi_restore_equals_the_cli_on_a_v_prediction_single_file(server, env, t
     names = {"v": sd21_fixture.v_checkpoint_name(), "eps": env["ckpt"]}
     # the e2e adapter's weights, labelled for the v family (the pack refuses an epsilon adapter on a v MODEL)
     adapters = {"v": V_ADAPTER_NAME, "eps": ADAPTER_NAME}
-    v_adapter = sd21_fixture.random_adapter(TINY_WIDTH, TINY_TOKENS, base_family="sd2.1-v")
+    v_adapter = sd21_adapter(TINY_WIDTH, TINY_TOKENS, base_family="sd2.1-v")
     v_adapter.save(env["extra"] / "adapters" / V_ADAPTER_NAME, fdi=env["fdi"])
     assert comfy_detects(files["v"], files["eps"]) == [["SD20", "V_PREDICTION"], ["SD20", "EPS"]]
     assert inspect_single_file(files["v"])["v_prediction"] is True

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_pipeline import make_adapter, tiny_fdi
+from tiny_sd import make_adapter, tiny_fdi
 
 import fdi.images
 import fdi.progress
@@ -20,7 +20,7 @@ from fdi.cli import main
 from fdi.images import load_image
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--steps", "2", "--inversion-steps", "2", "--quiet", "--device", "cpu"]
 
 

@@ -15,10 +15,8 @@ from fdi.errors import FDIError
 
 
 @pytest.fixture(scope="module")
-def blip2_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("blip2") / "tiny-blip2"
-    build_tiny_blip2(d, seed=0)
-    return d
+def blip2_dir(tiny_blip2_folder):
+    return tiny_blip2_folder
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,12 @@ Needs ``COMFYUI_DIR`` (run under ComfyUI's Python); the restore test also the SD
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+import comfyui_harness as harness
 import pytest
 
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
-ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = harness.comfyui_dir()
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -39,23 +35,8 @@ pytestmark = [
 ]
 
 PRELUDE = """
-import asyncio, importlib.util, json, sys
-sys.path.insert(0, {comfy!r})
-sys.path.insert(1, {tests!r})
-sys.path.append({root!r})
-import comfy.cli_args
-comfy.cli_args.args.cpu = True
-comfy.cli_args.args.base_directory = {base!r}
-import folder_paths, torch
 import comfy.model_management as mm
 import comfy.model_patcher
-torch.set_num_threads(2)
-name = "comfyui_fdi_memory"
-spec = importlib.util.spec_from_file_location(name, {init!r}, submodule_search_locations=[{root!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules[name] = pack
-spec.loader.exec_module(pack)
-asyncio.run(pack.comfy_entrypoint())
 common = sys.modules[name + ".nodes.common"]
 backend = sys.modules[name + ".fdi.comfy_backend"]
 """
@@ -116,16 +97,9 @@ print(json.dumps(out))
 
 
 def run_script(tmp_path: Path, body: str, timeout: int, **extra) -> dict:
-    fmt = dict(
-        comfy=COMFYUI_DIR, tests=str(ROOT / "tests"), base=str(tmp_path), root=str(ROOT), init=str(ROOT / "__init__.py")
-    )
-    fmt.update(extra)
-    code = textwrap.dedent(PRELUDE.format(**fmt)) + textwrap.dedent(body.format(**fmt))
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path)
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    boot = dict(pack_name="comfyui_fdi_memory", tests_path=True, library_path=True, threads=2)
+    code = harness.script(PRELUDE + body.format(base=str(tmp_path), **extra), COMFYUI_DIR, tmp_path, **boot)
+    return harness.run_json(code, tmp_path, timeout, stderr_chars=4000)
 
 
 def test_pack_modules_load_whole_under_any_vram_budget_and_novram(tmp_path):
@@ -285,7 +259,7 @@ def test_restore_and_extraction_under_novram_and_fp16_fp8_unets(tmp_path):
 
     ckpt = sd21_fixture.checkpoint_path()
     if not ckpt.is_file():
-        pytest.skip("the SD 2.1 fixture is not built yet (tests/test_comfyui_e2e.py builds it)")
+        pytest.skip("the SD 2.1 fixture is not built yet (tests/comfyui/test_e2e.py builds it)")
     out = run_script(tmp_path, RESTORE, 1500, ckpt=str(ckpt))
     names = ("fp32_s1", "fp32_s0", "novram_s1", "fp16_s1", "fp16_s0", "fp8_s1", "fp8_s0")
     a = {k: np.load(tmp_path / f"{k}.npy").astype(np.float64) for k in names}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
-from tiny_blip2 import build_tiny_blip2
 
 from fdi.cli import COMMANDS, main
 from fdi.images import save_image
@@ -15,9 +15,9 @@ from fdi.instruction import FDI
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_blip2_folder):
     root = tmp_path_factory.mktemp("cli")
-    build_tiny_blip2(root / "blip2", seed=0)
+    shutil.copytree(tiny_blip2_folder, root / "blip2")
     torch.manual_seed(0)
     for task in ("rain", "snow"):
         (root / task / "deg").mkdir(parents=True)
