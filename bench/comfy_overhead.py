@@ -19,7 +19,7 @@ Not a test: prints one summary line per figure, all measured in one run, side by
 How: everything runs in this process with ComfyUI's modules imported from ``COMFYUI_DIR`` (as
 ``--cpu`` unless ``--device cuda``, with a temporary ``--base-directory``) and the pack loaded the
 way ComfyUI loads a custom-node folder. The MODEL is the cached full-size random SD 2.1 checkpoint
-of ``tests/sd21_fixture.py`` (made by ``tests/test_comfyui_e2e.py``: DiffusersLoader → CheckpointSave),
+of ``tests/sd21_fixture.py`` (made by ``tests/comfyui/test_e2e.py``: DiffusersLoader → CheckpointSave),
 loaded by ``comfy.sd.load_checkpoint_guess_config`` (what ``CheckpointLoaderSimple`` calls) with
 the requested weight dtype; without that cache, the diffusers fixture's UNet (built on first use,
 minutes) is loaded by ``comfy.sd.load_diffusion_model``. Our adapter is the default-config 47 M

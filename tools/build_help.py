@@ -6,7 +6,7 @@ node does, each input with its type, default, range and tooltip, each output) co
 V3 schema as ComfyUI reports it (``/object_info`` format); the examples come from ``workflows/``.
 The same run writes ``NODES.md`` (every node on one page, by category, and the list of example
 workflows from ``workflows/build_workflows.py``). So a page cannot drift from its node:
-``tests/test_help_and_locales.py`` regenerates the pages and ``NODES.md`` and compares.
+``tests/comfyui/test_help_and_locales.py`` regenerates the pages and ``NODES.md`` and compares.
 
     COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/python tools/build_help.py          # write
     COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy/python tools/build_help.py --check  # compare only

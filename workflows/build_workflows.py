@@ -16,7 +16,7 @@ deterministic: the workflow id is a UUID derived from its name, nodes are number
 order, links in link order, and every dict is built in a fixed order.
 
 Only the standard library is used. Thumbnails (``<name>.jpg``, what ComfyUI's template browser
-shows) are screenshots made by the browser test (``tests/test_workflows.py``, with
+shows) are screenshots made by the browser test (``tests/comfyui/test_workflows.py``, with
 ``FDI_UPDATE_THUMBNAILS=1``), not by this script.
 """
 

@@ -496,7 +496,7 @@ def test_cli_options_are_the_config_fields():
 
 def test_deterministic_runs_and_a_resumed_run_agree(toy, tmp_path):
     """--deterministic: deterministic kernels during the run (the global setting restored after), two straight
-    4-step runs and a 2 + 2 resumed run agree to 1e-7 (the full-width version: tests/test_determinism.py)."""
+    4-step runs and a 2 + 2 resumed run agree to 1e-7 (the full-width version: tests/cli/test_determinism.py)."""
     kw = dict(max_steps=4, batch_size=2, deterministic=True, checkpoint_every=2)
     seen = []
 
