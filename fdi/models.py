@@ -19,11 +19,11 @@ import torch
 
 from .errors import FDIError
 from .files import PathLike, read_header, refuse_pickle
+from .sampling import PREDICTION_TYPES
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 #: shipped config folders, by family
 FAMILIES = {"sd2.1-base": "epsilon", "sd2.1-v": "v_prediction"}
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 #: CLIP BPE merges (OpenAI CLIP tokenizer data, MIT); SD 2.x's OpenCLIP-H uses the same vocabulary
 MERGES_FILE = CONFIG_DIR / "clip_bpe_merges.txt.gz"
 #: SD 2.x pads prompts with token 0 ("!"), not with the end token as SD 1.x does
@@ -144,12 +144,17 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
     return {"arch": "sd2", "v_prediction": v}
 
 
+def family_of(prediction_type: str) -> str:
+    """The SD 2.1 family of a prediction type (:data:`FAMILIES`): ``sd2.1-base`` or ``sd2.1-v``."""
+    for family, prediction in FAMILIES.items():
+        if prediction == prediction_type:
+            return family
+    raise FDIError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+
+
 def family_config_dir(prediction_type: str) -> Path:
     """The shipped diffusers config folder for an SD 2.1 model of this prediction type."""
-    family = {v: k for k, v in FAMILIES.items()}.get(prediction_type)
-    if family is None:
-        raise FDIError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
-    return CONFIG_DIR / family
+    return CONFIG_DIR / family_of(prediction_type)
 
 
 # ---- loading --------------------------------------------------------------------------------------

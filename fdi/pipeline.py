@@ -35,6 +35,8 @@ from .models import load_sd, place
 from .progress import ProgressCallback, report
 from .sampling import (
     CLEAN_ALPHA,
+    GUIDANCE_END,
+    PREDICTION_TYPES,
     SD2_STEPS_OFFSET,
     SD2_TIMESTEP_SPACING,
     ddim_step,
@@ -43,11 +45,10 @@ from .sampling import (
     inversion_timesteps,
     pad_to_multiple,
 )
-from .tiles import LATENT_SCALE, Tiling, check_tiling, optional_tiling
+from .tiles import DEFAULT_TILE_OVERLAP, LATENT_SCALE, Tiling, check_tiling, optional_tiling
 
 MIN_SIDE = 8
 MODES = ("composite", "progressive")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 SD21_CHANNELS = (320, 640, 1280, 1280)
 
 
@@ -381,7 +382,7 @@ class FDIRestorationPipeline:
         *,
         steps: int = 50,
         inversion_steps: int = 50,
-        guidance_end: float = 0.333,
+        guidance_end: float = GUIDANCE_END,
         strength: float = 1.0,
         mode: str = "composite",
         prompt: str = "",
@@ -389,7 +390,7 @@ class FDIRestorationPipeline:
         cfg: float = 1.0,
         progress: Optional[ProgressCallback] = None,
         tile_size: int = 0,
-        tile_overlap: int = 64,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> torch.Tensor:
         """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
 

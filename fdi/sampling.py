@@ -29,7 +29,10 @@ CLEAN_ALPHA = 1.0
 SD2_TIMESTEP_SPACING = "leading"
 SD2_STEPS_OFFSET = 1
 SPACINGS = ("leading", "trailing", "linspace")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: what FDI restores and trains with (SD 2.x); the conversions below also take ``sample`` (x0) outputs
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: the guided fraction of the sampling steps by default: the paper's first of three stages (17 of 50 steps)
+GUIDANCE_END = 0.333
 
 
 # ---- padding ------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ MIN_TILE = 128
 OFFSET_MULTIPLE = 8
 #: UNet encoder levels whose residuals a tile crops (level i at latent / 2^i)
 NUM_LEVELS = 4
+#: the overlap of neighbouring tiles when none is given, image pixels (library, CLI and node)
+DEFAULT_TILE_OVERLAP = 128
 
 
 def check_tiling(tile_px: int, overlap_px: int) -> None:

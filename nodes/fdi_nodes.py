@@ -5,8 +5,6 @@ Each node translates ComfyUI values to the library's and makes one call into :mo
 
 from __future__ import annotations
 
-import os
-
 import comfy.model_management as mm
 import torch
 from comfy_api.latest import io, ui
@@ -15,7 +13,7 @@ from ..fdi.encoder import QFormerEncoder
 from ..fdi.errors import FDIError
 from ..fdi.extract import extract_fdi, extract_fdi_from_folders
 from ..fdi.images import pair_folders
-from ..fdi.instruction import COMBINE_MODES, FDI, combine
+from ..fdi.instruction import COMBINE_MODES, FDI, FDI_SUFFIX, combine
 from .common import (
     CATEGORY,
     DTYPE_CHOICES,
@@ -25,15 +23,16 @@ from .common import (
     blip2_folders,
     blip2_path,
     check_inside,
-    check_save_name,
     fdi_files,
-    fdi_save_dir,
     image_to_batch,
     input_subfolder,
     make_patcher,
     model_file,
     pick_dtype,
+    plot_to_image,
     progress_callback,
+    save_target,
+    saved,
 )
 
 
@@ -270,11 +269,9 @@ class FDISave(io.ComfyNode):
 
     @classmethod
     def execute(cls, fdi: FDI, name: str, keep_pairs: bool, overwrite: bool) -> io.NodeOutput:
-        file_name = check_save_name(name)
-        path = os.path.join(fdi_save_dir(), file_name)
-        if os.path.exists(path) and not overwrite:
-            raise FDIError(f"models/fdi/{file_name} already exists; choose another name or switch 'overwrite' on")
+        file_name, path = save_target("fdi", name, FDI_SUFFIX, "FDI", "derain", overwrite)
         fdi.save(path, keep_pairs=keep_pairs)
+        saved("fdi")
         return io.NodeOutput(file_name, ui=ui.PreviewText(f"saved models/fdi/{file_name}: {fdi.describe()}"))
 
 
@@ -370,10 +367,58 @@ class FDIInspect(io.ComfyNode):
     def execute(cls, fdi: FDI, fdi_2: FDI = None, fdi_3: FDI = None, fdi_4: FDI = None) -> io.NodeOutput:
         from ..fdi.plots import render_inspection
 
-        fdis = [f for f in (fdi, fdi_2, fdi_3, fdi_4) if f is not None]
-        arr = render_inspection(fdis)
-        image = torch.from_numpy(arr.copy()).float().div(255.0).unsqueeze(0)
+        image = plot_to_image(render_inspection([f for f in (fdi, fdi_2, fdi_3, fdi_4) if f is not None]))
         return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))
 
 
-NODES = [FDIQFormerLoader, FDIExtract, FDIExtractFromFolders, FDISave, FDILoad, FDICombine, FDIInspect]
+class FDIPairStability(io.ComfyNode):
+    """Stability curve of an FDI in the number of pairs (a sibling of FDIInspect)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDIPairStability",
+            display_name="FDI Pair Stability",
+            category=f"{CATEGORY}/instruction",
+            description=(
+                "How many pairs are enough: for k = 1…N, the cosine similarity between the FDI of k random pairs "
+                "and the FDI of all N pairs (mean and 10th–90th percentile over resamples). "
+                "A curve near 1 well before N means the instruction is already stable. "
+                "Needs an FDI extracted with 'keep pairs' on."
+            ),
+            inputs=[
+                FDIType.Input("fdi", tooltip="An FDI with its per-pair FDIs (from 'Extract FDI' with keep_pairs on)."),
+                io.Int.Input("resamples", default=50, min=1, max=1000, tooltip="Random draws of k pairs for each k."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=2**31 - 1, control_after_generate=True, tooltip="Seed of the draws."
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="plot", tooltip="The stability curve.")],
+        )
+
+    @classmethod
+    def execute(cls, fdi: FDI, resamples: int, seed: int) -> io.NodeOutput:
+        from ..fdi.extract import pair_stability
+        from ..fdi.plots import render_stability
+
+        if not isinstance(fdi, FDI):
+            raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
+        curve = pair_stability(fdi.pairs, resamples=resamples, seed=seed)
+        img = plot_to_image(render_stability(curve["k"], curve["mean"], curve["low"], curve["high"], fdi.label))
+        k = next((k for k, lo in zip(curve["k"], curve["low"]) if lo >= 0.95), None)
+        text = f"{len(curve['k'])} pairs; " + (
+            f"k = {k} pairs already agree ≥ 0.95 (10th percentile)" if k else "no k below N reaches 0.95"
+        )
+        return io.NodeOutput(img, ui=ui.PreviewText(text))
+
+
+NODES = [
+    FDIQFormerLoader,
+    FDIExtract,
+    FDIExtractFromFolders,
+    FDISave,
+    FDILoad,
+    FDICombine,
+    FDIInspect,
+    FDIPairStability,
+]

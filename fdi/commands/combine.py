@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..instruction import COMBINE_MODES
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--weights", type=float, nargs="+", default=None, metavar="W", help="one weight per input (default: all 1)"
     )
-    p.add_argument("--mode", choices=["sum", "mean", "difference"], default="sum", help="how to combine")
+    p.add_argument("--mode", choices=COMBINE_MODES, default="sum", help="how to combine")
     p.add_argument("--label", default=None, help="label of the result (default: a formula of the inputs' labels)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.fdi.safetensors", help="FDI file to write")
     p.set_defaults(func=run)

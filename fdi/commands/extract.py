@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..dtypes import DTYPES
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--dtype",
         default="fp32",
-        choices=["fp32", "fp16", "bf16"],
+        choices=tuple(DTYPES),
         help="vision-model precision (the Q-Former always runs in fp32)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -18,7 +18,12 @@ import threading
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Tuple
 
+from ..colorfix import COLOR_FIXES
+from ..dtypes import DTYPES
 from ..errors import FDIError
+from ..pipeline import MODES
+from ..sampling import GUIDANCE_END, PREDICTION_TYPES
+from ..tiles import DEFAULT_TILE_OVERLAP
 
 
 class Job(NamedTuple):
@@ -52,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prediction-type",
-        choices=("epsilon", "v_prediction"),
+        choices=PREDICTION_TYPES,
         default=None,
         help="override the model's prediction type (default: the scheduler's, or for "
         "a single file detected from the weights)",
@@ -97,7 +102,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--color-fix",
-        choices=("none", "wavelet", "adain"),
+        choices=COLOR_FIXES,
         default="none",
         help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
         "(match its per-channel mean/std) or none (default; haze and low-light restorations change "
@@ -114,22 +119,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--tile-overlap",
         type=int,
-        default=None,
+        default=DEFAULT_TILE_OVERLAP,
         metavar="PX",
-        help="overlap of neighbouring tiles in pixels, blended smoothly (default a quarter of --tile-size)",
+        help=f"overlap of neighbouring tiles in pixels, blended smoothly (default {DEFAULT_TILE_OVERLAP})",
     )
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
     p.add_argument(
         "--guidance-end",
         type=float,
-        default=0.333,
-        help="fraction of the sampling steps that are guided, 0..1 (default 0.333, the paper's first third)",
+        default=GUIDANCE_END,
+        help=f"fraction of the sampling steps that are guided, 0..1 (default {GUIDANCE_END}, the paper's first third)",
     )
     p.add_argument("--strength", type=float, default=1.0, help="global guidance strength (default 1.0)")
     p.add_argument(
         "--mode",
-        choices=("composite", "progressive"),
+        choices=MODES,
         default="composite",
         help="how several adapters combine (default composite)",
     )
@@ -143,7 +148,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype",
-        choices=("fp16", "bf16", "fp32"),
+        choices=tuple(DTYPES),
         default=None,
         help="UNet/VAE dtype (default fp16 on cuda, fp32 on cpu)",
     )
@@ -241,8 +246,6 @@ def run(args: argparse.Namespace) -> int:
         raise FDIError(f"--steps ({args.steps}) and --inversion-steps ({args.inversion_steps}) must be at least 1")
     if args.batch_size < 1:
         raise FDIError(f"--batch-size {args.batch_size} must be at least 1")
-    if args.tile_overlap is None:
-        args.tile_overlap = args.tile_size // 4
     if args.tile_size:
         try:
             check_tiling(args.tile_size, args.tile_overlap)
