@@ -241,8 +241,8 @@ def parse_spec(spec: str) -> Degradation:
             m = re.fullmatch(rf"(\w+)\s*=\s*({_NUM})(?:\s*\.\.\s*({_NUM}))?", param)
             if not m:
                 raise FDIError(
-                    f"cannot read {param!r} in {part!r}; write parameters as name=value or name=lo..hi "
-                    f"(e.g. '{name}:{next(iter(ranges))}={_fmt_range(ranges[next(iter(ranges))])}')"
+                    f"cannot read {param!r} in {part!r}; write parameters as name=value or name=lo..hi (e.g. "
+                    f"'{name}:{next(iter(ranges))}={_fmt_range(ranges[next(iter(ranges))])}')"
                 )
             key, lo = m.group(1), float(m.group(2))
             hi = float(m.group(3)) if m.group(3) is not None else lo
@@ -251,8 +251,8 @@ def parse_spec(spec: str) -> Degradation:
             lim = _LIMITS[(name, key)]
             if not (lim[0] <= lo <= hi <= lim[1]):
                 raise FDIError(
-                    f"{name}:{key}={_fmt_range((lo, hi))} is out of range; give values in {lim[0]:g}..{lim[1]:g} "
-                    "with lo <= hi"
+                    f"{name}:{key}={_fmt_range((lo, hi))} is out of range; "
+                    f"give values in {lim[0]:g}..{lim[1]:g} with lo <= hi"
                 )
             ranges[key] = (lo, hi)
         chosen[name] = ranges

@@ -79,9 +79,9 @@ def check_unet(unet: nn.Module) -> None:
         has_attn = bool(getattr(block, "has_cross_attention", False))
         if not has_attn and getattr(block, "downsamplers", None) is not None:
             raise FDIError(
-                f"UNet down block {i} has no attention but a downsampler, so diffusers would "
-                "add the FDI residual after "
-                "downsampling (not where ComfyUI adds it); FDI adapters support SD 2.1-style UNets only"
+                f"UNet down block {i} has no attention but a downsampler, "
+                "so diffusers would add the FDI residual after downsampling (not where ComfyUI adds it); "
+                "FDI adapters support SD 2.1-style UNets only"
             )
 
 
@@ -90,10 +90,27 @@ def check_adapter_for_unet(adapter: FDIAdapter, unet: nn.Module) -> None:
     want = tuple(int(c) for c in unet.config.block_out_channels)
     if tuple(adapter.config.channels) != want:
         raise FDIError(
-            f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's "
-            f"encoder widths are {want}; use an adapter trained for this model (e.g. "
+            f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's encoder "
+            f"widths are {want}; use an adapter trained for this model (e.g. "
             "SD 2.1 adapters have (320, 640, 1280, 1280))"
         )
+
+
+def with_residuals(kwargs: dict, ours: List[torch.Tensor]) -> dict:
+    """The UNet's keyword arguments with the FDI residuals ``r_1..r_4`` added to its
+    ``down_intrablock_additional_residuals`` (summed with any the caller passed, e.g. a T2I-Adapter's)."""
+    theirs = kwargs.get("down_intrablock_additional_residuals")
+    if theirs is not None:
+        theirs = list(theirs)
+        if len(theirs) < NUM_LEVELS:
+            raise FDIError(
+                f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI guidance, "
+                f"which needs {NUM_LEVELS}; pass one per down block"
+            )
+        ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
+    kwargs = dict(kwargs)
+    kwargs["down_intrablock_additional_residuals"] = list(ours)  # a fresh list: diffusers pops from it
+    return kwargs
 
 
 class DiffusersGuidance:
@@ -182,18 +199,7 @@ class DiffusersGuidance:
             # shape/dtype/device carrier
             probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))
             ours.append(self._cache.residual(probe, level, self._guidances, self._strength))
-        theirs = kwargs.get("down_intrablock_additional_residuals")
-        if theirs is not None:
-            theirs = list(theirs)
-            if len(theirs) < NUM_LEVELS:
-                raise FDIError(
-                    f"{len(theirs)} intrablock residuals were passed to the UNet together with "
-                    f"FDI guidance, which needs {NUM_LEVELS}; pass one per down block"
-                )
-            ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
-        kwargs = dict(kwargs)
-        kwargs["down_intrablock_additional_residuals"] = list(ours)  # a fresh list: diffusers pops from it
-        return args, kwargs
+        return args, with_residuals(kwargs, ours)
 
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):
@@ -361,19 +367,7 @@ class GuidanceSlot:
         if not torch.compiler.is_compiling():
             self.prepare(sample)
         gate = self.gate.to(sample.dtype)
-        ours = [r * gate for r in self._current.residuals]
-        theirs = kwargs.get("down_intrablock_additional_residuals")
-        if theirs is not None:
-            theirs = list(theirs)
-            if len(theirs) < NUM_LEVELS:
-                raise FDIError(
-                    f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI "
-                    f"guidance, which needs {NUM_LEVELS}; pass one per down block"
-                )
-            ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
-        kwargs = dict(kwargs)
-        kwargs["down_intrablock_additional_residuals"] = ours
-        return args, kwargs
+        return args, with_residuals(kwargs, [r * gate for r in self._current.residuals])
 
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):

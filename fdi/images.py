@@ -80,8 +80,8 @@ def load_image(path: PathLike) -> torch.Tensor:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise FDIError(
-            f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); check "
-            "that it is a valid PNG/JPEG/WebP/TIFF/BMP file"
+            f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); "
+            "check that it is a valid PNG/JPEG/WebP/TIFF/BMP file"
         ) from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise FDIError(f"image {p.name!r} has no pixels ({arr.shape[1]}x{arr.shape[0]}); use a real image")
@@ -121,8 +121,8 @@ def list_images(folder: PathLike, what: str = "folder") -> List[Path]:
     if others:
         names = ", ".join(o.name for o in others[:5])
         raise FDIError(
-            f"{what} {str(d)!r} holds files that are not images ({names}); move them "
-            f"out (accepted: {' '.join(IMAGE_SUFFIXES)})"
+            f"{what} {str(d)!r} holds files that are not images ({names}); "
+            f"move them out (accepted: {' '.join(IMAGE_SUFFIXES)})"
         )
     if not files:
         raise FDIError(
@@ -205,8 +205,8 @@ def collect_images(inputs: Sequence[PathLike]) -> List[Path]:
             )
             if not found:
                 raise FDIError(
-                    f"folder {str(p)!r} holds no images; put image files there "
-                    f"(accepted: {' '.join(IMAGE_SUFFIXES)}) or give the files themselves"
+                    f"folder {str(p)!r} holds no images; put image files there (accepted: "
+                    f"{' '.join(IMAGE_SUFFIXES)}) or give the files themselves"
                 )
         elif p.is_file():
             found = [p]

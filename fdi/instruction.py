@@ -89,8 +89,8 @@ class FDI:
     def describe(self) -> str:
         """One line for logs and UIs."""
         return (
-            f"FDI {self.label or '(unlabelled)'}: {self.shape[0]}x{self.shape[1]} tokens, "
-            f"{self.n_pairs} pairs, encoder {self.encoder}, norm {self.tokens.norm():.4g}"
+            f"FDI {self.label or '(unlabelled)'}: {self.shape[0]}x{self.shape[1]} tokens, {self.n_pairs} pairs, "
+            f"encoder {self.encoder}, norm {self.tokens.norm():.4g}"
         )
 
     def to_file_tensors(self) -> Dict[str, torch.Tensor]:
@@ -250,15 +250,14 @@ def combine(
     for other in fdis[1:]:
         if not same_encoder(first.encoder, other.encoder):
             raise FDIError(
-                f"cannot combine FDI {first.label or '#1'!r} (encoder {first.encoder}) with FDI {other.label or '?'!r} "
-                f"(encoder {other.encoder}): they come from different Q-Former checkpoints; "
+                f"cannot combine FDI {first.label or '#1'!r} (encoder {first.encoder}) with FDI "
+                f"{other.label or '?'!r} (encoder {other.encoder}): they come from different Q-Former checkpoints; "
                 "re-extract both with the same one"
             )
         if other.shape != first.shape:
             raise FDIError(
-                f"cannot combine FDI {first.label or '#1'!r} of shape {first.shape} with "
-                f"FDI {other.label or '?'!r} of shape {other.shape}; "
-                "FDIs must come from the same encoder"
+                f"cannot combine FDI {first.label or '#1'!r} of shape {first.shape} with FDI {other.label or '?'!r} "
+                f"of shape {other.shape}; FDIs must come from the same encoder"
             )
     if mode == "difference":
         w = [w[0], -w[1]]

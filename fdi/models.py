@@ -115,13 +115,13 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
     infos, _ = read_header(p, "model checkpoint")
     if _SDXL_LABEL in infos or any(k.startswith(_SDXL_HINT) for k in infos):
         raise FDIError(
-            f"{p.name!r} is an SDXL checkpoint; FDI adapters need an SD 2.x model "
-            "(e.g. v2-1_512-ema-pruned.safetensors)"
+            f"{p.name!r} is an SDXL checkpoint; FDI adapters need an SD 2.x model (e.g. "
+            "v2-1_512-ema-pruned.safetensors)"
         )
     if _CROSS_K not in infos:
         raise FDIError(
-            f"{p.name!r} is not a Stable Diffusion UNet checkpoint (no {_CROSS_K}); give an SD 2.x single-file "
-            "checkpoint or a diffusers SD 2.1 folder"
+            f"{p.name!r} is not a Stable Diffusion UNet checkpoint (no {_CROSS_K}); "
+            "give an SD 2.x single-file checkpoint or a diffusers SD 2.1 folder"
         )
     width = infos[_CROSS_K]["shape"][-1]
     if width != 1024:
@@ -192,8 +192,8 @@ def load_sd(
     p = Path(model)
     if not p.exists():
         raise FDIError(
-            f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder (with model_index.json) "
-            "or a single-file .safetensors checkpoint"
+            f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder "
+            "(with model_index.json) or a single-file .safetensors checkpoint"
         )
     parts = _from_folder(p, dtype) if p.is_dir() else _from_single_file(p, dtype, config, prediction_type)
     if prediction_type is not None and parts.scheduler.config.prediction_type != prediction_type:
@@ -210,8 +210,8 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
     missing = [d for d in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / d).is_dir()]
     if missing:
         raise FDIError(
-            f"{str(p)!r} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); "
-            "give the folder that holds model_index.json, unet/, vae/, …"
+            f"{str(p)!r} is not a diffusers Stable Diffusion folder "
+            f"(missing {', '.join(missing)}); give the folder that holds model_index.json, unet/, vae/, …"
         )
     st = dict(local_files_only=True, use_safetensors=True)
     loaders = (
@@ -244,8 +244,9 @@ def _from_single_file(
         )
     if config is not None and not Path(config).is_dir():
         raise FDIError(
-            f"model config folder {str(config)!r} does not exist; give a diffusers SD 2.1 folder "
-            "(its configs are enough), or leave it out to use the shipped SD 2.1 configs"
+            f"model config folder {str(config)!r} does not exist; "
+            "give a diffusers SD 2.1 folder (its configs are enough), "
+            "or leave it out to use the shipped SD 2.1 configs"
         )
     kwargs: Dict[str, Any] = dict(
         local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False

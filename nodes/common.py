@@ -129,8 +129,8 @@ def blip2_path(name: str) -> str:
     """The full path of a ``blip2`` folder picked in the UI (must be one :func:`blip2_folders` lists)."""
     if name not in blip2_folders():
         raise FDIError(
-            f"BLIP-2 folder {name!r} is not in models/blip2; put the checkpoint folder "
-            "there (Hugging Face layout) and refresh"
+            f"BLIP-2 folder {name!r} is not in models/blip2; "
+            "put the checkpoint folder there (Hugging Face layout) and refresh"
         )
     for base in folder_paths.get_folder_paths("blip2"):
         p = os.path.join(base, *name.split("/"))
@@ -168,8 +168,8 @@ def check_file_name(name: str, suffix: str, what: str, folder: str, example: str
         raise FDIError(f"the {what} file name is empty; type a name such as {example!r}")
     if "/" in name or "\\" in name or ":" in name:
         raise FDIError(
-            f"{what} file name {raw!r} is not a plain name (it contains a path separator or drive); "
-            f"give e.g. {example!r}, the file is always saved in models/{folder}"
+            f"{what} file name {raw!r} is not a plain name (it contains a path separator or drive); give e.g. "
+            f"{example!r}, the file is always saved in models/{folder}"
         )
     if ".." in name or name.startswith("."):
         raise FDIError(
@@ -244,8 +244,8 @@ def check_inside(paths, base_folder: str, what: str) -> None:
         real = os.path.realpath(p)
         if os.path.commonpath([base, real]) != base:
             raise FDIError(
-                f"{what} file {os.path.basename(str(p))!r} is a link to outside ComfyUI's "
-                "input folder; copy the image in instead"
+                f"{what} file {os.path.basename(str(p))!r} is a link to outside ComfyUI's input folder; "
+                "copy the image in instead"
             )
 
 

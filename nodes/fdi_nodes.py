@@ -47,22 +47,24 @@ class FDIQFormerLoader(io.ComfyNode):
             category=f"{CATEGORY}/loaders",
             description=(
                 "Loads the BLIP-2 vision model and Q-Former from a checkpoint folder in models/blip2 "
-                "(Hugging Face layout, e.g. Salesforce/blip2-opt-2.7b). Only the vision model, query tokens and "
-                "Q-Former are read (about 1.1 B parameters); the language model is never loaded."
+                "(Hugging Face layout, e.g. "
+                "Salesforce/blip2-opt-2.7b). "
+                "Only the vision model, query tokens and Q-Former are read (about 1.1 B parameters); "
+                "the language model is never loaded."
             ),
             inputs=[
                 io.Combo.Input(
                     "folder",
                     options=blip2_folders(),
-                    tooltip="BLIP-2 checkpoint folder inside models/blip2 (holds config.json, preprocessor_config.json "
-                    "and model*.safetensors).",
+                    tooltip="BLIP-2 checkpoint folder inside models/blip2 (holds config.json, "
+                    "preprocessor_config.json and model*.safetensors).",
                 ),
                 io.Combo.Input(
                     "dtype",
                     options=DTYPE_CHOICES,
                     default="auto",
-                    tooltip="Precision of the ViT vision model; 'auto' uses fp16/bf16 where the device "
-                    "supports it. The Q-Former always runs in fp32.",
+                    tooltip="Precision of the ViT vision model; 'auto' uses fp16/bf16 where the device supports it. "
+                    "The Q-Former always runs in fp32.",
                 ),
             ],
             outputs=[
@@ -91,11 +93,10 @@ class FDIExtract(io.ComfyNode):
             display_name="Extract FDI (images)",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Computes a Feature Difference Instruction from reference pairs: image "
-                "j of 'degraded' pairs with image j "
-                "of 'clean'; the FDI is the mean over pairs of Q-Former(degraded) − Q-Former(clean). "
-                "Both batches must have "
-                "the same length (the images may have any size)."
+                "Computes a Feature Difference Instruction from reference pairs: "
+                "image j of 'degraded' pairs with image j of 'clean'; "
+                "the FDI is the mean over pairs of Q-Former(degraded) − Q-Former(clean). "
+                "Both batches must have the same length (the images may have any size)."
             ),
             inputs=[
                 Blip2QFormer.Input("qformer", tooltip="The BLIP-2 Q-Former from 'Load BLIP-2 Q-Former (FDI)'."),
@@ -137,8 +138,8 @@ class FDIExtract(io.ComfyNode):
         d, c = image_to_batch(degraded, "degraded images"), image_to_batch(clean, "clean images")
         if d.shape[0] != c.shape[0]:
             raise FDIError(
-                f"{d.shape[0]} degraded images but {c.shape[0]} clean images; give batches "
-                "of the same length (pair j = degraded j, clean j)"
+                f"{d.shape[0]} degraded images but {c.shape[0]} clean images; "
+                "give batches of the same length (pair j = degraded j, clean j)"
             )
         encoder = qformer.loaded()
         fdi = extract_fdi(
@@ -163,10 +164,9 @@ class FDIExtractFromFolders(io.ComfyNode):
             display_name="Extract FDI (folders)",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Computes an FDI from every image pair of two folders inside ComfyUI's "
-                "input folder, matched by file name "
-                "without suffix (rain_001.png ↔ rain_001.jpg). Images are read a batch at a time, with a progress bar; "
-                "Cancel stops it cleanly."
+                "Computes an FDI from every image pair of two folders inside ComfyUI's input folder, "
+                "matched by file name without suffix (rain_001.png ↔ rain_001.jpg). "
+                "Images are read a batch at a time, with a progress bar; Cancel stops it cleanly."
             ),
             inputs=[
                 Blip2QFormer.Input("qformer", tooltip="The BLIP-2 Q-Former from 'Load BLIP-2 Q-Former (FDI)'."),
@@ -241,9 +241,9 @@ class FDISave(io.ComfyNode):
             display_name="Save FDI",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Saves the FDI as <name>.fdi.safetensors in ComfyUI's models/fdi folder "
-                "(written atomically), so it appears in "
-                "'Load FDI' without moving files. Plain names only: path separators and '..' are refused."
+                "Saves the FDI as <name>.fdi.safetensors in ComfyUI's models/fdi folder (written atomically), "
+                "so it appears in 'Load FDI' without moving files. "
+                "Plain names only: path separators and '..' are refused."
             ),
             inputs=[
                 FDIType.Input("fdi", tooltip="The FDI to save."),
@@ -284,8 +284,8 @@ class FDILoad(io.ComfyNode):
             node_id="FDILoad",
             display_name="Load FDI",
             category=f"{CATEGORY}/instruction",
-            description="Loads a *.fdi.safetensors file from ComfyUI's models/fdi folder (or any "
-            "'fdi' path of extra_model_paths.yaml).",
+            description="Loads a *.fdi.safetensors file from ComfyUI's models/fdi folder "
+            "(or any 'fdi' path of extra_model_paths.yaml).",
             inputs=[
                 io.Combo.Input(
                     "fdi_name",
@@ -312,8 +312,8 @@ class FDICombine(io.ComfyNode):
             category=f"{CATEGORY}/instruction",
             description=(
                 "Combines two FDIs linearly: sum = a·A + b·B, mean = (a·A + b·B)/(a + b), difference = a·A − b·B. "
-                "Chain several to combine more (e.g. a denoising FDI for desnowing). FDIs "
-                "from different Q-Former checkpoints are refused."
+                "Chain several to combine more (e.g. a denoising FDI for desnowing). "
+                "FDIs from different Q-Former checkpoints are refused."
             ),
             inputs=[
                 FDIType.Input("fdi_a", tooltip="First FDI."),
@@ -350,8 +350,8 @@ class FDIInspect(io.ComfyNode):
             category=f"{CATEGORY}/instruction",
             description=(
                 "Shows how FDIs relate: the cosine-similarity matrix between them and, "
-                "where per-pair FDIs are stored, a PCA "
-                "2-D map of the pairs coloured by FDI (tasks that cluster apart are separable)."
+                "where per-pair FDIs are stored, a PCA 2-D map of the pairs coloured by FDI "
+                "(tasks that cluster apart are separable)."
             ),
             inputs=[
                 FDIType.Input("fdi", tooltip="First FDI."),

@@ -173,8 +173,8 @@ class FDIInvert(io.ComfyNode):
             category=f"{CATEGORY}/sampling",
             description=(
                 "Inverts a latent (e.g. the VAE-encoded degraded image) with deterministic DDIM through the MODEL "
-                "(no CFG) from the clean level to the first of the 'steps' DDIM timesteps that 'python -m "
-                "fdi restore' samples. "
+                "(no CFG) from the clean level to the first of the 'steps' DDIM timesteps that "
+                "'python -m fdi restore' samples. "
                 "Continue with KSamplerAdvanced: sampler 'ddim', scheduler 'ddim_uniform', the same steps, "
                 "add_noise 'disable', start_at_step 0 (ddim_uniform visits the same timesteps when steps divides "
                 "1000: 10, 20, 25, 50, 100…; FDI Restore is exact for any count)."

@@ -136,7 +136,7 @@ def tiled_model(model, tiling: Tiling, tick: Optional[Callable[[], None]] = None
     """A clone of ``model`` whose every model call runs per tile of ``tiling`` and blends (:meth:`Tiling.blend`).
 
     Each tile's call carries its latent offset in ``transformer_options["fdi_tile"]``, so the FDI patches add
-    that tile's crop of each residual (:func:`fdi.comfy_backend.tile_guidance`); ``tick()`` runs per tile."""
+    that tile's crop of each residual (:func:`fdi.tiles.crop_residual`); ``tick()`` runs per tile."""
     inner = model.model_options.get("model_function_wrapper")
 
     def call(apply_model, args: dict) -> torch.Tensor:

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
         "combine",
         help="combine FDI files (weighted sum, mean or difference)",
         description="Combine FDIs linearly: sum = sum_k w_k F_k; mean = sum_k w_k F_k / sum_k w_k; "
-        "difference = w_1 F_1 - w_2 F_2. All inputs must come from the same BLIP-2 encoder.",
+        "difference = w_1 F_1 - w_2 F_2. "
+        "All inputs must come from the same BLIP-2 encoder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IN.fdi.safetensors", help="FDI files")

@@ -11,8 +11,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "extract",
         help="compute an FDI from paired folders of degraded and clean images",
-        description="Compute a task FDI: the mean over reference pairs of Q(degraded) - Q(clean), with a frozen BLIP-2 "
-        "Q-Former. Pairs are matched by file name without suffix (rain_001.png <-> rain_001.jpg).",
+        description="Compute a task FDI: the mean over reference pairs of Q(degraded) - Q(clean), "
+        "with a frozen BLIP-2 Q-Former. "
+        "Pairs are matched by file name without suffix (rain_001.png <-> rain_001.jpg).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(

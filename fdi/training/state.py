@@ -145,7 +145,7 @@ def save_checkpoint(run, step: int) -> Path:
             "lr_scheduler": _lr_state(run.lr_scheduler),
             "num_processes": run.acc.num_processes,
             "max_steps": run.max_steps,
-            "config": {k: v for k, v in asdict(run.cfg).items() if k != "progress"},
+            "config": asdict(run.cfg),
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
         if final.exists():  # a re-run over the same step: replace it
