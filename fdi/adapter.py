@@ -2,8 +2,8 @@
 
 Inputs: the degraded image ``x`` ``[B, 3, H, W]`` in 0..1 and the FDI tokens ``F`` ``[T, D]`` or
 ``[B, T, D]`` (``[32, 768]`` for BLIP-2). Output: an :class:`FDIGuidance`, which does not depend on
-the timestep: computed once per (image, FDI), reused at every guided step. The stages are methods,
-so training and tests can run them one by one:
+the timestep: computed once per (image, FDI), reused at every guided step. The stages are methods
+that can run one by one:
 
 1. :meth:`FDIAdapter.image_features`: ``c_1..c_4`` ``[B, C_i, ceil(H/8)/2^(i-1), …]`` (the UNet
    encoder's widths and sizes);

@@ -2,7 +2,7 @@
 
 This module never imports ComfyUI: it implements the protocols ComfyUI calls (the
 ``transformer_options`` patches of its ``openaimodel`` UNet, the k-diffusion sampler signature, the
-``unet_config`` dict), so it is unit-tested without ComfyUI; ``nodes/`` installs these objects on a
+``unet_config`` dict); ``nodes/`` installs these objects on a
 cloned ``ModelPatcher``. The guidance math is :mod:`fdi.guidance`'s and the step rules are
 :mod:`fdi.sampling`'s, so this backend and the diffusers one give the same numbers.
 

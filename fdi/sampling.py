@@ -101,12 +101,6 @@ def inversion_timesteps(sampling_timesteps: torch.Tensor, inversion_steps: int) 
     return torch.linspace(t_last, t_first, n, dtype=torch.float64).round().long()
 
 
-def alpha_to_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """ComfyUI/k-diffusion noise level ``σ = sqrt((1 − ᾱ)/ᾱ)`` of ᾱ (0 at ᾱ = 1)."""
-    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
-    return ((1 - a) / a).sqrt()
-
-
 def sigma_to_alpha(sigma: torch.Tensor) -> torch.Tensor:
     """ᾱ = ``1 / (1 + σ²)``."""
     s = torch.as_tensor(sigma, dtype=torch.float64)
