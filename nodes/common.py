@@ -29,7 +29,7 @@ from comfy_api.latest import io
 from ..fdi.comfy_backend import SharedGuidance
 from ..fdi.dtypes import DTYPES, parse_dtype
 from ..fdi.errors import FDIError
-from ..fdi.instruction import FDI_SUFFIX
+from ..fdi.instruction import FDI, FDI_SUFFIX
 
 # ------------------------------------------------------------------------------------------------
 # custom types (the type names are part of the contract: saved workflows refer to them)
@@ -75,6 +75,13 @@ def batch_to_image(batch: torch.Tensor) -> torch.Tensor:
 def plot_to_image(picture: np.ndarray) -> torch.Tensor:
     """A rendered plot (:mod:`fdi.plots`: ``[H, W, 3]`` uint8) → ComfyUI ``IMAGE`` ``[1, H, W, 3]`` in 0..1."""
     return batch_to_image(torch.from_numpy(np.ascontiguousarray(picture)).float().div(255.0)[None].permute(0, 3, 1, 2))
+
+
+def check_fdi_input(fdi: object, name: str = "fdi") -> FDI:
+    """``fdi`` if it is an :class:`fdi.instruction.FDI`, else :class:`FDIError` naming what is connected to ``name``."""
+    if not isinstance(fdi, FDI):
+        raise FDIError(f"the {name!r} input is a {type(fdi).__name__}, not an FDI; connect 'Extract FDI' or 'Load FDI'")
+    return fdi
 
 
 # ------------------------------------------------------------------------------------------------

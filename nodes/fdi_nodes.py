@@ -10,8 +10,7 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..fdi.encoder import QFormerEncoder
-from ..fdi.errors import FDIError
-from ..fdi.extract import extract_fdi, extract_fdi_from_folders
+from ..fdi.extract import check_pair_batches, extract_fdi, extract_fdi_from_folders
 from ..fdi.images import pair_folders
 from ..fdi.instruction import COMBINE_MODES, FDI, FDI_SUFFIX, combine
 from .common import (
@@ -22,6 +21,7 @@ from .common import (
     ModelHandle,
     blip2_folders,
     blip2_path,
+    check_fdi_input,
     check_inside,
     fdi_files,
     image_to_batch,
@@ -136,11 +136,7 @@ class FDIExtract(io.ComfyNode):
         keep_pairs: bool,
     ) -> io.NodeOutput:
         d, c = image_to_batch(degraded, "degraded images"), image_to_batch(clean, "clean images")
-        if d.shape[0] != c.shape[0]:
-            raise FDIError(
-                f"{d.shape[0]} degraded images but {c.shape[0]} clean images; "
-                "give batches of the same length (pair j = degraded j, clean j)"
-            )
+        check_pair_batches(d, c)  # before the Q-Former is loaded
         encoder = qformer.loaded()
         fdi = extract_fdi(
             encoder,
@@ -401,9 +397,7 @@ class FDIPairStability(io.ComfyNode):
         from ..fdi.extract import pair_stability
         from ..fdi.plots import render_stability
 
-        if not isinstance(fdi, FDI):
-            raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
-        curve = pair_stability(fdi.pairs, resamples=resamples, seed=seed)
+        curve = pair_stability(check_fdi_input(fdi).pairs, resamples=resamples, seed=seed)
         img = plot_to_image(render_stability(curve["k"], curve["mean"], curve["low"], curve["high"], fdi.label))
         k = next((k for k, lo in zip(curve["k"], curve["low"]) if lo >= 0.95), None)
         text = f"{len(curve['k'])} pairs; " + (

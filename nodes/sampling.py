@@ -29,7 +29,15 @@ from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI
 from ..fdi.sampling import ddim_timesteps, inversion_sigmas, inversion_timesteps, pad_to_multiple, sampling_sigmas
 from ..fdi.tiles import LATENT_SCALE, Tiling, optional_tiling
-from .common import GuidanceHandle, ModelHandle, batch_to_image, interrupt_check, prediction_type, progress_callback
+from .common import (
+    GuidanceHandle,
+    ModelHandle,
+    batch_to_image,
+    check_fdi_input,
+    interrupt_check,
+    prediction_type,
+    progress_callback,
+)
 
 #: ComfyUI's DDIM sampler (Euler in sigma space, deterministic)
 SAMPLER = "ddim"
@@ -42,9 +50,7 @@ def run_adapter(handle: ModelHandle, fdi: FDI, images: torch.Tensor) -> Guidance
         raise FDIError(
             "no FDI connected and the adapter file embeds none; connect an FDI from 'Load FDI' or 'Extract FDI'"
         )
-    if not isinstance(fdi, FDI):
-        raise FDIError(f"the 'fdi' input is a {type(fdi).__name__}, not an FDI; connect an FDI output")
-    handle.module.check_fdi(fdi)  # width, token count and encoder, before any work
+    handle.module.check_fdi(check_fdi_input(fdi))  # width, token count and encoder, before any work
     adapter = handle.loaded()
     with torch.no_grad():
         guidance = adapter(images.to(handle.patcher.load_device, torch.float32), fdi).detach()

@@ -33,6 +33,7 @@ from .common import (
     FDIPairsType,
     FDIType,
     ModelHandle,
+    check_fdi_input,
     check_inside,
     image_to_batch,
     input_subfolder,
@@ -283,8 +284,7 @@ class FDITrainAdapter(io.ComfyNode):
         adapter: ModelHandle = None,
     ) -> io.NodeOutput:
         # ---- every check before any work ----
-        if not isinstance(fdi, FDI):
-            raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
+        check_fdi_input(fdi)
         if pairs is not None and (degraded is not None or clean is not None):
             raise FDIError("connect either 'pairs' or the 'degraded' and 'clean' images, not both")
         if pairs is not None:
