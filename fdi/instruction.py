@@ -76,10 +76,8 @@ class FDI:
         if self.pairs is not None:
             self.pairs = self.pairs.detach().to(torch.float32)
             if self.pairs.ndim != 3 or tuple(self.pairs.shape[1:]) != tuple(self.tokens.shape):
-                raise FDIError(
-                    f"per-pair FDIs have shape {tuple(self.pairs.shape)}, expected (N, {self.tokens.shape[0]}, "
-                    f"{self.tokens.shape[1]})"
-                )
+                t, d = self.tokens.shape
+                raise FDIError(f"per-pair FDIs have shape {tuple(self.pairs.shape)}, expected (N, {t}, {d})")
 
     @property
     def shape(self) -> tuple:
