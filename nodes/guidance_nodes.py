@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..fdi.adapter import FDIAdapter
 from ..fdi.instruction import FDI
-from ..fdi.sampling import GUIDANCE_END
+from ..fdi.sampling import GUIDANCE_END, guided_step_count
 from ..fdi.tiles import DEFAULT_TILE_OVERLAP, check_tiling
 from .common import (
     CATEGORY,
@@ -26,6 +26,9 @@ from .common import (
     model_file,
 )
 from .sampling import apply_guidance, invert, restore, restore_schedule, run_adapter, zeroed
+
+#: the last guided step of 50 at the default window, as the tooltips quote it
+_LAST_GUIDED = guided_step_count(50, GUIDANCE_END) - 1
 
 
 class FDIAdapterLoader(io.ComfyNode):
@@ -111,7 +114,7 @@ class FDIApplyGuidance(io.ComfyNode):
                 "Returns a copy of the MODEL whose UNet adds the FDI residuals after input blocks 2, 5, 8, 11 and "
                 "modulates h entering output blocks 3, 6, 9 (AdaIN towards the refined FDI) on the sampling steps k "
                 "(0-based) with start_percent x N <= k < end_percent x N of the sampler's N steps "
-                "(0 to 0.333 of 50 steps = steps 0..16, the paper's first third, "
+                f"(0 to {GUIDANCE_END} of 50 steps = steps 0..{_LAST_GUIDED}, the paper's first third, "
                 "as 'python -m fdi restore' guides). "
                 "Works with the stock samplers and CFG (both halves guided) and with TorchCompileModel. "
                 "Chain several to combine adapters (their contributions add up)."
@@ -143,8 +146,8 @@ class FDIApplyGuidance(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.001,
-                    tooltip="Steps k < end_percent x steps are guided (0.333 of 50 = steps 0..16, "
-                    "the paper's first third). "
+                    tooltip="Steps k < end_percent x steps are guided "
+                    f"({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first third). "
                     "Must be >= start_percent.",
                 ),
             ],
@@ -249,7 +252,7 @@ class FDIRestore(io.ComfyNode):
                     max=1.0,
                     step=0.001,
                     tooltip="Fraction of the sampling steps that are guided, "
-                    "from the first (0.333 of 50 = steps 0..16, the paper's first stage).",
+                    f"from the first ({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first stage).",
                 ),
                 io.Float.Input(
                     "cfg",
