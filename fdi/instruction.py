@@ -200,18 +200,6 @@ class FDI:
             raise FDIError(f"{source!r}: the FDI holds NaN or infinite values; the file is corrupt, re-extract it")
         return cls(tokens=tokens, encoder=encoder, n_pairs=n, label=label, pairs=pairs)
 
-    @classmethod
-    def from_differences(
-        cls, differences: torch.Tensor, encoder: str, label: str = "", keep_pairs: bool = False
-    ) -> "FDI":
-        """The task FDI of per-pair differences ``(N, T, D)``: their mean over ``N``."""
-        if differences.ndim != 3 or differences.shape[0] == 0:
-            raise FDIError(f"need at least one pair difference of shape (N, T, D), got {tuple(differences.shape)}")
-        d = differences.to(torch.float32)
-        return cls(
-            tokens=d.mean(0), encoder=encoder, n_pairs=int(d.shape[0]), label=label, pairs=d if keep_pairs else None
-        )
-
 
 COMBINE_MODES = ("sum", "mean", "difference")
 
