@@ -397,9 +397,8 @@ class FDIAdapter(nn.Module):
         extra = sorted(set(weights) - set(expected))
         if missing or extra:
             raise FDIError(
-                f"adapter {src!r} does not match its config ({len(missing)} weights missing e.g. "
-                f"{missing[:2]}, {len(extra)} unexpected e.g. {extra[:2]}); "
-                "the file is corrupt or from another version, re-save it"
+                f"adapter {src!r} does not match its config ({len(missing)} weights missing e.g. {missing[:2]}, "
+                f"{len(extra)} unexpected e.g. {extra[:2]}); the file is corrupt or from another version, re-save it"
             )
         for k, v in expected.items():
             if tuple(weights[k].shape) != tuple(v.shape):

@@ -241,8 +241,8 @@ def parse_spec(spec: str) -> Degradation:
             m = re.fullmatch(rf"(\w+)\s*=\s*({_NUM})(?:\s*\.\.\s*({_NUM}))?", param)
             if not m:
                 raise FDIError(
-                    f"cannot read {param!r} in {part!r}; write parameters as name=value or name=lo..hi (e.g. "
-                    f"'{name}:{next(iter(ranges))}={_fmt_range(ranges[next(iter(ranges))])}')"
+                    f"cannot read {param!r} in {part!r}; write parameters as name=value or name=lo..hi "
+                    f"(e.g. '{name}:{next(iter(ranges))}={_fmt_range(ranges[next(iter(ranges))])}')"
                 )
             key, lo = m.group(1), float(m.group(2))
             hi = float(m.group(3)) if m.group(3) is not None else lo

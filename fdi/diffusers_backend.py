@@ -74,8 +74,8 @@ def check_adapter_for_unet(adapter: FDIAdapter, unet: nn.Module) -> None:
     if tuple(adapter.config.channels) != want:
         raise FDIError(
             f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's encoder "
-            f"widths are {want}; use an adapter trained for this model (e.g. "
-            "SD 2.1 adapters have (320, 640, 1280, 1280))"
+            f"widths are {want}; use an adapter trained for this model (e.g. SD 2.1 adapters have "
+            "(320, 640, 1280, 1280))"
         )
 
 

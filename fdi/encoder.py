@@ -44,8 +44,8 @@ def _read_config(path: Path):
 
     if not path.is_dir():
         raise FDIError(
-            f"BLIP-2 folder {str(path)!r} does not exist; download a BLIP-2 checkpoint (e.g. "
-            "Salesforce/blip2-opt-2.7b) into it"
+            f"BLIP-2 folder {str(path)!r} does not exist; download a BLIP-2 checkpoint "
+            "(e.g. Salesforce/blip2-opt-2.7b) into it"
         )
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -228,8 +228,8 @@ class QFormerEncoder(nn.Module):
         absent = sorted(expected - set(state))
         if absent:
             raise FDIError(
-                f"{path} lacks {len(absent)} Q-Former/vision tensors (e.g. "
-                f"{', '.join(absent[:3])}); the checkpoint is incomplete or of another architecture"
+                f"{path} lacks {len(absent)} Q-Former/vision tensors "
+                f"(e.g. {', '.join(absent[:3])}); the checkpoint is incomplete or of another architecture"
             )
         for k in list(state):
             if k not in expected:

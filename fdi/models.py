@@ -115,8 +115,8 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
     infos, _ = read_header(p, "model checkpoint")
     if _SDXL_LABEL in infos or any(k.startswith(_SDXL_HINT) for k in infos):
         raise FDIError(
-            f"{p.name!r} is an SDXL checkpoint; FDI adapters need an SD 2.x model (e.g. "
-            "v2-1_512-ema-pruned.safetensors)"
+            f"{p.name!r} is an SDXL checkpoint; FDI adapters need an SD 2.x model "
+            "(e.g. v2-1_512-ema-pruned.safetensors)"
         )
     if _CROSS_K not in infos:
         raise FDIError(

@@ -44,8 +44,8 @@ def check_tiling(tile_px: int, overlap_px: int) -> None:
         return
     if tile_px < MIN_TILE or tile_px % TILE_MULTIPLE:
         raise FDIError(
-            f"tile size {tile_px} px is invalid; use a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} (e.g. "
-            "512), or 0 for no tiles"
+            f"tile size {tile_px} px is invalid; use a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} "
+            "(e.g. 512), or 0 for no tiles"
         )
     if overlap_px < 0 or overlap_px >= tile_px:
         raise FDIError(

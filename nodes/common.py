@@ -175,8 +175,8 @@ def check_file_name(name: str, suffix: str, what: str, folder: str, example: str
         raise FDIError(f"the {what} file name is empty; type a name such as {example!r}")
     if "/" in name or "\\" in name or ":" in name:
         raise FDIError(
-            f"{what} file name {raw!r} is not a plain name (it contains a path separator or drive); give e.g. "
-            f"{example!r}, the file is always saved in models/{folder}"
+            f"{what} file name {raw!r} is not a plain name (it contains a path separator or drive); "
+            f"give e.g. {example!r}, the file is always saved in models/{folder}"
         )
     if ".." in name or name.startswith("."):
         raise FDIError(

@@ -34,8 +34,7 @@ class FDIDegradePairs(io.ComfyNode):
                 io.String.Input(
                     "degradation",
                     default="haze",
-                    tooltip="Effects, comma-separated, e.g. "
-                    "'haze', 'haze,noise', 'noise:sigma=25', "
+                    tooltip="Effects, comma-separated, e.g. 'haze', 'haze,noise', 'noise:sigma=25', "
                     "'jpeg:quality=20..40' (a value fixes a parameter, lo..hi narrows its random range). "
                     f"Effects and default ranges: {_EFFECTS_HELP}. "
                     "Sums apply in physical order.",

@@ -47,8 +47,7 @@ class FDIQFormerLoader(io.ComfyNode):
             category=f"{CATEGORY}/loaders",
             description=(
                 "Loads the BLIP-2 vision model and Q-Former from a checkpoint folder in models/blip2 "
-                "(Hugging Face layout, e.g. "
-                "Salesforce/blip2-opt-2.7b). "
+                "(Hugging Face layout, e.g. Salesforce/blip2-opt-2.7b). "
                 "Only the vision model, query tokens and Q-Former are read (about 1.1 B parameters); "
                 "the language model is never loaded."
             ),

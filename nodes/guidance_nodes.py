@@ -252,7 +252,8 @@ class FDIRestore(io.ComfyNode):
                     max=1.0,
                     step=0.001,
                     tooltip="Fraction of the sampling steps that are guided, "
-                    f"from the first ({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first stage).",
+                    f"from the first ({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, "
+                    "the paper's first stage).",
                 ),
                 io.Float.Input(
                     "cfg",
