@@ -2,8 +2,8 @@
 
 Inputs: the degraded image ``x`` ``[B, 3, H, W]`` in 0..1 and the FDI tokens ``F`` ``[T, D]`` or
 ``[B, T, D]`` (``[32, 768]`` for BLIP-2). Output: an :class:`FDIGuidance`, which does not depend on
-the timestep: computed once per (image, FDI), reused at every guided step. The stages are methods,
-so training and tests can run them one by one:
+the timestep: computed once per (image, FDI), reused at every guided step. The stages are methods
+that can run one by one:
 
 1. :meth:`FDIAdapter.image_features`: ``c_1..c_4`` ``[B, C_i, ceil(H/8)/2^(i-1), …]`` (the UNet
    encoder's widths and sizes);
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapter_blocks import GuidanceHead, ImageLevel, NoiseDecoupling, token_stats
 from .errors import FDIError
 from .files import PathLike, check_file_format, check_output_path, load_safetensors, save_safetensors
 from .instruction import FDI, same_encoder
@@ -34,13 +35,8 @@ from .instruction import FDI, same_encoder
 ADAPTER_FORMAT = "fdi_adapter"
 ADAPTER_FORMAT_VERSION = 1
 
-#: base families an adapter can be trained for; ``custom-*`` covers non-SD-2.1 UNets (tests)
-KNOWN_FAMILIES = ("sd2.1-base", "sd2.1-v", "sd1.5-base", "sdxl-base", "custom-base", "custom-v")
-
 #: the tensor names an adapter file may hold besides the weights (the embedded FDI)
 EMBEDDED_FDI_KEYS = ("fdi", "fdi_pairs")
-
-STAT_EPS = 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,8 +105,8 @@ class FDIAdapterConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise FDIError(
-                f"{source}: unknown adapter config keys {unknown}; the file was written "
-                "by a newer version of the pack, update it"
+                f"{source}: unknown adapter config keys {unknown}; "
+                "the file was written by a newer version of the pack, update it"
             )
         return cls(**d)
 
@@ -185,88 +181,6 @@ class FDIGuidance:
 
 
 # --------------------------------------------------------------------------------------------------
-# building blocks
-
-
-class ResidualBlock(nn.Module):
-    """Bottleneck residual block ``x + conv1×1(relu(conv3×3(relu(conv1×1(x)))))``; shape-preserving."""
-
-    def __init__(self, channels: int, bottleneck: int):
-        super().__init__()
-        mid = channels // bottleneck
-        self.reduce = nn.Conv2d(channels, mid, 1)
-        self.conv = nn.Conv2d(mid, mid, 3, padding=1)
-        self.expand = nn.Conv2d(mid, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.expand(F.relu(self.conv(F.relu(self.reduce(x)))))
-
-
-class ImageLevel(nn.Module):
-    """One level of the image branch: [downsample 2×] → [1×1 conv to the new width] → residual blocks."""
-
-    def __init__(self, in_channels: int, channels: int, res_blocks: int, bottleneck: int, downsample: bool):
-        super().__init__()
-        self.down = nn.AvgPool2d(2, ceil_mode=True) if downsample else nn.Identity()
-        self.in_conv = nn.Conv2d(in_channels, channels, 1) if in_channels != channels else nn.Identity()
-        self.blocks = nn.Sequential(*[ResidualBlock(channels, bottleneck) for _ in range(res_blocks)])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.in_conv(self.down(x)))
-
-
-class NoiseDecoupling(nn.Module):
-    """``F̂ = F·P + Attn(q=LN(F)Wq, k=LN(c)Wk, v=c·Wv)·Wo``: FDI tokens ``[B,T,D]`` × features → ``[B,T,C]``."""
-
-    def __init__(self, token_width: int, channels: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.proj = nn.Linear(token_width, channels)
-        self.norm_tokens = nn.LayerNorm(token_width)
-        self.norm_features = nn.LayerNorm(channels)
-        self.to_q = nn.Linear(token_width, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.Linear(channels, channels)
-
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        b, c = features.shape[:2]
-        kv = features.flatten(2).transpose(1, 2)  # [B, h·w, C]
-        q = self.to_q(self.norm_tokens(tokens))
-        k = self.to_k(self.norm_features(kv))
-        v = self.to_v(kv)
-
-        def split(t: torch.Tensor) -> torch.Tensor:  # [B, N, C] → [B, heads, N, C/heads]
-            return t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(1, 2)
-
-        attn = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        attn = attn.transpose(1, 2).reshape(b, tokens.shape[1], c)
-        return self.proj(tokens) + self.to_out(attn)
-
-
-class GuidanceHead(nn.Module):
-    """Multi-level guidance for one level: ``r = Z(sigmoid(W2 relu(W1 mean_tokens(F̂))) ⊙ c)``, ``Z`` zero-init."""
-
-    def __init__(self, channels: int, reduction: int):
-        super().__init__()
-        self.squeeze = nn.Linear(channels, channels // reduction)
-        self.excite = nn.Linear(channels // reduction, channels)
-        self.out = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, refined: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        s = torch.sigmoid(self.excite(F.relu(self.squeeze(refined.mean(1)))))  # [B, C]
-        return self.out(features * s[:, :, None, None])
-
-
-def token_stats(refined: torch.Tensor, eps: float = STAT_EPS) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std over the tokens of ``[B, T, C]`` → two ``[B, C]`` (std = sqrt(var+eps))."""
-    var, mean = torch.var_mean(refined, dim=1, unbiased=False)
-    return mean, torch.sqrt(var + eps)
-
-
-# --------------------------------------------------------------------------------------------------
 # the adapter
 
 
@@ -336,9 +250,9 @@ class FDIAdapter(nn.Module):
         if isinstance(fdi, FDI):
             if self.encoder and fdi.encoder and not same_encoder(self.encoder, fdi.encoder):
                 raise FDIError(
-                    f"FDI {fdi.label or '(unlabelled)'} comes from encoder {fdi.encoder} "
-                    f"but adapter {self.display_name} "
-                    f"was trained with FDIs of encoder {self.encoder}; extract the FDI with that Q-Former"
+                    f"FDI {fdi.label or '(unlabelled)'} comes from encoder {fdi.encoder} but adapter "
+                    f"{self.display_name} was trained with FDIs of encoder {self.encoder}; "
+                    "extract the FDI with that Q-Former"
                 )
             tokens = fdi.tokens
         else:
@@ -399,8 +313,7 @@ class FDIAdapter(nn.Module):
         return (
             f"FDI adapter {self.display_name}: {self.num_parameters() / 1e6:.2f} M parameters, "
             f"base {self.base_family}, channels {self.config.channels}, "
-            f"FDI {self.config.num_tokens}x{self.config.token_width}, "
-            f"encoder {self.encoder or '(unknown)'}"
+            f"FDI {self.config.num_tokens}x{self.config.token_width}, encoder {self.encoder or '(unknown)'}"
         )
 
     def check_fdi(self, fdi: FDI) -> None:
@@ -484,15 +397,14 @@ class FDIAdapter(nn.Module):
         extra = sorted(set(weights) - set(expected))
         if missing or extra:
             raise FDIError(
-                f"adapter {src!r} does not match its config ({len(missing)} weights missing "
-                f"e.g. {missing[:2]}, {len(extra)} unexpected e.g. {extra[:2]}); the file "
-                "is corrupt or from another version, re-save it"
+                f"adapter {src!r} does not match its config ({len(missing)} weights missing e.g. {missing[:2]}, "
+                f"{len(extra)} unexpected e.g. {extra[:2]}); the file is corrupt or from another version, re-save it"
             )
         for k, v in expected.items():
             if tuple(weights[k].shape) != tuple(v.shape):
                 raise FDIError(
-                    f"adapter {src!r}: weight {k!r} has shape {tuple(weights[k].shape)}, its "
-                    f"config needs {tuple(v.shape)}; the file is corrupt, re-save it"
+                    f"adapter {src!r}: weight {k!r} has shape {tuple(weights[k].shape)}, "
+                    f"its config needs {tuple(v.shape)}; the file is corrupt, re-save it"
                 )
             if not weights[k].dtype.is_floating_point or not torch.isfinite(weights[k]).all():
                 raise FDIError(

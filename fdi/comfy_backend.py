@@ -2,35 +2,52 @@
 
 This module never imports ComfyUI: it implements the protocols ComfyUI calls (the
 ``transformer_options`` patches of its ``openaimodel`` UNet, the k-diffusion sampler signature, the
-``unet_config`` dict), so it is unit-tested without ComfyUI; ``nodes/`` installs these objects on a
+``unet_config`` dict); ``nodes/`` installs these objects on a
 cloned ``ModelPatcher``. The guidance math is :mod:`fdi.guidance`'s and the step rules are
 :mod:`fdi.sampling`'s, so this backend and the diffusers one give the same numbers.
 
-Injection points for a UNet with ``n`` res-blocks per level (SD 2.x: ``n = 2``): the encoder
-residual ``r_i`` after input block ``(n+1)·i + n`` (2, 5, 8, 11), the decoder modulation on ``h``
-entering output block ``(n+1)·(j+1)`` (3, 6, 9).
-
-Which steps are guided is decided with tensor arithmetic only (a 0/1 gate per entry, from the current
-sigma and the sampler's ``sample_sigmas``): no host sync, no Python branch on a tensor. ``add_guidance``
-also installs an ``apply_model`` wrapper (:func:`decide_scales`) that computes each entry's
-``strength · gate`` *outside* the UNet's forward and hands the patches one tensor: a forward compiled by
-ComfyUI's ``TorchCompileModel`` (which drops guards on ``transformer_options``) then reads the strength,
-the window and the schedule as tensor values, so a new strength or step count is never served by a
-stale graph, and it traces without graph breaks or recompiles.
+The public names of the backend are these (:data:`__all__`); the UNet checks live in :mod:`fdi.comfy_unet`,
+the entries and their step gates in :mod:`fdi.comfy_guidance`. ``add_guidance`` also installs an
+``apply_model`` wrapper (:func:`decide_scales`) that computes each entry's ``strength · gate`` *outside* the
+UNet's forward and hands the patches one tensor, so a forward compiled by ComfyUI's ``TorchCompileModel``
+reads strength, window and schedule as tensor values (docs/design.md, "Compilation").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from .adapter import FDIGuidance, Modulation
-from .errors import FDIError
+from .comfy_guidance import Gate, GuidanceEntry, GuidanceTensors, SharedGuidance, sigma_window
+from .comfy_unet import block_indices, check_unet_for_adapter
 from .guidance import StepInvariantCache, fit_residual, modulate, targets_coefficients
-from .sampling import guided_step_range, inversion_input_scale
+from .sampling import inversion_input_scale
 from .tiles import crop_residual
+
+__all__ = [
+    "APPLY_MODEL_WRAPPERS",
+    "INPUT_PATCH_KEY",
+    "OUTPUT_PATCH_KEY",
+    "SCALES_KEY",
+    "TILE_KEY",
+    "WRAPPER_KEY",
+    "FDIInputPatch",
+    "FDIOutputPatch",
+    "Gate",
+    "GuidanceEntry",
+    "GuidanceTensors",
+    "SharedGuidance",
+    "add_guidance",
+    "block_indices",
+    "check_unet_for_adapter",
+    "ddim_inversion_sampler",
+    "decide_scales",
+    "fdi_patches",
+    "sigma_window",
+]
 
 #: name of the patch lists in ``transformer_options["patches"]``
 INPUT_PATCH_KEY = "input_block_patch"
@@ -44,241 +61,8 @@ WRAPPER_KEY = "fdi.decide_scales"
 #: ``transformer_options`` key of a tiled model call: the tile's latent offset ``(y, x)`` (:mod:`fdi.tiles`)
 TILE_KEY = "fdi_tile"
 
-#: UNet context widths of the Stable Diffusion families, for error messages
-CONTEXT_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-
-
-# ------------------------------------------------------------------------------------------------
-# which blocks
-
-
-def block_indices(num_res_blocks: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """``(input blocks after which r_1..r_4 are added, output blocks whose input h is modulated)``.
-
-    ``num_res_blocks = 2`` (SD 1.x/2.x) gives ``((2, 5, 8, 11), (3, 6, 9))``.
-    """
-    n = int(num_res_blocks)
-    return tuple((n + 1) * i + n for i in range(4)), tuple((n + 1) * j for j in (1, 2, 3))
-
-
-def check_unet_for_adapter(
-    unet_config: Optional[dict], channels: Sequence[int], base_family: str = "", prediction_type: Optional[str] = None
-) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """Check that a ComfyUI UNet (its ``model_config.unet_config``) can take an adapter's guidance.
-
-    Needs an ``openaimodel`` UNet with four levels of equal res-block count whose widths are the
-    adapter's ``channels``; for an adapter of an SD 2.x family (``sd2.1-base``, ``sd2.1-v``) the
-    cross-attention width must also be 1024 (an SD 1.x UNet has the same widths but another text
-    encoder). Returns :func:`block_indices` for it. Raises :class:`FDIError` naming what the MODEL
-    looks like (SDXL, SD 1.x, not a UNet…) otherwise. ``prediction_type`` (the MODEL's: ``epsilon``,
-    ``v_prediction``, or another ComfyUI model type) must match the family's suffix (``-base``: epsilon,
-    ``-v``: v-prediction) when both are known.
-    """
-    channels = tuple(int(c) for c in channels)
-    if not isinstance(unet_config, dict) or "model_channels" not in unet_config or "channel_mult" not in unet_config:
-        raise FDIError(
-            "the MODEL is not a Stable Diffusion UNet (no model_channels/channel_mult: "
-            "a DiT/flow model such as SD3 or Flux?); "
-            "FDI adapters guide SD 2.x UNets, load an SD 2.1 checkpoint"
-        )
-    ctx = unet_config.get("context_dim")
-    family = CONTEXT_FAMILIES.get(ctx, f"a UNet with cross-attention width {ctx}")
-    mult = tuple(unet_config["channel_mult"])
-    widths = tuple(int(unet_config["model_channels"]) * int(m) for m in mult)
-    if widths != channels:
-        raise FDIError(
-            f"the MODEL ({family}) has UNet level widths {widths}, the adapter needs {channels} "
-            f"(it was trained for {base_family or 'another model'}); load an SD 2.1 "
-            "checkpoint, or use an adapter trained for this model"
-        )
-    nrb = unet_config.get("num_res_blocks", 2)
-    if isinstance(nrb, (list, tuple)):
-        if len(set(int(x) for x in nrb)) != 1:
-            raise FDIError(
-                f"the MODEL's UNet levels have different block counts {list(nrb)}; FDI guidance "
-                "needs an SD 2.x-shaped UNet"
-            )
-        nrb = int(nrb[0])
-    if base_family.startswith("sd2") and ctx != 1024:
-        raise FDIError(
-            f"the MODEL is {family} (cross-attention width {ctx}), not SD 2.x (1024), "
-            f"but the adapter was trained for {base_family}; "
-            "load an SD 2.1 checkpoint"
-        )
-    if int(unet_config.get("in_channels", 4)) != 4:
-        raise FDIError(
-            f"the MODEL's UNet takes {unet_config.get('in_channels')} latent channels "
-            "(an inpainting/depth variant?); FDI guidance needs a 4-channel SD 2.x "
-            "UNet"
-        )
-    if prediction_type is not None and base_family:
-        wanted = "v_prediction" if base_family.endswith("-v") else "epsilon" if base_family.endswith("-base") else None
-        if wanted is not None and prediction_type != wanted:
-            kind = {"epsilon": "an epsilon (SD 2.1 base, 512 px)", "v_prediction": "a v-prediction (SD 2.1, 768 px)"}
-            raise FDIError(
-                f"the adapter was trained for {base_family} ({kind[wanted]} model) but the "
-                f"MODEL is {kind.get(prediction_type, prediction_type)} "
-                f"model; load the matching checkpoint or use an adapter trained for it"
-            )
-    return block_indices(nrb)
-
-
 # ------------------------------------------------------------------------------------------------
 # the patch
-
-Gate = Union[float, torch.Tensor]
-
-
-class GuidanceTensors(torch.nn.Module):
-    """One part of an :class:`FDIGuidance` as buffers of a module ComfyUI can load and offload like a model:
-    ``part="residuals"`` (``r_1..r_4``, what the input patch reads) or ``"modulations"`` (mean, std and gate of
-    each decoder point, what the output patch reads). ``refined`` is read by neither and is not held.
-
-    The buffers start as the guidance's own tensors (no copy). Moving the module to the device and dtype
-    those tensors came from reuses them instead of copying back, so there is at most one copy on any
-    other device and never a second one at home. ``moves`` counts moves (caches derived from the tensors
-    compare it)."""
-
-    PARTS = ("residuals", "modulations")
-
-    def __init__(self, guidance: FDIGuidance, part: str):
-        super().__init__()
-        if part not in self.PARTS:
-            raise ValueError(f"part must be one of {self.PARTS}, got {part!r}")
-        self.part = part
-        if part == "residuals":
-            tensors = {f"r{i}": r for i, r in enumerate(guidance.residuals)}
-            self.count = len(guidance.residuals)
-        else:
-            tensors = {}
-            for j, m in enumerate(guidance.modulations):
-                tensors.update({f"mean{j}": m.mean, f"std{j}": m.std, f"gate{j}": m.gate})
-            self.count = len(guidance.modulations)
-        for name, t in tensors.items():
-            self.register_buffer(name, t)
-        self._home = dict(tensors)
-        self.moves = 0
-
-    def _apply(self, fn, recurse=True):  # what Module.to/cuda/cpu/half call
-        for name, buf in list(self._buffers.items()):
-            home = self._home[name]
-            target = fn(torch.empty(0, dtype=buf.dtype))  # where fn sends a tensor of buf's dtype
-            if target.device == home.device and target.dtype == home.dtype:
-                self._buffers[name] = home
-            elif not (target.device == buf.device and target.dtype == buf.dtype):
-                self._buffers[name] = fn(buf)
-        self.moves += 1
-        return self
-
-    def residual(self, level: int) -> torch.Tensor:
-        """``r_{level+1}`` ``[B, C_i, h_i, w_i]`` where the module is now."""
-        return self._buffers[f"r{level}"]
-
-    def modulation(self, point: int) -> Modulation:
-        """The targets of decoder point ``point`` (mean, std ``[B, C]``, gate ``[C]``) where the module is now."""
-        b = self._buffers
-        return Modulation(b[f"mean{point}"], b[f"std{point}"], b[f"gate{point}"])
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the buffers (one copy)."""
-        return sum(t.numel() * t.element_size() for t in self._buffers.values())
-
-
-@dataclass(frozen=True, eq=False)
-class SharedGuidance:
-    """The device copy of a guidance that every patch and every MODEL using it shares: ``residuals`` and
-    ``modulations`` (:class:`GuidanceTensors`), and what the input and the output patch report from
-    ``models()`` so that ComfyUI loads, offloads and counts them (``nodes/`` puts a ``ModelPatcher`` of each
-    there; the library leaves them empty)."""
-
-    residuals: GuidanceTensors
-    modulations: GuidanceTensors
-    residual_models: Tuple[object, ...] = ()
-    modulation_models: Tuple[object, ...] = ()
-
-    @classmethod
-    def of(
-        cls, guidance: FDIGuidance, manage: Optional[Callable[[torch.nn.Module], object]] = None
-    ) -> "SharedGuidance":
-        """Both parts of ``guidance``; ``manage(module)`` (e.g. a ``ModelPatcher`` factory) gives each its model."""
-        r, m = GuidanceTensors(guidance, "residuals"), GuidanceTensors(guidance, "modulations")
-        if manage is None:
-            return cls(r, m)
-        return cls(r, m, (manage(r),), (manage(m),))
-
-
-@dataclass(frozen=True)
-class GuidanceEntry:
-    """One Apply node's contribution: guidance, strength and the guided part of the sampling.
-
-    ``start``/``end`` are fractions of the sampler's steps (:func:`fdi.sampling.guided_step_range`);
-    ``sigma_start``/``sigma_end`` are the same window in noise levels (ComfyUI's ``percent_to_sigma``),
-    used when the sampler's schedule is not known (a sampler that calls the model directly).
-    ``shared``: where the patches read the guidance's tensors (its one device copy); ``None`` reads
-    ``guidance`` itself (the training step's use)."""
-
-    guidance: FDIGuidance
-    strength: float
-    start: float = 0.0
-    end: float = 1.0
-    sigma_start: float = float("inf")
-    sigma_end: float = 0.0
-    shared: Optional[SharedGuidance] = None
-
-    def residual(self, level: int) -> torch.Tensor:
-        """``r_{level+1}`` wherever it is now (the shared copy when there is one)."""
-        return self.shared.residuals.residual(level) if self.shared is not None else self.guidance.residuals[level]
-
-    def modulation(self, point: int) -> Modulation:
-        """The AdaIN targets of decoder point ``point`` wherever they are now."""
-        return (
-            self.shared.modulations.modulation(point) if self.shared is not None else self.guidance.modulations[point]
-        )
-
-    def gate(self, transformer_options: dict) -> Gate:
-        """1 where this entry guides the current model call, else 0: a float32 0-d tensor, or 1.0 when
-        the call carries no sigma (traceable: comparisons of tensors, no ``.item()``)."""
-        sigmas = transformer_options.get("sigmas")
-        if not isinstance(sigmas, torch.Tensor):
-            return 1.0
-        sigma = sigmas.reshape(-1)[0].float()
-        window = ((sigma <= self.sigma_start) & (sigma >= self.sigma_end)).float()
-        schedule = transformer_options.get("sample_sigmas")
-        if not isinstance(schedule, torch.Tensor) or schedule.numel() < 2:
-            return window
-        schedule = schedule.reshape(-1).to(sigma.device, torch.float32)
-        # a sampler's schedule descends; an inversion's ascends (then the sigma window decides)
-        return torch.where(schedule[0] > schedule[-1], _step_gate(sigma, schedule, self.start, self.end), window)
-
-
-def _step_gate(sigma: torch.Tensor, schedule: torch.Tensor, start: float, end: float) -> torch.Tensor:
-    """1 when ``sigma`` belongs to a guided step ``k`` of ``schedule`` (``start·N ≤ k < end·N``).
-
-    A model call at a sigma between two steps counts for the nearer one (midpoint bounds), so float
-    noise cannot move a step in or out of the window."""
-    n = schedule.shape[0] - 1
-    first, stop = guided_step_range(n, start, end)
-    if stop <= first:
-        return sigma.new_zeros(())
-    hi = (schedule[first - 1] + schedule[first]) / 2 if first > 0 else sigma.new_tensor(float("inf"))
-    lo = (schedule[stop - 1] + schedule[stop]) / 2
-    return ((sigma > lo) & (sigma < hi)).float()
-
-
-def sigma_window(
-    percent_to_sigma: Callable[[float], float], start_percent: float, end_percent: float
-) -> Tuple[float, float]:
-    """``(sigma_start, sigma_end)`` of a ``[start, end]`` percent window (refuses ``end < start``)."""
-    start, end = float(start_percent), float(end_percent)
-    if not (0.0 <= start <= 1.0 and 0.0 <= end <= 1.0):
-        raise FDIError(f"start_percent and end_percent must be between 0 and 1, got {start} and {end}")
-    if end < start:
-        raise FDIError(
-            f"end_percent ({end}) is smaller than start_percent ({start}); guidance "
-            "would never be active, set end_percent >= start_percent"
-        )
-    return float(percent_to_sigma(start)), float(percent_to_sigma(end))
 
 
 class _FDIPatchBase:
@@ -433,14 +217,6 @@ class FDIOutputPatch(_FDIPatchBase):
             coeffs = tuple(c * _as(scale, c) for c in cached)
             total = coeffs if total is None else tuple(a + b for a, b in zip(total, coeffs))
         return (h if total is None else modulate(h, total)), hsp
-
-
-def tile_guidance(guidance: FDIGuidance, level: int, offset: Tuple[int, int], size) -> FDIGuidance:
-    """``guidance`` with residual ``level`` cropped to the tile at latent ``offset``
-    (:func:`fdi.tiles.crop_residual`)."""
-    residuals = list(guidance.residuals)
-    residuals[level] = crop_residual(residuals[level], level, offset, size)
-    return FDIGuidance(residuals, guidance.modulations, guidance.refined)
 
 
 def _as(scale: Gate, like: torch.Tensor) -> Gate:

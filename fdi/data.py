@@ -64,13 +64,13 @@ def _list_path(base: Path, value, lineno: int, key: str, source: str) -> Path:
     p = p if p.is_absolute() else base / p
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise FDIError(
-            f"{source} line {lineno}: {key} path {value!r} is not an image file name "
-            f"(accepted: {' '.join(IMAGE_SUFFIXES)}); fix the list"
+            f"{source} line {lineno}: {key} path {value!r} is not an image file name (accepted: "
+            f"{' '.join(IMAGE_SUFFIXES)}); fix the list"
         )
     if not p.is_file():
         raise FDIError(
-            f"{source} line {lineno}: {key} image {str(p)!r} does not exist; fix the "
-            "path (relative paths are relative to the list file's folder)"
+            f"{source} line {lineno}: {key} image {str(p)!r} does not exist; "
+            "fix the path (relative paths are relative to the list file's folder)"
         )
     return p
 
@@ -97,8 +97,8 @@ def read_pairs_file(path: PathLike) -> List[Pair]:
         fields = [f.strip() for f in (reader.fieldnames or [])]
         if "degraded" not in fields or "clean" not in fields:
             raise FDIError(
-                f"pairs file {source!r} needs a header line with the columns 'degraded' "
-                f"and 'clean' (found: {', '.join(fields) or 'none'}); add it"
+                f"pairs file {source!r} needs a header line with the columns 'degraded' and 'clean' (found: "
+                f"{', '.join(fields) or 'none'}); add it"
             )
         for i, row in enumerate(reader, start=2):
             row = {(k or "").strip(): v for k, v in row.items()}
@@ -149,15 +149,15 @@ def collect_pairs(
     """
     if pairs_file is not None and (degraded_dir is not None or clean_dir is not None):
         raise FDIError(
-            f"give the {what} pairs either as two folders (--degraded/--clean) or as "
-            "a list file (--pairs-file), not both"
+            f"give the {what} pairs either as two folders (--degraded/--clean) or as a list file "
+            "(--pairs-file), not both"
         )
     if pairs_file is not None:
         return read_pairs_file(pairs_file)
     if degraded_dir is None or clean_dir is None:
         raise FDIError(
-            f"no {what} pairs: give --degraded DIR and --clean DIR (images matched by "
-            "file name), or --pairs-file LIST.csv|.jsonl"
+            f"no {what} pairs: give --degraded DIR and --clean DIR (images matched by file name), "
+            "or --pairs-file LIST.csv|.jsonl"
         )
     pairs = [Pair(stem, d, c) for stem, d, c in pair_folders(degraded_dir, clean_dir)]
     if not pairs:  # pair_folders already refuses empty folders; kept as a guard for the contract

@@ -251,8 +251,8 @@ def parse_spec(spec: str) -> Degradation:
             lim = _LIMITS[(name, key)]
             if not (lim[0] <= lo <= hi <= lim[1]):
                 raise FDIError(
-                    f"{name}:{key}={_fmt_range((lo, hi))} is out of range; give values in {lim[0]:g}..{lim[1]:g} "
-                    "with lo <= hi"
+                    f"{name}:{key}={_fmt_range((lo, hi))} is out of range; "
+                    f"give values in {lim[0]:g}..{lim[1]:g} with lo <= hi"
                 )
             ranges[key] = (lo, hi)
         chosen[name] = ranges

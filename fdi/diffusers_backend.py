@@ -2,36 +2,19 @@
 
 :class:`DiffusersGuidance` attaches two kinds of hooks and removes them on exit:
 
-* **Encoder residuals** ``r_1..r_4``: a forward *pre*-hook on the UNet (with kwargs) passes
+* **Encoder residuals** ``r_1..r_4``: a forward *pre*-hook on the UNet passes
   ``strength · Σ_k w_k · r_k,i`` (:func:`fdi.guidance.residual_delta`, fitted to the UNet's feature
-  sizes and batch) as ``down_intrablock_additional_residuals``, added to any residuals the caller
-  passed itself. diffusers adds them after the last resnet/attention pair of each down block:
-
-  - ``CrossAttnDownBlock2D`` (levels 1–3): inside the block, *before* the pair's output is stored
-    as a skip and before the downsampler — ComfyUI's ``input_block_patch`` after input blocks
-    2, 5, 8 (before ``hs.append``);
-  - ``DownBlock2D`` (level 4, no downsampler in SD 2.1): by the UNet after the block, in place
-    (``sample += r``). Because that block returns its last resnet output both as ``sample`` and
-    as the last element of its skip tuple (the same tensor object), the in-place add also
-    changes the stored skip — again "residual added before the skip is stored", ComfyUI's patch
-    after input block 11. A test checks this against independent hooks on
-    ``attentions[-1]`` / ``resnets[-1]``. :func:`check_unet` refuses UNets where either
-    property does not hold (a down block without attention that has a downsampler), because
-    there diffusers would add the residual at another place than ComfyUI.
-
+  sizes and batch) as ``down_intrablock_additional_residuals`` (:func:`with_residuals`); diffusers adds
+  them where ComfyUI's ``input_block_patch`` adds them after input blocks 2, 5, 8, 11, on the UNets
+  :func:`check_unet` accepts.
 * **Decoder modulation**: forward hooks on ``up_blocks[0]``, ``[1]``, ``[2]`` replace their output
   ``D`` by :func:`fdi.guidance.apply_modulation`'s value (ComfyUI: ``h`` entering output blocks 3,
-  6, 9), with its coefficients computed once and cached (same numbers).
+  6, 9), with its coefficients computed once and cached.
 
 The hooks are inert while :attr:`DiffusersGuidance.active` is ``False`` (the pipeline toggles it per
-step: guidance window), and are removed on :meth:`DiffusersGuidance.remove` / context exit, after
-which the UNet computes exactly what it computed before.
-
-For ``torch.compile`` a UNet carries a :class:`GuidanceSlot` instead (installed once, by
-:func:`fdi.compile.compile_unet`): hooks that never change, reading a 0/1 gate tensor and guidance
-buffers of fixed shape per latent shape. :class:`DiffusersGuidance` on such a UNet fills the slot
-instead of hooking, so a new image or the window's end changes tensor values only: no recompile,
-no host sync.
+step); after :meth:`DiffusersGuidance.remove` the UNet computes exactly what it computed before.
+For ``torch.compile`` a UNet carries a :class:`GuidanceSlot` instead (:func:`fdi.compile.compile_unet`):
+fixed hooks reading a 0/1 gate tensor and guidance buffers of fixed shape per latent shape.
 """
 
 from __future__ import annotations
@@ -79,9 +62,9 @@ def check_unet(unet: nn.Module) -> None:
         has_attn = bool(getattr(block, "has_cross_attention", False))
         if not has_attn and getattr(block, "downsamplers", None) is not None:
             raise FDIError(
-                f"UNet down block {i} has no attention but a downsampler, so diffusers would "
-                "add the FDI residual after "
-                "downsampling (not where ComfyUI adds it); FDI adapters support SD 2.1-style UNets only"
+                f"UNet down block {i} has no attention but a downsampler, "
+                "so diffusers would add the FDI residual after downsampling (not where ComfyUI adds it); "
+                "FDI adapters support SD 2.1-style UNets only"
             )
 
 
@@ -90,10 +73,27 @@ def check_adapter_for_unet(adapter: FDIAdapter, unet: nn.Module) -> None:
     want = tuple(int(c) for c in unet.config.block_out_channels)
     if tuple(adapter.config.channels) != want:
         raise FDIError(
-            f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's "
-            f"encoder widths are {want}; use an adapter trained for this model (e.g. "
-            "SD 2.1 adapters have (320, 640, 1280, 1280))"
+            f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's encoder "
+            f"widths are {want}; use an adapter trained for this model (e.g. SD 2.1 adapters have "
+            "(320, 640, 1280, 1280))"
         )
+
+
+def with_residuals(kwargs: dict, ours: List[torch.Tensor]) -> dict:
+    """The UNet's keyword arguments with the FDI residuals ``r_1..r_4`` added to its
+    ``down_intrablock_additional_residuals`` (summed with any the caller passed, e.g. a T2I-Adapter's)."""
+    theirs = kwargs.get("down_intrablock_additional_residuals")
+    if theirs is not None:
+        theirs = list(theirs)
+        if len(theirs) < NUM_LEVELS:
+            raise FDIError(
+                f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI guidance, "
+                f"which needs {NUM_LEVELS}; pass one per down block"
+            )
+        ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
+    kwargs = dict(kwargs)
+    kwargs["down_intrablock_additional_residuals"] = list(ours)  # a fresh list: diffusers pops from it
+    return kwargs
 
 
 class DiffusersGuidance:
@@ -182,18 +182,7 @@ class DiffusersGuidance:
             # shape/dtype/device carrier
             probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))
             ours.append(self._cache.residual(probe, level, self._guidances, self._strength))
-        theirs = kwargs.get("down_intrablock_additional_residuals")
-        if theirs is not None:
-            theirs = list(theirs)
-            if len(theirs) < NUM_LEVELS:
-                raise FDIError(
-                    f"{len(theirs)} intrablock residuals were passed to the UNet together with "
-                    f"FDI guidance, which needs {NUM_LEVELS}; pass one per down block"
-                )
-            ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
-        kwargs = dict(kwargs)
-        kwargs["down_intrablock_additional_residuals"] = list(ours)  # a fresh list: diffusers pops from it
-        return args, kwargs
+        return args, with_residuals(kwargs, ours)
 
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):
@@ -361,19 +350,7 @@ class GuidanceSlot:
         if not torch.compiler.is_compiling():
             self.prepare(sample)
         gate = self.gate.to(sample.dtype)
-        ours = [r * gate for r in self._current.residuals]
-        theirs = kwargs.get("down_intrablock_additional_residuals")
-        if theirs is not None:
-            theirs = list(theirs)
-            if len(theirs) < NUM_LEVELS:
-                raise FDIError(
-                    f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI "
-                    f"guidance, which needs {NUM_LEVELS}; pass one per down block"
-                )
-            ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
-        kwargs = dict(kwargs)
-        kwargs["down_intrablock_additional_residuals"] = ours
-        return args, kwargs
+        return args, with_residuals(kwargs, [r * gate for r in self._current.residuals])
 
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):

@@ -38,6 +38,59 @@ def _wanted(key: str) -> bool:
     return key in WANTED_KEYS or key.startswith(WANTED_PREFIXES)
 
 
+def _read_config(path: Path):
+    """The ``Blip2Config`` of a checkpoint folder (its ``config.json``), or :class:`FDIError` naming what is wrong."""
+    from transformers import Blip2Config
+
+    if not path.is_dir():
+        raise FDIError(
+            f"BLIP-2 folder {str(path)!r} does not exist; download a BLIP-2 checkpoint "
+            "(e.g. Salesforce/blip2-opt-2.7b) into it"
+        )
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FDIError(
+            f"{path} is not a BLIP-2 checkpoint: it has no config.json; "
+            "point to the folder that holds the checkpoint's config.json"
+        )
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FDIError(f"{cfg_file} is not valid JSON; re-download the checkpoint") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if model_type != "blip-2":
+        raise FDIError(
+            f"{path} is a {model_type!r} checkpoint, not BLIP-2 (model_type 'blip-2'); "
+            "use a BLIP-2 checkpoint such as Salesforce/blip2-opt-2.7b"
+        )
+    try:
+        config = Blip2Config.from_dict(raw)
+    except Exception as exc:
+        raise FDIError(f"{cfg_file} could not be read as a BLIP-2 config ({exc}); re-download the checkpoint") from None
+    return config
+
+
+def _read_weights(path: Path) -> Dict[str, torch.Tensor]:
+    """The vision model, query-token and Q-Former tensors of a checkpoint folder (the language model is not read)."""
+    files = _checkpoint_tensor_files(path)
+    missing = [
+        k for k in ("query_tokens", "qformer.layernorm.weight", "vision_model.post_layernorm.weight") if k not in files
+    ]
+    if missing:
+        raise FDIError(
+            f"{path} lacks Q-Former tensors ({', '.join(missing)}); it is not a complete BLIP-2 "
+            "checkpoint, re-download it"
+        )
+    state: Dict[str, torch.Tensor] = {}
+    by_file: Dict[Path, List[str]] = {}
+    for key, f in files.items():
+        by_file.setdefault(f, []).append(key)
+    for f, keys in sorted(by_file.items()):
+        tensors, _ = load_safetensors(f, what="BLIP-2 weights", keys=keys)
+        state.update(tensors)
+    return state
+
+
 def _checkpoint_tensor_files(folder: Path) -> Dict[str, Path]:
     """Map each wanted tensor name to the safetensors file that holds it (reading only headers)."""
     index = folder / "model.safetensors.index.json"
@@ -70,13 +123,13 @@ def _checkpoint_tensor_files(folder: Path) -> Dict[str, Path]:
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise FDIError(
-            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}); only safetensors are read. "
-            "Download the checkpoint's model.safetensors files, or convert with transformers: "
+            f"{folder} holds only pickle weights ({', '.join(pickles[:3])}); only safetensors are read. Download the "
+            "checkpoint's model.safetensors files, or convert with transformers: "
             "Blip2ForConditionalGeneration.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
         )
     raise FDIError(
-        f"{folder} has no model.safetensors or model.safetensors.index.json; put "
-        "the BLIP-2 checkpoint's weight files there"
+        f"{folder} has no model.safetensors or model.safetensors.index.json; "
+        "put the BLIP-2 checkpoint's weight files there"
     )
 
 
@@ -161,56 +214,10 @@ class QFormerEncoder(nn.Module):
         ``model.safetensors.index.json``. Only the vision model, query tokens and Q-Former tensors are
         read. Raises :class:`FDIError` naming the problem for anything else.
         """
-        from transformers import Blip2Config
-
         path = Path(folder)
-        if not path.is_dir():
-            raise FDIError(
-                f"BLIP-2 folder {str(path)!r} does not exist; download a BLIP-2 checkpoint "
-                "(e.g. Salesforce/blip2-opt-2.7b) into it"
-            )
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise FDIError(
-                f"{path} is not a BLIP-2 checkpoint: it has no config.json; point to the "
-                "folder that holds the checkpoint's config.json"
-            )
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise FDIError(f"{cfg_file} is not valid JSON; re-download the checkpoint") from None
-        model_type = raw.get("model_type") if isinstance(raw, dict) else None
-        if model_type != "blip-2":
-            raise FDIError(
-                f"{path} is a {model_type!r} checkpoint, not BLIP-2 (model_type 'blip-2'); "
-                "use a BLIP-2 checkpoint such as Salesforce/blip2-opt-2.7b"
-            )
-        try:
-            config = Blip2Config.from_dict(raw)
-        except Exception as exc:
-            raise FDIError(
-                f"{cfg_file} could not be read as a BLIP-2 config ({exc}); re-download the checkpoint"
-            ) from None
+        config = _read_config(path)
         image_size, mean, std = cls._read_preprocessor(path, config)
-
-        files = _checkpoint_tensor_files(path)
-        missing = [
-            k
-            for k in ("query_tokens", "qformer.layernorm.weight", "vision_model.post_layernorm.weight")
-            if k not in files
-        ]
-        if missing:
-            raise FDIError(
-                f"{path} lacks Q-Former tensors ({', '.join(missing)}); it is not a complete "
-                "BLIP-2 checkpoint, re-download it"
-            )
-        state: Dict[str, torch.Tensor] = {}
-        by_file: Dict[Path, List[str]] = {}
-        for key, f in files.items():
-            by_file.setdefault(f, []).append(key)
-        for f, keys in sorted(by_file.items()):
-            tensors, _ = load_safetensors(f, what="BLIP-2 weights", keys=keys)
-            state.update(tensors)
+        state = _read_weights(path)
 
         with torch.device("meta"):
             enc = cls(config, image_size, mean, std, name=path.name)
@@ -221,8 +228,8 @@ class QFormerEncoder(nn.Module):
         absent = sorted(expected - set(state))
         if absent:
             raise FDIError(
-                f"{path} lacks {len(absent)} Q-Former/vision tensors (e.g. {', '.join(absent[:3])}); "
-                "the checkpoint is incomplete or of another architecture"
+                f"{path} lacks {len(absent)} Q-Former/vision tensors "
+                f"(e.g. {', '.join(absent[:3])}); the checkpoint is incomplete or of another architecture"
             )
         for k in list(state):
             if k not in expected:

@@ -66,6 +66,19 @@ def extract_fdi_from_sources(
     )
 
 
+def check_pair_batches(degraded: torch.Tensor, clean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both batches checked (:func:`fdi.images.check_image_batch`) and of the same length ``N``, pair ``j`` =
+    ``(degraded[j], clean[j])``; :class:`FDIError` otherwise (callers check before loading an encoder)."""
+    degraded = check_image_batch(degraded, "degraded images")
+    clean = check_image_batch(clean, "clean images")
+    if degraded.shape[0] != clean.shape[0]:
+        raise FDIError(
+            f"{degraded.shape[0]} degraded images but {clean.shape[0]} clean images; "
+            "give the same number, pair j = (degraded j, clean j)"
+        )
+    return degraded, clean
+
+
 def extract_fdi(
     encoder: QFormerEncoder,
     degraded: torch.Tensor,
@@ -79,13 +92,7 @@ def extract_fdi(
 
     The two batches may differ in size (``H, W``): every image is resized to the encoder's input.
     """
-    degraded = check_image_batch(degraded, "degraded images")
-    clean = check_image_batch(clean, "clean images")
-    if degraded.shape[0] != clean.shape[0]:
-        raise FDIError(
-            f"{degraded.shape[0]} degraded images but {clean.shape[0]} clean images; "
-            "give the same number, pair j = (degraded j, clean j)"
-        )
+    degraded, clean = check_pair_batches(degraded, clean)
     sources = [((lambda i=i: degraded[i]), (lambda i=i: clean[i])) for i in range(degraded.shape[0])]
     return extract_fdi_from_sources(encoder, sources, label, batch_size, keep_pairs, progress)
 

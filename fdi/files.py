@@ -161,8 +161,9 @@ def refuse_pickle(path: PathLike, what: str = "file") -> None:
     p = Path(path)
     if p.suffix.lower() in PICKLE_SUFFIXES:
         raise FDIError(
-            f"{what} {p.name!r} is a pickle checkpoint ({p.suffix}); only .safetensors files are read "
-            "(pickle can run code when loaded). Convert it with safetensors.torch.save_file and load that"
+            f"{what} {p.name!r} is a pickle checkpoint ({p.suffix}); "
+            "only .safetensors files are read (pickle can run code when loaded). "
+            "Convert it with safetensors.torch.save_file and load that"
         )
 
 
@@ -190,8 +191,8 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
         (n,) = struct.unpack("<Q", head)
         if n == 0 or n > MAX_HEADER_BYTES or n > size - 8:
             raise FDIError(
-                f"{bad} (its header claims {n} bytes, the file has {size}); the file is "
-                "truncated or corrupt, re-export it"
+                f"{bad} (its header claims {n} bytes, the file has {size}); "
+                "the file is truncated or corrupt, re-export it"
             )
         raw = fh.read(n)
     try:
@@ -234,8 +235,8 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
             numel *= d
         if numel * DTYPE_SIZES[dtype] != offsets[1] - offsets[0]:
             raise FDIError(
-                f"{bad} (tensor {name!r}: shape {shape} does not match its {offsets[1] - offsets[0]} "
-                "bytes); the file is corrupt, re-export it"
+                f"{bad} (tensor {name!r}: shape {shape} does not match its {offsets[1] - offsets[0]} bytes); "
+                "the file is corrupt, re-export it"
             )
         infos[name] = {"dtype": dtype, "shape": shape, "data_offsets": offsets}
         spans.append((offsets[0], offsets[1]))
@@ -286,6 +287,6 @@ def check_file_format(
     found_version = meta.get("format_version")
     if found_version != str(version):
         raise FDIError(
-            f"{source!r} has {kind} format version {found_version!r}; this version of "
-            f"the pack reads version {version}. {fix}"
+            f"{source!r} has {kind} format version {found_version!r}; "
+            f"this version of the pack reads version {version}. {fix}"
         )

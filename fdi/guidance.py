@@ -25,7 +25,8 @@ from typing import Callable, Dict, Hashable, Iterable, List, Sequence, Tuple, Ty
 
 import torch
 
-from .adapter import STAT_EPS, FDIGuidance, Modulation
+from .adapter import FDIGuidance, Modulation
+from .adapter_blocks import STAT_EPS
 from .errors import FDIError
 
 WeightedGuidance = Tuple[FDIGuidance, float]
@@ -62,7 +63,7 @@ def fit_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
         return t.repeat(batch // bg, *([1] * (t.ndim - 1)))
     raise FDIError(
         f"guidance was computed for {bg} image(s) but the UNet runs a batch of {batch}; "
-        f"compute the guidance for 1 image or for the same number of images as the latent batch"
+        "compute the guidance for 1 image or for the same number of images as the latent batch"
     )
 
 
@@ -79,19 +80,21 @@ def fit_spatial(r: torch.Tensor, size: Sequence[int], level: int = 0) -> torch.T
         return r[..., :h, :w]
     s = 2 ** int(level)
     raise FDIError(
-        f"FDI guidance residual r_{level + 1} is {rh}x{rw} but the UNet feature is {h}x{w}: the guidance was "
-        f"computed for a {rh * s * 8}x{rw * s * 8} px image and the UNet is given {h * s * 8}x{w * s * 8} px, "
-        "another size or a crop of the latent (area conditioning, a tiled sampler); FDI guidance is never stretched. "
-        "For large images use FDI Restore's tile_size/tile_overlap inputs (each tile gets its part of the "
-        "guidance), otherwise run FDI Noise Decoupling on the image at the size you sample"
+        f"FDI guidance residual r_{level + 1} is {rh}x{rw} but the UNet feature is {h}x{w}: "
+        f"the guidance was computed for a {rh * s * 8}x{rw * s * 8} px image and the UNet is given "
+        f"{h * s * 8}x{w * s * 8} px, another size or a crop of the latent (area conditioning, a tiled sampler); "
+        "FDI guidance is never stretched. "
+        "For large images use FDI Restore's tile_size/tile_overlap inputs "
+        "(each tile gets its part of the guidance), otherwise run FDI Noise Decoupling on the image "
+        "at the size you sample"
     )
 
 
 def _check_channels(what: str, got: int, want: int) -> None:
     if got != want:
         raise FDIError(
-            f"{what} has {got} channels but the UNet feature has {want}; the adapter was made for another "
-            "UNet channel layout, use an adapter trained for this model"
+            f"{what} has {got} channels but the UNet feature has {want}; "
+            "the adapter was made for another UNet channel layout, use an adapter trained for this model"
         )
 
 

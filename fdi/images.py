@@ -16,6 +16,7 @@ Animated images (more than one frame) are refused: which frame is meant is ambig
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
@@ -58,9 +59,11 @@ def _to_rgb_array(img) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def load_image(path: PathLike) -> torch.Tensor:
-    """Read an image file as a float32 tensor ``[3, H, W]`` in 0..1 (see the module doc for modes)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+@contextmanager
+def _opened(path: PathLike):
+    """``PIL.Image.open`` of an image file, still image only: :class:`FDIError` for a missing, empty, unreadable
+    or animated file (a read error inside the ``with`` block too)."""
+    from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
     if not p.is_file():
@@ -73,18 +76,26 @@ def load_image(path: PathLike) -> torch.Tensor:
                 raise FDIError(
                     f"image {p.name!r} is animated ({img.n_frames} frames); save the frame you want as a PNG"
                 )
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            arr = _to_rgb_array(img)
+            yield img
     except FDIError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise FDIError(
-            f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); check "
-            "that it is a valid PNG/JPEG/WebP/TIFF/BMP file"
+            f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); "
+            "check that it is a valid PNG/JPEG/WebP/TIFF/BMP file"
         ) from None
+
+
+def load_image(path: PathLike) -> torch.Tensor:
+    """Read an image file as a float32 tensor ``[3, H, W]`` in 0..1 (see the module doc for modes)."""
+    from PIL import ImageOps
+
+    with _opened(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        arr = _to_rgb_array(img)
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise FDIError(f"image {p.name!r} has no pixels ({arr.shape[1]}x{arr.shape[0]}); use a real image")
+        raise FDIError(f"image {Path(path).name!r} has no pixels ({arr.shape[1]}x{arr.shape[0]}); use a real image")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 
@@ -121,8 +132,8 @@ def list_images(folder: PathLike, what: str = "folder") -> List[Path]:
     if others:
         names = ", ".join(o.name for o in others[:5])
         raise FDIError(
-            f"{what} {str(d)!r} holds files that are not images ({names}); move them "
-            f"out (accepted: {' '.join(IMAGE_SUFFIXES)})"
+            f"{what} {str(d)!r} holds files that are not images ({names}); "
+            f"move them out (accepted: {' '.join(IMAGE_SUFFIXES)})"
         )
     if not files:
         raise FDIError(
@@ -205,8 +216,8 @@ def collect_images(inputs: Sequence[PathLike]) -> List[Path]:
             )
             if not found:
                 raise FDIError(
-                    f"folder {str(p)!r} holds no images; put image files there "
-                    f"(accepted: {' '.join(IMAGE_SUFFIXES)}) or give the files themselves"
+                    f"folder {str(p)!r} holds no images; put image files there (accepted: "
+                    f"{' '.join(IMAGE_SUFFIXES)}) or give the files themselves"
                 )
         elif p.is_file():
             found = [p]
@@ -225,26 +236,7 @@ def probe_image(path: PathLike) -> Tuple[int, int]:
 
     Raises :class:`FDIError` for a missing, empty, unreadable or animated file, as :func:`load_image` does.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise FDIError(f"image {str(p)!r} does not exist or is not a file; check the path")
-    if p.stat().st_size == 0:
-        raise FDIError(f"image {p.name!r} is empty (0 bytes); replace it with the real image file")
-    try:
-        with Image.open(p) as img:
-            if getattr(img, "n_frames", 1) > 1:
-                raise FDIError(
-                    f"image {p.name!r} is animated ({img.n_frames} frames); save the frame you want as a PNG"
-                )
-            w, h = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except FDIError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise FDIError(
-            f"image {p.name!r} could not be read ({type(exc).__name__}: {exc}); "
-            "check that it is a valid PNG/JPEG/WebP/TIFF/BMP file"
-        ) from None
+    with _opened(path) as img:
+        w, h = img.size
+        orientation = img.getexif().get(0x0112, 1)
     return (w, h) if orientation in _SWAPPING_ORIENTATIONS else (h, w)

@@ -76,10 +76,8 @@ class FDI:
         if self.pairs is not None:
             self.pairs = self.pairs.detach().to(torch.float32)
             if self.pairs.ndim != 3 or tuple(self.pairs.shape[1:]) != tuple(self.tokens.shape):
-                raise FDIError(
-                    f"per-pair FDIs have shape {tuple(self.pairs.shape)}, expected (N, {self.tokens.shape[0]}, "
-                    f"{self.tokens.shape[1]})"
-                )
+                t, d = self.tokens.shape
+                raise FDIError(f"per-pair FDIs have shape {tuple(self.pairs.shape)}, expected (N, {t}, {d})")
 
     @property
     def shape(self) -> tuple:
@@ -89,8 +87,8 @@ class FDI:
     def describe(self) -> str:
         """One line for logs and UIs."""
         return (
-            f"FDI {self.label or '(unlabelled)'}: {self.shape[0]}x{self.shape[1]} tokens, "
-            f"{self.n_pairs} pairs, encoder {self.encoder}, norm {self.tokens.norm():.4g}"
+            f"FDI {self.label or '(unlabelled)'}: {self.shape[0]}x{self.shape[1]} tokens, {self.n_pairs} pairs, "
+            f"encoder {self.encoder}, norm {self.tokens.norm():.4g}"
         )
 
     def to_file_tensors(self) -> Dict[str, torch.Tensor]:
@@ -202,18 +200,6 @@ class FDI:
             raise FDIError(f"{source!r}: the FDI holds NaN or infinite values; the file is corrupt, re-extract it")
         return cls(tokens=tokens, encoder=encoder, n_pairs=n, label=label, pairs=pairs)
 
-    @classmethod
-    def from_differences(
-        cls, differences: torch.Tensor, encoder: str, label: str = "", keep_pairs: bool = False
-    ) -> "FDI":
-        """The task FDI of per-pair differences ``(N, T, D)``: their mean over ``N``."""
-        if differences.ndim != 3 or differences.shape[0] == 0:
-            raise FDIError(f"need at least one pair difference of shape (N, T, D), got {tuple(differences.shape)}")
-        d = differences.to(torch.float32)
-        return cls(
-            tokens=d.mean(0), encoder=encoder, n_pairs=int(d.shape[0]), label=label, pairs=d if keep_pairs else None
-        )
-
 
 COMBINE_MODES = ("sum", "mean", "difference")
 
@@ -250,15 +236,14 @@ def combine(
     for other in fdis[1:]:
         if not same_encoder(first.encoder, other.encoder):
             raise FDIError(
-                f"cannot combine FDI {first.label or '#1'!r} (encoder {first.encoder}) with FDI {other.label or '?'!r} "
-                f"(encoder {other.encoder}): they come from different Q-Former checkpoints; "
+                f"cannot combine FDI {first.label or '#1'!r} (encoder {first.encoder}) with FDI "
+                f"{other.label or '?'!r} (encoder {other.encoder}): they come from different Q-Former checkpoints; "
                 "re-extract both with the same one"
             )
         if other.shape != first.shape:
             raise FDIError(
-                f"cannot combine FDI {first.label or '#1'!r} of shape {first.shape} with "
-                f"FDI {other.label or '?'!r} of shape {other.shape}; "
-                "FDIs must come from the same encoder"
+                f"cannot combine FDI {first.label or '#1'!r} of shape {first.shape} with FDI {other.label or '?'!r} "
+                f"of shape {other.shape}; FDIs must come from the same encoder"
             )
     if mode == "difference":
         w = [w[0], -w[1]]

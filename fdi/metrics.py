@@ -82,9 +82,9 @@ def ssim(pred: np.ndarray, gt: np.ndarray, data_range: float = 1.0) -> float:
 
     if min(pred.shape[0], pred.shape[1]) < SSIM_MIN_SIDE:
         raise FDIError(
-            f"images of {pred.shape[1]}x{pred.shape[0]} pixels (after --crop-border) "
-            "are too small for SSIM's 11x11 window; use larger images or a smaller "
-            "--crop-border"
+            f"images of {pred.shape[1]}x{pred.shape[0]} pixels "
+            "(after --crop-border) are too small for SSIM's 11x11 window; "
+            "use larger images or a smaller --crop-border"
         )
     return float(
         structural_similarity(
@@ -115,8 +115,7 @@ def image_metrics(
     if p.shape != g.shape:
         raise FDIError(
             f"{name}: prediction is {p.shape[1]}x{p.shape[0]} but ground truth is {g.shape[1]}x{g.shape[0]}; "
-            "metrics need the same size (restore at the original size or resize the "
-            "prediction)"
+            "metrics need the same size (restore at the original size or resize the prediction)"
         )
     if crop_border < 0:
         raise FDIError(f"crop border must be 0 or more pixels, got {crop_border}")
@@ -149,9 +148,8 @@ def load_lpips(device: Union[str, torch.device] = "cpu") -> Callable[[torch.Tens
     if not any(p.name.startswith("alexnet-owt") for p in hub.glob("*.pth")):
         raise FDIError(
             f"LPIPS needs the torchvision AlexNet weights (alexnet-owt-*.pth) in {hub}, and they are not there; "
-            "download them once with: "
-            "python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\" "
-            "(or leave out --lpips)"
+            'download them once with: python -c "import torchvision; '
+            "torchvision.models.alexnet(weights='IMAGENET1K_V1')\" (or leave out --lpips)"
         )
     import lpips
 

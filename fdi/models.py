@@ -19,11 +19,11 @@ import torch
 
 from .errors import FDIError
 from .files import PathLike, read_header, refuse_pickle
+from .sampling import PREDICTION_TYPES
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 #: shipped config folders, by family
 FAMILIES = {"sd2.1-base": "epsilon", "sd2.1-v": "v_prediction"}
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 #: CLIP BPE merges (OpenAI CLIP tokenizer data, MIT); SD 2.x's OpenCLIP-H uses the same vocabulary
 MERGES_FILE = CONFIG_DIR / "clip_bpe_merges.txt.gz"
 #: SD 2.x pads prompts with token 0 ("!"), not with the end token as SD 1.x does
@@ -120,8 +120,8 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
         )
     if _CROSS_K not in infos:
         raise FDIError(
-            f"{p.name!r} is not a Stable Diffusion UNet checkpoint (no {_CROSS_K}); give an SD 2.x single-file "
-            "checkpoint or a diffusers SD 2.1 folder"
+            f"{p.name!r} is not a Stable Diffusion UNet checkpoint (no {_CROSS_K}); "
+            "give an SD 2.x single-file checkpoint or a diffusers SD 2.1 folder"
         )
     width = infos[_CROSS_K]["shape"][-1]
     if width != 1024:
@@ -144,12 +144,17 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
     return {"arch": "sd2", "v_prediction": v}
 
 
+def family_of(prediction_type: str) -> str:
+    """The SD 2.1 family of a prediction type (:data:`FAMILIES`): ``sd2.1-base`` or ``sd2.1-v``."""
+    for family, prediction in FAMILIES.items():
+        if prediction == prediction_type:
+            return family
+    raise FDIError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
+
+
 def family_config_dir(prediction_type: str) -> Path:
     """The shipped diffusers config folder for an SD 2.1 model of this prediction type."""
-    family = {v: k for k, v in FAMILIES.items()}.get(prediction_type)
-    if family is None:
-        raise FDIError(f"prediction type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
-    return CONFIG_DIR / family
+    return CONFIG_DIR / family_of(prediction_type)
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -187,8 +192,8 @@ def load_sd(
     p = Path(model)
     if not p.exists():
         raise FDIError(
-            f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder (with model_index.json) "
-            "or a single-file .safetensors checkpoint"
+            f"model {str(p)!r} does not exist; give a diffusers SD 2.1 folder "
+            "(with model_index.json) or a single-file .safetensors checkpoint"
         )
     parts = _from_folder(p, dtype) if p.is_dir() else _from_single_file(p, dtype, config, prediction_type)
     if prediction_type is not None and parts.scheduler.config.prediction_type != prediction_type:
@@ -205,8 +210,8 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
     missing = [d for d in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (p / d).is_dir()]
     if missing:
         raise FDIError(
-            f"{str(p)!r} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); "
-            "give the folder that holds model_index.json, unet/, vae/, …"
+            f"{str(p)!r} is not a diffusers Stable Diffusion folder "
+            f"(missing {', '.join(missing)}); give the folder that holds model_index.json, unet/, vae/, …"
         )
     st = dict(local_files_only=True, use_safetensors=True)
     loaders = (
@@ -239,8 +244,9 @@ def _from_single_file(
         )
     if config is not None and not Path(config).is_dir():
         raise FDIError(
-            f"model config folder {str(config)!r} does not exist; give a diffusers SD 2.1 folder "
-            "(its configs are enough), or leave it out to use the shipped SD 2.1 configs"
+            f"model config folder {str(config)!r} does not exist; "
+            "give a diffusers SD 2.1 folder (its configs are enough), "
+            "or leave it out to use the shipped SD 2.1 configs"
         )
     kwargs: Dict[str, Any] = dict(
         local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False

@@ -20,7 +20,6 @@ Loading: :mod:`fdi.models` (a diffusers folder or a single-file checkpoint, offl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
@@ -30,11 +29,13 @@ from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_
 from .errors import FDIError
 from .files import PathLike
 from .images import check_image_batch
-from .instruction import FDI
 from .models import encode_prompt, load_sd, place, vae_encode
 from .progress import ProgressCallback, report
+from .restoration import MIN_SIDE, AdapterUse, check_settings, detect_base_family
 from .sampling import (
     CLEAN_ALPHA,
+    GUIDANCE_END,
+    PREDICTION_TYPES,
     SD2_STEPS_OFFSET,
     SD2_TIMESTEP_SPACING,
     ddim_step,
@@ -43,48 +44,7 @@ from .sampling import (
     inversion_timesteps,
     pad_to_multiple,
 )
-from .tiles import LATENT_SCALE, Tiling, check_tiling, optional_tiling
-
-MIN_SIDE = 8
-MODES = ("composite", "progressive")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-SD21_CHANNELS = (320, 640, 1280, 1280)
-
-
-@dataclass
-class AdapterUse:
-    """One adapter in a restoration: the adapter, its FDI (``None`` = embedded) and its weight."""
-
-    adapter: FDIAdapter
-    fdi: Optional[Union[FDI, torch.Tensor]] = None
-    weight: float = 1.0
-
-    def resolved_fdi(self) -> Union[FDI, torch.Tensor]:
-        fdi = self.fdi if self.fdi is not None else self.adapter.fdi
-        if fdi is None:
-            name = self.adapter.display_name
-            raise FDIError(
-                f"adapter {name} has no embedded FDI and none was given; pass an FDI file (--fdi F.fdi.safetensors)"
-            )
-        return fdi
-
-
-def detect_base_family(unet_config, prediction_type: str) -> str:
-    """``sd2.1-base``/``sd2.1-v`` for SD 2.1 UNets (by widths, cross-attention width 1024 and linear
-    projections), ``sd1.5-*``, ``sdxl-*``, else ``custom-base``/``custom-v``; the suffix is ``v`` for
-    v-prediction, ``base`` for epsilon."""
-    suffix = "v" if prediction_type == "v_prediction" else "base"
-    ch = tuple(int(c) for c in unet_config.block_out_channels)
-    cross = unet_config.cross_attention_dim
-    if getattr(unet_config, "addition_embed_type", None) == "text_time":
-        arch = "sdxl"
-    elif ch == SD21_CHANNELS and cross == 1024 and unet_config.use_linear_projection:
-        arch = "sd2.1"
-    elif ch == SD21_CHANNELS and cross == 768:
-        arch = "sd1.5"
-    else:
-        arch = "custom"
-    return f"{arch}-{suffix}"
+from .tiles import DEFAULT_TILE_OVERLAP, LATENT_SCALE, TileCrops, Tiling, check_tiling, optional_tiling
 
 
 class FDIRestorationPipeline:
@@ -118,10 +78,16 @@ class FDIRestorationPipeline:
         self.unet = place(unet, self.device, dtype)
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.source = source
+        #: the UNet compiled by :meth:`compile` (``None``: the eager one runs)
+        self.compiled_unet = None
+        #: ᾱ table on the device, keyed by (device, scheduler): :meth:`_alpha`
+        self._alpha_cache: Optional[tuple] = None
+        #: each tile's crop of the guidance of the stage being sampled: :meth:`_model_output`
+        self._tile_crops = TileCrops()
         if self.prediction_type not in PREDICTION_TYPES:
             raise FDIError(
-                f"model {source or ''} predicts {self.prediction_type!r}; FDI restoration "
-                "supports epsilon and v_prediction models (SD 2.1)"
+                f"model {source or ''} predicts {self.prediction_type!r}; "
+                "FDI restoration supports epsilon and v_prediction models (SD 2.1)"
             )
 
     # ---- loading ---------------------------------------------------------------------------------
@@ -165,9 +131,9 @@ class FDIRestorationPipeline:
         if adapter.base_family != self.base_family:
             name = adapter.display_name
             raise FDIError(
-                f"adapter {name} was trained for {adapter.base_family or 'an unknown model'} "
-                f"but the model is {self.base_family}; "
-                f"use an adapter trained for {self.base_family} or load a {adapter.base_family} model"
+                f"adapter {name} was trained for {adapter.base_family or 'an unknown model'} but the model is "
+                f"{self.base_family}; use an adapter trained for {self.base_family} or load a "
+                f"{adapter.base_family} model"
             )
 
     # ---- parts of the loop -----------------------------------------------------------------------
@@ -222,7 +188,7 @@ class FDIRestorationPipeline:
 
         The table is kept on the device, so the loops never copy from the host per step."""
         key = (self.device, id(self.scheduler))
-        if getattr(self, "_alpha_cache", (None,))[0] != key:
+        if self._alpha_cache is None or self._alpha_cache[0] != key:
             self._alpha_cache = (
                 key,
                 self.scheduler.alphas_cumprod.to(self.device, torch.float32),
@@ -245,7 +211,7 @@ class FDIRestorationPipeline:
 
     def _unet(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
-        unet = getattr(self, "compiled_unet", None) or self.unet
+        unet = self.compiled_unet or self.unet
         return unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.to(torch.float32, copy=True)
 
     def _model_output(
@@ -263,18 +229,7 @@ class FDIRestorationPipeline:
         if hooks is None or not hooks.active:
             return tiling.blend(x, lambda i, xt: self._unet(xt, t, cond))
         whole = hooks.guidances
-        # the crops do not change from step to step: cut them once per (tiling, guidance) and reuse them
-        # (the memo holds the tiling and guidances themselves, compared by identity, so it can never go stale)
-        memo = getattr(self, "_tile_crops", None)
-        if (
-            memo is None
-            or memo[0] is not tiling
-            or len(memo[1]) != len(whole)
-            or any(a is not b for a, (b, _) in zip(memo[1], whole))
-        ):
-            crops = [[(tiling.crop_guidance(g, i), w) for g, w in whole] for i in range(len(tiling.tiles))]
-            memo = self._tile_crops = (tiling, [g for g, _ in whole], crops)
-        crops = memo[2]
+        crops = self._tile_crops.of(tiling, whole)  # cut once per (tiling, guidance), reused at every step
 
         def tile(i: int, xt: torch.Tensor) -> torch.Tensor:
             hooks.guidances = crops[i]
@@ -370,7 +325,7 @@ class FDIRestorationPipeline:
         *,
         steps: int = 50,
         inversion_steps: int = 50,
-        guidance_end: float = 0.333,
+        guidance_end: float = GUIDANCE_END,
         strength: float = 1.0,
         mode: str = "composite",
         prompt: str = "",
@@ -378,7 +333,7 @@ class FDIRestorationPipeline:
         cfg: float = 1.0,
         progress: Optional[ProgressCallback] = None,
         tile_size: int = 0,
-        tile_overlap: int = 64,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> torch.Tensor:
         """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
 
@@ -423,7 +378,7 @@ class FDIRestorationPipeline:
                     tiling,
                 )
             del guidance
-            self._tile_crops = None  # drop this stage's tile crops with its guidance
+            self._tile_crops.clear()  # drop this stage's tile crops with its guidance
             x = self.decode_latents(latents, tiling)[..., :h, :w].cpu()
         return x
 
@@ -439,23 +394,9 @@ class FDIRestorationPipeline:
         cfg: float,
     ) -> None:
         """Raise :class:`FDIError` for any argument :meth:`restore` cannot use (before any work)."""
-        if mode not in MODES:
-            raise FDIError(f"unknown mode {mode!r}; use composite or progressive")
+        check_settings(steps, inversion_steps, guidance_end, strength, cfg, mode)
         if not adapters:
             raise FDIError("no adapter given; restoration needs at least one FDI adapter")
-        if not (isinstance(steps, int) and steps >= 1) or not (
-            isinstance(inversion_steps, int) and inversion_steps >= 1
-        ):
-            raise FDIError(f"steps ({steps}) and inversion steps ({inversion_steps}) must be whole numbers ≥ 1")
-        if not (math.isfinite(guidance_end) and 0.0 <= guidance_end <= 1.0):
-            raise FDIError(
-                f"guidance end {guidance_end} is outside 0..1; it is the fraction of sampling "
-                "steps that are guided (paper: 0.333)"
-            )
-        if not math.isfinite(strength):
-            raise FDIError(f"strength {strength} is not a finite number; use e.g. 1.0")
-        if not math.isfinite(cfg) or cfg < 0:
-            raise FDIError(f"CFG scale {cfg} is invalid; use 1.0 (no CFG) or a larger finite number")
         for u in adapters:
             if not math.isfinite(u.weight):
                 raise FDIError(f"adapter weight {u.weight} is not a finite number; use e.g. 1.0")

@@ -127,15 +127,7 @@ def render_inspection(fdis: Sequence[FDI], names: Optional[Sequence[str]] = None
 
 def save_inspection(fdis: Sequence[FDI], names: Optional[Sequence[str]], path: PathLike) -> None:
     """Write the inspection figure to ``path`` (PNG, or any format matplotlib knows by suffix), atomically."""
-    from pathlib import Path
-
-    fig = inspection_figure(fdis, names)
-    fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    with atomic_write(path) as fh:
-        try:
-            fig.savefig(fh, format=fmt)
-        except ValueError as exc:
-            raise FDIError(f"cannot write a plot as {fmt!r} ({exc}); use a .png, .pdf or .svg file name") from None
+    save_figure(inspection_figure(fdis, names), path)
 
 
 def _rgb(fig) -> np.ndarray:

@@ -29,7 +29,10 @@ CLEAN_ALPHA = 1.0
 SD2_TIMESTEP_SPACING = "leading"
 SD2_STEPS_OFFSET = 1
 SPACINGS = ("leading", "trailing", "linspace")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: what FDI restores and trains with (SD 2.x); the conversions below also take ``sample`` (x0) outputs
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: the guided fraction of the sampling steps by default: the paper's first of three stages (17 of 50 steps)
+GUIDANCE_END = 0.333
 
 
 # ---- padding ------------------------------------------------------------------------------------
@@ -96,12 +99,6 @@ def inversion_timesteps(sampling_timesteps: torch.Tensor, inversion_steps: int) 
     if n == 1:
         return torch.tensor([round(t_first)], dtype=torch.long)
     return torch.linspace(t_last, t_first, n, dtype=torch.float64).round().long()
-
-
-def alpha_to_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """ComfyUI/k-diffusion noise level ``σ = sqrt((1 − ᾱ)/ᾱ)`` of ᾱ (0 at ᾱ = 1)."""
-    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
-    return ((1 - a) / a).sqrt()
 
 
 def sigma_to_alpha(sigma: torch.Tensor) -> torch.Tensor:

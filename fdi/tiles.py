@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,6 +34,8 @@ MIN_TILE = 128
 OFFSET_MULTIPLE = 8
 #: UNet encoder levels whose residuals a tile crops (level i at latent / 2^i)
 NUM_LEVELS = 4
+#: the overlap of neighbouring tiles when none is given, image pixels (library, CLI and node)
+DEFAULT_TILE_OVERLAP = 128
 
 
 def check_tiling(tile_px: int, overlap_px: int) -> None:
@@ -43,7 +45,7 @@ def check_tiling(tile_px: int, overlap_px: int) -> None:
     if tile_px < MIN_TILE or tile_px % TILE_MULTIPLE:
         raise FDIError(
             f"tile size {tile_px} px is invalid; use a multiple of {TILE_MULTIPLE} of at least {MIN_TILE} "
-            f"(e.g. 512), or 0 for no tiles"
+            "(e.g. 512), or 0 for no tiles"
         )
     if overlap_px < 0 or overlap_px >= tile_px:
         raise FDIError(
@@ -107,8 +109,8 @@ class Tiling:
     def __init__(self, height: int, width: int, tile: int, overlap: float):
         if height % OFFSET_MULTIPLE or width % OFFSET_MULTIPLE or tile % OFFSET_MULTIPLE:
             raise FDIError(
-                f"a tiled latent ({height}x{width}) and its tiles ({tile}) must be multiples of "
-                f"{OFFSET_MULTIPLE}; pad the image to a multiple of {TILE_MULTIPLE} px first"
+                f"a tiled latent ({height}x{width}) and its tiles ({tile}) must be multiples of {OFFSET_MULTIPLE}; "
+                f"pad the image to a multiple of {TILE_MULTIPLE} px first"
             )
         self.height, self.width, self.tile, self.overlap = int(height), int(width), int(tile), float(overlap)
         ys = tile_starts(self.height, self.tile, self.overlap)
@@ -166,12 +168,38 @@ class Tiling:
             s = 2**level
             if r.shape[-2] * s != self.height or r.shape[-1] * s != self.width:
                 raise FDIError(
-                    f"residual r_{level + 1} is {tuple(r.shape[-2:])} but a {self.height}x{self.width} "
-                    f"latent needs {self.height // s}x{self.width // s} at level {level + 1}; "
-                    "run the adapter on the padded image"
+                    f"residual r_{level + 1} is {tuple(r.shape[-2:])} but a {self.height}x{self.width} latent needs "
+                    f"{self.height // s}x{self.width // s} at level {level + 1}; run the adapter on the padded image"
                 )
             residuals.append(crop_residual(r, level, (t.y, t.x), (t.h // s, t.w // s)))
         return FDIGuidance(residuals, list(guidance.modulations), list(guidance.refined))
+
+
+class TileCrops:
+    """Each tile's crop of a list of weighted guidances ``[(guidance, weight), …]``, cut once and reused.
+
+    The crops do not change from step to step; the memo holds the tiling and the guidances themselves,
+    compared by identity, so it never serves crops of another guidance."""
+
+    def __init__(self) -> None:
+        self._key: Optional[tuple] = None
+        self._crops: List[list] = []
+
+    def of(self, tiling: "Tiling", guidances: Sequence[Tuple[FDIGuidance, float]]) -> List[list]:
+        """``crops[i]``: tile ``i``'s ``[(cropped guidance, weight), …]`` (:meth:`Tiling.crop_guidance`)."""
+        key = self._key
+        if key is None or key[0] is not tiling or len(key[1]) != len(guidances):
+            key = None
+        elif any(a is not b for a, (b, _) in zip(key[1], guidances)):
+            key = None
+        if key is None:
+            self._crops = [[(tiling.crop_guidance(g, i), w) for g, w in guidances] for i in range(len(tiling.tiles))]
+            self._key = (tiling, [g for g, _ in guidances])
+        return self._crops
+
+    def clear(self) -> None:
+        """Drop the crops (and the references to the guidance they came from)."""
+        self._key, self._crops = None, []
 
 
 def crop_residual(residual: torch.Tensor, level: int, offset, size) -> torch.Tensor:

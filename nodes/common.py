@@ -22,13 +22,14 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+import numpy as np
 import torch
 from comfy_api.latest import io
 
 from ..fdi.comfy_backend import SharedGuidance
 from ..fdi.dtypes import DTYPES, parse_dtype
 from ..fdi.errors import FDIError
-from ..fdi.instruction import FDI_SUFFIX
+from ..fdi.instruction import FDI, FDI_SUFFIX
 
 # ------------------------------------------------------------------------------------------------
 # custom types (the type names are part of the contract: saved workflows refer to them)
@@ -37,6 +38,7 @@ Blip2QFormer = io.Custom("BLIP2_QFORMER")
 FDIType = io.Custom("FDI")
 FDIAdapterType = io.Custom("FDI_ADAPTER")
 FDIGuidanceType = io.Custom("FDI_GUIDANCE")
+FDIPairsType = io.Custom("FDI_PAIRS")
 
 CATEGORY = "FDI"
 
@@ -70,6 +72,43 @@ def batch_to_image(batch: torch.Tensor) -> torch.Tensor:
     return batch.permute(0, 2, 3, 1).float().clamp(0, 1).contiguous().to(mm.intermediate_device())
 
 
+def plot_to_image(picture: np.ndarray) -> torch.Tensor:
+    """A rendered plot (:mod:`fdi.plots`: ``[H, W, 3]`` uint8) → ComfyUI ``IMAGE`` ``[1, H, W, 3]`` in 0..1."""
+    return batch_to_image(torch.from_numpy(np.ascontiguousarray(picture)).float().div(255.0)[None].permute(0, 3, 1, 2))
+
+
+def check_fdi_input(fdi: object, name: str = "fdi") -> FDI:
+    """``fdi`` if it is an :class:`fdi.instruction.FDI`, else :class:`FDIError` naming what is connected to ``name``."""
+    if not isinstance(fdi, FDI):
+        raise FDIError(f"the {name!r} input is a {type(fdi).__name__}, not an FDI; connect 'Extract FDI' or 'Load FDI'")
+    return fdi
+
+
+# ------------------------------------------------------------------------------------------------
+# the MODEL's prediction
+
+#: ComfyUI's ``model_sampling`` class names → the library's prediction types (:data:`fdi.sampling.PREDICTION_TYPES`)
+COMFY_PREDICTIONS = {"EPS": "epsilon", "V_PREDICTION": "v_prediction"}
+
+
+def prediction_type(model) -> str:
+    """The MODEL's prediction as the library names it (``epsilon``, ``v_prediction``, or ComfyUI's type name).
+
+    Read from the MODEL's own ``model_sampling`` (what its sampler uses, a ``ModelSamplingDiscrete`` patch
+    included): the class nearest in its MRO that defines ``calculate_denoised`` (ComfyUI's ``EPS``,
+    ``V_PREDICTION``, ``EDM``, ``X0``, ``CONST``…). Without one, the base model's ``model_type``."""
+    kind = ""
+    get = getattr(model, "get_model_object", None)
+    sampling = get("model_sampling") if callable(get) else None
+    for cls in type(sampling).__mro__ if sampling is not None else ():
+        if "calculate_denoised" in cls.__dict__:  # e.g. LCM(EPS) in comfy_extras is LCM, not epsilon
+            kind = cls.__name__ if cls.__module__ == "comfy.model_sampling" else cls.__qualname__ + " (custom)"
+            break
+    if not kind:
+        kind = getattr(getattr(getattr(model, "model", None), "model_type", None), "name", "")
+    return COMFY_PREDICTIONS.get(kind, kind.lower() or "unknown")
+
+
 # ------------------------------------------------------------------------------------------------
 # folders
 
@@ -97,8 +136,8 @@ def blip2_path(name: str) -> str:
     """The full path of a ``blip2`` folder picked in the UI (must be one :func:`blip2_folders` lists)."""
     if name not in blip2_folders():
         raise FDIError(
-            f"BLIP-2 folder {name!r} is not in models/blip2; put the checkpoint folder "
-            "there (Hugging Face layout) and refresh"
+            f"BLIP-2 folder {name!r} is not in models/blip2; "
+            "put the checkpoint folder there (Hugging Face layout) and refresh"
         )
     for base in folder_paths.get_folder_paths("blip2"):
         p = os.path.join(base, *name.split("/"))
@@ -125,39 +164,55 @@ def model_file(folder: str, name: str, what: str) -> str:
     return path
 
 
-def check_save_name(name: str) -> str:
-    """Validate an FDI file name typed by a user; return it with the ``.fdi.safetensors`` suffix.
+def check_file_name(name: str, suffix: str, what: str, folder: str, example: str) -> str:
+    """Validate a file name typed by a user; return it ending in ``suffix`` (a bare ``.safetensors`` is replaced).
 
-    Refused: empty names, path separators (``/``, ``\\``), ``..``, a leading dot (hidden file), drive
-    letters and control characters. The file always lands directly in ``models/fdi``.
-    """
+    Refused: empty names, path separators (``/``, ``\\``), drive letters, ``..``, a leading dot (hidden file)
+    and control characters. The file always lands directly in ``models/<folder>``."""
     raw = name
     name = (name or "").strip()
     if not name:
-        raise FDIError("the FDI file name is empty; type a name such as 'derain'")
+        raise FDIError(f"the {what} file name is empty; type a name such as {example!r}")
     if "/" in name or "\\" in name or ":" in name:
         raise FDIError(
-            f"FDI file name {raw!r} contains a path separator or drive; give a plain "
-            "name, the file is always saved in models/fdi"
+            f"{what} file name {raw!r} is not a plain name (it contains a path separator or drive); "
+            f"give e.g. {example!r}, the file is always saved in models/{folder}"
         )
     if ".." in name or name.startswith("."):
-        raise FDIError(f"FDI file name {raw!r} contains '..' or starts with '.'; give a plain name such as 'derain'")
+        raise FDIError(
+            f"{what} file name {raw!r} is not a plain name (it contains '..' or starts with '.'); give e.g. {example!r}"
+        )
     if any(ord(ch) < 32 for ch in name):
-        raise FDIError(f"FDI file name {raw!r} contains control characters; give a plain name")
-    if name.endswith(".safetensors") and not name.endswith(FDI_SUFFIX):
-        name = name[: -len(".safetensors")]
-    if not name.endswith(FDI_SUFFIX):
-        name += FDI_SUFFIX
+        raise FDIError(f"{what} file name {raw!r} contains control characters; give a plain name")
+    if not name.endswith(suffix):
+        name = name.removesuffix(".safetensors") + suffix
     return name
 
 
-def fdi_save_dir() -> str:
-    """The folder :class:`FDISave` writes to: the first ``fdi`` model path (``models/fdi``)."""
-    paths = folder_paths.get_folder_paths("fdi")
+def save_folder(folder: str) -> str:
+    """The folder a save node writes to: the first path of the ``folder`` model folder (``models/<folder>``)."""
+    paths = folder_paths.get_folder_paths(folder)
     if not paths:
-        raise FDIError("no 'fdi' model folder is registered; reinstall the FDI node pack")
+        raise FDIError(f"no {folder!r} model folder is registered; reinstall the FDI node pack")
     os.makedirs(paths[0], exist_ok=True)
     return paths[0]
+
+
+def save_target(folder: str, name: str, suffix: str, what: str, example: str, overwrite: bool) -> tuple:
+    """``(file name, full path)`` for a save node writing ``name`` into ``models/<folder>``, checked before any work
+    (:func:`check_file_name`; an existing file without ``overwrite`` is an error)."""
+    file_name = check_file_name(name, suffix, what, folder, example)
+    path = os.path.join(save_folder(folder), file_name)
+    if os.path.exists(path) and not overwrite:
+        raise FDIError(f"models/{folder}/{file_name} already exists; choose another name or switch 'overwrite' on")
+    return file_name, path
+
+
+def saved(folder: str) -> None:
+    """Forget ComfyUI's cached file list of ``folder``, so its loader lists a file just saved at once."""
+    cache = getattr(folder_paths, "filename_list_cache", None)
+    if isinstance(cache, dict):
+        cache.pop(folder, None)
 
 
 def input_subfolder(name: str, what: str) -> str:
@@ -196,8 +251,8 @@ def check_inside(paths, base_folder: str, what: str) -> None:
         real = os.path.realpath(p)
         if os.path.commonpath([base, real]) != base:
             raise FDIError(
-                f"{what} file {os.path.basename(str(p))!r} is a link to outside ComfyUI's "
-                "input folder; copy the image in instead"
+                f"{what} file {os.path.basename(str(p))!r} is a link to outside ComfyUI's input folder; "
+                "copy the image in instead"
             )
 
 

@@ -23,9 +23,10 @@ class FDIDegradePairs(io.ComfyNode):
             display_name="FDI Degrade Pairs",
             category=f"{CATEGORY}/train",
             description=(
-                "Makes (degraded, clean) pairs from clean photos with synthetic degradations — haze (atmospheric "
-                "scattering), rain streaks, Gaussian or Poisson noise, JPEG, low light, motion or defocus blur, "
-                "or sums of them — so 'FDI Extract' and 'FDI Train Adapter' work without a paired dataset. "
+                "Makes (degraded, clean) pairs from clean photos with synthetic degradations — haze "
+                "(atmospheric scattering), rain streaks, Gaussian or Poisson noise, JPEG, low light, "
+                "motion or defocus blur, or sums of them — so 'FDI Extract' and 'FDI Train Adapter' work "
+                "without a paired dataset. "
                 "Seeded: the same seed gives the same pixels."
             ),
             inputs=[
@@ -35,7 +36,8 @@ class FDIDegradePairs(io.ComfyNode):
                     default="haze",
                     tooltip="Effects, comma-separated, e.g. 'haze', 'haze,noise', 'noise:sigma=25', "
                     "'jpeg:quality=20..40' (a value fixes a parameter, lo..hi narrows its random range). "
-                    f"Effects and default ranges: {_EFFECTS_HELP}. Sums apply in physical order.",
+                    f"Effects and default ranges: {_EFFECTS_HELP}. "
+                    "Sums apply in physical order.",
                 ),
                 io.Int.Input(
                     "seed",
@@ -50,8 +52,8 @@ class FDIDegradePairs(io.ComfyNode):
                     default=1,
                     min=1,
                     max=64,
-                    tooltip="Degraded versions of each photo (more pairs from few photos); the clean output "
-                    "repeats each photo as many times.",
+                    tooltip="Degraded versions of each photo (more pairs from few photos); "
+                    "the clean output repeats each photo as many times.",
                 ),
             ],
             outputs=[

@@ -5,17 +5,14 @@ Each node translates ComfyUI values to the library's and makes one call into :mo
 
 from __future__ import annotations
 
-import os
-
 import comfy.model_management as mm
 import torch
 from comfy_api.latest import io, ui
 
 from ..fdi.encoder import QFormerEncoder
-from ..fdi.errors import FDIError
-from ..fdi.extract import extract_fdi, extract_fdi_from_folders
+from ..fdi.extract import check_pair_batches, extract_fdi, extract_fdi_from_folders
 from ..fdi.images import pair_folders
-from ..fdi.instruction import COMBINE_MODES, FDI, combine
+from ..fdi.instruction import COMBINE_MODES, FDI, FDI_SUFFIX, combine
 from .common import (
     CATEGORY,
     DTYPE_CHOICES,
@@ -24,16 +21,18 @@ from .common import (
     ModelHandle,
     blip2_folders,
     blip2_path,
+    check_fdi_input,
     check_inside,
-    check_save_name,
     fdi_files,
-    fdi_save_dir,
     image_to_batch,
     input_subfolder,
     make_patcher,
     model_file,
     pick_dtype,
+    plot_to_image,
     progress_callback,
+    save_target,
+    saved,
 )
 
 
@@ -48,22 +47,23 @@ class FDIQFormerLoader(io.ComfyNode):
             category=f"{CATEGORY}/loaders",
             description=(
                 "Loads the BLIP-2 vision model and Q-Former from a checkpoint folder in models/blip2 "
-                "(Hugging Face layout, e.g. Salesforce/blip2-opt-2.7b). Only the vision model, query tokens and "
-                "Q-Former are read (about 1.1 B parameters); the language model is never loaded."
+                "(Hugging Face layout, e.g. Salesforce/blip2-opt-2.7b). "
+                "Only the vision model, query tokens and Q-Former are read (about 1.1 B parameters); "
+                "the language model is never loaded."
             ),
             inputs=[
                 io.Combo.Input(
                     "folder",
                     options=blip2_folders(),
-                    tooltip="BLIP-2 checkpoint folder inside models/blip2 (holds config.json, preprocessor_config.json "
-                    "and model*.safetensors).",
+                    tooltip="BLIP-2 checkpoint folder inside models/blip2 (holds config.json, "
+                    "preprocessor_config.json and model*.safetensors).",
                 ),
                 io.Combo.Input(
                     "dtype",
                     options=DTYPE_CHOICES,
                     default="auto",
-                    tooltip="Precision of the ViT vision model; 'auto' uses fp16/bf16 where the device "
-                    "supports it. The Q-Former always runs in fp32.",
+                    tooltip="Precision of the ViT vision model; 'auto' uses fp16/bf16 where the device supports it. "
+                    "The Q-Former always runs in fp32.",
                 ),
             ],
             outputs=[
@@ -92,11 +92,10 @@ class FDIExtract(io.ComfyNode):
             display_name="Extract FDI (images)",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Computes a Feature Difference Instruction from reference pairs: image "
-                "j of 'degraded' pairs with image j "
-                "of 'clean'; the FDI is the mean over pairs of Q-Former(degraded) − Q-Former(clean). "
-                "Both batches must have "
-                "the same length (the images may have any size)."
+                "Computes a Feature Difference Instruction from reference pairs: "
+                "image j of 'degraded' pairs with image j of 'clean'; "
+                "the FDI is the mean over pairs of Q-Former(degraded) − Q-Former(clean). "
+                "Both batches must have the same length (the images may have any size)."
             ),
             inputs=[
                 Blip2QFormer.Input("qformer", tooltip="The BLIP-2 Q-Former from 'Load BLIP-2 Q-Former (FDI)'."),
@@ -136,11 +135,7 @@ class FDIExtract(io.ComfyNode):
         keep_pairs: bool,
     ) -> io.NodeOutput:
         d, c = image_to_batch(degraded, "degraded images"), image_to_batch(clean, "clean images")
-        if d.shape[0] != c.shape[0]:
-            raise FDIError(
-                f"{d.shape[0]} degraded images but {c.shape[0]} clean images; give batches "
-                "of the same length (pair j = degraded j, clean j)"
-            )
+        check_pair_batches(d, c)  # before the Q-Former is loaded
         encoder = qformer.loaded()
         fdi = extract_fdi(
             encoder,
@@ -164,10 +159,9 @@ class FDIExtractFromFolders(io.ComfyNode):
             display_name="Extract FDI (folders)",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Computes an FDI from every image pair of two folders inside ComfyUI's "
-                "input folder, matched by file name "
-                "without suffix (rain_001.png ↔ rain_001.jpg). Images are read a batch at a time, with a progress bar; "
-                "Cancel stops it cleanly."
+                "Computes an FDI from every image pair of two folders inside ComfyUI's input folder, "
+                "matched by file name without suffix (rain_001.png ↔ rain_001.jpg). "
+                "Images are read a batch at a time, with a progress bar; Cancel stops it cleanly."
             ),
             inputs=[
                 Blip2QFormer.Input("qformer", tooltip="The BLIP-2 Q-Former from 'Load BLIP-2 Q-Former (FDI)'."),
@@ -242,9 +236,9 @@ class FDISave(io.ComfyNode):
             display_name="Save FDI",
             category=f"{CATEGORY}/instruction",
             description=(
-                "Saves the FDI as <name>.fdi.safetensors in ComfyUI's models/fdi folder "
-                "(written atomically), so it appears in "
-                "'Load FDI' without moving files. Plain names only: path separators and '..' are refused."
+                "Saves the FDI as <name>.fdi.safetensors in ComfyUI's models/fdi folder (written atomically), "
+                "so it appears in 'Load FDI' without moving files. "
+                "Plain names only: path separators and '..' are refused."
             ),
             inputs=[
                 FDIType.Input("fdi", tooltip="The FDI to save."),
@@ -270,11 +264,9 @@ class FDISave(io.ComfyNode):
 
     @classmethod
     def execute(cls, fdi: FDI, name: str, keep_pairs: bool, overwrite: bool) -> io.NodeOutput:
-        file_name = check_save_name(name)
-        path = os.path.join(fdi_save_dir(), file_name)
-        if os.path.exists(path) and not overwrite:
-            raise FDIError(f"models/fdi/{file_name} already exists; choose another name or switch 'overwrite' on")
+        file_name, path = save_target("fdi", name, FDI_SUFFIX, "FDI", "derain", overwrite)
         fdi.save(path, keep_pairs=keep_pairs)
+        saved("fdi")
         return io.NodeOutput(file_name, ui=ui.PreviewText(f"saved models/fdi/{file_name}: {fdi.describe()}"))
 
 
@@ -287,8 +279,8 @@ class FDILoad(io.ComfyNode):
             node_id="FDILoad",
             display_name="Load FDI",
             category=f"{CATEGORY}/instruction",
-            description="Loads a *.fdi.safetensors file from ComfyUI's models/fdi folder (or any "
-            "'fdi' path of extra_model_paths.yaml).",
+            description="Loads a *.fdi.safetensors file from ComfyUI's models/fdi folder "
+            "(or any 'fdi' path of extra_model_paths.yaml).",
             inputs=[
                 io.Combo.Input(
                     "fdi_name",
@@ -315,8 +307,8 @@ class FDICombine(io.ComfyNode):
             category=f"{CATEGORY}/instruction",
             description=(
                 "Combines two FDIs linearly: sum = a·A + b·B, mean = (a·A + b·B)/(a + b), difference = a·A − b·B. "
-                "Chain several to combine more (e.g. a denoising FDI for desnowing). FDIs "
-                "from different Q-Former checkpoints are refused."
+                "Chain several to combine more (e.g. a denoising FDI for desnowing). "
+                "FDIs from different Q-Former checkpoints are refused."
             ),
             inputs=[
                 FDIType.Input("fdi_a", tooltip="First FDI."),
@@ -353,8 +345,8 @@ class FDIInspect(io.ComfyNode):
             category=f"{CATEGORY}/instruction",
             description=(
                 "Shows how FDIs relate: the cosine-similarity matrix between them and, "
-                "where per-pair FDIs are stored, a PCA "
-                "2-D map of the pairs coloured by FDI (tasks that cluster apart are separable)."
+                "where per-pair FDIs are stored, a PCA 2-D map of the pairs coloured by FDI "
+                "(tasks that cluster apart are separable)."
             ),
             inputs=[
                 FDIType.Input("fdi", tooltip="First FDI."),
@@ -370,10 +362,56 @@ class FDIInspect(io.ComfyNode):
     def execute(cls, fdi: FDI, fdi_2: FDI = None, fdi_3: FDI = None, fdi_4: FDI = None) -> io.NodeOutput:
         from ..fdi.plots import render_inspection
 
-        fdis = [f for f in (fdi, fdi_2, fdi_3, fdi_4) if f is not None]
-        arr = render_inspection(fdis)
-        image = torch.from_numpy(arr.copy()).float().div(255.0).unsqueeze(0)
+        image = plot_to_image(render_inspection([f for f in (fdi, fdi_2, fdi_3, fdi_4) if f is not None]))
         return io.NodeOutput(image, ui=ui.PreviewImage(image, cls=cls))
 
 
-NODES = [FDIQFormerLoader, FDIExtract, FDIExtractFromFolders, FDISave, FDILoad, FDICombine, FDIInspect]
+class FDIPairStability(io.ComfyNode):
+    """Stability curve of an FDI in the number of pairs (a sibling of FDIInspect)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FDIPairStability",
+            display_name="FDI Pair Stability",
+            category=f"{CATEGORY}/instruction",
+            description=(
+                "How many pairs are enough: for k = 1…N, the cosine similarity between the FDI of k random pairs "
+                "and the FDI of all N pairs (mean and 10th–90th percentile over resamples). "
+                "A curve near 1 well before N means the instruction is already stable. "
+                "Needs an FDI extracted with 'keep pairs' on."
+            ),
+            inputs=[
+                FDIType.Input("fdi", tooltip="An FDI with its per-pair FDIs (from 'Extract FDI' with keep_pairs on)."),
+                io.Int.Input("resamples", default=50, min=1, max=1000, tooltip="Random draws of k pairs for each k."),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=2**31 - 1, control_after_generate=True, tooltip="Seed of the draws."
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="plot", tooltip="The stability curve.")],
+        )
+
+    @classmethod
+    def execute(cls, fdi: FDI, resamples: int, seed: int) -> io.NodeOutput:
+        from ..fdi.extract import pair_stability
+        from ..fdi.plots import render_stability
+
+        curve = pair_stability(check_fdi_input(fdi).pairs, resamples=resamples, seed=seed)
+        img = plot_to_image(render_stability(curve["k"], curve["mean"], curve["low"], curve["high"], fdi.label))
+        k = next((k for k, lo in zip(curve["k"], curve["low"]) if lo >= 0.95), None)
+        text = f"{len(curve['k'])} pairs; " + (
+            f"k = {k} pairs already agree ≥ 0.95 (10th percentile)" if k else "no k below N reaches 0.95"
+        )
+        return io.NodeOutput(img, ui=ui.PreviewText(text))
+
+
+NODES = [
+    FDIQFormerLoader,
+    FDIExtract,
+    FDIExtractFromFolders,
+    FDISave,
+    FDILoad,
+    FDICombine,
+    FDIInspect,
+    FDIPairStability,
+]

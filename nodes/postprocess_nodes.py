@@ -19,18 +19,19 @@ class FDIColorFix(io.ComfyNode):
             display_name="FDI Color Fix",
             category=f"{CATEGORY}/postprocess",
             description=(
-                "Corrects the colour drift of a diffusion restoration towards a reference (usually the degraded "
-                "input): 'wavelet' keeps the restored image's fine detail and the reference's low frequencies "
-                "(overall colour and shading); 'adain' matches the reference's per-channel mean and standard "
-                "deviation; 'none' passes the image through. Do not use it for haze or low-light restorations, "
-                "whose colour change is the restoration."
+                "Corrects the colour drift of a diffusion restoration towards a reference "
+                "(usually the degraded input): 'wavelet' keeps the restored image's fine detail and the reference's "
+                "low frequencies (overall colour and shading); "
+                "'adain' matches the reference's per-channel mean and standard deviation; "
+                "'none' passes the image through. "
+                "Do not use it for haze or low-light restorations, whose colour change is the restoration."
             ),
             inputs=[
                 io.Image.Input("image", tooltip="The restored image(s) (e.g. from 'FDI Restore')."),
                 io.Image.Input(
                     "reference",
-                    tooltip="The image whose colours to keep: the degraded input (one for all, or one per "
-                    "image; resized to the restored size if it differs).",
+                    tooltip="The image whose colours to keep: the degraded input (one for all, or one per image; "
+                    "resized to the restored size if it differs).",
                 ),
                 io.Combo.Input(
                     "method",

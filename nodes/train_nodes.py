@@ -9,7 +9,6 @@ and Cancel.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import List
 
@@ -23,6 +22,7 @@ from ..fdi.comfy_backend import check_unet_for_adapter
 from ..fdi.dtypes import parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI
+from ..fdi.models import family_of
 from ..fdi.sampling import sigma_to_alpha
 from ..fdi.training.comfy_unet import autograd_safe, cast_weights_to_compute
 from ..fdi.training.memory import TrainSettings, adapter_for_training, check_pairs, train_on_pairs
@@ -31,16 +31,20 @@ from ..fdi.training.step import comfy_predictor, unet_checkpointing
 from .common import (
     CATEGORY,
     FDIAdapterType,
+    FDIPairsType,
     FDIType,
     ModelHandle,
-    batch_to_image,
+    check_fdi_input,
     check_inside,
     image_to_batch,
     input_subfolder,
     make_patcher,
+    plot_to_image,
+    prediction_type,
+    save_target,
+    saved,
 )
 
-FDIPairsType = io.Custom("FDI_PAIRS")
 TRAIN_DTYPES = ["fp32", "bf16", "fp16"]
 
 
@@ -58,8 +62,6 @@ def _model_facts(model) -> tuple:
 
     The prediction is the MODEL's own (:func:`prediction_type`: its ``model_sampling``, so a
     ``ModelSamplingDiscrete`` v-prediction patch on an SD 2.x base makes it v-prediction)."""
-    from .guidance_nodes import prediction_type
-
     base = model.model
     cfg = getattr(getattr(base, "model_config", None), "unet_config", None)
     pred = prediction_type(model)
@@ -68,7 +70,7 @@ def _model_facts(model) -> tuple:
             f"the MODEL predicts {pred if pred != 'unknown' else 'something unknown'}; "
             "FDI adapters train on SD 2.x epsilon or v-prediction models"
         )
-    family = "sd2.1-v" if pred == "v_prediction" else "sd2.1-base"
+    family = family_of(pred)
     channels = FDIAdapterConfig().channels
     check_unet_for_adapter(cfg, channels, family, pred)  # SD 1.5, SDXL, DiT, inpainting: a clear error
     return cfg, pred, family
@@ -243,8 +245,7 @@ class FDITrainAdapter(io.ComfyNode):
         pairs: PairList = None,
         adapter: ModelHandle = None,
     ) -> io.NodeOutput:
-        if not isinstance(fdi, FDI):
-            raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
+        check_fdi_input(fdi)
         deg, cln = _training_pairs(degraded, clean, pairs)
         settings = TrainSettings(
             steps=steps,
@@ -267,11 +268,10 @@ class FDITrainAdapter(io.ComfyNode):
             new.fdi = fdi
         from ..fdi.plots import render_loss_curve
 
-        curve = render_loss_curve(result.losses, title=f"FDI adapter training ({result.steps} steps)")
-        curve = torch.from_numpy(curve).float()[None].permute(0, 3, 1, 2) / 255
+        curve = plot_to_image(render_loss_curve(result.losses, title=f"FDI adapter training ({result.steps} steps)"))
         text = f"trained {result.steps} of {steps} steps" + (f"; {result.stopped}" if result.stopped else "")
         handle = ModelHandle(new, make_patcher(new), f"trained:{fdi.label or 'fdi'}")
-        return io.NodeOutput(handle, batch_to_image(curve), result.steps, ui=ui.PreviewText(text))
+        return io.NodeOutput(handle, curve, result.steps, ui=ui.PreviewText(text))
 
 
 def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
@@ -395,89 +395,14 @@ class FDISaveAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter: ModelHandle, name: str, overwrite: bool, fdi: FDI = None) -> io.NodeOutput:
-        import folder_paths
-
-        file_name = check_adapter_name(name)
+        file_name, path = save_target("fdi_adapters", name, ".safetensors", "adapter", "watercolour", overwrite)
         fdi = fdi if fdi is not None else adapter.module.fdi
         if fdi is None:
             raise FDIError("the adapter carries no FDI and none is connected; connect the FDI it was trained with")
         adapter.module.check_fdi(fdi)
-        paths = folder_paths.get_folder_paths("fdi_adapters")
-        if not paths:
-            raise FDIError("no 'fdi_adapters' model folder is registered; reinstall the FDI node pack")
-        os.makedirs(paths[0], exist_ok=True)
-        path = os.path.join(paths[0], file_name)
-        if os.path.exists(path) and not overwrite:
-            raise FDIError(
-                f"models/fdi_adapters/{file_name} already exists; choose another name or switch 'overwrite' on"
-            )
         adapter.module.save(path, fdi=fdi)
-        if hasattr(folder_paths, "filename_list_cache"):
-            folder_paths.filename_list_cache.pop("fdi_adapters", None)  # listed by the loader at once
+        saved("fdi_adapters")
         return io.NodeOutput(file_name, ui=ui.PreviewText(f"saved models/fdi_adapters/{file_name}"))
 
 
-def check_adapter_name(name: str) -> str:
-    """A plain file name for an adapter, with ``.safetensors``; separators, '..', hidden names and control
-    characters are refused."""
-    raw = name
-    name = (name or "").strip()
-    if not name:
-        raise FDIError("the adapter file name is empty; type a name such as 'watercolour'")
-    if "/" in name or "\\" in name or ":" in name or ".." in name or name.startswith("."):
-        raise FDIError(
-            f"adapter file name {raw!r} is not a plain name (separator, drive, '..' or leading dot); "
-            "give e.g. 'watercolour', the file always goes to models/fdi_adapters"
-        )
-    if any(ord(ch) < 32 for ch in name):
-        raise FDIError(f"adapter file name {raw!r} contains control characters; give a plain name")
-    return name if name.endswith(".safetensors") else name + ".safetensors"
-
-
-class FDIPairStability(io.ComfyNode):
-    """Stability curve of an FDI in the number of pairs (a sibling of FDIInspect)."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="FDIPairStability",
-            display_name="FDI Pair Stability",
-            category=f"{CATEGORY}/instruction",
-            description=(
-                "How many pairs are enough: for k = 1…N, the cosine similarity between the FDI of k random pairs "
-                "and the FDI "
-                "of all N pairs (mean and 10th–90th percentile over resamples). A curve near 1 well before N means the "
-                "instruction is already stable. Needs an FDI extracted with 'keep pairs' on."
-            ),
-            inputs=[
-                FDIType.Input("fdi", tooltip="An FDI with its per-pair FDIs (from 'Extract FDI' with keep_pairs on)."),
-                io.Int.Input("resamples", default=50, min=1, max=1000, tooltip="Random draws of k pairs for each k."),
-                io.Int.Input(
-                    "seed", default=0, min=0, max=2**31 - 1, control_after_generate=True, tooltip="Seed of the draws."
-                ),
-            ],
-            outputs=[io.Image.Output(display_name="plot", tooltip="The stability curve.")],
-        )
-
-    @classmethod
-    def execute(cls, fdi: FDI, resamples: int, seed: int) -> io.NodeOutput:
-        from ..fdi.extract import pair_stability
-        from ..fdi.plots import render_stability
-
-        if not isinstance(fdi, FDI):
-            raise FDIError("the 'fdi' input is not an FDI; connect 'Extract FDI' or 'Load FDI'")
-        curve = pair_stability(fdi.pairs, resamples=resamples, seed=seed)
-        img = (
-            torch.from_numpy(
-                render_stability(curve["k"], curve["mean"], curve["low"], curve["high"], fdi.label)
-            ).float()
-            / 255
-        )
-        k = next((k for k, lo in zip(curve["k"], curve["low"]) if lo >= 0.95), None)
-        text = f"{len(curve['k'])} pairs; " + (
-            f"k = {k} pairs already agree ≥ 0.95 (10th percentile)" if k else "no k below N reaches 0.95"
-        )
-        return io.NodeOutput(batch_to_image(img[None].permute(0, 3, 1, 2)), ui=ui.PreviewText(text))
-
-
-NODES = [FDILoadPairs, FDITrainAdapter, FDISaveAdapter, FDIPairStability]
+NODES = [FDILoadPairs, FDITrainAdapter, FDISaveAdapter]

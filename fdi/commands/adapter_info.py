@@ -10,8 +10,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "adapter-info",
         help="print an FDI adapter file's config, parameter count, base model family and embedded FDI",
-        description="Read an FDI adapter file (safetensors only) and print what it holds. --json "
-        "prints one JSON object.",
+        description="Read an FDI adapter file (safetensors only) and print what it holds. "
+        "--json prints one JSON object.",
     )
     p.add_argument("adapter", metavar="A.safetensors", help="FDI adapter file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

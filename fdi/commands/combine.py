@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from ..instruction import COMBINE_MODES
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "combine",
         help="combine FDI files (weighted sum, mean or difference)",
         description="Combine FDIs linearly: sum = sum_k w_k F_k; mean = sum_k w_k F_k / sum_k w_k; "
-        "difference = w_1 F_1 - w_2 F_2. All inputs must come from the same BLIP-2 encoder.",
+        "difference = w_1 F_1 - w_2 F_2. "
+        "All inputs must come from the same BLIP-2 encoder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IN.fdi.safetensors", help="FDI files")
     p.add_argument(
         "--weights", type=float, nargs="+", default=None, metavar="W", help="one weight per input (default: all 1)"
     )
-    p.add_argument("--mode", choices=["sum", "mean", "difference"], default="sum", help="how to combine")
+    p.add_argument("--mode", choices=COMBINE_MODES, default="sum", help="how to combine")
     p.add_argument("--label", default=None, help="label of the result (default: a formula of the inputs' labels)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.fdi.safetensors", help="FDI file to write")
     p.set_defaults(func=run)

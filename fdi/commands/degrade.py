@@ -15,10 +15,12 @@ def add_parser(sub) -> None:
         "degrade",
         help="make (degraded, clean) training pairs from clean photos with synthetic degradations",
         description=(
-            "Degrade every photo of --clean and write OUT/degraded/<name>.png, OUT/clean/<name>.png (the photo as "
-            "decoded) and OUT/degradations.jsonl (the parameters drawn for each pair). 'extract' and 'train' read "
-            "the result with --degraded OUT/degraded --clean OUT/clean. Effects and their default ranges: "
-            f"{effects}. Several effects apply in physical order (scene, optics, sensor, codec)."
+            "Degrade every photo of --clean and write OUT/degraded/<name>.png, "
+            "OUT/clean/<name>.png (the photo as decoded) and OUT/degradations.jsonl "
+            "(the parameters drawn for each pair). "
+            "'extract' and 'train' read the result with --degraded OUT/degraded --clean OUT/clean. "
+            f"Effects and their default ranges: {effects}. "
+            "Several effects apply in physical order (scene, optics, sensor, codec)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

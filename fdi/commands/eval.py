@@ -13,9 +13,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "eval",
         help="PSNR/SSIM (RGB and BT.601 Y) and optional LPIPS of restored images against ground truth",
         description=(
-            "Compare every image of --pred with the image of the same name (stem) in --gt. PSNR and SSIM "
-            "are computed on RGB and on the BT.601 Y channel (as restoration papers report), per image and "
-            "as a mean. Identical images have PSNR inf (null in the JSON report)."
+            "Compare every image of --pred with the image of the same name (stem) in --gt. "
+            "PSNR and SSIM are computed on RGB and on the BT.601 Y channel (as restoration papers report), "
+            "per image and as a mean. "
+            "Identical images have PSNR inf (null in the JSON report)."
         ),
     )
     p.add_argument("--pred", required=True, metavar="DIR", help="folder of restored images")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from ..dtypes import DTYPES
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "extract",
         help="compute an FDI from paired folders of degraded and clean images",
-        description="Compute a task FDI: the mean over reference pairs of Q(degraded) - Q(clean), with a frozen BLIP-2 "
-        "Q-Former. Pairs are matched by file name without suffix (rain_001.png <-> rain_001.jpg).",
+        description="Compute a task FDI: the mean over reference pairs of Q(degraded) - Q(clean), "
+        "with a frozen BLIP-2 Q-Former. "
+        "Pairs are matched by file name without suffix (rain_001.png <-> rain_001.jpg).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -28,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--dtype",
         default="fp32",
-        choices=["fp32", "fp16", "bf16"],
+        choices=tuple(DTYPES),
         help="vision-model precision (the Q-Former always runs in fp32)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

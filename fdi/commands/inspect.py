@@ -9,8 +9,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "inspect",
         help="plot FDI similarities and a 2-D map of per-pair FDIs",
-        description="Print each FDI's summary and the cosine-similarity matrix between them, and plot it; where the "
-        "files store per-pair FDIs (extract --keep-pairs), add a PCA map of the pairs coloured by file.",
+        description="Print each FDI's summary and the cosine-similarity matrix between them, and plot it; "
+        "where the files store per-pair FDIs (extract --keep-pairs), "
+        "add a PCA map of the pairs coloured by file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="IN.fdi.safetensors", help="FDI files")
@@ -21,8 +22,7 @@ def add_parser(sub) -> None:
         "--stability",
         default=None,
         metavar="PLOT.png",
-        help="for one FDI with per-pair FDIs: plot how close the FDI of k random pairs "
-        "is to the FDI of all pairs "
+        help="for one FDI with per-pair FDIs: plot how close the FDI of k random pairs is to the FDI of all pairs "
         "(k = 1…N), to see whether the pairs are enough",
     )
     p.add_argument("--resamples", type=int, default=50, help="random draws of k pairs per k, for --stability")
@@ -47,8 +47,7 @@ def run(args) -> int:
         if not same_encoder(f.encoder, fdis[0].encoder) or f.shape != fdis[0].shape:
             raise FDIError(
                 f"{Path(p).name} (encoder {f.encoder}, {f.shape}) and {Path(args.inputs[0]).name} "
-                f"(encoder {fdis[0].encoder}, "
-                f"{fdis[0].shape}) come from different encoders and cannot be compared; "
+                f"(encoder {fdis[0].encoder}, {fdis[0].shape}) come from different encoders and cannot be compared; "
                 "inspect FDIs of one encoder together"
             )
     names = [Path(p).name.split(".")[0] for p in args.inputs]
@@ -66,8 +65,8 @@ def run(args) -> int:
 
         if fdis[0].pairs is None:
             raise FDIError(
-                f"{Path(args.inputs[0]).name} stores no per-pair FDIs; re-extract it with "
-                "--keep-pairs to plot the stability"
+                f"{Path(args.inputs[0]).name} stores no per-pair FDIs; "
+                "re-extract it with --keep-pairs to plot the stability"
             )
         curve = pair_stability(fdis[0].pairs, resamples=args.resamples)
         for k, m, lo, hi in zip(curve["k"], curve["mean"], curve["low"], curve["high"]):

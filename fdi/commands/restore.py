@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import math
 import os
 import signal
 import sys
@@ -18,7 +17,12 @@ import threading
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Tuple
 
+from ..colorfix import COLOR_FIXES
+from ..dtypes import DTYPES
 from ..errors import FDIError
+from ..restoration import MODES
+from ..sampling import GUIDANCE_END, PREDICTION_TYPES
+from ..tiles import DEFAULT_TILE_OVERLAP
 
 
 class Job(NamedTuple):
@@ -34,14 +38,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "restore",
         help="restore images with one or more FDI adapters (DDIM inversion + guided DDIM sampling)",
         description=(
-            "Restore images with FDI adapters on SD 2.1: the image is VAE-encoded, DDIM-inverted, then denoised "
-            "with the adapters' guidance active during the first --guidance-end fraction of the steps. "
+            "Restore images with FDI adapters on SD 2.1: the image is VAE-encoded, DDIM-inverted, "
+            "then denoised with the adapters' guidance active during the first --guidance-end "
+            "fraction of the steps. "
             "Several adapters are combined by weighted sum (--mode composite) or run one after another "
-            "(--mode progressive). Each FDI comes from --fdi or from the adapter file. Outputs are "
-            "OUT_DIR/<input name>.png at the input's size, each written as soon as it is done. "
+            "(--mode progressive). "
+            "Each FDI comes from --fdi or from the adapter file. "
+            "Outputs are OUT_DIR/<input name>.png at the input's size, each written as soon as it is done. "
             "Nothing is downloaded; BLIP-2 is not needed."
         ),
     )
+    _model_args(p)
+    _io_args(p)
+    _sampling_args(p)
+    _runtime_args(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    """The model and the adapters: --sd, --sd-config, --prediction-type, --adapter, --weight, --fdi."""
     p.add_argument(
         "--sd", required=True, metavar="MODEL", help="diffusers SD 2.1 folder, or a single-file .safetensors checkpoint"
     )
@@ -52,10 +68,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prediction-type",
-        choices=("epsilon", "v_prediction"),
+        choices=PREDICTION_TYPES,
         default=None,
-        help="override the model's prediction type (default: the scheduler's, or for "
-        "a single file detected from the weights)",
+        help="override the model's prediction type (default: the scheduler's, "
+        "or for a single file detected from the weights)",
     )
     p.add_argument(
         "--adapter",
@@ -77,6 +93,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="F.fdi.safetensors",
         help="FDI file: once for all adapters, or once per adapter (default: the FDI embedded in each adapter file)",
     )
+
+
+def _io_args(p: argparse.ArgumentParser) -> None:
+    """Inputs and outputs: --image, -o, --skip-existing, --batch-size, --color-fix, --tile-size, --tile-overlap."""
     p.add_argument(
         "--image",
         required=True,
@@ -97,45 +117,53 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--color-fix",
-        choices=("none", "wavelet", "adain"),
+        choices=COLOR_FIXES,
         default="none",
-        help="colour correction towards the input: wavelet (keep the input's low frequencies), adain "
-        "(match its per-channel mean/std) or none (default; haze and low-light restorations change "
-        "colours on purpose)",
+        help="colour correction towards the input: wavelet (keep the input's low frequencies), "
+        "adain (match its per-channel mean/std) or none (default; "
+        "haze and low-light restorations change colours on purpose)",
     )
     p.add_argument(
         "--tile-size",
         type=int,
         default=0,
         metavar="PX",
-        help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; default 0 = whole "
-        "image): bounded memory for large photos",
+        help="restore in overlapping tiles of PX pixels (a multiple of 64, from 128; "
+        "default 0 = whole image): bounded memory for large photos",
     )
     p.add_argument(
         "--tile-overlap",
         type=int,
-        default=None,
+        default=DEFAULT_TILE_OVERLAP,
         metavar="PX",
-        help="overlap of neighbouring tiles in pixels, blended smoothly (default a quarter of --tile-size)",
+        help=f"overlap of neighbouring tiles in pixels, blended smoothly (default {DEFAULT_TILE_OVERLAP})",
     )
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    """The restoration's settings: steps, guidance window and strength, mode, prompts, CFG."""
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
     p.add_argument(
         "--guidance-end",
         type=float,
-        default=0.333,
-        help="fraction of the sampling steps that are guided, 0..1 (default 0.333, the paper's first third)",
+        default=GUIDANCE_END,
+        help=f"fraction of the sampling steps that are guided, 0..1 (default {GUIDANCE_END}, the paper's first third)",
     )
     p.add_argument("--strength", type=float, default=1.0, help="global guidance strength (default 1.0)")
     p.add_argument(
         "--mode",
-        choices=("composite", "progressive"),
+        choices=MODES,
         default="composite",
         help="how several adapters combine (default composite)",
     )
     p.add_argument("--prompt", default="", help="text prompt (default empty, as in the paper)")
     p.add_argument("--negative-prompt", default="", help="negative prompt, used when --cfg > 1")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    """Where and how it runs: --device, --dtype, --compile, --quiet."""
     p.add_argument(
         "--device",
         default=None,
@@ -143,7 +171,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dtype",
-        choices=("fp16", "bf16", "fp32"),
+        choices=tuple(DTYPES),
         default=None,
         help="UNet/VAE dtype (default fp16 on cuda, fp32 on cpu)",
     )
@@ -153,8 +181,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="torch.compile the UNet (CUDA graphs on cuda) once per image shape: slower first image, faster after",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-    return p
 
 
 def distributed_rank() -> Tuple[int, int, int]:
@@ -173,7 +199,7 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
     image, or two inputs that would write the same output.
     """
     from ..images import collect_images, probe_image
-    from ..pipeline import MIN_SIDE
+    from ..restoration import MIN_SIDE
 
     jobs: Dict[str, Job] = {}
     for path in collect_images(inputs):
@@ -219,30 +245,19 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
+def check_args(args: argparse.Namespace) -> list:
+    """Every cheap check of the arguments, before anything is loaded or written; returns the adapters'
+    :class:`fdi.restoration.AdapterUse` (adapter files and FDI files read and matched)."""
     from ..adapter import FDIAdapter
-    from ..colorfix import color_fix
-    from ..encoder import parse_dtype
-    from ..images import load_image, save_image
     from ..instruction import FDI
-    from ..pipeline import AdapterUse, FDIRestorationPipeline
-    from ..progress import tqdm_progress
+    from ..restoration import CLI_SETTING_NAMES, AdapterUse, check_settings
     from ..tiles import check_tiling
 
-    # ---- every cheap check first: nothing is loaded or written before all inputs are valid ----
-    if not (math.isfinite(args.guidance_end) and 0.0 <= args.guidance_end <= 1.0):
-        raise FDIError(
-            f"--guidance-end {args.guidance_end} is outside 0..1; it is the fraction "
-            "of sampling steps that are guided (paper: 0.333)"
-        )
-    if args.steps < 1 or args.inversion_steps < 1:
-        raise FDIError(f"--steps ({args.steps}) and --inversion-steps ({args.inversion_steps}) must be at least 1")
+    check_settings(
+        args.steps, args.inversion_steps, args.guidance_end, args.strength, args.cfg, args.mode, CLI_SETTING_NAMES
+    )
     if args.batch_size < 1:
         raise FDIError(f"--batch-size {args.batch_size} must be at least 1")
-    if args.tile_overlap is None:
-        args.tile_overlap = args.tile_size // 4
     if args.tile_size:
         try:
             check_tiling(args.tile_size, args.tile_overlap)
@@ -273,6 +288,27 @@ def run(args: argparse.Namespace) -> int:
         use = AdapterUse(adapter, fdi, w)
         adapter.tokens_for(use.resolved_fdi(), 1)  # no FDI at all, width, token count, encoder
         uses.append(use)
+    return uses
+
+
+def pick_device(requested, world: int, local_rank: int):
+    """The torch device: ``requested``, else ``cuda:LOCAL_RANK`` under a launcher (the current CUDA device
+    otherwise), else the CPU."""
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..encoder import parse_dtype
+    from ..pipeline import FDIRestorationPipeline
+
+    uses = check_args(args)
+    out_dir = Path(args.output)
     jobs = plan_jobs(args.image, out_dir)
     rank, world, local_rank = distributed_rank()
     jobs = shard(jobs, rank, world)
@@ -281,15 +317,10 @@ def run(args: argparse.Namespace) -> int:
         todo = [j for j in jobs if not j.output.exists()]
         skipped, jobs = len(jobs) - len(todo), todo
 
-    if args.device:
-        device = torch.device(args.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
+    device = pick_device(args.device, world, local_rank)
     dtype = parse_dtype(args.dtype or ("fp16" if device.type == "cuda" else "fp32"))
     pipe = FDIRestorationPipeline.from_pretrained(
-        sd, device=device, dtype=dtype, config=args.sd_config, prediction_type=args.prediction_type
+        Path(args.sd), device=device, dtype=dtype, config=args.sd_config, prediction_type=args.prediction_type
     )
     for use in uses:  # family and channel layout, before any work
         pipe.check_adapter(use.adapter)
@@ -301,12 +332,22 @@ def run(args: argparse.Namespace) -> int:
         pipe.compile()
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(jobs)
+    return restore_jobs(pipe, uses, jobs, args)
 
-    per_image = (args.steps + args.inversion_steps) * (n if args.mode == "progressive" else 1)
+
+def restore_jobs(pipe, uses: list, jobs: List[Job], args: argparse.Namespace) -> int:
+    """Restore ``jobs`` in batches and write each output as soon as it is done; 130 when interrupted (Ctrl-C or
+    SIGTERM: the finished outputs stay, the one being written is dropped with its temporary file)."""
+    import torch
+
+    from ..colorfix import color_fix
+    from ..images import load_image, save_image
+    from ..progress import tqdm_progress
+
+    per_image = (args.steps + args.inversion_steps) * (len(uses) if args.mode == "progressive" else 1)
     total = per_image * len(jobs)
     done_images = 0
     main_thread = threading.current_thread() is threading.main_thread()
-    # `kill` ends like Ctrl-C: the image being written is dropped with its temporary file, finished ones stay
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
         with tqdm_progress(f"restore {len(jobs)} image(s)", total, unit="step", enabled=not args.quiet) as cb:

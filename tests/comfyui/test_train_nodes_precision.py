@@ -79,7 +79,8 @@ out["plain"] = train(model)
 if {vpred!r}:
     import comfy_extras.nodes_model_advanced as adv
     m_v = adv.ModelSamplingDiscrete().patch(model, "v_prediction", True)[0]
-    out["pred_types"] = [guidance_nodes.prediction_type(model), guidance_nodes.prediction_type(m_v)]
+    common = sys.modules[name + ".nodes.common"]
+    out["pred_types"] = [common.prediction_type(model), common.prediction_type(m_v)]
     out["v"] = train(m_v)
     ms = m_v.get_model_object("model_sampling")
     out["v_alphas_expected_last"] = float(1 / (1 + ms.sigmas.float()[-1] ** 2))

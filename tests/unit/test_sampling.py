@@ -17,7 +17,6 @@ import torch
 from fdi.comfy_backend import ddim_inversion_sampler
 from fdi.errors import FDIError
 from fdi.sampling import (
-    alpha_to_sigma,
     ddim_step,
     ddim_timesteps,
     diffusion_target,
@@ -43,6 +42,12 @@ def test_ddim_timesteps_equal_diffusers_scheduler(spacing, offset, steps):
     s = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=offset)
     s.set_timesteps(steps)
     assert torch.equal(ddim_timesteps(steps, 1000, spacing, offset), s.timesteps.long())
+
+
+def alpha_to_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """ComfyUI/k-diffusion noise level ``σ = sqrt((1 − ᾱ)/ᾱ)`` of ᾱ (0 at ᾱ = 1): the inverse of ``sigma_to_alpha``."""
+    a = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    return ((1 - a) / a).sqrt()
 
 
 def test_ddim_timesteps_refuse_bad_counts():

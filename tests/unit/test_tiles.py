@@ -67,6 +67,31 @@ def test_each_tile_crops_every_residual_level_at_its_offset():
         Tiling(56, 64, 24, 8).crop_guidance(g, 1)
 
 
+def test_one_default_overlap_and_window_for_every_door():
+    """The library, the CLI and the nodes (their generated help pages, kept in step with the schemas by
+    test_help_and_locales) default to the same tile overlap and guided fraction."""
+    import inspect
+    import re
+
+    from fdi.cli import build_parser
+    from fdi.pipeline import FDIRestorationPipeline
+    from fdi.sampling import GUIDANCE_END
+    from fdi.tiles import DEFAULT_TILE_OVERLAP
+
+    params = inspect.signature(FDIRestorationPipeline.restore).parameters
+    args = build_parser().parse_args(["restore", "--sd", "m", "--adapter", "a.safetensors", "--image", "i", "-o", "o"])
+    docs = Path(__file__).resolve().parents[1] / "web" / "docs"
+
+    def node_default(node: str, name: str) -> str:
+        return re.search(rf"`{name}` = `([^`]+)`", (docs / f"{node}.md").read_text(encoding="utf-8")).group(1)
+
+    assert params["tile_overlap"].default == args.tile_overlap == DEFAULT_TILE_OVERLAP == 128
+    assert int(node_default("FDIRestore", "tile_overlap")) == DEFAULT_TILE_OVERLAP
+    assert params["guidance_end"].default == args.guidance_end == GUIDANCE_END
+    assert float(node_default("FDIRestore", "guidance_end")) == GUIDANCE_END
+    assert float(node_default("FDIApplyGuidance", "end_percent")) == GUIDANCE_END
+
+
 @pytest.mark.parametrize(
     "tile, overlap, message",
     [

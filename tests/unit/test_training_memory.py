@@ -153,10 +153,9 @@ def test_pair_stability_curve_and_cli(tmp_path, capsys):
     assert np.all(np.diff(c["mean"]) > -0.02)  # more pairs, closer to the FDI of all (up to resampling noise)
     with pytest.raises(FDIError, match="keep_pairs"):
         pair_stability(None)
-    FDI.from_differences(noisy, encoder="tiny:0123456789abcdef", label="noisy", keep_pairs=True).save(
-        tmp_path / "n.fdi.safetensors"
-    )
-    FDI.from_differences(noisy, encoder="tiny:0123456789abcdef").save(tmp_path / "bare.fdi.safetensors")
+    enc = "tiny:0123456789abcdef"
+    FDI(noisy.mean(0), enc, n_pairs=12, label="noisy", pairs=noisy).save(tmp_path / "n.fdi.safetensors")
+    FDI(noisy.mean(0), enc, n_pairs=12).save(tmp_path / "bare.fdi.safetensors")
     out = tmp_path / "stab.png"
     assert main(["inspect", str(tmp_path / "n.fdi.safetensors"), "--stability", str(out), "--resamples", "5"]) == 0
     assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG" and "k= 12" in capsys.readouterr().out
