@@ -1,8 +1,9 @@
 """Write ``docs/cli.md``, the reference of every ``python -m fdi`` command and flag, from the argparse parser.
 
-Every row comes from ``fdi.cli.build_parser()`` (flags, metavar or choices, default, help), so the page cannot
-drift from the code: ``tests/comfyui/test_help_and_locales.py`` renders it again and compares. The rows are read from the
-parser's actions, not from ``--help`` output, so the page does not depend on the Python version's help layout.
+Every row comes from ``fdi.cli.build_parser()`` (flags, metavar or choices, default, help), so the page
+cannot drift from the code: ``tests/comfyui/test_help_and_locales.py`` renders it again and compares.
+The rows are read from the parser's actions, not from ``--help`` output, so the page does not depend
+on the Python version's help layout.
 
     python tools/build_cli_doc.py           # write docs/cli.md
     python tools/build_cli_doc.py --check   # exit 1 when docs/cli.md is stale

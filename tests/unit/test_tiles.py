@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,7 +82,7 @@ def test_one_default_overlap_and_window_for_every_door():
 
     params = inspect.signature(FDIRestorationPipeline.restore).parameters
     args = build_parser().parse_args(["restore", "--sd", "m", "--adapter", "a.safetensors", "--image", "i", "-o", "o"])
-    docs = Path(__file__).resolve().parents[1] / "web" / "docs"
+    docs = Path(__file__).resolve().parents[2] / "web" / "docs"
 
     def node_default(node: str, name: str) -> str:
         return re.search(rf"`{name}` = `([^`]+)`", (docs / f"{node}.md").read_text(encoding="utf-8")).group(1)
