@@ -303,23 +303,31 @@ def place(module, device: Union[str, torch.device], dtype: torch.dtype):
 
 @torch.no_grad()
 def encode_prompt(
-    text_encoder, tokenizer, prompt: str, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    text_encoder,
+    tokenizer,
+    prompt: str,
+    device: Optional[torch.device] = None,
+    dtype: Optional[torch.dtype] = None,
+    run_on: Optional[torch.device] = None,
 ) -> torch.Tensor:
     """Text conditioning ``[1, L, D]`` of ``prompt``: ``last_hidden_state`` of the padded tokens, moved to
-    ``device``/``dtype`` when given. The encoder runs where it is (it is not moved).
+    ``device``/``dtype`` when given. The encoder runs where it is (it is not moved): on ``run_on`` when
+    given (an offloaded encoder's parameters are on "meta"), else on its parameters' device.
 
     ``L`` is the encoder's context length (77 for SD 2.1): a tokenizer saved without a ``model_max_length``
     reports a huge sentinel, so the length comes from the encoder's config whenever the tokenizer's is larger."""
     length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
     ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-    where = next(text_encoder.parameters()).device
+    where = run_on if run_on is not None else next(text_encoder.parameters()).device
     return text_encoder(ids.to(where))[0].to(device=device, dtype=dtype)
 
 
 @torch.no_grad()
-def vae_encode(vae, images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def vae_encode(vae, images: torch.Tensor, dtype: torch.dtype, run_on: Optional[torch.device] = None) -> torch.Tensor:
     """Images ``[b, 3, H, W]`` in 0..1 (H, W multiples of 8) → scaled latents ``[b, 4, H/8, W/8]`` float32:
-    the posterior *mode* of a diffusers ``AutoencoderKL`` computing in ``dtype``, shifted and scaled by its config."""
-    z = vae.encode((images * 2 - 1).to(device=vae.device, dtype=dtype)).latent_dist.mode().float()
+    the posterior *mode* of a diffusers ``AutoencoderKL`` computing in ``dtype`` on ``run_on`` (default: the
+    VAE's device; an offloaded VAE's is "meta"), shifted and scaled by its config."""
+    where = run_on if run_on is not None else vae.device
+    z = vae.encode((images * 2 - 1).to(device=where, dtype=dtype)).latent_dist.mode().float()
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return (z - shift) * vae.config.scaling_factor

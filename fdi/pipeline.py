@@ -140,7 +140,7 @@ class FDIRestorationPipeline:
 
     def encode_prompt(self, prompt: str) -> torch.Tensor:
         """Text conditioning ``[1, L, D]`` (:func:`fdi.models.encode_prompt`)."""
-        return encode_prompt(self.text_encoder, self.tokenizer, prompt)
+        return encode_prompt(self.text_encoder, self.tokenizer, prompt, run_on=self.device)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, tiling: Optional[Tiling] = None) -> torch.Tensor:
@@ -148,7 +148,7 @@ class FDIRestorationPipeline:
         posterior *mode*. With ``tiling`` (of the latent): each tile's pixels are encoded alone, the latents blended."""
 
         def encode(_: int, x: torch.Tensor) -> torch.Tensor:
-            return vae_encode(self.vae, x, self.dtype)
+            return vae_encode(self.vae, x, self.dtype, run_on=self.device)
 
         if tiling is None:
             return encode(0, images)
