@@ -142,7 +142,7 @@ def figure(out: Path, rows: List[tuple], path: Path, caption: str) -> None:
     plt.close(fig)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="output folder (report.json, images, figure)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fdi-learns", help="world/adapter cache")
@@ -163,14 +163,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--curve", default="haze", help="tasks of the few-pairs curve, comma-separated")
     ap.add_argument("--figure", type=Path, default=None, help="figure path (default OUT/learns.jpg)")
     args = ap.parse_args(argv)
+    return args
 
-    import torch
 
-    torch.set_num_threads(args.threads)
+def world_recipe(args: argparse.Namespace):
+    """``(WorldConfig, adapter_steps, batch)`` for the run (full, ``--reduced`` or ``--smoke``)."""
     import world as W
 
-    t_start = time.time()
-    timing: Dict[str, float] = {}
     cfg = W.WorldConfig()
     adapter_steps, batch = 600, 8
     if args.reduced:
@@ -178,21 +177,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         adapter_steps = 400
         args.no_curve = True
     if args.smoke:
-        cfg = W.WorldConfig(vae_steps=10, unet_steps=10, test_patches=4)
+        cfg = W.WorldConfig(vae_steps=40, unet_steps=40, test_patches=4)  # one-cycle lr needs >= 2 warm-up steps
         adapter_steps = 3
     if args.adapter_steps:
         adapter_steps = args.adapter_steps
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    return cfg, adapter_steps, batch
 
-    _log(f"world {cfg.key()} (cache {args.cache})")
-    world = W.build_world(cfg, args.cache)
-    timing["world_s"] = round(time.time() - t_start, 1)
+
+def make_pairs(world: Dict, out: Path) -> Dict[str, Path]:
+    """``fdi degrade`` pairs: the train pairs of each task (cached in the world) and the test pairs of every
+    task under ``out/<task>/{degraded,clean}``; returns the train pair folders."""
     root: Path = world["root"]
-    _log(f"world ready in {timing['world_s']} s: {world['info']}")
-
-    # 1. pairs --------------------------------------------------------------------------------------------
-    t0 = time.time()
     pairs: Dict[str, Path] = {}
     for task, spec in {**TASKS, COMPOSITE[0]: COMPOSITE[1]}.items():
         if task in TASKS:
@@ -206,82 +201,87 @@ def main(argv: Optional[List[str]] = None) -> int:
         fdi(["degrade", "--clean", world["test"], "--kind", spec, "-o", te / "pairs", "--seed", 2, "--quiet"], 1)
         _copy_pngs(te / "pairs" / "degraded", te / "degraded")
         _copy_pngs(te / "pairs" / "clean", te / "clean")
-    timing["degrade_s"] = round(time.time() - t0, 1)
+    return pairs
 
-    # 2. adapters -----------------------------------------------------------------------------------------
-    t0 = time.time()
-    fractions = (1.0,) if args.no_curve else (0.1, 0.3, 1.0)
-    curve_tasks = () if args.no_curve else tuple(t for t in args.curve.split(",") if t)
+
+def _train_args(world: Dict, listing: Path, adapter: Path, label: str, patch: int, steps: int, batch: int) -> List:
+    return [
+        "train",
+        "--sd",
+        world["sd"],
+        "--blip2",
+        world["blip2"],
+        "--pairs-file",
+        listing,
+        "-o",
+        adapter,
+        "--label",
+        label,
+        "--adapter-config",
+        json.dumps(ADAPTER_CONFIG),
+        "--resolution",
+        patch,
+        "--max-steps",
+        steps,
+        "--batch-size",
+        batch,
+        "--lr",
+        1e-3,
+        "--lr-scheduler",
+        "cosine",
+        "--lr-warmup-steps",
+        30,
+        "--num-workers",
+        0,
+        "--checkpoint-every",
+        0,
+        "--device",
+        "cpu",
+        "--log-every",
+        10,
+        "--quiet",
+    ]
+
+
+def train_adapters(world: Dict, cfg, pairs: Dict[str, Path], plan: Dict, args: argparse.Namespace) -> Dict:
+    """``fdi train`` one adapter per (task, fraction of pairs), reusing cached ones; returns the recipe and
+    fills ``plan["adapters"]`` and ``plan["n_pairs"]``."""
+    root: Path = world["root"]
     recipe = {
         "world": cfg.key(),
-        "steps": adapter_steps,
-        "batch": batch,
+        "steps": plan["adapter_steps"],
+        "batch": plan["batch"],
         "lr": 1e-3,
         "lr_scheduler": "cosine",
         "warmup": 30,
         "config": ADAPTER_CONFIG,
     }
     akey = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]
-    adapters: Dict[tuple, Path] = {}
-    n_pairs: Dict[tuple, int] = {}
     todo = []
     for task in TASKS:
-        for frac in fractions if task in curve_tasks else (1.0,):
+        for frac in plan["fractions"] if task in plan["curve_tasks"] else (1.0,):
             a_dir = root / "adapters" / f"{task}-{int(frac * 100)}-{akey}"
             a_dir.mkdir(parents=True, exist_ok=True)
             listing = a_dir / "pairs.csv"
-            n_pairs[(task, frac)] = _subset_list(pairs[task], frac, seed=3, path=listing)
+            plan["n_pairs"][(task, frac)] = _subset_list(pairs[task], frac, seed=3, path=listing)
             adapter = a_dir / "adapter.safetensors"
-            adapters[(task, frac)] = adapter
-            if adapter.exists():
-                continue
-            todo.append(
-                [
-                    "train",
-                    "--sd",
-                    world["sd"],
-                    "--blip2",
-                    world["blip2"],
-                    "--pairs-file",
-                    listing,
-                    "-o",
-                    adapter,
-                    "--label",
-                    f"{task} (small world, {int(frac * 100)} % of pairs)",
-                    "--adapter-config",
-                    json.dumps(ADAPTER_CONFIG),
-                    "--resolution",
-                    cfg.patch,
-                    "--max-steps",
-                    adapter_steps,
-                    "--batch-size",
-                    batch,
-                    "--lr",
-                    1e-3,
-                    "--lr-scheduler",
-                    "cosine",
-                    "--lr-warmup-steps",
-                    30,
-                    "--num-workers",
-                    0,
-                    "--checkpoint-every",
-                    0,
-                    "--device",
-                    "cpu",
-                    "--log-every",
-                    10,
-                    "--quiet",
-                ]
-            )
-    _log(f"training {len(todo)} adapters ({adapter_steps} steps, batch {batch}), {args.jobs} at a time")
+            plan["adapters"][(task, frac)] = adapter
+            if not adapter.exists():
+                label = f"{task} (small world, {int(frac * 100)} % of pairs)"
+                todo.append(
+                    _train_args(world, listing, adapter, label, cfg.patch, plan["adapter_steps"], plan["batch"])
+                )
+    _log(f"training {len(todo)} adapters ({plan['adapter_steps']} steps, batch {plan['batch']}), {args.jobs} at a time")
     fdi_many(todo, args.threads, args.jobs)
-    timing["train_s"] = round(time.time() - t0, 1)
+    return recipe
 
-    # 3. restorations -------------------------------------------------------------------------------------
-    t0 = time.time()
+
+def restore_all(world: Dict, out: Path, plan: Dict, args: argparse.Namespace) -> None:
+    """``fdi restore`` the test patches of every task: unguided, restored, wrong FDI, the curve's adapters, and
+    the composite (both adapters) on haze + noise."""
+    adapters = plan["adapters"]
     steps = ["--steps", args.steps, "--inversion-steps", args.steps]
     common = [*steps, "--batch-size", 16, "--device", "cpu", "--quiet", "--sd", world["sd"]]
-
     jobs: List[List] = []
 
     def restore(task: str, kind: str, adapter_args: List) -> None:
@@ -296,7 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         restore(task, "unguided", ["--adapter", a, "--strength", 0])
         restore(task, "restored", ["--adapter", a])
         restore(task, "wrong_fdi", ["--adapter", a, "--fdi", fdi_of(other[task])])
-        for frac in fractions[:-1] if task in curve_tasks else ():
+        for frac in plan["fractions"][:-1] if task in plan["curve_tasks"] else ():
             restore(task, f"restored_{int(frac * 100)}pct", ["--adapter", adapters[(task, frac)]])
     ctask = COMPOSITE[0]
     both = ["--adapter", adapters[("haze", 1.0)], "--adapter", adapters[("noise", 1.0)]]
@@ -306,32 +306,90 @@ def main(argv: Optional[List[str]] = None) -> int:
     restore(ctask, "noise_only", ["--adapter", adapters[("noise", 1.0)]])
     _log(f"{len(jobs)} restorations, {args.jobs} at a time")
     fdi_many(jobs, args.threads, args.jobs)
+
+
+def task_row(out: Path, task: str, world: Dict, plan: Dict) -> Dict[str, object]:
+    """PSNR/SSIM of every kind of output of ``task`` against its clean patches (and the few-pairs curve)."""
+    row: Dict[str, object] = {"spec": TASKS.get(task, COMPOSITE[1]), "test_patches": world["info"]["test_patches"]}
+    kinds = ["degraded", "unguided", "restored"]
+    kinds += ["wrong_fdi"] if task in TASKS else ["haze_only", "noise_only"]
+    for kind in kinds:
+        m = metrics(out / task / kind, out / task / "clean")
+        row[f"psnr_{kind}"], row[f"ssim_{kind}"] = m["psnr"], m["ssim"]
+    if task in plan["curve_tasks"]:
+        curve = []
+        for frac in plan["fractions"]:
+            kind = "restored" if frac == 1.0 else f"restored_{int(frac * 100)}pct"
+            m = metrics(out / task / kind, out / task / "clean")
+            curve.append({"fraction": frac, "pairs": plan["n_pairs"][(task, frac)], **m})
+        row["few_pairs_curve"] = curve
+    if task in TASKS:
+        row["train_pairs"] = plan["n_pairs"][(task, 1.0)]
+    row["gain_db"] = round(float(row["psnr_restored"]) - float(row["psnr_degraded"]), 3)
+    return row
+
+
+def write_figure(out: Path, path: Path) -> None:
+    names = sorted(p.name for p in (out / "haze" / "clean").glob("*.png"))
+    picks = [names[1], names[-2]] if len(names) > 3 else names[:1]
+    tasks = (*TASKS, COMPOSITE[0])
+    rows = [(t, n) for t in tasks for n in picks[:1]] + [(t, picks[-1]) for t in tasks]
+    caption = (
+        "A small model trained here from scratch on 64 px patches of scikit-image's photos (not SD 2.1); "
+        "held-out photos; adapters trained with 'fdi train'"
+    )
+    figure(out, rows, path, caption)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import world as W
+
+    from fdi.sampling import GUIDANCE_END
+
+    t_start = time.time()
+    timing: Dict[str, float] = {}
+    cfg, adapter_steps, batch = world_recipe(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    _log(f"world {cfg.key()} (cache {args.cache})")
+    world = W.build_world(cfg, args.cache)
+    timing["world_s"] = round(time.time() - t_start, 1)
+    _log(f"world ready in {timing['world_s']} s: {world['info']}")
+
+    t0 = time.time()
+    pairs = make_pairs(world, out)
+    timing["degrade_s"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    fractions = (1.0,) if args.no_curve else (0.1, 0.3, 1.0)
+    curve_tasks = () if args.no_curve else tuple(t for t in args.curve.split(",") if t)
+    plan = dict(adapter_steps=adapter_steps, batch=batch, fractions=fractions, curve_tasks=curve_tasks)
+    plan.update(adapters={}, n_pairs={})
+    recipe = train_adapters(world, cfg, pairs, plan, args)
+    timing["train_s"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    restore_all(world, out, plan, args)
     timing["restore_s"] = round(time.time() - t0, 1)
 
-    # 4. metrics -------------------------------------------------------------------------------------------
-    facts = {**world["info"], "key": cfg.key(), "config": json.loads((root / "config.json").read_text())}
+    facts = {**world["info"], "key": cfg.key(), "config": json.loads((world["root"] / "config.json").read_text())}
     report: Dict[str, object] = {"world": facts}
-    for task in (*TASKS, ctask):
-        row: Dict[str, object] = {"spec": TASKS.get(task, COMPOSITE[1]), "test_patches": world["info"]["test_patches"]}
-        kinds = ["degraded", "unguided", "restored"]
-        kinds += ["wrong_fdi"] if task in TASKS else ["haze_only", "noise_only"]
-        for kind in kinds:
-            m = metrics(out / task / kind, out / task / "clean")
-            row[f"psnr_{kind}"], row[f"ssim_{kind}"] = m["psnr"], m["ssim"]
-        if task in curve_tasks:
-            curve = []
-            for frac in fractions:
-                kind = "restored" if frac == 1.0 else f"restored_{int(frac * 100)}pct"
-                m = metrics(out / task / kind, out / task / "clean")
-                curve.append({"fraction": frac, "pairs": n_pairs[(task, frac)], **m})
-            row["few_pairs_curve"] = curve
-        if task in TASKS:
-            row["train_pairs"] = n_pairs[(task, 1.0)]
-        row["gain_db"] = round(float(row["psnr_restored"]) - float(row["psnr_degraded"]), 3)
+    for task in (*TASKS, COMPOSITE[0]):
+        row = task_row(out, task, world, plan)
         report[task] = row
         _log(f"{task}: " + " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("psnr") or k == "gain_db"))
     report["adapter_training"] = {**recipe, "resolution": cfg.patch}
-    report["restoration"] = {"steps": args.steps, "inversion_steps": args.steps, "guidance_end": 0.333, "strength": 1.0}
+    report["restoration"] = {
+        "steps": args.steps,
+        "inversion_steps": args.steps,
+        "guidance_end": GUIDANCE_END,
+        "strength": 1.0,
+    }
     timing["total_s"] = round(time.time() - t_start, 1)
     report["timing"] = timing
     report["goal"] = {
@@ -343,14 +401,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     with open(out / "report.json", "w") as fh:
         json.dump(report, fh, indent=2)
-    names = sorted(p.name for p in (out / "haze" / "clean").glob("*.png"))
-    picks = [names[1], names[-2]] if len(names) > 3 else names[:1]
-    rows = [(t, n) for t in (*TASKS, ctask) for n in picks[:1]] + [(t, picks[-1]) for t in (*TASKS, ctask)]
-    caption = (
-        "A small model trained here from scratch on 64 px patches of scikit-image's photos (not SD 2.1); "
-        "held-out photos; adapters trained with 'fdi train'"
-    )
-    figure(out, rows, args.figure or out / "learns.jpg", caption)
+    write_figure(out, args.figure or out / "learns.jpg")
     _log(f"done in {timing['total_s']} s: {out / 'report.json'}")
     return 0
 
