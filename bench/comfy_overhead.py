@@ -314,30 +314,17 @@ def main() -> int:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: int, base: Path) -> int:
-    t_setup = time.perf_counter()
-    import_comfy(comfy_path, args.device, str(base))
-    import comfy.model_management as mm
-    import comfy.sample
-    import comfy.samplers
-    import folder_paths
-    from comfy.ldm.modules.diffusionmodules import openaimodel
-
-    import nodes as comfy_nodes  # ComfyUI's stock nodes (COMFYUI_DIR is first on sys.path)
-
+def comfy_version() -> str:
     try:
-        from comfyui_version import __version__ as comfy_version
+        from comfyui_version import __version__
     except ImportError:
-        comfy_version = "?"
-    guidance_nodes, common = load_pack()
-    FDI = sys.modules[f"{PACK}.fdi.instruction"].FDI
+        return "?"
+    return __version__
 
-    # the MODEL
-    model, model_source = load_model(args.checkpoint, comfy_path, dtype)
-    unet_dtype = model.model.get_dtype()
-    unet_params = sum(p.numel() for p in model.model.diffusion_model.parameters())
 
-    # the native T2I-Adapter: diffusers format → models/controlnet → ControlNetLoader → ControlNetApplyAdvanced
+def load_t2i(comfy_nodes, folder_paths) -> tuple:
+    """The native T2I-Adapter: diffusers format → models/controlnet → ControlNetLoader; ``(control net, parameters,
+    its class's dotted name)``."""
     cn_dir = Path(folder_paths.get_folder_paths("controlnet")[0])
     cn_dir.mkdir(parents=True, exist_ok=True)
     t2i_name, t2i_params = write_t2i_adapter(cn_dir)
@@ -345,17 +332,14 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     t2i_class = type(control_net).__module__ + "." + type(control_net).__name__
     if type(control_net).__name__ != "T2IAdapter":
         sys.exit(f"error: ComfyUI loaded the diffusers T2I adapter as {t2i_class}, not comfy.controlnet.T2IAdapter")
+    return control_net, t2i_params, t2i_class
 
-    torch.manual_seed(0)
-    image = torch.rand(1, args.size, args.size, 3)  # ComfyUI IMAGE: the hint for T2I, the degraded image for ours
-    context = torch.randn(1, 77, 1024)
-    positive = [[context, {}]]
-    negative = [[torch.zeros_like(context), {}]]
-    t2i_positive, t2i_negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
-        positive, negative, control_net, image, 1.0, 0.0, 1.0
-    )
 
-    # our guidance: FDINoiseDecoupling (adapter forward, once) → FDIApplyGuidance (patched clone of the MODEL)
+def apply_ours(model, image: torch.Tensor, dtype: torch.dtype, device: torch.device) -> tuple:
+    """Our guidance: FDINoiseDecoupling (adapter forward, once; timed 3 times after a warm-up) → FDIApplyGuidance
+    (patched clone of the MODEL); ``(adapter, guided MODEL, seconds of the 3 timed FDINoiseDecoupling calls)``."""
+    guidance_nodes, common = sys.modules[f"{PACK}.nodes.guidance_nodes"], sys.modules[f"{PACK}.nodes.common"]
+    FDI = sys.modules[f"{PACK}.fdi.instruction"].FDI
     adapter = our_adapter().to(dtype)
     handle = common.ModelHandle(adapter, common.make_patcher(adapter), "bench")
     fdi = FDI(tokens=torch.randn(32, 768), encoder="", label="bench")
@@ -369,24 +353,23 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
         ours_once.append(time.perf_counter() - t)
     # guide every timed step (start 0, end 1 of the sampler's steps): the bench measures guided steps only
     (guided_model,) = guidance_nodes.FDIApplyGuidance.execute(model, guidance, 1.0, 0.0, 1.0)
+    return adapter, guided_model, ours_once
 
-    # one sampling run per variant and round: 1 + timed_steps Euler steps from the top of a 50-step schedule
-    model_sampling = model.get_model_object("model_sampling")
-    sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", 50)[: args.timed_steps + 2].cpu()
-    latent = torch.zeros(1, 4, args.size // 8, args.size // 8)
+
+def make_sample(setups: dict, records: dict, size: int, cfg: float, default_sigmas, device: torch.device):
+    """``sample(variant, sigmas, keep)``: one sampling run of a variant through ``comfy.sample.sample_custom``;
+    ``keep`` adds its step times and first prediction to ``records[variant]``."""
+    import comfy.sample
+    import comfy.samplers
+
+    latent = torch.zeros(1, 4, size // 8, size // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
-    setups = {
-        "plain": (model, positive, negative),
-        "ours": (guided_model, positive, negative),
-        "t2i": (model, t2i_positive, t2i_negative),
-    }
-    records = {v: {"steady": [], "first": [], "rounds": [], "prediction": None} for v in VARIANTS}
 
-    def sample(variant: str, sigmas=sigmas, keep: bool = True) -> None:
+    def sample(variant: str, sigmas=default_sigmas, keep: bool = True) -> None:
         m, pos, neg = setups[variant]
         record = {"times": []}
         sampler = comfy.samplers.KSAMPLER(partial(timing_sampler, record=record, device=device))
-        comfy.sample.sample_custom(m, noise, args.cfg, sampler, sigmas, pos, neg, latent, disable_pbar=True, seed=0)
+        comfy.sample.sample_custom(m, noise, cfg, sampler, sigmas, pos, neg, latent, disable_pbar=True, seed=0)
         if not keep:
             return
         records[variant]["first"].append(record["times"][0])
@@ -394,18 +377,20 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
         records[variant]["rounds"].append(statistics.mean(record["times"][1:]) if len(record["times"]) > 1 else None)
         records[variant]["prediction"] = record["first_prediction"]
 
-    for v in VARIANTS:  # warm-up: one 1-step run each (first calls of every kernel and code path), not counted
-        sample(v, sigmas[:2], keep=False)
-    setup_s = time.perf_counter() - t_setup
+    return sample
+
+
+def run_rounds(sample, reps: int) -> float:
+    """``reps`` interleaved rounds of plain / ours / T2I runs (the order rotates every round); seconds taken."""
     t_bench = time.perf_counter()
     for r in range(reps):
         for v in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
             sample(v)
-    bench_s = time.perf_counter() - t_bench
-    # direct measures: time inside our patches / ComfyUI's control code, one longer run each (medians over its later
-    # steps)
-    direct_sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", 50)[: DIRECT_STEPS + 1].cpu()
-    later = range(1, DIRECT_STEPS)
+    return time.perf_counter() - t_bench
+
+
+def time_inside_ours(sample, direct_sigmas, device: torch.device) -> float:
+    """Milliseconds per step inside our two patch objects' ``__call__`` (median over the later steps of one run)."""
     backend = sys.modules[f"{PACK}.fdi.comfy_backend"]
     ours_in = time_inside(
         [
@@ -417,7 +402,15 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     )
     if set(ours_in.get("patch", {})) != set(range(DIRECT_STEPS)):
         sys.exit("error: our patches were not called at every step of the guided run")
-    ours_ms = statistics.median(ours_in["patch"][i] for i in later) * 1e3  # every block's call of a step
+    return statistics.median(ours_in["patch"][i] for i in range(1, DIRECT_STEPS)) * 1e3  # every block's call of a step
+
+
+def time_inside_t2i(sample, direct_sigmas, control_net, device: torch.device) -> float:
+    """Milliseconds per step inside ComfyUI's T2I control code (``get_control`` with its cached control plus the
+    ``apply_control`` additions; median over the later steps of one run)."""
+    from comfy.ldm.modules.diffusionmodules import openaimodel
+
+    later = range(1, DIRECT_STEPS)
     t2i_in = time_inside(
         [
             (
@@ -439,34 +432,47 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
             "error: ComfyUI's T2I control did not run as expected (adapter on the first "
             f"step, cached control later): {t2i_in}"
         )
-    t2i_ms = statistics.median(t2i_in["later"][i] + t2i_in["add"][i] for i in later) * 1e3
+    return statistics.median(t2i_in["later"][i] + t2i_in["add"][i] for i in later) * 1e3
 
+
+def paired(records: dict, v: str) -> str:
+    """The median and IQR of the per-round ratios of ``v`` to plain (runs of a round are adjacent in time)."""
+    q = statistics.quantiles(
+        [a / b for a, b in zip(records[v]["rounds"], records["plain"]["rounds"])], n=4, method="inclusive"
+    )
+    return f"per-round paired ratios: median {q[1]:.4f}, IQR {q[0]:.4f}-{q[2]:.4f}"
+
+
+def print_header(args, device: torch.device, where: str, info: dict) -> None:
+    """The line that says what was measured: machine, versions, models, sizes, and how long setup and measuring took."""
+    import comfy.model_management as mm
+
+    lat = f"{args.size // 8}x{args.size // 8}"
+    print(
+        f"machine: {where}, torch {torch.__version__}, ComfyUI {info['comfy_version']}; "
+        f"device {mm.get_torch_device()}; "
+        f"UNet {info['unet_params'] / 1e6:.0f} M params in {str(info['unet_dtype']).replace('torch.', '')} "
+        f"({info['model_source']}); "
+        f"image {args.size}x{args.size} -> latent {lat}, batch 1, cfg {args.cfg:g}; "
+        f"ours {info['ours_params'] / 1e6:.1f} M, T2I {info['t2i_params'] / 1e6:.1f} M params ({info['t2i_class']}); "
+        f"setup {info['setup_s']:.0f} s, measuring {info['bench_s']:.0f} s"
+    )
+
+
+def report(args, device: torch.device, reps: int, records: dict, info: dict, ours_ms: float, t2i_ms: float) -> int:
+    """Print the summary lines (and ``--raw`` steps); 1 if a guided run predicted the same as the plain one."""
     plain = records["plain"]["prediction"]
     effect = {v: rel(records[v]["prediction"], plain) for v in ("ours", "t2i")}
     med = {v: statistics.median(records[v]["steady"]) for v in VARIANTS}
-
-    def paired(v: str) -> str:  # per-round ratios (runs of a round are adjacent in time): their median and IQR
-        q = statistics.quantiles(
-            [a / b for a, b in zip(records[v]["rounds"], records["plain"]["rounds"])], n=4, method="inclusive"
-        )
-        return f"per-round paired ratios: median {q[1]:.4f}, IQR {q[0]:.4f}-{q[2]:.4f}"
-
     first = {v: statistics.median(records[v]["first"]) for v in VARIANTS}
     n = len(records["plain"]["steady"])
-    lat = f"{args.size // 8}x{args.size // 8}"
     where = machine(device)
-    print(
-        f"machine: {where}, torch {torch.__version__}, ComfyUI {comfy_version}; device {mm.get_torch_device()}; "
-        f"UNet {unet_params / 1e6:.0f} M params in {str(unet_dtype).replace('torch.', '')} ({model_source}); "
-        f"image {args.size}x{args.size} -> latent {lat}, batch 1, cfg {args.cfg:g}; "
-        f"ours {adapter.num_parameters() / 1e6:.1f} M, T2I {t2i_params / 1e6:.1f} M params ({t2i_class}); "
-        f"setup {setup_s:.0f} s, measuring {bench_s:.0f} s"
-    )
+    print_header(args, device, where, info)
     tag = f"[{where.split(',')[0] if device.type == 'cpu' else where}, {args.dtype}, {args.size} px]"
     print(
         f"ours/plain step: {med['ours'] * 1e3:.1f} ms / {med['plain'] * 1e3:.1f} "
         f"ms = {med['ours'] / med['plain']:.4f} "
-        f"(target <= 1.02; medians of {n} steps in {reps} interleaved rounds; {paired('ours')}; "
+        f"(target <= 1.02; medians of {n} steps in {reps} interleaved rounds; {paired(records, 'ours')}; "
         f"time inside our patches {ours_ms:.1f} ms/step (median of {DIRECT_STEPS - 1}) "
         f"= {ours_ms / (med['plain'] * 1e3):.2%} of a plain step; "
         f"guidance changes the prediction by {effect['ours']:.1%}) {tag}"
@@ -474,13 +480,13 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
     print(
         f"T2I/plain step: {med['t2i'] * 1e3:.1f} ms / {med['plain'] * 1e3:.1f} ms = {med['t2i'] / med['plain']:.4f} "
         "(ComfyUI T2IAdapter via ControlNetLoader + ControlNetApplyAdvanced, same "
-        f"rounds; {paired('t2i')}; time inside its control code "
+        f"rounds; {paired(records, 't2i')}; time inside its control code "
         f"(get_control with cached control + apply_control adds) {t2i_ms:.1f} ms/step "
         f"= {t2i_ms / (med['plain'] * 1e3):.2%} of a plain step; control changes "
         f"the prediction by {effect['t2i']:.1%}) {tag}"
     )
     print(
-        f"one-time per image/run: ours FDINoiseDecoupling {statistics.median(ours_once) * 1e3:.1f} "
+        f"one-time per image/run: ours FDINoiseDecoupling {statistics.median(info['ours_once']) * 1e3:.1f} "
         "ms (median of 3, before sampling); "
         f"T2I first step {first['t2i'] * 1e3:.1f} ms vs plain first step {first['plain'] * 1e3:.1f} ms = "
         f"+{(first['t2i'] - first['plain']) * 1e3:.1f} ms per sampling run (adapter "
@@ -500,6 +506,55 @@ def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: i
         )
         return 1
     return 0
+
+
+def run(args, comfy_path: str, device: torch.device, dtype: torch.dtype, reps: int, base: Path) -> int:
+    t_setup = time.perf_counter()
+    import_comfy(comfy_path, args.device, str(base))
+    import comfy.samplers
+    import folder_paths
+
+    import nodes as comfy_nodes  # ComfyUI's stock nodes (COMFYUI_DIR is first on sys.path)
+
+    info = {"comfy_version": comfy_version()}
+    load_pack()
+
+    model, info["model_source"] = load_model(args.checkpoint, comfy_path, dtype)  # the MODEL
+    info["unet_dtype"] = model.model.get_dtype()
+    info["unet_params"] = sum(p.numel() for p in model.model.diffusion_model.parameters())
+
+    control_net, info["t2i_params"], info["t2i_class"] = load_t2i(comfy_nodes, folder_paths)
+    torch.manual_seed(0)
+    image = torch.rand(1, args.size, args.size, 3)  # ComfyUI IMAGE: the hint for T2I, the degraded image for ours
+    context = torch.randn(1, 77, 1024)
+    positive = [[context, {}]]
+    negative = [[torch.zeros_like(context), {}]]
+    t2i_positive, t2i_negative = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet(
+        positive, negative, control_net, image, 1.0, 0.0, 1.0
+    )
+    adapter, guided_model, info["ours_once"] = apply_ours(model, image, dtype, device)
+    info["ours_params"] = adapter.num_parameters()
+
+    # one sampling run per variant and round: 1 + timed_steps Euler steps from the top of a 50-step schedule
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", 50)[: args.timed_steps + 2].cpu()
+    setups = {
+        "plain": (model, positive, negative),
+        "ours": (guided_model, positive, negative),
+        "t2i": (model, t2i_positive, t2i_negative),
+    }
+    records = {v: {"steady": [], "first": [], "rounds": [], "prediction": None} for v in VARIANTS}
+    sample = make_sample(setups, records, args.size, args.cfg, sigmas, device)
+    for v in VARIANTS:  # warm-up: one 1-step run each (first calls of every kernel and code path), not counted
+        sample(v, sigmas[:2], keep=False)
+    info["setup_s"] = time.perf_counter() - t_setup
+    info["bench_s"] = run_rounds(sample, reps)
+    # direct measures: time inside our patches / ComfyUI's control code, one longer run each (medians over its later
+    # steps)
+    direct_sigmas = comfy.samplers.calculate_sigmas(model_sampling, "normal", 50)[: DIRECT_STEPS + 1].cpu()
+    ours_ms = time_inside_ours(sample, direct_sigmas, device)
+    t2i_ms = time_inside_t2i(sample, direct_sigmas, control_net, device)
+    return report(args, device, reps, records, info, ours_ms, t2i_ms)
 
 
 if __name__ == "__main__":

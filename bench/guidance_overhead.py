@@ -130,7 +130,7 @@ def trained_like_adapter(base_family: str):
     return adapter
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
@@ -141,36 +141,25 @@ def main() -> int:
     ap.add_argument(
         "--reps", type=int, default=None, help="interleaved plain/guided step pairs (default 5 on CPU, 30 on GPU)"
     )
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    from fdi.diffusers_backend import DiffusersGuidance
-    from fdi.encoder import parse_dtype
-    from fdi.pipeline import AdapterUse
 
-    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
-    reps = args.reps or (30 if device.type == "cuda" else 5)
-    pipe = build_random_sd21(device, dtype)
-    unet = pipe.unet
-    adapter = trained_like_adapter(pipe.base_family)
-    fdi = torch.randn(32, 768)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
-    unet_m = sum(p.numel() for p in unet.parameters()) / 1e6
-    print(
-        f"device {device} ({where}), dtype {args.dtype}, image {args.size}x{args.size}, UNet {unet_m:.0f} M, "
-        f"adapter {adapter.num_parameters() / 1e6:.1f} M parameters"
-    )
-
-    image = torch.rand(1, 3, args.size, args.size)
-    use = AdapterUse(adapter, fdi, 1.0)
-    # 2. the adapter's one-time forward (first call warms up)
+def time_adapter(pipe, use, image: torch.Tensor, device: torch.device):
+    """The adapter's one-time forward (the first call warms up): ``(seconds of 3 calls, guidance)``."""
     pipe.compute_guidance(use, image)
     adapter_times = [timed(lambda: pipe.compute_guidance(use, image), device) for _ in range(3)]
-    guidance = pipe.compute_guidance(use, image)
+    return adapter_times, pipe.compute_guidance(use, image)
 
-    # 1. interleaved plain / guided UNet steps
-    lat = torch.randn(1, 4, args.size // 8, args.size // 8, device=device)
+
+def time_steps(pipe, guidance, size: int, steps: int, reps: int, device: torch.device):
+    """Interleaved plain / guided UNet steps: ``(plain seconds, guided seconds, the plain step)``.
+
+    The hooks are removed on return, so the returned step is a plain UNet pass."""
+    from fdi.diffusers_backend import DiffusersGuidance
+
+    lat = torch.randn(1, 4, size // 8, size // 8, device=device)
     cond = pipe.encode_prompt("")
-    t = int(pipe.sampling_timesteps(args.steps)[0])
+    t = int(pipe.sampling_timesteps(steps)[0])
     hooks = DiffusersGuidance(pipe.unet, [(guidance, 1.0)], strength=1.0, active=False).attach()
     step = lambda: pipe._unet(lat, t, cond)  # noqa: E731
     with torch.no_grad():
@@ -184,18 +173,25 @@ def main() -> int:
             hooks.active = True
             guided.append(timed(step, device))
     hooks.remove()
-    p_med, g_med = statistics.median(plain), statistics.median(guided)
+    return plain, guided, step
 
-    # 3. whole restore vs the same number of plain UNet passes
-    passes = 2 * args.steps
+
+def time_restore(pipe, use, image: torch.Tensor, steps: int, step, device: torch.device):
+    """A whole restore and the same number of plain UNet passes (``2·steps`` calls of ``step``), in seconds."""
+    passes = 2 * steps
     # warm-up: VAE and text kernels' first calls
     pipe.restore(image, [use], steps=2, inversion_steps=2, guidance_end=0.5)
     restore_s = timed(
-        lambda: pipe.restore(image, [use], steps=args.steps, inversion_steps=args.steps, guidance_end=0.333), device
+        lambda: pipe.restore(image, [use], steps=steps, inversion_steps=steps, guidance_end=0.333), device
     )
     with torch.no_grad():
         plain_passes_s = timed(lambda: [step() for _ in range(passes)], device)
+    return restore_s, plain_passes_s
 
+
+def report(args, reps: int, plain, guided, adapter_times, restore_s: float, plain_passes_s: float) -> None:
+    p_med, g_med = statistics.median(plain), statistics.median(guided)
+    passes = 2 * args.steps
     print(
         f"step ratio: guided {g_med * 1e3:.1f} ms / plain {p_med * 1e3:.1f} ms = "
         f"{g_med / p_med:.4f} (target <= 1.02; medians of {reps} interleaved pairs)"
@@ -210,6 +206,33 @@ def main() -> int:
         f"(target <= 1.10; {args.steps} inversion + {args.steps} sampling steps, "
         "VAE encode/decode and adapter included)"
     )
+
+
+def main() -> int:
+    args = parse_args()
+
+    from fdi.encoder import parse_dtype
+    from fdi.pipeline import AdapterUse
+
+    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
+    reps = args.reps or (30 if device.type == "cuda" else 5)
+    pipe = build_random_sd21(device, dtype)
+    adapter = trained_like_adapter(pipe.base_family)
+    fdi = torch.randn(32, 768)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    unet_m = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    print(
+        f"device {device} ({where}), dtype {args.dtype}, image {args.size}x{args.size}, UNet {unet_m:.0f} M, "
+        f"adapter {adapter.num_parameters() / 1e6:.1f} M parameters"
+    )
+
+    image = torch.rand(1, 3, args.size, args.size)
+    use = AdapterUse(adapter, fdi, 1.0)
+    adapter_times, guidance = time_adapter(pipe, use, image, device)  # 2. the adapter's one-time forward
+    plain, guided, step = time_steps(pipe, guidance, args.size, args.steps, reps, device)  # 1. interleaved steps
+    # 3. whole restore vs the same number of plain UNet passes
+    restore_s, plain_passes_s = time_restore(pipe, use, image, args.steps, step, device)
+    report(args, reps, plain, guided, adapter_times, restore_s, plain_passes_s)
     return 0
 
 

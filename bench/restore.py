@@ -107,7 +107,7 @@ def unet_passes(call, pipe, batch: int, size: int, steps: int, device: torch.dev
         return timed(lambda: [call(lat, t, encoder_hidden_states=cond).sample.float() for t in ts], device)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
@@ -124,41 +124,30 @@ def main() -> int:
     ap.add_argument("--compile", action="store_true", help="also measure the compiled pipeline (pipe.compile())")
     ap.add_argument("--tiny", action="store_true", help="the tests' tiny SD instead of SD 2.1's sizes (CPU smoke run)")
     ap.add_argument("--reps", type=int, default=None, help="timed restores per setting (default 1 on CPU, 3 on GPU)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def record_qformer_builds() -> list:
+    """Wrap :meth:`fdi.encoder.QFormerEncoder.from_pretrained` so that every call is appended to the returned list."""
     import fdi.encoder
-    from fdi.compile import compile_module, default_mode
-    from fdi.encoder import parse_dtype
-    from fdi.pipeline import AdapterUse
 
     built = []
     original_from_pretrained = fdi.encoder.QFormerEncoder.from_pretrained
     fdi.encoder.QFormerEncoder.from_pretrained = classmethod(
         lambda cls, *a, **k: built.append(a) or original_from_pretrained(*a, **k)
     )
+    return built
 
-    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
-    reps = args.reps or (3 if device.type == "cuda" else 1)
-    if args.tiny:
-        pipe, adapter, fdi_tokens = build_tiny(device, dtype)
-    else:
-        pipe, adapter, fdi_tokens = (
-            build_random_sd21(device, dtype),
-            trained_like_adapter("sd2.1-base"),
-            torch.randn(32, 768),
-        )
-    use = AdapterUse(adapter, fdi_tokens, 1.0)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    model = "tiny SD" if args.tiny else "SD 2.1 sizes"
-    tag = f"{name}, {model}, {args.dtype}, {args.size}x{args.size}, {args.steps}+{args.steps} steps"
-    images = {
-        b: torch.rand(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(b)) for b in args.batch_size
-    }
 
-    def restore(b: int) -> torch.Tensor:
-        return pipe.restore(images[b], [use], steps=args.steps, inversion_steps=args.steps)
+def build_models(tiny: bool, device: torch.device, dtype: torch.dtype):
+    """``(pipeline, adapter, FDI tokens)``: the tests' tiny SD, or SD 2.1's sizes; random weights."""
+    if tiny:
+        return build_tiny(device, dtype)
+    return build_random_sd21(device, dtype), trained_like_adapter("sd2.1-base"), torch.randn(32, 768)
 
-    # ---- eager ----------------------------------------------------------------------------------
+
+def measure_eager(restore, pipe, images: dict, args, reps: int, device: torch.device):
+    """Eager seconds per image, ``({batch: restore}, {batch: 2·steps plain UNet passes})``."""
     eager, eager_passes = {}, {}
     restore(args.batch_size[0])  # warm-up (kernels' first calls, cached alphas)
     plain_sampling(pipe, images[args.batch_size[0]], 1)
@@ -167,6 +156,11 @@ def main() -> int:
         eager[b] = statistics.median(timed(lambda: restore(b), device) for _ in range(reps)) / b
         unet_passes(pipe.unet, pipe, b, args.size, args.steps, device)
         eager_passes[b] = unet_passes(pipe.unet, pipe, b, args.size, args.steps, device) / b
+    return eager, eager_passes
+
+
+def report_peak_memory(restore, pipe, use, images: dict, args, tag: str, device: torch.device) -> None:
+    """Print the eager restore's peak memory against plain sampling's (CUDA only; skipped on the CPU)."""
     if device.type == "cuda":
         b = args.batch_size[0]
         plain_peak = peak_bytes(lambda: plain_sampling(pipe, images[b], args.steps), device)
@@ -184,27 +178,36 @@ def main() -> int:
             f"restore.peak_memory[{tag}]: skipped on the CPU (measured with torch.cuda.max_memory_allocated on a GPU)"
         )
 
-    # ---- compiled: plain UNet first (no FDI hooks), then the pipeline --------------------------------
-    compiled, compiled_passes, warmup = {}, {}, {}
-    if args.compile:
-        mode = default_mode(device)
-        bare = compile_module(pipe.unet, device, "UNet", mode)
-        for b in args.batch_size:
-            t0 = time.perf_counter()
-            unet_passes(bare, pipe, b, args.size, args.steps, device)
-            warmup[("passes", b)] = time.perf_counter() - t0
-            compiled_passes[b] = unet_passes(bare, pipe, b, args.size, args.steps, device) / b
-        torch._dynamo.reset()  # the bare graphs must not serve the hooked UNet below
-        ok = pipe.compile(mode=mode)
-        for b in args.batch_size:
-            warmup[("restore", b)] = timed(lambda: restore(b), device)
-            compiled[b] = statistics.median(timed(lambda: restore(b), device) for _ in range(reps)) / b
-        if not ok or not pipe.compiled_unet.is_compiled:
-            print(
-                f"restore.compiled[{tag}]: torch.compile was unavailable or failed (see the warning); "
-                "the figures below are eager"
-            )
 
+def measure_compiled(restore, pipe, args, reps: int, tag: str, device: torch.device):
+    """Compiled seconds per image: plain UNet first (no FDI hooks), then the pipeline.
+
+    ``({batch: restore}, {batch: plain UNet passes}, {("passes" | "restore", batch): warm-up seconds})``."""
+    from fdi.compile import compile_module, default_mode
+
+    compiled, compiled_passes, warmup = {}, {}, {}
+    mode = default_mode(device)
+    bare = compile_module(pipe.unet, device, "UNet", mode)
+    for b in args.batch_size:
+        t0 = time.perf_counter()
+        unet_passes(bare, pipe, b, args.size, args.steps, device)
+        warmup[("passes", b)] = time.perf_counter() - t0
+        compiled_passes[b] = unet_passes(bare, pipe, b, args.size, args.steps, device) / b
+    torch._dynamo.reset()  # the bare graphs must not serve the hooked UNet below
+    ok = pipe.compile(mode=mode)
+    for b in args.batch_size:
+        warmup[("restore", b)] = timed(lambda: restore(b), device)
+        compiled[b] = statistics.median(timed(lambda: restore(b), device) for _ in range(reps)) / b
+    if not ok or not pipe.compiled_unet.is_compiled:
+        print(
+            f"restore.compiled[{tag}]: torch.compile was unavailable or failed (see the warning); "
+            "the figures below are eager"
+        )
+    return compiled, compiled_passes, warmup
+
+
+def report_times(args, reps: int, tag: str, eager, eager_passes, compiled, compiled_passes, warmup) -> None:
+    """Print the seconds-per-image and restore ÷ plain-passes lines, one per batch size."""
     goal = "goal: compiled <= 1.5 s/image at batch 1, <= 0.8 s/image at batch 8 (H100/H200, fp16, 512x512, 50+50 steps)"
     for b in args.batch_size:
         line = f"restore.seconds_per_image[{tag}, batch {b}]: eager {eager[b]:.3f} s"
@@ -228,9 +231,43 @@ def main() -> int:
                 f"{compiled_passes[b]:.3f} s = {compiled[b] / compiled_passes[b]:.4f}"
             )
         print(line + " (per image; goal <= 1.05)")
+
+
+def check_no_blip2(built: list, tag: str) -> None:
+    """Assert that no Q-Former was built and no transformers BLIP-2 module imported; print the line that says so."""
     blip2_modules = sorted(m for m in sys.modules if m.startswith("transformers.models.blip_2"))
     assert not built and not blip2_modules, f"BLIP-2 was loaded during inference: {built or blip2_modules}"
     print(f"restore.blip2_loaded[{tag}]: no (no Q-Former built, no transformers BLIP-2 module imported)")
+
+
+def main() -> int:
+    args = parse_args()
+
+    from fdi.encoder import parse_dtype
+    from fdi.pipeline import AdapterUse
+
+    built = record_qformer_builds()
+    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
+    reps = args.reps or (3 if device.type == "cuda" else 1)
+    pipe, adapter, fdi_tokens = build_models(args.tiny, device, dtype)
+    use = AdapterUse(adapter, fdi_tokens, 1.0)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    model = "tiny SD" if args.tiny else "SD 2.1 sizes"
+    tag = f"{name}, {model}, {args.dtype}, {args.size}x{args.size}, {args.steps}+{args.steps} steps"
+    images = {
+        b: torch.rand(b, 3, args.size, args.size, generator=torch.Generator().manual_seed(b)) for b in args.batch_size
+    }
+
+    def restore(b: int) -> torch.Tensor:
+        return pipe.restore(images[b], [use], steps=args.steps, inversion_steps=args.steps)
+
+    eager, eager_passes = measure_eager(restore, pipe, images, args, reps, device)
+    report_peak_memory(restore, pipe, use, images, args, tag, device)
+    compiled, compiled_passes, warmup = {}, {}, {}
+    if args.compile:
+        compiled, compiled_passes, warmup = measure_compiled(restore, pipe, args, reps, tag, device)
+    report_times(args, reps, tag, eager, eager_passes, compiled, compiled_passes, warmup)
+    check_no_blip2(built, tag)
     return 0
 
 
