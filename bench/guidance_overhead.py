@@ -178,11 +178,13 @@ def time_steps(pipe, guidance, size: int, steps: int, reps: int, device: torch.d
 
 def time_restore(pipe, use, image: torch.Tensor, steps: int, step, device: torch.device):
     """A whole restore and the same number of plain UNet passes (``2·steps`` calls of ``step``), in seconds."""
+    from fdi.sampling import GUIDANCE_END
+
     passes = 2 * steps
     # warm-up: VAE and text kernels' first calls
     pipe.restore(image, [use], steps=2, inversion_steps=2, guidance_end=0.5)
     restore_s = timed(
-        lambda: pipe.restore(image, [use], steps=steps, inversion_steps=steps, guidance_end=0.333), device
+        lambda: pipe.restore(image, [use], steps=steps, inversion_steps=steps, guidance_end=GUIDANCE_END), device
     )
     with torch.no_grad():
         plain_passes_s = timed(lambda: [step() for _ in range(passes)], device)
