@@ -29,6 +29,7 @@ from torch import nn
 
 from .adapter_blocks import GuidanceHead, ImageLevel, NoiseDecoupling, token_stats
 from .errors import FDIError
+from .families import canonical_name
 from .files import PathLike, check_file_format, check_output_path, load_safetensors, save_safetensors
 from .instruction import FDI, same_encoder
 
@@ -48,7 +49,8 @@ class FDIAdapterConfig:
     """Architecture of an :class:`FDIAdapter` (stored as JSON in the adapter file).
 
     Attributes:
-        channels: UNet encoder widths ``C_1..C_4`` (SD 2.1: 320, 640, 1280, 1280). Exactly four.
+        channels: UNet encoder level widths ``C_1..C_L``: four for SD 1.5/2.1 (320, 640, 1280, 1280), three
+            for SDXL (320, 640, 1280); :meth:`for_family` gives a family's.
         token_width: FDI token width ``D`` (BLIP-2 Q-Former: 768).
         num_tokens: FDI token count ``T`` (BLIP-2: 32).
         res_blocks: residual blocks per level of the image branch.
@@ -69,10 +71,10 @@ class FDIAdapterConfig:
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
-        if len(self.channels) != 4:
+        if len(self.channels) not in (3, 4):
             raise FDIError(
-                f"an FDI adapter has four levels (SD 2.1 UNet encoder), got channels {self.channels}; "
-                "give four widths such as (320, 640, 1280, 1280)"
+                f"an FDI adapter has one level per UNet encoder level, three (SDXL) or four (SD 1.5/2.1), "
+                f"got channels {self.channels}; give widths such as (320, 640, 1280, 1280) or (320, 640, 1280)"
             )
         for name in ("token_width", "num_tokens", "res_blocks", "bottleneck", "heads", "se_reduction", "unshuffle"):
             v = getattr(self, name)
@@ -83,6 +85,21 @@ class FDIAdapterConfig:
                 raise FDIError(
                     f"adapter width {c} must be positive and divisible by heads={self.heads}; change channels or heads"
                 )
+
+    @property
+    def levels(self) -> int:
+        """Number of levels ``L`` (UNet encoder levels: 4 for SD 1.5/2.1, 3 for SDXL)."""
+        return len(self.channels)
+
+    @classmethod
+    def for_family(cls, family: str, **overrides) -> "FDIAdapterConfig":
+        """The default architecture for a base family (``sd1.5``, ``sd2.1-base``, ``sd2.1-v``, ``sdxl``)."""
+        from .families import FAMILIES, get_family
+
+        f = get_family(family)
+        if f is None:
+            raise FDIError(f"unknown base family {family!r}; use one of {', '.join(FAMILIES)}")
+        return cls(**{"channels": f.channels, **overrides})
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -123,8 +140,14 @@ class Modulation(NamedTuple):
     gate: torch.Tensor
 
 
-#: decoder points (``up_blocks[k]`` outputs) and the level whose refined tokens drive them
-MODULATION_LEVELS = (3, 2, 1)  # up_blocks[0] ← F̂_4, up_blocks[1] ← F̂_3, up_blocks[2] ← F̂_2 (0-based)
+def modulation_levels(levels: int) -> Tuple[int, ...]:
+    """The 0-based level whose refined tokens drive each decoder point ``up_blocks[0..L-2]``: the level of the same
+    width (4 levels: ``(3, 2, 1)``, ``up_blocks[0] ← F̂_4, [1] ← F̂_3, [2] ← F̂_2``; SDXL's 3: ``(2, 1)``)."""
+    return tuple(range(levels - 1, 0, -1))
+
+
+#: decoder points of a four-level (SD 1.5/2.1) adapter and the level driving each
+MODULATION_LEVELS = modulation_levels(4)
 
 
 @dataclass
@@ -207,7 +230,7 @@ class FDIAdapter(nn.Module):
     ):
         super().__init__()
         self.config = config = config or FDIAdapterConfig()
-        self.base_family = base_family
+        self.base_family = canonical_name(base_family)
         self.encoder = encoder
         self.label = label
         self.fdi: Optional[FDI] = None
@@ -217,12 +240,14 @@ class FDIAdapter(nn.Module):
         self.conv_in = nn.Conv2d(3 * u * u, ch[0], 3, padding=1)
         self.levels = nn.ModuleList(
             ImageLevel(ch[max(i - 1, 0)], ch[i], config.res_blocks, config.bottleneck, downsample=i > 0)
-            for i in range(4)
+            for i in range(config.levels)
         )
         self.decouple_levels = nn.ModuleList(NoiseDecoupling(config.token_width, c, config.heads) for c in ch)
         self.guidance_heads = nn.ModuleList(GuidanceHead(c, config.se_reduction) for c in ch)
-        #: per-channel gates of the visual modulator, for up_blocks[0], [1], [2] (zero = no-op)
-        self.gates = nn.ParameterList(nn.Parameter(torch.zeros(ch[level])) for level in MODULATION_LEVELS)
+        #: per-channel gates of the visual modulator, for up_blocks[0..L-2] (zero = no-op)
+        self.gates = nn.ParameterList(
+            nn.Parameter(torch.zeros(ch[level])) for level in modulation_levels(config.levels)
+        )
 
     # ---- stages ----------------------------------------------------------------------------------
 
@@ -286,7 +311,7 @@ class FDIAdapter(nn.Module):
         """Multi-level guidance residuals and visual-modulator targets from ``c_i`` and ``F̂_i``."""
         residuals = [head(f, c) for head, f, c in zip(self.guidance_heads, refined, features)]
         modulations = []
-        for gate, level in zip(self.gates, MODULATION_LEVELS):
+        for gate, level in zip(self.gates, modulation_levels(self.config.levels)):
             mean, std = token_stats(refined[level])
             modulations.append(Modulation(mean, std, gate))
         return FDIGuidance(residuals=residuals, modulations=modulations, refined=list(refined))
@@ -384,7 +409,7 @@ class FDIAdapter(nn.Module):
         if "config" not in meta:
             raise FDIError(f"{src!r} has no adapter config in its metadata; the file is incomplete, re-save it")
         config = FDIAdapterConfig.from_json(meta["config"], src)
-        family = meta.get("base_family", "")
+        family = canonical_name(meta.get("base_family", ""))
         if base_family is not None and family != base_family:
             raise FDIError(
                 f"adapter {src!r} was trained for {family or 'an unknown model'}, not {base_family}; "

@@ -13,12 +13,12 @@ import torch
 
 from .adapter import FDIAdapter
 from .errors import FDIError
+from .families import arch_of, family_for
 from .instruction import FDI
 from .sampling import GUIDANCE_END
 
 MIN_SIDE = 8
 MODES = ("composite", "progressive")
-SD21_CHANNELS = (320, 640, 1280, 1280)
 
 
 @dataclass
@@ -40,21 +40,16 @@ class AdapterUse:
 
 
 def detect_base_family(unet_config, prediction_type: str) -> str:
-    """``sd2.1-base``/``sd2.1-v`` for SD 2.1 UNets (by widths, cross-attention width 1024 and linear
-    projections), ``sd1.5-*``, ``sdxl-*``, else ``custom-base``/``custom-v``; the suffix is ``v`` for
-    v-prediction, ``base`` for epsilon."""
-    suffix = "v" if prediction_type == "v_prediction" else "base"
-    ch = tuple(int(c) for c in unet_config.block_out_channels)
-    cross = unet_config.cross_attention_dim
-    if getattr(unet_config, "addition_embed_type", None) == "text_time":
-        arch = "sdxl"
-    elif ch == SD21_CHANNELS and cross == 1024 and unet_config.use_linear_projection:
-        arch = "sd2.1"
-    elif ch == SD21_CHANNELS and cross == 768:
-        arch = "sd1.5"
-    else:
-        arch = "custom"
-    return f"{arch}-{suffix}"
+    """The family (:mod:`fdi.families`) of a diffusers UNet config and prediction type: ``sd1.5``, ``sd2.1-base``,
+    ``sd2.1-v``, ``sdxl`` (``sd1.5-v``, ``sdxl-v`` for v-prediction fine-tunes), else ``custom-base`` /
+    ``custom-v`` (no known family: the suffix is ``v`` for v-prediction, ``base`` for epsilon)."""
+    text_time = getattr(unet_config, "addition_embed_type", None) == "text_time"
+    arch = arch_of(unet_config.block_out_channels, unet_config.cross_attention_dim, text_time)
+    if arch == "sd2" and not unet_config.use_linear_projection:
+        arch = None
+    if arch is None:
+        return "custom-v" if prediction_type == "v_prediction" else "custom-base"
+    return family_for(arch, prediction_type)
 
 
 #: how :func:`check_settings` names the settings in its messages (the CLI passes its flags instead)

@@ -128,8 +128,12 @@ def test_fdi_width_token_count_and_encoder_are_checked():
 
 
 def test_config_validation():
-    with pytest.raises(FDIError, match="four levels"):
-        FDIAdapterConfig(channels=(320, 640, 1280))  # SDXL has three levels
+    with pytest.raises(FDIError, match="three \\(SDXL\\) or four"):
+        FDIAdapterConfig(channels=(320, 640, 1280, 1280, 1280))
+    with pytest.raises(FDIError, match="unknown base family"):
+        FDIAdapterConfig.for_family("sd3")
+    assert FDIAdapterConfig.for_family("sdxl").channels == (320, 640, 1280)
+    assert FDIAdapterConfig.for_family("sd1.5").channels == (320, 640, 1280, 1280)
     with pytest.raises(FDIError, match="divisible by heads"):
         FDIAdapterConfig(channels=(30, 32, 64, 64), heads=4)
     with pytest.raises(FDIError, match="unknown adapter config keys"):
