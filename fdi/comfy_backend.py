@@ -22,7 +22,7 @@ import torch
 
 from .adapter import FDIGuidance, Modulation
 from .comfy_guidance import Gate, GuidanceEntry, GuidanceTensors, SharedGuidance, sigma_window
-from .comfy_unet import block_indices, check_unet_for_adapter
+from .comfy_unet import block_indices, check_unet_for_adapter, comfy_family
 from .guidance import StepInvariantCache, fit_residual, modulate, targets_coefficients
 from .sampling import inversion_input_scale
 from .tiles import crop_residual
@@ -43,6 +43,7 @@ __all__ = [
     "add_guidance",
     "block_indices",
     "check_unet_for_adapter",
+    "comfy_family",
     "ddim_inversion_sampler",
     "decide_scales",
     "fdi_patches",

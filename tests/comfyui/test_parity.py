@@ -62,7 +62,7 @@ def comfy():
     return harness.import_comfyui(COMFYUI_DIR)
 
 
-def test_sdxl_shaped_model_is_refused_with_comfyui_config(comfy):
+def test_each_family_is_taken_on_its_own_comfyui_config_and_refused_on_others(comfy):
     """ComfyUI's real SD 2.x / SDXL / SD 1.5 unet configs through the check ``FDIApplyGuidance`` runs."""
     from fdi.comfy_backend import check_unet_for_adapter
     from fdi.errors import FDIError
@@ -79,6 +79,9 @@ def test_sdxl_shaped_model_is_refused_with_comfyui_config(comfy):
         check_unet_for_adapter(full(sm.SDXL.unet_config, 3), channels, "sd2.1-base")
     with pytest.raises(FDIError, match="SD 1.x"):
         check_unet_for_adapter(full(sm.SD15.unet_config, 4), channels, "sd2.1-base")
+    # each family on its own UNet (SDXL: three levels, input blocks 0-8, output blocks 0-8)
+    assert check_unet_for_adapter(full(sm.SD15.unet_config, 4), channels, "sd1.5") == ((2, 5, 8, 11), (3, 6, 9))
+    assert check_unet_for_adapter(full(sm.SDXL.unet_config, 3), channels[:3], "sdxl") == ((2, 5, 8), (3, 6))
 
 
 def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):

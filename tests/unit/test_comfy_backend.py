@@ -23,6 +23,7 @@ from fdi.comfy_backend import (
     add_guidance,
     block_indices,
     check_unet_for_adapter,
+    comfy_family,
     ddim_inversion_sampler,
     fdi_patches,
     sigma_window,
@@ -51,6 +52,7 @@ SDXL_CONFIG = {
     "context_dim": 2048,
     "in_channels": 4,
     "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "adm_in_channels": 2816,
 }
 SD15_CONFIG = {
     "model_channels": 320,
@@ -345,34 +347,55 @@ def test_model_patches_to_makes_one_device_copy_each_patch_moving_only_what_it_r
 def test_block_indices_of_sd_layout():
     assert block_indices(2) == (IN_BLOCKS, OUT_BLOCKS)
     assert block_indices(1) == ((1, 3, 5, 7), (2, 4, 6))
+    assert block_indices(2, levels=3) == ((2, 5, 8), (3, 6))  # SDXL: input blocks 0-8, output blocks 0-8
 
 
-def test_unet_check_accepts_sd2_and_refuses_sdxl_sd15_and_dits():
-    assert check_unet_for_adapter(SD2_CONFIG, (320, 640, 1280, 1280), "sd2.1-base") == (IN_BLOCKS, OUT_BLOCKS)
-    with pytest.raises(FDIError, match="SDXL"):
-        check_unet_for_adapter(SDXL_CONFIG, (320, 640, 1280, 1280), "sd2.1-base")
-    with pytest.raises(FDIError, match="SD 1.x"):
-        check_unet_for_adapter(SD15_CONFIG, (320, 640, 1280, 1280), "sd2.1-base")
+SD4 = (320, 640, 1280, 1280)
+XL = (320, 640, 1280)
+
+
+def test_unet_check_takes_each_family_on_its_own_unet_and_refuses_the_others():
+    assert check_unet_for_adapter(SD2_CONFIG, SD4, "sd2.1-base") == (IN_BLOCKS, OUT_BLOCKS)
+    assert check_unet_for_adapter(SD15_CONFIG, SD4, "sd1.5") == (IN_BLOCKS, OUT_BLOCKS)
+    assert check_unet_for_adapter(SDXL_CONFIG, XL, "sdxl") == ((2, 5, 8), (3, 6))
+    assert comfy_family(SD15_CONFIG, "epsilon") == "sd1.5" and comfy_family(SDXL_CONFIG, "epsilon") == "sdxl"
+    assert (
+        comfy_family(SD2_CONFIG, "v_prediction") == "sd2.1-v" and comfy_family(SDXL_CONFIG, "v_prediction") == "sdxl-v"
+    )
+    with pytest.raises(FDIError, match=r"the MODEL \(SDXL\) has UNet level widths \(320, 640, 1280\).*SD 2.1 base"):
+        check_unet_for_adapter(SDXL_CONFIG, SD4, "sd2.1-base")
+    with pytest.raises(FDIError, match="the MODEL is SD 1.x .*trained for SD 2.1 base"):
+        check_unet_for_adapter(SD15_CONFIG, SD4, "sd2.1-base")
+    with pytest.raises(FDIError, match="the MODEL is SD 2.x .*trained for SD 1.5 .*load an SD 1.5 checkpoint"):
+        check_unet_for_adapter(SD2_CONFIG, SD4, "sd1.5")
+    with pytest.raises(FDIError, match=r"the MODEL \(SD 1.x\) has UNet level widths .*trained for SDXL"):
+        check_unet_for_adapter(SD15_CONFIG, XL, "sdxl")
     with pytest.raises(FDIError, match="not a Stable Diffusion UNet"):
-        check_unet_for_adapter({"depth": 19}, (320, 640, 1280, 1280), "sd2.1-base")
+        check_unet_for_adapter({"depth": 19}, SD4, "sd2.1-base")
+    with pytest.raises(FDIError, match="not a Stable Diffusion UNet"):
+        comfy_family({"depth": 19}, "epsilon")
+    with pytest.raises(FDIError, match="not SD 1.5, SD 2.x or SDXL"):
+        comfy_family({**SD2_CONFIG, "model_channels": 384}, "epsilon")
     with pytest.raises(FDIError, match="level widths"):
         check_unet_for_adapter(SD2_CONFIG, (32, 32, 64, 64), "custom-base")
     with pytest.raises(FDIError, match="latent channels"):
-        check_unet_for_adapter({**SD2_CONFIG, "in_channels": 9}, (320, 640, 1280, 1280), "sd2.1-base")
+        check_unet_for_adapter({**SD2_CONFIG, "in_channels": 9}, SD4, "sd2.1-base")
 
 
 def test_unet_check_refuses_another_prediction_type():
     """An sd2.1-base (epsilon) adapter on an SD 2.1-v MODEL, and the reverse, are refused as the pipeline refuses
     them."""
-    ch = (320, 640, 1280, 1280)
+    ch = SD4
     assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "epsilon") == (IN_BLOCKS, OUT_BLOCKS)
     assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-v", "v_prediction") == (IN_BLOCKS, OUT_BLOCKS)
-    with pytest.raises(FDIError, match="trained for sd2.1-base .*epsilon.* the MODEL is a v-prediction"):
+    with pytest.raises(FDIError, match=r"trained for SD 2.1 base \(an epsilon model\) but the MODEL is a v-prediction"):
         check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "v_prediction")
-    with pytest.raises(FDIError, match="trained for sd2.1-v .* the MODEL is an epsilon"):
+    with pytest.raises(FDIError, match=r"trained for SD 2.1 \(768-v\) .* the MODEL is an epsilon"):
         check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-v", "epsilon")
     with pytest.raises(FDIError, match="the MODEL is flow model"):
         check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", "flow")
+    with pytest.raises(FDIError, match=r"trained for SDXL \(an epsilon model\)"):
+        check_unet_for_adapter(SDXL_CONFIG, XL, "sdxl", "v_prediction")
     # type unknown: shapes only
     assert check_unet_for_adapter(SD2_CONFIG, ch, "sd2.1-base", None) == (IN_BLOCKS, OUT_BLOCKS)
 
