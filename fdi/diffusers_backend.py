@@ -2,14 +2,15 @@
 
 :class:`DiffusersGuidance` attaches two kinds of hooks and removes them on exit:
 
-* **Encoder residuals** ``r_1..r_4``: a forward *pre*-hook on the UNet passes
-  ``strength · Σ_k w_k · r_k,i`` (:func:`fdi.guidance.residual_delta`, fitted to the UNet's feature
+* **Encoder residuals** ``r_1..r_L`` (``L`` = 4 for SD 1.5/2.1, 3 for SDXL): a forward *pre*-hook on the UNet
+  passes ``strength · Σ_k w_k · r_k,i`` (:func:`fdi.guidance.residual_delta`, fitted to the UNet's feature
   sizes and batch) as ``down_intrablock_additional_residuals`` (:func:`with_residuals`); diffusers adds
-  them where ComfyUI's ``input_block_patch`` adds them after input blocks 2, 5, 8, 11, on the UNets
-  :func:`check_unet` accepts.
-* **Decoder modulation**: forward hooks on ``up_blocks[0]``, ``[1]``, ``[2]`` replace their output
-  ``D`` by :func:`fdi.guidance.apply_modulation`'s value (ComfyUI: ``h`` entering output blocks 3,
-  6, 9), with its coefficients computed once and cached.
+  them where ComfyUI's ``input_block_patch`` adds them after input blocks 2, 5, 8(, 11). A down block without
+  attention that downsamples (SDXL's first) would get its residual after the downsampler, so for it the list
+  carries zeros and a forward hook on its last resnet adds the residual instead (:func:`hooked_levels`).
+* **Decoder modulation**: forward hooks on ``up_blocks[0..L-2]`` replace their output ``D`` by
+  :func:`fdi.guidance.apply_modulation`'s value (ComfyUI: ``h`` entering output blocks 3, 6(, 9)), with its
+  coefficients computed once and cached.
 
 The hooks are inert while :attr:`DiffusersGuidance.active` is ``False`` (the pipeline toggles it per
 step); after :meth:`DiffusersGuidance.remove` the UNet computes exactly what it computed before.
@@ -35,36 +36,46 @@ from .guidance import (
     residual_delta,
 )
 
-NUM_LEVELS = 4
-NUM_POINTS = 3
 
-
-def unet_level_sizes(height: int, width: int) -> List[tuple]:
-    """Spatial sizes of the four encoder levels for a latent ``height × width`` (stride-2 convs: ceil)."""
+def unet_level_sizes(height: int, width: int, levels: int = 4) -> List[tuple]:
+    """Spatial sizes of the encoder levels for a latent ``height × width`` (stride-2 convs: ceil)."""
     sizes = []
     h, w = height, width
-    for _ in range(NUM_LEVELS):
+    for _ in range(levels):
         sizes.append((h, w))
         h, w = (h + 1) // 2, (w + 1) // 2
     return sizes
 
 
+def num_levels(unet: nn.Module) -> int:
+    """The UNet's encoder levels ``L`` (its down blocks: 4 for SD 1.5/2.1, 3 for SDXL)."""
+    return len(unet.down_blocks)
+
+
+def hooked_levels(unet: nn.Module) -> Tuple[bool, ...]:
+    """Per level, whether its residual goes through a hook on the down block's last resnet (a block without
+    attention that downsamples: diffusers would add an intrablock residual after its downsampler)."""
+    return tuple(
+        not bool(getattr(b, "has_cross_attention", False)) and getattr(b, "downsamplers", None) is not None
+        for b in unet.down_blocks
+    )
+
+
 def check_unet(unet: nn.Module) -> None:
-    """Raise :class:`FDIError` unless ``unet`` has the SD-like structure the guidance points assume."""
+    """Raise :class:`FDIError` unless ``unet`` has the SD-like structure the guidance points assume: three or four
+    down blocks, at least ``L - 1`` up blocks, resnets in every down block that needs a hook."""
     downs = getattr(unet, "down_blocks", None)
     ups = getattr(unet, "up_blocks", None)
-    if downs is None or ups is None or len(downs) != NUM_LEVELS or len(ups) < NUM_POINTS:
+    if downs is None or ups is None or len(downs) not in (3, 4) or len(ups) < len(downs) - 1:
         raise FDIError(
-            "the UNet does not have the SD 2.1 layout (4 down blocks, 4 up blocks); "
-            "FDI adapters work with SD 2.1-style UNets only"
+            "the UNet does not have an SD 1.5/2.1 (4 down blocks, 4 up blocks) or SDXL (3 and 3) layout; "
+            "FDI adapters work with those UNets only"
         )
-    for i, block in enumerate(downs):
-        has_attn = bool(getattr(block, "has_cross_attention", False))
-        if not has_attn and getattr(block, "downsamplers", None) is not None:
+    for i, (block, hooked) in enumerate(zip(downs, hooked_levels(unet))):
+        if hooked and not len(getattr(block, "resnets", ())):
             raise FDIError(
-                f"UNet down block {i} has no attention but a downsampler, "
-                "so diffusers would add the FDI residual after downsampling (not where ComfyUI adds it); "
-                "FDI adapters support SD 2.1-style UNets only"
+                f"UNet down block {i} has no attention and no resnets but a downsampler; "
+                "FDI adapters support SD 1.5/2.1/SDXL-style UNets only"
             )
 
 
@@ -74,26 +85,39 @@ def check_adapter_for_unet(adapter: FDIAdapter, unet: nn.Module) -> None:
     if tuple(adapter.config.channels) != want:
         raise FDIError(
             f"adapter {adapter.display_name} has channels {tuple(adapter.config.channels)} but the UNet's encoder "
-            f"widths are {want}; use an adapter trained for this model (e.g. SD 2.1 adapters have "
-            "(320, 640, 1280, 1280))"
+            f"widths are {want}; use an adapter trained for this model (SD 1.5 and SD 2.1 adapters have "
+            "(320, 640, 1280, 1280), SDXL adapters (320, 640, 1280))"
         )
 
 
 def with_residuals(kwargs: dict, ours: List[torch.Tensor]) -> dict:
-    """The UNet's keyword arguments with the FDI residuals ``r_1..r_4`` added to its
+    """The UNet's keyword arguments with the FDI residuals ``r_1..r_L`` added to its
     ``down_intrablock_additional_residuals`` (summed with any the caller passed, e.g. a T2I-Adapter's)."""
     theirs = kwargs.get("down_intrablock_additional_residuals")
+    n = len(ours)
     if theirs is not None:
         theirs = list(theirs)
-        if len(theirs) < NUM_LEVELS:
+        if len(theirs) < n:
             raise FDIError(
                 f"{len(theirs)} intrablock residuals were passed to the UNet together with FDI guidance, "
-                f"which needs {NUM_LEVELS}; pass one per down block"
+                f"which needs {n}; pass one per down block"
             )
-        ours = [a + b for a, b in zip(ours, theirs[:NUM_LEVELS])] + theirs[NUM_LEVELS:]
+        ours = [a + b for a, b in zip(ours, theirs[:n])] + theirs[n:]
     kwargs = dict(kwargs)
     kwargs["down_intrablock_additional_residuals"] = list(ours)  # a fresh list: diffusers pops from it
     return kwargs
+
+
+def _list_entry(residual: torch.Tensor, hooked: bool, next_size: tuple) -> torch.Tensor:
+    """What the intrablock list carries for a level: the residual, or (hooked level) zeros of the downsampled size."""
+    if not hooked:
+        return residual
+    return residual.new_zeros((*residual.shape[:2], *next_size))
+
+
+def _add_to_output(output, delta: torch.Tensor):
+    """A resnet's output plus ``delta`` (resnets return a tensor)."""
+    return output + delta
 
 
 class DiffusersGuidance:
@@ -129,6 +153,8 @@ class DiffusersGuidance:
         self._handles: list = []
         self._cache = StepInvariantCache()
         self._slot: Optional[GuidanceSlot] = None
+        #: the residuals of the current call, for the levels whose residual a resnet hook adds
+        self._level_residuals: List[torch.Tensor] = []
 
     @property
     def active(self) -> bool:
@@ -177,12 +203,26 @@ class DiffusersGuidance:
         if not self._enabled():
             return None
         sample = args[0] if args else kwargs["sample"]
+        levels = num_levels(self.unet)
+        sizes = unet_level_sizes(sample.shape[-2], sample.shape[-1], levels + 1)
         ours = []
-        for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1])):
+        self._level_residuals = []
+        for level, hooked in enumerate(hooked_levels(self.unet)):
+            h, w = sizes[level]
             # shape/dtype/device carrier
             probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))
-            ours.append(self._cache.residual(probe, level, self._guidances, self._strength))
+            r = self._cache.residual(probe, level, self._guidances, self._strength)
+            self._level_residuals.append(r)
+            ours.append(_list_entry(r, hooked, sizes[level + 1]))
         return args, with_residuals(kwargs, ours)
+
+    def _make_level_hook(self, level: int):
+        def hook(module: nn.Module, args: tuple, output):
+            if not self._enabled() or not self._level_residuals:
+                return None
+            return _add_to_output(output, self._level_residuals[level])
+
+        return hook
 
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):
@@ -208,7 +248,11 @@ class DiffusersGuidance:
             self._rebind()
             return self
         self._handles.append(self.unet.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-        for point in range(NUM_POINTS):
+        for level, hooked in enumerate(hooked_levels(self.unet)):
+            if hooked:
+                resnet = self.unet.down_blocks[level].resnets[-1]
+                self._handles.append(resnet.register_forward_hook(self._make_level_hook(level)))
+        for point in range(num_levels(self.unet) - 1):
             self._handles.append(self.unet.up_blocks[point].register_forward_hook(self._make_post_hook(point)))
         return self
 
@@ -216,6 +260,7 @@ class DiffusersGuidance:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._level_residuals = []
         if self._slot is not None:
             self._slot.unbind()
             self._slot = None
@@ -275,13 +320,20 @@ class GuidanceSlot:
         self.unet = unet
         p = next(unet.parameters())
         self.gate = torch.zeros((), dtype=torch.float32, device=p.device)
-        self._out_channels = [int(c) for c in reversed(unet.config.block_out_channels)][:NUM_POINTS]
+        self._levels = num_levels(unet)
+        self._hooked = hooked_levels(unet)
+        self._out_channels = [int(c) for c in reversed(unet.config.block_out_channels)][: self._levels - 1]
         self._buffers: Dict[tuple, _SlotBuffers] = {}
         self._filled: set = set()
         self._source: Optional[Tuple[List[WeightedGuidance], float]] = None
         self._current: Optional[_SlotBuffers] = None
         self._handles = [unet.register_forward_pre_hook(self._pre_hook, with_kwargs=True)]
-        for point in range(NUM_POINTS):
+        for level, hooked in enumerate(self._hooked):
+            if hooked:
+                self._handles.append(
+                    unet.down_blocks[level].resnets[-1].register_forward_hook(self._make_level_hook(level))
+                )
+        for point in range(self._levels - 1):
             self._handles.append(unet.up_blocks[point].register_forward_hook(self._make_post_hook(point)))
         _static(self.gate)
         setattr(unet, SLOT_ATTRIBUTE, self)
@@ -334,7 +386,7 @@ class GuidanceSlot:
         widths = self.unet.config.block_out_channels
         residuals = [
             torch.zeros((b, int(widths[level]), h, w), dtype=sample.dtype, device=dev)
-            for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1]))
+            for level, (h, w) in enumerate(unet_level_sizes(sample.shape[-2], sample.shape[-1], self._levels))
         ]
         coefficients = [
             (torch.zeros(b, c, device=dev), torch.zeros(b, c, device=dev), torch.zeros(c, device=dev))
@@ -350,7 +402,18 @@ class GuidanceSlot:
         if not torch.compiler.is_compiling():
             self.prepare(sample)
         gate = self.gate.to(sample.dtype)
-        return args, with_residuals(kwargs, [r * gate for r in self._current.residuals])
+        sizes = unet_level_sizes(sample.shape[-2], sample.shape[-1], self._levels + 1)
+        ours = [
+            _list_entry(r * gate, hooked, sizes[level + 1])
+            for level, (r, hooked) in enumerate(zip(self._current.residuals, self._hooked))
+        ]
+        return args, with_residuals(kwargs, ours)
+
+    def _make_level_hook(self, level: int):
+        def hook(module: nn.Module, args: tuple, output):
+            return _add_to_output(output, self._current.residuals[level] * self.gate.to(output.dtype))
+
+        return hook
 
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):

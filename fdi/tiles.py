@@ -32,8 +32,6 @@ TILE_MULTIPLE = 64
 MIN_TILE = 128
 #: tile offsets are multiples of this many latent pixels (2^3: the UNet's three downsamplings)
 OFFSET_MULTIPLE = 8
-#: UNet encoder levels whose residuals a tile crops (level i at latent / 2^i)
-NUM_LEVELS = 4
 #: the overlap of neighbouring tiles when none is given, image pixels (library, CLI and node)
 DEFAULT_TILE_OVERLAP = 128
 

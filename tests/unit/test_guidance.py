@@ -7,7 +7,7 @@ import torch
 from tiny_sd import TINY_CHANNELS, TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tiny_unet
 
 from fdi.adapter import FDIAdapter, FDIGuidance, Modulation
-from fdi.diffusers_backend import DiffusersGuidance, check_unet, guide_unet
+from fdi.diffusers_backend import DiffusersGuidance, GuidanceSlot, check_unet, guide_unet
 from fdi.errors import FDIError
 from fdi.guidance import apply_modulation, apply_residual, fit_batch, fit_spatial, modulate, residual_delta
 
@@ -271,20 +271,49 @@ def test_caller_intrablock_residuals_are_added_not_replaced(unet, inputs):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_unet_structure_is_checked():
+def test_residual_of_a_downsampling_block_without_attention_goes_before_its_downsampler():
+    """SDXL's first down block has no attention and downsamples: diffusers would add an intrablock residual after the
+    downsampler. The backend adds r_1 to its last resnet's output instead (ComfyUI: after input block 2, before the
+    skip is stored): the stored skip moves by exactly r_1, and the downsampled sample by something else."""
     from diffusers import UNet2DConditionModel
 
-    odd = UNet2DConditionModel(
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
         sample_size=8,
-        block_out_channels=(32, 32, 64, 64),
-        layers_per_block=1,
+        block_out_channels=(32, 32, 64),
+        layers_per_block=2,
         norm_num_groups=8,
         cross_attention_dim=32,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         attention_head_dim=8,
+    ).eval()
+    check_unet(unet)
+    g = FDIGuidance(
+        residuals=[torch.randn(1, c, 8 // 2**i, 8 // 2**i) for i, c in enumerate((32, 32, 64))],
+        modulations=[Modulation(torch.zeros(1, c), torch.ones(1, c), torch.zeros(c)) for c in (64, 32)],
     )
-    with pytest.raises(FDIError, match="down block 0 has no attention but a downsampler"):
-        check_unet(odd)
-    with pytest.raises(FDIError, match="SD 2.1 layout"):
+    seen = []
+    unet.down_blocks[0].register_forward_hook(lambda m, a, out: seen.append(out))
+    x, ctx = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        plain = unet(x, 10, encoder_hidden_states=ctx).sample
+        with DiffusersGuidance(unet, [(g, 1.0)]):
+            guided = unet(x, 10, encoder_hidden_states=ctx).sample
+        after = unet(x, 10, encoder_hidden_states=ctx).sample
+    (s0, skips0), (s1, skips1) = seen[0], seen[1]
+    torch.testing.assert_close(skips1[-2] - skips0[-2], g.residuals[0], rtol=0, atol=1e-5)
+    assert (s1 - s0).abs().max() > 1e-3  # the downsampler saw h + r_1
+    assert (guided - plain).abs().max() > 1e-3 and torch.equal(after, plain)
+    slot = GuidanceSlot(unet)  # the compile-friendly hooks (fdi.compile) add it at the same place
+    with torch.no_grad():
+        with DiffusersGuidance(unet, [(g, 1.0)]):
+            slotted = unet(x, 10, encoder_hidden_states=ctx).sample
+        off = unet(x, 10, encoder_hidden_states=ctx).sample
+    slot.remove()
+    torch.testing.assert_close(slotted, guided, rtol=0, atol=1e-6)
+    assert torch.equal(off, plain)
+    with pytest.raises(FDIError, match="SD 1.5/2.1"):
         DiffusersGuidance(torch.nn.Linear(2, 2), [])
+
+
