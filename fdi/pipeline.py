@@ -1,7 +1,7 @@
 """FDI restoration with diffusers: VAE-encode → DDIM inversion → guided DDIM sampling → decode.
 
-:class:`FDIRestorationPipeline` holds the frozen SD 2.1 parts (VAE, text encoder, tokenizer, UNet,
-a DDIM schedule) and restores image batches with one or several FDI adapters:
+:class:`FDIRestorationPipeline` holds the frozen SD 1.5 / 2.1 / SDXL parts (VAE, text encoder(s), tokenizer(s),
+UNet, a DDIM schedule) and restores image batches with one or several FDI adapters:
 
 1. pad to a multiple of 64 (:func:`fdi.sampling.pad_to_multiple`), VAE-encode (posterior mode);
 2. DDIM inversion from the clean level to the first sampling timestep (no CFG, no guidance);
@@ -20,16 +20,18 @@ Loading: :mod:`fdi.models` (a diffusers folder or a single-file checkpoint, offl
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
 from .adapter import FDIAdapter, FDIGuidance
+from .conditioning import Conditioning, concat, unet_kwargs
 from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_unet
 from .errors import FDIError
+from .families import family_title
 from .files import PathLike
 from .images import check_image_batch
-from .models import encode_prompt, load_sd, place, vae_encode
+from .models import encode_prompt, encode_text, load_sd, place, vae_encode
 from .progress import ProgressCallback, report
 from .restoration import MIN_SIDE, AdapterUse, check_settings, detect_base_family
 from .sampling import (
@@ -48,12 +50,13 @@ from .tiles import DEFAULT_TILE_OVERLAP, LATENT_SCALE, TileCrops, Tiling, check_
 
 
 class FDIRestorationPipeline:
-    """SD 2.1 + FDI adapters → restored images. Build it with :meth:`from_pretrained`.
+    """SD 1.5 / SD 2.1 / SDXL + FDI adapters → restored images. Build it with :meth:`from_pretrained`.
 
     Args: diffusers components (``vae``: ``AutoencoderKL``; ``text_encoder``: ``CLIPTextModel``;
     ``tokenizer``: ``CLIPTokenizer``; ``unet``: ``UNet2DConditionModel``; ``scheduler``: any scheduler
     whose config a ``DDIMScheduler`` accepts), the ``device`` and the ``dtype`` of the UNet/VAE/text
-    encoder. Components are moved there and put in eval mode; their weights are never changed.
+    encoder, and for SDXL ``text_encoder_2`` (``CLIPTextModelWithProjection``) and ``tokenizer_2``.
+    Components are moved there and put in eval mode; their weights are never changed.
     """
 
     def __init__(
@@ -66,15 +69,24 @@ class FDIRestorationPipeline:
         device: Union[str, torch.device] = "cpu",
         dtype: torch.dtype = torch.float32,
         source: str = "",
+        text_encoder_2=None,
+        tokenizer_2=None,
     ):
         from diffusers import DDIMScheduler
 
         check_unet(unet)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.vae = place(vae, self.device, dtype)
+        #: the VAE's dtype: ``dtype``, except fp32 for a VAE whose config asks to be upcast (SDXL's overflows in fp16)
+        self.vae_dtype = (
+            torch.float32 if dtype == torch.float16 and getattr(vae.config, "force_upcast", False) else dtype
+        )
+        self.vae = place(vae, self.device, self.vae_dtype)
         self.text_encoder = place(text_encoder, self.device, dtype)
         self.tokenizer = tokenizer
+        #: SDXL's second text encoder (OpenCLIP-G with projection) and its tokenizer; ``None`` for SD 1.x/2.x
+        self.text_encoder_2 = None if text_encoder_2 is None else place(text_encoder_2, self.device, dtype)
+        self.tokenizer_2 = tokenizer_2
         self.unet = place(unet, self.device, dtype)
         self.scheduler = DDIMScheduler.from_config(scheduler.config)
         self.source = source
@@ -87,7 +99,7 @@ class FDIRestorationPipeline:
         if self.prediction_type not in PREDICTION_TYPES:
             raise FDIError(
                 f"model {source or ''} predicts {self.prediction_type!r}; "
-                "FDI restoration supports epsilon and v_prediction models (SD 2.1)"
+                "FDI restoration supports epsilon and v_prediction models"
             )
 
     # ---- loading ---------------------------------------------------------------------------------
@@ -113,6 +125,8 @@ class FDIRestorationPipeline:
             device=device,
             dtype=dtype or torch.float32,
             source=parts.source,
+            text_encoder_2=parts.text_encoder_2,
+            tokenizer_2=parts.tokenizer_2,
         )
 
     # ---- properties and checks -------------------------------------------------------------------
@@ -127,20 +141,23 @@ class FDIRestorationPipeline:
 
     def check_adapter(self, adapter: FDIAdapter) -> None:
         """Raise :class:`FDIError` when ``adapter`` was made for another base family or channel layout."""
-        check_adapter_for_unet(adapter, self.unet)
         if adapter.base_family != self.base_family:
-            name = adapter.display_name
+            name, theirs, ours = adapter.display_name, family_title(adapter.base_family), family_title(self.base_family)
             raise FDIError(
-                f"adapter {name} was trained for {adapter.base_family or 'an unknown model'} but the model is "
-                f"{self.base_family}; use an adapter trained for {self.base_family} or load a "
-                f"{adapter.base_family} model"
+                f"adapter {name} was trained for {theirs} but the model is {ours}; "
+                f"use an adapter trained for {ours} or load an {theirs} model"
             )
+        check_adapter_for_unet(adapter, self.unet)
 
     # ---- parts of the loop -----------------------------------------------------------------------
 
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        """Text conditioning ``[1, L, D]`` (:func:`fdi.models.encode_prompt`)."""
-        return encode_prompt(self.text_encoder, self.tokenizer, prompt, run_on=self.device)
+    def encode_prompt(self, prompt: str) -> Conditioning:
+        """Text conditioning: ``[1, L, D]`` for SD 1.x/2.x (:func:`fdi.models.encode_prompt`), for SDXL a
+        :class:`~fdi.conditioning.TextConditioning` with the pooled embedding (:func:`fdi.models.encode_text`)."""
+        if self.text_encoder_2 is None:
+            return encode_prompt(self.text_encoder, self.tokenizer, prompt, run_on=self.device)
+        encoders = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)
+        return encode_text(encoders, prompt, run_on=self.device)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, tiling: Optional[Tiling] = None) -> torch.Tensor:
@@ -148,7 +165,7 @@ class FDIRestorationPipeline:
         posterior *mode*. With ``tiling`` (of the latent): each tile's pixels are encoded alone, the latents blended."""
 
         def encode(_: int, x: torch.Tensor) -> torch.Tensor:
-            return vae_encode(self.vae, x, self.dtype, run_on=self.device)
+            return vae_encode(self.vae, x, self.vae_dtype, run_on=self.device)
 
         if tiling is None:
             return encode(0, images)
@@ -160,7 +177,7 @@ class FDIRestorationPipeline:
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
 
         def decode(_: int, z: torch.Tensor) -> torch.Tensor:
-            x = self.vae.decode((z / self.vae.config.scaling_factor + shift).to(self.dtype)).sample.float()
+            x = self.vae.decode((z / self.vae.config.scaling_factor + shift).to(self.vae_dtype)).sample.float()
             return ((x + 1) / 2).clamp(0, 1)
 
         if tiling is None:
@@ -209,16 +226,23 @@ class FDIRestorationPipeline:
             compile_vae(self.vae, self.device, backend)
         return self.compiled_unet.is_compiled
 
-    def _unet(self, x: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+    def _unet(
+        self, x: torch.Tensor, t: int, cond: Conditioning, size_px: Optional[Tuple[int, int]] = None
+    ) -> torch.Tensor:
+        """The UNet at latents ``x`` (a whole latent, or a tile of one: then ``size_px`` is the whole image's size in
+        pixels, which SDXL's size conditioning takes, as ComfyUI's sampler builds it from the whole latent)."""
         tt = torch.full((x.shape[0],), int(t), device=self.device, dtype=torch.long)
         unet = self.compiled_unet or self.unet
-        return unet(x.to(self.dtype), tt, encoder_hidden_states=cond.to(self.dtype)).sample.to(torch.float32, copy=True)
+        if size_px is None:
+            size_px = (x.shape[-2] * LATENT_SCALE, x.shape[-1] * LATENT_SCALE)
+        kwargs = unet_kwargs(cond, x.shape[0], size_px, self.dtype, self.device)
+        return unet(x.to(self.dtype), tt, **kwargs).sample.to(torch.float32, copy=True)
 
     def _model_output(
         self,
         x: torch.Tensor,
         t: int,
-        cond: torch.Tensor,
+        cond: Conditioning,
         tiling: Optional[Tiling] = None,
         hooks: Optional[DiffusersGuidance] = None,
     ) -> torch.Tensor:
@@ -226,14 +250,15 @@ class FDIRestorationPipeline:
         each tile guided by its crop of ``hooks``' guidance while the hooks are active."""
         if tiling is None or tiling.single:
             return self._unet(x, t, cond)
+        size = (x.shape[-2] * LATENT_SCALE, x.shape[-1] * LATENT_SCALE)
         if hooks is None or not hooks.active:
-            return tiling.blend(x, lambda i, xt: self._unet(xt, t, cond))
+            return tiling.blend(x, lambda i, xt: self._unet(xt, t, cond, size))
         whole = hooks.guidances
         crops = self._tile_crops.of(tiling, whole)  # cut once per (tiling, guidance), reused at every step
 
         def tile(i: int, xt: torch.Tensor) -> torch.Tensor:
             hooks.guidances = crops[i]
-            return self._unet(xt, t, cond)
+            return self._unet(xt, t, cond, size)
 
         try:
             return tiling.blend(x, tile)
@@ -244,7 +269,7 @@ class FDIRestorationPipeline:
     def invert(
         self,
         latents: torch.Tensor,
-        cond: torch.Tensor,
+        cond: Conditioning,
         steps: int,
         inversion_steps: int,
         progress: Optional[ProgressCallback] = None,
@@ -258,7 +283,6 @@ class FDIRestorationPipeline:
         ``DDIMInverseScheduler``) and reads ε̂ off its output at that timestep's level
         (:func:`fdi.sampling.ddim_step`, ``alpha_eval``); with ``tiling``, per tile, blended (:meth:`_model_output`)."""
         x = latents.float()
-        cond = cond.expand(x.shape[0], -1, -1)
         t_cur = None
         for j, t in enumerate(self.inversion_timesteps(steps, inversion_steps).tolist()):
             out = self._model_output(x, t, cond, tiling)
@@ -272,11 +296,11 @@ class FDIRestorationPipeline:
     def sample(
         self,
         latents: torch.Tensor,
-        cond: torch.Tensor,
+        cond: Conditioning,
         steps: int,
         guidance_end: float,
         hooks: Optional[DiffusersGuidance] = None,
-        uncond: Optional[torch.Tensor] = None,
+        uncond: Optional[Conditioning] = None,
         cfg: float = 1.0,
         progress: Optional[ProgressCallback] = None,
         done: int = 0,
@@ -288,7 +312,7 @@ class FDIRestorationPipeline:
         x = latents.float()
         b = x.shape[0]
         use_cfg = cfg != 1.0
-        c = torch.cat([uncond.expand(b, -1, -1), cond.expand(b, -1, -1)]) if use_cfg else cond.expand(b, -1, -1)
+        c = concat(uncond, cond, b) if use_cfg else cond
         ts = self.sampling_timesteps(steps).tolist()
         guided = guided_step_count(steps, guidance_end)
         for k, t in enumerate(ts):

@@ -6,7 +6,7 @@ the padding rule are defined here once; :mod:`fdi.pipeline` (VP space, ᾱ) and
 two restorations visit the same timesteps and guide the same steps. ``docs/design.md`` says why
 each rule is what it is.
 
-Conventions: timesteps are integers in ``0 … T−1`` (``T = 1000`` for SD 2.x); ᾱ (``alpha_bar``) is
+Conventions: timesteps are integers in ``0 … T−1`` (``T = 1000`` for SD 1.5, 2.x and SDXL); ᾱ (``alpha_bar``) is
 the cumulative product of the noise schedule; both ends of a restoration are the clean level
 (ᾱ = 1, σ = 0).
 """
@@ -29,7 +29,7 @@ CLEAN_ALPHA = 1.0
 SD2_TIMESTEP_SPACING = "leading"
 SD2_STEPS_OFFSET = 1
 SPACINGS = ("leading", "trailing", "linspace")
-#: what FDI restores and trains with (SD 2.x); the conversions below also take ``sample`` (x0) outputs
+#: what FDI restores and trains with; the conversions below also take ``sample`` (x0) outputs
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 #: the guided fraction of the sampling steps by default: the paper's first of three stages (17 of 50 steps)
 GUIDANCE_END = 0.333
@@ -168,9 +168,7 @@ def predict_x0_eps(
         return sa * x - s1 * out, sa * out + s1 * x
     if prediction_type == "sample":
         return out, (x - sa * out) / s1
-    raise FDIError(
-        f"prediction type {prediction_type!r} is not supported; SD 2.x models predict 'epsilon' or 'v_prediction'"
-    )
+    raise FDIError(f"prediction type {prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
 
 
 def predict_x0(x: torch.Tensor, out: torch.Tensor, alpha_bar, prediction_type: str) -> torch.Tensor:
@@ -190,9 +188,7 @@ def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, alpha_bar, predictio
         return a.sqrt() * noise - (1 - a).sqrt() * x0
     if prediction_type == "sample":
         return x0
-    raise FDIError(
-        f"prediction type {prediction_type!r} is not supported; SD 2.x models predict 'epsilon' or 'v_prediction'"
-    )
+    raise FDIError(f"prediction type {prediction_type!r} is not supported; use 'epsilon' or 'v_prediction'")
 
 
 def ddim_step(

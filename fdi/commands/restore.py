@@ -1,4 +1,4 @@
-"""``python -m fdi restore``: restore images with FDI adapters on Stable Diffusion 2.1 (diffusers).
+"""``python -m fdi restore``: restore images with FDI adapters on Stable Diffusion 1.5, 2.1 or SDXL (diffusers).
 
 Files and folders in, one output per image written as soon as it is done (atomically); images of
 the same size are restored in batches; ``--skip-existing`` resumes; under ``accelerate launch`` or
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "restore",
         help="restore images with one or more FDI adapters (DDIM inversion + guided DDIM sampling)",
         description=(
-            "Restore images with FDI adapters on SD 2.1: the image is VAE-encoded, DDIM-inverted, "
+            "Restore images with FDI adapters on SD 1.5, SD 2.1 or SDXL: the image is VAE-encoded, DDIM-inverted, "
             "then denoised with the adapters' guidance active during the first --guidance-end "
             "fraction of the steps. "
             "Several adapters are combined by weighted sum (--mode composite) or run one after another "
@@ -59,7 +59,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def _model_args(p: argparse.ArgumentParser) -> None:
     """The model and the adapters: --sd, --sd-config, --prediction-type, --adapter, --weight, --fdi."""
     p.add_argument(
-        "--sd", required=True, metavar="MODEL", help="diffusers SD 2.1 folder, or a single-file .safetensors checkpoint"
+        "--sd",
+        required=True,
+        metavar="MODEL",
+        help="diffusers SD 1.5 / SD 2.1 / SDXL folder, or a single-file .safetensors checkpoint (family detected)",
     )
     p.add_argument(
         "--sd-config",
@@ -275,7 +278,7 @@ def check_args(args: argparse.Namespace) -> list:
     sd = Path(args.sd)
     if not sd.exists():
         raise FDIError(
-            f"model {str(sd)!r} does not exist; give a diffusers SD 2.1 folder or a single-file .safetensors checkpoint"
+            f"model {str(sd)!r} does not exist; give a diffusers folder (SD 1.5, 2.1, SDXL) or a .safetensors file"
         )
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():

@@ -16,7 +16,7 @@ from ..training.config import LR_SCHEDULERS, MIXED_PRECISION
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train an FDI adapter on (degraded, clean) pairs; SD 2.1 and BLIP-2 stay frozen",
+        help="train an FDI adapter on (degraded, clean) pairs; the SD 1.5 / SD 2.1 / SDXL model and BLIP-2 stay frozen",
         description=(
             "Train an FDI adapter: the task FDI is computed once from the training pairs with BLIP-2 (or read "
             "with --fdi), then only the adapter learns, with L = MSE(pred, target) + λ·|ẑ0 − z_gt|1. "
@@ -34,13 +34,16 @@ def add_parser(sub) -> None:
 
 def _model_and_data_options(g) -> None:
     g.add_argument(
-        "--sd", required=True, metavar="MODEL", help="SD 2.x diffusers folder, or a single-file .safetensors checkpoint"
+        "--sd",
+        required=True,
+        metavar="MODEL",
+        help="SD 1.5 / SD 2.x / SDXL diffusers folder, or a single-file .safetensors checkpoint",
     )
     g.add_argument(
         "--sd-config",
         metavar="DIR",
         default=None,
-        help="for a single-file checkpoint: a diffusers folder with its configs (default: the shipped SD 2.1 configs)",
+        help="for a single-file checkpoint: a diffusers folder with its configs (default: the family's shipped ones)",
     )
     g.add_argument(
         "--prediction-type",

@@ -17,7 +17,7 @@ from ..errors import FDIError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-#: training crops are square, a multiple of this many pixels: the VAE's 8 × 2^3 for the SD 2.x UNet's three
+#: training crops are square, a multiple of this many pixels: the VAE's 8 × 2^3 for the SD UNets' (at most) three
 #: downsamplings, so every UNet level and adapter feature has an integer size (as restoration pads to)
 RESOLUTION_MULTIPLE = 64
 #: AdamW and clipping defaults of both doors
@@ -66,7 +66,7 @@ class TrainConfig(OptimizerSettings):
     """Everything a training run needs (the command line maps onto it one to one, by field name; the
     optimiser's fields are :class:`OptimizerSettings`').
 
-    Paths: ``sd`` (diffusers folder or single-file SD 2.1 checkpoint), ``output`` (the adapter file
+    Paths: ``sd`` (diffusers folder or single-file SD 1.5 / 2.1 / SDXL checkpoint), ``output`` (the adapter file
     to write, ``.safetensors``), ``blip2`` (BLIP-2 folder; not needed with ``fdi`` or on resume),
     training pairs as ``degraded`` + ``clean`` folders or ``pairs_file``.
 

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import FDIError
 from ..files import check_output_path
-from ..models import encode_prompt, vae_encode
+from ..models import encode_text, vae_encode
 from ..progress import ProgressCallback
 from .config import TrainConfig, TrainResult, check_config
 from .determinism import deterministic_algorithms
@@ -260,7 +260,8 @@ class TrainRun:
         )
         self.unet = place(parts.unet, self.device, self.weight_dtype)
         self.vae = place(parts.vae, self.device, self.weight_dtype)
-        prompt_embeds = encode_prompt(parts.text_encoder, parts.tokenizer, cfg.prompt, self.device, self.weight_dtype)
+        prompt = encode_text(parts, cfg.prompt, self.device, self.weight_dtype)
+        prompt_embeds = prompt if prompt.pooled is not None else prompt.embeds
         if cfg.validate_every:  # restoration pipeline for validation: the same modules, built once
             self.pipe = FDIRestorationPipeline(
                 self.vae,
@@ -271,6 +272,8 @@ class TrainRun:
                 device=self.device,
                 dtype=self.weight_dtype,
                 source=parts.source,
+                text_encoder_2=parts.text_encoder_2,
+                tokenizer_2=parts.tokenizer_2,
             )
         scheduler = parts.scheduler  # load_sd applied --prediction-type to it
         del parts

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapter import FDIGuidance
+from ..conditioning import Conditioning
 from ..sampling import diffusion_target, predict_x0
 from ..seeds import seeded_generator
 
@@ -93,14 +94,17 @@ def training_step(
 # ---- backends ---------------------------------------------------------------------------------------
 
 
-def diffusers_predictor(unet, prompt_embeds: torch.Tensor, dtype: torch.dtype) -> Predictor:
-    """A diffusers ``UNet2DConditionModel`` guided through :func:`fdi.diffusers_backend.guide_unet`."""
+def diffusers_predictor(unet, prompt: Conditioning, dtype: torch.dtype) -> Predictor:
+    """A diffusers ``UNet2DConditionModel`` guided through :func:`fdi.diffusers_backend.guide_unet`; ``prompt``: the
+    prompt's ``[1, L, D]`` embedding or :class:`~fdi.conditioning.TextConditioning` (SDXL: with the pooled embedding;
+    the size conditioning is the crop's, :func:`fdi.conditioning.unet_kwargs`)."""
+    from ..conditioning import unet_kwargs
     from ..diffusers_backend import guide_unet
 
     def predict(z_t: torch.Tensor, t: torch.Tensor, guidance: FDIGuidance) -> torch.Tensor:
+        size = (z_t.shape[-2] * 8, z_t.shape[-1] * 8)
         with guide_unet(unet, guidance):
-            cond = prompt_embeds.to(dtype).expand(z_t.shape[0], -1, -1)
-            return unet(z_t.to(dtype), t, encoder_hidden_states=cond).sample
+            return unet(z_t.to(dtype), t, **unet_kwargs(prompt, z_t.shape[0], size, dtype, z_t.device)).sample
 
     return predict
 

@@ -144,3 +144,87 @@ def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
     outside_c, outside_d = comfy_eps(t_out, model_options), diffusers_eps(t_out, False)
     assert rel(outside_c, outside_d) <= 1e-3
     assert torch.equal(outside_c, comfy_eps(t_out, patcher.model_options))
+
+
+@pytest.mark.parametrize("family", ["sd1.5", "sdxl"])
+def test_parity_per_family_on_the_published_single_file_layout(comfy, family):
+    """SD 1.5 and SDXL: the same adapter on the same weights (the random single files of ``tests/bases_fixture.py``,
+    read by ComfyUI's checkpoint loader and by :func:`fdi.models.load_sd`) gives the same UNet output through the
+    ComfyUI patches and the diffusers hooks, relative ≤ 1e-5 in fp32; a fresh adapter is an exact no-op in both.
+    SDXL gets its pooled text and size conditioning in both (ComfyUI's ``encode_adm``, diffusers' time ids). The two
+    UNets are loaded one after the other (an SDXL UNet is 10 GB in fp32)."""
+    import gc
+
+    import bases_fixture
+
+    from fdi.comfy_backend import GuidanceEntry, add_guidance, check_unet_for_adapter
+    from fdi.conditioning import TextConditioning, unet_kwargs
+    from fdi.diffusers_backend import DiffusersGuidance
+    from fdi.models import load_sd
+
+    path = Path(bases_fixture.checkpoint_path(family))
+    if not path.is_file():
+        bases_fixture.ensure_checkpoint(family, COMFYUI_DIR)
+    torch.manual_seed(0)
+    adapter = bases_fixture.random_adapter(family, 768, 32, seed=1)
+    fresh = bases_fixture.fresh_adapter(family, 768, 32, seed=2)
+    images, tokens = torch.rand(2, 3, 64, 64), torch.randn(32, 768)
+    with torch.no_grad():
+        g, g0 = adapter(images, tokens), fresh(images, tokens)
+    ctx_dim = {"sd1.5": 768, "sdxl": 2048}[family]
+    x = torch.randn(2, 4, 8, 8) * 8
+    ctx = torch.randn(2, 77, ctx_dim)
+    pooled = torch.randn(2, 1280) if family == "sdxl" else None
+    t_in = 900
+
+    patcher, *_ = comfy.sd.load_checkpoint_guess_config(
+        str(path), output_vae=False, output_clip=False, model_options={"dtype": torch.float32}
+    )
+    base = patcher.model
+    assert base.get_dtype() == torch.float32
+    blocks = check_unet_for_adapter(base.model_config.unet_config, adapter.config.channels, family, "epsilon")
+    assert blocks == (((2, 5, 8, 11), (3, 6, 9)) if family == "sd1.5" else ((2, 5, 8), (3, 6)))
+    extra = {} if pooled is None else {"y": base.encode_adm(pooled_output=pooled, width=64, height=64)}
+    sigma = base.model_sampling.sigmas[t_in].reshape(1).expand(2).float()
+
+    def comfy_eps(guidance) -> torch.Tensor:
+        options = copy.deepcopy(patcher.model_options)
+        if guidance is not None:
+            add_guidance(options, GuidanceEntry(guidance, 0.9, 0.0, 1.0, float("inf"), 0.0), *blocks)
+        to = {**options.get("transformer_options", {}), "sigmas": sigma, "cond_or_uncond": [0]}
+        with torch.no_grad():
+            denoised = base.apply_model(x, sigma, c_crossattn=ctx, transformer_options=to, **extra)
+        return (x - denoised) / sigma.view(-1, 1, 1, 1)
+
+    plain_c, guided_c, fresh_c = comfy_eps(None), comfy_eps(g), comfy_eps(g0)
+    patcher = base = None  # free the ComfyUI UNet before loading the diffusers one
+    gc.collect()
+
+    parts = load_sd(path)
+    assert parts.family == family
+    unet = parts.unet.eval()
+    del parts
+    gc.collect()
+    xc = x / torch.sqrt(sigma.view(-1, 1, 1, 1) ** 2 + 1)
+    kwargs = unet_kwargs(TextConditioning(ctx, pooled), 2, (64, 64), torch.float32)
+
+    def diffusers_eps(guidance) -> torch.Tensor:
+        with torch.no_grad():
+            if guidance is None:
+                return unet(xc, t_in, **kwargs).sample
+            with DiffusersGuidance(unet, [(guidance, 1.0)], strength=0.9):
+                return unet(xc, t_in, **kwargs).sample
+
+    plain_d, guided_d, fresh_d = diffusers_eps(None), diffusers_eps(g), diffusers_eps(g0)
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    print(
+        f"{family}: relative errors plain {rel(plain_c, plain_d):.2e}, guided {rel(guided_c, guided_d):.2e}, "
+        f"guidance effect {rel(guided_c, plain_c):.2e}"
+    )
+    assert rel(guided_c, plain_c) > 1e-2, "the guidance must change the prediction for the parity to mean anything"
+    assert rel(plain_c, plain_d) <= 1e-5
+    assert rel(guided_c, guided_d) <= 1e-5
+    assert torch.equal(fresh_c, plain_c) and torch.equal(fresh_d, plain_d)

@@ -162,7 +162,7 @@ def test_v_prediction_and_cfg_run(tiny_sd_v_folder, tiny_pipeline):
 def test_bad_inputs_raise_clear_errors(tiny_pipeline):
     x = image()
     ok = AdapterUse(make_adapter(), tiny_fdi(), 1.0)
-    with pytest.raises(FDIError, match="trained for sd2.1-base but the model is custom-base"):
+    with pytest.raises(FDIError, match="trained for SD 2.1 base but the model is custom-base"):
         tiny_pipeline.restore(x, [AdapterUse(make_adapter(family="sd2.1-base"), tiny_fdi())], **FAST)
     with pytest.raises(
         FDIError, match=r"channels \(320, 640, 1280, 1280\) but the UNet's encoder widths are \(32, " r"32, 64, 64\)"
@@ -186,7 +186,7 @@ def test_loader_errors(tmp_path, tiny_sd_folder):
     with pytest.raises(FDIError, match="does not exist"):
         FDIRestorationPipeline.from_pretrained(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FDIError, match="not a diffusers Stable Diffusion folder"):
+    with pytest.raises(FDIError, match="not a Stable Diffusion diffusers folder"):
         FDIRestorationPipeline.from_pretrained(tmp_path / "empty")
     ckpt = tmp_path / "sd21.ckpt"
     ckpt.write_bytes(b"PK\x03\x04 not really")
@@ -327,7 +327,7 @@ def test_cli_refuses_an_adapter_for_another_family(tmp_path, tiny_sd_folder, cap
         )
         == 2
     )
-    assert "trained for sd2.1-v but the model is custom-base" in capsys.readouterr().err
+    assert "trained for SD 2.1 (768-v) but the model is custom-base" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
