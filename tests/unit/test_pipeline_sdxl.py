@@ -112,3 +112,36 @@ def test_training_on_sdxl_moves_the_three_level_adapter(xl_folder, tmp_path):
     assert all(torch.isfinite(torch.tensor(result.losses)))
     moved = max(float(h.out.weight.detach().abs().max()) for h in a.guidance_heads)
     assert moved > 0  # zero-initialised at the start: the gradient reached the guidance path
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sdxl_guidance_in_half_precision_follows_fp32(dtype):
+    """What GPUs compute in: the SDXL-shaped UNet's guided prediction in bf16/fp16 stays within rounding of fp32's,
+    bounded relative to the guidance's own effect (the first level's residual comes from the resnet hook)."""
+    from tiny_bases import tiny_xl_unet
+
+    from fdi.conditioning import unet_kwargs
+    from fdi.diffusers_backend import DiffusersGuidance
+
+    unet = tiny_xl_unet(0)
+    with torch.no_grad():
+        g = xl_adapter()(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)), tiny_fdi().tokens)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    cond = TextConditioning(torch.randn(1, 77, unet.config.cross_attention_dim), torch.randn(1, 32))
+
+    def run(u, dt, guided):
+        kwargs = unet_kwargs(cond, 1, (64, 64), dt)
+        with torch.no_grad():
+            if not guided:
+                return u(x.to(dt), 500, **kwargs).sample.float()
+            with DiffusersGuidance(u, [(g, 1.0)], strength=1.0):
+                return u(x.to(dt), 500, **kwargs).sample.float()
+
+    plain32, guided32 = run(unet, torch.float32, False), run(unet, torch.float32, True)
+    half = unet.to(dtype)
+    guided_half = run(half, dtype, True)
+    effect = float((guided32 - plain32).norm())
+    assert effect > 1e-2 * float(plain32.norm())
+    assert torch.isfinite(guided_half).all()
+    print(f"{dtype}: error {float((guided_half - guided32).norm()) / effect:.3f} of the effect")
+    assert float((guided_half - guided32).norm()) < 0.1 * effect
