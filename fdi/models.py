@@ -327,9 +327,9 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
     )
     missing = [d for d in needed if not (p / d).is_dir()]
     if missing:
-        kind = "an SDXL" if xl else "a Stable Diffusion"
+        kind = "SDXL" if xl else "Stable Diffusion"
         raise FDIError(
-            f"{str(p)!r} is not {kind} diffusers folder "
+            f"{str(p)!r} is not a diffusers {kind} folder "
             f"(missing {', '.join(missing)}); give the folder that holds model_index.json, unet/, vae/, …"
         )
     st = dict(local_files_only=True, use_safetensors=True)

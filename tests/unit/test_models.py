@@ -265,7 +265,7 @@ def test_load_tiny_sd15_and_sdxl_folders(tiny_folders, tmp_path):
         load_sd(refiner)
     half = shutil.copytree(tiny_folders["sdxl"], tmp_path / "half")
     shutil.rmtree(half / "tokenizer_2")
-    with pytest.raises(FDIError, match="is not an SDXL diffusers folder \\(missing tokenizer_2\\)"):
+    with pytest.raises(FDIError, match="is not a diffusers SDXL folder \\(missing tokenizer_2\\)"):
         load_sd(half)
 
 
