@@ -186,7 +186,7 @@ def test_loader_errors(tmp_path, tiny_sd_folder):
     with pytest.raises(FDIError, match="does not exist"):
         FDIRestorationPipeline.from_pretrained(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FDIError, match="not a Stable Diffusion diffusers folder"):
+    with pytest.raises(FDIError, match="not a diffusers Stable Diffusion folder"):
         FDIRestorationPipeline.from_pretrained(tmp_path / "empty")
     ckpt = tmp_path / "sd21.ckpt"
     ckpt.write_bytes(b"PK\x03\x04 not really")
