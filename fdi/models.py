@@ -433,6 +433,13 @@ def _from_single_file(
     )
 
 
+def vae_dtype(vae, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a VAE computes in when the model runs in ``dtype``: ``dtype``, except float32 for a VAE whose
+    config sets ``force_upcast`` when ``dtype`` is float16 (SDXL's VAE overflows in fp16, as diffusers' own SDXL
+    pipeline knows)."""
+    return torch.float32 if dtype == torch.float16 and getattr(vae.config, "force_upcast", False) else dtype
+
+
 def place(module, device: Union[str, torch.device], dtype: torch.dtype):
     """``module`` on ``device`` in ``dtype``, eval mode, no gradients (``to`` only where it differs)."""
     device = torch.device(device)

@@ -31,7 +31,7 @@ from .errors import FDIError
 from .families import family_title
 from .files import PathLike
 from .images import check_image_batch
-from .models import encode_prompt, encode_text, load_sd, place, vae_encode
+from .models import encode_prompt, encode_text, load_sd, place, vae_dtype, vae_encode
 from .progress import ProgressCallback, report
 from .restoration import MIN_SIDE, AdapterUse, check_settings, detect_base_family
 from .sampling import (
@@ -77,10 +77,8 @@ class FDIRestorationPipeline:
         check_unet(unet)
         self.device = torch.device(device)
         self.dtype = dtype
-        #: the VAE's dtype: ``dtype``, except fp32 for a VAE whose config asks to be upcast (SDXL's overflows in fp16)
-        self.vae_dtype = (
-            torch.float32 if dtype == torch.float16 and getattr(vae.config, "force_upcast", False) else dtype
-        )
+        #: the VAE's dtype (:func:`fdi.models.vae_dtype`: fp32 for SDXL's VAE under fp16)
+        self.vae_dtype = vae_dtype(vae, dtype)
         self.vae = place(vae, self.device, self.vae_dtype)
         self.text_encoder = place(text_encoder, self.device, dtype)
         self.tokenizer = tokenizer

@@ -55,6 +55,7 @@ class TrainRun:
     micro: int = 0
     device: Optional[torch.device] = None
     weight_dtype: torch.dtype = torch.float32
+    vae_dtype: torch.dtype = torch.float32
     scaler: Optional[torch.amp.GradScaler] = None
     main: bool = True
     max_steps: int = 0
@@ -251,7 +252,7 @@ class TrainRun:
     def load_models(self) -> None:
         """The frozen UNet and VAE on the device, the prompt's embedding, the schedule (and the text encoder
         freed unless validation restores)."""
-        from ..models import load_sd, place
+        from ..models import load_sd, place, vae_dtype
         from ..pipeline import FDIRestorationPipeline, detect_base_family
 
         cfg = self.cfg
@@ -259,7 +260,8 @@ class TrainRun:
             cfg.sd, dtype=self.weight_dtype, config=cfg.sd_config, prediction_type=cfg.prediction_type
         )
         self.unet = place(parts.unet, self.device, self.weight_dtype)
-        self.vae = place(parts.vae, self.device, self.weight_dtype)
+        self.vae_dtype = vae_dtype(parts.vae, self.weight_dtype)  # SDXL's VAE stays fp32 under fp16
+        self.vae = place(parts.vae, self.device, self.vae_dtype)
         prompt = encode_text(parts, cfg.prompt, self.device, self.weight_dtype)
         prompt_embeds = prompt if prompt.pooled is not None else prompt.embeds
         if cfg.validate_every:  # restoration pipeline for validation: the same modules, built once
@@ -318,7 +320,7 @@ class TrainRun:
     def micro_loss(self, batch: dict, micro_index: int) -> StepLoss:
         gen = step_generator(self.cfg.seed, micro_index, self.acc.process_index)
         degraded = batch["degraded"].to(self.device, non_blocking=True)
-        z0 = vae_encode(self.vae, batch["clean"].to(self.device, non_blocking=True), self.weight_dtype)
+        z0 = vae_encode(self.vae, batch["clean"].to(self.device, non_blocking=True), self.vae_dtype)
         with self.acc.autocast():
             return training_step(
                 self.adapter,
