@@ -369,3 +369,51 @@ def test_single_file_without_configs_equals_the_diffusers_folder(monkeypatch):
     assert single.tokenizer(p).input_ids == folder.tokenizer(p).input_ids
     v = load_sd(SINGLE, prediction_type="v_prediction")
     assert v.scheduler.config.prediction_type == "v_prediction" and v.unet.config.sample_size == 96
+
+
+BASES = cache_dir() / "checkpoints" / "fdi-bases"
+#: file name → (family, parameters of unet, vae, text_encoder, text_encoder_2); the files: random weights in
+#: ComfyUI's single-file layout (CheckpointSave), built by the ComfyUI base-family tests
+BASE_FILES = {
+    "sd15_random_v1.safetensors": ("sd1.5", PARAMS["sd1.5"]),
+    "sdxl_random_v1.safetensors": ("sdxl", PARAMS["sdxl"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BASE_FILES))
+def test_single_files_of_the_real_layouts_load_with_the_shipped_configs(name, monkeypatch):
+    """An SD 1.5 / SDXL single file as ComfyUI writes it loads offline with the shipped configs and tokenizers:
+    the family, every parameter (none left on meta), and tensors that equal the file's under the known renames."""
+    import huggingface_hub
+    from safetensors import safe_open
+
+    path = BASES / name
+    if not path.is_file():
+        pytest.skip(f"needs {path} (built by the ComfyUI base-family tests)")
+
+    def no_network(*a, **k):
+        raise AssertionError("the hub was contacted")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    family, params = BASE_FILES[name]
+    parts = load_sd(path, dtype=torch.float16)
+    assert parts.family == family and parts.scheduler.config.prediction_type == "epsilon"
+    modules = (parts.unet, parts.vae, parts.text_encoder, parts.text_encoder_2)
+    assert tuple(sum(p.numel() for p in m.parameters()) if m is not None else None for m in modules) == params
+    assert not any(p.is_meta for m in modules if m is not None for p in m.parameters())
+    te = parts.text_encoder.text_model if hasattr(parts.text_encoder, "text_model") else parts.text_encoder
+    prefix = "conditioner.embedders.0.transformer." if family == "sdxl" else "cond_stage_model.transformer."
+    pairs = {
+        "model.diffusion_model.input_blocks.0.0.weight": parts.unet.conv_in.weight,
+        "model.diffusion_model.out.2.weight": parts.unet.conv_out.weight,
+        "first_stage_model.encoder.conv_in.weight": parts.vae.encoder.conv_in.weight,
+        prefix + "text_model.embeddings.token_embedding.weight": te.embeddings.token_embedding.weight,
+    }
+    if family == "sdxl":
+        pairs["model.diffusion_model.label_emb.0.0.weight"] = parts.unet.add_embedding.linear_1.weight
+        assert (parts.tokenizer.pad_token, parts.tokenizer_2.pad_token) == (END_TOKEN, "!")
+    with safe_open(str(path), framework="pt") as fh:
+        for key, tensor in pairs.items():
+            ref = fh.get_tensor(key)
+            assert ref.float().std() > 0 and torch.equal(tensor.detach().half(), ref.half()), key
