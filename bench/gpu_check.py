@@ -72,7 +72,7 @@ def build_sd21(device: torch.device, dtype: torch.dtype):
     from fdi.models import family_config_dir, sd2_tokenizer
     from fdi.pipeline import FDIRestorationPipeline
 
-    cfg = family_config_dir("epsilon")
+    cfg = family_config_dir("sd2.1-base")
     torch.manual_seed(0)
     with torch.device(device):  # random init where the models run (fast on a GPU)
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(cfg / "unet")))
