@@ -5,6 +5,8 @@ pairs (never the test patches), noise seeded by t:
 
 1. **reach**: per UNet level, a random residual (Gaussian, RMS = ``--scale`` × the RMS of the feature it is added
    to) added at that level alone, as FDI guidance adds it: ``rel_change`` = ``|ε̂' − ε̂| / |ε̂|`` and the ε-MSE;
+   ``--size 128`` measures it on 128 px crops of the train photos instead (16×16 latents; the UNet was trained on
+   8×8 ones, so this says whether the deep levels are ignored because they are 1×1 or whatever their size);
 2. **oracle** (``--oracle-steps``): free residuals, one set per image and the same at every t (as an adapter's
    guidance is), optimised with Adam (lr ``--oracle-lr``) on the diffusion loss over random t and noise, the
    frozen UNet as in training; then the ε-MSE at the fixed t. No adapter can do better on these images through
@@ -41,6 +43,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--oracle-lr", type=float, default=1e-2)
     ap.add_argument("--oracle-t", type=int, default=None, help="fit the oracle at this one t (default: t ~ U{0..T-1})")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="instead of the pairs, seeded SIZE-px crops of the world's train photos (e.g. 128: 16x16 latents)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -54,7 +62,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     unet, vae = parts.unet.eval().requires_grad_(False), parts.vae.eval().requires_grad_(False)
     ctx = encode_text(parts, "", torch.device("cpu"), torch.float32).embeds
     abar = parts.scheduler.alphas_cumprod.float()
-    _, clean = _pairs(args.world, args.task, args.n, args.seed)
+    if args.size:
+        import world as W
+
+        cfg = json.loads((args.world / "config.json").read_text())
+        gen = torch.Generator().manual_seed(args.seed)
+        photos = [W._resize_short(W._load_photo(name), cfg["short_side"]) for name in W.TRAIN_IMAGES]
+        crops = []
+        for i in range(args.n):
+            img = photos[i % len(photos)]
+            y = int(torch.randint(0, img.shape[1] - args.size + 1, (), generator=gen))
+            x = int(torch.randint(0, img.shape[2] - args.size + 1, (), generator=gen))
+            crops.append(img[:, y : y + args.size, x : x + args.size])
+        clean = torch.stack(crops)
+    else:
+        _, clean = _pairs(args.world, args.task, args.n, args.seed)
     with torch.no_grad():
         z0 = vae_encode(vae, clean, torch.float32)
     b = len(z0)
