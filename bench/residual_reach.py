@@ -7,6 +7,8 @@ pairs (never the test patches), noise seeded by t:
    to) added at that level alone, as FDI guidance adds it: ``rel_change`` = ``|ε̂' − ε̂| / |ε̂|`` and the ε-MSE;
    ``--size 128`` measures it on 128 px crops of the train photos instead (16×16 latents; the UNet was trained on
    8×8 ones, so this says whether the deep levels are ignored because they are 1×1 or whatever their size);
+   Per decoder point ``up_blocks[0..L-2]``: AdaIN (gate 1) to another image's feature statistics there (the batch
+   rolled by one), the same ``rel_change`` and ε-MSE;
 2. **oracle** (``--oracle-steps``): free residuals, one set per image and the same at every t (as an adapter's
    guidance is), optimised with Adam (lr ``--oracle-lr``) on the diffusion loss over random t and noise, the
    frozen UNet as in training; then the ε-MSE at the fixed t. No adapter can do better on these images through
@@ -134,6 +136,33 @@ def main(argv: Optional[List[str]] = None) -> int:
                 }
             row["t"] = per_t
             print(json.dumps(row), flush=True)
+
+    # decoder points: AdaIN to another image's statistics there (the batch rolled by one), gate 1
+    from fdi.adapter_blocks import token_stats
+
+    for point in range(levels - 1):
+        stats = {}
+        hook = unet.up_blocks[point].register_forward_hook(lambda m, a, o: stats.__setitem__("d", o.detach()))
+        per_t = {}
+        for t in args.t:
+            with torch.no_grad():
+                unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond)
+            d = stats["d"]
+            mean, std = token_stats(d.flatten(2).transpose(1, 2))
+            mods = list(off)
+            mods[point] = Modulation(mean.roll(1, 0), std.roll(1, 0), torch.ones(d.shape[1]))
+            hook.remove()
+            with torch.no_grad(), guide_unet(unet, FDIGuidance([torch.zeros(s) for s in shapes], mods)):
+                pred = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
+            hook = unet.up_blocks[point].register_forward_hook(lambda m, a, o: stats.__setitem__("d", o.detach()))
+            per_t[t] = {
+                "rel_change": round(float((pred - plain[t]).norm() / plain[t].norm()), 5),
+                "mse_plain": mse(plain[t], t),
+                "mse": mse(pred, t),
+            }
+        hook.remove()
+        row = {"probe": "modulation", "task": args.task, "point": point, "size": list(d.shape[-2:]), "t": per_t}
+        print(json.dumps(row), flush=True)
 
     if args.oracle_steps:
         res = [torch.zeros(s, requires_grad=True) for s in shapes]
