@@ -256,3 +256,89 @@ def test_sd15_model_trains_guides_restores_and_refuses_other_families(tmp_path):
     assert r["restore_y"][0] >= 4 and r["restore_y"][1] == 0
     assert r["inverted"] > 1e-3
     assert r["no_pooled"] is None or "pooled" not in r["no_pooled"]  # SD 1.x needs no pooled output
+
+
+# ------------------------------------------------------------------------------------------------ full-size SDXL
+
+FULL = r"""
+import comfy.samplers
+import nodes
+gn = importlib.import_module(name + ".nodes.guidance_nodes")
+tn = importlib.import_module(name + ".nodes.train_nodes")
+smp = importlib.import_module(name + ".nodes.sampling")
+common = importlib.import_module(name + ".nodes.common")
+adapter_mod = importlib.import_module(name + ".fdi.adapter")
+inst = importlib.import_module(name + ".fdi.instruction")
+folder = folder_paths.get_folder_paths("checkpoints")[0]
+os.makedirs(folder, exist_ok=True)
+os.symlink(sys.argv[1], os.path.join(folder, "sd_xl_base_1.0.safetensors"))
+torch.inference_mode().__enter__()
+model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint("sd_xl_base_1.0.safetensors")[:3]
+base = model.model
+out = {"unet_dtype": str(base.get_dtype()), "manual_cast": str(base.manual_cast_dtype)}
+positive = nodes.CLIPTextEncode().encode(clip, "")[0]
+cond, pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+out["pooled"] = list(pooled.shape)
+out["positive_has_pooled"] = torch.equal(positive[0][1]["pooled_output"], pooled)
+seen = []
+base.diffusion_model.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("y")), with_kwargs=True)
+fdi = inst.FDI(tokens=torch.randn(8, 32, generator=torch.Generator().manual_seed(1)),
+               encoder="tiny:0000000000000000", n_pairs=1, label="style")
+g = torch.Generator().manual_seed(2)
+clean = torch.rand(1, 64, 64, 3, generator=g)
+deg = (0.5 * clean + 0.3).clamp(0, 1)
+trained, _, done = tn.FDITrainAdapter.execute(model, clip, vae, fdi, degraded=deg, clean=clean, steps=1,
+                                              learning_rate=1e-3, batch_size=1, resolution=64, seed=0,
+                                              gradient_checkpointing=True, training_dtype="fp32",
+                                              recon_weight=0.1)[:3]
+adm = base.encode_adm(pooled_output=pooled, width=64, height=64, crop_w=0, crop_h=0, target_width=64,
+                      target_height=64, device=torch.device("cpu"))
+out["trained"] = [done, trained.module.base_family, list(trained.module.config.channels)]
+out["train_y"] = [len(seen), all(y is not None and torch.equal(y.float(), adm.float().expand_as(y)) for y in seen)]
+with torch.random.fork_rng(devices=[]):
+    torch.manual_seed(0)
+    fresh = adapter_mod.FDIAdapter(trained.module.config, base_family="sdxl", encoder=fdi.encoder)
+handle = common.ModelHandle(fresh, common.make_patcher(fresh), "fresh")
+latent = vae.encode(deg)
+sigmas = smp.restore_schedule(model, 2, 2)[0]
+ddim = comfy.samplers.sampler_object("ddim")
+neg = smp.zeroed(positive)
+plain = smp.sample(model, ddim, sigmas, 1.0, positive, neg, latent.clone(), preview=False)
+guide = gn.FDINoiseDecoupling.execute(handle, fdi, deg)[0]
+guided = smp.sample(gn.FDIApplyGuidance.execute(model, guide, 1.0, 0.0, 1.0)[0], ddim, sigmas, 1.0, positive, neg,
+                    latent.clone(), preview=False)
+out["fresh_noop"] = bool(torch.equal(plain, guided)) and bool(torch.isfinite(plain).all())
+seen.clear()
+restored = gn.FDIRestore.execute(model, vae, deg, trained, positive, 2, 2, 1.0, 0.5, 1.0)[0]
+adm_r = base.encode_adm(pooled_output=pooled, width=64, height=64, device=torch.device("cpu"))
+out["restored"] = [list(restored.shape), bool(torch.isfinite(restored).all())]
+out["restore_y"] = [len(seen), all(y is not None and torch.equal(y[:1].float(), adm_r.float()) for y in seen)]
+print(json.dumps(out))
+"""
+
+
+def _sdxl_file():
+    from sd21_fixture import cache_dir
+
+    return cache_dir() / "checkpoints" / "fdi-bases" / "sdxl_random_v1.safetensors"
+
+
+def test_full_size_sdxl_single_file_trains_with_its_pooled_text_and_restores(tmp_path):
+    """The random-weight SDXL base 1.0 single file (tests/comfyui/test_bases_e2e.py builds it) through
+    'Load Checkpoint': its CLIP-G pooled output reaches the UNet as ``y`` in training and restoration; a fresh adapter
+    is an exact no-op. The UNet and text encoders are kept in fp16 (``--fp16-unet --fp16-text-enc``: ComfyUI casts
+    to fp32 on the CPU), about 7 GB instead of 14."""
+    ckpt = _sdxl_file()
+    if not ckpt.is_file():
+        pytest.skip(f"the SDXL single-file fixture {ckpt} is missing (tests/comfyui/test_bases_e2e.py builds it)")
+    flags = {"fp16_unet": True, "fp16_text_enc": True}
+    boot = dict(pack_name="comfyui_fdi_under_test", tests_path=True, threads=2, flags=flags)
+    code = harness.script(FULL, COMFYUI_DIR, tmp_path, **boot)
+    r = harness.run_json(code, tmp_path, timeout=2400, stderr_chars=4000, args=[str(ckpt)])
+    print(json.dumps(r, indent=1))
+    assert r["pooled"] == [1, 1280] and r["positive_has_pooled"]
+    assert r["trained"] == [1, "sdxl", [320, 640, 1280]]
+    assert r["train_y"][0] >= 1 and r["train_y"][1], r["train_y"]
+    assert r["fresh_noop"]
+    assert r["restored"] == [[1, 64, 64, 3], True]
+    assert r["restore_y"][0] >= 4 and r["restore_y"][1], r["restore_y"]
