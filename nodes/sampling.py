@@ -98,7 +98,7 @@ def restore_schedule(model, steps: int, inversion_steps: int):
 def check_conditioning(model, conditioning, name: str = "positive") -> None:
     """Refuse CONDITIONING an SDXL-like MODEL cannot sample with: its UNet takes a class/size vector ``y`` that
     ComfyUI builds from each entry's pooled text output (``encode_adm``), so each needs a ``pooled_output``."""
-    if not isinstance(conditioning, list) or not conditioning:
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
         raise FDIError(f"the {name!r} input holds no conditioning; connect CLIP Text Encode")
     unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", None) or {}
     if unet_config.get("adm_in_channels") is None:
