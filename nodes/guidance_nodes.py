@@ -112,7 +112,8 @@ class FDIApplyGuidance(io.ComfyNode):
             category=f"{CATEGORY}/guidance",
             description=(
                 "Returns a copy of the MODEL whose UNet adds the FDI residuals after input blocks 2, 5, 8, 11 and "
-                "modulates h entering output blocks 3, 6, 9 (AdaIN towards the refined FDI) on the sampling steps k "
+                "modulates h entering output blocks 3, 6, 9 (SDXL: input blocks 2, 5, 8, output blocks 3, 6; "
+                "AdaIN towards the refined FDI) on the sampling steps k "
                 "(0-based) with start_percent x N <= k < end_percent x N of the sampler's N steps "
                 f"(0 to {GUIDANCE_END} of 50 steps = steps 0..{_LAST_GUIDED}, the paper's first third, "
                 "as 'python -m fdi restore' guides). "
@@ -121,7 +122,9 @@ class FDIApplyGuidance(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input(
-                    "model", tooltip="An SD 2.x MODEL (e.g. from 'Load Checkpoint'; LoRAs and other patches are kept)."
+                    "model",
+                    tooltip="An SD 1.5, SD 2.x or SDXL MODEL (e.g. from 'Load Checkpoint'; LoRAs and other patches are "
+                    "kept), of the family the adapter was trained for.",
                 ),
                 FDIGuidanceType.Input("guidance", tooltip="Guidance from 'FDI Noise Decoupling'."),
                 io.Float.Input(
@@ -184,7 +187,11 @@ class FDIInvert(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The MODEL to invert with (plain, as the paper does)."),
-                io.Conditioning.Input("positive", tooltip="The prompt conditioning (the paper uses an empty prompt)."),
+                io.Conditioning.Input(
+                    "positive",
+                    tooltip="The prompt conditioning from CLIP Text Encode (the paper uses an empty prompt; on SDXL it "
+                    "carries the pooled output the UNet needs).",
+                ),
                 io.Latent.Input("latent", tooltip="The latent to invert (from VAE Encode)."),
                 io.Int.Input(
                     "steps", default=50, min=1, max=1000, tooltip="DDIM steps; use the same number in KSamplerAdvanced."
@@ -223,11 +230,19 @@ class FDIRestore(io.ComfyNode):
                 "guidance_end x steps, decodes and crops back to the input size."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="An SD 2.x MODEL (e.g. SD 2.1 base from 'Load Checkpoint')."),
+                io.Model.Input(
+                    "model",
+                    tooltip="An SD 1.5, SD 2.x or SDXL MODEL (e.g. from 'Load Checkpoint'), of the family the adapter "
+                    "was trained for.",
+                ),
                 io.Vae.Input("vae", tooltip="The VAE of that checkpoint."),
                 io.Image.Input("image", tooltip="The degraded image(s) to restore."),
                 FDIAdapterType.Input("adapter", tooltip="The FDI adapter for this task."),
-                io.Conditioning.Input("positive", tooltip="Prompt conditioning (the paper uses an empty prompt)."),
+                io.Conditioning.Input(
+                    "positive",
+                    tooltip="Prompt conditioning from CLIP Text Encode (the paper uses an empty prompt; on SDXL "
+                    "it carries the pooled output the UNet needs).",
+                ),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM sampling steps."),
                 io.Int.Input(
                     "inversion_steps",

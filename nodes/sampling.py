@@ -95,6 +95,23 @@ def restore_schedule(model, steps: int, inversion_steps: int):
     return sampling, inversion_sigmas(sampling, inversion_timesteps(ts, inversion_steps), sigma_of)
 
 
+def check_conditioning(model, conditioning, name: str = "positive") -> None:
+    """Refuse CONDITIONING an SDXL-like MODEL cannot sample with: its UNet takes a class/size vector ``y`` that
+    ComfyUI builds from each entry's pooled text output (``encode_adm``), so each needs a ``pooled_output``."""
+    if not isinstance(conditioning, (list, tuple)) or not conditioning:
+        raise FDIError(f"the {name!r} input holds no conditioning; connect CLIP Text Encode")
+    unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", None) or {}
+    if unet_config.get("adm_in_channels") is None:
+        return
+    for c in conditioning:
+        extra = c[1] if len(c) > 1 and isinstance(c[1], dict) else {}
+        if extra.get("pooled_output") is None and "unclip_conditioning" not in extra:
+            raise FDIError(
+                f"the {name!r} conditioning has no pooled output, which an SDXL MODEL needs (its size and pooled-text "
+                "input); encode the prompt with CLIP Text Encode and the checkpoint's own CLIP"
+            )
+
+
 def invert(model, positive, samples: torch.Tensor, sigmas: torch.Tensor, preview: bool = True) -> torch.Tensor:
     """Run :func:`fdi.comfy_backend.ddim_inversion_sampler` through ComfyUI's sampling machinery.
 
@@ -103,6 +120,7 @@ def invert(model, positive, samples: torch.Tensor, sigmas: torch.Tensor, preview
     """
     if not isinstance(samples, torch.Tensor) or samples.ndim < 4:
         raise FDIError("the 'latent' input holds no latent samples; connect VAE Encode")
+    check_conditioning(model, positive)
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
     sampler = comfy.samplers.KSAMPLER(partial(ddim_inversion_sampler, interrupt=interrupt_check))
     return sample(model, sampler, sigmas, 1.0, positive, positive, samples, preview)
@@ -212,6 +230,8 @@ def restore(
     ``guide(padded)`` returns the guided MODEL for the padded batch; the rest is ``python -m fdi restore``'s:
     pad to a multiple of 64, VAE-encode, DDIM-invert with the plain MODEL, sample back with DDIM on the same
     timesteps, decode, crop (with ``tile_size``: per tile, blended, :mod:`fdi.tiles`)."""
+    check_conditioning(model, positive)
+    check_conditioning(model, negative, "negative")
     h, w = images.shape[-2:]
     padded = pad_to_multiple(images)
     tiling = optional_tiling(

@@ -17,12 +17,11 @@ import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
-from ..fdi.adapter import FDIAdapterConfig
-from ..fdi.comfy_backend import check_unet_for_adapter
+from ..fdi.comfy_backend import check_unet_for_adapter, comfy_family
 from ..fdi.dtypes import parse_dtype
 from ..fdi.errors import FDIError
+from ..fdi.families import get_family
 from ..fdi.instruction import FDI
-from ..fdi.models import family_of
 from ..fdi.sampling import sigma_to_alpha
 from ..fdi.training.comfy_unet import autograd_safe, cast_weights_to_compute
 from ..fdi.training.memory import TrainSettings, adapter_for_training, check_pairs, train_on_pairs
@@ -58,21 +57,21 @@ class PairList:
 
 
 def _model_facts(model) -> tuple:
-    """``(unet_config, prediction_type, family)`` of a ComfyUI MODEL, refusing what is not SD 2.x.
+    """``(unet_config, prediction_type, family)`` of a ComfyUI MODEL, refusing what is not SD 1.5, SD 2.x or SDXL.
 
-    The prediction is the MODEL's own (:func:`prediction_type`: its ``model_sampling``, so a
-    ``ModelSamplingDiscrete`` v-prediction patch on an SD 2.x base makes it v-prediction)."""
+    The family is :func:`fdi.comfy_backend.comfy_family` of the UNet and the MODEL's own prediction
+    (:func:`prediction_type`: its ``model_sampling``, so a ``ModelSamplingDiscrete`` v-prediction patch on an
+    SD 2.x base makes it ``sd2.1-v``)."""
     base = model.model
     cfg = getattr(getattr(base, "model_config", None), "unet_config", None)
     pred = prediction_type(model)
     if pred not in ("epsilon", "v_prediction"):
         raise FDIError(
             f"the MODEL predicts {pred if pred != 'unknown' else 'something unknown'}; "
-            "FDI adapters train on SD 2.x epsilon or v-prediction models"
+            "FDI adapters train on SD 1.5, SD 2.x and SDXL epsilon or v-prediction models"
         )
-    family = family_of(pred)
-    channels = FDIAdapterConfig().channels
-    check_unet_for_adapter(cfg, channels, family, pred)  # SD 1.5, SDXL, DiT, inpainting: a clear error
+    family = comfy_family(cfg, pred)  # DiT/flow models and other UNets: a clear error
+    check_unet_for_adapter(cfg, get_family(family).channels, family, pred)  # inpainting, uneven levels
     return cfg, pred, family
 
 
@@ -136,7 +135,8 @@ class FDITrainAdapter(io.ComfyNode):
             display_name="Train FDI Adapter",
             category=f"{CATEGORY}/training",
             description=(
-                "Trains an FDI adapter on image pairs with the graph's SD 2.x MODEL and VAE (both stay frozen): "
+                "Trains an FDI adapter on image pairs with the graph's SD 1.5, SD 2.x or SDXL MODEL and VAE (both "
+                "stay frozen; the adapter is made for the MODEL's family, three levels on SDXL): "
                 "L = MSE(UNet output, target) + λ·|ẑ0 − z0|1 with AdamW (β 0.9, 0.99), the step "
                 "'python -m fdi train' uses. Give the pairs as two IMAGE batches of equal size or from "
                 "'Load FDI Training Pairs'. Cancel ends training early and passes on the adapter of the last "
@@ -145,11 +145,13 @@ class FDITrainAdapter(io.ComfyNode):
             inputs=[
                 io.Model.Input(
                     "model",
-                    tooltip="An SD 2.x MODEL (e.g. from 'Load Checkpoint'); "
-                    "its prediction type sets the adapter's family.",
+                    tooltip="An SD 1.5, SD 2.x or SDXL MODEL (e.g. from 'Load Checkpoint'); "
+                    "its UNet and prediction type set the adapter's family.",
                 ),
                 io.Clip.Input(
-                    "clip", tooltip="The checkpoint's CLIP: it encodes the empty training prompt (as restoration uses)."
+                    "clip",
+                    tooltip="The checkpoint's CLIP: it encodes the empty training prompt (as restoration uses; "
+                    "on SDXL also its pooled output, with the crop size as size conditioning).",
                 ),
                 io.Vae.Input(
                     "vae", tooltip="The VAE of that checkpoint; clean images are encoded to the posterior mode."
@@ -182,7 +184,8 @@ class FDITrainAdapter(io.ComfyNode):
                     min=64,
                     max=2048,
                     step=64,
-                    tooltip="Side of the square random crops, px (images are resized so the shorter side is this).",
+                    tooltip="Side of the square random crops, px (images are resized so the shorter side is this; "
+                    "SD 1.5/2.1 base work at 512, SDXL at 1024).",
                 ),
                 io.Int.Input(
                     "seed",
@@ -304,11 +307,11 @@ def _train(
     base = model.model
     unet = base.diffusion_model
     autograd_safe(unet)
-    context = clip.encode_from_tokens(clip.tokenize("")).clone().to(device)
+    context, adm = _prompt_conditioning(base, clip, settings.resolution, device)
     # compute dtype, never the storage one (fp8): ComfyUI's _apply_model casts to manual_cast_dtype
     dtype = _compute_dtype(training_dtype, device)
     storage = getattr(base, "manual_cast_dtype", None) or base.get_dtype()
-    predict = comfy_predictor(unet, context, *blocks, dtype)
+    predict = comfy_predictor(unet, context, *blocks, dtype, y=adm)
     # the MODEL's own schedule: a ModelSamplingDiscrete patch (v-prediction, zsnr) included
     alphas = sigma_to_alpha(model.get_model_object("model_sampling").sigmas.float().cpu())
 
@@ -336,6 +339,28 @@ def _train(
             on_step=_progress(settings.steps),
         )
     return adapter, result
+
+
+def _prompt_conditioning(base, clip, resolution: int, device: torch.device) -> tuple:
+    """``(context [1, 77, D], y)`` of the empty training prompt for a ComfyUI base model.
+
+    ``y`` is the model's own ``encode_adm`` vector (SDXL: the CLIP's pooled output and the size conditioning,
+    ``[1, 2816]``; ``None`` for SD 1.x/2.x), for a square crop of ``resolution`` px: original size = target size
+    = the crop, crop offset 0 (what ComfyUI's sampler builds for a latent of that size and the diffusers door's
+    rule)."""
+    context, pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+    size = int(resolution)
+    adm = base.encode_adm(
+        pooled_output=pooled,
+        width=size,
+        height=size,
+        crop_w=0,
+        crop_h=0,
+        target_width=size,
+        target_height=size,
+        device=device,
+    )
+    return context.clone().to(device), (None if adm is None else adm.clone().to(device))
 
 
 def _progress(steps: int):

@@ -47,6 +47,14 @@ DOWNLOADS = {
         "directory": "checkpoints",
     },
 }
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
+DOWNLOADS[SDXL_CHECKPOINT] = {
+    "name": SDXL_CHECKPOINT,
+    "url": f"https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/{SDXL_CHECKPOINT}",
+    "directory": "checkpoints",
+}
+#: the checkpoint each workflow loads (the others: :data:`CHECKPOINT`)
+WORKFLOW_CHECKPOINTS = {"restore_sdxl": SDXL_CHECKPOINT, "style_transfer_sdxl": SDXL_CHECKPOINT}
 BLIP2_FOLDER = "blip2-opt-2.7b"
 ADAPTERS = {
     "derain": "fdi_derain.safetensors",
@@ -55,7 +63,11 @@ ADAPTERS = {
     "painting": "fdi_style_painting.safetensors",
     "vangogh": "fdi_style_vangogh.safetensors",
     "ukiyoe": "fdi_style_ukiyoe.safetensors",
+    "sdxl_derain": "fdi_sdxl_derain.safetensors",
+    "sdxl_painting": "fdi_sdxl_style_painting.safetensors",
 }
+#: the base family each adapter file is trained for (the others: SD 2.1 base)
+ADAPTER_FAMILIES = {"sdxl_derain": "sdxl", "sdxl_painting": "sdxl"}
 FDI_FILES = {"denoise": "denoise.fdi.safetensors", "desnow": "desnow.fdi.safetensors"}
 #: images the workflows load from ComfyUI's input folder (the tests put small images there)
 INPUT_IMAGES = {
@@ -69,6 +81,8 @@ INPUT_IMAGES = {
     "style_fusion": "photo.png",
     "train_style_adapter": "photo.png",
     "train_from_clean_photos": "clean_photo.png",
+    "restore_sdxl": "degraded_1024.png",
+    "style_transfer_sdxl": "photo_1024.png",
 }
 #: one reference pair loaded as images (build_fdi_from_pairs shows FDIExtract with them)
 ONE_PAIR_IMAGES = ("pair_rainy.png", "pair_clean.png")
@@ -77,6 +91,7 @@ PAIR_FOLDERS = {
     "build_fdi_from_pairs": ("fdi/rainy", "fdi/clean"),
     "style_transfer": ("style/photo", "style/painting"),
     "train_style_adapter": ("style/photo", "style/painting"),
+    "style_transfer_sdxl": ("style/photo", "style/painting"),
 }
 
 MODEL_NOTE = (
@@ -94,6 +109,21 @@ BLIP2_NOTE = (
     "preprocessor_config.json, model*.safetensors), e.g. the files of https://huggingface.co/Salesforce/blip2-opt-2.7b "
     "(a folder: the frontend does not download it). Only its vision model and Q-Former are read; the language "
     "model is never loaded.\n"
+)
+SDXL_MODEL_NOTE = (
+    "Model files (ComfyUI/models/…):\n"
+    f"• checkpoints/{SDXL_CHECKPOINT}: Stable Diffusion XL base 1.0, the file as published in "
+    "stabilityai/stable-diffusion-xl-base-1.0 on Hugging Face (any SDXL checkpoint or fine-tune works; SD 1.5 and "
+    "SD 2.x adapters do not: an adapter works on the base family it was trained for); a frontend that finds it "
+    "missing offers the download.\n"
+)
+SDXL_ADAPTER_NOTE = (
+    "• fdi_adapters/<name>.safetensors: an FDI adapter trained for SDXL (by 'Train FDI Adapter' on this "
+    "checkpoint's MODEL, or 'python -m fdi train' with an SDXL base); it has three levels and embeds its FDI.\n"
+)
+SDXL_SIZE_NOTE = (
+    "SDXL works at about 1024 px a side: 'FDI Restore' runs images up to 1024 px whole and larger ones in 1024 px "
+    "tiles (tile_size 1024, 128 px overlap; 0 turns tiles off). The size conditioning is the image's own size.\n"
 )
 FDI_NOTE = "• fdi/<name>.fdi.safetensors: FDI files from 'Save FDI' or 'python -m fdi extract'.\n"
 SAMPLING_NOTE = (
@@ -405,15 +435,28 @@ def build(wf: Workflow, object_info: dict) -> dict:
 # building blocks shared by several workflows
 
 
-def sd_base(wf: Workflow, x: int, y: int, prompt_title="Prompt (empty, as in the paper)"):
+def sd_base(
+    wf: Workflow,
+    x: int,
+    y: int,
+    prompt_title="Prompt (empty, as in the paper)",
+    checkpoint: str = CHECKPOINT,
+    base_title: str = "SD 2.1 base",
+):
     """Checkpoint loader, empty prompt and zeroed negative; returns (ckpt, positive, negative) keys."""
-    wf.node("ckpt", "CheckpointLoaderSimple", (x, y), "Load SD 2.1 base", ckpt_name=CHECKPOINT)
+    wf.node("ckpt", "CheckpointLoaderSimple", (x, y), f"Load {base_title}", ckpt_name=checkpoint)
     wf.node("positive", "CLIPTextEncode", (x, y + 160), prompt_title, size=[300, 130], text="")
     wf.node("negative", "ConditioningZeroOut", (x, y + 350), "Negative (unused at cfg 1)")
     wf.link("ckpt", "CLIP", "positive", "clip")
     wf.link("positive", "CONDITIONING", "negative", "conditioning")
-    wf.group("SD 2.1 base model", ["ckpt", "positive", "negative"], COLORS["model"])
+    wf.group(f"{base_title} model", ["ckpt", "positive", "negative"], COLORS["model"])
     return "ckpt", "positive", "negative"
+
+
+def sdxl_base(wf: Workflow, x: int, y: int):
+    """:func:`sd_base` with the SDXL base 1.0 checkpoint (its CLIP Text Encode carries the pooled output SDXL
+    needs)."""
+    return sd_base(wf, x, y, checkpoint=SDXL_CHECKPOINT, base_title="SDXL base 1.0")
 
 
 def image_in(wf: Workflow, key: str, x: int, y: int, name: str, title: str):
@@ -1179,6 +1222,134 @@ def train_from_clean_photos() -> Workflow:
     return wf
 
 
+def restore_sdxl() -> Workflow:
+    wf = Workflow("restore_sdxl")
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 320),
+        "Restore an image on SDXL with an FDI adapter trained for SDXL, in one node: 'FDI Restore' runs the "
+        "adapter, VAE-encodes the image, DDIM-inverts it with SDXL's own schedule, samples it back with guidance "
+        "in the first third of the steps and decodes (the same recipe as on SD 2.1).\n\n"
+        + SDXL_MODEL_NOTE
+        + SDXL_ADAPTER_NOTE.replace("<name>", "fdi_sdxl_derain")
+        + SDXL_SIZE_NOTE
+        + f"Input: put the image in ComfyUI/input ('{INPUT_IMAGES['restore_sdxl']}' "
+        "here) or use Load Image's upload button.",
+        title="Read me: model files",
+    )
+    sdxl_base(wf, 0, 420)
+    image_in(wf, "image", 400, 420, INPUT_IMAGES["restore_sdxl"], "Degraded image (about 1024 px)")
+    wf.node(
+        "adapter",
+        "FDIAdapterLoader",
+        (400, 840),
+        "Load FDI Adapter (SDXL derain, FDI embedded)",
+        adapter_name=ADAPTERS["sdxl_derain"],
+    )
+    wf.group("Degraded image and SDXL adapter", ["image", "adapter"], COLORS["input"])
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (760, 420),
+        "FDI Restore (SDXL, 1024 px tiles)",
+        size=[320, 380],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+        tile_size=1024,
+        tile_overlap=128,
+    )
+    wf.link("ckpt", "MODEL", "restore", "model")
+    wf.link("ckpt", "VAE", "restore", "vae")
+    wf.link("image", "IMAGE", "restore", "image")
+    wf.link("adapter", "adapter", "restore", "adapter")
+    wf.link("positive", "CONDITIONING", "restore", "positive")
+    wf.link("adapter", "fdi", "restore", "fdi")
+    wf.link("negative", "CONDITIONING", "restore", "negative")
+    wf.group("Restore on SDXL", ["restore"], COLORS["sample"])
+    wf.node("save", "SaveImage", (1120, 420), "Restored image", size=[340, 380], filename_prefix="fdi/restore_sdxl")
+    wf.link("restore", "image", "save", "images")
+    wf.group("Output", ["save"], COLORS["output"])
+    return wf
+
+
+def style_transfer_sdxl() -> Workflow:
+    wf = Workflow("style_transfer_sdxl")
+    a, b = PAIR_FOLDERS["style_transfer_sdxl"]
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 340),
+        "Style transfer on SDXL: (style A, style B) reference pairs give the FDI that drives a style adapter "
+        "trained for SDXL, which turns style A into style B.\n\n"
+        + SDXL_MODEL_NOTE
+        + BLIP2_NOTE
+        + SDXL_ADAPTER_NOTE.replace("<name>", "fdi_sdxl_style_painting")
+        + SDXL_SIZE_NOTE
+        + f"Pairs: photos in ComfyUI/input/{a}/, the same scenes as paintings in ComfyUI/input/{b}/ "
+        "(matched by file name). "
+        f"Input: the photo to stylise in ComfyUI/input ('{INPUT_IMAGES['style_transfer_sdxl']}' here).",
+        title="Read me: model files",
+    )
+    sdxl_base(wf, 0, 440)
+    wf.node("qformer", "FDIQFormerLoader", (0, 940), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
+    wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
+    wf.node(
+        "extract",
+        "FDIExtractFromFolders",
+        (400, 440),
+        "Extract FDI (photo → painting pairs)",
+        size=[340, 206],
+        degraded_folder=a,
+        clean_folder=b,
+        label="photo2painting",
+        batch_size=8,
+        keep_pairs=True,
+    )
+    wf.group("Style FDI from reference pairs", ["extract"], COLORS["fdi"])
+    image_in(wf, "image", 400, 760, INPUT_IMAGES["style_transfer_sdxl"], "Photo to stylise (about 1024 px)")
+    wf.node(
+        "adapter",
+        "FDIAdapterLoader",
+        (400, 1170),
+        "Load FDI Adapter (SDXL style: painting)",
+        size=[300, 102],
+        adapter_name=ADAPTERS["sdxl_painting"],
+    )
+    wf.group("Content image and SDXL style adapter", ["image", "adapter"], COLORS["input"])
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (800, 440),
+        "FDI Restore (SDXL style, 1024 px tiles)",
+        size=[320, 380],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+        tile_size=1024,
+        tile_overlap=128,
+    )
+    wf.link("qformer", "qformer", "extract", "qformer")
+    wf.link("ckpt", "MODEL", "restore", "model")
+    wf.link("ckpt", "VAE", "restore", "vae")
+    wf.link("image", "IMAGE", "restore", "image")
+    wf.link("adapter", "adapter", "restore", "adapter")
+    wf.link("positive", "CONDITIONING", "restore", "positive")
+    wf.link("extract", "fdi", "restore", "fdi")
+    wf.group("Restore-style sampling on SDXL", ["restore"], COLORS["sample"])
+    wf.node(
+        "save", "SaveImage", (1160, 440), "Stylised image", size=[340, 380], filename_prefix="fdi/style_transfer_sdxl"
+    )
+    wf.link("restore", "image", "save", "images")
+    wf.group("Output", ["save"], COLORS["output"])
+    return wf
+
+
 #: name -> (builder, one-line description); the order is the one the tests run them in
 WORKFLOWS = {
     "build_fdi_from_pairs": (build_fdi_from_pairs, "reference pairs in two folders → FDI → save → inspect plot"),
@@ -1201,6 +1372,8 @@ WORKFLOWS = {
         train_from_clean_photos,
         "a clean photo → synthetic haze pairs → FDI → train an adapter → save → restore the hazy images",
     ),
+    "restore_sdxl": (restore_sdxl, "one image restored on SDXL base 1.0 with an SDXL adapter, 1024 px tiles"),
+    "style_transfer_sdxl": (style_transfer_sdxl, "style pairs → FDI → SDXL style adapter → restore-style sampling"),
 }
 
 

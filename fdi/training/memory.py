@@ -173,9 +173,12 @@ def train_on_pairs(
 
 
 def adapter_for_training(fdi, family: str, seed: int, previous=None) -> torch.nn.Module:
-    """A float32 adapter to train for ``fdi`` on a ``family`` base: a copy of ``previous`` (its Q-Former and
-    family must match; it stays untouched), or a new one sized to the FDI with weights a function of ``seed``."""
+    """A float32 adapter to train for ``fdi`` on a ``family`` base (:mod:`fdi.families`: ``sd1.5``, ``sd2.1-base``,
+    ``sd2.1-v``, ``sdxl``…): a copy of ``previous`` (its Q-Former and family must match; it stays untouched), or a
+    new one of the family's level widths (:meth:`FDIAdapterConfig.for_family`) sized to the FDI, with weights a
+    function of ``seed``."""
     from ..adapter import FDIAdapter, FDIAdapterConfig
+    from ..families import family_title
     from ..instruction import same_encoder
 
     if previous is not None:
@@ -185,14 +188,15 @@ def adapter_for_training(fdi, family: str, seed: int, previous=None) -> torch.nn
                 f"({fdi.encoder}); extract the FDI with that Q-Former or train a new adapter"
             )
         if previous.base_family != family:
+            was, now = family_title(previous.base_family), family_title(family)
             raise FDIError(
-                f"the adapter was trained for {previous.base_family}, the MODEL is {family}; "
-                f"continue it on a {previous.base_family} model"
+                f"the adapter was trained for {was}, the MODEL is {now}; continue it on an {was} model, "
+                f"or train a new adapter for {now}"
             )
         config = previous.config
     else:
         tokens, width = fdi.shape
-        config = FDIAdapterConfig(token_width=width, num_tokens=tokens)
+        config = FDIAdapterConfig.for_family(family, token_width=width, num_tokens=tokens)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         adapter = FDIAdapter(config, base_family=family, encoder=fdi.encoder, label=fdi.label)

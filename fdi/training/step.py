@@ -13,7 +13,7 @@ UNet patches); targets and ẑ0 are :mod:`fdi.sampling`'s. docs/design.md ("Trai
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -115,12 +115,17 @@ def comfy_predictor(
     input_blocks: Sequence[int],
     output_blocks: Sequence[int],
     dtype: torch.dtype,
+    y: Optional[torch.Tensor] = None,
 ) -> Predictor:
     """A ComfyUI ``openaimodel`` UNet (``model.model.diffusion_model``) guided by the pack's UNet patches.
 
+    ``context [1, 77, D]``: the prompt's cross-attention conditioning; ``y [1, adm]`` (SDXL: ``[1, 2816]``):
+    the UNet's class/size vector, ComfyUI's ``model.model.encode_adm(...)`` of the pooled prompt (``None`` for
+    SD 1.x/2.x, whose UNets take none). Both are repeated over the batch.
+
     ``dtype``: the UNet's compute dtype (ComfyUI's ``manual_cast_dtype`` or the weights' dtype, or
     the training dtype with the weights cast to it), never a storage-only dtype such as fp8: the
-    inputs and the context are cast to it, as ComfyUI's ``_apply_model`` does.
+    inputs, the context and ``y`` are cast to it, as ComfyUI's ``_apply_model`` does.
 
     Every call is guided (an entry with the whole step and sigma window open); ``z_t`` is the UNet's
     input in VP form, which is ComfyUI's ``calculate_input`` of the sigma-space latent."""
@@ -134,8 +139,10 @@ def comfy_predictor(
                 OUTPUT_PATCH_KEY: [FDIOutputPatch([entry], input_blocks, output_blocks)],
             }
         }
-        cond = context.to(dtype).expand(z_t.shape[0], -1, -1)
-        return diffusion_model(z_t.to(dtype), t.float(), context=cond, transformer_options=options)
+        b = z_t.shape[0]
+        cond = context.to(dtype).expand(b, -1, -1)
+        extra = {} if y is None else {"y": y.to(dtype).expand(b, -1)}
+        return diffusion_model(z_t.to(dtype), t.float(), context=cond, transformer_options=options, **extra)
 
     return predict
 

@@ -76,7 +76,9 @@ def fake_model(**changes):
     cfg = dict(model.model.model_config.unet_config, **changes)
     return types.SimpleNamespace(model=types.SimpleNamespace(model_config=types.SimpleNamespace(unet_config=cfg),
                                                              model_type=model.model.model_type))
-out["bad_sd15"] = err(lambda: T.execute(fake_model(context_dim=768), clip, vae, fdi, degraded=deg, clean=clean, **kw))
+out["bad_inpaint"] = err(lambda: T.execute(fake_model(in_channels=9), clip, vae, fdi, degraded=deg, clean=clean, **kw))
+out["bad_widths"] = err(lambda: T.execute(fake_model(model_channels=256), clip, vae, fdi, degraded=deg, clean=clean,
+                                          **kw))
 out["bad_sdxl"] = err(lambda: T.execute(fake_model(context_dim=2048, channel_mult=[1, 2, 4]), clip, vae, fdi,
                                         degraded=deg, clean=clean, **kw))
 
@@ -169,7 +171,9 @@ def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
     assert "at least 64 px" in r["bad_small"]
     assert "steps must be at least 1" in r["bad_steps"]
     assert "no training pairs" in r["bad_none"]
-    assert "SD 1.x" in r["bad_sd15"] and "SDXL" in r["bad_sdxl"], (r["bad_sd15"], r["bad_sdxl"])
+    # UNets of no family FDI knows (SD 1.5 and SDXL MODELs train: tests/comfyui/test_bases_nodes.py)
+    assert "inpainting" in r["bad_inpaint"] and "SDXL" in r["bad_sdxl"], (r["bad_inpaint"], r["bad_sdxl"])
+    assert r["bad_widths"].startswith("FDIError") and "(256, 512, 1024, 1024)" in r["bad_widths"], r["bad_widths"]
     assert r["steps_done"] == 2 and r["curve"][0] == 1 and r["curve"][3] == 3
     mine = [c for c in r["progress"] if c[1] == 2]
     assert mine == [[0, 2, False], [1, 2, True], [2, 2, True]], r["progress"]  # the loss curve as the preview

@@ -40,6 +40,7 @@ from pathlib import Path
 import comfyui_harness as harness
 import pytest
 from comfyui_harness import error_message
+from sd21_fixture import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "workflows"
@@ -50,6 +51,10 @@ bw = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bw)
 
 NAMES = list(bw.WORKFLOWS)
+#: the runs: an SDXL workflow loads a full-size SDXL checkpoint (about 14 GB in fp32 on the CPU): slow
+RUN_NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in bw.WORKFLOW_CHECKPOINTS else n for n in NAMES]
+#: the random-weight SDXL single file of tests/comfyui/test_bases_e2e.py, installed as the SDXL workflows' checkpoint
+SDXL_FIXTURE = cache_dir() / "checkpoints" / "fdi-bases" / "sdxl_random_v1.safetensors"
 VIRTUAL = {"Note", "MarkdownNote"}
 PACK_NODES = set(re.findall(r'node_id="(FDI\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
 CORE_NODES = {
@@ -164,7 +169,7 @@ def test_workflow_is_readable_titles_groups_and_a_model_note(name):
     text = "\n".join(notes)
     types = {n["type"] for n in real}
     if "CheckpointLoaderSimple" in types:
-        assert "checkpoints/v2-1_512-ema-pruned.safetensors" in text
+        assert f"checkpoints/{checkpoint_of(name)}" in text
     if "FDIAdapterLoader" in types:
         assert "fdi_adapters/" in text
     if "FDIQFormerLoader" in types:
@@ -227,14 +232,47 @@ def test_every_downloadable_model_has_a_valid_entry(name):
     wf = load(name)
     assert model_entry_problems(wf) == []
     if any(n["type"] == "CheckpointLoaderSimple" for n in wf["nodes"]):
-        assert wf["models"] == [
-            {
-                "name": "v2-1_512-ema-pruned.safetensors",
-                "url": "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/"
-                "v2-1_512-ema-pruned.safetensors",
-                "directory": "checkpoints",
-            }
-        ]
+        assert wf["models"] == [PUBLISHED[checkpoint_of(name)]]
+
+
+#: the published checkpoints the workflows load, as the frontend downloads them
+PUBLISHED = {
+    "v2-1_512-ema-pruned.safetensors": {
+        "name": "v2-1_512-ema-pruned.safetensors",
+        "url": "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/"
+        "v2-1_512-ema-pruned.safetensors",
+        "directory": "checkpoints",
+    },
+    "sd_xl_base_1.0.safetensors": {
+        "name": "sd_xl_base_1.0.safetensors",
+        "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
+        "sd_xl_base_1.0.safetensors",
+        "directory": "checkpoints",
+    },
+}
+
+
+def checkpoint_of(name: str) -> str:
+    """The checkpoint file workflow ``name`` loads (its CheckpointLoaderSimple's ``ckpt_name``; ``""``: none)."""
+    names = {n["widgets_values"][0] for n in load(name)["nodes"] if n["type"] == "CheckpointLoaderSimple"}
+    assert len(names) <= 1, names
+    return names.pop() if names else ""
+
+
+def test_sdxl_workflows_load_sdxl_and_sdxl_adapters():
+    """The SDXL workflows load SDXL base 1.0 and only SDXL adapters (the builder's table says which files are), at
+    SDXL's 1024 px: tiles of 1024 px."""
+    sdxl = [n for n in NAMES if checkpoint_of(n) == "sd_xl_base_1.0.safetensors"]
+    assert sorted(sdxl) == ["restore_sdxl", "style_transfer_sdxl"]
+    for name in NAMES:
+        nodes = load(name)["nodes"]
+        adapters = [n["widgets_values"][0] for n in nodes if n["type"] == "FDIAdapterLoader"]
+        families = {bw.ADAPTER_FAMILIES.get(k, "sd2.1-base") for k, f in bw.ADAPTERS.items() if f in adapters}
+        assert families == ({"sdxl"} if name in sdxl else {"sd2.1-base"}) or not adapters, (name, families)
+        if name in sdxl:
+            restore = next(n for n in nodes if n["type"] == "FDIRestore")
+            assert 1024 in restore["widgets_values"], restore["widgets_values"]
+            assert "1024 px" in next(n["widgets_values"][0] for n in nodes if n["type"] in VIRTUAL)
 
 
 def test_model_entry_check_names_what_is_wrong():
@@ -292,6 +330,8 @@ def test_use_case_shapes():
     )
     assert types("mixed_progressive").count("FDIRestore") == 2
     assert {"FDIExtractFromFolders", "FDIAdapterLoader", "FDIRestore"} <= set(types("style_transfer"))
+    assert {"FDIExtractFromFolders", "FDIAdapterLoader", "FDIRestore"} <= set(types("style_transfer_sdxl"))
+    assert {"CLIPTextEncode", "FDIAdapterLoader", "FDIRestore", "SaveImage"} <= set(types("restore_sdxl"))
     assert types("style_fusion").count("FDIApplyGuidance") == 2
     # the chained Apply nodes really share one MODEL path
     for name in ("mixed_composite", "style_fusion"):
@@ -464,6 +504,8 @@ def comfy_env(tmp_path_factory, tiny_blip2_folder, sd21_adapter):
     models = base / "models"
     (models / "checkpoints").mkdir(parents=True)
     (models / "checkpoints" / bw.CHECKPOINT).symlink_to(sd21_fixture.checkpoint_path())
+    if SDXL_FIXTURE.is_file():  # the SDXL workflows' checkpoint (tests/comfyui/test_bases_e2e.py builds it)
+        (models / "checkpoints" / bw.SDXL_CHECKPOINT).symlink_to(SDXL_FIXTURE)
     blip = models / "blip2" / bw.BLIP2_FOLDER
     shutil.copytree(tiny_blip2_folder, blip)
 
@@ -492,7 +534,17 @@ def comfy_env(tmp_path_factory, tiny_blip2_folder, sd21_adapter):
     desnow.save(models / "fdi" / bw.FDI_FILES["desnow"])
     (models / "fdi_adapters").mkdir(parents=True)
     for seed, (key, file_name) in enumerate(sorted(bw.ADAPTERS.items())):
-        adapter = sd21_adapter(TINY_WIDTH, TINY_TOKENS, seed=seed)
+        family = bw.ADAPTER_FAMILIES.get(key, "sd2.1-base")
+        if family == "sd2.1-base":
+            adapter = sd21_adapter(TINY_WIDTH, TINY_TOKENS, seed=seed)
+        else:  # a non-fresh adapter of the family's levels
+            from tiny_sd import randomise_adapter
+
+            from fdi.adapter import FDIAdapter, FDIAdapterConfig
+
+            torch.manual_seed(seed)
+            config = FDIAdapterConfig.for_family(family, token_width=TINY_WIDTH, num_tokens=TINY_TOKENS)
+            adapter = randomise_adapter(FDIAdapter(config, base_family=family), seed=seed)
         adapter.label = key
         adapter.save(models / "fdi_adapters" / file_name, fdi=fdis[seed % 2])
         del adapter
@@ -585,6 +637,8 @@ def test_model_entries_name_folders_and_files_of_this_comfyui(comfy, object_info
         for n in load(name)["nodes"]:
             for entry in n["properties"].get("models", []):
                 assert entry["directory"] in folders, (name, entry)
+                if entry["name"] == bw.SDXL_CHECKPOINT and not SDXL_FIXTURE.is_file():
+                    continue  # not installed here: the SDXL fixture is missing
                 widget = STOCK_LOADERS[n["type"]][0]
                 choices = bw.combo_options(*object_info[n["type"]]["input"]["required"][widget][:2])
                 assert entry["name"] in choices, (name, entry)
@@ -592,6 +646,19 @@ def test_model_entries_name_folders_and_files_of_this_comfyui(comfy, object_info
 
 def _output_nodes(prompt: dict, object_info: dict) -> set:
     return {k for k, v in prompt.items() if object_info[v["class_type"]].get("output_node")}
+
+
+def skip_without_checkpoint(name: str) -> None:
+    """Skip running an SDXL workflow unless asked for (``FDI_RUN_SDXL_WORKFLOWS=1``) and the SDXL fixture is built."""
+    if checkpoint_of(name) != bw.SDXL_CHECKPOINT:
+        return
+    if os.environ.get("FDI_RUN_SDXL_WORKFLOWS") != "1":
+        pytest.skip(
+            "running an SDXL workflow loads the full-size SDXL fixture in fp32 in the server (about 14 GB next to the "
+            "SD 2.1 one); set FDI_RUN_SDXL_WORKFLOWS=1 on a machine with the memory"
+        )
+    if not SDXL_FIXTURE.is_file():
+        pytest.skip(f"the SDXL single-file fixture {SDXL_FIXTURE} is missing (tests/comfyui/test_bases_e2e.py)")
 
 
 def check_outputs(name: str, entry: dict, prompt: dict, object_info: dict, env: dict) -> list:
@@ -619,8 +686,9 @@ def check_outputs(name: str, entry: dict, prompt: dict, object_info: dict, env: 
 
 @needs_comfyui
 @pytest.mark.comfyui
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", RUN_NAMES)
 def test_workflow_runs_in_comfyui(name, comfy, comfy_env, object_info):
+    skip_without_checkpoint(name)
     prompt = to_api(load(name), object_info, API_OVERRIDES)
     entry = comfy.run(prompt)
     assert entry["status"]["status_str"] == "success", f"{name}: {error_message(entry)}\n{comfy.log_tail(40)}"
@@ -818,8 +886,9 @@ def test_browser_detects_a_missing_node(browser):
 
 @needs_browser
 @pytest.mark.comfyui
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", RUN_NAMES)
 def test_workflow_in_the_browser(name, browser, comfy, comfy_env, object_info):
+    skip_without_checkpoint(name)
     wf = load(name)
     res = browser.execute_async_script(JS_LOAD, wf, name)
     assert "error" not in res, res["error"]

@@ -161,3 +161,50 @@ def test_pair_stability_curve_and_cli(tmp_path, capsys):
     assert out.is_file() and out.read_bytes()[:4] == b"\x89PNG" and "k= 12" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "bare.fdi.safetensors"), "--stability", str(tmp_path / "x.png")]) == 2
     assert "--keep-pairs" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    "family, channels",
+    [("sd1.5", (320, 640, 1280, 1280)), ("sd2.1-v", (320, 640, 1280, 1280)), ("sdxl", (320, 640, 1280))],
+)
+def test_a_new_adapter_has_its_family_s_levels_and_a_continued_one_its_family(family, channels):
+    from fdi.training.memory import adapter_for_training
+
+    fdi = FDI(tokens=torch.randn(4, 16, generator=torch.Generator().manual_seed(0)), encoder="tiny:0", n_pairs=1)
+    new = adapter_for_training(fdi, family, seed=0)
+    assert new.config.channels == channels and new.base_family == family
+    assert (new.config.num_tokens, new.config.token_width) == (4, 16)
+    assert len(new.config.channels) == (3 if family == "sdxl" else 4)
+    again = adapter_for_training(fdi, family, seed=1, previous=new)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), new.state_dict().values()))
+    other = "sd2.1-base" if family == "sdxl" else "sdxl"
+    with pytest.raises(
+        FDIError, match=r"trained for (SD 1\.5|SD 2\.1 \(768-v\)|SDXL), the MODEL is (SDXL|SD 2\.1 base)"
+    ):
+        adapter_for_training(fdi, other, seed=0, previous=new)
+
+
+def test_comfy_predictor_passes_the_adm_vector_over_the_batch_in_the_compute_dtype():
+    """SDXL's ComfyUI UNet needs ``y``: the predictor repeats it over the batch and casts it like the context."""
+    from fdi.adapter import FDIGuidance
+    from fdi.training.step import comfy_predictor
+
+    seen = {}
+
+    def unet(x, t, context=None, transformer_options=None, **kw):
+        seen.update(kw, context=context, x=x)
+        return x * 2
+
+    ctx, y = torch.randn(1, 77, 8), torch.randn(1, 2816)
+    pred = comfy_predictor(unet, ctx, (2, 5, 8), (3, 6), torch.float64, y=y)
+    z = torch.randn(3, 4, 8, 8)
+    guidance = FDIGuidance([], [], torch.zeros(1))
+    out = pred(z, torch.tensor([1, 2, 3]), guidance)
+    assert torch.equal(out, z.double() * 2)
+    assert (
+        seen["y"].shape == (3, 2816) and seen["y"].dtype == torch.float64 and torch.equal(seen["y"][2], y[0].double())
+    )
+    assert seen["context"].shape == (3, 77, 8) and seen["context"].dtype == torch.float64
+    seen.clear()
+    comfy_predictor(unet, ctx, (2, 5, 8, 11), (3, 6, 9), torch.float32)(z, torch.tensor([1, 2, 3]), guidance)
+    assert "y" not in seen  # SD 1.x/2.x UNets take no y
