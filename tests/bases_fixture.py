@@ -35,7 +35,6 @@ import os
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -369,7 +368,10 @@ def ensure_checkpoint(family: str, comfyui_dir: str) -> str:
     if ckpt.is_file():
         return checkpoint_name(family)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"fdi-{b.stem}-", dir=ckpt.parent))
+    # a fixed work folder outside the folders ComfyUI lists, cleared first: a killed build leaves no stray copy
+    work = sd21_fixture.cache_dir() / f"{SUBDIR}-build" / b.stem
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     try:
         t0 = time.time()
         build_diffusers(family, work / "diffusers" / b.stem, Path(comfyui_dir) / "comfy" / "sd1_tokenizer")

@@ -12,8 +12,9 @@ non-fresh adapter built for the family, the same images and settings: max ≤ 4/
 something only if the fixture responds, so the guided picture must differ from the unguided one by much more than
 it; and a fresh (zero-initialised) adapter must give exactly the unguided pixels.
 
-Images are 64 px and 72×56 px, 4 steps: a full-size SDXL step on an 8×8 latent takes seconds on a CPU. The server is
-stopped before the CLI runs, so one full-size fp32 model is in memory at a time (SDXL: about 14 GB).
+Images are 64 px and 72×56 px, 4 steps (the first two guided). The server is stopped before the CLI runs, so one
+full-size fp32 model is in memory at a time. SDXL's case is marked ``slow`` (run it with ``-m "comfyui and slow"``):
+its UNet steps take 5-15 s each on a shared 2-core CPU, and the CLI's fp32 load of the SDXL file peaked at 20.7 GB.
 """
 
 from __future__ import annotations
@@ -98,29 +99,29 @@ def env(tmp_path_factory, tiny_blip2_folder):
     return {"base": base, "yaml": yaml, "adapters": adapters, "input": inp, "output": base / "output"}
 
 
-def restore_graph(ckpt: str, image: str, adapter: str, strength: float, prefix: str, key: str) -> dict:
-    """CheckpointLoaderSimple → FDIRestore → SaveImage (node ids suffixed with ``key``: several fit in a prompt)."""
-    return {
-        f"1{key}": node("CheckpointLoaderSimple", ckpt_name=ckpt),
-        f"2{key}": node("CLIPTextEncode", text="", clip=[f"1{key}", 1]),
-        f"4{key}": node("LoadImage", image=image),
-        f"5{key}": node("FDIAdapterLoader", adapter_name=adapter),
-        f"13{key}": node(
+def restore_graph(ckpt: str, cases: list, prefix: str) -> dict:
+    """One CheckpointLoaderSimple and empty-prompt CLIPTextEncode, then per ``(image, adapter, strength)`` case
+    LoadImage → FDIAdapterLoader → FDIRestore → SaveImage (node ids suffixed ``_<case index>``)."""
+    graph = {"1": node("CheckpointLoaderSimple", ckpt_name=ckpt), "2": node("CLIPTextEncode", text="", clip=["1", 1])}
+    for i, (image, adapter, strength) in enumerate(cases):
+        graph[f"4_{i}"] = node("LoadImage", image=image)
+        graph[f"5_{i}"] = node("FDIAdapterLoader", adapter_name=adapter)
+        graph[f"13_{i}"] = node(
             "FDIRestore",
-            model=[f"1{key}", 0],
-            vae=[f"1{key}", 2],
-            image=[f"4{key}", 0],
-            adapter=[f"5{key}", 0],
-            positive=[f"2{key}", 0],
+            model=["1", 0],
+            vae=["1", 2],
+            image=[f"4_{i}", 0],
+            adapter=[f"5_{i}", 0],
+            positive=["2", 0],
             steps=STEPS,
             inversion_steps=STEPS,
             strength=strength,
             guidance_end=GUIDANCE_END,
             cfg=1.0,
-            fdi=[f"5{key}", 1],
-        ),
-        f"14{key}": node("SaveImage", images=[f"13{key}", 0], filename_prefix=prefix),
-    }
+            fdi=[f"5_{i}", 1],
+        )
+        graph[f"14_{i}"] = node("SaveImage", images=[f"13_{i}", 0], filename_prefix=f"{prefix}_{i}")
+    return graph
 
 
 def cli_restore(sd: Path, adapter: Path, images: list, out: Path, strength: float) -> dict:
@@ -153,10 +154,11 @@ def test_comfyui_detects_the_base_of_each_fixture(family):
     assert found["unet_dtypes"] == (["F16"] if family == "sdxl" else ["F32"])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+#: SDXL's case is ``slow``: about 10 minutes on a 2-core CPU, and the CLI's fp32 load of the SDXL file peaks near 21 GB
+@pytest.mark.parametrize("family", ["sd1.5", pytest.param("sdxl", marks=pytest.mark.slow)])
 def test_fdi_restore_equals_the_cli_on_a_single_file_of_the_base(env, family, tmp_path):
     """The family's random single file through CheckpointLoaderSimple → FDIRestore and through ``python -m fdi
-    restore --sd FILE`` (fp32, CPU): max ≤ 4/255 and mean ≤ 1/255 at strength 1 and 0 on two image sizes; the guided
+    restore --sd FILE`` (fp32, CPU): max ≤ 4/255 and mean ≤ 1/255 guided on two image sizes and unguided; the guided
     picture differs from the unguided one by more than 5× the mean bound; a fresh adapter gives exactly the
     unguided pixels."""
     import bases_fixture
@@ -166,39 +168,37 @@ def test_fdi_restore_equals_the_cli_on_a_single_file_of_the_base(env, family, tm
     found = bases_fixture.check_checkpoint(COMFYUI_DIR, family, ckpt)
     print(f"{family}: ComfyUI detects {found['config']} / {found['model_type']}, UNet weights {found['unet_dtypes']}")
 
-    # (image, adapter, strength) per ComfyUI case; the CLI runs the first four
-    cases = [(img, adapter_name(family), s) for s in (1.0, 0.0) for img in IMAGES]
-    cases.append(("parity64.png", adapter_name(family, fresh=True), 1.0))
-    graph = {}
-    for i, (img, adapter, strength) in enumerate(cases):
-        graph.update(restore_graph(ckpt_name, img, adapter, strength, f"bases_{family}_{i}", f"_{i}"))
+    # (image, adapter, strength): guided on both sizes, unguided, and the fresh adapter at full strength
+    random, fresh = adapter_name(family), adapter_name(family, fresh=True)
+    cases = [("parity64.png", random, 1.0), ("parity72x56.png", random, 1.0), ("parity64.png", random, 0.0)]
+    cases.append(("parity64.png", fresh, 1.0))
     server = harness.ComfyServer(env["base"], env["yaml"])
     try:
-        entry = server.run_ok(graph)
+        entry = server.run_ok(restore_graph(ckpt_name, cases, f"bases_{family}"))
     finally:
         server.stop()  # its model leaves memory before the CLI loads its own
     comfy = [saved_image(env, entry, f"14_{i}") for i in range(len(cases))]
 
-    images = [env["input"] / img for img in IMAGES]
+    # the CLI on the same file, adapter, images and settings: the guided run takes both images, the unguided one
     cli = {
-        s: cli_restore(ckpt, env["adapters"] / adapter_name(family), images, tmp_path / f"cli_{s}", s)
-        for s in (1.0, 0.0)
+        1.0: cli_restore(ckpt, env["adapters"] / random, [env["input"] / img for img in IMAGES], tmp_path / "g", 1.0),
+        0.0: cli_restore(ckpt, env["adapters"] / random, [env["input"] / "parity64.png"], tmp_path / "u", 0.0),
     }
     report, failures = [], []
-    for i, (img, _, strength) in enumerate(cases[:4]):
+    for i, (img, _, strength) in enumerate(cases[:3]):
         theirs = cli[strength][img]
         assert theirs.shape == comfy[i].shape == (IMAGES[img][1], IMAGES[img][0], 3)
         d = np.abs(theirs - comfy[i])
         report.append(f"{family} {img} strength={strength}: max {d.max()}, mean {d.mean():.3f}")
         if d.max() > MAX_BOUND or d.mean() > MEAN_BOUND:
             failures.append(report[-1])
-    effect = [np.abs(comfy[i] - comfy[i + 2]).mean() for i in range(2)]
-    report.append(f"{family} guided vs unguided (ComfyUI), mean: {effect[0]:.2f} (64 px), {effect[1]:.2f} (72x56)")
-    fresh_vs_unguided = np.abs(comfy[4] - comfy[2]).max()
+    effect = np.abs(comfy[0] - comfy[2]).mean()
+    report.append(f"{family} guided vs unguided (ComfyUI, 64 px), mean: {effect:.2f}")
+    fresh_vs_unguided = np.abs(comfy[3] - comfy[2]).max()
     report.append(f"{family} fresh adapter vs unguided (ComfyUI), max: {fresh_vs_unguided}")
     print("\n".join(report))
     assert not failures, "\n".join(failures)
     # the fixture responds: the bound is small beside the guidance's effect
-    assert min(effect) > RESPONSE_FACTOR * MEAN_BOUND, report[-2]
+    assert effect > RESPONSE_FACTOR * MEAN_BOUND, report[-2]
     # a fresh adapter is an exact no-op on this base
     assert fresh_vs_unguided == 0, report[-1]
