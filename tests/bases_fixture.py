@@ -405,6 +405,8 @@ def ensure_checkpoint(family: str, comfyui_dir: str) -> str:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if work.parent.is_dir() and not any(work.parent.iterdir()):
+            work.parent.rmdir()
     return checkpoint_name(family)
 
 
