@@ -9,8 +9,8 @@ transformer layers, 2048-wide cross attention and the text_time size/pooled embe
 the libraries' default initialisation, seeded, as ``sd21_fixture``).
 
 How one is made (:func:`ensure_checkpoint`): a diffusers folder is written with the real writers
-(``save_pretrained``, fp16 safetensors; the SDXL parts are built directly in fp16, one at a time, so the
-peak stays near twice the largest part, the 5.1 GB UNet); then ComfyUI's own ``DiffusersLoader`` and
+(``save_pretrained``, fp16 safetensors; the parts are built directly in fp16, one at a time, so the
+builder's peak stays near the largest part: 5.6 GB for SDXL's 5.1 GB UNet); then ComfyUI's own ``DiffusersLoader`` and
 ``CheckpointSave`` node classes, run in a fresh interpreter of the ComfyUI under test, turn it into the
 single file ``CheckpointLoaderSimple`` reads (SD 1.5 with ComfyUI's CPU default, an fp32 UNet, like
 ``v1-5-pruned-emaonly``; SDXL with ``--fp16-unet``, an fp16 file like ``sd_xl_base_1.0``); last, ComfyUI's
