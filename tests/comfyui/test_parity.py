@@ -146,7 +146,7 @@ def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
     assert torch.equal(outside_c, comfy_eps(t_out, patcher.model_options))
 
 
-@pytest.mark.parametrize("family", ["sd1.5", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1.5", pytest.param("sdxl", marks=pytest.mark.slow)])  # SDXL: 20 GB peak RSS
 def test_parity_per_family_on_the_published_single_file_layout(comfy, family):
     """SD 1.5 and SDXL: the same adapter on the same weights (the random single files of ``tests/bases_fixture.py``,
     read by ComfyUI's checkpoint loader and by :func:`fdi.models.load_sd`) gives the same UNet output through the
