@@ -551,6 +551,44 @@ def restore_single() -> Workflow:
     return wf
 
 
+def _one_node_restore(wf: Workflow, y: int, image: tuple, adapter: tuple, restore: tuple, group: str, **tiles):
+    """Load Image + adapter → 'FDI Restore' → save, below the note and the base at row ``y``.
+
+    ``image``/``adapter``: (input image name or adapter file, node title); ``restore``: (title, node size)."""
+    image_in(wf, "image", 400, y, image[0], image[1])
+    wf.node("adapter", "FDIAdapterLoader", (400, y + 420), adapter[1], adapter_name=adapter[0])
+    wf.group(group, ["image", "adapter"], COLORS["input"])
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (760, y),
+        restore[0],
+        size=restore[1],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+        **tiles,
+    )
+    for src, output, input_ in (
+        ("ckpt", "MODEL", "model"),
+        ("ckpt", "VAE", "vae"),
+        ("image", "IMAGE", "image"),
+        ("adapter", "adapter", "adapter"),
+        ("positive", "CONDITIONING", "positive"),
+        ("adapter", "fdi", "fdi"),
+        ("negative", "CONDITIONING", "negative"),
+    ):
+        wf.link(src, output, "restore", input_)
+
+
+def _save(wf: Workflow, x: int, y: int, title: str, prefix: str) -> None:
+    wf.node("save", "SaveImage", (x, y), title, size=[340, 380], filename_prefix=prefix)
+    wf.link("restore", "image", "save", "images")
+    wf.group("Output", ["save"], COLORS["output"])
+
+
 def restore_one_node() -> Workflow:
     wf = Workflow("restore_one_node")
     wf.note(
@@ -568,38 +606,16 @@ def restore_one_node() -> Workflow:
         title="Read me: model files",
     )
     sd_base(wf, 0, 400)
-    image_in(wf, "image", 400, 400, INPUT_IMAGES["restore_one_node"], "Degraded image")
-    wf.node(
-        "adapter",
-        "FDIAdapterLoader",
-        (400, 820),
-        "Load FDI Adapter (derain, FDI embedded)",
-        adapter_name=ADAPTERS["derain"],
+    _one_node_restore(
+        wf,
+        400,
+        (INPUT_IMAGES["restore_one_node"], "Degraded image"),
+        (ADAPTERS["derain"], "Load FDI Adapter (derain, FDI embedded)"),
+        ("FDI Restore", [320, 330]),
+        "Degraded image and adapter",
     )
-    wf.group("Degraded image and adapter", ["image", "adapter"], COLORS["input"])
-    wf.node(
-        "restore",
-        "FDIRestore",
-        (760, 400),
-        "FDI Restore",
-        size=[320, 330],
-        steps=50,
-        inversion_steps=50,
-        strength=1.0,
-        guidance_end=0.333,
-        cfg=1.0,
-    )
-    wf.link("ckpt", "MODEL", "restore", "model")
-    wf.link("ckpt", "VAE", "restore", "vae")
-    wf.link("image", "IMAGE", "restore", "image")
-    wf.link("adapter", "adapter", "restore", "adapter")
-    wf.link("positive", "CONDITIONING", "restore", "positive")
-    wf.link("adapter", "fdi", "restore", "fdi")
-    wf.link("negative", "CONDITIONING", "restore", "negative")
     wf.group("Restore (the paper's pipeline in one node)", ["restore"], COLORS["sample"])
-    wf.node("save", "SaveImage", (1120, 400), "Restored image", size=[340, 380], filename_prefix="fdi/restore_one_node")
-    wf.link("restore", "image", "save", "images")
-    wf.group("Output", ["save"], COLORS["output"])
+    _save(wf, 1120, 400, "Restored image", "fdi/restore_one_node")
     return wf
 
 
@@ -903,6 +919,55 @@ def mixed_progressive() -> Workflow:
     return wf
 
 
+def _style_transfer_graph(wf: Workflow, y: int, pairs: tuple, image: tuple, adapter: tuple, restore: tuple, **tiles):
+    """Q-Former + 'Extract FDI' on style pairs, the content image and a style adapter → 'FDI Restore' → save, below
+    the note and the base at row ``y``. ``pairs``: (style A folder, style B folder); ``image``/``adapter``: (name,
+    title); ``restore``: (node title, node size, sampling group title, save prefix)."""
+    wf.node("qformer", "FDIQFormerLoader", (0, y + 500), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
+    wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
+    wf.node(
+        "extract",
+        "FDIExtractFromFolders",
+        (400, y),
+        "Extract FDI (photo → painting pairs)",
+        size=[340, 206],
+        degraded_folder=pairs[0],
+        clean_folder=pairs[1],
+        label="photo2painting",
+        batch_size=8,
+        keep_pairs=True,
+    )
+    wf.group("Style FDI from reference pairs", ["extract"], COLORS["fdi"])
+    image_in(wf, "image", 400, y + 320, image[0], image[1])
+    wf.node("adapter", "FDIAdapterLoader", (400, y + 730), adapter[1], size=[300, 102], adapter_name=adapter[0])
+    wf.group(adapter[2], ["image", "adapter"], COLORS["input"])
+    wf.node(
+        "restore",
+        "FDIRestore",
+        (800, y),
+        restore[0],
+        size=restore[1],
+        steps=50,
+        inversion_steps=50,
+        strength=1.0,
+        guidance_end=0.333,
+        cfg=1.0,
+        **tiles,
+    )
+    wf.link("qformer", "qformer", "extract", "qformer")
+    for src, output, input_ in (
+        ("ckpt", "MODEL", "model"),
+        ("ckpt", "VAE", "vae"),
+        ("image", "IMAGE", "image"),
+        ("adapter", "adapter", "adapter"),
+        ("positive", "CONDITIONING", "positive"),
+        ("extract", "fdi", "fdi"),
+    ):
+        wf.link(src, output, "restore", input_)
+    wf.group(restore[2], ["restore"], COLORS["sample"])
+    _save(wf, 1160, y, "Stylised image", restore[3])
+
+
 def style_transfer() -> Workflow:
     wf = Workflow("style_transfer")
     a, b = PAIR_FOLDERS["style_transfer"]
@@ -921,54 +986,14 @@ def style_transfer() -> Workflow:
         title="Read me: model files",
     )
     sd_base(wf, 0, 400)
-    wf.node("qformer", "FDIQFormerLoader", (0, 900), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
-    wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
-    wf.node(
-        "extract",
-        "FDIExtractFromFolders",
-        (400, 400),
-        "Extract FDI (photo → painting pairs)",
-        size=[340, 206],
-        degraded_folder=a,
-        clean_folder=b,
-        label="photo2painting",
-        batch_size=8,
-        keep_pairs=True,
+    _style_transfer_graph(
+        wf,
+        400,
+        (a, b),
+        (INPUT_IMAGES["style_transfer"], "Photo to stylise"),
+        (ADAPTERS["painting"], "Load FDI Adapter (style: painting)", "Content image and style adapter"),
+        ("FDI Restore (style)", [320, 330], "Restore-style sampling", "fdi/style_transfer"),
     )
-    wf.group("Style FDI from reference pairs", ["extract"], COLORS["fdi"])
-    image_in(wf, "image", 400, 720, INPUT_IMAGES["style_transfer"], "Photo to stylise")
-    wf.node(
-        "adapter",
-        "FDIAdapterLoader",
-        (400, 1130),
-        "Load FDI Adapter (style: painting)",
-        size=[300, 102],
-        adapter_name=ADAPTERS["painting"],
-    )
-    wf.group("Content image and style adapter", ["image", "adapter"], COLORS["input"])
-    wf.node(
-        "restore",
-        "FDIRestore",
-        (800, 400),
-        "FDI Restore (style)",
-        size=[320, 330],
-        steps=50,
-        inversion_steps=50,
-        strength=1.0,
-        guidance_end=0.333,
-        cfg=1.0,
-    )
-    wf.link("qformer", "qformer", "extract", "qformer")
-    wf.link("ckpt", "MODEL", "restore", "model")
-    wf.link("ckpt", "VAE", "restore", "vae")
-    wf.link("image", "IMAGE", "restore", "image")
-    wf.link("adapter", "adapter", "restore", "adapter")
-    wf.link("positive", "CONDITIONING", "restore", "positive")
-    wf.link("extract", "fdi", "restore", "fdi")
-    wf.group("Restore-style sampling", ["restore"], COLORS["sample"])
-    wf.node("save", "SaveImage", (1160, 400), "Stylised image", size=[340, 380], filename_prefix="fdi/style_transfer")
-    wf.link("restore", "image", "save", "images")
-    wf.group("Output", ["save"], COLORS["output"])
     return wf
 
 
@@ -1239,40 +1264,18 @@ def restore_sdxl() -> Workflow:
         title="Read me: model files",
     )
     sdxl_base(wf, 0, 420)
-    image_in(wf, "image", 400, 420, INPUT_IMAGES["restore_sdxl"], "Degraded image (about 1024 px)")
-    wf.node(
-        "adapter",
-        "FDIAdapterLoader",
-        (400, 840),
-        "Load FDI Adapter (SDXL derain, FDI embedded)",
-        adapter_name=ADAPTERS["sdxl_derain"],
-    )
-    wf.group("Degraded image and SDXL adapter", ["image", "adapter"], COLORS["input"])
-    wf.node(
-        "restore",
-        "FDIRestore",
-        (760, 420),
-        "FDI Restore (SDXL, 1024 px tiles)",
-        size=[320, 380],
-        steps=50,
-        inversion_steps=50,
-        strength=1.0,
-        guidance_end=0.333,
-        cfg=1.0,
+    _one_node_restore(
+        wf,
+        420,
+        (INPUT_IMAGES["restore_sdxl"], "Degraded image (about 1024 px)"),
+        (ADAPTERS["sdxl_derain"], "Load FDI Adapter (SDXL derain, FDI embedded)"),
+        ("FDI Restore (SDXL, 1024 px tiles)", [320, 380]),
+        "Degraded image and SDXL adapter",
         tile_size=1024,
         tile_overlap=128,
     )
-    wf.link("ckpt", "MODEL", "restore", "model")
-    wf.link("ckpt", "VAE", "restore", "vae")
-    wf.link("image", "IMAGE", "restore", "image")
-    wf.link("adapter", "adapter", "restore", "adapter")
-    wf.link("positive", "CONDITIONING", "restore", "positive")
-    wf.link("adapter", "fdi", "restore", "fdi")
-    wf.link("negative", "CONDITIONING", "restore", "negative")
     wf.group("Restore on SDXL", ["restore"], COLORS["sample"])
-    wf.node("save", "SaveImage", (1120, 420), "Restored image", size=[340, 380], filename_prefix="fdi/restore_sdxl")
-    wf.link("restore", "image", "save", "images")
-    wf.group("Output", ["save"], COLORS["output"])
+    _save(wf, 1120, 420, "Restored image", "fdi/restore_sdxl")
     return wf
 
 
@@ -1295,58 +1298,21 @@ def style_transfer_sdxl() -> Workflow:
         title="Read me: model files",
     )
     sdxl_base(wf, 0, 440)
-    wf.node("qformer", "FDIQFormerLoader", (0, 940), "Load BLIP-2 Q-Former", folder=BLIP2_FOLDER, dtype="auto")
-    wf.group("BLIP-2 Q-Former", ["qformer"], COLORS["model"])
-    wf.node(
-        "extract",
-        "FDIExtractFromFolders",
-        (400, 440),
-        "Extract FDI (photo → painting pairs)",
-        size=[340, 206],
-        degraded_folder=a,
-        clean_folder=b,
-        label="photo2painting",
-        batch_size=8,
-        keep_pairs=True,
-    )
-    wf.group("Style FDI from reference pairs", ["extract"], COLORS["fdi"])
-    image_in(wf, "image", 400, 760, INPUT_IMAGES["style_transfer_sdxl"], "Photo to stylise (about 1024 px)")
-    wf.node(
-        "adapter",
-        "FDIAdapterLoader",
-        (400, 1170),
-        "Load FDI Adapter (SDXL style: painting)",
-        size=[300, 102],
-        adapter_name=ADAPTERS["sdxl_painting"],
-    )
-    wf.group("Content image and SDXL style adapter", ["image", "adapter"], COLORS["input"])
-    wf.node(
-        "restore",
-        "FDIRestore",
-        (800, 440),
-        "FDI Restore (SDXL style, 1024 px tiles)",
-        size=[320, 380],
-        steps=50,
-        inversion_steps=50,
-        strength=1.0,
-        guidance_end=0.333,
-        cfg=1.0,
+    _style_transfer_graph(
+        wf,
+        440,
+        (a, b),
+        (INPUT_IMAGES["style_transfer_sdxl"], "Photo to stylise (about 1024 px)"),
+        (ADAPTERS["sdxl_painting"], "Load FDI Adapter (SDXL style: painting)", "Content image and SDXL style adapter"),
+        (
+            "FDI Restore (SDXL style, 1024 px tiles)",
+            [320, 380],
+            "Restore-style sampling on SDXL",
+            "fdi/style_transfer_sdxl",
+        ),
         tile_size=1024,
         tile_overlap=128,
     )
-    wf.link("qformer", "qformer", "extract", "qformer")
-    wf.link("ckpt", "MODEL", "restore", "model")
-    wf.link("ckpt", "VAE", "restore", "vae")
-    wf.link("image", "IMAGE", "restore", "image")
-    wf.link("adapter", "adapter", "restore", "adapter")
-    wf.link("positive", "CONDITIONING", "restore", "positive")
-    wf.link("extract", "fdi", "restore", "fdi")
-    wf.group("Restore-style sampling on SDXL", ["restore"], COLORS["sample"])
-    wf.node(
-        "save", "SaveImage", (1160, 440), "Stylised image", size=[340, 380], filename_prefix="fdi/style_transfer_sdxl"
-    )
-    wf.link("restore", "image", "save", "images")
-    wf.group("Output", ["save"], COLORS["output"])
     return wf
 
 
