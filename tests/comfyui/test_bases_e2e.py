@@ -14,7 +14,7 @@ it; and a fresh (zero-initialised) adapter must give exactly the unguided pixels
 
 Images are 64 px and 72×56 px, 4 steps (the first two guided). The server is stopped before the CLI runs, so one
 full-size fp32 model is in memory at a time. SDXL's case is marked ``slow`` (run it with ``-m "comfyui and slow"``):
-its UNet steps take 5-15 s each on a shared 2-core CPU, and the CLI's fp32 load of the SDXL file peaked at 20.7 GB.
+it took 4 min 20 s on a shared 2-core CPU, but peaked at 21.5 GB, nearly all of it the CLI's fp32 load of the SDXL file.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_comfyui_detects_the_base_of_each_fixture(family):
     assert found["unet_dtypes"] == (["F16"] if family == "sdxl" else ["F32"])
 
 
-#: SDXL's case is ``slow``: about 10 minutes on a 2-core CPU, and the CLI's fp32 load of the SDXL file peaks near 21 GB
+#: SDXL's case is ``slow`` for its memory: the CLI's fp32 load of the SDXL file peaks near 21 GB
 @pytest.mark.parametrize("family", ["sd1.5", pytest.param("sdxl", marks=pytest.mark.slow)])
 def test_fdi_restore_equals_the_cli_on_a_single_file_of_the_base(env, family, tmp_path):
     """The family's random single file through CheckpointLoaderSimple → FDIRestore and through ``python -m fdi
