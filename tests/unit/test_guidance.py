@@ -315,5 +315,3 @@ def test_residual_of_a_downsampling_block_without_attention_goes_before_its_down
     assert torch.equal(off, plain)
     with pytest.raises(FDIError, match="SD 1.5/2.1"):
         DiffusersGuidance(torch.nn.Linear(2, 2), [])
-
-
