@@ -68,9 +68,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(1)
 
     from fdi.adapter import FDIAdapter, FDIAdapterConfig
+    from fdi.conditioning import encode_text
     from fdi.diffusers_backend import guide_unet
     from fdi.instruction import FDI
-    from fdi.models import encode_text, load_sd, vae_encode
+    from fdi.models import load_sd, vae_encode
     from fdi.training.step import fdi_loss
 
     parts = load_sd(args.world / "sd")

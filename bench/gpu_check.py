@@ -69,8 +69,9 @@ def build_sd21(device: torch.device, dtype: torch.dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from fdi.models import family_config_dir, sd2_tokenizer
+    from fdi.models import family_config_dir
     from fdi.pipeline import FDIRestorationPipeline
+    from fdi.tokenizers import sd2_tokenizer
 
     cfg = family_config_dir("sd2.1-base")
     torch.manual_seed(0)

@@ -57,8 +57,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from adapter_probe import _pairs
 
     from fdi.adapter import FDIGuidance, Modulation
+    from fdi.conditioning import encode_text
     from fdi.diffusers_backend import guide_unet
-    from fdi.models import encode_text, load_sd, vae_encode
+    from fdi.models import load_sd, vae_encode
 
     parts = load_sd(args.world / "sd")
     unet, vae = parts.unet.eval().requires_grad_(False), parts.vae.eval().requires_grad_(False)

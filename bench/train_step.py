@@ -42,7 +42,8 @@ def build_models():
     from sd21_fixture import scheduler_config, text_config, unet_config, vae_config
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from fdi.models import SDParts, sd2_tokenizer
+    from fdi.models import SDParts
+    from fdi.tokenizers import sd2_tokenizer
 
     torch.manual_seed(0)
     return SDParts(

@@ -356,7 +356,7 @@ def build_world(cfg: WorldConfig, cache: Path) -> Dict[str, Path]:
     """Build (or reuse) the world under ``cache/world-<key>``; returns its folders and facts."""
     from diffusers import StableDiffusionPipeline
 
-    from fdi.models import sd2_tokenizer
+    from fdi.tokenizers import sd2_tokenizer
 
     root = Path(cache) / f"world-{cfg.key()}"
     root.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(1)
     import world as W
 
-    from fdi.models import encode_text, load_sd
+    from fdi.conditioning import encode_text
+    from fdi.models import load_sd
 
     out: Path = args.out
     if (out / "sd").exists():

@@ -155,6 +155,7 @@ class DiffusersGuidance:
         self._slot: Optional[GuidanceSlot] = None
         #: the residuals of the current call, for the levels whose residual a resnet hook adds
         self._level_residuals: List[torch.Tensor] = []
+        self._hooked = hooked_levels(unet)  # per level: residual through a resnet hook (fixed by the UNet's layout)
 
     @property
     def active(self) -> bool:
@@ -203,11 +204,10 @@ class DiffusersGuidance:
         if not self._enabled():
             return None
         sample = args[0] if args else kwargs["sample"]
-        levels = num_levels(self.unet)
-        sizes = unet_level_sizes(sample.shape[-2], sample.shape[-1], levels + 1)
+        sizes = unet_level_sizes(sample.shape[-2], sample.shape[-1], len(self._hooked) + 1)
         ours = []
         self._level_residuals = []
-        for level, hooked in enumerate(hooked_levels(self.unet)):
+        for level, hooked in enumerate(self._hooked):
             h, w = sizes[level]
             # shape/dtype/device carrier
             probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))
@@ -248,7 +248,7 @@ class DiffusersGuidance:
             self._rebind()
             return self
         self._handles.append(self.unet.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
-        for level, hooked in enumerate(hooked_levels(self.unet)):
+        for level, hooked in enumerate(self._hooked):
             if hooked:
                 resnet = self.unet.down_blocks[level].resnets[-1]
                 self._handles.append(resnet.register_forward_hook(self._make_level_hook(level)))

@@ -25,13 +25,13 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from .adapter import FDIAdapter, FDIGuidance
-from .conditioning import Conditioning, concat, unet_kwargs
+from .conditioning import Conditioning, concat, encode_prompt, encode_text, unet_kwargs
 from .diffusers_backend import DiffusersGuidance, check_adapter_for_unet, check_unet
 from .errors import FDIError
 from .families import family_title
 from .files import PathLike
 from .images import check_image_batch
-from .models import encode_prompt, encode_text, load_sd, place, vae_dtype, vae_encode
+from .models import load_sd, place, vae_dtype, vae_encode
 from .progress import ProgressCallback, report
 from .restoration import MIN_SIDE, AdapterUse, check_settings, detect_base_family
 from .sampling import (
@@ -150,8 +150,8 @@ class FDIRestorationPipeline:
     # ---- parts of the loop -----------------------------------------------------------------------
 
     def encode_prompt(self, prompt: str) -> Conditioning:
-        """Text conditioning: ``[1, L, D]`` for SD 1.x/2.x (:func:`fdi.models.encode_prompt`), for SDXL a
-        :class:`~fdi.conditioning.TextConditioning` with the pooled embedding (:func:`fdi.models.encode_text`)."""
+        """Text conditioning: ``[1, L, D]`` for SD 1.x/2.x (:func:`fdi.conditioning.encode_prompt`), for SDXL a
+        :class:`~fdi.conditioning.TextConditioning` with the pooled embedding (:func:`fdi.conditioning.encode_text`)."""
         if self.text_encoder_2 is None:
             return encode_prompt(self.text_encoder, self.tokenizer, prompt, run_on=self.device)
         encoders = (self.text_encoder, self.tokenizer, self.text_encoder_2, self.tokenizer_2)

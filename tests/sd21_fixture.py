@@ -229,7 +229,7 @@ def v_checkpoint_path() -> Path:
 def build_v_checkpoint(src: Path, dst: Path, seed: int = 0) -> Path:
     """Copy the single file ``src`` to ``dst`` as an SD 2.1-v checkpoint: every tensor as is, except the probe bias
     (:data:`V_PROBE`), drawn from N(0, 0.2²) so that ComfyUI's test (std > 0.09) and
-    :func:`fdi.models.inspect_single_file` both read it as v-prediction; the metadata says
+    :func:`fdi.checkpoints.inspect_single_file` both read it as v-prediction; the metadata says
     ``modelspec.predict_key: v``. Atomic (``.partial`` first)."""
     from safetensors import safe_open
     from safetensors.torch import save_file

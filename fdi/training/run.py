@@ -22,9 +22,10 @@ from typing import Any, List, Optional
 
 import torch
 
+from ..conditioning import encode_text
 from ..errors import FDIError
 from ..files import check_output_path
-from ..models import encode_text, vae_encode
+from ..models import vae_encode
 from ..progress import ProgressCallback
 from .config import TrainConfig, TrainResult, check_config
 from .determinism import deterministic_algorithms

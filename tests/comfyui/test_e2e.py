@@ -461,7 +461,7 @@ def test_fdi_restore_equals_the_cli_on_a_v_prediction_single_file(server, env, t
     import sd21_fixture
     from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
 
-    from fdi.models import inspect_single_file
+    from fdi.checkpoints import inspect_single_file
 
     files = {"v": sd21_fixture.v_checkpoint(), "eps": sd21_fixture.checkpoint_path()}
     names = {"v": sd21_fixture.v_checkpoint_name(), "eps": env["ckpt"]}

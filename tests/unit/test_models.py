@@ -11,23 +11,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from fdi.checkpoints import V_PRED_PROBE, inspect_single_file
+from fdi.conditioning import encode_prompt, encode_text, sdxl_added_cond
 from fdi.errors import FDIError
-from fdi.models import (
-    CONFIG_DIR,
-    END_TOKEN,
-    V_PRED_PROBE,
-    clip_tokenizer,
-    clip_vocab_and_merges,
-    encode_prompt,
-    encode_text,
-    family_config_dir,
-    family_tokenizers,
-    inspect_single_file,
-    is_sdxl_folder,
-    load_sd,
-    sd2_tokenizer,
-    sdxl_added_cond,
-)
+from fdi.models import CONFIG_DIR, family_config_dir, is_sdxl_folder, load_sd
+from fdi.tokenizers import END_TOKEN, clip_tokenizer, clip_vocab_and_merges, family_tokenizers, sd2_tokenizer
 from tests.sd21_fixture import cache_dir
 
 CROSS_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"

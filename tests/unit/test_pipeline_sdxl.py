@@ -11,9 +11,9 @@ from tiny_bases import XL_CHANNELS, build_tiny_sdxl
 from tiny_sd import make_adapter, tiny_fdi
 
 from fdi.adapter import FDIAdapter
+from fdi.conditioning import TextConditioning
 from fdi.images import save_image
 from fdi.instruction import FDI
-from fdi.models import TextConditioning
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
 from fdi.training.config import TrainConfig
 from fdi.training.run import train

@@ -12,10 +12,11 @@ from tiny_sd import randomise_adapter, tiny_adapter_config
 
 from fdi.adapter import FDIAdapter
 from fdi.cli import main
+from fdi.conditioning import encode_prompt
 from fdi.errors import FDIError
 from fdi.extract import pair_stability
 from fdi.instruction import FDI
-from fdi.models import encode_prompt, load_sd, place, vae_encode
+from fdi.models import load_sd, place, vae_encode
 from fdi.training.memory import TrainSettings, batch_for_step, check_pairs, train_on_pairs
 from fdi.training.step import checkpointed, diffusers_predictor
 
