@@ -2,7 +2,9 @@
 
 Nothing is downloaded. The photos are the colour and grey sample images that ship inside scikit-image
 (``skimage/data``); two (``chelsea``, ``coffee``) are held out entirely for testing. Everything is
-cached under the cache folder given to :func:`build_world` and reused when its recipe matches.
+cached under the cache folder given to :func:`build_world` and reused when its recipe matches; the VAE is cached
+on its own (``vae-<key>``), so worlds that differ only in the UNet share it. :data:`WORLDS` names the recipes
+``bench/learns.py --world`` runs.
 
 * **Patches**: every photo is resized so its shorter side is :attr:`WorldConfig.short_side`, then cut into
   ``patch``-pixel squares on a grid of stride ``patch // 2`` (train) or ``patch`` (test).
@@ -13,9 +15,10 @@ cached under the cache folder given to :func:`build_world` and reused when its r
   MSE + 0.1 L1 and a tiny penalty on the latent's size; its ``scaling_factor`` is set to
   ``1 / std`` of the training latents, as SD's 0.18215 was chosen.
 * **UNet** (diffusers ``UNet2DConditionModel`` with SD 2.x's block layout: three ``CrossAttnDownBlock2D`` and a
-  ``DownBlock2D``, mirrored up blocks, linear-projection transformers), ε-prediction on SD 2.1's
-  scaled-linear schedule, trained on the VAE latents (modes) of the train patches and their mirror images
-  with the empty prompt of a frozen random CLIP text tower (SD 2's tokenizer).
+  ``DownBlock2D``, mirrored up blocks, linear-projection transformers, ``unet_layers`` layers a level), ε- or
+  v-prediction (``prediction_type``, as SD 2.1-base and SD 2.1) on SD 2.1's scaled-linear schedule, trained on
+  the VAE latents (modes) of the train patches and their mirror images with the empty prompt of a frozen random
+  CLIP text tower (SD 2's tokenizer).
 * **BLIP-2**: a tiny ``Blip2ForConditionalGeneration`` with random weights (no BLIP-2 weights reach
   this machine): the Q-Former is a fixed random feature map of the image, so FDIs are differences of
   random features — the adapter has to learn what in them tells the degradation.
@@ -71,13 +74,43 @@ class WorldConfig:
     unet_steps: int = 800
     unet_batch: int = 32
     unet_lr: float = 1e-3
+    unet_layers: int = 2
     text_width: int = 32
     test_patches: int = 16
     seed: int = 0
     version: int = 2
+    prediction_type: str = "epsilon"
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        recipe = asdict(self)
+        if recipe["unet_layers"] == 2:  # added after v4: worlds from before it keep their names (and caches)
+            del recipe["unet_layers"]
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+    def vae_key(self) -> str:
+        """The hash of what the VAE depends on: worlds that differ only in their UNet share one VAE."""
+        fields = ("patch", "short_side", "vae_channels", "vae_steps", "vae_batch", "vae_crop", "latent_channels")
+        recipe = {k: v for k, v in asdict(self).items() if k in fields + ("vae_lr", "seed")}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+#: the named recipes ``bench/learns.py --world`` picks from (docs/design.md, "The small world", says why each)
+WORLDS: Dict[str, WorldConfig] = {
+    "eps-v2": WorldConfig(),
+    "eps-v3": WorldConfig(unet_channels=(64, 64, 128, 128), unet_lr=2e-3, version=3),
+    "v-v4": WorldConfig(unet_channels=(64, 64, 128, 128), unet_lr=2e-3, version=4, prediction_type="v_prediction"),
+    "v-v5": WorldConfig(
+        unet_channels=(64, 64, 128, 128), unet_lr=2e-3, unet_layers=1, version=5, prediction_type="v_prediction"
+    ),
+    "v-v5-long": WorldConfig(
+        unet_channels=(64, 64, 128, 128),
+        unet_lr=2e-3,
+        unet_layers=1,
+        unet_steps=1600,
+        version=5,
+        prediction_type="v_prediction",
+    ),
+}
 
 
 def _log(msg: str) -> None:
@@ -174,7 +207,7 @@ def _unet(cfg: WorldConfig):
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=cfg.unet_channels,
-        layers_per_block=2,
+        layers_per_block=cfg.unet_layers,
         norm_num_groups=16,
         cross_attention_dim=cfg.text_width,
         attention_head_dim=tuple(max(1, c // 32) for c in cfg.unet_channels),
@@ -200,8 +233,8 @@ def _text_encoder(cfg: WorldConfig, tokenizer):
     ).eval()
 
 
-def _scheduler():
-    """SD 2.1-base's DDIM configuration (scaled-linear betas 0.00085..0.012, 1000 steps, ε)."""
+def _scheduler(prediction_type: str = "epsilon"):
+    """SD 2.1's DDIM configuration (scaled-linear betas 0.00085..0.012, 1000 steps), ε (2.1-base) or v (2.1)."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
@@ -211,7 +244,7 @@ def _scheduler():
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         timestep_spacing="leading",
     )
 
@@ -272,14 +305,16 @@ def _latents(vae, images: torch.Tensor, batch: int = 64) -> Tuple[torch.Tensor, 
 
 
 def train_unet(cfg: WorldConfig, vae, train: torch.Tensor, context: torch.Tensor):
-    """Train the UNet (ε-prediction) on the VAE latents of ``train`` and its dihedral copies."""
+    """Train the UNet (``cfg.prediction_type``: ε or v) on the VAE latents of ``train`` and its mirror images."""
+    from fdi.sampling import diffusion_target
+
     torch.manual_seed(cfg.seed + 1)
     views = torch.cat([train, train.flip(-1)])
     mean, std = _latents(vae, views)
     scale = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=scale)
     unet = _unet(cfg).train()
-    sch = _scheduler()
+    sch = _scheduler(cfg.prediction_type)
     abar = sch.alphas_cumprod
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=0.01)
     lr_s = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.unet_lr, total_steps=cfg.unet_steps, pct_start=0.05)
@@ -294,7 +329,8 @@ def train_unet(cfg: WorldConfig, vae, train: torch.Tensor, context: torch.Tensor
         a = abar[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
         pred = unet(zt, t, encoder_hidden_states=context.expand(cfg.unet_batch, -1, -1)).sample
-        loss = F.mse_loss(pred, eps)
+        target = diffusion_target(z0, eps, a, cfg.prediction_type)
+        loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -352,6 +388,22 @@ def _blip2(folder: Path, seed: int) -> None:
     BlipImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
 
 
+def cached_vae(cfg: WorldConfig, train: torch.Tensor, cache: Path):
+    """``(vae, seconds it took to train)``: trained by :func:`train_vae`, or read from ``cache/vae-<vae key>``."""
+    from diffusers import AutoencoderKL
+
+    folder = cache / f"vae-{cfg.vae_key()}"
+    if (folder / "train.json").exists():
+        _log(f"vae from {folder}")
+        return AutoencoderKL.from_pretrained(folder).eval(), json.loads((folder / "train.json").read_text())["s"]
+    t0 = time.time()
+    vae = train_vae(cfg, train)
+    seconds = round(time.time() - t0, 1)
+    vae.save_pretrained(folder, safe_serialization=True)
+    (folder / "train.json").write_text(json.dumps({"s": seconds}))
+    return vae, seconds
+
+
 def build_world(cfg: WorldConfig, cache: Path) -> Dict[str, Path]:
     """Build (or reuse) the world under ``cache/world-<key>``; returns its folders and facts."""
     from diffusers import StableDiffusionPipeline
@@ -365,12 +417,10 @@ def build_world(cfg: WorldConfig, cache: Path) -> Dict[str, Path]:
     sd_dir, blip_dir = root / "sd", root / "blip2"
     info_path = root / "world.json"
     if not (sd_dir / "model_index.json").exists() or not info_path.exists():
-        t0 = time.time()
         train = _load_folder(train_dir)
         test = _load_folder(test_dir)
         _log(f"{len(train)} train patches, {len(test)} test patches of {cfg.patch} px")
-        vae = train_vae(cfg, train)
-        t_vae = time.time() - t0
+        vae, t_vae = cached_vae(cfg, train, Path(cache))
         vae_psnr = _recon_psnr(vae, test)
         vae_train_psnr = _recon_psnr(vae, train[:: max(1, len(train) // 64)])
         _log(f"vae reconstruction PSNR: held-out {vae_psnr:.2f} dB, train {vae_train_psnr:.2f} dB")
@@ -380,14 +430,15 @@ def build_world(cfg: WorldConfig, cache: Path) -> Dict[str, Path]:
         with torch.no_grad():
             ids = tok("", padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
             context = text(ids)[0]
+        t1 = time.time()
         unet, scale = train_unet(cfg, vae, train, context)
-        t_unet = time.time() - t0 - t_vae
+        t_unet = time.time() - t1
         pipe = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text,
             tokenizer=tok,
             unet=unet,
-            scheduler=_scheduler(),
+            scheduler=_scheduler(cfg.prediction_type),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
