@@ -1,11 +1,12 @@
-"""Does an FDI adapter lower the diffusion loss of a world's frozen UNet? ε-MSE with and without it, at fixed t.
+"""Does an FDI adapter lower the diffusion loss of a world's frozen UNet? Its MSE with and without it, at fixed t.
 
 ``python bench/adapter_probe.py --world ~/.cache/fdi-learns/world-<key> --task haze --fdi FDI --adapter A ...``
 takes ``-n`` seeded TRAIN pairs of ``WORLD/pairs/<task>`` (never the test patches), encodes the clean patches
 (posterior mode, scaled, as ``train`` encodes), noises them at each ``--t`` with noise seeded by t, and prints per
 adapter (``fresh`` = a new adapter as ``fdi train --seed 0`` makes it, or an adapter / checkpoint file):
 
-* ``mse_plain`` / ``mse_guided``: ε-MSE of the UNet without guidance and guided at ``--strength``;
+* ``mse_plain`` / ``mse_guided``: MSE of the UNet to its target (ε or v, as the world's scheduler says) without
+  guidance and guided at ``--strength``;
 * ``rel_change``: ``|ε̂_guided − ε̂_plain| / |ε̂_plain|`` (does the guidance reach the output at all?);
 * ``mse_other_image``: guided by another pair's degraded image (the batch rolled by one): what the adapter gains
   without this image's content (a gain that stays is a correction of the UNet, not information from the image);
@@ -72,6 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fdi.diffusers_backend import guide_unet
     from fdi.instruction import FDI
     from fdi.models import load_sd, vae_encode
+    from fdi.sampling import diffusion_target
     from fdi.training.step import fdi_loss
 
     parts = load_sd(args.world / "sd")
@@ -85,6 +87,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     b = len(z0)
     noises = {t: torch.randn(z0.shape, generator=torch.Generator().manual_seed(1000 + t)) for t in args.t}
     z_ts = {t: abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noises[t] for t in args.t}
+    kind = parts.scheduler.config.prediction_type
+    targets = {t: diffusion_target(z0, noises[t], abar[t], kind) for t in args.t}
     cond = ctx.expand(b, -1, -1)
 
     feats: Dict[int, torch.Tensor] = {}
@@ -130,9 +134,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 with guide_unet(unet, g_other, strength=args.strength):
                     other = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
                 per_t[t] = {
-                    "mse_other_image": round(float((other - noises[t]).pow(2).mean()), 5),
-                    "mse_plain": round(float((plain[t] - noises[t]).pow(2).mean()), 5),
-                    "mse_guided": round(float((guided - noises[t]).pow(2).mean()), 5),
+                    "mse_other_image": round(float((other - targets[t]).pow(2).mean()), 5),
+                    "mse_plain": round(float((plain[t] - targets[t]).pow(2).mean()), 5),
+                    "mse_guided": round(float((guided - targets[t]).pow(2).mean()), 5),
                     "rel_change": round(float((guided - plain[t]).norm() / plain[t].norm()), 5),
                 }
             row["t"] = per_t
@@ -145,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 gg = adapter(deg, fdi.tokens)
                 with guide_unet(unet, gg):
                     pred = unet(z_ts[t], tt, encoder_hidden_states=cond).sample
-                loss, _, _ = fdi_loss(pred, z_ts[t], z0, noises[t], abar[tt], "epsilon", 0.1)
+                loss, _, _ = fdi_loss(pred, z_ts[t], z0, noises[t], abar[tt], kind, 0.1)
                 (loss / len(args.t)).backward()
                 total += float(loss.detach()) / len(args.t)
             sq = defaultdict(float)

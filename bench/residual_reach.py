@@ -1,10 +1,11 @@
-"""How much can encoder residuals move a world's frozen UNet, and how much ε-loss can they buy at best?
+"""How much can encoder residuals move a world's frozen UNet, and how much diffusion loss can they buy at best?
 
 ``python bench/residual_reach.py --world ~/.cache/fdi-learns/world-<key> --task haze`` on ``-n`` seeded TRAIN
 pairs (never the test patches), noise seeded by t:
 
 1. **reach**: per UNet level, a random residual (Gaussian, RMS = ``--scale`` × the RMS of the feature it is added
-   to) added at that level alone, as FDI guidance adds it: ``rel_change`` = ``|ε̂' − ε̂| / |ε̂|`` and the ε-MSE;
+   to) added at that level alone, as FDI guidance adds it: ``rel_change`` = ``|ε̂' − ε̂| / |ε̂|`` and the MSE to the
+   UNet's own target (ε or v, the world's scheduler says which; "ε-MSE" below);
    ``--size 128`` measures it on 128 px crops of the train photos instead (16×16 latents; the UNet was trained on
    8×8 ones, so this says whether the deep levels are ignored because they are 1×1 or whatever their size);
    Per decoder point ``up_blocks[0..L-2]``: AdaIN (gate 1) to another image's feature statistics there (the batch
@@ -60,6 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fdi.conditioning import encode_text
     from fdi.diffusers_backend import guide_unet
     from fdi.models import load_sd, vae_encode
+    from fdi.sampling import diffusion_target
 
     parts = load_sd(args.world / "sd")
     unet, vae = parts.unet.eval().requires_grad_(False), parts.vae.eval().requires_grad_(False)
@@ -86,6 +88,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     cond = ctx.expand(b, -1, -1)
     noises = {t: torch.randn(z0.shape, generator=torch.Generator().manual_seed(1000 + t)) for t in args.t}
     z_ts = {t: abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noises[t] for t in args.t}
+    kind = parts.scheduler.config.prediction_type
+    targets = {t: diffusion_target(z0, noises[t], abar[t], kind) for t in args.t}
 
     feats = {}
     hooks = [
@@ -111,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return FDIGuidance(res, off)
 
     def mse(pred, t):
-        return round(float((pred - noises[t]).pow(2).mean()), 5)
+        return round(float((pred - targets[t]).pow(2).mean()), 5)
 
     g = torch.Generator().manual_seed(args.seed + 7)
     for scale in args.scale:
@@ -177,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             a = abar[t].view(-1, 1, 1, 1)
             with guide_unet(unet, guided(res)):
                 pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, encoder_hidden_states=cond).sample
-            loss = (pred - eps).pow(2).mean()
+            loss = (pred - diffusion_target(z0, eps, a, kind)).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
