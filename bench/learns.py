@@ -2,7 +2,9 @@
 
 ``python bench/learns.py --out DIR`` builds (or reuses, from ``--cache``) the world of
 :mod:`world` — a tiny VAE and a tiny SD 2.x UNet trained from scratch on patches of scikit-image's
-photos, a tiny random BLIP-2 — then, through the project's own commands:
+photos, a tiny random BLIP-2 (``--world`` picks the recipe, by default ``v-v5``, a v-prediction UNet with one
+layer a level, the world whose guidance channel is widest on train pairs: docs/design.md, "The small world") — then,
+through the project's own commands:
 
 1. ``python -m fdi degrade`` makes (degraded, clean) pairs from the clean train patches for each task
    (haze; Gaussian noise) and from the held-out test patches (``chelsea``, ``coffee``, never seen in training),
@@ -36,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -46,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 TASKS = {"haze": "haze", "noise": "noise:sigma=25..50"}
 COMPOSITE = ("haze+noise", "haze,noise:sigma=25..50")
 ADAPTER_CONFIG = {"res_blocks": 1, "heads": 4, "se_reduction": 4}
+DEFAULT_WORLD = "v-v5"
 
 
 def _log(msg: str) -> None:
@@ -162,6 +166,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=2, help="trainings/restorations run at once (processes)")
     ap.add_argument("--curve", default="haze", help="tasks of the few-pairs curve, comma-separated")
     ap.add_argument("--figure", type=Path, default=None, help="figure path (default OUT/learns.jpg)")
+    ap.add_argument("--world", default=DEFAULT_WORLD, help="the world's recipe: one of bench/world.py's WORLDS")
     args = ap.parse_args(argv)
     return args
 
@@ -170,14 +175,16 @@ def world_recipe(args: argparse.Namespace):
     """``(WorldConfig, adapter_steps, batch)`` for the run (full, ``--reduced`` or ``--smoke``)."""
     import world as W
 
-    cfg = W.WorldConfig()
+    if args.world not in W.WORLDS:
+        raise SystemExit(f"--world {args.world!r} is not one of {', '.join(W.WORLDS)}")
+    cfg = W.WORLDS[args.world]
     adapter_steps, batch = 600, 8
     if args.reduced:
-        cfg = W.WorldConfig(vae_steps=800, unet_steps=500, test_patches=8)
+        cfg = replace(cfg, vae_steps=800, unet_steps=500, test_patches=8)
         adapter_steps = 400
         args.no_curve = True
     if args.smoke:
-        cfg = W.WorldConfig(vae_steps=40, unet_steps=40, test_patches=4)  # one-cycle lr needs >= 2 warm-up steps
+        cfg = replace(cfg, vae_steps=40, unet_steps=40, test_patches=4)  # one-cycle lr needs >= 2 warm-up steps
         adapter_steps = 3
     if args.adapter_steps:
         adapter_steps = args.adapter_steps

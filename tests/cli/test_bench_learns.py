@@ -4,12 +4,13 @@ It trains the reduced world's VAE and UNet from scratch, makes pairs with ``fdi 
 noise adapters with ``fdi train`` and restores the held-out patches with ``fdi restore``. Run with
 ``python -m pytest -m slow tests/cli/test_bench_learns.py`` (see README, "See it learn", for its measured time).
 
-What it asserts is what the reduced run was measured to do (24 min on the shared 2-core box; README, "See it
-learn"): the world's VAE reconstructs held-out patches well above the degraded inputs (measured 22.5 dB), and the
-restoration of the noisy held-out patches beats the noisy input (measured +5.3 dB: 17.75 -> 23.09). That gain is
-the world's inversion + sampling round trip (strength 0 gives the same 23.09 dB), NOT the FDI guidance: the
-trained adapters move the output by < 0.01 dB and do not beat the wrong FDI, and haze gains nothing (13.65 ->
-13.36). It does not assert an FDI gain because none was measured; see docs/design.md, "The small world".
+What it asserts is what the reduced run of the default world (``v-v5``) was measured to do (8.5 min on the shared
+2-core box, beside another run; README, "See it learn"): the world's VAE reconstructs held-out patches well above
+the degraded inputs (measured 22.54 dB), the inversion + sampling round trip (strength 0) restores the noisy
+held-out patches (measured +3.85 dB: 17.75 -> 21.60), and the guided restoration still beats the noisy input
+(measured +2.97 dB). That gain is the round trip's, NOT the FDI guidance's: guided is 0.89 dB below strength 0 for
+noise, +0.01 dB above it for haze (13.65 -> 14.61 -> 14.62), and the wrong FDI does as well. It does not assert an
+FDI gain because none was measured; see docs/design.md, "The small world".
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Bounds below the reduced run's measured values (VAE 22.54 dB held-out; noise restored - degraded 5.34 dB).
+# Bounds below the reduced run's measured values (VAE 22.54 dB held-out; noise: strength 0 - degraded 3.85 dB,
+# restored - degraded 2.97 dB).
 MIN_VAE_PSNR = 20.0
-MIN_NOISE_GAIN_DB = 3.0
+MIN_ROUND_TRIP_GAIN_DB = 2.5
+MIN_NOISE_GAIN_DB = 2.0
 
 
 @pytest.mark.slow
@@ -50,4 +53,5 @@ def test_small_world_runs_from_nothing_and_restores_noise(tmp_path):
         assert row["psnr_restored"] != row["psnr_unguided"]  # the trained adapter reaches the restoration
         assert report["world"]["vae_heldout_psnr"] > row["psnr_degraded"] + 2  # the world could restore it
     noise = report["noise"]
+    assert noise["psnr_unguided"] - noise["psnr_degraded"] >= MIN_ROUND_TRIP_GAIN_DB, noise
     assert noise["psnr_restored"] - noise["psnr_degraded"] >= MIN_NOISE_GAIN_DB, noise
