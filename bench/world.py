@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -82,16 +82,20 @@ class WorldConfig:
     prediction_type: str = "epsilon"
 
     def key(self) -> str:
-        recipe = asdict(self)
-        if recipe["unet_layers"] == 2:  # added after v4: worlds from before it keep their names (and caches)
-            del recipe["unet_layers"]
+        """The hash of the recipe; a field added after v3 counts only when set, so older worlds keep their names."""
+        recipe = {k: v for k, v in asdict(self).items() if _ADDED_LATER.get(k, object()) != v}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
     def vae_key(self) -> str:
         """The hash of what the VAE depends on: worlds that differ only in their UNet share one VAE."""
-        fields = ("patch", "short_side", "vae_channels", "vae_steps", "vae_batch", "vae_crop", "latent_channels")
-        recipe = {k: v for k, v in asdict(self).items() if k in fields + ("vae_lr", "seed")}
+        recipe = {k: v for k, v in asdict(self).items() if k in _VAE_FIELDS}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+
+
+#: recipe fields added after v3, with the value every world had before them
+_ADDED_LATER = {"unet_layers": 2, "prediction_type": "epsilon"}
+_VAE_FIELDS = ("patch", "short_side", "vae_channels", "vae_steps", "vae_batch", "vae_crop", "latent_channels")
+_VAE_FIELDS += ("vae_lr", "seed")
 
 
 #: the named recipes ``bench/learns.py --world`` picks from (docs/design.md, "The small world", says why each)
@@ -102,15 +106,8 @@ WORLDS: Dict[str, WorldConfig] = {
     "v-v5": WorldConfig(
         unet_channels=(64, 64, 128, 128), unet_lr=2e-3, unet_layers=1, version=5, prediction_type="v_prediction"
     ),
-    "v-v5-long": WorldConfig(
-        unet_channels=(64, 64, 128, 128),
-        unet_lr=2e-3,
-        unet_layers=1,
-        unet_steps=1600,
-        version=5,
-        prediction_type="v_prediction",
-    ),
 }
+WORLDS["v-v5-long"] = replace(WORLDS["v-v5"], unet_steps=1600)
 
 
 def _log(msg: str) -> None:
