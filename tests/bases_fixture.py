@@ -1,7 +1,7 @@
 """Full-size SD 1.5 and SDXL base 1.0 single-file checkpoints with random weights, for the ComfyUI e2e tests.
 
 The counterparts of ``sd21_fixture.py`` for the two other bases: the architectures are the published
-ones exactly (SD 1.5 = ``runwayml/stable-diffusion-v1-5``: UNet 320/640/1280/1280, 8 heads, 768-wide
+ones exactly (SD 1.5 = ``stable-diffusion-v1-5/stable-diffusion-v1-5``: UNet 320/640/1280/1280, 8 heads, 768-wide
 cross attention, conv projections, CLIP ViT-L/14 text encoder with quick_gelu, KL-f8 VAE at 0.18215;
 SDXL = ``stabilityai/stable-diffusion-xl-base-1.0``: UNet 320/640/1280 with 1/2/10 linear-projection
 transformer layers, 2048-wide cross attention and the text_time size/pooled embedding, CLIP-L plus the
@@ -57,7 +57,7 @@ SUBDIR = "fdi-bases"
 
 
 def sd15_unet_config() -> dict:
-    """SD 1.5's UNet (``runwayml/stable-diffusion-v1-5`` ``unet/config.json``)."""
+    """SD 1.5's UNet (``stable-diffusion-v1-5/stable-diffusion-v1-5`` ``unet/config.json``)."""
     return dict(
         sample_size=64,
         in_channels=4,

