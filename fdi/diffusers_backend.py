@@ -15,12 +15,14 @@
 The hooks are inert while :attr:`DiffusersGuidance.active` is ``False`` (the pipeline toggles it per
 step); after :meth:`DiffusersGuidance.remove` the UNet computes exactly what it computed before.
 For ``torch.compile`` a UNet carries a :class:`GuidanceSlot` instead (:func:`fdi.compile.compile_unet`):
-fixed hooks reading a 0/1 gate tensor and guidance buffers of fixed shape per latent shape.
+fixed hooks reading a 0/1 gate tensor and guidance buffers of fixed shape per latent shape (the
+:data:`SLOT_SHAPES` most recent shapes, none once the guidance is removed).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from collections import OrderedDict
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -288,6 +290,9 @@ def guide_unet(
 
 #: attribute of a UNet that carries a :class:`GuidanceSlot`
 SLOT_ATTRIBUTE = "_fdi_guidance_slot"
+#: latent shapes a :class:`GuidanceSlot` keeps buffers for, least recently used dropped first (a restoration
+#: uses one, two with CFG; a folder of mixed sizes would otherwise keep one set per size it ever saw)
+SLOT_SHAPES = 4
 
 
 class _SlotBuffers:
@@ -310,9 +315,12 @@ class GuidanceSlot:
     The encoder residuals and the decoder modulation are those of :class:`DiffusersGuidance`, each
     multiplied by :attr:`gate` (a float32 0-d tensor, 0 or 1): at 0 they are exact no-ops (``h + 0·r``,
     ``α = 1``, ``β = 0``). Per latent shape ``[B, 4, h, w]`` and dtype the slot keeps one set of
-    buffers; :meth:`prepare` (eager, before each UNet call) picks them and fills them once per bound
-    guidance. A traced forward thus sees the same tensors (same shapes, same addresses) for every
-    image and every step: one graph per shape, the window and new images change values only.
+    buffers, for the :data:`SLOT_SHAPES` most recently used shapes; :meth:`prepare` (eager, before each
+    UNet call) picks or allocates them and fills them once per bound guidance; :meth:`unbind` frees them
+    all. A traced forward thus sees tensors of the same shapes for every image and every step: one graph
+    per shape, the window and new images change values only. The gate keeps its address (static for CUDA
+    graphs); the buffers are ordinary graph inputs, copied in by CUDA graphs like the latent, since a new
+    set after :meth:`unbind` may sit at another address.
     """
 
     def __init__(self, unet: nn.Module):
@@ -323,7 +331,7 @@ class GuidanceSlot:
         self._levels = num_levels(unet)
         self._hooked = hooked_levels(unet)
         self._out_channels = [int(c) for c in reversed(unet.config.block_out_channels)][: self._levels - 1]
-        self._buffers: Dict[tuple, _SlotBuffers] = {}
+        self._buffers: "OrderedDict[tuple, _SlotBuffers]" = OrderedDict()  # least recently used first
         self._filled: set = set()
         self._source: Optional[Tuple[List[WeightedGuidance], float]] = None
         self._current: Optional[_SlotBuffers] = None
@@ -347,14 +355,23 @@ class GuidanceSlot:
         self._source = (list(guidances), float(strength))
         self._filled.clear()
 
+    @property
+    def buffered_shapes(self) -> List[tuple]:
+        """The ``(shape, dtype, device)`` keys of the buffer sets held, least recently used first."""
+        return list(self._buffers)
+
     def unbind(self) -> None:
-        """Gate 0 and zero buffers: the UNet computes what it computes without guidance."""
+        """Gate 0 and every buffer freed: the UNet computes what it computes without guidance (a later call
+        allocates zero buffers for its shape)."""
         self.set_gate(False)
         self._source = None
+        self.release()
+
+    def release(self) -> None:
+        """Free every buffer set (the next call allocates its shape's again)."""
         self._filled.clear()
-        for buffers in self._buffers.values():
-            for t in buffers.tensors():
-                t.zero_()
+        self._buffers.clear()
+        self._current = None
 
     def set_gate(self, on: bool) -> None:
         """Guidance on or off for the next calls (an in-place fill: no host sync, no new tensor)."""
@@ -365,8 +382,12 @@ class GuidanceSlot:
         key = (tuple(sample.shape), sample.dtype, sample.device)
         buffers = self._buffers.get(key)
         if buffers is None:
+            while len(self._buffers) >= SLOT_SHAPES:  # drop the least recently used before allocating
+                self._filled.discard(self._buffers.popitem(last=False)[0])
             buffers = self._allocate(sample)
             self._buffers[key] = buffers
+        else:
+            self._buffers.move_to_end(key)
         if self._source is not None and key not in self._filled:
             guidances, strength = self._source
             with torch.no_grad():
@@ -392,10 +413,7 @@ class GuidanceSlot:
             (torch.zeros(b, c, device=dev), torch.zeros(b, c, device=dev), torch.zeros(c, device=dev))
             for c in self._out_channels
         ]
-        buffers = _SlotBuffers(residuals, coefficients)
-        for t in buffers.tensors():
-            _static(t)
-        return buffers
+        return _SlotBuffers(residuals, coefficients)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         sample = args[0] if args else kwargs["sample"]
@@ -426,6 +444,7 @@ class GuidanceSlot:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.release()
         if getattr(self.unet, SLOT_ATTRIBUTE, None) is self:
             delattr(self.unet, SLOT_ATTRIBUTE)
 

@@ -33,13 +33,14 @@ from .files import PathLike
 from .images import check_image_batch
 from .models import load_sd, place, vae_dtype, vae_encode
 from .progress import ProgressCallback, report
-from .restoration import MIN_SIDE, AdapterUse, check_settings, detect_base_family
+from .restoration import AdapterUse, check_image_size, check_settings, detect_base_family
 from .sampling import (
     CLEAN_ALPHA,
     GUIDANCE_END,
     PREDICTION_TYPES,
     SD2_STEPS_OFFSET,
     SD2_TIMESTEP_SPACING,
+    check_steps,
     ddim_step,
     ddim_timesteps,
     guided_step_count,
@@ -182,16 +183,20 @@ class FDIRestorationPipeline:
             return decode(0, latents)
         return tiling.blend(latents, decode, out_scale=LATENT_SCALE)
 
+    def schedule(self) -> Tuple[int, str, int]:
+        """The model's DDIM layout: ``(num_train_timesteps, timestep_spacing, steps_offset)``."""
+        c = self.scheduler.config
+        spacing = getattr(c, "timestep_spacing", SD2_TIMESTEP_SPACING)
+        return int(c.num_train_timesteps), spacing, int(getattr(c, "steps_offset", SD2_STEPS_OFFSET))
+
+    def check_steps(self, steps: int) -> None:
+        """Raise :class:`FDIError` for a step count the schedule cannot take (:func:`fdi.sampling.check_steps`)."""
+        check_steps(steps, *self.schedule())
+
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         """The DDIM timesteps ``t_0 > … > t_{N−1}`` (int64, CPU) of the model's schedule
         (:func:`fdi.sampling.ddim_timesteps`)."""
-        c = self.scheduler.config
-        return ddim_timesteps(
-            steps,
-            c.num_train_timesteps,
-            getattr(c, "timestep_spacing", SD2_TIMESTEP_SPACING),
-            getattr(c, "steps_offset", SD2_STEPS_OFFSET),
-        )
+        return ddim_timesteps(steps, *self.schedule())
 
     def inversion_timesteps(self, steps: int, inversion_steps: int) -> torch.Tensor:
         """Ascending inversion timesteps ending at the first sampling timestep
@@ -368,7 +373,7 @@ class FDIRestorationPipeline:
         adapters = list(adapters)
         self.check_inputs(images, adapters, steps, inversion_steps, guidance_end, strength, mode, cfg)
         check_tiling(tile_size, tile_overlap)
-        images = check_image_batch(images, "images", MIN_SIDE)
+        images = check_image_batch(images, "images")
         h, w = images.shape[-2:]
         cond = self.encode_prompt(prompt)
         uncond = self.encode_prompt(negative_prompt) if cfg != 1.0 else None
@@ -417,6 +422,7 @@ class FDIRestorationPipeline:
     ) -> None:
         """Raise :class:`FDIError` for any argument :meth:`restore` cannot use (before any work)."""
         check_settings(steps, inversion_steps, guidance_end, strength, cfg, mode)
+        self.check_steps(steps)
         if not adapters:
             raise FDIError("no adapter given; restoration needs at least one FDI adapter")
         for u in adapters:
@@ -424,4 +430,4 @@ class FDIRestorationPipeline:
                 raise FDIError(f"adapter weight {u.weight} is not a finite number; use e.g. 1.0")
             self.check_adapter(u.adapter)
             u.adapter.tokens_for(u.resolved_fdi(), 1)  # width, token count, encoder
-        check_image_batch(images, "images", MIN_SIDE)
+        check_image_size(*check_image_batch(images, "images", min_side=0).shape[-2:], "each image")

@@ -17,6 +17,7 @@ from .families import arch_of, family_for
 from .instruction import FDI
 from .sampling import GUIDANCE_END
 
+#: the smallest image side restoration takes, in pixels (one latent pixel of the VAE)
 MIN_SIDE = 8
 MODES = ("composite", "progressive")
 
@@ -50,6 +51,16 @@ def detect_base_family(unet_config, prediction_type: str) -> str:
     if arch is None:
         return "custom-v" if prediction_type == "v_prediction" else "custom-base"
     return family_for(arch, prediction_type)
+
+
+def check_image_size(height: int, width: int, what: str = "the image") -> None:
+    """Raise :class:`FDIError` for an image of ``height × width`` pixels with a side under :data:`MIN_SIDE`:
+    the one size check of the pipeline, ``python -m fdi restore`` (before loading) and ``FDIRestore``."""
+    if int(height) < MIN_SIDE or int(width) < MIN_SIDE:
+        raise FDIError(
+            f"{what} is {int(width)}x{int(height)} pixels; restoration needs at least {MIN_SIDE} pixels a side "
+            "(upscale it first)"
+        )
 
 
 #: how :func:`check_settings` names the settings in its messages (the CLI passes its flags instead)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -46,10 +47,15 @@ def padded_size(h: int, w: int, multiple: int = PAD_MULTIPLE) -> Tuple[int, int]
 def pad_to_multiple(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch.Tensor:
     """Mirror-pad ``[B, C, H, W]`` on the bottom/right to multiples of ``multiple``; crop back with ``[..., :H, :W]``.
 
-    Reflection needs the pad to be smaller than the side, so a small image is mirrored repeatedly.
+    Reflection needs the pad to be smaller than the side, so a small image is mirrored repeatedly (each
+    pass at least doubles a side of 2 or more); a 1-pixel side has nothing to mirror and repeats its one row
+    or column (what mirroring it would give).
     """
-    th, tw = padded_size(images.shape[-2], images.shape[-1], multiple)
+    h, w = images.shape[-2], images.shape[-1]
+    th, tw = padded_size(h, w, multiple)
     x = images
+    if (h == 1 and th > 1) or (w == 1 and tw > 1):
+        x = F.pad(x, (0, tw - 1 if w == 1 else 0, 0, th - 1 if h == 1 else 0), mode="replicate")
     while x.shape[-2] < th or x.shape[-1] < tw:
         ph = min(th - x.shape[-2], x.shape[-2] - 1)
         pw = min(tw - x.shape[-1], x.shape[-1] - 1)
@@ -60,29 +66,66 @@ def pad_to_multiple(images: torch.Tensor, multiple: int = PAD_MULTIPLE) -> torch
 # ---- timesteps and noise levels -----------------------------------------------------------------
 
 
-def ddim_timesteps(
-    steps: int, num_train_timesteps: int = 1000, spacing: str = SD2_TIMESTEP_SPACING, offset: int = SD2_STEPS_OFFSET
-) -> torch.Tensor:
-    """The ``steps`` DDIM sampling timesteps ``t_0 > … > t_{N−1}`` (int64), as diffusers' ``DDIMScheduler``.
+def max_ddim_steps(
+    num_train_timesteps: int = 1000, spacing: str = SD2_TIMESTEP_SPACING, offset: int = SD2_STEPS_OFFSET
+) -> int:
+    """The most DDIM steps a schedule can take: every count from 1 to it keeps all timesteps in ``0 … T−1``.
 
-    ``spacing`` and ``offset`` are the scheduler config's ``timestep_spacing`` and ``steps_offset``
-    (SD 2.x: ``leading``, 1 → 50 steps are 981, 961, …, 1).
+    ``trailing`` and ``linspace``: ``T``. ``leading``: its top timestep is ``(N−1)·⌊T/N⌋ + offset``, so SD's
+    offset 1 allows 999 of 1000 (1000 steps would reach ``t = T``, past the schedule's table).
     """
+    t, off = int(num_train_timesteps), int(offset)
+    if spacing not in SPACINGS:
+        raise FDIError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
+    if spacing != "leading":
+        return t
+    n = 0
+    while n < t and 0 <= off and n * (t // (n + 1)) + off <= t - 1:
+        n += 1
+    return n
+
+
+def check_steps(
+    steps: int, num_train_timesteps: int = 1000, spacing: str = SD2_TIMESTEP_SPACING, offset: int = SD2_STEPS_OFFSET
+) -> None:
+    """Raise :class:`FDIError` unless ``1 ≤ steps ≤`` :func:`max_ddim_steps` (the message names the bound)."""
     n, t = int(steps), int(num_train_timesteps)
     if n < 1:
         raise FDIError(f"steps must be at least 1, got {steps}")
-    if n > t:
-        raise FDIError(f"{n} steps is more than the model's {t} training timesteps; use at most {t}")
+    bound = max_ddim_steps(t, spacing, offset)
+    if bound < 1:
+        raise FDIError(
+            f"the schedule's steps offset {offset} puts every {spacing} timestep outside 0..{t - 1}; "
+            "fix steps_offset in the scheduler config"
+        )
+    if n > bound:
+        raise FDIError(
+            f"{n} steps is more than this model's schedule allows: use at most {bound} "
+            f"({t} training timesteps, {spacing} spacing, steps offset {int(offset)})"
+        )
+
+
+def ddim_timesteps(
+    steps: int, num_train_timesteps: int = 1000, spacing: str = SD2_TIMESTEP_SPACING, offset: int = SD2_STEPS_OFFSET
+) -> torch.Tensor:
+    """The ``steps`` DDIM sampling timesteps ``t_0 > … > t_{N−1}`` (int64): diffusers' ``DDIMScheduler.set_timesteps``.
+
+    ``spacing`` and ``offset`` are the scheduler config's ``timestep_spacing`` and ``steps_offset``
+    (SD 2.x: ``leading``, 1 → 50 steps are 981, 961, …, 1; ``trailing`` and ``linspace`` ignore the
+    offset, as diffusers does). Computed with numpy in float64 as diffusers computes them, so the
+    rounding at ``x.5`` is the same. Refused beyond :func:`max_ddim_steps` (:func:`check_steps`).
+    ``trailing``'s float ``arange`` overshoots for some counts (61, 103, …) and diffusers then returns one
+    more timestep, −1; only the first ``steps`` are returned.
+    """
+    check_steps(steps, num_train_timesteps, spacing, offset)
+    n, t = int(steps), int(num_train_timesteps)
     if spacing == "linspace":
-        ts = torch.linspace(0, t - 1, n, dtype=torch.float64).round().flip(0)
+        ts = np.linspace(0, t - 1, n).round()[::-1]
     elif spacing == "leading":
-        ts = (torch.arange(n, dtype=torch.float64) * (t // n)).round().flip(0) + int(offset)
-    elif spacing == "trailing":
-        ratio = t / n
-        ts = (torch.arange(t, 0, -ratio, dtype=torch.float64)).round() - 1
-    else:
-        raise FDIError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}")
-    return ts.long()
+        ts = (np.arange(0, n) * (t // n)).round()[::-1] + int(offset)
+    else:  # trailing
+        ts = np.round(np.arange(t, 0, -t / n))[:n] - 1
+    return torch.from_numpy(np.ascontiguousarray(ts).astype(np.int64))
 
 
 def inversion_timesteps(sampling_timesteps: torch.Tensor, inversion_steps: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from ..fdi.comfy_backend import (
 )
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI
+from ..fdi.restoration import check_image_size
 from ..fdi.sampling import ddim_timesteps, inversion_sigmas, inversion_timesteps, pad_to_multiple, sampling_sigmas
 from ..fdi.tiles import LATENT_SCALE, Tiling, optional_tiling
 from .common import (
@@ -80,7 +81,8 @@ def apply_guidance(model, guidance: GuidanceHandle, strength: float, start: floa
 
 def restore_schedule(model, steps: int, inversion_steps: int):
     """``(sampling sigmas, inversion sigmas)`` of the library's DDIM schedule (:mod:`fdi.sampling`) for a MODEL:
-    the timesteps ``python -m fdi restore`` visits, for any step count."""
+    the timesteps ``python -m fdi restore`` visits, for any step count up to the schedule's bound
+    (:func:`fdi.sampling.max_ddim_steps`: 999 of 1000; beyond it, the library's FDIError)."""
     ms = model.get_model_object("model_sampling")
     ts = ddim_timesteps(steps, int(getattr(ms, "num_timesteps", 1000)))
     # integer timesteps: read the MODEL's sigma table itself (what ddim_uniform does), not exp(log(σ)) interpolation
@@ -230,15 +232,16 @@ def restore(
     ``guide(padded)`` returns the guided MODEL for the padded batch; the rest is ``python -m fdi restore``'s:
     pad to a multiple of 64, VAE-encode, DDIM-invert with the plain MODEL, sample back with DDIM on the same
     timesteps, decode, crop (with ``tile_size``: per tile, blended, :mod:`fdi.tiles`)."""
+    h, w = images.shape[-2:]
+    check_image_size(h, w, "the 'image' input")
+    sampling, inversion = restore_schedule(model, steps, inversion_steps)  # the step bound, before any work
     check_conditioning(model, positive)
     check_conditioning(model, negative, "negative")
-    h, w = images.shape[-2:]
     padded = pad_to_multiple(images)
     tiling = optional_tiling(
         padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size, tile_overlap
     )
     guided = guide(padded)
-    sampling, inversion = restore_schedule(model, steps, inversion_steps)
     ddim = comfy.samplers.sampler_object(SAMPLER)
     if tiling is None or tiling.single:
         latent = invert(model, positive, vae.encode(batch_to_image(padded)), inversion)

@@ -202,7 +202,7 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
     image, or two inputs that would write the same output.
     """
     from ..images import collect_images, probe_image
-    from ..restoration import MIN_SIDE
+    from ..restoration import check_image_size
 
     jobs: Dict[str, Job] = {}
     for path in collect_images(inputs):
@@ -213,10 +213,7 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
                 "rename one or restore them into different folders"
             )
         h, w = probe_image(path)
-        if h < MIN_SIDE or w < MIN_SIDE:
-            raise FDIError(
-                f"image {path.name!r} is {w}x{h} pixels; restoration needs at least {MIN_SIDE} pixels a side"
-            )
+        check_image_size(h, w, f"image {path.name!r}")
         jobs[name] = Job(path, out_dir / name, (h, w))
     return [jobs[k] for k in sorted(jobs)]
 
@@ -327,6 +324,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for use in uses:  # family and channel layout, before any work
         pipe.check_adapter(use.adapter)
+    pipe.check_steps(args.steps)  # the schedule's step bound (fdi.sampling.max_ddim_steps)
     if skipped:
         print(f"skipping {skipped} image(s) whose output exists", file=sys.stderr)
     if not jobs:

@@ -75,3 +75,76 @@ def test_extraction_drives_comfyui_progress_and_stops_on_cancel(tmp_path):
     assert set(values) <= {0, 2, 4, 5} and values == sorted(set(values)), result["progress"]
     assert result["interrupted"] is True
     assert result["mismatch"].startswith("FDIError: 5 degraded images but 3 clean images")
+
+
+CHECKS_SCRIPT = """
+import types
+import comfy.model_sampling
+
+gn = sys.modules[name + ".nodes.guidance_nodes"]
+fdi = sys.modules[name + ".fdi.instruction"].FDI(tokens=torch.randn(8, 32), encoder="tiny:0000", n_pairs=2)
+
+
+class Reached(Exception):
+    pass
+
+
+class Model:
+    # a MODEL as FDIRestore / FDIInvert read it before any work: SD's 1000-timestep schedule, an SD 1.x/2.x UNet
+    def __init__(self):
+        self.ms = comfy.model_sampling.ModelSamplingDiscrete()
+        self.model = types.SimpleNamespace(model_config=types.SimpleNamespace(unet_config={}))
+
+    def get_model_object(self, key):
+        return {"model_sampling": self.ms}[key]
+
+
+class Vae:
+    def encode(self, pixels):
+        raise Reached("vae")
+
+
+def check_fdi(fdi):
+    raise Reached("adapter")
+
+
+adapter = types.SimpleNamespace(module=types.SimpleNamespace(check_fdi=check_fdi, fdi=None))
+positive = [[torch.zeros(1, 77, 1024), {}]]
+
+
+def restore(h, w, steps):
+    try:
+        gn.FDIRestore.execute(Model(), Vae(), torch.rand(1, h, w, 3), adapter, positive, steps, 2, 1.0, 0.333, 1.0,
+                              fdi=fdi, negative=positive)
+    except Exception as exc:
+        return type(exc).__name__ + ": " + str(exc)
+
+
+def invert(steps):
+    try:
+        gn.FDIInvert.execute(Model(), positive, {"samples": torch.zeros(1, 4, 8, 8)}, steps)
+    except Exception as exc:
+        return type(exc).__name__ + ": " + str(exc)
+
+
+out = {"steps_1000": restore(64, 64, 1000), "invert_1000": invert(1000), "ok": restore(8, 8, 999)}
+for h, w in ((1, 1), (1, 100), (100, 1), (7, 64)):
+    out[f"{h}x{w}"] = restore(h, w, 50)
+print(json.dumps(out))
+"""
+
+
+def test_restore_and_invert_refuse_tiny_images_and_too_many_steps_before_any_work(tmp_path):
+    """A 1-pixel side looped forever in the padding (Cancel could not stop it); 1000 steps repeated the first sigma
+    (ComfyUI clamps t = 1000 to 999). Both are the library's FDIError now, as in ``python -m fdi restore``, raised
+    before the adapter or the VAE runs; 8 pixels and 999 steps pass."""
+    code = harness.script(CHECKS_SCRIPT, COMFYUI_DIR, tmp_path, pack_name="comfyui_fdi_checks", tests_path=True)
+    r = harness.run_json(code, tmp_path, timeout=240)
+    bound = "FDIError: 1000 steps is more than this model's schedule allows: use at most 999 "
+    assert r["steps_1000"].startswith(bound) and r["invert_1000"].startswith(bound), r
+    assert r["ok"] == "Reached: adapter", r
+    for h, w in ((1, 1), (1, 100), (100, 1), (7, 64)):
+        assert r[f"{h}x{w}"] == (
+            f"FDIError: the 'image' input is {w}x{h} pixels; restoration needs at least 8 pixels a side "
+            "(upscale it first)"
+        ), r

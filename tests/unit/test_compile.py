@@ -86,6 +86,46 @@ def test_slot_is_an_exact_noop_when_unbound_or_off_and_equals_the_hooks_when_on(
     assert torch.equal(_run(unet, x, ctx), plain)
 
 
+def test_slot_keeps_buffers_for_a_few_recent_shapes_frees_them_on_unbind_and_results_are_unchanged(inputs):
+    """A folder of mixed sizes used to leave one buffer set per latent shape on the UNet for good, also after the
+    guidance was removed. The slot keeps the most recent SLOT_SHAPES (least recently used out) and none after
+    unbind; a shape that comes back after its buffers were dropped is refilled: the outputs equal a fresh slot's
+    bit for bit, and the plain hooks' to float rounding."""
+    from fdi.diffusers_backend import SLOT_SHAPES
+
+    x, ctx = inputs
+    g = torch.Generator().manual_seed(11)
+    x, ctx = x[:1].repeat(6, 1, 1, 1) + torch.randn(6, 4, 8, 8, generator=g), ctx[:1].repeat(6, 1, 1)
+    guidance, unet = _guidance(), tiny_unet()
+    with DiffusersGuidance(unet, [(guidance, 0.8)], strength=0.9):  # the plain hooks, no slot
+        hooked = {b: _run(unet, x[:b], ctx[:b]) for b in range(1, 7)}
+    fresh = {}
+    for b in range(1, 7):
+        s = GuidanceSlot(unet)
+        with DiffusersGuidance(unet, [(guidance, 0.8)], strength=0.9):
+            fresh[b] = _run(unet, x[:b], ctx[:b])
+        s.remove()
+
+    slot = GuidanceSlot(unet)
+    assert SLOT_SHAPES == 4 and slot.buffered_shapes == []
+    for b in range(1, 7):  # no guidance bound: gate 0, zero buffers, still one set per shape
+        _run(unet, x[:b], ctx[:b])
+        assert len(slot.buffered_shapes) == min(b, SLOT_SHAPES)
+    order = [1, 2, 3, 4, 5, 6, 1, 2, 6, 5, 1]  # 1 and 2 come back after being dropped
+    with DiffusersGuidance(unet, [(guidance, 0.8)], strength=0.9):
+        for b in order:
+            got = _run(unet, x[:b], ctx[:b])
+            assert torch.equal(got, fresh[b]), b
+            torch.testing.assert_close(got, hooked[b], rtol=0, atol=1e-5)
+            assert len(slot.buffered_shapes) <= SLOT_SHAPES
+        assert [k[0][0] for k in slot.buffered_shapes] == [2, 6, 5, 1]  # least recently used first
+    assert slot.buffered_shapes == []  # freed on unbind
+    assert torch.equal(_run(unet, x[:2], ctx[:2]), _run(tiny_unet(), x[:2], ctx[:2]))  # unguided again
+    assert len(slot.buffered_shapes) == 1
+    slot.remove()
+    assert slot.buffered_shapes == []
+
+
 # ---- compiled pipeline: graphs, breaks, recompiles ------------------------------------------------
 
 

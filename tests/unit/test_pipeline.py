@@ -182,6 +182,26 @@ def test_bad_inputs_raise_clear_errors(tiny_pipeline):
         tiny_pipeline.restore(x, [ok], mode="serial", **FAST)
 
 
+def test_the_schedules_step_bound_is_refused_before_any_work_and_the_bound_itself_runs(tiny_pipeline, monkeypatch):
+    """leading spacing, offset 1 (SD's layout, the tiny model's): 1000 steps would reach t = 1000, one past the
+    ᾱ table (an IndexError after the encode and the whole inversion before); 999 is the bound."""
+    p, calls = tiny_pipeline, []
+    c = p.scheduler.config
+    assert (c.num_train_timesteps, c.timestep_spacing, c.steps_offset) == (1000, "leading", 1)
+    eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(p, "_unet", lambda x, t, cond, size_px=None: calls.append(int(t)) or eps.expand_as(x))
+    encode = p.encode_images
+    monkeypatch.setattr(p, "encode_images", lambda *a, **k: calls.append("encode") or encode(*a, **k))
+    use = AdapterUse(make_adapter(), tiny_fdi(), 1.0)
+    for steps in (1000, 5000):
+        with pytest.raises(FDIError, match=r"^\d+ steps is more than this model's schedule allows: use at most 999 "):
+            p.restore(image(), [use], steps=steps, inversion_steps=2)
+    assert calls == []
+    out = p.restore(image(), [use], steps=999, inversion_steps=2)
+    assert calls[0] == "encode" and calls[1:3] == [1, 999] and calls[3:] == list(range(999, 0, -1))
+    assert out.shape == (1, 3, 64, 64) and bool(torch.isfinite(out).all())
+
+
 def test_loader_errors(tmp_path, tiny_sd_folder):
     with pytest.raises(FDIError, match="does not exist"):
         FDIRestorationPipeline.from_pretrained(tmp_path / "nope")
@@ -304,6 +324,20 @@ def test_cli_restore_bad_inputs_write_nothing(cli_files, tiny_sd_folder, capsys,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert not (d / "never").exists()
+
+
+def test_cli_refuses_more_steps_than_the_schedule_allows_before_restoring(cli_files, tiny_sd_folder, capsys):
+    """Was a bare IndexError after the encode and the whole inversion; now the loaded schedule's bound (the same
+    FDIError FDIRestore gives), before anything is written."""
+    d, adapter, _, _ = cli_files
+    args = ["restore", "--sd", str(tiny_sd_folder), "--adapter", str(adapter), "--image", str(d / "rainy.png")]
+    assert main(args + ["-o", str(d / "never"), "--steps", "1000", "--inversion-steps", "1", "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith(
+        "error: 1000 steps is more than this model's schedule allows: use at most 999 "
+        "(1000 training timesteps, leading spacing, steps offset 1)"
+    ), err
     assert not (d / "never").exists()
 
 

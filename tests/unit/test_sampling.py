@@ -34,14 +34,57 @@ from fdi.sampling import (
 # ------------------------------------------------------------------------------------------------ rules
 
 
-@pytest.mark.parametrize("spacing,offset", [("leading", 1), ("leading", 0), ("trailing", 0), ("linspace", 0)])
-@pytest.mark.parametrize("steps", [1, 4, 6, 7, 30, 50, 60, 1000])
-def test_ddim_timesteps_equal_diffusers_scheduler(spacing, offset, steps):
+SCHEDULES = [("leading", 1), ("leading", 0), ("trailing", 0), ("trailing", 1), ("linspace", 0)]
+
+
+@pytest.mark.parametrize("spacing,offset", SCHEDULES)
+def test_ddim_timesteps_equal_diffusers_scheduler_for_every_step_count(spacing, offset):
+    """Every count 1…bound equals ``DDIMScheduler.set_timesteps`` (torch's arange/linspace rounded x.5 differently:
+    trailing 48 steps gave 937 where diffusers has 936). Where diffusers' float ``arange`` overshoots (trailing 61,
+    103, …) it returns one timestep more, −1, which no table has: the first N are the same."""
     from diffusers import DDIMScheduler
 
     s = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=offset)
-    s.set_timesteps(steps)
-    assert torch.equal(ddim_timesteps(steps, 1000, spacing, offset), s.timesteps.long())
+    overshoots, refused = [], []
+    for steps in range(1, 1001):
+        s.set_timesteps(steps)
+        want = s.timesteps.long()
+        if int(want.max()) > 999:  # diffusers' own edge (leading, offset 1, 1000 steps): past its table
+            with pytest.raises(FDIError, match="use at most"):
+                ddim_timesteps(steps, 1000, spacing, offset)
+            refused.append(steps)
+            continue
+        got = ddim_timesteps(steps, 1000, spacing, offset)
+        assert got.shape == (steps,) and torch.equal(got, want[:steps]), (steps, got.tolist(), want.tolist())
+        assert int(got.min()) >= 0 and int(got.max()) <= 999 and bool((got[1:] < got[:-1]).all())
+        if want.numel() > steps:
+            assert want[steps:].tolist() == [-1], (steps, want[steps:].tolist())
+            overshoots.append(steps)
+    assert (len(overshoots) == 62 and overshoots[:3] == [61, 103, 121]) if spacing == "trailing" else not overshoots
+    assert refused == ([1000] if (spacing, offset) == ("leading", 1) else [])
+
+
+def test_step_bound_of_each_schedule_and_the_refusal_names_it():
+    from diffusers import DDIMScheduler
+
+    from fdi.sampling import check_steps, max_ddim_steps
+
+    assert max_ddim_steps(1000, "leading", 1) == 999  # SD 1.5 / 2.x / SDXL
+    assert max_ddim_steps(1000, "leading", 0) == 1000
+    assert max_ddim_steps(1000, "trailing", 1) == 1000 and max_ddim_steps(1000, "linspace", 1) == 1000
+    assert max_ddim_steps(1000, "leading", 1000) == 0 and max_ddim_steps(1000, "leading", -1) == 0
+    s = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="leading", steps_offset=1)
+    s.set_timesteps(1000)
+    assert int(s.timesteps.max()) == 1000  # diffusers' own edge: t = 1000 is past its 1000-entry table
+    assert ddim_timesteps(999).tolist() == list(range(999, 0, -1))
+    for steps in (1000, 1001):
+        with pytest.raises(FDIError, match=r"more than this model's schedule allows: use at most 999 "):
+            ddim_timesteps(steps)
+    with pytest.raises(FDIError, match="use at most 1000"):
+        check_steps(1001, 1000, "trailing", 0)
+    with pytest.raises(FDIError, match="steps offset 1000 puts every leading timestep outside 0..999"):
+        check_steps(1, 1000, "leading", 1000)
+    check_steps(1000, 1000, "leading", 0)
 
 
 def alpha_to_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -53,7 +96,7 @@ def alpha_to_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
 def test_ddim_timesteps_refuse_bad_counts():
     with pytest.raises(FDIError, match="at least 1"):
         ddim_timesteps(0)
-    with pytest.raises(FDIError, match="more than the model's 1000"):
+    with pytest.raises(FDIError, match="use at most 999"):
         ddim_timesteps(1001)
     with pytest.raises(FDIError, match="unknown timestep spacing"):
         ddim_timesteps(5, spacing="karras")
@@ -83,6 +126,42 @@ def test_pad_to_multiple_mirrors_and_crops_back():
     assert y.shape == (2, 3, 64, 128) and torch.equal(y[..., :5, :70], x)
     assert torch.equal(y[..., 5, :70], x[..., 3, :])  # reflection, not replication
     assert pad_to_multiple(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_pad_to_multiple_ends_on_one_pixel_sides(monkeypatch):
+    """A 1-pixel side has nothing to mirror: it used to pad by min(need, side − 1) = 0 forever (FDIRestore hung)."""
+    import fdi.sampling as sampling
+
+    pad, calls = sampling.F.pad, []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("mode"))
+        if len(calls) > 20:
+            raise AssertionError("pad_to_multiple does not end")
+        return pad(*args, **kwargs)
+
+    monkeypatch.setattr(sampling.F, "pad", counted)
+    for h, w in ((1, 1), (1, 70), (5, 1), (2, 2), (1, 64), (64, 1), (2, 130)):
+        calls.clear()
+        x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h * 1000 + w))
+        y = pad_to_multiple(x)
+        assert y.shape == (2, 3, -(-h // 64) * 64, -(-w // 64) * 64) and torch.equal(y[..., :h, :w], x)
+        assert len(calls) <= 8, (h, w, calls)
+        if h == 1:
+            assert torch.equal(y, y[..., :1, :].expand_as(y))  # the one row, repeated
+        if w == 1:
+            assert torch.equal(y, y[..., :1].expand_as(y))
+    assert torch.equal(pad_to_multiple(torch.full((1, 3, 1, 1), 0.25)), torch.full((1, 3, 64, 64), 0.25))
+
+
+def test_restoration_refuses_images_under_the_minimum_side():
+    from fdi.restoration import MIN_SIDE, check_image_size
+
+    assert MIN_SIDE == 8
+    check_image_size(8, 8)
+    for h, w in ((1, 1), (1, 100), (100, 7), (0, 64)):
+        with pytest.raises(FDIError, match=rf"'x.png' is {w}x{h} pixels; restoration needs at least 8 pixels a side"):
+            check_image_size(h, w, "'x.png'")
 
 
 def test_sigma_alpha_conversions_and_prediction_types_round_trip():
