@@ -20,7 +20,7 @@ import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -112,38 +112,58 @@ _TORCH_TO_ST = {
 }
 
 
+def safetensors_header(entries: Sequence[Tuple[str, torch.dtype, Sequence[int]]], metadata: Mapping[str, str]) -> bytes:
+    """The head of a safetensors file whose tensors ``(name, dtype, shape)`` follow in the order of ``entries``.
+
+    8-byte little-endian header length, then the JSON header (sorted keys, metadata sorted, padded with spaces
+    to a multiple of 8); the tensors' raw bytes (:func:`tensor_bytes`) are written after it in the same order.
+    """
+    header: Dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    offset = 0
+    for name, dtype, shape in entries:
+        if dtype not in _TORCH_TO_ST:
+            raise TypeError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store")
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        size = numel * DTYPE_SIZES[_TORCH_TO_ST[dtype]]
+        header[name] = {
+            "dtype": _TORCH_TO_ST[dtype],
+            "shape": [int(d) for d in shape],
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of ``t`` as safetensors stores them (a view, no copy when ``t`` is contiguous
+    on the CPU)."""
+    import sys
+
+    if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+        raise RuntimeError("safetensors files are little-endian; this writer needs a little-endian machine")
+    t = t.detach().contiguous().cpu()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
 def serialize_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
     """The safetensors bytes of ``tensors`` and ``metadata``, **deterministically**.
 
     safetensors' own writer stores the metadata in hash-map order, which changes from call to call,
     so the same FDI saved twice would differ byte for byte. This writer emits the same format
-    (8-byte little-endian header length, a JSON header padded with spaces to a multiple of 8, then
-    the tensors' raw little-endian bytes) with tensors in name order and sorted JSON keys, so equal
-    inputs give equal files. Any safetensors reader reads it.
+    (:func:`safetensors_header`, then the tensors' raw bytes) with tensors in name order and sorted
+    JSON keys, so equal inputs give equal files. Any safetensors reader reads it.
     """
-    import sys
-
-    if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
-        raise RuntimeError("safetensors files are little-endian; this writer needs a little-endian machine")
-    header: Dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
-    chunks, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        if t.dtype not in _TORCH_TO_ST:
-            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {
-            "dtype": _TORCH_TO_ST[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        chunks.append(data)
-        offset += len(data)
-    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
+    names = sorted(tensors)
+    head = safetensors_header([(n, tensors[n].dtype, tuple(tensors[n].shape)) for n in names], metadata)
+    return head + b"".join(bytes(tensor_bytes(tensors[n])) for n in names)
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str]) -> None:
