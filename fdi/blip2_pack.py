@@ -6,9 +6,10 @@ Q-Former (1.1 B parameters: about 2.2 GB in fp16), with the configs, the image-p
 folder's encoder fingerprint, into one file that :meth:`fdi.encoder.QFormerEncoder.from_pretrained` loads
 like the folder (the file format: :mod:`fdi.encoder`; why: docs/design.md, "One-file BLIP-2").
 
-The folder's shards are read tensor by tensor and each tensor is written as soon as it is read, so memory
-holds one tensor at a time; the language model is never read. The file is written under a temporary name in
-the target folder and renamed at the end: an error or Ctrl-C leaves no partial file.
+The folder's shards are read tensor by tensor with plain reads (no memory map) and each tensor is written
+as soon as it is read, so memory holds one tensor at a time; the language model is never read. The file is
+written under a temporary name in the target folder and renamed at the end: an error or Ctrl-C leaves no
+partial file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from .encoder import PACK_FORMAT, PACK_FORMAT_VERSION, Blip2Source, open_blip2
 from .errors import FDIError
-from .files import PathLike, atomic_write, check_output_path, safetensors_header, tensor_bytes
+from .files import PathLike, SafetensorsReader, atomic_write, check_output_path, safetensors_header, tensor_bytes
 from .progress import ProgressCallback, report
 
 #: the precisions a pack is written in (the query tokens stay fp32 in both)
@@ -126,17 +127,11 @@ def pack_blip2(
     with ExitStack() as stack:
         fh = stack.enter_context(atomic_write(out))
         fh.write(head)
-        handles: Dict[Path, object] = {}
+        readers: Dict[Path, SafetensorsReader] = {}
         for i, (name, dt, _) in enumerate(entries, start=1):
             file = src.tensors[name][0]
-            if file not in handles:
-                handles[file] = stack.enter_context(_safe_open(file))
-            fh.write(tensor_bytes(_converted(name, handles[file].get_tensor(name), dt)))
+            if file not in readers:
+                readers[file] = stack.enter_context(SafetensorsReader(file, "BLIP-2 weights"))
+            fh.write(tensor_bytes(_converted(name, readers[file].get(name), dt)))
             report(progress, i, len(entries))
     return PackedBlip2(out, out.stat().st_size, parameters, dtype, fingerprint)
-
-
-def _safe_open(file: Path):
-    from safetensors import safe_open
-
-    return safe_open(str(file), framework="pt", device="cpu")

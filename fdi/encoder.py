@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,14 @@ from torch import nn
 
 from .dtypes import parse_dtype
 from .errors import FDIError
-from .files import PICKLE_SUFFIXES, check_file_format, load_safetensors, read_header
+from .files import (
+    PICKLE_SUFFIXES,
+    TORCH_DTYPES,
+    SafetensorsReader,
+    check_file_format,
+    load_safetensors,
+    read_header,
+)
 from .instruction import encoder_hash
 
 PathLike = Union[str, os.PathLike]
@@ -275,14 +282,29 @@ class Blip2Source:
         """The folder's name, or the file's without ``.safetensors``."""
         return self.path.stem if self.packed else self.path.name
 
-    def read(self, keys: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
-        """The tensors ``keys`` (default: all) in their stored dtype, on the CPU, file by file."""
+    def read(
+        self, keys: Optional[Sequence[str]] = None, dtype_for: Optional[Callable[[str], torch.dtype]] = None
+    ) -> Dict[str, torch.Tensor]:
+        """The tensors ``keys`` (default: all) on the CPU in ``dtype_for(name)`` (default: as stored).
+
+        A tensor kept as stored comes from safetensors' memory map (read when first used); one that changes
+        dtype is read with plain reads and converted at once, so memory holds the result and one tensor more.
+        """
         by_file: Dict[Path, List[str]] = {}
         for k in self.tensors if keys is None else keys:
             by_file.setdefault(self.tensors[k][0], []).append(k)
         state: Dict[str, torch.Tensor] = {}
         for f, names in sorted(by_file.items()):
-            state.update(load_safetensors(f, what="BLIP-2 weights", keys=names)[0])
+            stored = {k: TORCH_DTYPES.get(self.tensors[k][1]["dtype"]) for k in names}
+            target = {k: stored[k] if dtype_for is None else dtype_for(k) for k in names}
+            kept = [k for k in names if target[k] == stored[k]]
+            converted = [k for k in names if target[k] != stored[k]]
+            if kept:
+                state.update(load_safetensors(f, what="BLIP-2 weights", keys=kept)[0])
+            if converted:
+                with SafetensorsReader(f, "BLIP-2 weights") as reader:
+                    for k in converted:
+                        state[k] = reader.get(k).to(target[k])
         return state
 
     def fingerprint(self, query_tokens: torch.Tensor) -> str:
@@ -403,9 +425,7 @@ class QFormerEncoder(nn.Module):
         """
         src = open_blip2(source)
         vd = parse_dtype(vision_dtype)
-        state = src.read()
-        for k, v in state.items():  # one tensor at a time: the stored copy is freed as its converted one arrives
-            state[k] = v.to(vd if k.startswith("vision_model.") else torch.float32)
+        state = src.read(dtype_for=lambda k: vd if k.startswith("vision_model.") else torch.float32)
         with torch.device("meta"):
             enc = cls(src.config, src.image_size, src.mean, src.std, name=src.name)
         # meta init + assign: no random initialisation, no second copy of the weights

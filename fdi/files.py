@@ -110,6 +110,8 @@ _TORCH_TO_ST = {
     torch.float32: "F32",
     torch.float64: "F64",
 }
+#: safetensors dtype name -> torch dtype, for the dtypes torch has
+TORCH_DTYPES = {v: k for k, v in _TORCH_TO_ST.items()}
 
 
 def safetensors_header(entries: Sequence[Tuple[str, torch.dtype, Sequence[int]]], metadata: Mapping[str, str]) -> bytes:
@@ -291,6 +293,43 @@ def load_safetensors(
             f"{what} {Path(path).name!r} could not be read ({exc}); the file is corrupt, re-export it"
         ) from None
     return tensors, metadata
+
+
+class SafetensorsReader:
+    """Read the tensors of a validated safetensors file one at a time with plain reads, no memory map.
+
+    ``with SafetensorsReader(path) as r: t = r.get(name)``: each tensor is read into its own new CPU tensor,
+    so a loop that converts or writes tensors one by one holds one at a time (a memory-mapped reader keeps
+    every page it touched mapped into the process). The header is checked by :func:`read_header` first;
+    ``infos`` and ``metadata`` are what it returns.
+    """
+
+    def __init__(self, path: PathLike, what: str = "file"):
+        self.path, self.what = Path(path), what
+        self.infos, self.metadata = read_header(self.path, what)
+        self._fh = None
+
+    def __enter__(self) -> "SafetensorsReader":
+        self._fh = open(self.path, "rb")
+        (n,) = struct.unpack("<Q", self._fh.read(8))
+        self._data_start = 8 + n
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` (its stored dtype and shape)."""
+        info = self.infos[name]
+        dtype = TORCH_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise FDIError(f"{self.what} {self.path.name!r}: tensor {name!r} has dtype {info['dtype']}, not read here")
+        start, end = info["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        self._fh.seek(self._data_start + start)
+        if end > start and self._fh.readinto(memoryview(buf.numpy())) != end - start:
+            raise FDIError(f"{self.what} {self.path.name!r} ended early; the file is truncated, re-export it")
+        return buf.view(dtype).reshape(info["shape"])
 
 
 def check_file_format(

@@ -167,3 +167,67 @@ def test_loader_refuses_files_that_are_not_packs(folder, packed, tmp_path):
         QFormerEncoder.from_pretrained(tmp_path / "newer.safetensors")
     with pytest.raises(FDIError, match="does not exist"):
         QFormerEncoder.from_pretrained(tmp_path / "missing.safetensors")
+
+
+MEMORY_SCRIPT = """
+import sys
+sys.path[:0] = sys.argv[3:]
+import torch
+from transformers import Blip2Config, Blip2ForConditionalGeneration, BlipImageProcessor
+from tiny_blip2 import tiny_blip2_config
+
+def hwm_mb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+
+cfg = tiny_blip2_config().to_dict()
+cfg["vision_config"].update(hidden_size=512, intermediate_size=8192, num_hidden_layers=4, num_attention_heads=8)
+cfg["qformer_config"]["encoder_hidden_size"] = 512
+model = Blip2ForConditionalGeneration(Blip2Config.from_dict(cfg))
+model.save_pretrained(sys.argv[1])
+BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(sys.argv[1])
+del model
+import gc; gc.collect()
+from fdi.blip2_pack import pack_blip2
+from fdi.encoder import open_blip2
+open_blip2(sys.argv[1])
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the high-water mark to the current RSS
+before = hwm_mb("VmRSS")
+done = pack_blip2(sys.argv[1], sys.argv[2], dtype="fp32")
+print(done.bytes / 2**20, hwm_mb("VmHWM") - before)
+"""
+
+
+def test_packing_holds_one_tensor_at_a_time(tmp_path):
+    """Packing a 150 MB model raises the process's peak memory by far less than the model (one tensor: 16 MB)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    args = [tmp_path / "wide", tmp_path / "p.safetensors", root / "tests", root]
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    size_mb, grew_mb = map(float, proc.stdout.split()[-2:])
+    assert size_mb > 140 and grew_mb < 0.4 * size_mb, (size_mb, grew_mb)
+
+
+def test_plain_reader_reads_what_safetensors_reads(tmp_path):
+    from fdi.files import SafetensorsReader
+
+    torch.manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 5),
+        "f16": torch.randn(7).half(),
+        "bf16": torch.randn(2, 2, 2).bfloat16(),
+        "i64": torch.arange(6).reshape(2, 3),
+        "flag": torch.tensor([True, False]),
+        "empty": torch.zeros(0, 4),
+        "scalar": torch.tensor(2.5),
+    }
+    save_file(tensors, tmp_path / "t.safetensors")
+    with SafetensorsReader(tmp_path / "t.safetensors") as reader:
+        for k, v in load_file(tmp_path / "t.safetensors").items():
+            got = reader.get(k)
+            assert got.dtype == v.dtype and got.shape == v.shape and torch.equal(got, v), k
