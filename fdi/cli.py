@@ -16,7 +16,7 @@ from typing import List, Optional
 from .errors import FDIError
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ("degrade", "extract", "combine", "inspect", "eval", "train", "restore", "adapter-info")
+COMMANDS = ("degrade", "extract", "combine", "inspect", "eval", "train", "restore", "adapter-info", "pack-blip2")
 
 
 def build_parser() -> argparse.ArgumentParser:

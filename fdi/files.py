@@ -20,7 +20,7 @@ import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -110,6 +110,49 @@ _TORCH_TO_ST = {
     torch.float32: "F32",
     torch.float64: "F64",
 }
+#: safetensors dtype name -> torch dtype, for the dtypes torch has
+TORCH_DTYPES = {v: k for k, v in _TORCH_TO_ST.items()}
+
+
+def safetensors_header(entries: Sequence[Tuple[str, torch.dtype, Sequence[int]]], metadata: Mapping[str, str]) -> bytes:
+    """The head of a safetensors file whose tensors ``(name, dtype, shape)`` follow in the order of ``entries``.
+
+    8-byte little-endian header length, then the JSON header (sorted keys, metadata sorted, padded with spaces
+    to a multiple of 8); the tensors' raw bytes (:func:`tensor_bytes`) are written after it in the same order.
+    """
+    header: Dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    offset = 0
+    for name, dtype, shape in entries:
+        if dtype not in _TORCH_TO_ST:
+            raise TypeError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store")
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        size = numel * DTYPE_SIZES[_TORCH_TO_ST[dtype]]
+        header[name] = {
+            "dtype": _TORCH_TO_ST[dtype],
+            "shape": [int(d) for d in shape],
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of ``t`` as safetensors stores them (a view, no copy when ``t`` is contiguous
+    on the CPU)."""
+    import sys
+
+    if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+        raise RuntimeError("safetensors files are little-endian; this writer needs a little-endian machine")
+    t = t.detach().contiguous().cpu()
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def serialize_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bytes:
@@ -117,33 +160,12 @@ def serialize_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping
 
     safetensors' own writer stores the metadata in hash-map order, which changes from call to call,
     so the same FDI saved twice would differ byte for byte. This writer emits the same format
-    (8-byte little-endian header length, a JSON header padded with spaces to a multiple of 8, then
-    the tensors' raw little-endian bytes) with tensors in name order and sorted JSON keys, so equal
-    inputs give equal files. Any safetensors reader reads it.
+    (:func:`safetensors_header`, then the tensors' raw bytes) with tensors in name order and sorted
+    JSON keys, so equal inputs give equal files. Any safetensors reader reads it.
     """
-    import sys
-
-    if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
-        raise RuntimeError("safetensors files are little-endian; this writer needs a little-endian machine")
-    header: Dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
-    chunks, offset = [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        if t.dtype not in _TORCH_TO_ST:
-            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors cannot store")
-        data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {
-            "dtype": _TORCH_TO_ST[t.dtype],
-            "shape": list(t.shape),
-            "data_offsets": [offset, offset + len(data)],
-        }
-        chunks.append(data)
-        offset += len(data)
-    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
+    names = sorted(tensors)
+    head = safetensors_header([(n, tensors[n].dtype, tuple(tensors[n].shape)) for n in names], metadata)
+    return head + b"".join(bytes(tensor_bytes(tensors[n])) for n in names)
 
 
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str]) -> None:
@@ -271,6 +293,43 @@ def load_safetensors(
             f"{what} {Path(path).name!r} could not be read ({exc}); the file is corrupt, re-export it"
         ) from None
     return tensors, metadata
+
+
+class SafetensorsReader:
+    """Read the tensors of a validated safetensors file one at a time with plain reads, no memory map.
+
+    ``with SafetensorsReader(path) as r: t = r.get(name)``: each tensor is read into its own new CPU tensor,
+    so a loop that converts or writes tensors one by one holds one at a time (a memory-mapped reader keeps
+    every page it touched mapped into the process). The header is checked by :func:`read_header` first;
+    ``infos`` and ``metadata`` are what it returns.
+    """
+
+    def __init__(self, path: PathLike, what: str = "file"):
+        self.path, self.what = Path(path), what
+        self.infos, self.metadata = read_header(self.path, what)
+        self._fh = None
+
+    def __enter__(self) -> "SafetensorsReader":
+        self._fh = open(self.path, "rb")
+        (n,) = struct.unpack("<Q", self._fh.read(8))
+        self._data_start = 8 + n
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._fh.close()
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor ``name`` (its stored dtype and shape)."""
+        info = self.infos[name]
+        dtype = TORCH_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise FDIError(f"{self.what} {self.path.name!r}: tensor {name!r} has dtype {info['dtype']}, not read here")
+        start, end = info["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        self._fh.seek(self._data_start + start)
+        if end > start and self._fh.readinto(memoryview(buf.numpy())) != end - start:
+            raise FDIError(f"{self.what} {self.path.name!r} ended early; the file is truncated, re-export it")
+        return buf.view(dtype).reshape(info["shape"])
 
 
 def check_file_format(

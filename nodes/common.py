@@ -113,11 +113,17 @@ def prediction_type(model) -> str:
 # folders
 
 
-def blip2_folders() -> List[str]:
-    """Checkpoint folders under every ``blip2`` model path: sub-folders holding a ``config.json``.
+#: the suffix of a BLIP-2 packed into one file (``python -m fdi pack-blip2``)
+BLIP2_FILE_SUFFIX = ".safetensors"
 
-    Returned relative to their model path (``blip2-opt-2.7b``, ``salesforce/blip2-opt-2.7b``…),
-    two levels deep at most, sorted.
+
+def blip2_choices() -> List[str]:
+    """What ``models/blip2`` offers, under every ``blip2`` model path: checkpoint folders (sub-folders holding a
+    ``config.json``) and ``.safetensors`` files (packed by ``python -m fdi pack-blip2``) outside them.
+
+    Returned relative to their model path (``blip2-opt-2.7b``, ``salesforce/blip2-opt-2.7b``,
+    ``blip2-opt-2.7b-fp16.safetensors``…), two folder levels deep at most, sorted. A checkpoint folder's own
+    weight files and hidden files (a pack under way writes ``.NAME.tmp``) are not choices.
     """
     found = set()
     for base in folder_paths.get_folder_paths("blip2"):
@@ -126,24 +132,29 @@ def blip2_folders() -> List[str]:
         for root, dirs, files in os.walk(base, followlinks=True):
             rel = os.path.relpath(root, base)
             depth = 0 if rel == "." else rel.count(os.sep) + 1
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < 2 else []
             if depth >= 1 and "config.json" in files:
                 found.add(rel.replace(os.sep, "/"))
+                dirs[:] = []
+                continue
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < 2 else []
+            for f in files:
+                if f.endswith(BLIP2_FILE_SUFFIX) and not f.startswith("."):
+                    found.add(f if depth == 0 else f"{rel.replace(os.sep, '/')}/{f}")
     return sorted(found)
 
 
 def blip2_path(name: str) -> str:
-    """The full path of a ``blip2`` folder picked in the UI (must be one :func:`blip2_folders` lists)."""
-    if name not in blip2_folders():
+    """The full path of a BLIP-2 folder or packed file picked in the UI (must be one :func:`blip2_choices` lists)."""
+    if name not in blip2_choices():
         raise FDIError(
-            f"BLIP-2 folder {name!r} is not in models/blip2; "
-            "put the checkpoint folder there (Hugging Face layout) and refresh"
+            f"BLIP-2 {name!r} is not in models/blip2; put a checkpoint folder (Hugging Face layout) or a file made "
+            "by python -m fdi pack-blip2 there and refresh"
         )
     for base in folder_paths.get_folder_paths("blip2"):
         p = os.path.join(base, *name.split("/"))
-        if os.path.isfile(os.path.join(p, "config.json")):
+        if os.path.isfile(os.path.join(p, "config.json")) or (name.endswith(BLIP2_FILE_SUFFIX) and os.path.isfile(p)):
             return p
-    raise FDIError(f"BLIP-2 folder {name!r} disappeared; refresh the node")
+    raise FDIError(f"BLIP-2 {name!r} disappeared; refresh the node")
 
 
 def fdi_files() -> List[str]:

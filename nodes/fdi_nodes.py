@@ -19,7 +19,7 @@ from .common import (
     Blip2QFormer,
     FDIType,
     ModelHandle,
-    blip2_folders,
+    blip2_choices,
     blip2_path,
     check_fdi_input,
     check_inside,
@@ -46,17 +46,20 @@ class FDIQFormerLoader(io.ComfyNode):
             display_name="Load BLIP-2 Q-Former (FDI)",
             category=f"{CATEGORY}/loaders",
             description=(
-                "Loads the BLIP-2 vision model and Q-Former from a checkpoint folder in models/blip2 "
-                "(Hugging Face layout, e.g. Salesforce/blip2-opt-2.7b). "
+                "Loads the BLIP-2 vision model and Q-Former from models/blip2: a checkpoint folder "
+                "(Hugging Face layout, e.g. Salesforce/blip2-opt-2.7b) or the one .safetensors file that "
+                "'python -m fdi pack-blip2' makes of it. "
                 "Only the vision model, query tokens and Q-Former are read (about 1.1 B parameters); "
-                "the language model is never loaded."
+                "the language model is never loaded. A folder and its packed file are the same encoder: "
+                "their FDIs combine."
             ),
             inputs=[
                 io.Combo.Input(
                     "folder",
-                    options=blip2_folders(),
-                    tooltip="BLIP-2 checkpoint folder inside models/blip2 (holds config.json, "
-                    "preprocessor_config.json and model*.safetensors).",
+                    options=blip2_choices(),
+                    tooltip="BLIP-2 inside models/blip2: a checkpoint folder (config.json, "
+                    "preprocessor_config.json, model*.safetensors) or a .safetensors file made from one by "
+                    "'python -m fdi pack-blip2 DIR -o FILE.safetensors' (2.2 GB in fp16 instead of a 15 GB folder).",
                 ),
                 io.Combo.Input(
                     "dtype",

@@ -28,6 +28,8 @@ the examples first, then every command and flag.
 ## Examples
 
 ```bash
+# BLIP-2's vision model + Q-Former from its 15 GB folder into one 2.2 GB file (--blip2 takes either)
+python -m fdi pack-blip2 models/blip2/blip2-opt-2.7b -o models/blip2/blip2-opt-2.7b-fp16.safetensors
 # FDI from paired folders (rain_001.png pairs with rain_001.jpg); any size, RGB/RGBA/gray/16-bit
 python -m fdi extract --blip2 models/blip2/blip2-opt-2.7b --degraded rainy/ --clean clean/ -o rain.fdi.safetensors \\
     --keep-pairs

@@ -17,7 +17,10 @@ def add_parser(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--blip2", required=True, metavar="DIR", help="BLIP-2 checkpoint folder (Hugging Face layout, safetensors)"
+        "--blip2",
+        required=True,
+        metavar="DIR",
+        help="BLIP-2 checkpoint folder (Hugging Face layout, safetensors), or the file pack-blip2 makes of one",
     )
     p.add_argument(
         "--degraded", required=True, metavar="DIR", help="folder of degraded images (or style A for style transfer)"
