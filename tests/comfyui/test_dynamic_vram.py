@@ -179,6 +179,9 @@ def test_pack_under_dynamic_vram(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------------ on a GPU
 
+#: the GPU run's sizes: restore side (px) and steps, training crop (px)
+GPU_SIDE, GPU_STEPS, TRAIN_SIDE = 512, 20, 256
+
 
 def _gpu_graphs(ckpt: str, adapter: str) -> tuple:
     """Prompt 1: FDIRestore at 512 px with a file adapter, strength 1 and 0. Prompt 2 (same MODEL, which has sampled
@@ -191,7 +194,9 @@ def _gpu_graphs(ckpt: str, adapter: str) -> tuple:
         "3": node("LoadImage", image="degraded.png"),
         "4": node("FDIAdapterLoader", adapter_name=adapter),
     }
-    restore = dict(model=["1", 0], vae=["1", 2], image=["3", 0], positive=["2", 0], steps=20, inversion_steps=20)
+    restore = dict(
+        model=["1", 0], vae=["1", 2], image=["3", 0], positive=["2", 0], steps=GPU_STEPS, inversion_steps=GPU_STEPS
+    )
     restore.update(guidance_end=0.34, cfg=1.0)
     first = dict(common)
     for key, strength in (("s1", 1.0), ("s0", 0.0)):
@@ -199,7 +204,7 @@ def _gpu_graphs(ckpt: str, adapter: str) -> tuple:
         first[f"save_{key}"] = node("SaveImage", images=[f"r_{key}", 0], filename_prefix=f"dyn_{key}")
     second = dict(common)
     second["5"] = node("FDILoadPairs", degraded_folder="pairs/degraded", clean_folder="pairs/clean")
-    train = dict(steps=2, learning_rate=1e-4, batch_size=1, resolution=256, seed=0, gradient_checkpointing=True)
+    train = dict(steps=2, learning_rate=1e-4, batch_size=1, resolution=TRAIN_SIDE, seed=0, gradient_checkpointing=True)
     train.update(training_dtype="bf16", recon_weight=0.1)
     second["6"] = node(
         "FDITrainAdapter", model=["1", 0], clip=["1", 1], vae=["1", 2], fdi=["4", 1], pairs=["5", 0], **train
@@ -237,9 +242,9 @@ def test_restore_and_training_step_with_dynamic_vram_on_a_gpu(tmp_path: Path):
     for sub in ("pairs/degraded", "pairs/clean"):
         (base / "input" / sub).mkdir(parents=True)
     for i in range(3):
-        write_image(base / "input" / "pairs" / "degraded" / f"p{i}.png", 320, 288, seed=i)
-        write_image(base / "input" / "pairs" / "clean" / f"p{i}.png", 320, 288, seed=100 + i)
-    write_image(base / "input" / "degraded.png", 512, 512, seed=7)
+        write_image(base / "input" / "pairs" / "degraded" / f"p{i}.png", TRAIN_SIDE + 64, TRAIN_SIDE + 32, seed=i)
+        write_image(base / "input" / "pairs" / "clean" / f"p{i}.png", TRAIN_SIDE + 64, TRAIN_SIDE + 32, seed=100 + i)
+    write_image(base / "input" / "degraded.png", GPU_SIDE, GPU_SIDE, seed=7)
     first, second = _gpu_graphs(ckpt, "dyn.safetensors")
     server = harness.ComfyServer(base, gpu=True)
     try:
@@ -257,4 +262,4 @@ def test_restore_and_training_step_with_dynamic_vram_on_a_gpu(tmp_path: Path):
     assert "Model ModuleHolder prepared for dynamic VRAM loading" in log  # the adapter, through ComfyUI's patcher
     assert entry["status"]["status_str"] == "success"
     assert np.abs(images["s1"] - images["s0"]).mean() > 1.0  # the guidance acts on the GPU
-    assert images["t"].shape == (512, 512, 3)
+    assert images["t"].shape == (GPU_SIDE, GPU_SIDE, 3)
