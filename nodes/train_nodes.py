@@ -297,8 +297,9 @@ def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
 def _train(
     model, clip, vae, fdi: FDI, previous, pairs: tuple, settings: TrainSettings, training_dtype: str, checkpointing
 ):
-    """A new adapter (or a copy of ``previous``) trained on the MODEL's UNet (loaded by model management,
-    weights made autograd-safe, computing in the training dtype) with the VAE's latents: ``(adapter, result)``."""
+    """A new adapter (or a copy of ``previous``) trained on the MODEL's UNet (:func:`training_model`: a fresh copy
+    under dynamic VRAM; loaded by model management, weights made autograd-safe, computing in the training dtype)
+    with the VAE's latents: ``(adapter, result)``."""
     unet_config, prediction_type, family = _model_facts(model)
     adapter = adapter_for_training(fdi, family, settings.seed, previous)
     blocks = check_unet_for_adapter(unet_config, adapter.config.channels, family, prediction_type)
