@@ -15,13 +15,11 @@ reads strength, window and schedule as tensor values (docs/design.md, "Compilati
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .adapter import FDIGuidance, Modulation
-from .comfy_guidance import Gate, GuidanceEntry, GuidanceTensors, SharedGuidance, sigma_window
+from .comfy_guidance import Gate, GuidanceEntry, sigma_window
 from .comfy_unet import block_indices, check_unet_for_adapter, comfy_family
 from .guidance import StepInvariantCache, fit_residual, modulate, targets_coefficients
 from .sampling import inversion_input_scale
@@ -38,8 +36,6 @@ __all__ = [
     "FDIOutputPatch",
     "Gate",
     "GuidanceEntry",
-    "GuidanceTensors",
-    "SharedGuidance",
     "add_guidance",
     "block_indices",
     "check_unet_for_adapter",
@@ -67,15 +63,12 @@ TILE_KEY = "fdi_tile"
 
 
 class _FDIPatchBase:
-    """Shared state and ComfyUI patch protocol (``to``, ``models``, ``__deepcopy__``).
+    """Shared state and ComfyUI patch protocol (``to``, ``__deepcopy__``).
 
     Immutable: ComfyUI deep-copies ``model_options`` on every ``clone()``, and ``__deepcopy__``
-    returns the patch itself, so cloning a MODEL never copies guidance tensors. Entries with a
-    :class:`SharedGuidance` are read where ComfyUI put its one copy (``models()`` hands ComfyUI what
-    this patch reads: the input patch the residuals, the output patch the modulation targets)."""
-
-    #: which part of a guidance the patch reads (:class:`GuidanceTensors` part)
-    part = ""
+    returns the patch itself, so cloning a MODEL never copies guidance tensors. The guidance tensors stay where
+    they were made; each call copies what it reads to the feature's device (moved per use, as ComfyUI's weight
+    patches are), so the patch hands ComfyUI no model to load and keeps nothing on a device between samplings."""
 
     def __init__(
         self,
@@ -87,7 +80,6 @@ class _FDIPatchBase:
         self.input_blocks = tuple(int(b) for b in input_blocks)
         self.output_blocks = tuple(int(b) for b in output_blocks)
         self._cache = StepInvariantCache()
-        self._moves: tuple = ()
 
     def with_entry(self, entry: GuidanceEntry) -> "_FDIPatchBase":
         """A new patch with one more entry (this one is left unchanged)."""
@@ -116,15 +108,6 @@ class _FDIPatchBase:
             [torch.as_tensor(scale, dtype=torch.float32).to(device).reshape(()) for _, _, scale in self.scales(options)]
         )
 
-    def _refresh_cache(self) -> None:
-        """Drop cached values derived from shared tensors that ComfyUI has moved since (they would pin the old copy)."""
-        if torch.compiler.is_compiling():
-            return
-        moves = tuple(getattr(e.shared, self.part).moves if e.shared is not None else -1 for e in self.entries)
-        if moves != self._moves:
-            self._cache.clear()
-            self._moves = moves
-
     def __deepcopy__(self, memo: dict) -> "_FDIPatchBase":
         return self
 
@@ -132,37 +115,12 @@ class _FDIPatchBase:
         return self
 
     def to(self, device_or_dtype) -> "_FDIPatchBase":
-        """ComfyUI's ``model_patches_to``. Shared entries are left where they are (ComfyUI moves their one copy
-        through ``models()``); an entry without one gets only the part this patch reads moved (once). A dtype is
-        ignored: the math casts per feature."""
-        if isinstance(device_or_dtype, torch.dtype) or device_or_dtype is None:
-            return self
-        device = torch.device(device_or_dtype)
-
-        def there(t: torch.Tensor) -> bool:
-            return t.device == device or (device.index is None and t.device.type == device.type)
-
-        entries, moved = [], False
-        for e in self.entries:
-            g = e.guidance
-            if e.shared is None and self.part == "residuals" and not all(there(t) for t in g.residuals):
-                g = FDIGuidance([t.to(device) for t in g.residuals], g.modulations, g.refined)
-            elif e.shared is None and self.part == "modulations" and not all(there(m.mean) for m in g.modulations):
-                mods = [Modulation(m.mean.to(device), m.std.to(device), m.gate.to(device)) for m in g.modulations]
-                g = FDIGuidance(g.residuals, mods, g.refined)
-            moved = moved or g is not e.guidance
-            entries.append(e if g is e.guidance else replace(e, guidance=g))
-        return type(self)(entries, self.input_blocks, self.output_blocks) if moved else self
-
-    def models(self) -> list:
-        """What ComfyUI must load with the UNet for this patch: the models of the shared part it reads (each once)."""
-        out: list = []
-        for e in self.entries:
-            if e.shared is not None:
-                for m in getattr(e.shared, "residual_models" if self.part == "residuals" else "modulation_models"):
-                    if not any(m is o for o in out):
-                        out.append(m)
-        return out
+        """ComfyUI's ``model_patches_to`` (on every load of the MODEL, and to the offload device when it is unloaded):
+        nothing moves (the guidance is read where it is, per use). A device drops the cached modulation coefficients,
+        so no copy derived for a device outlives the MODEL's stay there."""
+        if isinstance(device_or_dtype, (str, torch.device)):
+            self._cache.clear()
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self.entries)} guidance entr{'y' if len(self.entries) == 1 else 'ies'})"
@@ -173,10 +131,9 @@ class FDIInputPatch(_FDIPatchBase):
 
     In a tiled model call (``transformer_options["fdi_tile"]``, the tile's latent offset) each residual is first cut
     to that tile (:func:`fdi.tiles.crop_residual`); otherwise a residual of another size than the feature is an
-    error (:func:`fdi.guidance.fit_spatial`). Residuals are not cached: the crop is a view, so a call costs a cast
-    and a multiply-add per entry and holds no memory after it."""
-
-    part = "residuals"
+    error (:func:`fdi.guidance.fit_spatial`). Residuals are not cached: the crop is a view, and a call copies only
+    that crop to the feature's device and dtype (:func:`fdi.guidance.fit_residual`), a multiply-add per entry, and
+    holds no memory after it."""
 
     def __call__(self, h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
         block = transformer_options.get("block")
@@ -196,17 +153,15 @@ class FDIInputPatch(_FDIPatchBase):
 
 class FDIOutputPatch(_FDIPatchBase):
     """``output_block_patch``: AdaIN modulation of ``h`` entering output block ``output_blocks[j]``
-    (each entry's coefficients times its scale, summed: the composite formula; the coefficients are cached
-    per step-invariant key and dropped when ComfyUI moves the shared targets)."""
-
-    part = "modulations"
+    (each entry's coefficients times its scale, summed: the composite formula). The coefficients (``[B, C]``
+    vectors, computed on the feature's device from the targets where they are) are cached per step-invariant key
+    and dropped whenever ComfyUI moves the MODEL (:meth:`to`)."""
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
         block = transformer_options.get("block")
         if not block or block[0] != "output" or block[1] not in self.output_blocks:
             return h, hsp
         point = self.output_blocks.index(block[1])
-        self._refresh_cache()
         total = None
         batch, channels = h.shape[0], h.shape[1]
         for i, entry, scale in self.scales(transformer_options):

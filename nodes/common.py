@@ -15,7 +15,7 @@ runs last).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, List
 
 import comfy.model_management as mm
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..fdi.comfy_backend import SharedGuidance
 from ..fdi.dtypes import DTYPES, parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI, FDI_SUFFIX
@@ -298,15 +297,16 @@ class ModuleHolder(torch.nn.Module):
 
 
 class WholeModelPatcher(comfy.model_patcher.ModelPatcher):
-    """A ``ModelPatcher`` that loads its module whole or not at all (``docs/design.md``, ComfyUI integration).
+    """A legacy ``ModelPatcher`` that loads its module whole or not at all (``docs/design.md``, ComfyUI
+    integration).
 
-    ComfyUI's partial loading (a VRAM budget below the model's size, ``--lowvram``, ``--novram``) moves only
-    leaf modules with weights and relies on ``comfy.ops`` layers to cast the rest per call. The pack's
-    modules (the Q-Former, adapters, guidance tensors) are plain ``torch.nn``: a partial load would leave
-    parameters such as ``query_tokens``, embeddings and buffers behind on the offload device. So every
-    load here is a full load (and ComfyUI counts the whole size as loaded), and freeing any part of it
-    unloads all of it. Always the legacy patcher, also where ComfyUI's dynamic VRAM is on: that one
-    streams ``comfy.ops`` weights, which these modules do not have."""
+    ComfyUI's legacy partial loading (a VRAM budget below the model's size, ``--lowvram``, ``--novram``) moves
+    only leaf modules with weights and relies on ``comfy.ops`` layers to cast the rest per call. The pack's
+    modules (the Q-Former, adapters) are plain ``torch.nn``: a partial load would leave parameters such as
+    ``query_tokens``, embeddings and buffers behind on the offload device. So every load here is a full load
+    (and ComfyUI counts the whole size as loaded), and freeing any part of it unloads all of it. Where dynamic
+    VRAM is on, :func:`make_patcher` gives ComfyUI's own dynamic patcher instead, which loads such modules whole
+    by itself."""
 
     def load(self, device_to=None, lowvram_model_memory=0, force_patch_weights=False, full_load=False, **kwargs):
         return super().load(
@@ -318,11 +318,28 @@ class WholeModelPatcher(comfy.model_patcher.ModelPatcher):
 
 
 def make_patcher(module: torch.nn.Module, offload_device=None) -> comfy.model_patcher.ModelPatcher:
-    """Wrap ``module`` (kept on the offload device) in a :class:`WholeModelPatcher` with ComfyUI's devices."""
+    """Wrap ``module`` (kept on the offload device) in the patcher ComfyUI gives its own models, with its devices.
+
+    That is ``comfy.model_patcher.CoreModelPatcher``: under dynamic VRAM ComfyUI's ``ModelPatcherDynamic``, which
+    copies every parameter and buffer of a plain ``torch.nn`` module to the load device on load and restores them
+    all on any unload (whole, as :class:`WholeModelPatcher` does), and takes part in dynamic loads as ComfyUI's own
+    models do. Where it is the legacy ``ModelPatcher`` (dynamic VRAM off, the CPU, older ComfyUI), a
+    :class:`WholeModelPatcher`."""
     load_device = mm.get_torch_device()
     offload_device = mm.unet_offload_device() if offload_device is None else offload_device
     holder = ModuleHolder(module.to(offload_device)).eval()
+    core = getattr(comfy.model_patcher, "CoreModelPatcher", WholeModelPatcher)
+    if core is not comfy.model_patcher.ModelPatcher and core is not WholeModelPatcher:
+        patcher = core(holder, load_device=load_device, offload_device=offload_device)
+        if is_dynamic(patcher):  # a CPU load device gets the legacy class from the dynamic one's constructor
+            return patcher
     return WholeModelPatcher(holder, load_device=load_device, offload_device=offload_device)
+
+
+def is_dynamic(patcher) -> bool:
+    """Whether ``patcher`` is ComfyUI's dynamic-VRAM patcher (``is_dynamic()``; ComfyUI before it: no)."""
+    check = getattr(patcher, "is_dynamic", None)
+    return bool(check()) if callable(check) else False
 
 
 def load_to_device(patcher: comfy.model_patcher.ModelPatcher) -> torch.device:
@@ -354,28 +371,14 @@ class GuidanceHandle:
 
     ``guidance`` is a :class:`fdi.adapter.FDIGuidance`; ``channels`` the adapter's level widths and
     ``base_family`` the model family it was trained for, so ``FDIApplyGuidance`` can refuse a MODEL
-    of another shape; ``label`` names the FDI for messages. :meth:`shared` is the one device copy every
-    MODEL guided by it uses.
+    of another shape; ``label`` names the FDI for messages. The tensors stay where the adapter's output was put
+    (ComfyUI's intermediate device); the patches copy what each model call reads to its device.
     """
 
     guidance: object
     channels: tuple
     base_family: str
     label: str = ""
-    _shared: object = field(default=None, repr=False)
-
-    def shared(self) -> SharedGuidance:
-        """The guidance's residuals and modulation targets as two modules ComfyUI loads with the UNet (the FDI
-        patches' ``models()``), made once: one device copy however many Apply nodes use this guidance."""
-        if self._shared is None:
-            home = self.guidance.residuals[0].device
-            self._shared = SharedGuidance.of(self.guidance, manage=lambda m: _tensor_patcher(m, home))
-        return self._shared
-
-
-def _tensor_patcher(module: torch.nn.Module, home: torch.device) -> comfy.model_patcher.ModelPatcher:
-    """A :class:`WholeModelPatcher` for a module of guidance tensors that live on ``home``."""
-    return WholeModelPatcher(module, load_device=mm.get_torch_device(), offload_device=home)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -72,9 +72,7 @@ def apply_guidance(model, guidance: GuidanceHandle, strength: float, start: floa
     )
     sigma_start, sigma_end = sigma_window(model.get_model_object("model_sampling").percent_to_sigma, start, end)
     m = model.clone()
-    entry = GuidanceEntry(
-        guidance.guidance, float(strength), float(start), float(end), sigma_start, sigma_end, guidance.shared()
-    )
+    entry = GuidanceEntry(guidance.guidance, float(strength), float(start), float(end), sigma_start, sigma_end)
     add_guidance(m.model_options, entry, input_blocks, output_blocks)
     return m
 

@@ -37,6 +37,7 @@ from .common import (
     check_inside,
     image_to_batch,
     input_subfolder,
+    is_dynamic,
     make_patcher,
     plot_to_image,
     prediction_type,
@@ -296,11 +297,13 @@ def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
 def _train(
     model, clip, vae, fdi: FDI, previous, pairs: tuple, settings: TrainSettings, training_dtype: str, checkpointing
 ):
-    """A new adapter (or a copy of ``previous``) trained on the MODEL's UNet (loaded by model management,
-    weights made autograd-safe, computing in the training dtype) with the VAE's latents: ``(adapter, result)``."""
+    """A new adapter (or a copy of ``previous``) trained on the MODEL's UNet (:func:`training_model`: a fresh copy
+    under dynamic VRAM; loaded by model management, weights made autograd-safe, computing in the training dtype)
+    with the VAE's latents: ``(adapter, result)``."""
     unet_config, prediction_type, family = _model_facts(model)
     adapter = adapter_for_training(fdi, family, settings.seed, previous)
     blocks = check_unet_for_adapter(unet_config, adapter.config.channels, family, prediction_type)
+    model = training_model(model)
     mm.load_models_gpu([model], force_full_load=True)
     device = model.load_device
     adapter.to(device, torch.float32)
@@ -339,6 +342,19 @@ def _train(
             on_step=_progress(settings.steps),
         )
     return adapter, result
+
+
+def training_model(model):
+    """The MODEL whose UNet the training backpropagates through (called outside inference mode).
+
+    Under dynamic VRAM (ComfyUI's ``ModelPatcherDynamic``) a fresh copy, as ComfyUI's own LoRA trainer makes one
+    (``clone(force_deepcopy=True)``: the loader runs again, so the weights are normal tensors on the offload
+    device, streamed per use like the MODEL's): the MODEL itself keeps device views of its weights cast during
+    earlier (inference-mode) sampling, which autograd cannot save. Elsewhere, and for a MODEL whose loader cannot
+    run again, the MODEL itself (:func:`fdi.training.comfy_unet.autograd_safe` re-creates its inference tensors)."""
+    if is_dynamic(model) and getattr(model, "cached_patcher_init", None) is not None:
+        return model.clone(force_deepcopy=True)
+    return model
 
 
 def _prompt_conditioning(base, clip, resolution: int, device: torch.device) -> tuple:

@@ -8,7 +8,8 @@ Three ways, all reading a ComfyUI checkout (``COMFYUI_DIR``) and writing nothing
   the caller's code runs after that and prints one JSON line;
 * :func:`import_comfyui`: ComfyUI's modules in this interpreter (``--cpu``), for checks that need
   ComfyUI's classes but not the pack's loading;
-* :class:`ComfyServer`: ``main.py --cpu --force-fp32`` on a free loopback port, with API helpers.
+* :class:`ComfyServer`: ``main.py --cpu --force-fp32`` on a free loopback port (or on the machine's GPU, with
+  ComfyUI's default memory management), with API helpers.
 
 No pytest here: the tests add ``tools/`` to ``sys.path`` (``tests/conftest.py``).
 """
@@ -187,10 +188,11 @@ class ComfyServer:
 
     ``base`` is its ``--base-directory`` (the log goes to ``base/comfyui.log``); ``extra_yaml`` an
     ``--extra-model-paths-config``. ``--force-fp32``: the SD 2.1 fixture's weights are fp16, and without it ComfyUI
-    keeps them in fp16 on the CPU and casts every layer at every step.
+    keeps them in fp16 on the CPU and casts every layer at every step. ``gpu=True`` leaves both flags out: ComfyUI
+    picks its device and memory management as a user's would (dynamic VRAM on an NVIDIA GPU).
     """
 
-    def __init__(self, base: Path, extra_yaml: Path | None = None, comfyui: str | None = None):
+    def __init__(self, base: Path, extra_yaml: Path | None = None, comfyui: str | None = None, gpu: bool = False):
         self.base = base
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -198,7 +200,6 @@ class ComfyServer:
         cmd = [
             os.environ.get("COMFYUI_PYTHON", sys.executable),
             "main.py",
-            "--cpu",
             "--listen",
             "127.0.0.1",
             "--port",
@@ -208,8 +209,9 @@ class ComfyServer:
             "--disable-auto-launch",
             "--database-url",
             "sqlite:///:memory:",
-            "--force-fp32",
         ]
+        if not gpu:
+            cmd += ["--cpu", "--force-fp32"]
         if extra_yaml is not None:
             cmd += ["--extra-model-paths-config", str(extra_yaml)]
         self.log = open(self.log_path, "w")

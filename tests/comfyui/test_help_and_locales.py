@@ -340,7 +340,11 @@ def test_tool_comfy_is_complete():
     icon = ROOT / comfy["Icon"][len(prefix) :]
     with Image.open(icon) as im:
         assert im.width == im.height and 128 <= im.width <= 400, im.size  # registry: square, at most 400 px
-    assert re.fullmatch(r">=\s*0\.3\.64", comfy["requires-comfyui"]), "README: 0.3.64 is the oldest ComfyUI tested"
+    # the minimum is the oldest version of the test matrix, as the README's install line says
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    line = re.search(r"\*\*Inside ComfyUI\*\* \((\S+) or newer; the test matrix is ([^,]+?) and", readme)
+    assert line and line.group(1) == line.group(2), "README: the oldest version tested is the minimum"
+    assert re.fullmatch(r">=\s*" + re.escape(line.group(1)), comfy["requires-comfyui"]), comfy["requires-comfyui"]
 
 
 def _tracked_files() -> list[str]:

@@ -41,6 +41,7 @@ from importlib import import_module
 step_mod = import_module(name + ".fdi.training.step")
 adapter_mod = import_module(name + ".fdi.adapter")
 models_mod = import_module(name + ".fdi.models")
+conditioning_mod = import_module(name + ".fdi.conditioning")
 sampling = import_module(name + ".fdi.sampling")
 build_tiny_blip2(folder_paths.get_folder_paths("blip2")[0] + "/tiny")
 os.makedirs(folder_paths.get_folder_paths("checkpoints")[0], exist_ok=True)
@@ -132,7 +133,7 @@ tokens, width = fdi.shape
 with torch.inference_mode(False):
     parts = models_mod.load_sd({ckpt!r})
     unet_d = models_mod.place(parts.unet, "cpu", torch.float32)
-    ctx = models_mod.encode_prompt(parts.text_encoder, parts.tokenizer, "", "cpu", torch.float32)
+    ctx = conditioning_mod.encode_prompt(parts.text_encoder, parts.tokenizer, "", "cpu", torch.float32)
     torch.manual_seed(3)
     adapter = adapter_mod.FDIAdapter(adapter_mod.FDIAdapterConfig(token_width=width, num_tokens=tokens))
     for p in adapter.parameters():  # the fresh adapter's zero-initialised outputs: give the gradient a path

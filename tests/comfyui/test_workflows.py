@@ -728,8 +728,10 @@ needs_browser = pytest.mark.skipif(bool(BROWSER_SKIP), reason=f"browser test: {B
 ARTIFACTS = Path(os.environ.get("FDI_TEST_ARTIFACTS") or ROOT / "test-artifacts" / "workflows")
 VIEW = (1600, 1000)
 
+#: open dialogs' text: PrimeVue's (frontend ≤ 1.45) and role="dialog" ones (1.49's reka-ui), error toasts, old modals
 JS_DIALOGS = """
-return [...document.querySelectorAll('.p-dialog, .p-toast-message-error, .comfy-modal')]
+const all = [...document.querySelectorAll('.p-dialog, [role=dialog], .p-toast-message-error, .comfy-modal')];
+return all.filter(e => !all.some(o => o !== e && o.contains(e)))
   .filter(e => e.offsetParent !== null || getComputedStyle(e).display !== 'none' && e.getClientRects().length)
   .map(e => e.innerText.trim().slice(0, 500));
 """
@@ -845,8 +847,10 @@ def browser(comfy):
 
 
 def close_dialogs(driver) -> None:
+    """Click every open dialog's close button (PrimeVue's, or a role="dialog"'s "Close dialog" in 1.49)."""
     driver.execute_script(
-        "document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close').forEach(b => b.click())"
+        "document.querySelectorAll('.p-dialog-close-button, .p-dialog-header-close, "
+        '[role=dialog] button[aria-label="Close dialog"]\').forEach(b => b.click())'
     )
     time.sleep(0.5)
 
@@ -968,14 +972,14 @@ def test_template_browser_shows_the_pack(browser):
     dialogs = browser.execute_script(JS_DIALOGS)
     assert any("comfyui-fdi" in d for d in dialogs), dialogs
     browser.execute_script("""
-      const items = [...document.querySelectorAll('.p-dialog *')].filter(e => e.children.length === 0 &&
-      e.textContent.trim() === 'comfyui-fdi');
+      const items = [...document.querySelectorAll('.p-dialog *, [role=dialog] *')]
+        .filter(e => e.children.length === 0 && e.textContent.trim() === 'comfyui-fdi');
       if (items.length) items[0].click();""")
     time.sleep(3)
     browser.save_screenshot(str(ARTIFACTS / "template_browser.png"))
     text = "\n".join(browser.execute_script(JS_DIALOGS))
     close_dialogs(browser)
     # the dialog renders the cards that fit (a virtual list): frontend 1.35 showed 9 of 10 at this window size,
-    # 1.45 (ComfyUI 0.28) shows 6 of 11; at least that many of the pack's workflows are on screen
+    # 1.45 (ComfyUI 0.28) shows 6 of 11, 1.49 (ComfyUI 0.33) lists all; at least 6 of the pack's workflows are there
     shown = [name for name in NAMES if name in text]
     assert len(shown) >= min(len(NAMES), 6), (shown, text[:1000])

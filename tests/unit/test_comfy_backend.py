@@ -19,7 +19,6 @@ from fdi.comfy_backend import (
     FDIInputPatch,
     FDIOutputPatch,
     GuidanceEntry,
-    SharedGuidance,
     add_guidance,
     block_indices,
     check_unet_for_adapter,
@@ -283,60 +282,37 @@ def test_chained_apply_adds_entries_equal_to_the_composite_formula():
     )
 
 
-def _device_bytes(patches, device_type: str) -> dict:
-    """Bytes of distinct tensors on ``device_type`` the patches reach: ``{"residuals": n, "modulations": n}``."""
-    seen, out = set(), {"residuals": 0, "modulations": 0}
+def _tensors(patches) -> list:
+    """Every guidance tensor the patches' entries hold."""
+    out = []
     for p in patches:
         for e in p.entries:
-            sources = [e.guidance.residuals, [t for m in e.guidance.modulations for t in (m.mean, m.std, m.gate)]]
-            if e.shared is not None:
-                sources[0] = sources[0] + [e.shared.residuals.residual(i) for i in range(4)]
-                sources[1] = sources[1] + [t for j in range(3) for t in e.shared.modulations.modulation(j)]
-            for part, tensors in zip(("residuals", "modulations"), sources):
-                for t in tensors:
-                    if t.device.type == device_type and id(t) not in seen:
-                        seen.add(id(t))
-                        out[part] += t.numel() * t.element_size()
+            out += list(e.guidance.residuals) + [t for m in e.guidance.modulations for t in m]
     return out
 
 
-def test_model_patches_to_makes_one_device_copy_each_patch_moving_only_what_it_reads():
-    """ComfyUI calls ``model_patches_to(device)`` on both patches; "meta" stands in for the GPU."""
+def test_guidance_stays_home_and_moves_per_use():
+    """ComfyUI's ``model_patches_to(device)`` on load (``"meta"`` stands in for the GPU) moves nothing and the patches
+    hand ComfyUI no model to load: the guidance stays where it was made and each call copies what it reads to the
+    feature's device, as ComfyUI's weight patches are moved per use under dynamic VRAM. Unloading (``to`` the
+    offload device) drops the coefficients cached on the device."""
     g = random_guidance(size=16)
-    r_bytes = sum(t.numel() * t.element_size() for t in g.residuals)
-    m_bytes = sum(t.numel() * t.element_size() for m in g.modulations for t in m)
-    # unshared entries (the training step's): each patch moves only its part; was the whole guidance, twice
-    inp, out = patches_for([GuidanceEntry(g, 1.0, **WINDOW)])
-    assert inp.to(torch.float16) is inp and inp.to(torch.device("cpu")) is inp  # dtype ignored, already there
-    moved = [inp.to(torch.device("meta")), out.to(torch.device("meta"))]
-    assert _device_bytes(moved, "meta") == {"residuals": r_bytes, "modulations": m_bytes}
-    assert inp.entries[0].guidance.residuals[0].device.type == "cpu"  # the original is untouched
-    assert inp.models() == [] and out.models() == []
-    # shared entries (the nodes'): the patches move nothing; ComfyUI moves the one copy through models()
-    managers = []
-    shared = SharedGuidance.of(g, manage=lambda module: managers.append(module) or f"patcher-{len(managers)}")
-    entry = GuidanceEntry(g, 1.0, **WINDOW, shared=shared)
     model_options = {"transformer_options": {}}
+    entry = GuidanceEntry(g, 1.0, **WINDOW)
     add_guidance(model_options, entry, IN_BLOCKS, OUT_BLOCKS)
     add_guidance(model_options, replace(entry, strength=0.5), IN_BLOCKS, OUT_BLOCKS)  # a second Apply, same guidance
     inp, out = fdi_patches(model_options).values()
-    assert inp.models() == ["patcher-1"] and out.models() == ["patcher-2"]  # residuals / modulations, once each
-    assert managers[0] is shared.residuals and managers[1] is shared.modulations
-    assert shared.residuals.nbytes == r_bytes and shared.modulations.nbytes == m_bytes
-    assert inp.to(torch.device("meta")) is inp and out.to(torch.device("meta")) is out
-    assert _device_bytes([inp, out], "meta") == {"residuals": 0, "modulations": 0}
-    for module in managers:  # what ComfyUI's ModelPatcher does on load
-        module.to(torch.device("meta"))
-    assert _device_bytes([inp, out], "meta") == {"residuals": r_bytes, "modulations": m_bytes}
+    home = [(t.device.type, t.data_ptr()) for t in _tensors([inp, out])]
+    assert not hasattr(inp, "models") and not hasattr(out, "models")  # nothing joins the UNet's load
+    meta = torch.device("meta")
+    assert inp.to(meta) is inp and out.to(meta) is out and inp.to(torch.float16) is inp
     h, d = features(1, CH[0], 16), features(1, CH[3], 2)
-    assert inp(h.to("meta"), opts(("input", 2))).device.type == "meta"  # the patches read the device copy
-    assert out(d.to("meta"), d.to("meta"), opts(("output", 3)))[0].device.type == "meta"
-    for module in managers:  # offload: back to the guidance's own tensors, no second copy at home
-        module.to(torch.device("cpu"))
-    assert (
-        shared.residuals.residual(0) is g.residuals[0] and shared.modulations.modulation(1).std is g.modulations[1].std
-    )
-    assert _device_bytes([inp, out], "meta") == {"residuals": 0, "modulations": 0}
+    with torch.no_grad():
+        assert inp(h.to(meta), opts(("input", 2))).device == meta  # read at home, used on the feature's device
+        assert out(d.to(meta), d.to(meta), opts(("output", 3)))[0].device == meta
+    assert [(t.device.type, t.data_ptr()) for t in _tensors([inp, out])] == home == [("cpu", p) for _, p in home]
+    assert {k[-1] for k in out._cache._values} == {meta}  # the [B, C] coefficients, on the feature's device
+    assert out.to(torch.device("cpu")) is out and not out._cache._values  # unloaded: nothing kept for the device
     torch.testing.assert_close(out(d, d, opts(("output", 3)))[0], apply_modulation(d, 0, [(g, 1.5)]))
     assert torch.equal(inp(h, opts(("input", 2))), apply_residual(h, 0, [(g, 1.0), (g, 0.5)]))
 
