@@ -189,19 +189,17 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
 
 @dataclass
 class _SingleFilePlan:
-    """How :func:`_from_single_file` loads a file: the ``from_single_file`` pipeline class and keyword arguments,
-    the prediction type (``None``: the config's) and zero terminal SNR the file declares or the caller asks for,
-    and the hint a failure message ends with."""
+    """How :func:`_from_single_file` loads a file: the ``from_single_file`` pipeline class and keyword arguments
+    (the scheduler among them: :func:`declared_scheduler` of the config's), and the hint a failure message ends
+    with."""
 
     pipeline_class: Any
     kwargs: Dict[str, Any]
-    prediction_type: Optional[str]
-    zero_snr: bool
     hint: str
 
 
 def _single_file_plan(p: Path, config: Optional[PathLike], prediction_type: Optional[str]) -> _SingleFilePlan:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     kwargs: Dict[str, Any] = {}
     if config is None:
@@ -238,7 +236,25 @@ def _single_file_plan(p: Path, config: Optional[PathLike], prediction_type: Opti
     else:
         pipeline_class = StableDiffusionPipeline
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    return _SingleFilePlan(pipeline_class, kwargs, prediction_type, zero_snr, hint)
+    try:
+        base = DDIMScheduler.from_pretrained(kwargs["config"], subfolder="scheduler", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FDIError(
+            f"could not read the scheduler config for {p.name!r} ({type(exc).__name__}: {_first_line(exc)[:200]}); "
+            f"{hint}"
+        ) from None
+    kwargs["scheduler"] = declared_scheduler(base, prediction_type, zero_snr)
+    return _SingleFilePlan(pipeline_class, kwargs, hint)
+
+
+def single_file_scheduler(
+    path: PathLike, config: Optional[PathLike] = None, prediction_type: Optional[str] = None
+) -> Any:
+    """The ``DDIMScheduler`` :func:`load_sd` gives a single file (same arguments), from its header and the configs
+    alone: the family's shipped scheduler (or ``config``'s), with the prediction type and schedule the file's
+    markers declare (:func:`fdi.checkpoints.schedule_markers`, :func:`declared_scheduler`)."""
+    check_prediction_type(prediction_type)
+    return _single_file_plan(Path(path), config, prediction_type).kwargs["scheduler"]
 
 
 def _from_single_file(
@@ -283,7 +299,7 @@ def _from_single_file(
         pipe.text_encoder,
         pipe.tokenizer,
         pipe.unet,
-        declared_scheduler(pipe.scheduler, plan.prediction_type, plan.zero_snr),
+        pipe.scheduler,
         source=p.name,
         text_encoder_2=getattr(pipe, "text_encoder_2", None),
         tokenizer_2=getattr(pipe, "tokenizer_2", None),

@@ -405,20 +405,33 @@ def test_single_file_markers_set_the_prediction_type_and_the_schedule(tiny_folde
     assert eps.family == "custom-base" and torch.equal(eps.scheduler.alphas_cumprod, _plain_alphas())
 
 
-def test_the_shipped_families_take_the_markers_rule():
-    """The rule on the shipped SD 1.5 / SDXL scheduler configs (what a single file without --sd-config gets)."""
+def test_the_shipped_families_take_the_markers_rule(tmp_path):
+    """The rule on full-size SD 1.5 / SDXL headers with the shipped configs (a single file without --sd-config), from
+    the header alone (:func:`fdi.models.single_file_scheduler`, what :func:`load_sd` loads the file with)."""
     from diffusers import DDIMScheduler
 
-    from fdi.models import declared_scheduler, zero_snr_betas
+    from fdi.models import declared_scheduler, single_file_scheduler, zero_snr_betas
 
-    for family in ("sd1.5-v", "sdxl-v"):
+    empty = torch.tensor([])
+    headers = {"sd1.5": {CROSS_K: torch.zeros(320, 768), CONV_IN: torch.zeros(320, 4, 3, 3)}, "sdxl": _sdxl_header()}
+    for family, header in headers.items():
         base = DDIMScheduler.from_pretrained(family_config_dir(family), subfolder="scheduler")
         assert base.config.prediction_type == "epsilon"
-        v = declared_scheduler(base, "v_prediction", zero_snr=False)
-        assert v.config.prediction_type == "v_prediction" and torch.equal(v.alphas_cumprod, base.alphas_cumprod)
-        z = declared_scheduler(base, "v_prediction", zero_snr=True)
-        assert abs(float(z.alphas_cumprod[981]) / ZSNR_ALPHA_981 - 1) < 1e-6
-        assert abs(float(z.alphas_cumprod[-1]) / ZSNR_ALPHA_LAST - 1) < 1e-6
+        files = {
+            name: _header_file(tmp_path / f"{family}_{name}.safetensors", {**header, **{m: empty for m in markers}})
+            for name, markers in MARKERS.items()
+        }
+        for name, path in files.items():
+            sched = single_file_scheduler(path)
+            v = "v_pred" in MARKERS[name]
+            assert sched.config.prediction_type == ("v_prediction" if v else "epsilon"), (family, name)
+            if name == "v_pred+ztsnr":
+                assert abs(float(sched.alphas_cumprod[981]) / ZSNR_ALPHA_981 - 1) < 1e-6
+                assert abs(float(sched.alphas_cumprod[-1]) / ZSNR_ALPHA_LAST - 1) < 1e-6
+            else:
+                assert torch.equal(sched.alphas_cumprod, base.alphas_cumprod), (family, name)
+        eps = single_file_scheduler(files["v_pred+ztsnr"], prediction_type="epsilon")
+        assert eps.config.prediction_type == "epsilon" and torch.equal(eps.alphas_cumprod, base.alphas_cumprod)
         assert declared_scheduler(base, None, zero_snr=True) is base  # zero SNR only under v-prediction
         assert len(zero_snr_betas(base.config)) == 1000
     bad = DDIMScheduler(beta_schedule="squaredcos_cap_v2")
