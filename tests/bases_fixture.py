@@ -410,6 +410,48 @@ def ensure_checkpoint(family: str, comfyui_dir: str) -> str:
     return checkpoint_name(family)
 
 
+# ------------------------------------------------------------------------------------------------ header files
+
+#: the text-encoder keys the family checks read (SDXL: CLIP-L as embedder 0, OpenCLIP-G as embedder 1)
+_TEXT_PROBES = {
+    "sd1.5": {"cond_stage_model.transformer.text_model.final_layer_norm.weight": [768]},
+    "sdxl": {
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": [768],
+        "conditioner.embedders.1.model.ln_final.weight": [1280],
+    },
+}
+
+
+def header_checkpoint(family: str, path: Path, markers=()) -> Path:
+    """A *sparse* single file of ``family`` (``sd1.5``/``sdxl``): the header of the full-size UNet in the original SD
+    layout (every key and shape, from the shipped configs ``fdi/configs``), the text encoders' probe keys and the
+    marker keys ``markers`` (``v_pred``, ``ztsnr``: empty float32 tensors, as ComfyUI writes them); the data is
+    zeros the file system does not store (a few MB on disk). What ComfyUI's model detection and the CLI's header
+    checks read, without a 5 GB build."""
+    from diffusers import UNet2DConditionModel
+    from tiny_bases import ldm_unet_state_dict
+
+    from fdi.models import family_config_dir
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(family_config_dir(family) / "unet"))
+    shapes = {k: list(v.shape) for k, v in ldm_unet_state_dict(unet).items()}
+    shapes.update(_TEXT_PROBES[family])
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 2 * int(torch.tensor(shape).prod())
+        header[key] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    for key in markers:
+        header[key] = {"dtype": "F32", "shape": [0], "data_offsets": [offset, offset]}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return Path(path)
+
+
 # ------------------------------------------------------------------------------------------------ adapter
 
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from tests.tiny_sd import TINY_CHANNELS, TINY_MAX_LENGTH, tiny_scheduler, tiny_vae
+from tiny_sd import TINY_CHANNELS, TINY_MAX_LENGTH, tiny_scheduler, tiny_vae
 
 XL_CHANNELS = (32, 64, 64)
 XL_TEXT_WIDTHS = (32, 48)
