@@ -136,10 +136,14 @@ def test_the_cli_schedule_of_a_marked_single_file_equals_comfyuis(comfy, family,
     """A full-size SDXL / SD 1.5 header with ComfyUI's ``v_pred`` / ``ztsnr`` markers: the CLI's scheduler
     (:func:`fdi.models.single_file_scheduler`, what ``load_sd`` loads the file with) has ComfyUI's prediction and ᾱ
     schedule, relative 1e-6 at every training timestep (ᾱ = 1 / (1 + σ²) of ComfyUI's σ table, as the nodes read
-    it). ComfyUI reads the markers for SDXL only; on SD 1.5 it reads epsilon, and its ``ModelSamplingDiscrete`` node
-    (the markers' prediction and zsnr) makes it agree with the CLI, which honours the markers there too."""
+    it), and the same adapter family. ComfyUI reads the markers for SDXL only; on SD 1.5 it reads epsilon, and its
+    ``ModelSamplingDiscrete`` node (the markers' prediction and zsnr) makes it agree with the CLI, which honours the
+    markers there too."""
     import bases_fixture
 
+    from fdi.checkpoints import inspect_single_file
+    from fdi.comfy_unet import comfy_family
+    from fdi.families import family_for
     from fdi.models import single_file_scheduler
     from fdi.sampling import sigma_to_alpha
 
@@ -163,6 +167,11 @@ def test_the_cli_schedule_of_a_marked_single_file_equals_comfyuis(comfy, family,
     print(f"{family} {markers}: ᾱ(981) CLI {mine[981]:.6g}, ComfyUI {theirs[981]:.6g}; max relative {rel:.2e}")
     assert rel <= 1e-6
     assert abs(mine[981].item() - (6.8866e-05 if zsnr else 5.7755e-03)) < 1e-4 * mine[981].item()
+    # the adapter family follows in both doors: FDITrainAdapter's (the UNet config and the MODEL's prediction) is
+    # the one the CLI loads the file as, so an adapter trained on either door is taken by the other
+    comfy_side = comfy_family(config.unet_config, "v_prediction" if v else "epsilon")
+    cli_side = family_for(inspect_single_file(path)["arch"], ours.config.prediction_type)
+    assert comfy_side == cli_side == {"sdxl": "sdxl", "sd1.5": "sd1.5"}[family] + ("-v" if v else "")
 
 
 def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
