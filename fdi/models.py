@@ -121,9 +121,12 @@ def load_sd(
     CPU, offline.
 
     ``config``: for a single file, a diffusers folder whose configs describe it (default: the shipped
-    configs of the family its header shows, :func:`inspect_single_file`). ``prediction_type``
-    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights suggest.
-    The result's ``family`` follows from the UNet and the final prediction type."""
+    configs of the family its header shows, :func:`inspect_single_file`); a single file's ``v_pred`` / ``ztsnr``
+    keys set its prediction type and schedule (:func:`single_file_scheduler`). ``prediction_type``
+    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights or keys declare
+    (zero terminal SNR applies only under v-prediction). An fp16/bf16 file loaded for a wider ``dtype`` is built in
+    its own precision and upcast (:func:`half_storage_dtype`). The result's ``family`` follows from the UNet and the
+    final prediction type."""
     check_prediction_type(prediction_type)
     p = Path(model)
     if not p.exists():
