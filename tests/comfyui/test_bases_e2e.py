@@ -14,10 +14,11 @@ it; and a fresh (zero-initialised) adapter must give exactly the unguided pixels
 
 Images are 64 px and 72×56 px, 4 steps (the first two guided). The server is stopped before the CLI runs, so one
 full-size fp32 model is in memory at a time. SDXL's cases are marked ``slow`` (run them with ``-m "comfyui and slow"``):
-it took 4 min 20 s on a shared 2-core CPU, but peaked at 21.5 GB, nearly all of it the CLI's fp32 load of the SDXL file
-(the CLI now builds an fp16 file's modules in fp16 and upcasts them: see docs/testing.md for the peak since).
-``sdxl-v`` is the same SDXL file with ComfyUI's ``v_pred`` and ``ztsnr`` keys, as v-prediction zero-terminal-SNR
-fine-tunes ship: ComfyUI reads it as v-prediction on the zsnr schedule, and so must the CLI, with an ``sdxl-v`` adapter.
+``sdxl-v`` took 3 min 15 s on a shared 2-core CPU (2026-12-07) and peaked at 19.5 GiB, ComfyUI's server loading the
+SDXL file in fp32 (the CLI's whole ``restore`` on it peaks at 15.9 GiB: it builds an fp16 file's modules in fp16 and
+upcasts them). ``sdxl-v`` is the same SDXL file with ComfyUI's ``v_pred`` and ``ztsnr`` keys, as v-prediction
+zero-terminal-SNR fine-tunes ship: ComfyUI reads it as v-prediction on the zsnr schedule, and so must the CLI, with an
+``sdxl-v`` adapter.
 """
 
 from __future__ import annotations
