@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 
@@ -29,6 +29,11 @@ SDXL_ADM_WIDTH = 2816
 #: LayerNorm bias is > 0.09 in the v-prediction SD 2.x releases and smaller in the epsilon ones
 V_PRED_PROBE = _UNET + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 V_PRED_STD = 0.09
+#: ComfyUI's single-file markers (empty tensors): ``v_pred`` = the UNet predicts v; ``ztsnr`` (read only beside
+#: ``v_pred``) = it was trained on the zero-terminal-SNR schedule. ComfyUI's CheckpointSave writes both
+#: (comfy_extras/nodes_model_merging.py); its loader reads them for SDXL (comfy/supported_models.py, SDXL.model_type)
+V_PRED_KEY = "v_pred"
+ZTSNR_KEY = "ztsnr"
 
 _NEED = "FDI adapters need an SD 1.5, SD 2.x or SDXL base model"
 
@@ -37,15 +42,23 @@ def _shape(infos: Dict[str, Any], key: str) -> Optional[List[int]]:
     return list(infos[key]["shape"]) if key in infos else None
 
 
+def schedule_markers(keys: Iterable[str]) -> Dict[str, bool]:
+    """What a single file's keys declare: ``{"v_prediction", "zero_snr"}``: a ``v_pred`` key, and a ``ztsnr`` key
+    beside it (alone it declares nothing, as ComfyUI reads it). The one reading of the markers, for every family."""
+    keys = set(keys)
+    v = V_PRED_KEY in keys
+    return {"v_prediction": v, "zero_snr": v and ZTSNR_KEY in keys}
+
+
 def inspect_single_file(path: PathLike) -> Dict[str, Any]:
-    """Family facts of a single-file checkpoint from its header: ``{"arch", "v_prediction"}``.
+    """Family facts of a single-file checkpoint from its header: ``{"arch", "v_prediction", "zero_snr"}``.
 
     ``arch`` is ``sd1`` (cross-attention width 768), ``sd2`` (1024) or ``sdxl`` (two text encoders,
     ``label_emb`` of width 2816, cross-attention 2048), always with 4 latent channels; anything else
     (the SDXL refiner, inpainting/depth models, other widths, not a UNet) raises :class:`FDIError` naming
-    what the file looks like. ``v_prediction``: ``True`` for a ``v_pred`` key (ComfyUI's convention); for
-    SD 2.x ComfyUI's weight probe, ``None`` when it is absent; else ``False`` (SD 1.x and SDXL releases
-    predict epsilon)."""
+    what the file looks like. ``v_prediction``: ``True`` for a ``v_pred`` key (:func:`schedule_markers`, for every
+    family); else for SD 2.x ComfyUI's weight probe, ``None`` when it is absent; else ``False`` (SD 1.x and SDXL
+    releases predict epsilon). ``zero_snr``: a ``ztsnr`` key beside ``v_pred``."""
     p = Path(path)
     infos, _ = read_header(p, "model checkpoint")
     conv_in = _shape(infos, _CONV_IN)
@@ -77,7 +90,7 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
             raise FDIError(
                 f"{p.name!r} looks like SDXL but its cross-attention width is {cross[-1]}, not 2048; {_NEED}"
             )
-        return {"arch": "sdxl", "v_prediction": "v_pred" in infos}
+        return {"arch": "sdxl", **schedule_markers(infos)}
     if _CROSS_K not in infos:
         raise FDIError(
             f"{p.name!r} is not a Stable Diffusion UNet checkpoint (no {_CROSS_K}); "
@@ -88,19 +101,18 @@ def inspect_single_file(path: PathLike) -> Dict[str, Any]:
             f"{p.name!r} has a class/image-conditioned UNet (label_emb: an unCLIP or upscaler model); {_NEED}"
         )
     width = infos[_CROSS_K]["shape"][-1]
+    markers = schedule_markers(infos)
     if width == 768:
-        return {"arch": "sd1", "v_prediction": "v_pred" in infos}
+        return {"arch": "sd1", **markers}
     if width != 1024:
         raise FDIError(
             f"{p.name!r} is a UNet with cross-attention width {width}, not SD 1.x (768) or SD 2.x (1024); {_NEED}"
         )
-    v = None
-    if "v_pred" in infos:
-        v = True
-    elif V_PRED_PROBE in infos:
+    v = True if markers["v_prediction"] else None
+    if v is None and V_PRED_PROBE in infos:
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as fh:
             bias = fh.get_tensor(V_PRED_PROBE).float()
         v = bool(torch.std(bias, unbiased=False) > V_PRED_STD)
-    return {"arch": "sd2", "v_prediction": v}
+    return {"arch": "sd2", "v_prediction": v, "zero_snr": markers["zero_snr"]}

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .checkpoints import inspect_single_file
+from .checkpoints import inspect_single_file, schedule_markers
 from .errors import FDIError
 from .families import family_for, family_title, get_family
 from .files import PathLike, read_header, refuse_pickle
@@ -121,9 +121,12 @@ def load_sd(
     CPU, offline.
 
     ``config``: for a single file, a diffusers folder whose configs describe it (default: the shipped
-    configs of the family its header shows, :func:`inspect_single_file`). ``prediction_type``
-    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights suggest.
-    The result's ``family`` follows from the UNet and the final prediction type."""
+    configs of the family its header shows, :func:`inspect_single_file`); a single file's ``v_pred`` / ``ztsnr``
+    keys set its prediction type and schedule (:func:`single_file_scheduler`). ``prediction_type``
+    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights or keys declare
+    (zero terminal SNR applies only under v-prediction). An fp16/bf16 file loaded for a wider ``dtype`` is built in
+    its own precision and upcast (:func:`half_storage_dtype`). The result's ``family`` follows from the UNet and the
+    final prediction type."""
     check_prediction_type(prediction_type)
     p = Path(model)
     if not p.exists():
@@ -187,11 +190,79 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
     return SDParts(source=p.name, **parts)
 
 
+@dataclass
+class _SingleFilePlan:
+    """How :func:`_from_single_file` loads a file: the ``from_single_file`` pipeline class and keyword arguments
+    (the scheduler among them: :func:`declared_scheduler` of the config's), and the hint a failure message ends
+    with."""
+
+    pipeline_class: Any
+    kwargs: Dict[str, Any]
+    hint: str
+
+
+def _single_file_plan(p: Path, config: Optional[PathLike], prediction_type: Optional[str]) -> _SingleFilePlan:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    kwargs: Dict[str, Any] = {}
+    if config is None:
+        facts = inspect_single_file(p)
+        arch = facts["arch"]
+        if prediction_type is None:
+            if facts["v_prediction"] is None:
+                raise FDIError(
+                    f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
+                    "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)"
+                )
+            prediction_type = "v_prediction" if facts["v_prediction"] else "epsilon"
+        zero_snr = facts["zero_snr"]
+        family = family_for(arch, prediction_type)
+        kwargs["config"] = str(family_config_dir(family))
+        tokenizers = family_tokenizers(arch)
+        kwargs["tokenizer"] = tokenizers[0]
+        if arch == "sdxl":
+            kwargs["tokenizer_2"] = tokenizers[1]
+        what = family_title(family)
+        hint = f"check that it is an {what} checkpoint, or pass --sd-config with a diffusers folder describing it"
+    else:
+        infos, _ = read_header(p, "model checkpoint")
+        markers = schedule_markers(infos)  # the file's own markers beat the folder's scheduler
+        if prediction_type is None and markers["v_prediction"]:
+            prediction_type = "v_prediction"
+        zero_snr = markers["zero_snr"]
+        arch = "sdxl" if is_sdxl_folder(config) else "sd"
+        kwargs["config"] = str(config)
+        what = "SDXL" if arch == "sdxl" else "SD 1.x/2.x"
+        hint = f"check that --sd-config describes this checkpoint (an {what} diffusers folder)"
+    if arch == "sdxl":
+        pipeline_class, kwargs["add_watermarker"] = StableDiffusionXLPipeline, False
+    else:
+        pipeline_class = StableDiffusionPipeline
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        base = DDIMScheduler.from_pretrained(kwargs["config"], subfolder="scheduler", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FDIError(
+            f"could not read the scheduler config for {p.name!r} ({type(exc).__name__}: {_first_line(exc)[:200]}); "
+            f"{hint}"
+        ) from None
+    kwargs["scheduler"] = declared_scheduler(base, prediction_type, zero_snr)
+    return _SingleFilePlan(pipeline_class, kwargs, hint)
+
+
+def single_file_scheduler(
+    path: PathLike, config: Optional[PathLike] = None, prediction_type: Optional[str] = None
+) -> Any:
+    """The ``DDIMScheduler`` :func:`load_sd` gives a single file (same arguments), from its header and the configs
+    alone: the family's shipped scheduler (or ``config``'s), with the prediction type and schedule the file's
+    markers declare (:func:`fdi.checkpoints.schedule_markers`, :func:`declared_scheduler`)."""
+    check_prediction_type(prediction_type)
+    return _single_file_plan(Path(path), config, prediction_type).kwargs["scheduler"]
+
+
 def _from_single_file(
     p: Path, dtype: torch.dtype, config: Optional[PathLike], prediction_type: Optional[str]
 ) -> SDParts:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     refuse_pickle(p, "model checkpoint")
     if p.suffix.lower() != ".safetensors":
         raise FDIError(
@@ -203,52 +274,29 @@ def _from_single_file(
             "give a diffusers folder of the same family (its configs are enough), "
             "or leave it out to use the shipped SD 1.5 / SD 2.1 / SDXL configs"
         )
-    kwargs: Dict[str, Any] = dict(local_files_only=True, torch_dtype=dtype)
-    if config is None:
-        facts = inspect_single_file(p)
-        arch = facts["arch"]
-        if prediction_type is None:
-            if facts["v_prediction"] is None:
-                raise FDIError(
-                    f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
-                    "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)"
-                )
-            prediction_type = "v_prediction" if facts["v_prediction"] else "epsilon"
-        family = family_for(arch, prediction_type)
-        kwargs["config"] = str(family_config_dir(family))
-        tokenizers = family_tokenizers(arch)
-        kwargs["tokenizer"] = tokenizers[0]
-        if arch == "sdxl":
-            kwargs["tokenizer_2"] = tokenizers[1]
-        what = family_title(family)
-        hint = f"check that it is an {what} checkpoint, or pass --sd-config with a diffusers folder describing it"
-    else:
-        read_header(p, "model checkpoint")
-        arch = "sdxl" if is_sdxl_folder(config) else "sd"
-        kwargs["config"] = str(config)
-        what = "SDXL" if arch == "sdxl" else "SD 1.x/2.x"
-        hint = f"check that --sd-config describes this checkpoint (an {what} diffusers folder)"
-    if arch == "sdxl":
-        pipeline_class, kwargs["add_watermarker"] = StableDiffusionXLPipeline, False
-    else:
-        pipeline_class = StableDiffusionPipeline
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    plan = _single_file_plan(p, config, prediction_type)
+    build = half_storage_dtype(read_header(p, "model checkpoint")[0], dtype)
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: from_single_file must never reach the hub
     try:
-        pipe = pipeline_class.from_single_file(str(p), **kwargs)
+        pipe = plan.pipeline_class.from_single_file(str(p), local_files_only=True, torch_dtype=build, **plan.kwargs)
     except FDIError:
         raise
     except Exception as exc:  # diffusers raises many types here (config lookups, key errors)
         raise FDIError(
             f"could not load the single-file checkpoint {p.name!r} offline ({type(exc).__name__}: "
-            f"{_first_line(exc)[:200]}); {hint}"
+            f"{_first_line(exc)[:200]}); {plan.hint}"
         ) from None
     finally:
         if old is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = old
+    modules = [pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
+    if build != dtype:  # the file's tensors are freed by now: each module is upcast in place, one at a time
+        for module in modules:
+            if module is not None:  # torch's own ``to``: diffusers' warns on every dtype cast
+                torch.nn.Module.to(module, dtype=dtype)
     return SDParts(
         pipe.vae,
         pipe.text_encoder,
@@ -259,6 +307,80 @@ def _from_single_file(
         text_encoder_2=getattr(pipe, "text_encoder_2", None),
         tokenizer_2=getattr(pipe, "tokenizer_2", None),
     )
+
+
+#: safetensors dtype names of the half-precision storage types
+_HALF_STORAGE = {"F16": torch.float16, "BF16": torch.bfloat16}
+_FLOAT_STORAGE = {"F16", "BF16", "F32", "F64"}
+
+
+def half_storage_dtype(infos: Dict[str, Any], dtype: torch.dtype) -> torch.dtype:
+    """The dtype to build a single file's modules in before they run in ``dtype``: the file's half precision when
+    every non-empty floating tensor of the header ``infos`` is stored in it and ``dtype`` is wider, else ``dtype``.
+
+    Building in the storage dtype and upcasting afterwards is exact, and the load then peaks at the file plus
+    half-precision modules, then the ``dtype`` modules alone, instead of the file plus the ``dtype`` modules
+    (an fp16 SDXL file loaded for fp32: docs/design.md, "Model loading")."""
+    stored = {
+        info["dtype"]
+        for info in infos.values()
+        if info["dtype"] in _FLOAT_STORAGE and all(int(n) > 0 for n in info["shape"])
+    }
+    if len(stored) == 1 and next(iter(stored)) in _HALF_STORAGE and torch.finfo(dtype).bits > 16:
+        return _HALF_STORAGE[stored.pop()]
+    return dtype
+
+
+#: ᾱ of the last training timestep of a zero-terminal-SNR schedule. The rescaled schedule ends at ᾱ = 0 (σ = ∞);
+#: ComfyUI (comfy/model_sampling.py, ``rescale_zero_terminal_snr_sigmas``) pins it to this value (σ ≈ 4519) to keep
+#: its sigma table finite, and the CLI takes the same value so that both doors run one schedule
+ZERO_SNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
+
+
+def zero_snr_betas(config) -> list:
+    """The ``num_train_timesteps`` betas of a scheduler config's schedule (``scaled_linear``, ``linear`` or
+    ``trained_betas``) rescaled to zero terminal SNR (Lin et al., "Common Diffusion Noise Schedules and Sample Steps
+    are Flawed", 2024, Algorithm 1): √ᾱ shifted to end at 0 and scaled to keep its first value, the last ᾱ then
+    :data:`ZERO_SNR_LAST_ALPHA_BAR`. Computed in float64: its ᾱ in float32 equals ComfyUI's to ~1e-7."""
+    n = int(config.num_train_timesteps)
+    trained = getattr(config, "trained_betas", None)
+    schedule = getattr(config, "beta_schedule", "")
+    start, end = float(config.beta_start), float(config.beta_end)
+    if trained is not None:
+        betas = torch.tensor(list(trained), dtype=torch.float64)
+    elif schedule == "scaled_linear":  # ComfyUI's "linear": linear in √β
+        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    elif schedule == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    else:
+        raise FDIError(
+            f"cannot rescale a {schedule!r} beta schedule to zero terminal SNR; "
+            "give a diffusers folder (--sd-config) whose scheduler uses scaled_linear or linear betas"
+        )
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = float(root[0]), float(root[-1])
+    alpha_bar = ((root - last) * (first / (first - last))) ** 2
+    alpha_bar[-1] = ZERO_SNR_LAST_ALPHA_BAR
+    before = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+    return (1 - alpha_bar / before).tolist()
+
+
+def declared_scheduler(scheduler, prediction_type: Optional[str], zero_snr: bool):
+    """``scheduler``, or a ``DDIMScheduler`` of its config set to ``prediction_type`` (``None``: unchanged) and, with
+    ``zero_snr`` under v-prediction, to the zero-terminal-SNR schedule (:func:`zero_snr_betas`, as ``trained_betas``
+    so that it survives ``from_config``). The one rule of what a single file's markers do (docs/design.md)."""
+    from diffusers import DDIMScheduler
+
+    config = scheduler.config
+    prediction = prediction_type or config.prediction_type
+    if zero_snr and prediction == "v_prediction":
+        betas = zero_snr_betas(config)
+        return DDIMScheduler.from_config(
+            config, prediction_type=prediction, trained_betas=betas, rescale_betas_zero_snr=False
+        )
+    if prediction != config.prediction_type:
+        return DDIMScheduler.from_config(config, prediction_type=prediction)
+    return scheduler
 
 
 def vae_dtype(vae, dtype: torch.dtype) -> torch.dtype:

@@ -20,8 +20,11 @@ single file; :func:`build_diffusers` rebuilds the same folder from the same seed
 
 Files: ``$FDI_TEST_CACHE`` (default ``~/.cache/comfyui-fdi-tests``) ``/checkpoints/fdi-bases/``
 ``sd15_random_v1.safetensors`` and ``sdxl_random_v1.safetensors``: sizes, build times and peak memory in
-docs/testing.md. Key fix as in ``sd21_fixture``: transformers 5 saves ``CLIPTextModel`` keys without the
-``text_model.`` prefix ComfyUI detects text encoders by.
+docs/testing.md. ``sdxl-v`` (``sdxl_random_vpred_ztsnr_v1.safetensors``) is the SDXL file with ComfyUI's ``v_pred``
+and ``ztsnr`` keys added to its header (:func:`add_markers`, streamed: a v-prediction zero-terminal-SNR fine-tune as
+they ship), read by ComfyUI as SDXL / V_PREDICTION with zsnr. :func:`header_checkpoint` writes sparse full-size
+headers for the cheap schedule checks. Key fix as in ``sd21_fixture``: transformers 5 saves ``CLIPTextModel`` keys
+without the ``text_model.`` prefix ComfyUI detects text encoders by.
 
 Needs diffusers and transformers (run under ComfyUI's venv, which has both). As a script::
 
@@ -163,6 +166,9 @@ class Base:
     comfy_config: str  #: ``comfy.supported_models`` class ComfyUI's detection must pick
     comfy_flags: dict = field(default_factory=dict)  #: ComfyUI args for the CheckpointSave run
     clip_probe: str = ""  #: a key the single file's text encoder part must have
+    source: str = ""  #: the base whose file this one copies, adding ``markers`` (``""``: built from scratch)
+    markers: tuple = ()  #: ComfyUI's marker keys the file carries (``v_pred``, ``ztsnr``)
+    model_type: str = "EPS"  #: the ``comfy.model_base.ModelType`` ComfyUI must read
 
 
 BASES = {
@@ -185,6 +191,19 @@ BASES = {
             "SDXL",
             {"fp16_unet": True},
             "conditioner.embedders.1.model.transformer.resblocks.31.mlp.c_fc.weight",
+        ),
+        # a v-prediction fine-tune on the zero-terminal-SNR schedule as they ship: SDXL's file with the two markers
+        Base(
+            "sdxl-v",
+            "sdxl_random_vpred_ztsnr",
+            "1",
+            "StableDiffusionXLPipeline",
+            "SDXL",
+            {"fp16_unet": True},
+            "conditioner.embedders.1.model.transformer.resblocks.31.mlp.c_fc.weight",
+            source="sdxl",
+            markers=("v_pred", "ztsnr"),
+            model_type="V_PREDICTION",
         ),
     )
 }
@@ -315,6 +334,7 @@ import torch
 from safetensors import safe_open
 import comfy.model_detection
 P = "model.diffusion_model."
+MARKERS = ("v_pred", "ztsnr", "edm_mean", "edm_std", "edm_vpred.sigma_max", "edm_vpred.sigma_min")
 res = []
 for path in sys.argv[1:]:
     with safe_open(path, framework="pt") as fh:
@@ -326,18 +346,22 @@ for path in sys.argv[1:]:
                 dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[sl.get_dtype()]
                 real = k.endswith("norm1.bias")
                 sd[k] = fh.get_tensor(k) if real else torch.empty(sl.get_shape(), dtype=dt, device="meta")
+            elif k in MARKERS:
+                sd[k] = fh.get_tensor(k)
         dtypes = sorted({str(fh.get_slice(k).get_dtype()) for k in keys if k.startswith(P)})
     cfg = comfy.model_detection.model_config_from_unet(sd, P)
-    res.append({"config": type(cfg).__name__ if cfg is not None else None,
-                "model_type": cfg.model_type(sd, P).name if cfg is not None else None,
+    model_type = cfg.model_type(sd, P).name if cfg is not None else None
+    res.append({"config": type(cfg).__name__ if cfg is not None else None, "model_type": model_type,
+                "zsnr": bool(cfg.sampling_settings.get("zsnr", False)) if cfg is not None else None,
                 "keys": keys, "unet_dtypes": dtypes})
 print(json.dumps(res))
 """
 
 
 def comfy_detect(comfyui_dir: str, *paths: Path) -> list:
-    """Per single file: ``{"config": comfy.supported_models class name, "model_type": "EPS"…, "keys": [...],
-    "unet_dtypes": [...]}`` by ComfyUI's own detection, in a fresh interpreter."""
+    """Per single file: ``{"config": comfy.supported_models class name, "model_type": "EPS"…, "zsnr": bool,
+    "keys": [...], "unet_dtypes": [...]}`` by ComfyUI's own detection (the marker keys included), in a fresh
+    interpreter."""
     import comfyui_harness as harness
 
     code = harness.script(_DETECT, comfyui_dir, None, load_pack=False)
@@ -345,17 +369,38 @@ def comfy_detect(comfyui_dir: str, *paths: Path) -> list:
 
 
 def check_checkpoint(comfyui_dir: str, family: str, path: Path) -> dict:
-    """Fail (``AssertionError``) unless ComfyUI reads ``path`` as ``family``'s base with epsilon prediction, with a
-    text encoder and a VAE; the detection record."""
+    """Fail (``AssertionError``) unless ComfyUI reads ``path`` as ``family``'s base with its prediction (epsilon, or
+    for ``sdxl-v`` v-prediction on the zero-terminal-SNR schedule), with a text encoder and a VAE; the detection
+    record."""
     b = base(family)
     (found,) = comfy_detect(comfyui_dir, path)
     keys = set(found.pop("keys"))
-    assert found["config"] == b.comfy_config and found["model_type"] == "EPS", (
-        f"ComfyUI reads {path.name} as {found['config']} / {found['model_type']}, not {b.comfy_config} / EPS"
-    )
+    want = (b.comfy_config, b.model_type, "ztsnr" in b.markers)
+    got = (found["config"], found["model_type"], found["zsnr"])
+    assert got == want, f"ComfyUI reads {path.name} as {got} (config, model type, zsnr), not {want}"
     assert b.clip_probe in keys, f"{path.name} has no {b.clip_probe}"
     assert "first_stage_model.decoder.conv_out.weight" in keys, f"{path.name} has no VAE"
     return found
+
+
+def add_markers(src: Path, dst: Path, markers) -> Path:
+    """``dst``: the single file ``src`` with ComfyUI's marker keys ``markers`` added to its header (empty float32
+    tensors at the end of the data, as CheckpointSave writes ``v_pred`` / ``ztsnr``); the data is streamed, not
+    loaded. Atomic; a ``dst`` ComfyUI's detection does not read as intended is removed by the caller's check."""
+    tmp = dst.with_name(dst.name + ".partial")
+    with open(src, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        end = max(info["data_offsets"][1] for key, info in header.items() if key != "__metadata__")
+        for key in markers:
+            header[key] = {"dtype": "F32", "shape": [0], "data_offsets": [end, end]}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(tmp, "wb") as out:
+            out.write(len(raw).to_bytes(8, "little") + raw)
+            shutil.copyfileobj(fh, out, 64 << 20)
+    os.replace(tmp, dst)
+    return dst
 
 
 def ensure_checkpoint(family: str, comfyui_dir: str) -> str:
@@ -366,6 +411,15 @@ def ensure_checkpoint(family: str, comfyui_dir: str) -> str:
     b = base(family)
     ckpt = checkpoint_path(family)
     if ckpt.is_file():
+        return checkpoint_name(family)
+    if b.source:  # a copy of another base's file with marker keys
+        ensure_checkpoint(b.source, comfyui_dir)
+        add_markers(checkpoint_path(b.source), ckpt, b.markers)
+        try:
+            check_checkpoint(comfyui_dir, family, ckpt)
+        except AssertionError:
+            ckpt.unlink()
+            raise
         return checkpoint_name(family)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     # a fixed work folder outside the folders ComfyUI lists, cleared first: a killed build leaves no stray copy
@@ -408,6 +462,48 @@ def ensure_checkpoint(family: str, comfyui_dir: str) -> str:
         if work.parent.is_dir() and not any(work.parent.iterdir()):
             work.parent.rmdir()
     return checkpoint_name(family)
+
+
+# ------------------------------------------------------------------------------------------------ header files
+
+#: the text-encoder keys the family checks read (SDXL: CLIP-L as embedder 0, OpenCLIP-G as embedder 1)
+_TEXT_PROBES = {
+    "sd1.5": {"cond_stage_model.transformer.text_model.final_layer_norm.weight": [768]},
+    "sdxl": {
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": [768],
+        "conditioner.embedders.1.model.ln_final.weight": [1280],
+    },
+}
+
+
+def header_checkpoint(family: str, path: Path, markers=()) -> Path:
+    """A *sparse* single file of ``family`` (``sd1.5``/``sdxl``): the header of the full-size UNet in the original SD
+    layout (every key and shape, from the shipped configs ``fdi/configs``), the text encoders' probe keys and the
+    marker keys ``markers`` (``v_pred``, ``ztsnr``: empty float32 tensors, as ComfyUI writes them); the data is
+    zeros the file system does not store (a few MB on disk). What ComfyUI's model detection and the CLI's header
+    checks read, without a 5 GB build."""
+    from diffusers import UNet2DConditionModel
+    from tiny_bases import ldm_unet_state_dict
+
+    from fdi.models import family_config_dir
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(family_config_dir(family) / "unet"))
+    shapes = {k: list(v.shape) for k, v in ldm_unet_state_dict(unet).items()}
+    shapes.update(_TEXT_PROBES[family])
+    header, offset = {}, 0
+    for key, shape in shapes.items():
+        size = 2 * int(torch.tensor(shape).prod())
+        header[key] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    for key in markers:
+        header[key] = {"dtype": "F32", "shape": [0], "data_offsets": [offset, offset]}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little") + raw)
+        fh.truncate(8 + len(raw) + offset)
+    return Path(path)
 
 
 # ------------------------------------------------------------------------------------------------ adapter

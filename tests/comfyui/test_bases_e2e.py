@@ -13,8 +13,12 @@ something only if the fixture responds, so the guided picture must differ from t
 it; and a fresh (zero-initialised) adapter must give exactly the unguided pixels.
 
 Images are 64 px and 72×56 px, 4 steps (the first two guided). The server is stopped before the CLI runs, so one
-full-size fp32 model is in memory at a time. SDXL's case is marked ``slow`` (run it with ``-m "comfyui and slow"``):
-it took 4 min 20 s on a shared 2-core CPU, but peaked at 21.5 GB, nearly all of it the CLI's fp32 load of the SDXL file.
+full-size fp32 model is in memory at a time. SDXL's cases are marked ``slow`` (run them with ``-m "comfyui and slow"``):
+``sdxl-v`` took 3 min 15 s on a shared 2-core CPU (2026-12-07) and peaked at 19.5 GiB, ComfyUI's server loading the
+SDXL file in fp32 (the CLI's whole ``restore`` on it peaks at 15.9 GiB: it builds an fp16 file's modules in fp16 and
+upcasts them). ``sdxl-v`` is the same SDXL file with ComfyUI's ``v_pred`` and ``ztsnr`` keys, as v-prediction
+zero-terminal-SNR fine-tunes ship: ComfyUI reads it as v-prediction on the zsnr schedule, and so must the CLI, with an
+``sdxl-v`` adapter.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ pytestmark = [
 ]
 
 FAMILIES = ("sd1.5", "sdxl")
+#: the adapters' families: the bases' and a v-prediction SDXL fine-tune's (``bases_fixture``'s ``sdxl-v`` file)
+ADAPTER_FAMILIES = FAMILIES + ("sdxl-v",)
 STEPS = 4
 GUIDANCE_END = 0.5  # with 4 steps: the first two are guided
 IMAGES = {"parity64.png": (64, 64, 31), "parity72x56.png": (72, 56, 32)}  # name: (width, height, seed)
@@ -85,7 +91,7 @@ def env(tmp_path_factory, tiny_blip2_folder):
     )
     adapters = extra / "adapters"
     adapters.mkdir()
-    for family in FAMILIES:
+    for family in ADAPTER_FAMILIES:
         bases_fixture.random_adapter(family, TINY_WIDTH, TINY_TOKENS, seed=0).save(
             adapters / adapter_name(family), fdi=fdi
         )
@@ -154,19 +160,31 @@ def test_comfyui_detects_the_base_of_each_fixture(family):
     assert found["unet_dtypes"] == (["F16"] if family == "sdxl" else ["F32"])
 
 
-#: SDXL's case is ``slow`` for its memory: the CLI's fp32 load of the SDXL file peaks near 21 GB
-@pytest.mark.parametrize("family", ["sd1.5", pytest.param("sdxl", marks=pytest.mark.slow)])
+#: SDXL's cases are ``slow`` for their memory: a full-size fp32 SDXL in each door
+@pytest.mark.parametrize(
+    "family", ["sd1.5", pytest.param("sdxl", marks=pytest.mark.slow), pytest.param("sdxl-v", marks=pytest.mark.slow)]
+)
 def test_fdi_restore_equals_the_cli_on_a_single_file_of_the_base(env, family, tmp_path):
     """The family's random single file through CheckpointLoaderSimple → FDIRestore and through ``python -m fdi
     restore --sd FILE`` (fp32, CPU): max ≤ 4/255 and mean ≤ 1/255 guided on two image sizes and unguided; the guided
     picture differs from the unguided one by more than 5× the mean bound; a fresh adapter gives exactly the
-    unguided pixels."""
+    unguided pixels. ``sdxl-v`` (``v_pred`` + ``ztsnr``): ComfyUI reads v-prediction with zsnr, the CLI's schedule
+    from the file is the zero-terminal-SNR one, and both take the ``sdxl-v`` adapter."""
     import bases_fixture
+
+    from fdi.models import single_file_scheduler
 
     ckpt_name = bases_fixture.ensure_checkpoint(family, COMFYUI_DIR)
     ckpt = bases_fixture.checkpoint_path(family)
     found = bases_fixture.check_checkpoint(COMFYUI_DIR, family, ckpt)
-    print(f"{family}: ComfyUI detects {found['config']} / {found['model_type']}, UNet weights {found['unet_dtypes']}")
+    print(
+        f"{family}: ComfyUI detects {found['config']} / {found['model_type']} (zsnr {found['zsnr']}), "
+        f"UNet weights {found['unet_dtypes']}"
+    )
+    scheduler = single_file_scheduler(ckpt)  # what the CLI loads it with (header only)
+    zsnr = family == "sdxl-v"
+    assert scheduler.config.prediction_type == ("v_prediction" if zsnr else "epsilon")
+    assert abs(float(scheduler.alphas_cumprod[981]) / (6.886572e-05 if zsnr else 5.775500e-03) - 1) < 1e-5
 
     # (image, adapter, strength): guided on both sizes, unguided, and the fresh adapter at full strength
     random, fresh = adapter_name(family), adapter_name(family, fresh=True)

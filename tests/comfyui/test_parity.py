@@ -84,6 +84,96 @@ def test_each_family_is_taken_on_its_own_comfyui_config_and_refused_on_others(co
     assert check_unet_for_adapter(full(sm.SDXL.unet_config, 3), channels[:3], "sdxl") == ((2, 5, 8), (3, 6))
 
 
+def comfy_model_sampling(comfy, path: Path):
+    """ComfyUI's reading of a single file's schedule, as ``CheckpointLoaderSimple`` does it (without the weights): its
+    UNet config from the ``model.diffusion_model.`` shapes (``model_config_from_unet``), the model type from the whole
+    state dict (``model_type``: the ``v_pred`` / ``ztsnr`` keys), and the model's own ``model_sampling`` object.
+    ``(model config, model type name, model_sampling)``."""
+    from safetensors import safe_open
+
+    prefix = "model.diffusion_model."
+    sd = {}
+    with safe_open(str(path), framework="pt") as fh:
+        for key in fh.keys():
+            sl = fh.get_slice(key)
+            if key.startswith(prefix):
+                sd[key] = torch.empty(sl.get_shape(), dtype=torch.float16, device="meta")
+            else:
+                sd[key] = fh.get_tensor(key)
+    config = comfy.model_detection.model_config_from_unet(sd, prefix)
+    model_type = config.model_type(sd, prefix)
+    return config, model_type.name, comfy.model_base.model_sampling(config, model_type)
+
+
+def comfy_discrete_patch(comfy, model_config, sampling: str, zsnr: bool):
+    """The ``model_sampling`` ComfyUI's ``ModelSamplingDiscrete`` node (comfy_extras) puts on a MODEL of
+    ``model_config``: the node's own ``patch`` on a stand-in MODEL that records its object patch."""
+    import types
+
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+
+    class Model:
+        def __init__(self):
+            self.model, self.patches = types.SimpleNamespace(model_config=model_config), {}
+
+        def clone(self):
+            return self
+
+        def add_object_patch(self, name, obj):
+            self.patches[name] = obj
+
+    (patched,) = ModelSamplingDiscrete().patch(Model(), sampling, zsnr)
+    return patched.patches["model_sampling"]
+
+
+#: the single-file markers: none, v-prediction, v-prediction on the zero-terminal-SNR schedule
+MARKER_SETS = {"none": (), "v_pred": ("v_pred",), "v_pred+ztsnr": ("v_pred", "ztsnr")}
+
+
+@pytest.mark.parametrize("markers", sorted(MARKER_SETS))
+@pytest.mark.parametrize("family", ["sdxl", "sd1.5"])
+def test_the_cli_schedule_of_a_marked_single_file_equals_comfyuis(comfy, family, markers, tmp_path):
+    """A full-size SDXL / SD 1.5 header with ComfyUI's ``v_pred`` / ``ztsnr`` markers: the CLI's scheduler
+    (:func:`fdi.models.single_file_scheduler`, what ``load_sd`` loads the file with) has ComfyUI's prediction and ᾱ
+    schedule, relative 1e-6 at every training timestep (ᾱ = 1 / (1 + σ²) of ComfyUI's σ table, as the nodes read
+    it), and the same adapter family. ComfyUI reads the markers for SDXL only; on SD 1.5 it reads epsilon, and its
+    ``ModelSamplingDiscrete`` node (the markers' prediction and zsnr) makes it agree with the CLI, which honours the
+    markers there too."""
+    import bases_fixture
+
+    from fdi.checkpoints import inspect_single_file
+    from fdi.comfy_unet import comfy_family
+    from fdi.families import family_for
+    from fdi.models import single_file_scheduler
+    from fdi.sampling import sigma_to_alpha
+
+    marks = MARKER_SETS[markers]
+    path = bases_fixture.header_checkpoint(family, tmp_path / f"{family}.safetensors", marks)
+    config, model_type, ms = comfy_model_sampling(comfy, path)
+    name = type(config).__name__
+    v, zsnr = "v_pred" in marks, "ztsnr" in marks
+    if family == "sdxl":
+        assert (name, model_type, bool(ms.zsnr)) == ("SDXL", "V_PREDICTION" if v else "EPS", zsnr)
+    else:  # ComfyUI 0.33 reads neither marker on SD 1.5
+        assert (name, model_type, bool(ms.zsnr)) == ("SD15", "EPS", False)
+        if v:
+            ms = comfy_discrete_patch(comfy, config, "v_prediction", zsnr)
+    assert isinstance(ms, comfy.model_sampling.V_PREDICTION if v else comfy.model_sampling.EPS)
+    ours = single_file_scheduler(path)
+    assert ours.config.prediction_type == ("v_prediction" if v else "epsilon")
+    theirs = sigma_to_alpha(ms.sigmas.float())
+    mine = ours.alphas_cumprod.double()
+    rel = ((mine - theirs).abs() / theirs).max().item()
+    print(f"{family} {markers}: ᾱ(981) CLI {mine[981]:.6g}, ComfyUI {theirs[981]:.6g}; max relative {rel:.2e}")
+    assert rel <= 1e-6
+    assert abs(mine[981].item() - (6.8866e-05 if zsnr else 5.7755e-03)) < 1e-4 * mine[981].item()
+    # the adapter family follows in both doors: FDITrainAdapter's (the UNet config and the MODEL's prediction) is
+    # the one the CLI loads the file as, so an adapter trained on either door is taken by the other
+    comfy_side = comfy_family(config.unet_config, "v_prediction" if v else "epsilon")
+    cli_side = family_for(inspect_single_file(path)["arch"], ours.config.prediction_type)
+    assert comfy_side == cli_side == {"sdxl": "sdxl", "sd1.5": "sd1.5"}[family] + ("-v" if v else "")
+
+
 def test_parity_comfyui_patched_unet_vs_diffusers_backend(comfy):
     import sd21_fixture
     from diffusers import UNet2DConditionModel

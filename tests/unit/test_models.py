@@ -153,13 +153,23 @@ def test_single_file_family_checks(tmp_path):
     sd15 = _header_file(
         tmp_path / "sd15.safetensors", {CROSS_K: torch.zeros(320, 768), CONV_IN: torch.zeros(320, 4, 3, 3)}
     )
-    assert inspect_single_file(sd15) == {"arch": "sd1", "v_prediction": False}
+    assert inspect_single_file(sd15) == {"arch": "sd1", "v_prediction": False, "zero_snr": False}
     sd15v = _header_file(tmp_path / "sd15v.safetensors", {CROSS_K: torch.zeros(320, 768), "v_pred": torch.zeros(1)})
-    assert inspect_single_file(sd15v) == {"arch": "sd1", "v_prediction": True}
+    assert inspect_single_file(sd15v) == {"arch": "sd1", "v_prediction": True, "zero_snr": False}
     xl = _header_file(tmp_path / "xl.safetensors", _sdxl_header())
-    assert inspect_single_file(xl) == {"arch": "sdxl", "v_prediction": False}
+    assert inspect_single_file(xl) == {"arch": "sdxl", "v_prediction": False, "zero_snr": False}
     xlv = _header_file(tmp_path / "xlv.safetensors", _sdxl_header(v_pred=torch.zeros(1)))
-    assert inspect_single_file(xlv) == {"arch": "sdxl", "v_prediction": True}
+    assert inspect_single_file(xlv) == {"arch": "sdxl", "v_prediction": True, "zero_snr": False}
+    # ComfyUI's markers as its CheckpointSave writes them (empty tensors); ztsnr counts only beside v_pred
+    empty = torch.tensor([])
+    xlz = _header_file(tmp_path / "xlz.safetensors", _sdxl_header(v_pred=empty, ztsnr=empty))
+    assert inspect_single_file(xlz) == {"arch": "sdxl", "v_prediction": True, "zero_snr": True}
+    sd15z = _header_file(
+        tmp_path / "sd15z.safetensors", {CROSS_K: torch.zeros(320, 768), "v_pred": empty, "ztsnr": empty}
+    )
+    assert inspect_single_file(sd15z) == {"arch": "sd1", "v_prediction": True, "zero_snr": True}
+    xl_z_only = _header_file(tmp_path / "xlz_only.safetensors", _sdxl_header(ztsnr=empty))
+    assert inspect_single_file(xl_z_only) == {"arch": "sdxl", "v_prediction": False, "zero_snr": False}
     # the refiner: OpenCLIP-G as embedder 0, UNet width 384, size conditioning of 2560
     refiner = _header_file(
         tmp_path / "refiner.safetensors",
@@ -207,7 +217,7 @@ def test_single_file_family_checks(tmp_path):
         {CROSS_K: torch.zeros(320, 1024), V_PRED_PROBE: torch.randn(320, generator=g) * 0.02},
     )
     unknown = _header_file(tmp_path / "u.safetensors", {CROSS_K: torch.zeros(320, 1024)})
-    assert inspect_single_file(wide) == {"arch": "sd2", "v_prediction": True}
+    assert inspect_single_file(wide) == {"arch": "sd2", "v_prediction": True, "zero_snr": False}
     assert inspect_single_file(narrow)["v_prediction"] is False
     assert inspect_single_file(unknown)["v_prediction"] is None
     with pytest.raises(FDIError, match="pass --prediction-type epsilon"):
@@ -260,6 +270,8 @@ def test_load_tiny_sd15_and_sdxl_folders(tiny_folders, tmp_path):
 def test_encode_text_equals_diffusers_sdxl_encode_prompt(tiny_folders):
     from diffusers import StableDiffusionXLPipeline
 
+    from tests.tiny_bases import XL_CONTEXT, XL_PROJECTION
+
     xl = load_sd(tiny_folders["sdxl"])
     pipe = StableDiffusionXLPipeline(
         vae=xl.vae,
@@ -275,7 +287,7 @@ def test_encode_text_equals_diffusers_sdxl_encode_prompt(tiny_folders):
     for prompt in ("a photo of rain", "clean snow"):
         ref, _, ref_pooled, _ = pipe.encode_prompt(prompt, device="cpu", do_classifier_free_guidance=False)
         mine = encode_text(xl, prompt)
-        assert mine.embeds.shape == (1, 16, 64) and mine.pooled.shape == (1, 32)
+        assert mine.embeds.shape == (1, 16, XL_CONTEXT) and mine.pooled.shape == (1, XL_PROJECTION)
         assert (mine.embeds - ref).abs().max() <= 1e-6 * ref.abs().max()
         assert (mine.pooled - ref_pooled).abs().max() <= 1e-6 * ref_pooled.abs().max()
         modules = encode_text((xl.text_encoder, xl.tokenizer, xl.text_encoder_2, xl.tokenizer_2), prompt)
@@ -326,6 +338,128 @@ def test_sdxl_added_cond_is_diffusers(tiny_folders):
     assert out.shape == x.shape and (out - other).abs().max() > 1e-3 * out.abs().max()
     with pytest.raises(FDIError, match="expected \\[1, D\\] or \\[2, D\\]"):
         sdxl_added_cond(cond.pooled.repeat(3, 1), 64, 64, 2)
+
+
+#: ᾱ at t = 981 (the first of 50 DDIM steps) on SD's zero-terminal-SNR schedule, and at the last step: ComfyUI 0.33's
+#: ``ModelSamplingDiscrete(zsnr=True)`` (its σ table in float32, ᾱ = 1 / (σ² + 1)); plain SD: 0.0057755 at t = 981
+ZSNR_ALPHA_981, ZSNR_ALPHA_LAST = 6.886572e-05, 4.8973452e-08
+MARKERS = {"none": (), "v_pred": ("v_pred",), "v_pred+ztsnr": ("v_pred", "ztsnr"), "ztsnr alone": ("ztsnr",)}
+
+
+@pytest.fixture(scope="module")
+def tiny_single_files(tiny_folders, tmp_path_factory):
+    """Per tiny base (``sd15``, ``sdxl``) and marker set of :data:`MARKERS`: a single file of the tiny folder."""
+    from tests.tiny_bases import write_tiny_single_file
+
+    root = tmp_path_factory.mktemp("single")
+    return {
+        (base, name): write_tiny_single_file(tiny_folders[base], root / f"{base}_{i}.safetensors", markers)
+        for base in ("sd15", "sdxl")
+        for i, (name, markers) in enumerate(MARKERS.items())
+    }
+
+
+def _plain_alphas() -> torch.Tensor:
+    from tests.tiny_sd import tiny_scheduler
+
+    return tiny_scheduler().alphas_cumprod
+
+
+@pytest.mark.parametrize("base", ["sd15", "sdxl"])
+@pytest.mark.parametrize("markers", sorted(MARKERS))
+def test_single_file_markers_set_the_prediction_type_and_the_schedule(tiny_folders, tiny_single_files, base, markers):
+    """A single file's ``v_pred`` key makes it v-prediction, ``ztsnr`` beside it the zero-terminal-SNR schedule, for
+    SD 1.5 and SDXL alike, through the real loading code (``--sd-config``: the tiny folder); the weights are the
+    folder's; the schedule survives the restoration pipeline's rebuild of the scheduler."""
+    from diffusers import DDIMScheduler
+
+    from fdi.pipeline import FDIRestorationPipeline
+
+    parts = load_sd(tiny_single_files[base, markers], config=tiny_folders[base])
+    folder = load_sd(tiny_folders[base])
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(parts, name), getattr(folder, name)
+        if b is None:
+            assert a is None
+            continue
+        a, b = a.state_dict(), b.state_dict()
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), name
+    v = "v_pred" in MARKERS[markers]
+    assert parts.scheduler.config.prediction_type == ("v_prediction" if v else "epsilon")
+    assert parts.family == ("custom-v" if v else "custom-base")
+    alphas = parts.scheduler.alphas_cumprod.double()
+    if markers == "v_pred+ztsnr":
+        assert abs(alphas[981] / ZSNR_ALPHA_981 - 1) < 1e-6 and abs(alphas[-1] / ZSNR_ALPHA_LAST - 1) < 1e-6
+        assert bool((alphas[1:] < alphas[:-1]).all()) and abs(alphas[0] / _plain_alphas()[0] - 1) < 1e-6
+        # diffusers' own rescale (float32, ᾱ_T = 0) agrees where float32 keeps the digits
+        ref = DDIMScheduler.from_config(parts.scheduler.config, trained_betas=None, rescale_betas_zero_snr=True)
+        ref_alphas = ref.alphas_cumprod.double()
+        assert float(((alphas[:990] - ref_alphas[:990]).abs() / ref_alphas[:990]).max()) < 3e-6
+    else:
+        assert torch.equal(parts.scheduler.alphas_cumprod, _plain_alphas())
+    pipe = FDIRestorationPipeline.from_pretrained(tiny_single_files[base, markers], config=tiny_folders[base])
+    assert torch.equal(pipe.scheduler.alphas_cumprod, parts.scheduler.alphas_cumprod)
+    assert pipe.prediction_type == parts.scheduler.config.prediction_type
+    # --prediction-type epsilon reads any of them as ComfyUI reads an SD 1.5 file: epsilon on the plain schedule
+    eps = load_sd(tiny_single_files[base, markers], config=tiny_folders[base], prediction_type="epsilon")
+    assert eps.family == "custom-base" and torch.equal(eps.scheduler.alphas_cumprod, _plain_alphas())
+
+
+def test_the_shipped_families_take_the_markers_rule(tmp_path):
+    """The rule on full-size SD 1.5 / SDXL headers with the shipped configs (a single file without --sd-config), from
+    the header alone (:func:`fdi.models.single_file_scheduler`, what :func:`load_sd` loads the file with)."""
+    from diffusers import DDIMScheduler
+
+    from fdi.models import declared_scheduler, single_file_scheduler, zero_snr_betas
+
+    empty = torch.tensor([])
+    headers = {"sd1.5": {CROSS_K: torch.zeros(320, 768), CONV_IN: torch.zeros(320, 4, 3, 3)}, "sdxl": _sdxl_header()}
+    for family, header in headers.items():
+        base = DDIMScheduler.from_pretrained(family_config_dir(family), subfolder="scheduler")
+        assert base.config.prediction_type == "epsilon"
+        files = {
+            name: _header_file(tmp_path / f"{family}_{name}.safetensors", {**header, **{m: empty for m in markers}})
+            for name, markers in MARKERS.items()
+        }
+        for name, path in files.items():
+            sched = single_file_scheduler(path)
+            v = "v_pred" in MARKERS[name]
+            assert sched.config.prediction_type == ("v_prediction" if v else "epsilon"), (family, name)
+            if name == "v_pred+ztsnr":
+                assert abs(float(sched.alphas_cumprod[981]) / ZSNR_ALPHA_981 - 1) < 1e-6
+                assert abs(float(sched.alphas_cumprod[-1]) / ZSNR_ALPHA_LAST - 1) < 1e-6
+            else:
+                assert torch.equal(sched.alphas_cumprod, base.alphas_cumprod), (family, name)
+        eps = single_file_scheduler(files["v_pred+ztsnr"], prediction_type="epsilon")
+        assert eps.config.prediction_type == "epsilon" and torch.equal(eps.alphas_cumprod, base.alphas_cumprod)
+        assert declared_scheduler(base, None, zero_snr=True) is base  # zero SNR only under v-prediction
+        assert len(zero_snr_betas(base.config)) == 1000
+    bad = DDIMScheduler(beta_schedule="squaredcos_cap_v2")
+    with pytest.raises(FDIError, match="cannot rescale a 'squaredcos_cap_v2' beta schedule"):
+        zero_snr_betas(bad.config)
+
+
+def test_a_half_precision_file_loads_for_fp32_through_its_own_dtype(tiny_folders, tmp_path):
+    """An fp16 file asked for in fp32 is built in fp16 and upcast (exact; the load's peak is then the file plus
+    fp16 modules, not plus fp32 ones): every tensor equals the folder's rounded to fp16, in fp32."""
+    from fdi.files import read_header
+    from fdi.models import half_storage_dtype
+    from tests.tiny_bases import write_tiny_single_file
+
+    path = write_tiny_single_file(tiny_folders["sdxl"], tmp_path / "h.safetensors", ("v_pred",), torch.float16)
+    infos, _ = read_header(path)
+    assert half_storage_dtype(infos, torch.float32) == torch.float16  # the empty marker tensors do not count
+    assert half_storage_dtype(infos, torch.float16) == torch.float16
+    mixed = {**infos, "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+    assert half_storage_dtype(mixed, torch.float32) == torch.float32
+    assert half_storage_dtype({"x": {"dtype": "BF16", "shape": [2]}}, torch.float32) == torch.bfloat16
+    parts = load_sd(path, config=tiny_folders["sdxl"])
+    folder = load_sd(tiny_folders["sdxl"])
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(parts, name).state_dict(), getattr(folder, name).state_dict()
+        for k in a:
+            if b[k].is_floating_point():
+                assert a[k].dtype == torch.float32 and torch.equal(a[k], b[k].half().float()), (name, k)
 
 
 SINGLE = cache_dir() / "checkpoints" / "sd21_random_v1.safetensors"
