@@ -33,7 +33,12 @@ def add_parser(sub) -> None:
         "'noise:sigma=25', 'jpeg:quality=20..40'",
     )
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--seed", type=int, default=0, help="seed; each pair's randomness comes from (seed, name)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed; each pair's randomness comes from (seed, the photo's pixels, copy), as in FDIDegradePairs",
+    )
     p.add_argument("--copies", type=int, default=1, help="degraded versions per photo (names <stem>-<k>)")
     p.add_argument("--overwrite", action="store_true", help="write into an output folder that already holds pairs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
