@@ -111,19 +111,9 @@ def check_prediction_type(prediction_type: Optional[str]) -> None:
         raise FDIError(f"--prediction-type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
 
 
-def load_sd(
-    model: PathLike,
-    dtype: torch.dtype = torch.float32,
-    config: Optional[PathLike] = None,
-    prediction_type: Optional[str] = None,
-) -> SDParts:
-    """Load a diffusers folder or a single-file ``.safetensors`` checkpoint of SD 1.5, SD 2.x or SDXL on the
-    CPU, offline.
-
-    ``config``: for a single file, a diffusers folder whose configs describe it (default: the shipped
-    configs of the family its header shows, :func:`inspect_single_file`). ``prediction_type``
-    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights suggest.
-    The result's ``family`` follows from the UNet and the final prediction type."""
+def check_sd_source(model: PathLike, config: Optional[PathLike] = None, prediction_type: Optional[str] = None) -> None:
+    """Every check :func:`load_sd` makes before it reads weights, in milliseconds (folder layout, or a single
+    file's format, header, family and prediction type): a training run calls it before its long work."""
     check_prediction_type(prediction_type)
     p = Path(model)
     if not p.exists():
@@ -131,19 +121,36 @@ def load_sd(
             f"model {str(p)!r} does not exist; give a diffusers SD 1.5, SD 2.x or SDXL folder "
             "(with model_index.json) or a single-file .safetensors checkpoint"
         )
-    parts = _from_folder(p, dtype) if p.is_dir() else _from_single_file(p, dtype, config, prediction_type)
-    if prediction_type is not None and parts.scheduler.config.prediction_type != prediction_type:
-        from diffusers import DDIMScheduler
+    if p.is_dir():
+        _check_folder(p)
+        return
+    refuse_pickle(p, "model checkpoint")
+    if p.suffix.lower() != ".safetensors":
+        raise FDIError(
+            f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those"
+        )
+    if config is not None:
+        if not Path(config).is_dir():
+            raise FDIError(
+                f"model config folder {str(config)!r} does not exist; "
+                "give a diffusers folder of the same family (its configs are enough), "
+                "or leave it out to use the shipped SD 1.5 / SD 2.1 / SDXL configs"
+            )
+        read_header(p, "model checkpoint")
+        return
+    if inspect_single_file(p)["v_prediction"] is None and prediction_type is None:
+        raise _unknown_prediction(p)
 
-        parts.scheduler = DDIMScheduler.from_config(parts.scheduler.config, prediction_type=prediction_type)
-    parts.family = parts_family(parts.unet, parts.scheduler)
-    return parts
+
+def _unknown_prediction(p: Path) -> FDIError:
+    return FDIError(
+        f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
+        "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)"
+    )
 
 
-def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
+def _check_folder(p: Path) -> bool:
+    """Refuse a folder that is no complete diffusers SD 1.5 / 2.x / SDXL base; returns whether it is SDXL."""
     xl = is_sdxl_folder(p)
     if xl and not (p / "text_encoder").is_dir() and (p / "text_encoder_2").is_dir():
         raise FDIError(
@@ -160,6 +167,38 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
             f"{str(p)!r} is not a diffusers {kind} folder "
             f"(missing {', '.join(missing)}); give the folder that holds model_index.json, unet/, vae/, …"
         )
+    return xl
+
+
+def load_sd(
+    model: PathLike,
+    dtype: torch.dtype = torch.float32,
+    config: Optional[PathLike] = None,
+    prediction_type: Optional[str] = None,
+) -> SDParts:
+    """Load a diffusers folder or a single-file ``.safetensors`` checkpoint of SD 1.5, SD 2.x or SDXL on the
+    CPU, offline.
+
+    ``config``: for a single file, a diffusers folder whose configs describe it (default: the shipped
+    configs of the family its header shows, :func:`inspect_single_file`). ``prediction_type``
+    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights suggest.
+    The result's ``family`` follows from the UNet and the final prediction type."""
+    check_sd_source(model, config, prediction_type)
+    p = Path(model)
+    parts = _from_folder(p, dtype) if p.is_dir() else _from_single_file(p, dtype, config, prediction_type)
+    if prediction_type is not None and parts.scheduler.config.prediction_type != prediction_type:
+        from diffusers import DDIMScheduler
+
+        parts.scheduler = DDIMScheduler.from_config(parts.scheduler.config, prediction_type=prediction_type)
+    parts.family = parts_family(parts.unet, parts.scheduler)
+    return parts
+
+
+def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    xl = _check_folder(p)
     st = dict(local_files_only=True, use_safetensors=True)
     loaders = [
         ("unet", lambda: UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=dtype, **st)),
@@ -192,27 +231,13 @@ def _from_single_file(
 ) -> SDParts:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    refuse_pickle(p, "model checkpoint")
-    if p.suffix.lower() != ".safetensors":
-        raise FDIError(
-            f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those"
-        )
-    if config is not None and not Path(config).is_dir():
-        raise FDIError(
-            f"model config folder {str(config)!r} does not exist; "
-            "give a diffusers folder of the same family (its configs are enough), "
-            "or leave it out to use the shipped SD 1.5 / SD 2.1 / SDXL configs"
-        )
     kwargs: Dict[str, Any] = dict(local_files_only=True, torch_dtype=dtype)
     if config is None:
         facts = inspect_single_file(p)
         arch = facts["arch"]
         if prediction_type is None:
             if facts["v_prediction"] is None:
-                raise FDIError(
-                    f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
-                    "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)"
-                )
+                raise _unknown_prediction(p)
             prediction_type = "v_prediction" if facts["v_prediction"] else "epsilon"
         family = family_for(arch, prediction_type)
         kwargs["config"] = str(family_config_dir(family))
