@@ -229,6 +229,9 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
 def _from_single_file(
     p: Path, dtype: torch.dtype, config: Optional[PathLike], prediction_type: Optional[str]
 ) -> SDParts:
+    from .transformers_compat import use_pil_image_processors
+
+    use_pil_image_processors()  # diffusers' pipeline modules import CLIP/SigLIP processors the pack never runs
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     kwargs: Dict[str, Any] = dict(local_files_only=True, torch_dtype=dtype)

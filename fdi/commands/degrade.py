@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(sub) -> None:
     from ..degrade import EFFECTS, _fmt_range
@@ -22,7 +20,6 @@ def add_parser(sub) -> None:
             f"Effects and their default ranges: {effects}. "
             "Several effects apply in physical order (scene, optics, sensor, codec)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--clean", required=True, metavar="DIR", help="folder of clean photos (not recursive)")
     p.add_argument(
