@@ -24,7 +24,7 @@ import torch
 
 from ..conditioning import encode_text
 from ..errors import FDIError
-from ..files import PathLike, check_output_path, read_header
+from ..files import check_output_path, read_header
 from ..models import check_sd_source, vae_encode
 from ..progress import ProgressCallback
 from .config import TrainConfig, TrainResult, check_batch_split, check_config, check_device
@@ -183,7 +183,9 @@ class TrainRun:
         if cfg.fdi:
             tokens, width = FDI.load(cfg.fdi).shape
         elif self.resume_from is None:
-            check_blip2_source(cfg.blip2)
+            from ..encoder import open_blip2
+
+            open_blip2(cfg.blip2)  # configs and headers: a folder or a packed file, no weights read
         adapter_config_for(self.unet_channels(), tokens, width, cfg.adapter_config)
 
     def unet_channels(self) -> tuple:
@@ -421,20 +423,6 @@ def adapter_config_for(channels: tuple, tokens: int, width: int, overrides: Opti
         ) from None
     except FDIError as exc:
         raise FDIError(f"--adapter-config: {exc}") from None
-
-
-def check_blip2_source(path: PathLike) -> None:
-    """What the BLIP-2 loader checks before it reads a tensor: a folder's ``config.json`` (BLIP-2),
-    ``preprocessor_config.json`` and safetensors headers; a single file's safetensors header."""
-    from ..encoder import QFormerEncoder, _checkpoint_tensor_files, _read_config
-
-    p = Path(path)
-    if p.is_file():
-        read_header(p, "BLIP-2 file")
-        return
-    config = _read_config(p)
-    QFormerEncoder._read_preprocessor(p, config)
-    _checkpoint_tensor_files(p)
 
 
 def train(cfg: TrainConfig, progress: Optional[ProgressCallback] = None, models=None) -> TrainResult:

@@ -404,6 +404,8 @@ TRAIN_CASES = {
     "blip2: folder that is not BLIP-2": "no config.json",
     "blip2: pickle weights only": "pickle weights",
     "blip2: truncated weights": "truncated",
+    "blip2: weights without the Q-Former": "Q-Former",
+    "blip2: a file that is not a packed BLIP-2": "BLIP-2",
     "neither --blip2 nor --fdi": "the task FDI is needed",
     "fdi: not an FDI file": "pickle",
     "fdi: adapter file given as FDI": "not an FDI file",
@@ -481,6 +483,15 @@ def train_case_args(name: str, w: dict, t: Path) -> list:
             pass
         elif name == "blip2: folder that is not BLIP-2":
             d.mkdir()
+        elif name == "blip2: a file that is not a packed BLIP-2":
+            d = r / "t.fdi.safetensors"
+        elif name == "blip2: weights without the Q-Former":
+            _copy_folder(r / "blip2", d)
+            _rewrite(
+                d / "model.safetensors",
+                d / "model.safetensors",
+                lambda ts, m: ({k: v for k, v in ts.items() if not k.startswith("qformer.")}, m),
+            )
         else:
             _copy_folder(r / "blip2", d)
             data = (d / "model.safetensors").read_bytes()
@@ -588,11 +599,18 @@ def test_train_refuses_each_bad_input_before_any_work(world, tmp_path, capsys, t
     MESSAGES[f"train: {name}"] = lines[0][len("error: ") :]
 
 
-def test_train_valid_inputs_pass_the_checks(world, tmp_path, tripwires):
-    """The cases above break one input each: with none broken, the checks pass and work begins."""
+@pytest.mark.parametrize("blip2", ["folder", "packed file"])
+def test_train_valid_inputs_pass_the_checks(world, tmp_path, tripwires, blip2):
+    """The cases above break one input each: with none broken, the checks pass and work begins (BLIP-2 as a
+    folder or as one file made by pack-blip2)."""
     (tmp_path / "out").mkdir()
     args = train_case_args("checkpoints-total-limit 0", world, tmp_path)
     args[args.index("--checkpoints-total-limit") + 1] = "2"
+    if blip2 == "packed file":
+        from fdi.blip2_pack import pack_blip2
+
+        pack_blip2(world["root"] / "blip2", tmp_path / "blip2.safetensors")
+        args[args.index("--blip2") + 1] = str(tmp_path / "blip2.safetensors")
     with pytest.raises(AssertionError, match="accelerate started"):
         main(args)
     assert _snapshot(tmp_path / "out") == set()
