@@ -50,6 +50,8 @@ TASKS = {"haze": "haze", "noise": "noise:sigma=25..50"}
 COMPOSITE = ("haze+noise", "haze,noise:sigma=25..50")
 ADAPTER_CONFIG = {"res_blocks": 1, "heads": 4, "se_reduction": 4}
 DEFAULT_WORLD = "v-v5"
+#: optimizer steps per adapter: a full run, --reduced, --smoke (--adapter-steps overrides)
+ADAPTER_STEPS = {"full": 600, "reduced": 400, "smoke": 3}
 
 
 def _log(msg: str) -> None:
@@ -147,7 +149,11 @@ def figure(out: Path, rows: List[tuple], path: Path, caption: str) -> None:
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from world import WORLDS
+
+    from fdi.cli import HelpFormatter
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="output folder (report.json, images, figure)")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "fdi-learns", help="world/adapter cache")
     ap.add_argument(
@@ -159,14 +165,27 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     ap.add_argument(
         "--smoke", action="store_true", help="a few steps of everything: checks the plumbing, learns nothing"
     )
-    ap.add_argument("--adapter-steps", type=int, default=None, help="optimizer steps per adapter")
+    ap.add_argument(
+        "--adapter-steps",
+        type=int,
+        default=None,
+        help="optimizer steps per adapter (default: "
+        + ", ".join(f"{n} with --{k}" if k != "full" else str(n) for k, n in ADAPTER_STEPS.items())
+        + ")",
+    )
     ap.add_argument("--no-curve", action="store_true", help="skip the few-pairs curve (10 %%, 30 %%)")
     ap.add_argument("--steps", type=int, default=50, help="DDIM inversion and sampling steps of restoration")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     ap.add_argument("--jobs", type=int, default=2, help="trainings/restorations run at once (processes)")
     ap.add_argument("--curve", default="haze", help="tasks of the few-pairs curve, comma-separated")
     ap.add_argument("--figure", type=Path, default=None, help="figure path (default OUT/learns.jpg)")
-    ap.add_argument("--world", default=DEFAULT_WORLD, help="the world's recipe: one of bench/world.py's WORLDS")
+    ap.add_argument(
+        "--world",
+        default=DEFAULT_WORLD,
+        choices=list(WORLDS),
+        metavar="NAME",
+        help=f"the world's recipe, one of bench/world.py's WORLDS: {', '.join(WORLDS)}",
+    )
     args = ap.parse_args(argv)
     return args
 
@@ -178,14 +197,14 @@ def world_recipe(args: argparse.Namespace):
     if args.world not in W.WORLDS:
         raise SystemExit(f"--world {args.world!r} is not one of {', '.join(W.WORLDS)}")
     cfg = W.WORLDS[args.world]
-    adapter_steps, batch = 600, 8
+    adapter_steps, batch = ADAPTER_STEPS["full"], 8
     if args.reduced:
         cfg = replace(cfg, vae_steps=800, unet_steps=500, test_patches=8)
-        adapter_steps = 400
+        adapter_steps = ADAPTER_STEPS["reduced"]
         args.no_curve = True
     if args.smoke:
         cfg = replace(cfg, vae_steps=40, unet_steps=40, test_patches=4)  # one-cycle lr needs >= 2 warm-up steps
-        adapter_steps = 3
+        adapter_steps = ADAPTER_STEPS["smoke"]
     if args.adapter_steps:
         adapter_steps = args.adapter_steps
     return cfg, adapter_steps, batch
@@ -350,6 +369,9 @@ def write_figure(out: Path, path: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    from fdi.transformers_compat import use_pil_image_processors
+
+    use_pil_image_processors()  # the world's SD pipeline and BLIP-2 processor config, without torchvision warnings
     import torch
 
     torch.set_num_threads(args.threads)

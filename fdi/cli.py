@@ -19,21 +19,46 @@ from .errors import FDIError
 COMMANDS = ("degrade", "extract", "combine", "inspect", "eval", "train", "restore", "adapter-info", "pack-blip2")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, "(default: X)", where there is one to show: not for a required
+    option, a switch, a ``None`` or empty default, or a help text that already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (
+            action.required
+            or not action.option_strings
+            or d is None
+            or d is argparse.SUPPRESS
+            or isinstance(d, bool)
+            or d in ("", [], ())
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def build_parser(prog: str = "python -m fdi") -> argparse.ArgumentParser:
+    """The parser of every command; ``prog`` is how usage lines name the program."""
     parser = argparse.ArgumentParser(
-        prog="python -m fdi",
+        prog=prog,
         description="Feature Difference Instruction (FDI): extract, combine and inspect FDIs; "
         "restore and train with FDI adapters.",
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).add_parser(sub)
+    for command in sub.choices.values():  # one help layout for every command, whatever its module asked for
+        command.formatter_class = HelpFormatter
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[List[str]] = None, prog: str = "fdi") -> int:
+    """The ``fdi`` console script (``python -m fdi`` passes its own ``prog``); returns the exit status."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -2,9 +2,9 @@
 
 Every function takes a batch ``[B, 3, H, W]`` float in 0..1 (any size, any device) and returns a
 batch of the same shape, dtype and device, clamped to 0..1. Randomness is drawn per image from a
-CPU generator seeded with ``(seed, index)`` and then moved to the image's device, so the same seed
-gives the same pixels for an image whatever the batch it is in and whatever the device (up to float
-rounding between devices).
+CPU generator seeded with :func:`image_seed` of ``(seed, the image's 8-bit pixels, copy)`` and then
+moved to the image's device, so the same seed gives the same pixels for a photo whatever its place in
+a batch, its file name and the device (up to float rounding between devices).
 
 Effects (parameters in the units written; a spec fixes a value or narrows a range, see
 :func:`parse_spec`):
@@ -27,6 +27,7 @@ Several effects apply in the order light meets them, whatever the order asked fo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -262,9 +263,21 @@ def parse_spec(spec: str) -> Degradation:
     return Degradation(ordered)
 
 
-def image_seed(seed: int, key: str | int) -> int:
-    """The seed of one image: a stable hash of ``(seed, key)`` (a file stem or a batch index)."""
-    return derive_seed(int(seed), key)
+def image_key(image: torch.Tensor) -> str:
+    """The content key of one ``[3, H, W]`` image in 0..1: the SHA-256 (hex) of ``"<H>x<W>:"`` and its pixels as
+    8-bit levels ``round(255·x)`` in channel, row, column order. Any device or float dtype; the same photo
+    decoded from its file (8-bit) or given as a ComfyUI ``IMAGE`` has the same key."""
+    levels = (image.detach().to(device="cpu", dtype=torch.float32).clamp(0, 1) * 255).round().to(torch.uint8)
+    h, w = image.shape[-2:]
+    return hashlib.sha256(f"{h}x{w}:".encode() + levels.contiguous().numpy().tobytes()).hexdigest()
+
+
+def image_seed(seed: int, image: torch.Tensor, copy: int = 0) -> int:
+    """The seed of copy ``copy`` of one ``[3, H, W]`` image: a stable hash of ``(seed, image_key(image), copy)``.
+
+    From the pixels, not a name or a batch index, so both doors (a folder in the CLI, an ``IMAGE`` batch in
+    ComfyUI) give a photo the same pair wherever it sits; two identical photos get identical pairs."""
+    return derive_seed(int(seed), image_key(image), int(copy))
 
 
 def degrade_image(
@@ -296,7 +309,7 @@ def degrade(
 ) -> torch.Tensor:
     """Degrade a batch ``[B, 3, H, W]`` in 0..1; returns ``[B·copies, 3, H, W]``, same dtype and device, in 0..1.
 
-    Output ``j = i·copies + k`` is copy ``k`` of image ``i``, drawn with ``image_seed(seed, j)``.
+    Output ``j = i·copies + k`` is copy ``k`` of image ``i``, drawn with ``image_seed(seed, images[i], k)``.
     """
     deg = parse_spec(degradation) if isinstance(degradation, str) else degradation
     if images.ndim != 4 or images.shape[1] != 3:
@@ -307,7 +320,7 @@ def degrade(
     total = len(images) * copies
     for i, img in enumerate(images):
         for k in range(copies):
-            out.append(degrade_image(img, deg, image_seed(seed, i * copies + k))[0])
+            out.append(degrade_image(img, deg, image_seed(seed, img, k))[0])
             report(progress, len(out), total)
     return torch.stack(out)
 
@@ -326,10 +339,10 @@ def degrade_folder(
     ``out_dir/degraded/<name>.png`` and ``out_dir/clean/<name>.png`` (the clean photo as decoded:
     EXIF orientation applied, 8-bit PNG, so the two align pixel for pixel), ``<name>`` = the photo's
     stem, or ``<stem>-<k>`` for ``copies`` > 1; and ``out_dir/degradations.jsonl`` with the drawn
-    parameters of every pair. The seed of a pair is :func:`image_seed` of ``(seed, <name>)``, so adding
-    photos to the folder leaves the other pairs unchanged. Every problem a user can fix (a folder
-    without images, two photos with one stem, an output folder holding pairs) is raised before
-    anything is written; each file is written atomically.
+    parameters of every pair. The seed of a pair is :func:`image_seed` of ``(seed, photo, k)``, as in
+    :func:`degrade`, so adding or renaming photos leaves the other pairs unchanged. Every problem a user
+    can fix (a folder without images, two photos with one stem, an output folder holding pairs) is raised
+    before anything is written; each file is written atomically.
     """
     from .files import atomic_write
     from .images import list_images, load_image, save_image
@@ -361,7 +374,7 @@ def degrade_folder(
         clean = load_image(path)
         for k in range(copies):
             name = path.stem if copies == 1 else f"{path.stem}-{k}"
-            degraded, drawn = degrade_image(clean, deg, image_seed(seed, name))
+            degraded, drawn = degrade_image(clean, deg, image_seed(seed, clean, k))
             save_image(clean, clean_out / f"{name}.png")
             save_image(degraded, deg_dir / f"{name}.png")
             records.append({"name": name, "source": path.name, "seed": int(seed), "effects": drawn})
@@ -391,6 +404,7 @@ __all__ = [
     "degrade_image",
     "default_ranges",
     "effect_names",
+    "image_key",
     "image_seed",
     "jpeg_round_trip",
     "parse_spec",

@@ -111,22 +111,9 @@ def check_prediction_type(prediction_type: Optional[str]) -> None:
         raise FDIError(f"--prediction-type {prediction_type!r} is not one of {', '.join(PREDICTION_TYPES)}")
 
 
-def load_sd(
-    model: PathLike,
-    dtype: torch.dtype = torch.float32,
-    config: Optional[PathLike] = None,
-    prediction_type: Optional[str] = None,
-) -> SDParts:
-    """Load a diffusers folder or a single-file ``.safetensors`` checkpoint of SD 1.5, SD 2.x or SDXL on the
-    CPU, offline.
-
-    ``config``: for a single file, a diffusers folder whose configs describe it (default: the shipped
-    configs of the family its header shows, :func:`inspect_single_file`); a single file's ``v_pred`` / ``ztsnr``
-    keys set its prediction type and schedule (:func:`single_file_scheduler`). ``prediction_type``
-    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights or keys declare
-    (zero terminal SNR applies only under v-prediction). An fp16/bf16 file loaded for a wider ``dtype`` is built in
-    its own precision and upcast (:func:`half_storage_dtype`). The result's ``family`` follows from the UNet and the
-    final prediction type."""
+def check_sd_source(model: PathLike, config: Optional[PathLike] = None, prediction_type: Optional[str] = None) -> None:
+    """Every check :func:`load_sd` makes before it reads weights, in milliseconds (folder layout, or a single
+    file's format, header, family and prediction type): a training run calls it before its long work."""
     check_prediction_type(prediction_type)
     p = Path(model)
     if not p.exists():
@@ -134,19 +121,36 @@ def load_sd(
             f"model {str(p)!r} does not exist; give a diffusers SD 1.5, SD 2.x or SDXL folder "
             "(with model_index.json) or a single-file .safetensors checkpoint"
         )
-    parts = _from_folder(p, dtype) if p.is_dir() else _from_single_file(p, dtype, config, prediction_type)
-    if prediction_type is not None and parts.scheduler.config.prediction_type != prediction_type:
-        from diffusers import DDIMScheduler
+    if p.is_dir():
+        _check_folder(p)
+        return
+    refuse_pickle(p, "model checkpoint")
+    if p.suffix.lower() != ".safetensors":
+        raise FDIError(
+            f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those"
+        )
+    if config is not None:
+        if not Path(config).is_dir():
+            raise FDIError(
+                f"model config folder {str(config)!r} does not exist; "
+                "give a diffusers folder of the same family (its configs are enough), "
+                "or leave it out to use the shipped SD 1.5 / SD 2.1 / SDXL configs"
+            )
+        read_header(p, "model checkpoint")
+        return
+    if inspect_single_file(p)["v_prediction"] is None and prediction_type is None:
+        raise _unknown_prediction(p)
 
-        parts.scheduler = DDIMScheduler.from_config(parts.scheduler.config, prediction_type=prediction_type)
-    parts.family = parts_family(parts.unet, parts.scheduler)
-    return parts
+
+def _unknown_prediction(p: Path) -> FDIError:
+    return FDIError(
+        f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
+        "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)"
+    )
 
 
-def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
+def _check_folder(p: Path) -> bool:
+    """Refuse a folder that is no complete diffusers SD 1.5 / 2.x / SDXL base; returns whether it is SDXL."""
     xl = is_sdxl_folder(p)
     if xl and not (p / "text_encoder").is_dir() and (p / "text_encoder_2").is_dir():
         raise FDIError(
@@ -163,6 +167,41 @@ def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
             f"{str(p)!r} is not a diffusers {kind} folder "
             f"(missing {', '.join(missing)}); give the folder that holds model_index.json, unet/, vae/, …"
         )
+    return xl
+
+
+def load_sd(
+    model: PathLike,
+    dtype: torch.dtype = torch.float32,
+    config: Optional[PathLike] = None,
+    prediction_type: Optional[str] = None,
+) -> SDParts:
+    """Load a diffusers folder or a single-file ``.safetensors`` checkpoint of SD 1.5, SD 2.x or SDXL on the
+    CPU, offline.
+
+    ``config``: for a single file, a diffusers folder whose configs describe it (default: the shipped
+    configs of the family its header shows, :func:`inspect_single_file`); a single file's ``v_pred`` / ``ztsnr``
+    keys set its prediction type and schedule (:func:`single_file_scheduler`). ``prediction_type``
+    (``epsilon``/``v_prediction``) overrides the scheduler's, or for a single file what its weights or keys declare
+    (zero terminal SNR applies only under v-prediction). An fp16/bf16 file loaded for a wider ``dtype`` is built in
+    its own precision and upcast (:func:`half_storage_dtype`). The result's ``family`` follows from the UNet and the
+    final prediction type."""
+    check_sd_source(model, config, prediction_type)
+    p = Path(model)
+    parts = _from_folder(p, dtype) if p.is_dir() else _from_single_file(p, dtype, config, prediction_type)
+    if prediction_type is not None and parts.scheduler.config.prediction_type != prediction_type:
+        from diffusers import DDIMScheduler
+
+        parts.scheduler = DDIMScheduler.from_config(parts.scheduler.config, prediction_type=prediction_type)
+    parts.family = parts_family(parts.unet, parts.scheduler)
+    return parts
+
+
+def _from_folder(p: Path, dtype: torch.dtype) -> SDParts:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    xl = _check_folder(p)
     st = dict(local_files_only=True, use_safetensors=True)
     loaders = [
         ("unet", lambda: UNet2DConditionModel.from_pretrained(p, subfolder="unet", torch_dtype=dtype, **st)),
@@ -202,6 +241,9 @@ class _SingleFilePlan:
 
 
 def _single_file_plan(p: Path, config: Optional[PathLike], prediction_type: Optional[str]) -> _SingleFilePlan:
+    from .transformers_compat import use_pil_image_processors
+
+    use_pil_image_processors()  # diffusers' pipeline modules import CLIP/SigLIP processors the pack never runs
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     kwargs: Dict[str, Any] = {}
@@ -210,10 +252,7 @@ def _single_file_plan(p: Path, config: Optional[PathLike], prediction_type: Opti
         arch = facts["arch"]
         if prediction_type is None:
             if facts["v_prediction"] is None:
-                raise FDIError(
-                    f"cannot tell from {p.name!r} whether it predicts epsilon or v; "
-                    "pass --prediction-type epsilon (SD 2.1 base, 512 px) or v_prediction (SD 2.1, 768 px)"
-                )
+                raise _unknown_prediction(p)
             prediction_type = "v_prediction" if facts["v_prediction"] else "epsilon"
         zero_snr = facts["zero_snr"]
         family = family_for(arch, prediction_type)
@@ -263,17 +302,6 @@ def single_file_scheduler(
 def _from_single_file(
     p: Path, dtype: torch.dtype, config: Optional[PathLike], prediction_type: Optional[str]
 ) -> SDParts:
-    refuse_pickle(p, "model checkpoint")
-    if p.suffix.lower() != ".safetensors":
-        raise FDIError(
-            f"model {p.name!r} is neither a diffusers folder nor a .safetensors checkpoint; give one of those"
-        )
-    if config is not None and not Path(config).is_dir():
-        raise FDIError(
-            f"model config folder {str(config)!r} does not exist; "
-            "give a diffusers folder of the same family (its configs are enough), "
-            "or leave it out to use the shipped SD 1.5 / SD 2.1 / SDXL configs"
-        )
     plan = _single_file_plan(p, config, prediction_type)
     build = half_storage_dtype(read_header(p, "model checkpoint")[0], dtype)
     old = os.environ.get("HF_HUB_OFFLINE")

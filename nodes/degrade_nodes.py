@@ -21,13 +21,14 @@ class FDIDegradePairs(io.ComfyNode):
         return io.Schema(
             node_id="FDIDegradePairs",
             display_name="FDI Degrade Pairs",
-            category=f"{CATEGORY}/train",
+            category=f"{CATEGORY}/training",
             description=(
                 "Makes (degraded, clean) pairs from clean photos with synthetic degradations — haze "
                 "(atmospheric scattering), rain streaks, Gaussian or Poisson noise, JPEG, low light, "
-                "motion or defocus blur, or sums of them — so 'FDI Extract' and 'FDI Train Adapter' work "
-                "without a paired dataset. "
-                "Seeded: the same seed gives the same pixels."
+                "motion or defocus blur, or sums of them — so 'Extract FDI (images)' and 'Train FDI Adapter' "
+                "work without a paired dataset. "
+                "Seeded from the seed and the pixels of each photo: a photo gets the same pair wherever it sits "
+                "in the batch, the same pair the fdi degrade command makes of its file."
             ),
             inputs=[
                 io.Image.Input("images", tooltip="Clean photos (a batch; any size)."),
@@ -45,7 +46,8 @@ class FDIDegradePairs(io.ComfyNode):
                     min=0,
                     max=2**31 - 1,
                     control_after_generate=True,
-                    tooltip="Seed of the random draws (parameters and noise) of every pair.",
+                    tooltip="Seed of the random draws (parameters and noise) of every pair; the draws of a photo "
+                    "come from this seed and its pixels.",
                 ),
                 io.Int.Input(
                     "copies",

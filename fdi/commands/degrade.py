@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 
 def add_parser(sub) -> None:
     from ..degrade import EFFECTS, _fmt_range
@@ -22,7 +20,6 @@ def add_parser(sub) -> None:
             f"Effects and their default ranges: {effects}. "
             "Several effects apply in physical order (scene, optics, sensor, codec)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--clean", required=True, metavar="DIR", help="folder of clean photos (not recursive)")
     p.add_argument(
@@ -33,7 +30,12 @@ def add_parser(sub) -> None:
         "'noise:sigma=25', 'jpeg:quality=20..40'",
     )
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--seed", type=int, default=0, help="seed; each pair's randomness comes from (seed, name)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed; each pair's randomness comes from (seed, the photo's pixels, copy), as in FDIDegradePairs",
+    )
     p.add_argument("--copies", type=int, default=1, help="degraded versions per photo (names <stem>-<k>)")
     p.add_argument("--overwrite", action="store_true", help="write into an output folder that already holds pairs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

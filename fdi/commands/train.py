@@ -24,7 +24,6 @@ def add_parser(sub) -> None:
             "'accelerate launch --multi_gpu -m fdi train …'. "
             "--batch-size is the effective batch (per-device batch × --grad-accum × processes)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _model_and_data_options(p.add_argument_group("models and data"))
     _optimisation_options(p.add_argument_group("optimisation"))

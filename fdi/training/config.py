@@ -152,10 +152,18 @@ def check_config(cfg: TrainConfig) -> None:
         ("--val-steps", cfg.val_steps, 1),
         ("--val-max-images", cfg.val_max_images, 1),
         ("--lr-warmup-steps", cfg.lr_warmup_steps, 0),
+        ("--blip2-batch-size", cfg.blip2_batch_size, 1),
     ):
         if not isinstance(v, int) or v < lo:
             raise FDIError(f"{name} must be an integer of at least {lo}, got {v!r}")
     check_resolution(cfg.resolution, "--resolution")
+    if cfg.checkpoints_total_limit is not None and (
+        not isinstance(cfg.checkpoints_total_limit, int) or cfg.checkpoints_total_limit < 1
+    ):
+        raise FDIError(
+            f"--checkpoints-total-limit must be at least 1 (or left out to keep every checkpoint), "
+            f"got {cfg.checkpoints_total_limit!r}"
+        )
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise FDIError(f"--max-steps must be at least 1, got {cfg.max_steps}")
     if cfg.epochs is not None and not cfg.epochs > 0:
@@ -176,3 +184,37 @@ def check_config(cfg: TrainConfig) -> None:
         raise FDIError(
             "--validate-every needs held-out pairs: --val-degraded DIR and --val-clean DIR (or --val-pairs-file)"
         )
+
+
+def check_batch_split(batch_size: int, processes: int, grad_accum: int) -> int:
+    """The per-device micro-batch of an effective ``batch_size`` over ``processes`` × ``grad_accum``; refuses a
+    batch size that does not split evenly."""
+    step = processes * grad_accum
+    if batch_size % step:
+        raise FDIError(
+            f"--batch-size {batch_size} is not divisible by processes × --grad-accum = {processes} × {grad_accum}; "
+            f"choose a batch size that is a multiple of {step} (e.g. {step * max(1, batch_size // step)})"
+        )
+    return batch_size // step
+
+
+def check_device(device: Optional[str]) -> None:
+    """Refuse a ``--device`` that torch cannot name or this machine does not have (``None``: accelerate picks)."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise FDIError(f"--device {device!r} is not a device; give cpu, cuda or cuda:N (or leave it out)") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise FDIError(f"--device {device!r}: this machine has no CUDA GPU usable by torch; give --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise FDIError(f"--device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+        return
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise FDIError(f"--device {device!r} is not available here; give cpu or cuda[:N] (or leave it out)")

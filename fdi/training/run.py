@@ -24,13 +24,20 @@ import torch
 
 from ..conditioning import encode_text
 from ..errors import FDIError
-from ..files import check_output_path
-from ..models import vae_encode
+from ..files import check_output_path, read_header
+from ..models import check_sd_source, vae_encode
 from ..progress import ProgressCallback
-from .config import TrainConfig, TrainResult, check_config
+from .config import TrainConfig, TrainResult, check_batch_split, check_config, check_device
 from .determinism import deterministic_algorithms
 from .loop import run_loop
-from .state import fdi_hash, list_checkpoints, load_checkpoint, save_checkpoint
+from .state import (
+    check_signature,
+    fdi_hash,
+    list_checkpoints,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
 from .step import StepLoss, diffusers_predictor, step_generator, training_step, unet_checkpointing
 
 
@@ -50,6 +57,7 @@ class TrainRun:
     pairs: list = field(default_factory=list)
     val_pairs: list = field(default_factory=list)
     run_dir: Optional[Path] = None
+    created_run_dir: bool = False
     resume_from: Optional[Path] = None
     # setup_accelerator
     acc: Any = None
@@ -84,19 +92,38 @@ class TrainRun:
 
     # ---- phase 1: everything that can be checked before a model is loaded ------------------------
     def check_inputs(self) -> None:
+        """Every input, before any model is loaded, any pair extracted or any file written: options, devices,
+        the SD model (format, header, family), the pairs (readable images), the output and run folders, the
+        resume point, the task FDI's source (``--fdi`` file or BLIP-2) and the adapter config."""
         cfg = self.cfg
         self.output = check_output_path(cfg.output, suffix=".safetensors")
         check_config(cfg)
-        if self.given_models is None and (not cfg.sd or not Path(cfg.sd).exists()):
-            raise FDIError(
-                f"Stable Diffusion model {cfg.sd!r} does not exist; "
-                "give a diffusers folder or a .safetensors checkpoint"
-            )
-        from ..data import collect_pairs
+        check_device(cfg.device)
+        check_batch_split(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1")), cfg.grad_accum)
+        if self.given_models is None:
+            if not cfg.sd:
+                raise FDIError("no Stable Diffusion model: give a diffusers folder or a .safetensors checkpoint")
+            check_sd_source(cfg.sd, cfg.sd_config, cfg.prediction_type)
+        self.check_pairs()
+        self.check_run_dir()
+        self.check_resume()
+        self.check_instruction()
 
+    def check_pairs(self) -> None:
+        """The training (and validation) pairs, each image's header read (a broken file fails now, not later)."""
+        from ..data import collect_pairs
+        from ..images import probe_image
+
+        cfg = self.cfg
         self.pairs = collect_pairs(cfg.degraded, cfg.clean, cfg.pairs_file)
         if cfg.validate_every:
             self.val_pairs = collect_pairs(cfg.val_degraded, cfg.val_clean, cfg.val_pairs_file, what="validation")
+        for pair in (*self.pairs, *self.val_pairs[: cfg.val_max_images]):
+            probe_image(pair.degraded)
+            probe_image(pair.clean)
+
+    def check_run_dir(self) -> None:
+        cfg = self.cfg
         self.run_dir = (
             Path(cfg.checkpoint_dir)
             if cfg.checkpoint_dir
@@ -110,7 +137,7 @@ class TrainRun:
                 f"checkpoint folder {str(self.run_dir)!r} cannot be created or written; "
                 "choose another --checkpoint-dir or fix the permissions"
             )
-        self.check_resume()
+        self.created_run_dir = not self.run_dir.exists()
 
     def check_resume(self) -> None:
         cfg = self.cfg
@@ -131,11 +158,58 @@ class TrainRun:
                 f"{self.run_dir} already holds checkpoints of another run; continue it with --resume latest, "
                 "or start anew with another --checkpoint-dir (or delete that folder)"
             )
+        if self.resume_from is not None:  # what the run's signature holds before any model is loaded
+            early = {
+                "batch_size": cfg.batch_size,
+                "resolution": cfg.resolution,
+                "seed": cfg.seed,
+                "n_pairs": len(self.pairs),
+            }
+            check_signature(self.resume_from, read_state(self.resume_from), early, keys=early)
+            read_header(self.resume_from / "adapter.safetensors", "checkpoint adapter")
+
+    def check_instruction(self) -> None:
+        """The task FDI's source (``--fdi`` read, or BLIP-2's files checked) and the adapter config's keys and
+        values (against the UNet's level widths where its config tells them)."""
+        from ..instruction import FDI
+
+        cfg = self.cfg
         if self.resume_from is None and not cfg.fdi and not cfg.blip2:
             raise FDIError(
                 "the task FDI is needed: give --blip2 DIR (it is computed from the training pairs) "
                 "or --fdi FILE.fdi.safetensors"
             )
+        tokens, width = 32, 768
+        if cfg.fdi:
+            tokens, width = FDI.load(cfg.fdi).shape
+        elif self.resume_from is None:
+            from ..encoder import open_blip2
+
+            open_blip2(cfg.blip2)  # configs and headers: a folder or a packed file, no weights read
+        adapter_config_for(self.unet_channels(), tokens, width, cfg.adapter_config)
+
+    def unet_channels(self) -> tuple:
+        """The UNet's level widths from its config (no weights read): the given model's, the folder's
+        ``unet/config.json``, or for a single file its ``--sd-config``'s or its family's shipped config."""
+        cfg = self.cfg
+        if self.given_models is not None:
+            return tuple(self.given_models.unet.config.block_out_channels)
+        from ..checkpoints import inspect_single_file
+        from ..families import family_for
+        from ..models import family_config_dir
+
+        sd = Path(cfg.sd)
+        if sd.is_dir():
+            folder = sd
+        elif cfg.sd_config:
+            folder = Path(cfg.sd_config)
+        else:
+            folder = family_config_dir(family_for(inspect_single_file(sd)["arch"], "epsilon"))
+        unet_config = folder / "unet" / "config.json"
+        try:
+            return tuple(int(c) for c in json.loads(unet_config.read_text())["block_out_channels"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise FDIError(f"{unet_config} is missing or unreadable; give a complete diffusers folder") from None
 
     # ---- phase 2: accelerate, batch split --------------------------------------------------------
     def setup_accelerator(self) -> None:
@@ -159,14 +233,7 @@ class TrainRun:
                 "--device selects one device for a single process; with 'accelerate launch' "
                 "leave it out (accelerate assigns the GPUs)"
             )
-        P = self.acc.num_processes
-        if cfg.batch_size % (P * cfg.grad_accum):
-            step = P * cfg.grad_accum
-            raise FDIError(
-                f"--batch-size {cfg.batch_size} is not divisible by processes × --grad-accum = {P} × {cfg.grad_accum}; "
-                f"choose a batch size that is a multiple of {step} (e.g. {step * max(1, cfg.batch_size // step)})"
-            )
-        self.micro = cfg.batch_size // (P * cfg.grad_accum)
+        self.micro = check_batch_split(cfg.batch_size, self.acc.num_processes, cfg.grad_accum)
         self.device = self.acc.device
         self.weight_dtype = parse_dtype("fp32" if cfg.mixed_precision == "no" else cfg.mixed_precision)
         # where accelerate gives no loss scaler (the CPU; fp32 and bf16 everywhere): ours, a pass-through but for fp16
@@ -291,20 +358,13 @@ class TrainRun:
 
     def make_adapter(self) -> tuple:
         """A new adapter (weights a function of ``--seed``) sized to the UNet and the FDI, in train mode."""
-        from ..adapter import FDIAdapter, FDIAdapterConfig
+        from ..adapter import FDIAdapter
         from ..diffusers_backend import check_adapter_for_unet
 
         cfg = self.cfg
         tokens, width = self.fdi.shape
         channels = tuple(int(c) for c in self.unet.config.block_out_channels)
-        conf = {"channels": channels, "token_width": width, "num_tokens": tokens, **(cfg.adapter_config or {})}
-        try:
-            adapter_config = FDIAdapterConfig(**conf)
-        except TypeError as exc:
-            raise FDIError(
-                f"--adapter-config has an unknown key ({exc}); use the fields of FDIAdapterConfig "
-                "(channels, res_blocks, bottleneck, heads, se_reduction, …)"
-            ) from None
+        adapter_config = adapter_config_for(channels, tokens, width, cfg.adapter_config)
         with torch.random.fork_rng(devices=[]):  # initial weights depend on --seed only; global RNG untouched
             torch.manual_seed(cfg.seed)
             label = cfg.label or self.output.stem
@@ -340,6 +400,30 @@ class TrainRun:
             self.raw_adapter().save(self.output, fdi=self.fdi)
         self.acc.wait_for_everyone()
 
+    def discard(self) -> None:
+        """After a refusal: remove the run folder this run created, unless it holds a checkpoint."""
+        if self.main and self.created_run_dir and self.run_dir.is_dir() and not list_checkpoints(self.run_dir):
+            import shutil
+
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def adapter_config_for(channels: tuple, tokens: int, width: int, overrides: Optional[dict]):
+    """The :class:`~fdi.adapter.FDIAdapterConfig` of a UNet's level ``channels`` and an FDI of ``tokens`` ×
+    ``width``, with ``--adapter-config``'s ``overrides``; an unknown key or a bad value is an :class:`FDIError`."""
+    from ..adapter import FDIAdapterConfig
+
+    conf = {"channels": channels, "token_width": width, "num_tokens": tokens, **(overrides or {})}
+    try:
+        return FDIAdapterConfig(**conf)
+    except TypeError as exc:
+        raise FDIError(
+            f"--adapter-config has an unknown key ({exc}); use the fields of FDIAdapterConfig "
+            "(channels, res_blocks, bottleneck, heads, se_reduction, …)"
+        ) from None
+    except FDIError as exc:
+        raise FDIError(f"--adapter-config: {exc}") from None
+
 
 def train(cfg: TrainConfig, progress: Optional[ProgressCallback] = None, models=None) -> TrainResult:
     """Train an FDI adapter and write it to ``cfg.output``.
@@ -357,7 +441,11 @@ def train(cfg: TrainConfig, progress: Optional[ProgressCallback] = None, models=
     run.check_inputs()
     with deterministic_algorithms(cfg.deterministic):
         run.setup_accelerator()
-        run.build()
+        try:
+            run.build()
+        except FDIError:  # a refusal only the loaded models can tell (e.g. an adapter config the UNet cannot take)
+            run.discard()
+            raise
         losses: List[float] = []
         if run.start_step >= run.max_steps:  # e.g. a job restarted after its last checkpoint: just write the adapter
             if run.main and not cfg.quiet:

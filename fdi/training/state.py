@@ -165,26 +165,42 @@ def save_checkpoint(run, step: int) -> Path:
     return final
 
 
-def load_checkpoint(run, ckpt: Path) -> None:
+def read_state(ckpt: Path) -> dict:
+    """The ``state.json`` of a checkpoint folder, refused unless it is one of this format version."""
     try:
         state = json.loads((ckpt / "state.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         raise FDIError(
             f"{ckpt}/state.json is unreadable; the checkpoint is damaged, resume from an earlier one"
         ) from None
-    if state.get("format") != STATE_FORMAT or state.get("format_version") != STATE_VERSION:
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != STATE_FORMAT
+        or state.get("format_version") != STATE_VERSION
+    ):
         raise FDIError(
             f"{ckpt} is not an FDI training checkpoint of this version; resume from "
             "a checkpoint written by 'python -m fdi train'"
         )
+    return state
+
+
+def check_signature(ckpt: Path, state: dict, ours: dict, keys=None) -> None:
+    """Refuse to resume from ``ckpt`` when its run signature differs from ``ours`` (on ``keys``, default all)."""
     theirs = state.get("signature", {})
-    diff = sorted(k for k in set(theirs) | set(run.signature) if theirs.get(k) != run.signature.get(k))
+    names = set(theirs) | set(ours) if keys is None else set(keys)
+    diff = sorted(k for k in names if theirs.get(k) != ours.get(k))
     if diff:
-        details = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {run.signature.get(k)!r}" for k in diff)
+        details = "; ".join(f"{k}: checkpoint {theirs.get(k)!r}, this run {ours.get(k)!r}" for k in diff)
         raise FDIError(
             f"cannot resume from {ckpt}: it belongs to a different run ({details}); "
             "use the same settings, or start a new run with another --checkpoint-dir"
         )
+
+
+def load_checkpoint(run, ckpt: Path) -> None:
+    state = read_state(ckpt)
+    check_signature(ckpt, state, run.signature)
     saved = FDIAdapter.from_file(ckpt / "adapter.safetensors")
     run.raw_adapter().load_state_dict(saved.state_dict(), strict=True)
     _optimizer_from_file(ckpt / "optimizer.safetensors", run.optimizer, run.acc.scaler)

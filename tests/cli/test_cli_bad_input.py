@@ -385,3 +385,250 @@ def test_odd_but_valid_images_are_handled(world, tmp_path):
     )
     f = FDI.load(out)
     assert f.n_pairs == 2 and torch.isfinite(f.tokens).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# train: every input is checked before any work. A refusal names the input (exit 2, one line), comes before
+# BLIP-2, the SD model or accelerate is touched (each replaced by a tripwire here), and leaves no file behind.
+
+TRAIN_CASES = {
+    "sd: pickle .ckpt (with --blip2: refused before the task FDI is extracted)": "pickle checkpoint (.ckpt)",
+    "sd: missing path": "does not exist",
+    "sd: neither a folder nor .safetensors": "neither a diffusers folder nor a .safetensors",
+    "sd: folder without unet/": "missing unet",
+    "sd: truncated .safetensors": "truncated",
+    "sd: .safetensors that is not an SD checkpoint": "not a Stable Diffusion UNet checkpoint",
+    "sd: SD 2.x file that does not tell epsilon from v": "--prediction-type",
+    "sd-config: missing folder": "model config folder",
+    "blip2: missing folder": "does not exist",
+    "blip2: folder that is not BLIP-2": "no config.json",
+    "blip2: pickle weights only": "pickle weights",
+    "blip2: truncated weights": "truncated",
+    "blip2: weights without the Q-Former": "Q-Former",
+    "blip2: a file that is not a packed BLIP-2": "BLIP-2",
+    "neither --blip2 nor --fdi": "the task FDI is needed",
+    "fdi: not an FDI file": "pickle",
+    "fdi: adapter file given as FDI": "not an FDI file",
+    "pairs: missing degraded folder": "does not exist",
+    "pairs: unmatched names": "zz",
+    "pairs: unreadable image": "is empty (0 bytes)",
+    "validation pairs: unreadable image": "could not be read",
+    "output: folder does not exist": "does not exist; create it first",
+    "output: not a .safetensors name": "must end with '.safetensors'",
+    "checkpoint-dir: a file": "is a file",
+    "adapter-config: unknown key": "unknown key",
+    "adapter-config: heads not dividing the UNet's widths": "divisible by heads=3",
+    "adapter-config: not JSON": "not valid JSON",
+    "resume: folder without state.json": "no state.json",
+    "resume: damaged state.json": "unreadable",
+    "resume: checkpoint of another run": "batch_size: checkpoint 8, this run 2",
+    "device: not a device": "not a device",
+    "device: CUDA on a machine without it": "no CUDA GPU",
+    "checkpoints-total-limit 0": "--checkpoints-total-limit must be at least 1",
+    "batch size not divisible by accumulation": "not divisible by processes",
+}
+
+
+def _sd2_header_only(path: Path) -> Path:
+    """A single file with the SD 2.x cross-attention key and no v_pred marker or probe bias."""
+    key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    save_file({key: torch.zeros(320, 1024, dtype=torch.float16)}, path)
+    return path
+
+
+def _checkpoint(folder: Path, state) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(state if isinstance(state, str) else json.dumps(state))
+    return folder
+
+
+def train_case_args(name: str, w: dict, t: Path) -> list:
+    """The ``train`` arguments of one case: valid inputs (tiny SD, tiny BLIP-2, two pairs) with one broken."""
+    r, sd = w["root"], w["sd"]
+    opts = {
+        "--sd": sd,
+        "--blip2": r / "blip2",
+        "--degraded": r / "deg",
+        "--clean": r / "clean",
+        "-o": t / "out" / "a.safetensors",
+        "--max-steps": "1",
+        "--resolution": "64",
+        "--batch-size": "2",
+        "--device": "cpu",
+        "--adapter-config": json.dumps({"res_blocks": 1, "heads": 4, "se_reduction": 4}),
+    }
+    if name.startswith("sd:") or name.startswith("sd-config:"):
+        opts["--sd"] = {
+            "sd: pickle .ckpt (with --blip2: refused before the task FDI is extracted)": t / "model.ckpt",
+            "sd: missing path": t / "nothing",
+            "sd: neither a folder nor .safetensors": t / "model.gguf",
+            "sd: folder without unet/": t / "sd",
+            "sd: truncated .safetensors": t / "cut.safetensors",
+            "sd: .safetensors that is not an SD checkpoint": t / "fdi.safetensors",
+            "sd: SD 2.x file that does not tell epsilon from v": t / "sd2.safetensors",
+            "sd-config: missing folder": t / "sd2.safetensors",
+        }[name]
+        torch.save({}, t / "model.ckpt")
+        (t / "model.gguf").write_bytes(b"GGUF" + bytes(64))
+        if name == "sd: folder without unet/":
+            shutil.rmtree(_copy_folder(sd, t / "sd") / "unet")
+        (t / "cut.safetensors").write_bytes((r / "t.fdi.safetensors").read_bytes()[:40])
+        shutil.copy(r / "t.fdi.safetensors", t / "fdi.safetensors")
+        _sd2_header_only(t / "sd2.safetensors")
+        if name == "sd-config: missing folder":
+            opts["--sd-config"] = t / "no-config"
+    elif name.startswith("blip2:"):
+        d = t / "blip2"
+        if name == "blip2: missing folder":
+            pass
+        elif name == "blip2: folder that is not BLIP-2":
+            d.mkdir()
+        elif name == "blip2: a file that is not a packed BLIP-2":
+            d = r / "t.fdi.safetensors"
+        elif name == "blip2: weights without the Q-Former":
+            _copy_folder(r / "blip2", d)
+            _rewrite(
+                d / "model.safetensors",
+                d / "model.safetensors",
+                lambda ts, m: ({k: v for k, v in ts.items() if not k.startswith("qformer.")}, m),
+            )
+        else:
+            _copy_folder(r / "blip2", d)
+            data = (d / "model.safetensors").read_bytes()
+            (d / "model.safetensors").unlink()
+            if name == "blip2: pickle weights only":
+                torch.save({}, d / "pytorch_model.bin")
+            else:
+                (d / "model.safetensors").write_bytes(data[: len(data) // 3])
+        opts["--blip2"] = d
+    elif name == "neither --blip2 nor --fdi":
+        del opts["--blip2"]
+    elif name.startswith("fdi:"):
+        del opts["--blip2"]
+        if name == "fdi: not an FDI file":
+            torch.save({}, t / "t.pt")
+            opts["--fdi"] = t / "t.pt"
+        else:
+            opts["--fdi"] = r / "a.safetensors"
+    elif name == "pairs: missing degraded folder":
+        opts["--degraded"] = t / "no-such-folder"
+    elif name == "pairs: unmatched names":
+        d = _copy_folder(r / "deg", t / "d")
+        (d / "1.png").rename(d / "zz.png")
+        opts["--degraded"] = d
+    elif name == "pairs: unreadable image":
+        d = _copy_folder(r / "deg", t / "d")
+        (d / "1.png").write_bytes(b"")
+        opts["--degraded"] = d
+    elif name == "validation pairs: unreadable image":
+        d = _copy_folder(r / "clean", t / "vc")
+        (d / "0.png").write_bytes(b"not a png at all")
+        opts.update({"--validate-every": "1", "--val-degraded": r / "deg", "--val-clean": d})
+    elif name == "output: folder does not exist":
+        opts["-o"] = t / "out" / "missing" / "a.safetensors"
+    elif name == "output: not a .safetensors name":
+        opts["-o"] = t / "out" / "a.pt"
+    elif name == "checkpoint-dir: a file":
+        (t / "run").write_text("x")
+        opts["--checkpoint-dir"] = t / "run"
+    elif name.startswith("adapter-config:"):
+        opts["--adapter-config"] = {
+            "adapter-config: unknown key": '{"res_block": 1}',
+            "adapter-config: heads not dividing the UNet's widths": '{"heads": 3}',
+            "adapter-config: not JSON": "{res_blocks: 1}",
+        }[name]
+    elif name.startswith("resume:"):
+        state = {"format": "fdi_train_state", "format_version": 1, "step": 1}
+        if name == "resume: checkpoint of another run":
+            state["signature"] = {"batch_size": 8, "resolution": 64, "seed": 0, "n_pairs": 2}
+        opts["--resume"] = (
+            t / "empty-ckpt"
+            if name == "resume: folder without state.json"
+            else _checkpoint(t / "ckpt", "{not json" if name == "resume: damaged state.json" else state)
+        )
+        (t / "empty-ckpt").mkdir()
+    elif name == "device: not a device":
+        opts["--device"] = "gpu0"
+    elif name == "device: CUDA on a machine without it":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        opts["--device"] = "cuda"
+    elif name == "checkpoints-total-limit 0":
+        opts["--checkpoints-total-limit"] = "0"
+    elif name == "batch size not divisible by accumulation":
+        opts.update({"--batch-size": "3", "--grad-accum": "2"})
+    else:
+        raise KeyError(name)
+    return ["train", *[str(x) for kv in opts.items() for x in kv], "--quiet"]
+
+
+@pytest.fixture
+def tripwires(monkeypatch):
+    """Loading BLIP-2 or the SD model, extracting, or starting accelerate fails the test: work began."""
+
+    def tripped(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"{what} before every input was checked")
+
+        return fail
+
+    monkeypatch.setattr("fdi.encoder.QFormerEncoder.from_pretrained", tripped("BLIP-2 loaded"))
+    monkeypatch.setattr("fdi.models.load_sd", tripped("the SD model loaded"))
+    monkeypatch.setattr("fdi.extract.extract_fdi_from_sources", tripped("the task FDI extracted"))
+    monkeypatch.setattr("accelerate.Accelerator.__init__", tripped("accelerate started"))
+
+
+@pytest.mark.parametrize("name", list(TRAIN_CASES))
+def test_train_refuses_each_bad_input_before_any_work(world, tmp_path, capsys, tripwires, name):
+    import time
+
+    (tmp_path / "out").mkdir()
+    args = train_case_args(name, world, tmp_path)
+    before_out, before_world = _snapshot(tmp_path / "out"), _snapshot(world["root"])
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    rc = main(args)
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    lines = [line for line in err if line.startswith("error:")]
+    assert rc == 2 and len(lines) == 1, (name, err)
+    assert TRAIN_CASES[name] in lines[0], (name, lines[0])
+    assert _snapshot(tmp_path / "out") == before_out, f"{name}: something was written"
+    assert _snapshot(world["root"]) == before_world, f"{name}: the inputs changed"
+    assert seconds < 5, f"{name}: refused after {seconds:.1f} s"
+    MESSAGES[f"train: {name}"] = lines[0][len("error: ") :]
+
+
+@pytest.mark.parametrize("blip2", ["folder", "packed file"])
+def test_train_valid_inputs_pass_the_checks(world, tmp_path, tripwires, blip2):
+    """The cases above break one input each: with none broken, the checks pass and work begins (BLIP-2 as a
+    folder or as one file made by pack-blip2)."""
+    (tmp_path / "out").mkdir()
+    args = train_case_args("checkpoints-total-limit 0", world, tmp_path)
+    args[args.index("--checkpoints-total-limit") + 1] = "2"
+    if blip2 == "packed file":
+        from fdi.blip2_pack import pack_blip2
+
+        pack_blip2(world["root"] / "blip2", tmp_path / "blip2.safetensors")
+        args[args.index("--blip2") + 1] = str(tmp_path / "blip2.safetensors")
+    with pytest.raises(AssertionError, match="accelerate started"):
+        main(args)
+    assert _snapshot(tmp_path / "out") == set()
+
+
+def test_train_refused_after_extraction_leaves_no_run_folder(world, tmp_path, monkeypatch, capsys):
+    """A refusal only the loaded model can make comes after the task FDI was extracted and saved in the run
+    folder: the run folder the run created goes with it."""
+    from fdi.errors import FDIError
+
+    def refuse(self):
+        assert (self.run_dir / "train.fdi.safetensors").is_file()  # the extraction ran and wrote its FDI
+        raise FDIError("this UNet cannot take the adapter")
+
+    monkeypatch.setattr("fdi.training.run.TrainRun.load_models", refuse)
+    (tmp_path / "out").mkdir()
+    args = train_case_args("checkpoints-total-limit 0", world, tmp_path)
+    args[args.index("--checkpoints-total-limit") + 1] = "2"
+    assert main(args) == 2
+    assert "this UNet cannot take the adapter" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "out") == set()

@@ -6,6 +6,8 @@ the pack the way ComfyUI does and calls the node's ``execute``. Needs ``COMFYUI_
 
 from __future__ import annotations
 
+import re
+
 import comfyui_harness as harness
 import pytest
 
@@ -44,6 +46,14 @@ again = node.execute(images, "haze,noise:sigma=20", 7, 2).result[0]
 result["same_seed_same_pixels"] = bool(torch.equal(again, degraded))
 other = node.execute(images, "haze,noise:sigma=20", 8, 2).result[0]
 result["other_seed_differs"] = bool(not torch.equal(other, degraded))
+# a photo added in front of the batch leaves the pairs of the others as they were
+front = torch.rand(1, 40, 52, 3)
+moved = node.execute(torch.cat([front, images.flip(0)]), "haze,noise:sigma=20", 7, 2).result[0]
+result["front_photo_keeps_pairs"] = torch.equal(moved[2:4], degraded[2:4]) and torch.equal(moved[4:], degraded[:2])
+schema = node.define_schema()
+result["category"] = schema.category
+result["description"] = schema.description
+result["display_names"] = [c.define_schema().display_name for c in listed]
 mm.interrupt_current_processing(True)
 try:
     node.execute(images, "haze", 0, 1)
@@ -69,6 +79,11 @@ def test_degrade_pairs_node_matches_the_library_and_drives_comfyui(tmp_path):
     assert r["library_max_diff"] == 0.0
     assert r["moved"] > 0.05  # the fixture responds: haze + σ=20 noise moves pixels by far more than rounding
     assert r["same_seed_same_pixels"] is True and r["other_seed_differs"] is True
+    assert r["front_photo_keeps_pairs"] is True
+    # beside the other training nodes; every node it names exists under that display name
+    assert r["category"] == "FDI/training"
+    named = re.findall(r"'([^']+)'", r["description"])
+    assert named and set(named) <= set(r["display_names"]), (named, r["display_names"])
     # one update per pair (ComfyUI 0.28 may drop intermediate updates): rising to 4 of 4
     values = [v for v, _ in r["progress"]]
     assert {t for _, t in r["progress"]} == {4} and values == sorted(values) and values[-1] == 4

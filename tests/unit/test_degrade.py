@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -12,6 +13,7 @@ import torch
 from fdi.degrade import degrade, degrade_folder, degrade_image, image_seed, parse_spec
 from fdi.errors import FDIError
 from fdi.images import load_image, pair_folders, save_image
+from fdi.seeds import derive_seed
 
 
 def photo(h: int = 96, w: int = 128, seed: int = 0) -> torch.Tensor:
@@ -152,15 +154,48 @@ def test_same_seed_same_pixels_any_batch_any_size():
     b = degrade(imgs, spec, seed=7)
     assert torch.equal(a, b)
     assert not torch.equal(a, degrade(imgs, spec, seed=8))
-    # image i of a batch is the image alone with image_seed(seed, i): the batch does not matter
-    alone = degrade_image(imgs[2], spec, image_seed(7, 2))[0]
+    # image i of a batch is the image alone with image_seed(seed, image): the batch does not matter
+    alone = degrade_image(imgs[2], spec, image_seed(7, imgs[2]))[0]
     assert torch.equal(a[2], alone)
     for h, w in ((1, 1), (5, 3), (17, 200)):
         out = degrade(torch.rand(2, 3, h, w), spec, seed=0)
         assert out.shape == (2, 3, h, w) and float(out.min()) >= 0 and float(out.max()) <= 1
-    half = degrade(imgs.to(torch.bfloat16), "haze,noise", seed=7)
-    assert half.dtype == torch.bfloat16
-    assert float((half.float() - degrade(imgs, "haze,noise", seed=7)).abs().max()) < 0.02
+    # bf16 in, bf16 out; the pixels are those of the same (bf16-rounded) photo degraded in float32
+    half = imgs.to(torch.bfloat16)
+    out = degrade(half, "haze,noise", seed=7)
+    assert out.dtype == torch.bfloat16
+    assert float((out.float() - degrade(half.float(), "haze,noise", seed=7)).abs().max()) <= 2**-8
+
+
+def test_a_photo_gets_the_same_pair_wherever_it_sits_in_a_batch():
+    """The seed of a pair comes from the photo's pixels, not its place: a photo added in front (or a batch
+    re-ordered) leaves every other pair as it was; two different photos still get unrelated draws."""
+    a, b, c = (photo(24, 32, s) for s in range(3))
+    spec = "haze,noise:sigma=20"
+    first = degrade(torch.stack([a, b]), spec, seed=3, copies=2)
+    moved = degrade(torch.stack([c, b, a]), spec, seed=3, copies=2)
+    assert torch.equal(moved[2:4], first[2:4])  # b's two copies: second in both batches
+    assert torch.equal(moved[4:6], first[0:2])  # a's: first, then third
+    assert not torch.equal(first[0], first[1])  # the copies of one photo differ
+    # the same pixels on another device/dtype path give the same seed; a one-level change gives another
+    assert image_seed(3, a) == image_seed(3, a.clone().double()) == image_seed(3, a.contiguous()[None][0])
+    nudged = a.clone()
+    nudged[0, 0, 0] += 1 / 255
+    assert image_seed(3, nudged) != image_seed(3, a)
+    assert image_seed(3, a, copy=1) != image_seed(3, a) != image_seed(4, a)
+
+
+def test_the_seed_rule_is_stable_across_runs_and_platforms():
+    """The seed is derive_seed(seed, SHA-256 of "<H>x<W>:" + the 8-bit pixels (channel, row, column order), copy):
+    integers and a hash, the same on every machine; pixel values within 8-bit rounding share it."""
+    g = torch.Generator().manual_seed(0)
+    levels = torch.randint(0, 256, (3, 5, 7), generator=g, dtype=torch.uint8)
+    img = levels.float() / 255
+    digest = hashlib.sha256(b"5x7:" + levels.numpy().tobytes()).hexdigest()
+    assert image_seed(11, img) == derive_seed(11, digest, 0)
+    assert image_seed(11, img, copy=2) == derive_seed(11, digest, 2)
+    assert image_seed(11, (img + 0.4 / 255).clamp(0, 1)) == image_seed(11, img)  # still the same 8-bit photo
+    assert image_seed(11, img.transpose(1, 2).contiguous()) != image_seed(11, img)  # the size is part of the key
 
 
 def test_bad_specs_name_the_fix():
@@ -200,13 +235,17 @@ def test_degrade_folder_writes_pairs_that_extract_reads(tmp_path):
     with pytest.raises(FDIError, match="--overwrite"):
         degrade_folder(src, "haze", out)
     first = load_image(out / "degraded" / "img0.png")
+    # the CLI's rule is the node's: a photo's pair is degrade() of its pixels, whatever its name or place
+    save_image(degrade(load_image(src / "img0.png")[None], "haze,noise:sigma=10", seed=1)[0], tmp_path / "ref.png")
+    assert torch.equal(load_image(tmp_path / "ref.png"), first)
     save_image(photo(20, 20, 9), src / "another.png")  # adding a photo leaves the other pairs as they were
+    (src / "img0.png").rename(src / "renamed.png")  # and so does renaming one
     degrade_folder(src, "haze,noise:sigma=10", out, seed=1, overwrite=True)
-    assert torch.equal(load_image(out / "degraded" / "img0.png"), first)
+    assert torch.equal(load_image(out / "degraded" / "renamed.png"), first)
     # copies: several degraded versions of one photo, each different
     degrade_folder(src, "noise", tmp_path / "copies", copies=2)
     names = sorted(p.name for p in (tmp_path / "copies" / "degraded").iterdir())
-    assert names == ["another-0.png", "another-1.png", "img0-0.png", "img0-1.png", "img1-0.png", "img1-1.png"]
+    assert names == ["another-0.png", "another-1.png", "img1-0.png", "img1-1.png", "renamed-0.png", "renamed-1.png"]
 
 
 def test_cli_degrade(tmp_path, capsys):
