@@ -226,4 +226,4 @@ def test_train_and_restore_from_a_single_file_offline(tmp_path, monkeypatch, cap
         )
         == 2
     )
-    assert "trained for sd2.1-v but the model is sd2.1-base" in capsys.readouterr().err
+    assert "trained for SD 2.1 (768-v) but the model is SD 2.1 base" in capsys.readouterr().err
