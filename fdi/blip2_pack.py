@@ -23,7 +23,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .encoder import PACK_FORMAT, PACK_FORMAT_VERSION, Blip2Source, open_blip2
+from .blip2_source import PACK_FORMAT, PACK_FORMAT_VERSION, Blip2Source, open_blip2
 from .errors import FDIError
 from .files import PathLike, SafetensorsReader, atomic_write, check_output_path, safetensors_header, tensor_bytes
 from .progress import ProgressCallback, report

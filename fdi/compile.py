@@ -1,7 +1,7 @@
 """``torch.compile`` for the restoration pipeline: the UNet once per shape, with an eager fallback.
 
 :func:`compile_unet` puts the UNet in ``channels_last``, installs a
-:class:`fdi.diffusers_backend.GuidanceSlot` (guidance as gated buffers, so neither a new image nor the
+:class:`fdi.guidance_slot.GuidanceSlot` (guidance as gated buffers, so neither a new image nor the
 guidance window's end recompiles) and returns a :class:`CompiledCall` around
 ``torch.compile(unet, dynamic=False)``: CUDA graphs (``mode="reduce-overhead"``) on CUDA, inductor's
 default on the CPU. Where compilation is unavailable (:func:`compile_unavailable_reason`) or fails on
@@ -19,8 +19,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .diffusers_backend import SLOT_ATTRIBUTE, GuidanceSlot
 from .errors import FDIError
+from .guidance_slot import SLOT_ATTRIBUTE, GuidanceSlot
 
 
 def default_mode(device: torch.device) -> Optional[str]:

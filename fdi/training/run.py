@@ -24,18 +24,17 @@ import torch
 
 from ..conditioning import encode_text
 from ..errors import FDIError
-from ..files import check_output_path, read_header
+from ..files import check_output_path
 from ..models import check_sd_source, vae_encode
 from ..progress import ProgressCallback
+from .checks import adapter_config_for, check_instruction, read_pairs, resume_point, run_folder, unet_channels
 from .config import TrainConfig, TrainResult, check_batch_split, check_config, check_device
 from .determinism import deterministic_algorithms
 from .loop import run_loop
 from .state import (
-    check_signature,
     fdi_hash,
     list_checkpoints,
     load_checkpoint,
-    read_state,
     save_checkpoint,
 )
 from .step import StepLoss, diffusers_predictor, step_generator, training_step, unet_checkpointing
@@ -90,7 +89,7 @@ class TrainRun:
     val_path: Optional[Path] = None
     tb: Any = None
 
-    # ---- phase 1: everything that can be checked before a model is loaded ------------------------
+    # ---- phase 1: everything that can be checked before a model is loaded (:mod:`.checks`) ------------
     def check_inputs(self) -> None:
         """Every input, before any model is loaded, any pair extracted or any file written: options, devices,
         the SD model (format, header, family), the pairs (readable images), the output and run folders, the
@@ -104,112 +103,10 @@ class TrainRun:
             if not cfg.sd:
                 raise FDIError("no Stable Diffusion model: give a diffusers folder or a .safetensors checkpoint")
             check_sd_source(cfg.sd, cfg.sd_config, cfg.prediction_type)
-        self.check_pairs()
-        self.check_run_dir()
-        self.check_resume()
-        self.check_instruction()
-
-    def check_pairs(self) -> None:
-        """The training (and validation) pairs, each image's header read (a broken file fails now, not later)."""
-        from ..data import collect_pairs
-        from ..images import probe_image
-
-        cfg = self.cfg
-        self.pairs = collect_pairs(cfg.degraded, cfg.clean, cfg.pairs_file)
-        if cfg.validate_every:
-            self.val_pairs = collect_pairs(cfg.val_degraded, cfg.val_clean, cfg.val_pairs_file, what="validation")
-        for pair in (*self.pairs, *self.val_pairs[: cfg.val_max_images]):
-            probe_image(pair.degraded)
-            probe_image(pair.clean)
-
-    def check_run_dir(self) -> None:
-        cfg = self.cfg
-        self.run_dir = (
-            Path(cfg.checkpoint_dir)
-            if cfg.checkpoint_dir
-            else self.output.with_name(self.output.name[: -len(".safetensors")] + "-run")
-        )
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise FDIError(f"checkpoint folder {str(self.run_dir)!r} is a file; give a folder with --checkpoint-dir")
-        parent = self.run_dir if self.run_dir.exists() else self.run_dir.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
-            raise FDIError(
-                f"checkpoint folder {str(self.run_dir)!r} cannot be created or written; "
-                "choose another --checkpoint-dir or fix the permissions"
-            )
-        self.created_run_dir = not self.run_dir.exists()
-
-    def check_resume(self) -> None:
-        cfg = self.cfg
-        if cfg.resume == "latest":
-            found = list_checkpoints(self.run_dir)
-            self.resume_from = found[-1][1] if found else None
-            if self.resume_from is None and not cfg.quiet and os.environ.get("RANK", "0") == "0":
-                print(f"no checkpoint in {self.run_dir} yet: starting a new run")
-        elif cfg.resume:
-            if not (Path(cfg.resume) / "state.json").is_file():
-                raise FDIError(
-                    f"--resume {cfg.resume!r} is not a training checkpoint (no state.json); "
-                    "give a checkpoint-<step> folder or 'latest'"
-                )
-            self.resume_from = Path(cfg.resume)
-        if self.resume_from is None and list_checkpoints(self.run_dir):
-            raise FDIError(
-                f"{self.run_dir} already holds checkpoints of another run; continue it with --resume latest, "
-                "or start anew with another --checkpoint-dir (or delete that folder)"
-            )
-        if self.resume_from is not None:  # what the run's signature holds before any model is loaded
-            early = {
-                "batch_size": cfg.batch_size,
-                "resolution": cfg.resolution,
-                "seed": cfg.seed,
-                "n_pairs": len(self.pairs),
-            }
-            check_signature(self.resume_from, read_state(self.resume_from), early, keys=early)
-            read_header(self.resume_from / "adapter.safetensors", "checkpoint adapter")
-
-    def check_instruction(self) -> None:
-        """The task FDI's source (``--fdi`` read, or BLIP-2's files checked) and the adapter config's keys and
-        values (against the UNet's level widths where its config tells them)."""
-        from ..instruction import FDI
-
-        cfg = self.cfg
-        if self.resume_from is None and not cfg.fdi and not cfg.blip2:
-            raise FDIError(
-                "the task FDI is needed: give --blip2 DIR (it is computed from the training pairs) "
-                "or --fdi FILE.fdi.safetensors"
-            )
-        tokens, width = 32, 768
-        if cfg.fdi:
-            tokens, width = FDI.load(cfg.fdi).shape
-        elif self.resume_from is None:
-            from ..encoder import open_blip2
-
-            open_blip2(cfg.blip2)  # configs and headers: a folder or a packed file, no weights read
-        adapter_config_for(self.unet_channels(), tokens, width, cfg.adapter_config)
-
-    def unet_channels(self) -> tuple:
-        """The UNet's level widths from its config (no weights read): the given model's, the folder's
-        ``unet/config.json``, or for a single file its ``--sd-config``'s or its family's shipped config."""
-        cfg = self.cfg
-        if self.given_models is not None:
-            return tuple(self.given_models.unet.config.block_out_channels)
-        from ..checkpoints import inspect_single_file
-        from ..families import family_for
-        from ..models import family_config_dir
-
-        sd = Path(cfg.sd)
-        if sd.is_dir():
-            folder = sd
-        elif cfg.sd_config:
-            folder = Path(cfg.sd_config)
-        else:
-            folder = family_config_dir(family_for(inspect_single_file(sd)["arch"], "epsilon"))
-        unet_config = folder / "unet" / "config.json"
-        try:
-            return tuple(int(c) for c in json.loads(unet_config.read_text())["block_out_channels"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise FDIError(f"{unet_config} is missing or unreadable; give a complete diffusers folder") from None
+        self.pairs, self.val_pairs = read_pairs(cfg)
+        self.run_dir, self.created_run_dir = run_folder(cfg, self.output)
+        self.resume_from = resume_point(cfg, self.run_dir, len(self.pairs))
+        check_instruction(cfg, self.resume_from, unet_channels(cfg, self.given_models))
 
     # ---- phase 2: accelerate, batch split --------------------------------------------------------
     def setup_accelerator(self) -> None:
@@ -406,23 +303,6 @@ class TrainRun:
             import shutil
 
             shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def adapter_config_for(channels: tuple, tokens: int, width: int, overrides: Optional[dict]):
-    """The :class:`~fdi.adapter.FDIAdapterConfig` of a UNet's level ``channels`` and an FDI of ``tokens`` ×
-    ``width``, with ``--adapter-config``'s ``overrides``; an unknown key or a bad value is an :class:`FDIError`."""
-    from ..adapter import FDIAdapterConfig
-
-    conf = {"channels": channels, "token_width": width, "num_tokens": tokens, **(overrides or {})}
-    try:
-        return FDIAdapterConfig(**conf)
-    except TypeError as exc:
-        raise FDIError(
-            f"--adapter-config has an unknown key ({exc}); use the fields of FDIAdapterConfig "
-            "(channels, res_blocks, bottleneck, heads, se_reduction, …)"
-        ) from None
-    except FDIError as exc:
-        raise FDIError(f"--adapter-config: {exc}") from None
 
 
 def train(cfg: TrainConfig, progress: Optional[ProgressCallback] = None, models=None) -> TrainResult:

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from tiny_blip2 import TINY_TOKENS, TINY_WIDTH, shard_tiny_blip2
 
 from fdi.blip2_pack import pack_blip2
-from fdi.encoder import PACK_FORMAT, QFormerEncoder
+from fdi.blip2_source import PACK_FORMAT
+from fdi.encoder import QFormerEncoder
 from fdi.errors import FDIError
 from fdi.extract import extract_fdi
 from fdi.files import read_header
@@ -190,7 +191,7 @@ BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(sys.argv[1]
 del model
 import gc; gc.collect()
 from fdi.blip2_pack import pack_blip2
-from fdi.encoder import open_blip2
+from fdi.blip2_source import open_blip2
 open_blip2(sys.argv[1])
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the high-water mark to the current RSS

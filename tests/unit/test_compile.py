@@ -15,8 +15,9 @@ from tiny_sd import TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tin
 
 from fdi.adapter import FDIAdapter
 from fdi.compile import CompiledCall, compile_unavailable_reason, compile_unet
-from fdi.diffusers_backend import SLOT_ATTRIBUTE, DiffusersGuidance, GuidanceSlot
+from fdi.diffusers_backend import DiffusersGuidance
 from fdi.errors import FDIError
+from fdi.guidance_slot import SLOT_ATTRIBUTE, GuidanceSlot
 from fdi.instruction import FDI
 from fdi.pipeline import AdapterUse, FDIRestorationPipeline
 
@@ -91,7 +92,7 @@ def test_slot_keeps_buffers_for_a_few_recent_shapes_frees_them_on_unbind_and_res
     guidance was removed. The slot keeps the most recent SLOT_SHAPES (least recently used out) and none after
     unbind; a shape that comes back after its buffers were dropped is refilled: the outputs equal a fresh slot's
     bit for bit, and the plain hooks' to float rounding."""
-    from fdi.diffusers_backend import SLOT_SHAPES
+    from fdi.guidance_slot import SLOT_SHAPES
 
     x, ctx = inputs
     g = torch.Generator().manual_seed(11)

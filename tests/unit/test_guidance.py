@@ -7,9 +7,10 @@ import torch
 from tiny_sd import TINY_CHANNELS, TINY_TEXT_WIDTH, randomise_adapter, tiny_adapter_config, tiny_unet
 
 from fdi.adapter import FDIAdapter, FDIGuidance, Modulation
-from fdi.diffusers_backend import DiffusersGuidance, GuidanceSlot, check_unet, guide_unet
+from fdi.diffusers_backend import DiffusersGuidance, check_unet, guide_unet
 from fdi.errors import FDIError
 from fdi.guidance import apply_modulation, apply_residual, fit_batch, fit_spatial, modulate, residual_delta
+from fdi.guidance_slot import GuidanceSlot
 
 # ---- pure math ------------------------------------------------------------------------------------
 
