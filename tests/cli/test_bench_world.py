@@ -1,4 +1,4 @@
-"""The small world's recipes (``bench/world.py``): cache names, the shared VAE, the UNet's training target."""
+"""The small world's recipes (``bench/smallworld/world.py``): cache names, the shared VAE, the UNet's target."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "smallworld"))
 
 world = pytest.importorskip("world")
 

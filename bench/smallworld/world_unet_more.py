@@ -1,11 +1,11 @@
 """Train a world's UNet further (does a longer-trained UNet start to use its deep levels?).
 
-``python bench/world_unet_more.py --world ~/.cache/fdi-learns/world-<key> --steps 400 --out DIR`` copies
+``python bench/smallworld/world_unet_more.py --world ~/.cache/fdi-learns/world-<key> --steps 400 --out DIR`` copies
 ``WORLD/sd`` to ``DIR/sd`` and continues its UNet's training as :func:`world.train_unet` trains it (ε-prediction on
 the scaled posterior modes of the train patches and their mirror images, the empty prompt, AdamW, batch
 ``--batch``, gradients clipped to 1), at a constant ``--lr`` with a fresh optimizer, then saves the UNet there.
-Measure the result with ``bench/residual_reach.py --world DIR`` (it reads ``DIR/sd`` and ``DIR/pairs``: linked to
-the world's) and ``bench/world_denoiser.py --sd DIR/sd``.
+Measure the result with ``bench/smallworld/residual_reach.py --world DIR`` (it reads ``DIR/sd`` and ``DIR/pairs``:
+linked to the world's) and ``bench/smallworld/world_denoiser.py --sd DIR/sd``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "smallworld"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,9 +1,9 @@
 """Where does restoration lose what a small-world adapter learnt? Its clean estimate, and sampling from other starts.
 
-``python bench/learns_start.py --world ~/.cache/fdi-learns/world-<key> --out DIR --adapter haze=A.safetensors``
-(adapters with their FDI embedded, as ``fdi train`` writes them) reads the held-out test pairs that
-``bench/learns.py`` (or ``bench/learns_restore.py``) wrote under ``--pairs DIR/<task>/{degraded,clean}`` and
-measures, per task, PSNR (dB) against the clean patches of:
+``python bench/smallworld/learns_start.py --world ~/.cache/fdi-learns/world-<key> --out DIR --adapter
+haze=A.safetensors`` (adapters with their FDI embedded, as ``fdi train`` writes them) reads the held-out test pairs
+that ``bench/learns.py`` (or ``bench/smallworld/learns_restore.py``) wrote under ``--pairs
+DIR/<task>/{degraded,clean}`` and measures, per task, PSNR (dB) against the clean patches of:
 
 * ``x0_plain@t`` / ``x0_guided@t``: the decoded one-step clean estimate ẑ₀ of the UNet, unguided and guided,
   at the forward-noised *clean* latent of timestep t (what training rewards; seeded noise);
@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 

@@ -1,10 +1,11 @@
-"""Restoration metrics of given adapters on a world's held-out patches (bench/learns.py's stages 1, 3 and 4).
+"""Restoration metrics of given adapters on a world's held-out patches (stages 1, 3 and 4 of bench/learns.py).
 
-``python bench/learns_restore.py --world ~/.cache/fdi-learns/world-<key> --out DIR --adapter haze=A.safetensors
---adapter noise=B.safetensors`` makes the test pairs as ``learns.py`` does (``fdi degrade``, seed 2), restores them
-with ``fdi restore`` (strength 0, guided, and the other task's FDI when both tasks are given; the project's defaults:
-50 + 50 DDIM steps, guidance in the first third, strength 1) and writes ``DIR/report.json`` with ``psnr_degraded``,
-``psnr_unguided``, ``psnr_restored``, ``psnr_wrong_fdi`` (and SSIMs) per task. Nothing is selected on these patches.
+``python bench/smallworld/learns_restore.py --world ~/.cache/fdi-learns/world-<key> --out DIR --adapter
+haze=A.safetensors --adapter noise=B.safetensors`` makes the test pairs as ``learns.py`` does (``fdi degrade``, seed
+2), restores them with ``fdi restore`` (strength 0, guided, and the other task's FDI when both tasks are given; the
+project's defaults: 50 + 50 DDIM steps, guidance in the first third, strength 1) and writes ``DIR/report.json`` with
+``psnr_degraded``, ``psnr_unguided``, ``psnr_restored``, ``psnr_wrong_fdi`` (and SSIMs) per task. Nothing is selected
+on these patches.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "smallworld"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -28,7 +29,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    import learns as L
+    import learns_jobs as L
+    from learns_report import metrics
 
     world = {"root": args.world, "train": args.world / "patches" / "train", "test": args.world / "patches" / "test"}
     adapters = dict(a.split("=", 1) for a in args.adapter)
@@ -40,8 +42,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             ["degrade", "--clean", world["test"], "--kind", L.TASKS[task], "-o", te / "pairs", "--seed", 2, "--quiet"],
             1,
         )
-        L._copy_pngs(te / "pairs" / "degraded", te / "degraded")
-        L._copy_pngs(te / "pairs" / "clean", te / "clean")
+        L.copy_pngs(te / "pairs" / "degraded", te / "degraded")
+        L.copy_pngs(te / "pairs" / "clean", te / "clean")
     common = ["--steps", args.steps, "--inversion-steps", args.steps, "--batch-size", 16, "--device", "cpu"]
     common += ["--quiet", "--sd", args.world / "sd"]
     jobs = []
@@ -57,13 +59,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
                 FDIAdapter.from_file(adapters[others[0]]).fdi.save(wrong)
             jobs.append([*base, "-o", out / task / "wrong_fdi", "--fdi", wrong])
-    L.fdi_many(jobs, args.threads, 1)
+    L.run_jobs([L.Job(j) for j in jobs], args.threads, 1)
     report = {"world": str(args.world), "adapters": adapters, "steps": args.steps}
     for task in adapters:
         row = {}
         for kind in ("degraded", "unguided", "restored", "wrong_fdi"):
             if (out / task / kind).is_dir():
-                m = L.metrics(out / task / kind, out / task / "clean")
+                m = metrics(out / task / kind, out / task / "clean")
                 row[f"psnr_{kind}"], row[f"ssim_{kind}"] = m["psnr"], m["ssim"]
         report[task] = row
         print(task, json.dumps(row), flush=True)

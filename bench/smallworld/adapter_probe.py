@@ -1,7 +1,7 @@
 """Does an FDI adapter lower the diffusion loss of a world's frozen UNet? Its MSE with and without it, at fixed t.
 
-``python bench/adapter_probe.py --world ~/.cache/fdi-learns/world-<key> --task haze --fdi FDI --adapter A ...``
-takes ``-n`` seeded TRAIN pairs of ``WORLD/pairs/<task>`` (never the test patches), encodes the clean patches
+``python bench/smallworld/adapter_probe.py --world ~/.cache/fdi-learns/world-<key> --task haze --fdi FDI --adapter A
+...`` takes ``-n`` seeded TRAIN pairs of ``WORLD/pairs/<task>`` (never the test patches), encodes the clean patches
 (posterior mode, scaled, as ``train`` encodes), noises them at each ``--t`` with noise seeded by t, and prints per
 adapter (``fresh`` = a new adapter as ``fdi train --seed 0`` makes it, or an adapter / checkpoint file):
 
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 ADAPTER_CONFIG = {"res_blocks": 1, "heads": 4, "se_reduction": 4}  # bench/learns.py's

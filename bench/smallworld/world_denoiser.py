@@ -1,6 +1,6 @@
 """How good a denoiser is a world's UNet? ε-prediction error per timestep, beside two references.
 
-``python bench/world_denoiser.py --sd ~/.cache/fdi-learns/world-<key>/sd --patches DIR`` encodes 64 patches
+``python bench/smallworld/world_denoiser.py --sd ~/.cache/fdi-learns/world-<key>/sd --patches DIR`` encodes 64 patches
 of DIR (the posterior mode, scaled, as ``train`` and ``restore`` encode), noises them at a few timesteps of
 the world's schedule with seeded noise and prints, per timestep, the mean squared error of
 

@@ -1,6 +1,6 @@
 """How much can encoder residuals move a world's frozen UNet, and how much diffusion loss can they buy at best?
 
-``python bench/residual_reach.py --world ~/.cache/fdi-learns/world-<key> --task haze`` on ``-n`` seeded TRAIN
+``python bench/smallworld/residual_reach.py --world ~/.cache/fdi-learns/world-<key> --task haze`` on ``-n`` seeded TRAIN
 pairs (never the test patches), noise seeded by t:
 
 1. **reach**: per UNet level, a random residual (Gaussian, RMS = ``--scale`` × the RMS of the feature it is added
@@ -30,9 +30,9 @@ from typing import List, Optional
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "bench" / "smallworld"))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
