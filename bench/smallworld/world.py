@@ -33,9 +33,10 @@ import hashlib
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -112,6 +113,52 @@ WORLDS["v-v5-long"] = replace(WORLDS["v-v5"], unet_steps=1600)
 
 def _log(msg: str) -> None:
     print(f"[world {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+#: CPU threads every world is trained in, whoever calls: the order of a float sum, so every weight and through
+#: training every figure, depends on the thread count (measured: docs/design.md, "The small world")
+BUILD_THREADS = 1
+
+
+@contextmanager
+def build_threads(n: int = BUILD_THREADS) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def provenance() -> Dict[str, object]:
+    """What besides the recipe decides a world's bits: the thread count, the CPU's kernel set and the libraries.
+    The same recipe gives the same weights when all of these match (measured; docs/design.md)."""
+    import diffusers
+    import skimage
+    import transformers
+
+    return {
+        "build_threads": BUILD_THREADS,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "scikit_image": skimage.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _check_provenance(what: str, recorded: Dict[str, object]) -> None:
+    """Say (not fail) when a cached part was built where a rebuild would give other bits."""
+    here = provenance()
+    if not recorded:
+        _log(f"{what} records no build provenance (built before it was recorded); a rebuild may differ")
+        return
+    diff = {k: (recorded.get(k), v) for k, v in here.items() if recorded.get(k) != v}
+    if diff:
+        _log(f"{what} was built with " + ", ".join(f"{k} {a} (here {b})" for k, (a, b) in diff.items())
+             + "; a rebuild here gives other weights and figures")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ patches
@@ -256,7 +303,12 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def train_vae(cfg: WorldConfig, train: torch.Tensor):
-    """Train the VAE on ``train`` ``[N, 3, P, P]`` in 0..1; returns it (eval mode)."""
+    """Train the VAE on ``train`` ``[N, 3, P, P]`` in 0..1 in :data:`BUILD_THREADS` threads; returns it (eval)."""
+    with build_threads():
+        return _train_vae(cfg, train)
+
+
+def _train_vae(cfg: WorldConfig, train: torch.Tensor):
     torch.manual_seed(cfg.seed)
     vae = _vae(cfg).train()
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
@@ -302,7 +354,13 @@ def _latents(vae, images: torch.Tensor, batch: int = 64) -> Tuple[torch.Tensor, 
 
 
 def train_unet(cfg: WorldConfig, vae, train: torch.Tensor, context: torch.Tensor):
-    """Train the UNet (``cfg.prediction_type``: ε or v) on the VAE latents of ``train`` and its mirror images."""
+    """Train the UNet (``cfg.prediction_type``: ε or v) on the VAE latents of ``train`` and its mirror images, in
+    :data:`BUILD_THREADS` threads; returns ``(unet, scale)``."""
+    with build_threads():
+        return _train_unet(cfg, vae, train, context)
+
+
+def _train_unet(cfg: WorldConfig, vae, train: torch.Tensor, context: torch.Tensor):
     from fdi.sampling import diffusion_target
 
     torch.manual_seed(cfg.seed + 1)
@@ -392,21 +450,68 @@ def cached_vae(cfg: WorldConfig, train: torch.Tensor, cache: Path):
     folder = cache / f"vae-{cfg.vae_key()}"
     if (folder / "train.json").exists():
         _log(f"vae from {folder}")
-        return AutoencoderKL.from_pretrained(folder).eval(), json.loads((folder / "train.json").read_text())["s"]
+        record = json.loads((folder / "train.json").read_text())
+        _check_provenance(f"the cached VAE {folder.name}", record.get("built_with", {}))
+        return AutoencoderKL.from_pretrained(folder).eval(), record["s"]
     t0 = time.time()
     vae = train_vae(cfg, train)
     seconds = round(time.time() - t0, 1)
     vae.save_pretrained(folder, safe_serialization=True)
-    (folder / "train.json").write_text(json.dumps({"s": seconds}))
+    (folder / "train.json").write_text(json.dumps({"s": seconds, "built_with": provenance()}))
     return vae, seconds
 
 
-def build_world(cfg: WorldConfig, cache: Path) -> Dict[str, Path]:
-    """Build (or reuse) the world under ``cache/world-<key>``; returns its folders and facts."""
+def _train_models(cfg: WorldConfig, cache: Path, train_dir: Path, test_dir: Path, sd_dir: Path) -> Dict:
+    """Train (or read) the VAE, train the UNet, save the SD pipeline to ``sd_dir``; returns the world's facts."""
     from diffusers import StableDiffusionPipeline
 
     from fdi.tokenizers import sd2_tokenizer
 
+    train = _load_folder(train_dir)
+    test = _load_folder(test_dir)
+    _log(f"{len(train)} train patches, {len(test)} test patches of {cfg.patch} px")
+    vae, t_vae = cached_vae(cfg, train, Path(cache))
+    vae_psnr = _recon_psnr(vae, test)
+    vae_train_psnr = _recon_psnr(vae, train[:: max(1, len(train) // 64)])
+    _log(f"vae reconstruction PSNR: held-out {vae_psnr:.2f} dB, train {vae_train_psnr:.2f} dB")
+    tok = sd2_tokenizer()
+    torch.manual_seed(cfg.seed + 3)
+    text = _text_encoder(cfg, tok)
+    with torch.no_grad():
+        ids = tok("", padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        context = text(ids)[0]
+    t1 = time.time()
+    unet, scale = train_unet(cfg, vae, train, context)
+    t_unet = time.time() - t1
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=tok,
+        unet=unet,
+        scheduler=_scheduler(cfg.prediction_type),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(sd_dir, safe_serialization=True)
+    return {
+        "train_patches": len(train),
+        "test_patches": len(test),
+        "vae_heldout_psnr": round(vae_psnr, 3),
+        "vae_train_psnr": round(vae_train_psnr, 3),
+        "vae_scaling_factor": scale,
+        "vae_train_s": round(t_vae, 1),
+        "unet_train_s": round(t_unet, 1),
+        "vae_parameters": sum(p.numel() for p in vae.parameters()),
+        "unet_parameters": sum(p.numel() for p in unet.parameters()),
+        "built_with": provenance(),
+    }
+
+
+def build_world(cfg: WorldConfig, cache: Path) -> Dict[str, Path]:
+    """Build (or reuse) the world under ``cache/world-<key>``; returns its folders and facts. Everything is trained
+    in :data:`BUILD_THREADS` threads, so a rebuild from nothing on the same machine gives the same bits
+    (``info["built_with"]``: what else must match)."""
     root = Path(cache) / f"world-{cfg.key()}"
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -414,46 +519,13 @@ def build_world(cfg: WorldConfig, cache: Path) -> Dict[str, Path]:
     sd_dir, blip_dir = root / "sd", root / "blip2"
     info_path = root / "world.json"
     if not (sd_dir / "model_index.json").exists() or not info_path.exists():
-        train = _load_folder(train_dir)
-        test = _load_folder(test_dir)
-        _log(f"{len(train)} train patches, {len(test)} test patches of {cfg.patch} px")
-        vae, t_vae = cached_vae(cfg, train, Path(cache))
-        vae_psnr = _recon_psnr(vae, test)
-        vae_train_psnr = _recon_psnr(vae, train[:: max(1, len(train) // 64)])
-        _log(f"vae reconstruction PSNR: held-out {vae_psnr:.2f} dB, train {vae_train_psnr:.2f} dB")
-        tok = sd2_tokenizer()
-        torch.manual_seed(cfg.seed + 3)
-        text = _text_encoder(cfg, tok)
-        with torch.no_grad():
-            ids = tok("", padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-            context = text(ids)[0]
-        t1 = time.time()
-        unet, scale = train_unet(cfg, vae, train, context)
-        t_unet = time.time() - t1
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text,
-            tokenizer=tok,
-            unet=unet,
-            scheduler=_scheduler(cfg.prediction_type),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipe.save_pretrained(sd_dir, safe_serialization=True)
-        info = {
-            "train_patches": len(train),
-            "test_patches": len(test),
-            "vae_heldout_psnr": round(vae_psnr, 3),
-            "vae_train_psnr": round(vae_train_psnr, 3),
-            "vae_scaling_factor": scale,
-            "vae_train_s": round(t_vae, 1),
-            "unet_train_s": round(t_unet, 1),
-            "vae_parameters": sum(p.numel() for p in vae.parameters()),
-            "unet_parameters": sum(p.numel() for p in unet.parameters()),
-        }
+        with build_threads():
+            info = _train_models(cfg, cache, train_dir, test_dir, sd_dir)
         info_path.write_text(json.dumps(info, indent=2))
+    else:
+        _check_provenance(f"the cached world {root.name}", json.loads(info_path.read_text()).get("built_with", {}))
     if not (blip_dir / "config.json").exists():
-        _blip2(blip_dir, cfg.seed + 4)
+        with build_threads():
+            _blip2(blip_dir, cfg.seed + 4)
     info = json.loads(info_path.read_text())
     return {"root": root, "train": train_dir, "test": test_dir, "sd": sd_dir, "blip2": blip_dir, "info": info}
