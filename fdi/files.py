@@ -205,12 +205,15 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
     size = p.stat().st_size
     bad = f"{what} {p.name!r} is not a valid safetensors file"
     with open(p, "rb") as fh:
-        head = fh.read(8)
+        head = fh.read(9)
         if len(head) < 8:
             raise FDIError(f"{bad} (only {size} bytes; it is empty or truncated); re-export or re-download it")
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        # a pickle starts with 0x80 (protocol 2+), a zip with PK; a header length ending in 0x80 does too, but then
+        # the header's '{' follows the 8 length bytes
+        if head[:2] == b"PK" or (head[:1] == b"\x80" and head[8:9] != b"{"):
             raise FDIError(f"{bad}: it is a pickle/zip checkpoint; only .safetensors files are read, convert it first")
-        (n,) = struct.unpack("<Q", head)
+        (n,) = struct.unpack("<Q", head[:8])
+        fh.seek(8)
         if n == 0 or n > MAX_HEADER_BYTES or n > size - 8:
             raise FDIError(
                 f"{bad} (its header claims {n} bytes, the file has {size}); "
