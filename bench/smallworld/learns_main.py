@@ -15,9 +15,9 @@ through the project's own commands:
    sampling also on 10 % and 30 % of them (the few-pairs curve of the paper's Table 6); with ``--windows``, the
    ``--window-tasks`` adapters also trained (``window`` sampling) and used on the last third and on every step;
 3. ``python -m fdi restore`` restores the held-out test patches and ``--val-patches`` validation patches (pairs of
-   the validation photos): plain inversion + sampling (``--strength 0``, once per task: it needs no adapter), each
-   adapter guided in the window it was trained for, for the first sampling also the same adapter with the other
-   task's FDI (wrong FDI) and the two adapters composed on haze + noise;
+   the validation photos, twice as many as test patches by default): plain inversion + sampling (``--strength 0``,
+   once per task: it needs no adapter), each adapter guided in the window it was trained for, for the first sampling
+   also the same adapter with the other task's FDI (wrong FDI) and the two adapters composed on haze + noise;
 4. the project's eval (:func:`fdi.metrics.evaluate_folders`) measures PSNR/SSIM against the clean patches.
 
 Writes ``DIR/report.json``: per task the first sampling's figures (``psnr_degraded``, ``psnr_unguided``,
@@ -119,7 +119,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     ap.add_argument("--window-tasks", default="noise", help="tasks --windows compares, comma-separated")
     ap.add_argument(
-        "--val-patches", type=int, default=None, help="validation patches per task (default: as many as test patches)"
+        "--val-patches",
+        type=int,
+        default=None,
+        help="validation patches per task (default: twice the test patches; a restoration's time is mostly its "
+        "process start: 16 patches 8.9 s, 4 patches 6.5 s)",
     )
     ap.add_argument("--no-curve", action="store_true", help="skip the few-pairs curve (10 %%, 30 %%)")
     ap.add_argument("--steps", type=int, default=50, help="DDIM inversion and sampling steps of restoration")
@@ -272,7 +276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     t0 = time.time()
     plan = make_plan(args, cfg, adapter_steps, batch)
-    val_patches = args.val_patches or cfg.test_patches
+    val_patches = args.val_patches or 2 * cfg.test_patches
     plan["pairs"] = J.make_pairs(world, out, val_patches)
     plan["fdis"] = J.task_fdis(world, plan["pairs"], args.threads, args.jobs)
     timing["pairs_and_fdi_s"] = round(time.time() - t0, 1)
