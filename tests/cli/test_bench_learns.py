@@ -123,3 +123,46 @@ def test_learns_prints_no_torchvision_warning(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "cache" / "blip2" / "preprocessor_config.json").is_file()
     assert "requires torchvision" not in res.stdout + res.stderr, res.stderr[-3000:]
+
+
+def _bench_modules():
+    sys.path.insert(0, str(ROOT / "bench" / "smallworld"))
+    import learns_jobs
+    import learns_report
+
+    return learns_jobs, learns_report
+
+
+def test_the_validation_photos_never_reach_adapter_training(tmp_path):
+    J, _ = _bench_modules()
+    names = [f"{p}_{i:03d}.png" for p in ("astronaut", *J.VALIDATION_IMAGES, "coins") for i in range(10)]
+    for side in ("degraded", "clean"):
+        (tmp_path / side).mkdir()
+        for n in names:
+            (tmp_path / side / n).write_bytes(b"")
+    trained = set(J.adapter_pairs(tmp_path))
+    assert trained == {n for n in names if n.startswith(("astronaut", "coins"))}
+    assert J.write_list(tmp_path, 1.0, seed=3, path=tmp_path / "all.csv") == 20
+    assert J.write_list(tmp_path, 0.3, seed=3, path=tmp_path / "few.csv") == 6
+    listed = (tmp_path / "all.csv").read_text()
+    assert not any(p in listed for p in J.VALIDATION_IMAGES)
+    val = J.validation_names(tmp_path, 5)
+    assert val == [f"{J.VALIDATION_IMAGES[0]}_{i:03d}.png" for i in (1, 5, 8)] + [
+        f"{J.VALIDATION_IMAGES[1]}_{i:03d}.png" for i in (2, 7)
+    ]
+    assert not set(val) & trained
+
+
+def test_spreads_and_the_preference_come_from_the_validation_split():
+    J, R = _bench_modules()
+    assert R.spread([14.0, 15.5, 14.5]) == {"mean": 14.6667, "min": 14.0, "max": 15.5, "per_seed": [14.0, 15.5, 14.5]}
+
+    def arm(val, held):
+        return {"validation": {"psnr_restored": R.spread(val)}, "heldout": {"psnr_restored": R.spread(held)}}
+
+    table = {
+        "haze": {"window": arm([15.0, 15.2], [13.0]), "uniform": arm([14.0, 14.1], [16.0])},
+        "noise": {"window": arm([20.0, 20.0], [18.0]), "uniform": arm([20.5, 20.4], [19.0])},
+    }
+    best = R._preferred(table, ["window", "uniform"])
+    assert best == {"haze": "window", "noise": "uniform", "overall": "window"}  # 35.1 vs 34.5 summed
