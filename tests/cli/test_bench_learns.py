@@ -78,9 +78,17 @@ def test_help_shows_the_world_names_and_the_defaults():
     assert res.returncode == 0, res.stderr
     text = " ".join(res.stdout.split())
     assert f"WORLDS: {', '.join(WORLDS)} (default: v-v5)" in text
-    for option, default in (("--steps", "50"), ("--threads", "1"), ("--jobs", "2"), ("--curve", "haze")):
+    for option, default in (
+        ("--steps", "50"),
+        ("--threads", "1"),
+        ("--jobs", "2"),
+        ("--curve", "haze"),
+        ("--seeds", "3"),
+    ):
         assert f"{option} {option[2:].upper()} " in text and f"(default: {default})" in text, option
     assert "optimizer steps per adapter (default: 600, 400 with --reduced, 3 with --smoke)" in text
+    assert "--timestep-sampling LIST " in text and "the first is the one the task rows" in text
+    assert "(default: window)" in text and "--window-tasks WINDOW_TASKS tasks --windows compares" in text
     assert "(default: None)" not in text and "(default: False)" not in text
     res = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "learns.py"), "--out", "x", "--world", "v-v9"],
