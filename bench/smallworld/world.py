@@ -25,6 +25,15 @@ on its own (``vae-<key>``), so worlds that differ only in the UNet share it. :da
 
 The folders it writes are what the project's commands read: ``sd/`` (a diffusers
 ``StableDiffusionPipeline``, safetensors) and ``blip2/`` (a Hugging Face BLIP-2 folder).
+
+**Reproducible from nothing, on one machine.** Every draw is seeded (weights, batches, crops, timesteps, noise)
+and the CPU kernels are deterministic at a fixed thread count, so a rebuild gives the same bits — but the order of
+a float sum, hence every weight and through training every figure, depends on the thread count: the reduced VAE
+(800 steps) is 22.543 dB held-out built in one thread, in two threads another (docs/design.md, "The small world").
+So the world is trained in :data:`BUILD_THREADS` (1) threads whoever calls (``bench/learns.py --threads`` only
+sets its ``fdi`` commands'); a 1-thread build is what ``bench/learns.py`` always built, so the cache keys did not
+change. Not pinned: the CPU's kernel set (AVX-512 here) and the torch/diffusers/transformers/scikit-image/numpy
+versions; ``world.json`` (``built_with``) records them and a reuse that differs says so.
 """
 
 from __future__ import annotations
