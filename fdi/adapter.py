@@ -216,6 +216,10 @@ class FDIAdapter(nn.Module):
         encoder: fingerprint of the Q-Former whose FDIs it takes (``""`` until known; set from the
             embedded FDI when saved with one).
         label: free text for people (``"derain"``…).
+        guidance_window: ``(start, end)``, the fractions of the sampling steps it was trained to guide
+            (``None``: not recorded, files from before 2026-12; restoration then guides the paper's first third).
+        timestep_sampling: how its training drew timesteps (:data:`fdi.sampling.TIMESTEP_SAMPLINGS`; ``None``:
+            not recorded).
 
     Attributes set by :meth:`from_file`: ``fdi`` (the embedded :class:`~fdi.instruction.FDI` or
     ``None``), ``source`` (file name).
@@ -227,12 +231,16 @@ class FDIAdapter(nn.Module):
         base_family: str = "sd2.1-base",
         encoder: str = "",
         label: str = "",
+        guidance_window: Optional[Tuple[float, float]] = None,
+        timestep_sampling: Optional[str] = None,
     ):
         super().__init__()
         self.config = config = config or FDIAdapterConfig()
         self.base_family = canonical_name(base_family)
         self.encoder = encoder
         self.label = label
+        self.guidance_window = None if guidance_window is None else tuple(float(v) for v in guidance_window)
+        self.timestep_sampling = timestep_sampling
         self.fdi: Optional[FDI] = None
         self.source = ""
         ch = config.channels
@@ -356,7 +364,17 @@ class FDIAdapter(nn.Module):
             "encoder": self.encoder,
             "label": self.label,
             "parameters": str(self.num_parameters()),
+            **self.training_metadata(),
         }
+
+    def training_metadata(self) -> Dict[str, str]:
+        """The recorded guidance window and timestep sampling as file metadata (none when not recorded)."""
+        meta = {}
+        if self.guidance_window is not None:
+            meta["guidance_window"] = json.dumps(list(self.guidance_window))
+        if self.timestep_sampling is not None:
+            meta["timestep_sampling"] = self.timestep_sampling
+        return meta
 
     def save(self, path: PathLike, fdi: Optional[FDI] = None) -> Path:
         """Write the adapter (and optionally its training FDI) to a ``.safetensors`` file, atomically.
@@ -415,7 +433,14 @@ class FDIAdapter(nn.Module):
                 f"adapter {src!r} was trained for {family or 'an unknown model'}, not {base_family}; "
                 f"use an adapter trained for {base_family} (or load the {family} model)"
             )
-        adapter = cls(config, base_family=family, encoder=meta.get("encoder", ""), label=meta.get("label", ""))
+        adapter = cls(
+            config,
+            base_family=family,
+            encoder=meta.get("encoder", ""),
+            label=meta.get("label", ""),
+            guidance_window=read_window(meta, src),
+            timestep_sampling=meta.get("timestep_sampling") or None,
+        )
         expected = adapter.state_dict()
         weights = {k: v for k, v in tensors.items() if k not in EMBEDDED_FDI_KEYS}
         missing = sorted(set(expected) - set(weights))
@@ -447,3 +472,20 @@ def count_parameters(config: Optional[FDIAdapterConfig] = None) -> int:
     """Parameter count of an adapter with ``config`` (built on the meta device: no memory used)."""
     with torch.device("meta"):
         return FDIAdapter(config).num_parameters()
+
+
+def read_window(meta: Dict[str, str], src: str) -> Optional[Tuple[float, float]]:
+    """The ``guidance_window`` of an adapter file's metadata (``None`` when not recorded), checked."""
+    from .sampling import check_window
+
+    if "guidance_window" not in meta:
+        return None
+    try:
+        start, end = (float(v) for v in json.loads(meta["guidance_window"]))
+    except (TypeError, ValueError):
+        raise FDIError(
+            f"{src!r}: its guidance_window metadata {meta['guidance_window']!r} is not [start, end]; "
+            "the file is corrupt, re-save it"
+        ) from None
+    check_window(start, end, names=(f"{src}: recorded guidance start", "end"))
+    return start, end

@@ -186,6 +186,39 @@ def guided_step_range(steps: int, start: float, end: float) -> Tuple[int, int]:
     return first, max(first, stop)
 
 
+#: how training draws its timesteps (:class:`fdi.training.step.TimestepSampling`): inside the guidance window,
+#: T2I-Adapter's cubic rule (early steps weighted), or uniformly over all timesteps (the pack before 2026-12)
+TIMESTEP_SAMPLINGS = ("window", "cubic", "uniform")
+DEFAULT_TIMESTEP_SAMPLING = "window"
+#: the guidance window of adapter files that record none (trained before the window was recorded)
+DEFAULT_GUIDANCE_WINDOW = (0.0, GUIDANCE_END)
+
+
+def check_window(start: float, end: float, names: Tuple[str, str] = ("guidance start", "guidance end")) -> None:
+    """Raise :class:`FDIError` unless ``0 ≤ start < end ≤ 1`` (fractions of the sampling steps)."""
+    s, e = float(start), float(end)
+    if not (math.isfinite(s) and math.isfinite(e) and 0.0 <= s <= 1.0 and 0.0 <= e <= 1.0):
+        raise FDIError(f"{names[0]} {start} and {names[1]} {end} must be fractions of the sampling steps, in 0..1")
+    if not s < e:
+        raise FDIError(
+            f"{names[0]} {start} is not below {names[1]} {end}: the guidance window would be empty; "
+            f"the paper's is {names[0]} 0, {names[1]} {GUIDANCE_END} (the first third)"
+        )
+
+
+def window_timesteps(start: float, end: float, num_train_timesteps: int) -> Tuple[int, int]:
+    """The training timesteps ``[lo, hi)`` of the sampling window ``[start, end]`` (fractions of the sampling
+    steps, step 0 the noisiest): ``lo = round(T·(1 − end))``, ``hi = round(T·(1 − start))``.
+
+    ``(0, 0.333)`` of ``T = 1000`` is ``[667, 1000)``; ``(0.667, 1)`` is ``[0, 333)``."""
+    check_window(start, end)
+    n = int(num_train_timesteps)
+    lo, hi = round(n * (1.0 - float(end))), round(n * (1.0 - float(start)))
+    if hi <= lo:
+        raise FDIError(f"the guidance window {start}..{end} holds no timestep of {n}; widen it")
+    return lo, hi
+
+
 def guided_step_count(steps: int, guidance_end: float) -> int:
     """How many leading sampling steps are guided (``k < guidance_end · steps``; 17 of 50 at 0.333)."""
     return guided_step_range(steps, 0.0, guidance_end)[1]

@@ -9,7 +9,7 @@ import json
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "adapter-info",
-        help="print an FDI adapter file's config, parameter count, base model family and embedded FDI",
+        help="print an FDI adapter file's config, parameter count, base model family, guidance window and embedded FDI",
         description="Read an FDI adapter file (safetensors only) and print what it holds. "
         "--json prints one JSON object.",
     )
@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         "encoder": a.encoder,
         "parameters": a.num_parameters(),
         "config": json.loads(a.config.to_json()),
+        "guidance_window": None if a.guidance_window is None else list(a.guidance_window),
+        "timestep_sampling": a.timestep_sampling,
         "fdi": None
         if a.fdi is None
         else {
@@ -55,5 +57,17 @@ def run(args: argparse.Namespace) -> int:
         f"se_reduction={c.se_reduction} unshuffle={c.unshuffle}"
     )
     print(f"encoder      {a.encoder or '(not recorded)'}")
+    print(f"trained for  {window_text(a.guidance_window, a.timestep_sampling)}")
     print(f"embedded FDI {a.fdi.describe() if a.fdi is not None else 'none (pass --fdi to restore)'}")
     return 0
+
+
+def window_text(window, sampling) -> str:
+    """The guidance window and timestep sampling an adapter was trained with, for people."""
+    from ..sampling import DEFAULT_GUIDANCE_WINDOW
+
+    if window is None:
+        start, end = DEFAULT_GUIDANCE_WINDOW
+        return f"(not recorded: an older file; restoration guides steps {start:g}..{end:g} of sampling, the paper's)"
+    drawn = f", timesteps drawn {sampling}" if sampling else ""
+    return f"guidance window {window[0]:g}..{window[1]:g} of the sampling steps{drawn}"

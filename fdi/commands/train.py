@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import FDIError
 from ..models import PREDICTION_TYPES
+from ..sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END, TIMESTEP_SAMPLINGS
 from ..training import config as defaults
 from ..training.config import LR_SCHEDULERS, MIXED_PRECISION
 
@@ -122,6 +123,27 @@ def _optimisation_options(t) -> None:
         "--max-grad-norm", type=float, default=defaults.MAX_GRAD_NORM, help="gradient-norm clipping (0 = off)"
     )
     t.add_argument("--recon-weight", type=float, default=0.1, help="λ of the latent L1 reconstruction term")
+    t.add_argument(
+        "--timestep-sampling",
+        default=DEFAULT_TIMESTEP_SAMPLING,
+        choices=TIMESTEP_SAMPLINGS,
+        help="how training draws t: 'window' uniformly inside the guidance window (where restoration uses the "
+        "adapter), 'cubic' T2I-Adapter's t = (1-u^3)·T weighted to the noisy steps, 'uniform' over all t "
+        "(the pack before 2026-12)",
+    )
+    t.add_argument(
+        "--guidance-start",
+        type=float,
+        default=0.0,
+        help="the guidance window the adapter is trained for, as fractions of the sampling steps (0 = the first, "
+        "noisiest step): recorded in the adapter file, restoration's default window",
+    )
+    t.add_argument(
+        "--guidance-end",
+        type=float,
+        default=GUIDANCE_END,
+        help="end of the guidance window (the paper's first third: 0.333)",
+    )
     t.add_argument(
         "--mixed-precision",
         default="no",

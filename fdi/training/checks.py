@@ -69,7 +69,8 @@ def resume_point(cfg: TrainConfig, run_dir: Path, n_pairs: int) -> Optional[Path
         )
     if resume_from is not None:
         early = {"batch_size": cfg.batch_size, "resolution": cfg.resolution, "seed": cfg.seed, "n_pairs": n_pairs}
-        check_signature(resume_from, read_state(resume_from), early, keys=early)
+        early.update(timestep_signature(cfg))
+        check_signature(resume_from, with_old_timesteps(read_state(resume_from)), early, keys=early)
         read_header(resume_from / "adapter.safetensors", "checkpoint adapter")
     return resume_from
 
@@ -132,3 +133,19 @@ def adapter_config_for(channels: tuple, tokens: int, width: int, overrides: Opti
         ) from None
     except FDIError as exc:
         raise FDIError(f"--adapter-config: {exc}") from None
+
+
+def timestep_signature(cfg: TrainConfig) -> dict:
+    """The part of a run's signature that says how it draws timesteps (a resume must keep it)."""
+    return {"timestep_sampling": cfg.timestep_sampling, "guidance_window": [cfg.guidance_start, cfg.guidance_end]}
+
+
+def with_old_timesteps(state: dict) -> dict:
+    """``state`` with the timestep sampling of checkpoints written before it was recorded: uniform over all t
+    (``--timestep-sampling uniform`` resumes them), for the paper's window."""
+    from ..sampling import DEFAULT_GUIDANCE_WINDOW
+
+    signature = dict(state.get("signature", {}))
+    signature.setdefault("timestep_sampling", "uniform")
+    signature.setdefault("guidance_window", list(DEFAULT_GUIDANCE_WINDOW))
+    return {**state, "signature": signature}

@@ -9,13 +9,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional
 
 import torch
 
 from ..errors import FDIError
+from ..sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END
 from .latents import LATENT_CACHE_MIB
 from .preview import PREVIEW_IMAGES
+
+if TYPE_CHECKING:
+    from .step import TimestepSampling
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -116,10 +120,19 @@ class TrainConfig(OptimizerSettings):
     val_max_images: int = 8
     log_every: int = 1
     quiet: bool = False
+    timestep_sampling: str = DEFAULT_TIMESTEP_SAMPLING
+    guidance_start: float = 0.0
+    guidance_end: float = GUIDANCE_END
     # watching a run: strips of restored images every N steps, and clean latents cached where crops recur
     preview_every: int = 0
     preview_images: int = PREVIEW_IMAGES
     latent_cache_mib: int = LATENT_CACHE_MIB
+
+    def timesteps(self) -> "TimestepSampling":
+        """How the run draws timesteps (:class:`fdi.training.step.TimestepSampling`): the sampling and the window."""
+        from .step import TimestepSampling
+
+        return TimestepSampling(self.timestep_sampling, (self.guidance_start, self.guidance_end))
 
 
 @dataclass
@@ -182,6 +195,7 @@ def check_config(cfg: TrainConfig) -> None:
     if not (cfg.recon_weight >= 0 and math.isfinite(cfg.recon_weight)):
         raise FDIError(f"--recon-weight must be 0 or positive, got {cfg.recon_weight}")
     cfg.check_optimizer()
+    cfg.timesteps().check(("--timestep-sampling", "--guidance-start", "--guidance-end"))
     from ..models import check_prediction_type
 
     check_prediction_type(cfg.prediction_type)

@@ -18,19 +18,21 @@ import torch
 
 from ..errors import FDIError
 from ..progress import ProgressCallback, report
+from ..sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END
 from ..seeds import seeded_generator
 from .config import RESOLUTION_MULTIPLE, OptimizerSettings, check_resolution
 from .determinism import deterministic_algorithms
 from .latents import LATENT_CACHE_MIB, LatentCache
 from .precision import NonFiniteGuard, guarded_update, loss_scaler, scaled_grads
-from .step import Predictor, step_generator, training_step
+from .step import Predictor, TimestepSampling, step_generator, training_step
 
 
 @dataclass
 class TrainSettings(OptimizerSettings):
     """Options of an in-memory run: ``steps`` optimizer steps of ``batch_size`` pairs, square crops of
     ``resolution`` px, AdamW at ``lr`` (the optimiser's fields: :class:`.config.OptimizerSettings`),
-    ``recon_weight`` = λ, ``seed`` for order, crops, noise and timesteps."""
+    ``recon_weight`` = λ, ``seed`` for order, crops, noise and timesteps; timesteps drawn by
+    ``timestep_sampling`` for the guidance window ``guidance_start``..``guidance_end`` (fractions of sampling)."""
 
     steps: int = 200
     lr: float = 1e-4
@@ -38,7 +40,13 @@ class TrainSettings(OptimizerSettings):
     resolution: int = 512
     seed: int = 0
     recon_weight: float = 0.1
+    timestep_sampling: str = DEFAULT_TIMESTEP_SAMPLING
+    guidance_start: float = 0.0
+    guidance_end: float = GUIDANCE_END
     latent_cache_mib: int = LATENT_CACHE_MIB
+
+    def timesteps(self) -> TimestepSampling:
+        return TimestepSampling(self.timestep_sampling, (self.guidance_start, self.guidance_end))
 
     def check(self) -> None:
         """A clear :class:`FDIError` for each setting out of range."""
@@ -54,6 +62,7 @@ class TrainSettings(OptimizerSettings):
         if not isinstance(self.latent_cache_mib, int) or self.latent_cache_mib < 0:
             raise FDIError(f"the latent cache budget must be 0 (off) or more MiB, got {self.latent_cache_mib!r}")
         self.check_optimizer()
+        self.timesteps().check()
 
 
 @dataclass
@@ -135,6 +144,8 @@ def train_on_pairs(
     computes in (default ``autocast_dtype``). fp16 either way turns dynamic loss scaling on."""
     settings.check()
     check_pairs(degraded, clean)
+    sampling = settings.timesteps()
+    adapter.guidance_window, adapter.timestep_sampling = sampling.window, sampling.rule  # recorded in its file
     params = [p for p in adapter.parameters() if p.requires_grad]
     opt = settings.adamw(params, settings.lr)
     alphas = alphas_cumprod.to(device, torch.float32)
@@ -162,7 +173,16 @@ def train_on_pairs(
                 gen = step_generator(settings.seed, step)
                 with autocast:
                     out = training_step(
-                        adapter, predict, d.to(device), z0, tokens, alphas, prediction_type, settings.recon_weight, gen
+                        adapter,
+                        predict,
+                        d.to(device),
+                        z0,
+                        tokens,
+                        alphas,
+                        prediction_type,
+                        settings.recon_weight,
+                        gen,
+                        sampling,
                     )
                 value = float(out.loss.detach())
                 if math.isfinite(value) or scaler.is_enabled():  # an unscaled non-finite loss is not backpropagated

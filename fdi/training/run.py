@@ -28,7 +28,15 @@ from ..errors import FDIError
 from ..files import check_output_path
 from ..models import check_sd_source, vae_encode
 from ..progress import ProgressCallback
-from .checks import adapter_config_for, check_instruction, read_pairs, resume_point, run_folder, unet_channels
+from .checks import (
+    adapter_config_for,
+    check_instruction,
+    read_pairs,
+    resume_point,
+    run_folder,
+    timestep_signature,
+    unet_channels,
+)
 from .config import TrainConfig, TrainResult, check_batch_split, check_config, check_device
 from .determinism import deterministic_algorithms
 from .latents import LatentCache
@@ -202,6 +210,7 @@ class TrainRun:
             "seed": self.cfg.seed,
             "n_pairs": len(self.pairs),
             "fdi": fdi_hash(self.fdi.tokens),
+            **timestep_signature(self.cfg),
         }
         from diffusers.optimization import get_scheduler
 
@@ -269,7 +278,14 @@ class TrainRun:
         with torch.random.fork_rng(devices=[]):  # initial weights depend on --seed only; global RNG untouched
             torch.manual_seed(cfg.seed)
             label = cfg.label or self.output.stem
-            adapter = FDIAdapter(adapter_config, base_family=self.family, encoder=self.fdi.encoder, label=label)
+            adapter = FDIAdapter(
+                adapter_config,
+                base_family=self.family,
+                encoder=self.fdi.encoder,
+                label=label,
+                guidance_window=(cfg.guidance_start, cfg.guidance_end),
+                timestep_sampling=cfg.timestep_sampling,
+            )
         check_adapter_for_unet(adapter, self.unet)
         adapter.check_fdi(self.fdi)
         adapter.train()
@@ -294,6 +310,7 @@ class TrainRun:
                 self.prediction_type,
                 self.cfg.recon_weight,
                 gen,
+                self.cfg.timesteps(),
             )
 
     def finish(self) -> None:

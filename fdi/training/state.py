@@ -199,7 +199,9 @@ def check_signature(ckpt: Path, state: dict, ours: dict, keys=None) -> None:
 
 
 def load_checkpoint(run, ckpt: Path) -> None:
-    state = read_state(ckpt)
+    from .checks import with_old_timesteps
+
+    state = with_old_timesteps(read_state(ckpt))
     check_signature(ckpt, state, run.signature)
     saved = FDIAdapter.from_file(ckpt / "adapter.safetensors")
     run.raw_adapter().load_state_dict(saved.state_dict(), strict=True)

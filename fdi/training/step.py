@@ -2,7 +2,7 @@
 
 A step on a batch of clean latents ``z0 [b, 4, h, w]`` and degraded images ``[b, 3, 8h, 8w]``::
 
-    ε ~ N(0, 1),  t ~ U{0 … T−1},  z_t = sqrt(ᾱ_t)·z0 + sqrt(1−ᾱ_t)·ε
+    ε ~ N(0, 1),  t ~ the guidance window's timesteps (:class:`TimestepSampling`),  z_t = sqrt(ᾱ_t)·z0 + sqrt(1−ᾱ_t)·ε
     pred = UNet(z_t, t, prompt; guidance = adapter(degraded, F))
     L    = MSE(pred, target) + λ · mean|ẑ0 − z0|
 
@@ -20,7 +20,16 @@ import torch.nn.functional as F
 
 from ..adapter import FDIGuidance
 from ..conditioning import Conditioning
-from ..sampling import diffusion_target, predict_x0
+from ..errors import FDIError
+from ..sampling import (
+    DEFAULT_GUIDANCE_WINDOW,
+    DEFAULT_TIMESTEP_SAMPLING,
+    TIMESTEP_SAMPLINGS,
+    check_window,
+    diffusion_target,
+    predict_x0,
+    window_timesteps,
+)
 from ..seeds import seeded_generator
 
 #: ``predict(z_t [b,4,h,w] float32, t [b] int64, guidance) → model output [b,4,h,w]`` (epsilon or v)
@@ -58,10 +67,49 @@ def step_generator(seed: int, micro_batch: int, process_index: int = 0) -> torch
     return seeded_generator("noise", seed, micro_batch, process_index)
 
 
-def sample_noise(z0: torch.Tensor, num_train_timesteps: int, gen: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(ε, t)`` for a batch of latents: ε like ``z0`` (float32, on its device), ``t [b]`` int64 uniform."""
+@dataclass(frozen=True)
+class TimestepSampling:
+    """How training draws ``t`` for the guidance window ``(start, end)`` (fractions of the sampling steps, as
+    restoration's window): ``window`` uniformly in :func:`fdi.sampling.window_timesteps`, ``cubic``
+    ``t = ⌊(1 − u³)·T⌋`` over all timesteps (T2I-Adapter's; windows that start at 0 only), ``uniform`` over
+    ``[0, T)``."""
+
+    rule: str = DEFAULT_TIMESTEP_SAMPLING
+    window: Tuple[float, float] = DEFAULT_GUIDANCE_WINDOW
+
+    def check(self, names: Tuple[str, str, str] = ("timestep sampling", "guidance start", "guidance end")) -> None:
+        """Raise :class:`FDIError` for an unknown rule, a window outside ``0 ≤ start < end ≤ 1``, or ``cubic``
+        with a window that does not start at the first step (``names``: how messages name the three settings)."""
+        if self.rule not in TIMESTEP_SAMPLINGS:
+            raise FDIError(f"{names[0]} must be one of {', '.join(TIMESTEP_SAMPLINGS)}, got {self.rule!r}")
+        check_window(*self.window, names=names[1:])
+        if self.rule == "cubic" and self.window[0] > 0:
+            raise FDIError(
+                f"{names[0]} cubic weights the first, noisiest steps, but the window starts at {names[1]} "
+                f"{self.window[0]}; use window (or uniform) for a window that starts later"
+            )
+
+    def bounds(self, num_train_timesteps: int) -> Tuple[int, int]:
+        """``[lo, hi)``: the timesteps this rule can draw (``cubic``, ``uniform``: all of ``[0, T)``)."""
+        if self.rule == "window":
+            return window_timesteps(*self.window, num_train_timesteps)
+        return 0, int(num_train_timesteps)
+
+    def draw(self, n: int, num_train_timesteps: int, gen: torch.Generator) -> torch.Tensor:
+        """``t [n]`` int64 on the CPU."""
+        lo, hi = self.bounds(num_train_timesteps)
+        if self.rule == "cubic":
+            u = torch.rand((n,), generator=gen, dtype=torch.float64)
+            return ((1 - u**3) * hi).long().clamp_(lo, hi - 1)
+        return torch.randint(lo, hi, (n,), generator=gen)
+
+
+def sample_noise(
+    z0: torch.Tensor, num_train_timesteps: int, gen: torch.Generator, sampling: TimestepSampling = TimestepSampling()
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ε, t)`` for a batch of latents: ε like ``z0`` (float32, on its device), ``t [b]`` int64 by ``sampling``."""
     noise = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(z0.device)
-    t = torch.randint(0, int(num_train_timesteps), (z0.shape[0],), generator=gen).to(z0.device)
+    t = sampling.draw(z0.shape[0], num_train_timesteps, gen).to(z0.device)
     return noise, t
 
 
@@ -75,13 +123,14 @@ def training_step(
     prediction_type: str,
     recon_weight: float,
     gen: torch.Generator,
+    sampling: TimestepSampling = TimestepSampling(),
 ) -> StepLoss:
     """The loss of one step (forward only; the caller backpropagates).
 
     ``degraded [b, 3, H, W]`` in 0..1 on the adapter's device; ``z0 [b, 4, H/8, W/8]`` scaled clean
-    latents (float32); ``alphas_cumprod [T]`` float32 on ``z0``'s device."""
+    latents (float32); ``alphas_cumprod [T]`` float32 on ``z0``'s device; ``t`` drawn by ``sampling``."""
     z0 = z0.float()
-    noise, t = sample_noise(z0, alphas_cumprod.shape[0], gen)
+    noise, t = sample_noise(z0, alphas_cumprod.shape[0], gen, sampling)
     a = alphas_cumprod[t]
     with torch.no_grad():
         z_t = a.sqrt().view(-1, 1, 1, 1) * z0 + (1 - a).sqrt().view(-1, 1, 1, 1) * noise

@@ -523,3 +523,85 @@ def test_deterministic_runs_and_a_resumed_run_agree(toy, tmp_path):
     init = FDIAdapter.from_file(tmp_path / "a-run" / "checkpoint-2" / "adapter.safetensors").state_dict()
     assert max((ref[k] - init[k]).abs().max().item() for k in ref) > 1e-4  # the last two steps moved the weights
     assert runs[0].losses == runs[1].losses
+
+
+def test_training_draws_t_in_the_window_and_the_adapter_records_it(toy, tmp_path, monkeypatch, capsys):
+    """`--timestep-sampling window` with the last third: every t the run draws lies in [0, 333); the file records
+    the window and the sampling; `adapter-info --json` shows them."""
+    import fdi.training.step as step_module
+    from fdi.cli import main
+
+    drawn = []
+    original = step_module.sample_noise
+
+    def recording(z0, num_train_timesteps, gen, sampling):
+        noise, t = original(z0, num_train_timesteps, gen, sampling)
+        drawn.append(t.clone())
+        return noise, t
+
+    monkeypatch.setattr(step_module, "sample_noise", recording)
+    out = tmp_path / "late.safetensors"
+    train(_cfg(toy, out, max_steps=3, timestep_sampling="window", guidance_start=0.667, guidance_end=1.0))
+    t = torch.cat(drawn)
+    assert t.numel() == 12 and int(t.min()) >= 0 and int(t.max()) < 333
+    a = FDIAdapter.from_file(out)
+    assert a.guidance_window == (0.667, 1.0) and a.timestep_sampling == "window"
+    assert main(["adapter-info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["guidance_window"] == [0.667, 1.0] and info["timestep_sampling"] == "window"
+    # the default: the paper's first third, drawn inside it
+    drawn.clear()
+    train(_cfg(toy, tmp_path / "default.safetensors", max_steps=2))
+    t = torch.cat(drawn)
+    assert int(t.min()) >= 667 and int(t.max()) < 1000
+    d = FDIAdapter.from_file(tmp_path / "default.safetensors")
+    assert d.guidance_window == (0.0, 0.333) and d.timestep_sampling == "window"
+
+
+def test_a_resume_keeps_the_timestep_sampling_and_old_checkpoints_were_uniform(toy, tmp_path):
+    kw = dict(max_steps=2, checkpoint_every=1)
+    train(_cfg(toy, tmp_path / "a.safetensors", **kw))
+    run_dir = tmp_path / "a-run"
+    with pytest.raises(FDIError, match="different run.*timestep_sampling: checkpoint 'window', this run 'cubic'"):
+        train(
+            _cfg(
+                toy,
+                tmp_path / "b.safetensors",
+                checkpoint_dir=str(run_dir),
+                resume="latest",
+                timestep_sampling="cubic",
+                max_steps=3,
+                checkpoint_every=1,
+            )
+        )
+    # a checkpoint from before the sampling was recorded drew t uniformly: --timestep-sampling uniform resumes it
+    ckpt = run_dir / "checkpoint-2"
+    state = json.loads((ckpt / "state.json").read_text())
+    for key in ("timestep_sampling", "guidance_window"):
+        del state["signature"][key]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    with pytest.raises(FDIError, match="timestep_sampling: checkpoint 'uniform', this run 'window'"):
+        train(_cfg(toy, tmp_path / "c.safetensors", checkpoint_dir=str(run_dir), resume="latest", max_steps=3))
+    res = train(
+        _cfg(
+            toy,
+            tmp_path / "c.safetensors",
+            checkpoint_dir=str(run_dir),
+            resume="latest",
+            max_steps=3,
+            timestep_sampling="uniform",
+        )
+    )
+    assert res.start_step == 2 and res.steps == 3
+    assert FDIAdapter.from_file(tmp_path / "c.safetensors").timestep_sampling == "uniform"
+
+
+def test_window_settings_are_checked_before_training(toy, tmp_path):
+    for kw, msg in (
+        (dict(guidance_start=0.5, guidance_end=0.5), "--guidance-start 0.5 is not below --guidance-end 0.5"),
+        (dict(guidance_end=1.5), "--guidance-start 0.0 and --guidance-end 1.5 must be fractions"),
+        (dict(timestep_sampling="cubic", guidance_start=0.667, guidance_end=1.0), "--timestep-sampling cubic"),
+    ):
+        with pytest.raises(FDIError, match=msg):
+            train(_cfg(toy, tmp_path / "x.safetensors", max_steps=1, **kw))
+        assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x-run").exists()

@@ -209,3 +209,24 @@ def test_comfy_predictor_passes_the_adm_vector_over_the_batch_in_the_compute_dty
     seen.clear()
     comfy_predictor(unet, ctx, (2, 5, 8, 11), (3, 6, 9), torch.float32)(z, torch.tensor([1, 2, 3]), guidance)
     assert "y" not in seen  # SD 1.x/2.x UNets take no y
+
+
+def test_the_node_door_draws_t_in_its_window_and_records_it(tiny):
+    """The in-memory loop (FDITrainAdapter's) draws every t from its settings' window and the adapter records
+    the window and the sampling; bad window settings are refused before any step."""
+    seen = []
+    unet, _, ctx, _ = tiny
+    inner = diffusers_predictor(unet, ctx, torch.float32)
+
+    def predict(z, t, g):
+        seen.append(t.clone())
+        return inner(z, t, g)
+
+    settings = TrainSettings(steps=3, resolution=64, batch_size=2, guidance_start=0.5, guidance_end=0.75)
+    adapter, res = _run(tiny, settings, predict=predict)
+    t = torch.cat(seen)
+    assert res.steps == 3 and t.numel() == 6 and int(t.min()) >= 250 and int(t.max()) < 500
+    assert adapter.guidance_window == (0.5, 0.75) and adapter.timestep_sampling == "window"
+    assert TrainSettings().timesteps().window == (0.0, 0.333)
+    with pytest.raises(FDIError, match="cubic weights the first"):
+        TrainSettings(timestep_sampling="cubic", guidance_start=0.2).check()
