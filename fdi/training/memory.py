@@ -154,11 +154,7 @@ def train_on_pairs(
     latents = LatentCache(encode, settings.latent_cache_mib)
     scaler = loss_scaler(device, compute_dtype or autocast_dtype)
     guard = NonFiniteGuard(scaled=scaler.is_enabled())
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype not in (None, torch.float32)
-        else torch.autocast(device.type, enabled=False)
-    )
+    autocast = _autocast(device, autocast_dtype)
     adapter.train()
     report(progress, 0, settings.steps)
     try:
@@ -202,6 +198,13 @@ def train_on_pairs(
         adapter.eval()
         result.latent_hits, result.latent_misses = latents.hits, latents.misses
     return result
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device`` (fp16/bf16), or off (``None``, float32)."""
+    if dtype in (None, torch.float32):
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def adapter_for_training(fdi, family: str, seed: int, previous=None) -> torch.nn.Module:

@@ -19,6 +19,8 @@ from ..files import PathLike, atomic_write
 
 #: images a strip shows by default (the first of the validation pairs, else of the training pairs)
 PREVIEW_IMAGES = 4
+#: DDIM inversion and sampling steps of the node's preview restoration (the restoration's default, ``--val-steps``')
+PREVIEW_STEPS = 50
 #: the strip's rows, top to bottom
 ROWS = ("input", "restored", "clean")
 #: pixels between tiles
