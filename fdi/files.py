@@ -189,6 +189,16 @@ def refuse_pickle(path: PathLike, what: str = "file") -> None:
         )
 
 
+def _refuse_checkpoint_bytes(head: bytes, size: int, bad: str) -> None:
+    """Raise :class:`FDIError` when a file's first 9 bytes are too few or a pickle's or a zip's. A pickle starts
+    with 0x80 (protocol 2+), a zip with PK; a safetensors header length ending in 0x80 starts with 0x80 too, but
+    the header's '{' follows its 8 bytes."""
+    if len(head) < 8:
+        raise FDIError(f"{bad} (only {size} bytes; it is empty or truncated); re-export or re-download it")
+    if head[:2] == b"PK" or (head[:1] == b"\x80" and head[8:9] != b"{"):
+        raise FDIError(f"{bad}: it is a pickle/zip checkpoint; only .safetensors files are read, convert it first")
+
+
 def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Dict[str, str]]:
     """Validate a safetensors file's header and return ``(tensor_infos, metadata)``.
 
@@ -206,12 +216,7 @@ def read_header(path: PathLike, what: str = "file") -> Tuple[Dict[str, dict], Di
     bad = f"{what} {p.name!r} is not a valid safetensors file"
     with open(p, "rb") as fh:
         head = fh.read(9)
-        if len(head) < 8:
-            raise FDIError(f"{bad} (only {size} bytes; it is empty or truncated); re-export or re-download it")
-        # a pickle starts with 0x80 (protocol 2+), a zip with PK; a header length ending in 0x80 does too, but then
-        # the header's '{' follows the 8 length bytes
-        if head[:2] == b"PK" or (head[:1] == b"\x80" and head[8:9] != b"{"):
-            raise FDIError(f"{bad}: it is a pickle/zip checkpoint; only .safetensors files are read, convert it first")
+        _refuse_checkpoint_bytes(head, size, bad)
         (n,) = struct.unpack("<Q", head[:8])
         fh.seek(8)
         if n == 0 or n > MAX_HEADER_BYTES or n > size - 8:

@@ -23,8 +23,9 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -54,7 +55,65 @@ def _part(name: str) -> str:
     return bits[0]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+@dataclass
+class Probe:
+    """A world's frozen UNet and VAE with seeded train pairs encoded and noised at each t (noise seeded by t)."""
+
+    unet: torch.nn.Module
+    abar: torch.Tensor
+    kind: str
+    z0: torch.Tensor
+    noises: Dict[int, torch.Tensor]
+    z_ts: Dict[int, torch.Tensor]
+    targets: Dict[int, torch.Tensor]
+    cond: torch.Tensor
+
+    def unet_out(self, t: int, x: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The UNet's output at ``t`` for ``x`` (default: the noised clean latents of ``t``)."""
+        x = self.z_ts[t] if x is None else x
+        return self.unet(x, torch.full((len(self.z0),), t), encoder_hidden_states=self.cond).sample
+
+    def mse(self, pred: torch.Tensor, t: int) -> float:
+        return round(float((pred - self.targets[t]).pow(2).mean()), 5)
+
+
+def load_probe(world: Path, clean: torch.Tensor, ts: List[int]) -> Probe:
+    """Load ``world/sd`` frozen, encode ``clean`` ``[B, 3, H, W]`` (posterior mode, scaled) and noise it at ``ts``."""
+    from fdi.conditioning import encode_text
+    from fdi.models import load_sd, vae_encode
+    from fdi.sampling import diffusion_target
+
+    parts = load_sd(world / "sd")
+    unet, vae = parts.unet.eval().requires_grad_(False), parts.vae.eval().requires_grad_(False)
+    ctx = encode_text(parts, "", torch.device("cpu"), torch.float32).embeds
+    abar = parts.scheduler.alphas_cumprod.float()
+    with torch.no_grad():
+        z0 = vae_encode(vae, clean, torch.float32)
+    noises = {t: torch.randn(z0.shape, generator=torch.Generator().manual_seed(1000 + t)) for t in ts}
+    z_ts = {t: abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noises[t] for t in ts}
+    kind = parts.scheduler.config.prediction_type
+    targets = {t: diffusion_target(z0, noises[t], abar[t], kind) for t in ts}
+    return Probe(unet, abar, kind, z0, noises, z_ts, targets, ctx.expand(len(z0), -1, -1))
+
+
+def plain_and_features(p: Probe, ts: List[int]) -> Tuple[Dict[int, torch.Tensor], Dict[int, List[float]], List]:
+    """Unguided outputs per t, the RMS of each level's last resnet output per t, and those outputs' shapes."""
+    feats: Dict[int, torch.Tensor] = {}
+    hooks = [
+        blk.resnets[-1].register_forward_hook(lambda m, a, o, i=i: feats.__setitem__(i, o.detach()))
+        for i, blk in enumerate(p.unet.down_blocks)
+    ]
+    plain, rms = {}, {}
+    with torch.no_grad():
+        for t in ts:
+            plain[t] = p.unet_out(t)
+            rms[t] = [float(feats[i].pow(2).mean().sqrt()) for i in sorted(feats)]
+    for h in hooks:
+        h.remove()
+    return plain, rms, [feats[i].shape for i in sorted(feats)]
+
+
+def _args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", required=True, type=Path)
     ap.add_argument("--task", required=True)
@@ -65,100 +124,93 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--strength", type=float, default=1.0)
     ap.add_argument("--grads", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    return ap.parse_args(argv)
 
+
+def _adapter(name: str, unet, fdi):
     from fdi.adapter import FDIAdapter, FDIAdapterConfig
-    from fdi.conditioning import encode_text
+
+    if name != "fresh":
+        return FDIAdapter.from_file(name).eval()
+    conf = FDIAdapterConfig(
+        channels=tuple(unet.config.block_out_channels),
+        token_width=fdi.shape[1],
+        num_tokens=fdi.shape[0],
+        **ADAPTER_CONFIG,
+    )
+    torch.manual_seed(0)
+    return FDIAdapter(conf).eval()
+
+
+@torch.no_grad()
+def _effects(p: Probe, adapter, deg, tokens, plain, ts: List[int], strength: float) -> Dict[str, object]:
+    """Residual and gate sizes, and per t the MSE unguided / guided / guided by another image, the output's change."""
     from fdi.diffusers_backend import guide_unet
-    from fdi.instruction import FDI
-    from fdi.models import load_sd, vae_encode
-    from fdi.sampling import diffusion_target
+
+    g = adapter(deg, tokens)
+    g_other = adapter(deg.roll(1, 0), tokens)
+    row: Dict[str, object] = {"res_rms": [round(float(r.pow(2).mean().sqrt()), 5) for r in g.residuals]}
+    row["gate_absmax"] = [round(float(m.gate.abs().max()), 5) for m in g.modulations]
+    per_t = {}
+    for t in ts:
+        with guide_unet(p.unet, g, strength=strength):
+            guided = p.unet_out(t)
+        with guide_unet(p.unet, g_other, strength=strength):
+            other = p.unet_out(t)
+        per_t[t] = {
+            "mse_other_image": p.mse(other, t),
+            "mse_plain": p.mse(plain[t], t),
+            "mse_guided": p.mse(guided, t),
+            "rel_change": round(float((guided - plain[t]).norm() / plain[t].norm()), 5),
+        }
+    row["t"] = per_t
+    return row
+
+
+def _grads(p: Probe, adapter, deg, tokens, ts: List[int]) -> Dict[str, object]:
+    """The trainer's loss (the t's pooled) and its gradient norm per adapter part."""
+    from fdi.diffusers_backend import guide_unet
     from fdi.training.step import fdi_loss
 
-    parts = load_sd(args.world / "sd")
-    unet, vae = parts.unet.eval().requires_grad_(False), parts.vae.eval().requires_grad_(False)
-    ctx = encode_text(parts, "", torch.device("cpu"), torch.float32).embeds
-    abar = parts.scheduler.alphas_cumprod.float()
+    adapter.train()
+    adapter.zero_grad(set_to_none=True)
+    total, b = 0.0, len(p.z0)
+    for t in ts:
+        tt = torch.full((b,), t)
+        gg = adapter(deg, tokens)
+        with guide_unet(p.unet, gg):
+            pred = p.unet(p.z_ts[t], tt, encoder_hidden_states=p.cond).sample
+        loss, _, _ = fdi_loss(pred, p.z_ts[t], p.z0, p.noises[t], p.abar[tt], p.kind, 0.1)
+        (loss / len(ts)).backward()
+        total += float(loss.detach()) / len(ts)
+    sq: Dict[str, float] = defaultdict(float)
+    for pname, prm in adapter.named_parameters():
+        if prm.grad is not None:
+            sq[_part(pname)] += float(prm.grad.pow(2).sum())
+    return {
+        "loss": round(total, 5),
+        "grad_norm": round(sum(sq.values()) ** 0.5, 6),
+        "grads": {k: float(f"{v**0.5:.3g}") for k, v in sorted(sq.items())},
+    }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _args(argv)
+    torch.set_num_threads(1)
+    from fdi.instruction import FDI
+
     fdi = FDI.load(args.fdi)
     deg, clean = _pairs(args.world, args.task, args.n, args.seed)
-    with torch.no_grad():
-        z0 = vae_encode(vae, clean, torch.float32)
-    b = len(z0)
-    noises = {t: torch.randn(z0.shape, generator=torch.Generator().manual_seed(1000 + t)) for t in args.t}
-    z_ts = {t: abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noises[t] for t in args.t}
-    kind = parts.scheduler.config.prediction_type
-    targets = {t: diffusion_target(z0, noises[t], abar[t], kind) for t in args.t}
-    cond = ctx.expand(b, -1, -1)
-
-    feats: Dict[int, torch.Tensor] = {}
-    hooks = [
-        blk.resnets[-1].register_forward_hook(lambda m, a, o, i=i: feats.__setitem__(i, o.detach()))
-        for i, blk in enumerate(unet.down_blocks)
-    ]
-    plain = {}
-    with torch.no_grad():
-        for t in args.t:
-            plain[t] = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
-    feat_rms = {t: None for t in args.t}
-    with torch.no_grad():  # feature RMS at the middle t
-        unet(z_ts[args.t[len(args.t) // 2]], torch.full((b,), args.t[len(args.t) // 2]), encoder_hidden_states=cond)
-        feat_rms = [round(float(feats[i].pow(2).mean().sqrt()), 4) for i in sorted(feats)]
-    for h in hooks:
-        h.remove()
-
+    p = load_probe(args.world, clean, args.t)
+    plain, rms, _ = plain_and_features(p, args.t)
+    feat_rms = [round(v, 4) for v in rms[args.t[len(args.t) // 2]]]  # at the middle t
     for name in args.adapter:
-        if name == "fresh":
-            conf = FDIAdapterConfig(
-                channels=tuple(unet.config.block_out_channels),
-                token_width=fdi.shape[1],
-                num_tokens=fdi.shape[0],
-                **ADAPTER_CONFIG,
-            )
-            torch.manual_seed(0)
-            adapter = FDIAdapter(conf)
-        else:
-            adapter = FDIAdapter.from_file(name)
-        adapter.eval()
-        row: Dict[str, object] = {"adapter": name, "task": args.task, "n": b, "strength": args.strength}
-        with torch.no_grad():
-            g = adapter(deg, fdi.tokens)
-            g_other = adapter(deg.roll(1, 0), fdi.tokens)
-            row["res_rms"] = [round(float(r.pow(2).mean().sqrt()), 5) for r in g.residuals]
-            row["feat_rms"] = feat_rms
-            row["gate_absmax"] = [round(float(m.gate.abs().max()), 5) for m in g.modulations]
-            per_t = {}
-            for t in args.t:
-                with guide_unet(unet, g, strength=args.strength):
-                    guided = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
-                with guide_unet(unet, g_other, strength=args.strength):
-                    other = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
-                per_t[t] = {
-                    "mse_other_image": round(float((other - targets[t]).pow(2).mean()), 5),
-                    "mse_plain": round(float((plain[t] - targets[t]).pow(2).mean()), 5),
-                    "mse_guided": round(float((guided - targets[t]).pow(2).mean()), 5),
-                    "rel_change": round(float((guided - plain[t]).norm() / plain[t].norm()), 5),
-                }
-            row["t"] = per_t
+        adapter = _adapter(name, p.unet, fdi)
+        row: Dict[str, object] = {"adapter": name, "task": args.task, "n": len(p.z0), "strength": args.strength}
+        effects = _effects(p, adapter, deg, fdi.tokens, plain, args.t, args.strength)
+        row.update(res_rms=effects["res_rms"], feat_rms=feat_rms, gate_absmax=effects["gate_absmax"], t=effects["t"])
         if args.grads:
-            adapter.train()
-            adapter.zero_grad(set_to_none=True)
-            total = 0.0
-            for t in args.t:
-                tt = torch.full((b,), t)
-                gg = adapter(deg, fdi.tokens)
-                with guide_unet(unet, gg):
-                    pred = unet(z_ts[t], tt, encoder_hidden_states=cond).sample
-                loss, _, _ = fdi_loss(pred, z_ts[t], z0, noises[t], abar[tt], kind, 0.1)
-                (loss / len(args.t)).backward()
-                total += float(loss.detach()) / len(args.t)
-            sq = defaultdict(float)
-            for pname, p in adapter.named_parameters():
-                if p.grad is not None:
-                    sq[_part(pname)] += float(p.grad.pow(2).sum())
-            row["loss"] = round(total, 5)
-            row["grad_norm"] = round(sum(sq.values()) ** 0.5, 6)
-            row["grads"] = {k: float(f"{v**0.5:.3g}") for k, v in sorted(sq.items())}
+            row.update(_grads(p, adapter, deg, fdi.tokens, args.t))
         print(json.dumps(row), flush=True)
     return 0
 

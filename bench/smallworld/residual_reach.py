@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "smallworld"))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--world", required=True, type=Path)
     ap.add_argument("--task", default="haze")
@@ -52,150 +52,147 @@ def main(argv: Optional[List[str]] = None) -> int:
         default=None,
         help="instead of the pairs, seeded SIZE-px crops of the world's train photos (e.g. 128: 16x16 latents)",
     )
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    return ap.parse_args(argv)
 
-    from adapter_probe import _pairs
 
-    from fdi.adapter import FDIGuidance, Modulation
-    from fdi.conditioning import encode_text
-    from fdi.diffusers_backend import guide_unet
-    from fdi.models import load_sd, vae_encode
-    from fdi.sampling import diffusion_target
+def _crops(world: Path, n: int, size: int, seed: int) -> torch.Tensor:
+    """``n`` seeded ``size``-px crops of the world's train photos, one photo after another."""
+    import world as W
 
-    parts = load_sd(args.world / "sd")
-    unet, vae = parts.unet.eval().requires_grad_(False), parts.vae.eval().requires_grad_(False)
-    ctx = encode_text(parts, "", torch.device("cpu"), torch.float32).embeds
-    abar = parts.scheduler.alphas_cumprod.float()
-    if args.size:
-        import world as W
+    cfg = json.loads((world / "config.json").read_text())
+    gen = torch.Generator().manual_seed(seed)
+    photos = [W._resize_short(W._load_photo(name), cfg["short_side"]) for name in W.TRAIN_IMAGES]
+    crops = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        y = int(torch.randint(0, img.shape[1] - size + 1, (), generator=gen))
+        x = int(torch.randint(0, img.shape[2] - size + 1, (), generator=gen))
+        crops.append(img[:, y : y + size, x : x + size])
+    return torch.stack(crops)
 
-        cfg = json.loads((args.world / "config.json").read_text())
-        gen = torch.Generator().manual_seed(args.seed)
-        photos = [W._resize_short(W._load_photo(name), cfg["short_side"]) for name in W.TRAIN_IMAGES]
-        crops = []
-        for i in range(args.n):
-            img = photos[i % len(photos)]
-            y = int(torch.randint(0, img.shape[1] - args.size + 1, (), generator=gen))
-            x = int(torch.randint(0, img.shape[2] - args.size + 1, (), generator=gen))
-            crops.append(img[:, y : y + args.size, x : x + args.size])
-        clean = torch.stack(crops)
-    else:
-        _, clean = _pairs(args.world, args.task, args.n, args.seed)
-    with torch.no_grad():
-        z0 = vae_encode(vae, clean, torch.float32)
-    b = len(z0)
-    cond = ctx.expand(b, -1, -1)
-    noises = {t: torch.randn(z0.shape, generator=torch.Generator().manual_seed(1000 + t)) for t in args.t}
-    z_ts = {t: abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noises[t] for t in args.t}
-    kind = parts.scheduler.config.prediction_type
-    targets = {t: diffusion_target(z0, noises[t], abar[t], kind) for t in args.t}
 
-    feats = {}
-    hooks = [
-        blk.resnets[-1].register_forward_hook(lambda m, a, o, i=i: feats.__setitem__(i, o.detach()))
-        for i, blk in enumerate(unet.down_blocks)
+def _no_modulation(p, levels: int) -> list:
+    """Gate-0 modulations (no-ops) at every decoder point ``up_blocks[0..L-2]`` (fdi.adapter's widths)."""
+    from fdi.adapter import Modulation
+
+    ch = [int(c) for c in p.unet.config.block_out_channels]
+    b = len(p.z0)
+    return [
+        Modulation(torch.zeros(b, ch[lv]), torch.ones(b, ch[lv]), torch.zeros(ch[lv]))
+        for lv in range(levels - 1, 0, -1)
     ]
-    plain = {}
-    rms = {}
-    with torch.no_grad():
-        for t in args.t:
-            plain[t] = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
-            rms[t] = [float(feats[i].pow(2).mean().sqrt()) for i in sorted(feats)]
-    for h in hooks:
-        h.remove()
-    shapes = [feats[i].shape for i in sorted(feats)]
-    levels = len(shapes)
 
-    ch = [int(c) for c in unet.config.block_out_channels]
-    points = [ch[level] for level in range(levels - 1, 0, -1)]  # up_blocks[0..L-2] widths (fdi.adapter)
-    off = [Modulation(torch.zeros(b, c), torch.ones(b, c), torch.zeros(c)) for c in points]  # gates 0: no-op
 
-    def guided(res):
-        return FDIGuidance(res, off)
+def reach(p, args, plain, rms, shapes, g: torch.Generator) -> None:
+    """Per scale and level: a random residual of the feature's RMS × scale at that level alone."""
+    from fdi.adapter import FDIGuidance
+    from fdi.diffusers_backend import guide_unet
 
-    def mse(pred, t):
-        return round(float((pred - targets[t]).pow(2).mean()), 5)
-
-    g = torch.Generator().manual_seed(args.seed + 7)
+    off = _no_modulation(p, len(shapes))
     for scale in args.scale:
-        for level in range(levels):
-            row = {
-                "probe": "reach",
-                "task": args.task,
-                "level": level,
-                "size": list(shapes[level][-2:]),
-                "scale": scale,
-            }
+        for level in range(len(shapes)):
+            row = {"probe": "reach", "task": args.task, "level": level, "size": list(shapes[level][-2:])}
+            row["scale"] = scale
             per_t = {}
             for t in args.t:
                 res = [torch.zeros(s) for s in shapes]
                 res[level] = torch.randn(shapes[level], generator=g) * scale * rms[t][level]
-                with torch.no_grad(), guide_unet(unet, guided(res)):
-                    pred = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
+                with torch.no_grad(), guide_unet(p.unet, FDIGuidance(res, off)):
+                    pred = p.unet_out(t)
                 per_t[t] = {
                     "feat_rms": round(rms[t][level], 4),
                     "rel_change": round(float((pred - plain[t]).norm() / plain[t].norm()), 5),
-                    "mse_plain": mse(plain[t], t),
-                    "mse": mse(pred, t),
+                    "mse_plain": p.mse(plain[t], t),
+                    "mse": p.mse(pred, t),
                 }
             row["t"] = per_t
             print(json.dumps(row), flush=True)
 
-    # decoder points: AdaIN to another image's statistics there (the batch rolled by one), gate 1
-    from fdi.adapter_blocks import token_stats
 
-    for point in range(levels - 1):
+def modulation(p, args, plain, shapes) -> None:
+    """Per decoder point: AdaIN (gate 1) to another image's statistics there (the batch rolled by one)."""
+    from fdi.adapter import FDIGuidance, Modulation
+    from fdi.adapter_blocks import token_stats
+    from fdi.diffusers_backend import guide_unet
+
+    off = _no_modulation(p, len(shapes))
+    for point in range(len(shapes) - 1):
         stats = {}
-        hook = unet.up_blocks[point].register_forward_hook(lambda m, a, o: stats.__setitem__("d", o.detach()))
+        hook = p.unet.up_blocks[point].register_forward_hook(lambda m, a, o: stats.__setitem__("d", o.detach()))
         per_t = {}
         for t in args.t:
             with torch.no_grad():
-                unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond)
+                p.unet_out(t)
             d = stats["d"]
             mean, std = token_stats(d.flatten(2).transpose(1, 2))
             mods = list(off)
             mods[point] = Modulation(mean.roll(1, 0), std.roll(1, 0), torch.ones(d.shape[1]))
             hook.remove()
-            with torch.no_grad(), guide_unet(unet, FDIGuidance([torch.zeros(s) for s in shapes], mods)):
-                pred = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
-            hook = unet.up_blocks[point].register_forward_hook(lambda m, a, o: stats.__setitem__("d", o.detach()))
+            with torch.no_grad(), guide_unet(p.unet, FDIGuidance([torch.zeros(s) for s in shapes], mods)):
+                pred = p.unet_out(t)
+            hook = p.unet.up_blocks[point].register_forward_hook(lambda m, a, o: stats.__setitem__("d", o.detach()))
             per_t[t] = {
                 "rel_change": round(float((pred - plain[t]).norm() / plain[t].norm()), 5),
-                "mse_plain": mse(plain[t], t),
-                "mse": mse(pred, t),
+                "mse_plain": p.mse(plain[t], t),
+                "mse": p.mse(pred, t),
             }
         hook.remove()
         row = {"probe": "modulation", "task": args.task, "point": point, "size": list(d.shape[-2:]), "t": per_t}
         print(json.dumps(row), flush=True)
 
+
+def oracle(p, args, plain, shapes, g: torch.Generator) -> None:
+    """Free residuals, one set per image and the same at every t, fitted by Adam on the diffusion loss."""
+    from fdi.adapter import FDIGuidance
+    from fdi.diffusers_backend import guide_unet
+    from fdi.sampling import diffusion_target
+
+    off = _no_modulation(p, len(shapes))
+    b = len(p.z0)
+    res = [torch.zeros(s, requires_grad=True) for s in shapes]
+    opt = torch.optim.Adam(res, lr=args.oracle_lr)
+    t0 = time.time()
+    for _ in range(args.oracle_steps):
+        t = torch.randint(0, len(p.abar), (b,), generator=g)
+        if args.oracle_t is not None:
+            t = torch.full((b,), args.oracle_t)
+        eps = torch.randn(p.z0.shape, generator=g)
+        a = p.abar[t].view(-1, 1, 1, 1)
+        with guide_unet(p.unet, FDIGuidance(res, off)):
+            pred = p.unet(a.sqrt() * p.z0 + (1 - a).sqrt() * eps, t, encoder_hidden_states=p.cond).sample
+        loss = (pred - diffusion_target(p.z0, eps, a, p.kind)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    row = {"probe": "oracle", "task": args.task, "steps": args.oracle_steps, "lr": args.oracle_lr}
+    row["fit_t"] = args.oracle_t
+    row["seconds"] = round(time.time() - t0, 1)
+    row["res_rms"] = [round(float(r.detach().pow(2).mean().sqrt()), 4) for r in res]
+    per_t = {}
+    with torch.no_grad(), guide_unet(p.unet, FDIGuidance([r.detach() for r in res], off)):
+        for t in args.t:
+            per_t[t] = {"mse_plain": p.mse(plain[t], t), "mse_oracle": p.mse(p.unet_out(t), t)}
+    row["t"] = per_t
+    print(json.dumps(row), flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _args(argv)
+    torch.set_num_threads(1)
+    from adapter_probe import _pairs, load_probe, plain_and_features
+
+    clean = (
+        _crops(args.world, args.n, args.size, args.seed)
+        if args.size
+        else _pairs(args.world, args.task, args.n, args.seed)[1]
+    )
+    p = load_probe(args.world, clean, args.t)
+    plain, rms, shapes = plain_and_features(p, args.t)
+    g = torch.Generator().manual_seed(args.seed + 7)
+    reach(p, args, plain, rms, shapes, g)
+    modulation(p, args, plain, shapes)
     if args.oracle_steps:
-        res = [torch.zeros(s, requires_grad=True) for s in shapes]
-        opt = torch.optim.Adam(res, lr=args.oracle_lr)
-        t0 = time.time()
-        for step in range(args.oracle_steps):
-            t = torch.randint(0, len(abar), (b,), generator=g)
-            if args.oracle_t is not None:
-                t = torch.full((b,), args.oracle_t)
-            eps = torch.randn(z0.shape, generator=g)
-            a = abar[t].view(-1, 1, 1, 1)
-            with guide_unet(unet, guided(res)):
-                pred = unet(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, encoder_hidden_states=cond).sample
-            loss = (pred - diffusion_target(z0, eps, a, kind)).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        row = {"probe": "oracle", "task": args.task, "steps": args.oracle_steps, "lr": args.oracle_lr}
-        row["fit_t"] = args.oracle_t
-        row["seconds"] = round(time.time() - t0, 1)
-        row["res_rms"] = [round(float(r.pow(2).mean().sqrt()), 4) for r in res]
-        per_t = {}
-        with torch.no_grad(), guide_unet(unet, guided([r.detach() for r in res])):
-            for t in args.t:
-                pred = unet(z_ts[t], torch.full((b,), t), encoder_hidden_states=cond).sample
-                per_t[t] = {"mse_plain": mse(plain[t], t), "mse_oracle": mse(pred, t)}
-        row["t"] = per_t
-        print(json.dumps(row), flush=True)
+        oracle(p, args, plain, shapes, g)
     return 0
 
 
