@@ -28,8 +28,10 @@ The folders it writes are what the project's commands read: ``sd/`` (a diffusers
 
 **Reproducible from nothing, on one machine.** Every draw is seeded (weights, batches, crops, timesteps, noise)
 and the CPU kernels are deterministic at a fixed thread count, so a rebuild gives the same bits — but the order of
-a float sum, hence every weight and through training every figure, depends on the thread count: the reduced VAE
-(800 steps) is 22.543 dB held-out built in one thread, in two threads another (docs/design.md, "The small world").
+a float sum, hence every weight and through training every figure, depends on the thread count and the kernels:
+the reduced VAE (800 steps) reconstructs its 8 held-out patches at 22.543 dB built in one thread, 21.805 dB in two,
+20.914 dB in one with AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``, another CPU's; its train
+patches at 21.40, 21.35, 21.03 dB): a rounding difference grows into a world about 1.6 dB apart held out.
 So the world is trained in :data:`BUILD_THREADS` (1) threads whoever calls (``bench/learns.py --threads`` only
 sets its ``fdi`` commands'); a 1-thread build is what ``bench/learns.py`` always built, so the cache keys did not
 change. Not pinned: the CPU's kernel set (AVX-512 here) and the torch/diffusers/transformers/scikit-image/numpy
