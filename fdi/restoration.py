@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 
@@ -133,8 +133,15 @@ def check_guidance_fractions(
 Window = Tuple[float, float]
 
 
+class Windowed(Protocol):
+    """What :func:`guidance_windows` reads of an adapter (an :class:`FDIAdapter`, or the ComfyUI nodes' guidance)."""
+
+    guidance_window: Optional[Window]
+    display_name: str
+
+
 def guidance_windows(
-    adapters: Sequence[FDIAdapter],
+    adapters: Sequence[Windowed],
     start: Optional[float] = None,
     end: Optional[float] = None,
     unrecorded: Window = DEFAULT_GUIDANCE_WINDOW,
