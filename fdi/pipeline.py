@@ -417,7 +417,7 @@ class FDIRestorationPipeline:
         h, w = images.shape[-2:]
         cond = self.encode_prompt(prompt)
         uncond = self.encode_prompt(negative_prompt) if cfg != 1.0 else None
-        stages = [(adapters, windows)] if mode == "composite" else [([a], [w]) for a, w in zip(adapters, windows)]
+        stages = [(adapters, windows)] if mode == "composite" else [([a], [win]) for a, win in zip(adapters, windows)]
         per_stage = inversion_steps + steps
         total = per_stage * len(stages)
         x = images

@@ -39,13 +39,21 @@ from .sampling import (
 
 #: the last guided step of 50 at the default window, as the tooltips quote it
 _LAST_GUIDED = guided_step_count(50, GUIDANCE_END) - 1
-#: what the ``guidance_window`` combo says, per node (the names of its start/end inputs)
-_WINDOW_TOOLTIP = (
-    "'from adapter' (default): guide the steps the adapter was trained to guide, the window its file records "
-    "(python -m fdi adapter-info shows it); an adapter file that records none (trained before 2026-12) guides "
-    "{start}..{end}, as this node did before. 'custom': guide {start}..{end} with any adapter (a console warning "
-    "says when that leaves the adapter's trained window)."
-)
+
+
+def window_combo(start: str, end: str) -> io.Combo.Input:
+    """The ``guidance_window`` input of a node whose window widgets are ``start`` and ``end`` (:func:`node_window`):
+    optional and last, so workflows saved before it keep their widget positions."""
+    return io.Combo.Input(
+        "guidance_window",
+        options=WINDOW_MODES,
+        default=WINDOW_MODES[0],
+        optional=True,
+        tooltip="'from adapter' (default): guide the steps the adapter was trained to guide, the window its file "
+        "records (python -m fdi adapter-info shows it); an adapter file that records none (trained before 2026-12) "
+        f"guides {start}..{end}, as this node did before. 'custom': guide {start}..{end} with any adapter (a console "
+        "warning says when that leaves the adapter's trained window).",
+    )
 
 
 class FDIAdapterLoader(io.ComfyNode):
@@ -174,13 +182,7 @@ class FDIApplyGuidance(io.ComfyNode):
                     "Must be >= start_percent. Used with guidance_window 'custom', and for an adapter file that "
                     "records no window.",
                 ),
-                io.Combo.Input(
-                    "guidance_window",
-                    options=WINDOW_MODES,
-                    default=WINDOW_MODES[0],
-                    optional=True,
-                    tooltip=_WINDOW_TOOLTIP.format(start="start_percent", end="end_percent"),
-                ),
+                window_combo("start_percent", "end_percent"),
             ],
             outputs=[
                 io.Model.Output(
@@ -350,13 +352,7 @@ class FDIRestore(io.ComfyNode):
                     tooltip="Overlap of neighbouring tiles in pixels (blended smoothly; "
                     "less than tile_size, at most tile_size - 64).",
                 ),
-                io.Combo.Input(
-                    "guidance_window",
-                    options=WINDOW_MODES,
-                    default=WINDOW_MODES[0],
-                    optional=True,
-                    tooltip=_WINDOW_TOOLTIP.format(start="guidance_start", end="guidance_end"),
-                ),
+                window_combo("guidance_start", "guidance_end"),
                 io.Float.Input(
                     "guidance_start",
                     default=0.0,

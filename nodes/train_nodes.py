@@ -218,36 +218,7 @@ class FDITrainAdapter(io.ComfyNode):
                     step=0.01,
                     tooltip="λ of the latent L1 term (the paper's 0.1).",
                 ),
-                io.Combo.Input(
-                    "timestep_sampling",
-                    options=list(TIMESTEP_SAMPLINGS),
-                    default=DEFAULT_TIMESTEP_SAMPLING,
-                    optional=True,
-                    tooltip="How each step draws its noise level t: 'window' uniformly inside the guidance window "
-                    "below (where restoration uses the adapter), 'cubic' T2I-Adapter's t = (1 - u^3) x T weighted to "
-                    "the noisy steps (windows that start at 0 only), 'uniform' over all t (the pack before 2026-12).",
-                ),
-                io.Float.Input(
-                    "guidance_start",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="Start of the guidance window the adapter is trained for, as a fraction of the sampling "
-                    "steps (0 = the first, noisiest step). Recorded in the adapter: FDI Restore and Apply FDI "
-                    "Guidance guide this window by default.",
-                ),
-                io.Float.Input(
-                    "guidance_end",
-                    default=GUIDANCE_END,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip=f"End of the guidance window the adapter is trained for (the paper's first third: "
-                    f"{GUIDANCE_END}); must be above guidance_start.",
-                ),
+                *_window_inputs(),
             ],
             outputs=[
                 FDIAdapterType.Output(
@@ -314,6 +285,43 @@ class FDITrainAdapter(io.ComfyNode):
         text = f"trained {result.steps} of {steps} steps" + (f"; {result.stopped}" if result.stopped else "")
         handle = ModelHandle(new, make_patcher(new), f"trained:{fdi.label or 'fdi'}")
         return io.NodeOutput(handle, curve, result.steps, ui=ui.PreviewText(text))
+
+
+def _window_inputs() -> list:
+    """FDITrainAdapter's timestep sampling and guidance window (:class:`fdi.training.memory.TrainSettings`):
+    optional and last, so workflows saved before them keep their widget positions."""
+    return [
+        io.Combo.Input(
+            "timestep_sampling",
+            options=list(TIMESTEP_SAMPLINGS),
+            default=DEFAULT_TIMESTEP_SAMPLING,
+            optional=True,
+            tooltip="How each step draws its noise level t: 'window' uniformly inside the guidance window "
+            "below (where restoration uses the adapter), 'cubic' T2I-Adapter's t = (1 - u^3) x T weighted to "
+            "the noisy steps (windows that start at 0 only), 'uniform' over all t (the pack before 2026-12).",
+        ),
+        io.Float.Input(
+            "guidance_start",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Start of the guidance window the adapter is trained for, as a fraction of the sampling "
+            "steps (0 = the first, noisiest step). Recorded in the adapter: FDI Restore and Apply FDI "
+            "Guidance guide this window by default.",
+        ),
+        io.Float.Input(
+            "guidance_end",
+            default=GUIDANCE_END,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip=f"End of the guidance window the adapter is trained for (the paper's first third: "
+            f"{GUIDANCE_END}); must be above guidance_start.",
+        ),
+    ]
 
 
 def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
