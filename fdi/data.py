@@ -199,6 +199,17 @@ def transform_pair(
     Returns:
         ``(degraded, clean)``, each ``[3, resolution, resolution]`` float32 in 0..1.
     """
+    d, c, _ = crop_pair(degraded, clean, resolution, generator)
+    return d, c
+
+
+def crop_pair(
+    degraded: torch.Tensor, clean: torch.Tensor, resolution: int, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[bool]]:
+    """:func:`transform_pair` and its flip when the crop is the whole resized image, else ``None``.
+
+    A pair whose degraded image is square is resized to exactly ``resolution × resolution``, so its crop is
+    always the whole image: its only variation is the flip, and its crop (and clean latent) recurs exactly."""
     h, w = resized_shape(degraded.shape[-2], degraded.shape[-1], resolution)
     d = _resize(degraded, (h, w))
     c = _resize(clean, (h, w))
@@ -212,11 +223,19 @@ def transform_pair(
     c = c[:, top : top + resolution, left : left + resolution]
     if flip:
         d, c = d.flip(-1), c.flip(-1)
-    return d.contiguous(), c.contiguous()
+    whole = (h, w) == (resolution, resolution)
+    return d.contiguous(), c.contiguous(), (flip if whole else None)
+
+
+def crop_key(index: int, whole_flip: Optional[bool]) -> int:
+    """The key of a training crop for :class:`fdi.training.latents.LatentCache`: ``2·index + flip`` when the crop is
+    the whole resized image of pair ``index`` (``whole_flip`` from :func:`crop_pair`), ``-1`` (never cached) else."""
+    return -1 if whole_flip is None else 2 * int(index) + int(whole_flip)
 
 
 class PairedImageDataset(Dataset):
-    """Map-style dataset of pairs → ``{"degraded": [3, R, R], "clean": [3, R, R], "index": int}``.
+    """Map-style dataset of pairs → ``{"degraded": [3, R, R], "clean": [3, R, R], "index": int, "crop_key": int}``
+    (``crop_key``: :func:`crop_key`).
 
     ``R`` = ``resolution``; values in 0..1, float32. With ``train=True`` the crop is random and the
     flip random; both depend only on ``(seed, epoch, index)``. The epoch is part of the index a
@@ -240,8 +259,8 @@ class PairedImageDataset(Dataset):
         epoch, index = divmod(int(key), len(self.pairs))
         pair = self.pairs[index]
         gen = sample_generator(self.seed, epoch, index) if self.train else None
-        d, c = transform_pair(load_image(pair.degraded), load_image(pair.clean), self.resolution, gen)
-        return {"degraded": d, "clean": c, "index": index}
+        d, c, whole_flip = crop_pair(load_image(pair.degraded), load_image(pair.clean), self.resolution, gen)
+        return {"degraded": d, "clean": c, "index": index, "crop_key": crop_key(index, whole_flip)}
 
 
 # ---------------------------------------------------------------------------------------------- order

@@ -55,9 +55,13 @@ def run_adapter(handle: ModelHandle, fdi: FDI, images: torch.Tensor) -> Guidance
             "no FDI connected and the adapter file embeds none; connect an FDI from 'Load FDI' or 'Extract FDI'"
         )
     handle.module.check_fdi(check_fdi_input(fdi))  # width, token count and encoder, before any work
-    adapter = handle.loaded()
+    return adapter_guidance(handle.loaded(), fdi, images, handle.patcher.load_device)
+
+
+def adapter_guidance(adapter, fdi: FDI, images: torch.Tensor, device: torch.device) -> GuidanceHandle:
+    """An adapter module's guidance (run on ``device``) for ``images`` ``[B, 3, H, W]``, on the intermediate device."""
     with torch.no_grad():
-        guidance = adapter(images.to(handle.patcher.load_device, torch.float32), fdi).detach()
+        guidance = adapter(images.to(device, torch.float32), fdi).detach()
     guidance = guidance.to(mm.intermediate_device(), torch.float32)
     return GuidanceHandle(
         guidance,
@@ -254,12 +258,14 @@ def restore(
     cfg: float,
     tile_size: int,
     tile_overlap: int,
+    preview: bool = True,
 ) -> torch.Tensor:
     """FDI Restore's recipe on a library batch ``images`` ``[B, 3, H, W]`` → IMAGE ``[B, H, W, 3]`` of the same size.
 
     ``guide(padded)`` returns the guided MODEL for the padded batch; the rest is ``python -m fdi restore``'s:
     pad to a multiple of 64, VAE-encode, DDIM-invert with the plain MODEL, sample back with DDIM on the same
-    timesteps, decode, crop (with ``tile_size``: per tile, blended, :mod:`fdi.tiles`)."""
+    timesteps, decode, crop (with ``tile_size``: per tile, blended, :mod:`fdi.tiles`). ``preview=False``: no
+    progress bar or latent preview of its own (a node that shows its own progress, e.g. training)."""
     h, w = images.shape[-2:]
     check_image_size(h, w, "the 'image' input")
     sampling, inversion = restore_schedule(model, steps, inversion_steps)  # the step bound, before any work
@@ -272,8 +278,8 @@ def restore(
     guided = guide(padded)
     ddim = comfy.samplers.sampler_object(SAMPLER)
     if tiling is None or tiling.single:
-        latent = invert(model, positive, vae.encode(batch_to_image(padded)), inversion)
-        decoded = decode(vae, sample(guided, ddim, sampling, cfg, positive, negative, latent))
+        latent = invert(model, positive, vae.encode(batch_to_image(padded)), inversion, preview)
+        decoded = decode(vae, sample(guided, ddim, sampling, cfg, positive, negative, latent, preview))
     else:
         tick = TileProgress(tiling, inversion, sampling)
 

@@ -26,6 +26,7 @@ from ..fdi.sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END, TIMESTEP_SAM
 from ..fdi.training.comfy_unet import autograd_safe, cast_weights_to_compute
 from ..fdi.training.memory import TrainSettings, adapter_for_training, check_pairs, train_on_pairs
 from ..fdi.training.precision import compute_dtype
+from ..fdi.training.preview import PREVIEW_IMAGES, PREVIEW_STEPS, LivePreview
 from ..fdi.training.step import comfy_predictor, unet_checkpointing
 from .common import (
     CATEGORY,
@@ -218,6 +219,18 @@ class FDITrainAdapter(io.ComfyNode):
                     step=0.01,
                     tooltip="λ of the latent L1 term (the paper's 0.1).",
                 ),
+                io.Int.Input(
+                    "preview_every",
+                    default=0,
+                    min=0,
+                    max=100000,
+                    optional=True,
+                    tooltip="0 = off. Otherwise every this many steps, and at the last, restore the first "
+                    f"{PREVIEW_IMAGES} pairs (centre crops at the resolution) with the adapter as it is, as 'FDI "
+                    f"Restore' does ({PREVIEW_STEPS} DDIM steps, the adapter's guidance window), and show the strip "
+                    "(input / restored / clean) above the loss curve as the node's preview. Each strip costs about "
+                    f"{2 * PREVIEW_STEPS} UNet evaluations per image.",
+                ),
                 *_window_inputs(),
             ],
             outputs=[
@@ -251,12 +264,13 @@ class FDITrainAdapter(io.ComfyNode):
         clean=None,
         pairs: PairList = None,
         adapter: ModelHandle = None,
+        preview_every: int = 0,
         timestep_sampling: str = DEFAULT_TIMESTEP_SAMPLING,
         guidance_start: float = 0.0,
         guidance_end: float = GUIDANCE_END,
     ) -> io.NodeOutput:
         check_fdi_input(fdi)
-        deg, cln = _training_pairs(degraded, clean, pairs)
+        deg, cln, names = _training_pairs(degraded, clean, pairs)
         settings = TrainSettings(
             steps=steps,
             lr=learning_rate,
@@ -273,7 +287,16 @@ class FDITrainAdapter(io.ComfyNode):
         with torch.inference_mode(False):
             previous = adapter.module if adapter is not None else None
             new, result = _train(
-                model, clip, vae, fdi, previous, (deg, cln), settings, training_dtype, gradient_checkpointing
+                model,
+                clip,
+                vae,
+                fdi,
+                previous,
+                (deg, cln, names),
+                settings,
+                training_dtype,
+                gradient_checkpointing,
+                preview_every,
             )
             if result.cancelled:
                 mm.interrupt_current_processing(False)  # the cancel ended training; the graph goes on with this adapter
@@ -325,27 +348,39 @@ def _window_inputs() -> list:
 
 
 def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
-    """``(degraded, clean)`` lists of ``[3, H, W]`` images from the two IMAGE inputs or an ``FDI_PAIRS``."""
+    """``(degraded, clean, names)``: lists of ``[3, H, W]`` images from the two IMAGE inputs or an ``FDI_PAIRS``,
+    and a name per pair (the files' stems, or ``pair 1``, ``pair 2``…)."""
     if pairs is not None and (degraded is not None or clean is not None):
         raise FDIError("connect either 'pairs' or the 'degraded' and 'clean' images, not both")
     if pairs is not None:
-        deg, cln = pairs.degraded, pairs.clean
+        deg, cln, names = pairs.degraded, pairs.clean, list(pairs.names)
     elif degraded is not None and clean is not None:
         deg, cln = list(image_to_batch(degraded, "degraded")), list(image_to_batch(clean, "clean"))
+        names = [f"pair {i + 1}" for i in range(len(deg))]
     else:
         raise FDIError(
             "no training pairs: connect 'degraded' and 'clean' images, or 'pairs' from 'Load FDI Training Pairs'"
         )
     check_pairs(deg, cln)
-    return deg, cln
+    return deg, cln, names
 
 
 def _train(
-    model, clip, vae, fdi: FDI, previous, pairs: tuple, settings: TrainSettings, training_dtype: str, checkpointing
+    model,
+    clip,
+    vae,
+    fdi: FDI,
+    previous,
+    pairs: tuple,
+    settings: TrainSettings,
+    training_dtype: str,
+    checkpointing,
+    preview_every: int = 0,
 ):
     """A new adapter (or a copy of ``previous``) trained on the MODEL's UNet (:func:`training_model`: a fresh copy
     under dynamic VRAM; loaded by model management, weights made autograd-safe, computing in the training dtype)
-    with the VAE's latents: ``(adapter, result)``."""
+    with the VAE's latents: ``(adapter, result)``. ``pairs``: ``(degraded, clean, names)``; ``preview_every``: steps
+    between preview strips (0: the loss curve only)."""
     unet_config, prediction_type, family = _model_facts(model)
     adapter = adapter_for_training(fdi, family, settings.seed, previous)
     blocks = check_unet_for_adapter(unet_config, adapter.config.channels, family, prediction_type)
@@ -371,6 +406,7 @@ def _train(
         mm.load_models_gpu([model], force_full_load=True)
         return z.to(device)
 
+    strip = _strip(model, clip, vae, adapter, fdi, pairs, settings) if preview_every else None
     with cast_weights_to_compute(unet, storage, dtype), unet_checkpointing(unet, checkpointing):
         result = train_on_pairs(
             adapter,
@@ -385,7 +421,7 @@ def _train(
             device,
             compute_dtype=dtype,
             should_stop=mm.processing_interrupted,
-            on_step=_progress(settings.steps),
+            on_step=_progress(settings.steps, LivePreview(settings.steps, preview_every, strip)),
         )
     return adapter, result
 
@@ -425,28 +461,78 @@ def _prompt_conditioning(base, clip, resolution: int, device: torch.device) -> t
     return context.clone().to(device), (None if adm is None else adm.clone().to(device))
 
 
-def _progress(steps: int):
-    """``on_step(done, loss)`` for :func:`train_on_pairs`: ComfyUI's progress bar with the loss curve as its
-    preview (about 20 times a run)."""
+def _progress(steps: int, live: LivePreview):
+    """``on_step(done, loss)`` for :func:`train_on_pairs`: ComfyUI's progress bar with :class:`LivePreview`'s picture
+    (the loss curve about 20 times a run, and the latest preview strip above it) as its preview."""
     bar = comfy.utils.ProgressBar(steps)
     bar.update_absolute(0, steps)
-    seen: List[float] = []
-    every = max(1, steps // 20)
 
     def on_step(done: int, loss: float) -> None:
-        seen.append(loss)
+        picture = live.show(done, loss)
         preview = None
-        if done % every == 0 or done == steps:
+        if picture is not None:
             from PIL import Image
 
-            from ..fdi.plots import render_loss_curve
-
-            picture = render_loss_curve(seen, title=f"step {done} of {steps}: loss {loss:.4f}")
-            preview = ("JPEG", Image.fromarray(picture), 512)
+            preview = ("JPEG", Image.fromarray(picture), 512 if live.latest is None else 1024)
             logging.info("FDITrainAdapter: step %d/%d, loss %.5f", done, steps, loss)
         bar.update_absolute(done, steps, preview)
 
     return on_step
+
+
+def _strip(model, clip, vae, adapter, fdi: FDI, pairs: tuple, settings: TrainSettings):
+    """``strip(step)`` → the preview strip (:func:`fdi.training.preview.strip_maker`) of the first pairs restored with
+    the adapter being trained by ``FDIRestore``'s recipe (:func:`.sampling.restore`, the empty prompt, cfg 1, the
+    adapter's guidance window), or ``None`` when Cancel came during it (Cancel then ends training at its next step)."""
+    from ..fdi.restoration import guidance_windows
+    from ..fdi.tiles import DEFAULT_TILE_OVERLAP
+    from ..fdi.training import preview
+    from .sampling import adapter_guidance, apply_guidance, restore, zeroed
+
+    context, pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
+    positive = [[context.clone(), {} if pooled is None else {"pooled_output": pooled.clone()}]]
+    negative = zeroed(positive)
+    device = next(adapter.parameters()).device
+
+    def restore_crops(images: torch.Tensor) -> torch.Tensor:
+        ((start, end),) = guidance_windows([adapter])[0]  # the window it is being trained for
+
+        def guide(padded: torch.Tensor):
+            return apply_guidance(model, adapter_guidance(adapter, fdi, padded, device), 1.0, start, end)
+
+        steps = preview.PREVIEW_STEPS
+        adapter.eval()
+        try:
+            with torch.no_grad():
+                out = restore(
+                    model,
+                    vae,
+                    images,
+                    guide,
+                    positive,
+                    negative,
+                    steps,
+                    steps,
+                    1.0,
+                    0,
+                    DEFAULT_TILE_OVERLAP,
+                    preview=False,
+                )
+        finally:
+            adapter.train()
+            mm.load_models_gpu([model], force_full_load=True)  # the VAE may have pushed the UNet out
+        return out.permute(0, 3, 1, 2)
+
+    make = preview.strip_maker(restore_crops, *pairs, settings.resolution, settings.steps)
+
+    def strip(step: int):
+        try:
+            return make(step)
+        except mm.InterruptProcessingException:
+            mm.interrupt_current_processing(True)  # the restore took the Cancel: hand it back to the training loop
+            return None
+
+    return strip
 
 
 class FDISaveAdapter(io.ComfyNode):

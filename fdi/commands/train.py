@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
     _model_and_data_options(p.add_argument_group("models and data"))
     _optimisation_options(p.add_argument_group("optimisation"))
     _checkpoint_options(p.add_argument_group("checkpoints, logs, validation"))
+    _watch_options(p.add_argument_group("previews and caching"))
     p.set_defaults(func=run)
 
 
@@ -206,6 +207,33 @@ def _checkpoint_options(c) -> None:
     )
     c.add_argument("--val-max-images", type=int, default=8, help="validate on at most this many held-out pairs")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _watch_options(w) -> None:
+    w.add_argument(
+        "--preview-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every N steps and at the end, restore a few pairs with the current adapter (--val-steps steps) and "
+        "write a strip (rows input / restored / clean) to previews/step-<N>.jpg in the run folder; the held-out "
+        "pairs (--val-*) when given, else the first training pairs (0 = never)",
+    )
+    w.add_argument(
+        "--preview-images",
+        type=int,
+        default=defaults.PREVIEW_IMAGES,
+        metavar="K",
+        help="images in a preview strip (the first K pairs, centre crops at --resolution)",
+    )
+    w.add_argument(
+        "--latent-cache-mib",
+        type=int,
+        default=defaults.LATENT_CACHE_MIB,
+        metavar="MIB",
+        help="keep the clean latents of crops that recur exactly (square pairs: the crop is the whole image, only the "
+        "flip varies) in up to this much CPU memory, so the VAE encodes each once; same results (0 = off)",
+    )
 
 
 def parse_adapter_config(value) -> dict:

@@ -11,20 +11,21 @@ from typing import Any, List, Optional, Tuple
 
 from ..errors import FDIError
 from ..files import read_header
-from .config import TrainConfig
+from .config import TrainConfig, has_val_pairs
 from .state import check_signature, list_checkpoints, read_state
 
 
 def read_pairs(cfg: TrainConfig) -> Tuple[List, List]:
-    """The training and validation pairs, each image's header read (a broken file fails now, not later)."""
+    """The training and validation pairs (read for ``--validate-every``, and for ``--preview-every`` when given),
+    each image's header read (a broken file fails now, not later)."""
     from ..data import collect_pairs
     from ..images import probe_image
 
     pairs = collect_pairs(cfg.degraded, cfg.clean, cfg.pairs_file)
     val_pairs: List = []
-    if cfg.validate_every:
+    if cfg.validate_every or (cfg.preview_every and has_val_pairs(cfg)):  # previews show held-out pairs when given
         val_pairs = collect_pairs(cfg.val_degraded, cfg.val_clean, cfg.val_pairs_file, what="validation")
-    for pair in (*pairs, *val_pairs[: cfg.val_max_images]):
+    for pair in (*pairs, *val_pairs[: max(cfg.val_max_images, cfg.preview_images)]):
         probe_image(pair.degraded)
         probe_image(pair.clean)
     return pairs, val_pairs

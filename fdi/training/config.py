@@ -15,6 +15,8 @@ import torch
 
 from ..errors import FDIError
 from ..sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END
+from .latents import LATENT_CACHE_MIB
+from .preview import PREVIEW_IMAGES
 
 if TYPE_CHECKING:
     from .step import TimestepSampling
@@ -121,6 +123,10 @@ class TrainConfig(OptimizerSettings):
     timestep_sampling: str = DEFAULT_TIMESTEP_SAMPLING
     guidance_start: float = 0.0
     guidance_end: float = GUIDANCE_END
+    # watching a run: strips of restored images every N steps, and clean latents cached where crops recur
+    preview_every: int = 0
+    preview_images: int = PREVIEW_IMAGES
+    latent_cache_mib: int = LATENT_CACHE_MIB
 
     def timesteps(self) -> "TimestepSampling":
         """How the run draws timesteps (:class:`fdi.training.step.TimestepSampling`): the sampling and the window."""
@@ -131,7 +137,8 @@ class TrainConfig(OptimizerSettings):
 
 @dataclass
 class TrainResult:
-    """What :func:`fdi.training.run.train` returns: the adapter file, the steps done and the loss history."""
+    """What :func:`fdi.training.run.train` returns: the adapter file, the steps done and the loss history (and the
+    clean latents this process took from / added to :class:`.latents.LatentCache`)."""
 
     output: Path
     run_dir: Path
@@ -140,6 +147,8 @@ class TrainResult:
     losses: List[float]
     base_family: str
     is_main_process: bool = True
+    latent_hits: int = 0
+    latent_misses: int = 0
 
 
 def check_resolution(resolution: int, name: str = "resolution") -> None:
@@ -194,10 +203,27 @@ def check_config(cfg: TrainConfig) -> None:
         raise FDIError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}")
     if cfg.lr_scheduler not in LR_SCHEDULERS:
         raise FDIError(f"--lr-scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {cfg.lr_scheduler!r}")
-    if cfg.validate_every and not (cfg.val_pairs_file or (cfg.val_degraded and cfg.val_clean)):
+    if cfg.validate_every and not has_val_pairs(cfg):
         raise FDIError(
             "--validate-every needs held-out pairs: --val-degraded DIR and --val-clean DIR (or --val-pairs-file)"
         )
+    check_preview_and_cache(cfg)
+
+
+def has_val_pairs(cfg: TrainConfig) -> bool:
+    """Whether held-out pairs are given (``--val-degraded`` and ``--val-clean``, or ``--val-pairs-file``)."""
+    return bool(cfg.val_pairs_file or (cfg.val_degraded and cfg.val_clean))
+
+
+def check_preview_and_cache(cfg: TrainConfig) -> None:
+    """``--preview-every`` ≥ 0, ``--preview-images`` ≥ 1, ``--latent-cache-mib`` ≥ 0 (integers)."""
+    for name, v, lo in (
+        ("--preview-every", cfg.preview_every, 0),
+        ("--preview-images", cfg.preview_images, 1),
+        ("--latent-cache-mib", cfg.latent_cache_mib, 0),
+    ):
+        if not isinstance(v, int) or v < lo:
+            raise FDIError(f"{name} must be an integer of at least {lo}, got {v!r}")
 
 
 def check_batch_split(batch_size: int, processes: int, grad_accum: int) -> int:

@@ -1,4 +1,4 @@
-"""The CLI training loop: data loading, accumulation, the optimizer step, logs, checkpoints, validation.
+"""The CLI training loop: data loading, accumulation, the optimizer step, logs, checkpoints, validation, previews.
 
 ``run`` is the :class:`fdi.training.run.TrainRun` being trained (its models, optimizer, accelerator, config).
 """
@@ -17,7 +17,7 @@ import torch
 from ..progress import report
 from .precision import NonFiniteGuard, guarded_update
 from .state import save_checkpoint
-from .validation import VAL_FIELDS, validate
+from .validation import VAL_FIELDS, restore_at
 
 LOG_FIELDS = ("step", "epoch", "loss", "loss_diffusion", "loss_recon", "lr", "grad_norm", "sec_per_step")
 
@@ -180,12 +180,11 @@ def run_loop(run) -> List[float]:
                 bar.set_postfix(loss=f"{vals[0]:.4f}")
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.max_steps:
                 save_checkpoint(run, step)
-            if cfg.validate_every and step % cfg.validate_every == 0:
-                metrics = validate(run)
-                if metrics is not None:
-                    log_row(
-                        run, run.val_path, VAL_FIELDS, {"step": step, **{k: round(v, 6) for k, v in metrics.items()}}
-                    )
+            metrics, preview = restore_at(run, step)  # validation, preview strip: when the options ask
+            if metrics is not None:
+                log_row(run, run.val_path, VAL_FIELDS, {"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
+            if preview is not None and bar is not None:
+                bar.write(preview)
             report(run.progress, step, run.max_steps)
             t0 = time.perf_counter()  # checkpoint/validation time is not counted as step time
     finally:

@@ -1,11 +1,11 @@
 """Training on pairs held in memory (the ComfyUI node's door): the shared step, AdamW, no files.
 
 The loop of :func:`train_on_pairs` draws each step's pairs from a seeded permutation, crops them
-with :func:`fdi.data.transform_pair` (random square crop + flip at ``resolution``), encodes the clean
-crops with the caller's ``encode`` and runs :func:`fdi.training.step.training_step`. It stops early,
-keeping the weights of the last finished step, when ``should_stop()`` turns true or after
-:class:`fdi.training.precision.NonFiniteGuard`'s run of non-finite steps (each is skipped). fp16 compute
-gets dynamic loss scaling.
+with :func:`fdi.data.crop_pair` (random square crop + flip at ``resolution``), encodes the clean
+crops with the caller's ``encode`` (whole-image crops once: :class:`.latents.LatentCache`) and runs
+:func:`fdi.training.step.training_step`. It stops early, keeping the weights of the last finished step,
+when ``should_stop()`` turns true or after :class:`fdi.training.precision.NonFiniteGuard`'s run of
+non-finite steps (each is skipped). fp16 compute gets dynamic loss scaling.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END
 from ..seeds import seeded_generator
 from .config import RESOLUTION_MULTIPLE, OptimizerSettings, check_resolution
 from .determinism import deterministic_algorithms
+from .latents import LATENT_CACHE_MIB, LatentCache
 from .precision import NonFiniteGuard, guarded_update, loss_scaler, scaled_grads
 from .step import Predictor, TimestepSampling, step_generator, training_step
 
@@ -42,6 +43,7 @@ class TrainSettings(OptimizerSettings):
     timestep_sampling: str = DEFAULT_TIMESTEP_SAMPLING
     guidance_start: float = 0.0
     guidance_end: float = GUIDANCE_END
+    latent_cache_mib: int = LATENT_CACHE_MIB
 
     def timesteps(self) -> TimestepSampling:
         return TimestepSampling(self.timestep_sampling, (self.guidance_start, self.guidance_end))
@@ -57,6 +59,8 @@ class TrainSettings(OptimizerSettings):
         check_resolution(self.resolution)
         if not (self.recon_weight >= 0 and math.isfinite(self.recon_weight)):
             raise FDIError(f"the reconstruction weight must be 0 or positive, got {self.recon_weight}")
+        if not isinstance(self.latent_cache_mib, int) or self.latent_cache_mib < 0:
+            raise FDIError(f"the latent cache budget must be 0 (off) or more MiB, got {self.latent_cache_mib!r}")
         self.check_optimizer()
         self.timesteps().check()
 
@@ -64,12 +68,15 @@ class TrainSettings(OptimizerSettings):
 @dataclass
 class MemoryTrainResult:
     """``losses`` per finished step; ``stopped``: why training ended early (``None``: all steps done);
-    ``cancelled``: it was ``should_stop``."""
+    ``cancelled``: it was ``should_stop``; ``latent_hits``/``latent_misses``: clean latents taken from / added to the
+    :class:`.latents.LatentCache`."""
 
     steps: int
     losses: List[float] = field(default_factory=list)
     stopped: Optional[str] = None
     cancelled: bool = False
+    latent_hits: int = 0
+    latent_misses: int = 0
 
 
 def check_pairs(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor]) -> None:
@@ -95,18 +102,21 @@ def check_pairs(degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor])
 
 def batch_for_step(
     degraded: Sequence[torch.Tensor], clean: Sequence[torch.Tensor], step: int, settings: TrainSettings
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The crops of step ``step`` (0-based): ``([b, 3, R, R], [b, 3, R, R])`` float32, a function of the seed."""
-    from ..data import sample_generator, transform_pair
+) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """The crops of step ``step`` (0-based): ``([b, 3, R, R], [b, 3, R, R], keys)`` float32, a function of the seed;
+    ``keys``: each crop's :func:`fdi.data.crop_key` (for :class:`.latents.LatentCache`)."""
+    from ..data import crop_key, crop_pair, sample_generator
 
     n, b = len(degraded), settings.batch_size
-    crops = []
+    crops, keys = [], []
     for position in range(step * b, step * b + b):  # the CLI's stream: a permutation per epoch, a crop per sample
         epoch, i = divmod(position, n)
         index = int(torch.randperm(n, generator=seeded_generator("order", settings.seed, epoch))[i])
         gen = sample_generator(settings.seed, epoch, index)
-        crops.append(transform_pair(degraded[index].float(), clean[index].float(), settings.resolution, gen))
-    return torch.stack([d for d, _ in crops]), torch.stack([c for _, c in crops])
+        d, c, whole_flip = crop_pair(degraded[index].float(), clean[index].float(), settings.resolution, gen)
+        crops.append((d, c))
+        keys.append(crop_key(index, whole_flip))
+    return torch.stack([d for d, _ in crops]), torch.stack([c for _, c in crops]), keys
 
 
 def train_on_pairs(
@@ -141,13 +151,10 @@ def train_on_pairs(
     alphas = alphas_cumprod.to(device, torch.float32)
     tokens = fdi_tokens.to(device, torch.float32)
     result = MemoryTrainResult(steps=0)
+    latents = LatentCache(encode, settings.latent_cache_mib)
     scaler = loss_scaler(device, compute_dtype or autocast_dtype)
     guard = NonFiniteGuard(scaled=scaler.is_enabled())
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype)
-        if autocast_dtype not in (None, torch.float32)
-        else torch.autocast(device.type, enabled=False)
-    )
+    autocast = _autocast(device, autocast_dtype)
     adapter.train()
     report(progress, 0, settings.steps)
     try:
@@ -157,8 +164,8 @@ def train_on_pairs(
                     result.stopped = f"stopped by the user after {step} of {settings.steps} steps"
                     result.cancelled = True
                     break
-                d, c = batch_for_step(degraded, clean, step, settings)
-                z0 = encode(c.to(device))
+                d, c, keys = batch_for_step(degraded, clean, step, settings)
+                z0 = latents.encode(c.to(device), keys)
                 gen = step_generator(settings.seed, step)
                 with autocast:
                     out = training_step(
@@ -189,7 +196,15 @@ def train_on_pairs(
                 report(progress, step + 1, settings.steps)
     finally:
         adapter.eval()
+        result.latent_hits, result.latent_misses = latents.hits, latents.misses
     return result
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device`` (fp16/bf16), or off (``None``, float32)."""
+    if dtype in (None, torch.float32):
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def adapter_for_training(fdi, family: str, seed: int, previous=None) -> torch.nn.Module:

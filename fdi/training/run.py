@@ -7,7 +7,8 @@ validation (:mod:`.validation`) → the adapter file.
 Files of a run (the *run folder*, default ``<output stem>-run/`` beside the output, or
 ``--checkpoint-dir``): ``checkpoint-<step>/``, ``train_log.csv`` (step, epoch, loss, loss_diffusion,
 loss_recon, lr, grad_norm, sec_per_step), ``val_log.csv`` (step, psnr, ssim, psnr_y, ssim_y) when
-validating, ``train.fdi.safetensors`` (the task FDI), ``tensorboard/`` when TensorBoard is installed.
+validating, ``train.fdi.safetensors`` (the task FDI), ``tensorboard/`` when TensorBoard is installed,
+``previews/step-<step>.jpg`` with ``--preview-every`` (:mod:`.preview`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .checks import (
 )
 from .config import TrainConfig, TrainResult, check_batch_split, check_config, check_device
 from .determinism import deterministic_algorithms
+from .latents import LatentCache
 from .loop import run_loop
 from .state import (
     fdi_hash,
@@ -96,6 +98,7 @@ class TrainRun:
     log_path: Optional[Path] = None
     val_path: Optional[Path] = None
     tb: Any = None
+    latents: Any = None  # the clean latents' cache (:class:`.latents.LatentCache`)
 
     # ---- phase 1: everything that can be checked before a model is loaded (:mod:`.checks`) ------------
     def check_inputs(self) -> None:
@@ -238,7 +241,7 @@ class TrainRun:
         self.vae = place(parts.vae, self.device, self.vae_dtype)
         prompt = encode_text(parts, cfg.prompt, self.device, self.weight_dtype)
         prompt_embeds = prompt if prompt.pooled is not None else prompt.embeds
-        if cfg.validate_every:  # restoration pipeline for validation: the same modules, built once
+        if cfg.validate_every or cfg.preview_every:  # restoration pipeline for validation and previews, built once
             self.pipe = FDIRestorationPipeline(
                 self.vae,
                 parts.text_encoder,
@@ -261,6 +264,7 @@ class TrainRun:
         self.alphas_cumprod = scheduler.alphas_cumprod.to(device=self.device, dtype=torch.float32)
         self.family = detect_base_family(self.unet.config, self.prediction_type)
         self.predict = diffusers_predictor(self.unet, prompt_embeds, self.weight_dtype)
+        self.latents = LatentCache(lambda x: vae_encode(self.vae, x, self.vae_dtype), cfg.latent_cache_mib)
 
     def make_adapter(self) -> tuple:
         """A new adapter (weights a function of ``--seed``) sized to the UNet and the FDI, in train mode."""
@@ -294,7 +298,7 @@ class TrainRun:
     def micro_loss(self, batch: dict, micro_index: int) -> StepLoss:
         gen = step_generator(self.cfg.seed, micro_index, self.acc.process_index)
         degraded = batch["degraded"].to(self.device, non_blocking=True)
-        z0 = vae_encode(self.vae, batch["clean"].to(self.device, non_blocking=True), self.vae_dtype)
+        z0 = self.latents.encode(batch["clean"].to(self.device, non_blocking=True), batch["crop_key"].tolist())
         with self.acc.autocast():
             return training_step(
                 self.adapter,
@@ -365,4 +369,6 @@ def train(cfg: TrainConfig, progress: Optional[ProgressCallback] = None, models=
         losses=losses,
         base_family=run.family,
         is_main_process=run.main,
+        latent_hits=run.latents.hits if run.latents is not None else 0,
+        latent_misses=run.latents.misses if run.latents is not None else 0,
     )

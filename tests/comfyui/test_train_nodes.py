@@ -116,6 +116,27 @@ out["continued_steps"] = res2[2]
 other = lib.FDI(tokens=fdi.tokens.clone(), encoder="other:0000000000000000", n_pairs=2)
 out["bad_encoder"] = err(lambda: T.execute(model, clip, vae, other, degraded=deg, clean=clean, adapter=loaded, **kw))
 
+# ---- preview strips: every step, above the loss curve, no progress of the restore's own; Cancel inside a strip
+preview_mod = import_module(name + ".fdi.training.preview")
+sampling_nodes = sys.modules[name + ".nodes.sampling"]
+preview_mod.PREVIEW_STEPS = 3  # a short restoration (its own progress would show as totals of 3)
+shots = []
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: shots.append(
+    [value, total, None if preview is None else [*preview[1].size, preview[2]]]))
+res4 = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, preview_every=1, **kw)
+out["preview_shots"] = shots[:]
+out["preview_steps_done"] = res4[2]
+out["strip_size"] = list(preview_mod.strip_layout(2, 64)[:2])
+real_restore = sampling_nodes.restore
+def cancelled_restore(*a, **k):  # the user presses Cancel while a strip is restored
+    mm.interrupt_current_processing(True)
+    mm.throw_exception_if_processing_interrupted()
+sampling_nodes.restore = cancelled_restore
+res5 = T.execute(model, clip, vae, fdi, degraded=deg, clean=clean, preview_every=1, **dict(kw, steps=3))
+sampling_nodes.restore = real_restore
+out["cancel_in_preview"] = [res5[2], not mm.processing_interrupted()]
+comfy.utils.set_progress_bar_global_hook(None)
+
 # ---- Cancel after the first step keeps the adapter of that step, the graph goes on
 def cancel_hook(value, total, preview, node_id=None):
     if value == 1:
@@ -188,6 +209,13 @@ def test_train_save_load_restore_cancel_and_backend_parity(tmp_path):
     assert r["restored"][0][1:] == [64, 64, 3] and r["restored"][1]
     assert r["continued_steps"] == 1 and "another Q-Former" in r["bad_encoder"]
     assert r["cancel_steps"] == 1 and r["flag_cleared"]
+    # preview_every 1: a strip at each step (2 pairs of 64 px) above the 600 × 360 loss curve, shown at up to 1024 px;
+    # the strips' restorations report no progress of their own (no total of 3)
+    width, height = r["strip_size"]
+    assert r["preview_steps_done"] == 2
+    shown = [max(width, 600), height + 360, 1024]
+    assert r["preview_shots"] == [[0, 2, None], [1, 2, shown], [2, 2, shown]], r["preview_shots"]
+    assert r["cancel_in_preview"] == [1, True]  # Cancel during step 1's strip: training ends after that step
     print("backend parity (loss ComfyUI, loss diffusers, relative gradient difference, gradient norm):", r["parity"])
     loss_c, loss_d, grad_rel, grad_norm = r["parity"]
     assert grad_norm > 0 and r["responds"] > 1e-6

@@ -27,6 +27,7 @@ OLD_WIDGETS = {
     "mixed_composite": ("FDIApplyGuidance", [0.6, 0.0, 0.333]),
     "user_apply": ("FDIApplyGuidance", [1.0, 0.25, 0.75]),
     "train_from_clean_photos": ("FDITrainAdapter", [200, 0.0001, 1, 512, 0, "fixed", True, "bf16", 0.1]),
+    "train_with_preview": ("FDITrainAdapter", [200, 0.0001, 1, 512, 0, "fixed", True, "bf16", 0.1, 5]),
 }
 
 SCRIPT = """
@@ -202,6 +203,7 @@ def test_the_trainers_window_inputs_reach_its_settings(result):
         0.1,
     ]
     assert (old["timestep_sampling"], old["guidance_start"], old["guidance_end"]) == ("window", 0.0, 0.333)
+    assert old["preview_every"] == 0 and result["old"]["train_with_preview"] == {**old, "preview_every": 5}
     settings = result["settings"]
     assert settings["defaults"] == settings["old_workflow"] == ["window", 0.0, 0.333]
     assert settings["given"] == ["cubic", 0.0, 0.5]
