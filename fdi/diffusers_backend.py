@@ -13,7 +13,8 @@
   coefficients computed once and cached.
 
 The hooks are inert while :attr:`DiffusersGuidance.active` is ``False`` (the pipeline toggles it per
-step); after :meth:`DiffusersGuidance.remove` the UNet computes exactly what it computed before.
+step, and with :attr:`DiffusersGuidance.selected` picks the adapters whose window holds the step); after
+:meth:`DiffusersGuidance.remove` the UNet computes exactly what it computed before.
 For ``torch.compile`` a UNet carries a :class:`fdi.guidance_slot.GuidanceSlot` instead, at the same points.
 """
 
@@ -133,12 +134,13 @@ class DiffusersGuidance:
         active: whether the guidance applies from the start (the pipeline sets :attr:`active` per step).
 
     ``with DiffusersGuidance(unet, [(g, 1.0)]): unet(latents, t, text)`` — outside the block the
-    UNet is untouched. Assigning :attr:`guidances` swaps the guidance without re-hooking. On a UNet with a
-    :class:`GuidanceSlot` (compiled), the guidance goes into the slot and :attr:`active` sets its gate.
+    UNet is untouched. Assigning :attr:`guidances` swaps the guidance without re-hooking; :attr:`selected`
+    applies only some of them (adapters of different windows). On a UNet with a :class:`GuidanceSlot`
+    (compiled), the guidance goes into the slot and :attr:`active` sets its gate.
 
-    Without autograd, what the hooks add is computed on the first guided call and cached; assign
-    :attr:`guidances` or :attr:`strength` (which clears the cache) rather than changing guidance
-    tensors in place.
+    Without autograd, what the hooks add is computed on the first guided call of each selection and cached
+    under it; assign :attr:`guidances` or :attr:`strength` (which clears the cache) rather than changing
+    guidance tensors in place.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class DiffusersGuidance:
         self._guidances = as_weighted(guidances)
         self._strength = float(strength)
         self._active = bool(active)
+        self._selected: Optional[Tuple[int, ...]] = None  # indices into the guidances; None: all
         self._handles: list = []
         self._cache = StepInvariantCache()
         self._slot: Optional[GuidanceSlot] = None
@@ -181,6 +184,22 @@ class DiffusersGuidance:
         self._rebind()
 
     @property
+    def selected(self) -> Optional[Tuple[int, ...]]:
+        """Which of :attr:`guidances` apply (indices, in order; ``None``: all). A composite restoration whose
+        adapters guide different windows selects, per step, those whose window holds it; the guidance added is
+        then the weighted sum over the selection, cached per selection (a selection of all is ``None``)."""
+        return self._selected
+
+    @selected.setter
+    def selected(self, value: Optional[Sequence[int]]) -> None:
+        chosen = None if value is None else tuple(sorted({int(i) for i in value}))
+        if chosen == tuple(range(len(self._guidances))):
+            chosen = None
+        if chosen != self._selected:
+            self._selected = chosen
+            self._rebind()
+
+    @property
     def strength(self) -> float:
         return self._strength
 
@@ -190,18 +209,24 @@ class DiffusersGuidance:
         self._cache.clear()
         self._rebind()
 
+    def _current(self) -> List[WeightedGuidance]:
+        """The selected guidances (all of them when :attr:`selected` is ``None``)."""
+        if self._selected is None:
+            return self._guidances
+        return [g for i, g in enumerate(self._guidances) if i in self._selected]
+
     def _rebind(self) -> None:
         if self._slot is not None:
-            self._slot.bind(self._guidances, self._strength)
+            self._slot.bind(self._current(), self._strength)
             self._slot.set_gate(self._enabled())
 
     # ---- hooks -----------------------------------------------------------------------------------
     # Residuals and modulation coefficients come from a StepInvariantCache (fdi.guidance): computed
-    # on the first guided step, reused after (not under autograd). Changing ``guidances`` or
-    # ``strength`` clears it.
+    # on the first guided step of each selection, kept under the selection, reused after (not under
+    # autograd). Changing ``guidances`` or ``strength`` clears it.
 
     def _enabled(self) -> bool:
-        return self.active and bool(self._guidances)
+        return self.active and bool(self._current())
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         if not self._enabled():
@@ -214,7 +239,7 @@ class DiffusersGuidance:
             h, w = sizes[level]
             # shape/dtype/device carrier
             probe = sample.new_empty((sample.shape[0], self.unet.config.block_out_channels[level], h, w))
-            r = self._cache.residual(probe, level, self._guidances, self._strength)
+            r = self._cache.residual(probe, level, self._current(), self._strength, key=self._selected)
             self._level_residuals.append(r)
             ours.append(_list_entry(r, hooked, sizes[level + 1]))
         return args, with_residuals(kwargs, ours)
@@ -231,7 +256,8 @@ class DiffusersGuidance:
         def hook(module: nn.Module, args: tuple, output):
             if not self._enabled():
                 return None
-            return modulate(output, self._cache.coefficients(output, point, self._guidances, self._strength))
+            coefficients = self._cache.coefficients(output, point, self._current(), self._strength, key=self._selected)
+            return modulate(output, coefficients)
 
         return hook
 

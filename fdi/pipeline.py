@@ -5,8 +5,9 @@ UNet, a DDIM schedule) and restores image batches with one or several FDI adapte
 
 1. pad to a multiple of 64 (:func:`fdi.sampling.pad_to_multiple`), VAE-encode (posterior mode);
 2. DDIM inversion from the clean level to the first sampling timestep (no CFG, no guidance);
-3. DDIM sampling (η = 0) down to the clean level, guided on the steps of
-   :func:`fdi.sampling.guided_step_count`, CFG ``ε_u + cfg·(ε_c − ε_u)`` when ``cfg ≠ 1``;
+3. DDIM sampling (η = 0) down to the clean level, each adapter guiding the steps of its window
+   (:func:`fdi.restoration.guidance_windows`, :func:`fdi.sampling.guided_step_range`), CFG
+   ``ε_u + cfg·(ε_c − ε_u)`` when ``cfg ≠ 1``;
 4. decode, crop back to ``H × W``.
 
 Every rule (timesteps, ends, guided steps, conversions, padding) is :mod:`fdi.sampling`'s, shared
@@ -20,7 +21,8 @@ Loading: :mod:`fdi.models` (a diffusers folder or a single-file checkpoint, offl
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -33,21 +35,31 @@ from .files import PathLike
 from .images import check_image_batch
 from .models import load_sd, place, vae_dtype, vae_encode
 from .progress import ProgressCallback, report
-from .restoration import AdapterUse, check_image_size, check_settings, detect_base_family
+from .restoration import (
+    AdapterUse,
+    Window,
+    check_image_size,
+    check_settings,
+    detect_base_family,
+    guidance_windows,
+)
 from .sampling import (
     CLEAN_ALPHA,
-    GUIDANCE_END,
     PREDICTION_TYPES,
     SD2_STEPS_OFFSET,
     SD2_TIMESTEP_SPACING,
     check_steps,
     ddim_step,
     ddim_timesteps,
-    guided_step_count,
+    guided_step_range,
     inversion_timesteps,
     pad_to_multiple,
 )
 from .tiles import DEFAULT_TILE_OVERLAP, LATENT_SCALE, TileCrops, Tiling, check_tiling, optional_tiling
+
+
+class GuidanceWindowNote(UserWarning):
+    """An adapter is made to guide outside the window it was trained for (:func:`fdi.restoration.guidance_windows`)."""
 
 
 class FDIRestorationPipeline:
@@ -301,7 +313,7 @@ class FDIRestorationPipeline:
         latents: torch.Tensor,
         cond: Conditioning,
         steps: int,
-        guidance_end: float,
+        windows: Sequence[Window] = (),
         hooks: Optional[DiffusersGuidance] = None,
         uncond: Optional[Conditioning] = None,
         cfg: float = 1.0,
@@ -310,17 +322,22 @@ class FDIRestorationPipeline:
         total: int = 0,
         tiling: Optional[Tiling] = None,
     ) -> torch.Tensor:
-        """DDIM sampling (η = 0) from the level of ``t_0`` down to the clean level (ᾱ = 1);
-        ``hooks.active`` is set per step (:func:`fdi.sampling.guided_step_count`); ``tiling``: :meth:`_model_output`."""
+        """DDIM sampling (η = 0) from the level of ``t_0`` down to the clean level (ᾱ = 1).
+
+        ``windows``: one ``(start, end)`` per guidance of ``hooks``; at step ``k`` the hooks apply the guidances
+        whose window holds it (:func:`fdi.sampling.guided_step_range`; :attr:`DiffusersGuidance.selected`), and
+        none when no window does. ``tiling``: :meth:`_model_output`."""
         x = latents.float()
         b = x.shape[0]
         use_cfg = cfg != 1.0
         c = concat(uncond, cond, b) if use_cfg else cond
         ts = self.sampling_timesteps(steps).tolist()
-        guided = guided_step_count(steps, guidance_end)
+        ranges = self.guided_ranges(steps, windows, hooks)
         for k, t in enumerate(ts):
             if hooks is not None:
-                hooks.active = k < guided
+                on = [i for i, (first, stop) in enumerate(ranges) if first <= k < stop]
+                hooks.selected = on
+                hooks.active = bool(on)
             if use_cfg:
                 out_u, out_c = self._model_output(torch.cat([x, x]), t, c, tiling, hooks).chunk(2)
                 out = out_u + cfg * (out_c - out_u)
@@ -333,6 +350,18 @@ class FDIRestorationPipeline:
         if hooks is not None:
             hooks.active = False
         return x
+
+    @staticmethod
+    def guided_ranges(
+        steps: int, windows: Sequence[Window], hooks: Optional[DiffusersGuidance]
+    ) -> List[Tuple[int, int]]:
+        """``(first, stop)`` guided steps of each window (:func:`fdi.sampling.guided_step_range`), one per guidance of
+        ``hooks`` (none without hooks)."""
+        if hooks is None:
+            return []
+        if len(windows) != len(hooks.guidances):
+            raise FDIError(f"{len(windows)} guidance windows for {len(hooks.guidances)} guidances; give one each")
+        return [guided_step_range(steps, start, end) for start, end in windows]
 
     # ---- restoration -----------------------------------------------------------------------------
 
@@ -352,7 +381,8 @@ class FDIRestorationPipeline:
         *,
         steps: int = 50,
         inversion_steps: int = 50,
-        guidance_end: float = GUIDANCE_END,
+        guidance_start: Optional[float] = None,
+        guidance_end: Optional[float] = None,
         strength: float = 1.0,
         mode: str = "composite",
         prompt: str = "",
@@ -364,6 +394,12 @@ class FDIRestorationPipeline:
     ) -> torch.Tensor:
         """Restore ``images`` ``[B, 3, H, W]`` (0..1, any H, W ≥ 8) → ``[B, 3, H, W]`` float32 in 0..1 on the CPU.
 
+        Each adapter guides the sampling steps ``k`` with ``start·N ≤ k < end·N`` of its window: the one its file
+        records (the paper's first third, ``(0, 0.333)``, for files that record none), with ``guidance_start`` /
+        ``guidance_end``, when given, replacing that end of every adapter's window
+        (:func:`fdi.restoration.guidance_windows`; a :class:`GuidanceWindowNote` warning names an adapter made to
+        guide outside the window it was trained for). ``composite``: at each step the weighted sum of the adapters
+        whose window holds it; ``progressive``: each stage in its adapter's window.
         ``progress(done, total)`` counts UNet steps (inversion and sampling, all stages).
         ``tile_size`` (image pixels, a multiple of 64 from 128; 0 = off) and ``tile_overlap`` (pixels): VAE
         encode/decode and every UNet evaluation run on overlapping tiles, blended (:mod:`fdi.tiles`); a tile at
@@ -371,17 +407,21 @@ class FDIRestorationPipeline:
         Deterministic: the same inputs give the same output, bit for bit, on the same device.
         """
         adapters = list(adapters)
-        self.check_inputs(images, adapters, steps, inversion_steps, guidance_end, strength, mode, cfg)
+        windows, notes = self.check_inputs(
+            images, adapters, steps, inversion_steps, guidance_start, guidance_end, strength, mode, cfg
+        )
+        for note in notes:
+            warnings.warn(note, GuidanceWindowNote, stacklevel=2)
         check_tiling(tile_size, tile_overlap)
         images = check_image_batch(images, "images")
         h, w = images.shape[-2:]
         cond = self.encode_prompt(prompt)
         uncond = self.encode_prompt(negative_prompt) if cfg != 1.0 else None
-        stages = [adapters] if mode == "composite" else [[a] for a in adapters]
+        stages = [(adapters, windows)] if mode == "composite" else [([a], [win]) for a, win in zip(adapters, windows)]
         per_stage = inversion_steps + steps
         total = per_stage * len(stages)
         x = images
-        for i, stage in enumerate(stages):
+        for i, (stage, stage_windows) in enumerate(stages):
             padded = pad_to_multiple(x.to(self.device, torch.float32))
             tiling = optional_tiling(
                 padded.shape[-2] // LATENT_SCALE, padded.shape[-1] // LATENT_SCALE, tile_size, tile_overlap
@@ -395,7 +435,7 @@ class FDIRestorationPipeline:
                     latents,
                     cond,
                     steps,
-                    guidance_end,
+                    stage_windows,
                     hooks,
                     uncond,
                     cfg,
@@ -415,13 +455,15 @@ class FDIRestorationPipeline:
         adapters: Sequence[AdapterUse],
         steps: int,
         inversion_steps: int,
-        guidance_end: float,
+        guidance_start: Optional[float],
+        guidance_end: Optional[float],
         strength: float,
         mode: str,
         cfg: float,
-    ) -> None:
-        """Raise :class:`FDIError` for any argument :meth:`restore` cannot use (before any work)."""
-        check_settings(steps, inversion_steps, guidance_end, strength, cfg, mode)
+    ) -> Tuple[List[Window], List[str]]:
+        """Raise :class:`FDIError` for any argument :meth:`restore` cannot use (before any work); return each
+        adapter's guidance window and the notes of :func:`fdi.restoration.guidance_windows`."""
+        check_settings(steps, inversion_steps, guidance_start, guidance_end, strength, cfg, mode)
         self.check_steps(steps)
         if not adapters:
             raise FDIError("no adapter given; restoration needs at least one FDI adapter")
@@ -431,3 +473,4 @@ class FDIRestorationPipeline:
             self.check_adapter(u.adapter)
             u.adapter.tokens_for(u.resolved_fdi(), 1)  # width, token count, encoder
         check_image_size(*check_image_batch(images, "images", min_side=0).shape[-2:], "each image")
+        return guidance_windows([u.adapter for u in adapters], guidance_start, guidance_end)

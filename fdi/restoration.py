@@ -1,13 +1,14 @@
 """What a restoration is given and the checks of it, shared by :mod:`fdi.pipeline` and ``python -m fdi restore``.
 
-An :class:`AdapterUse` per adapter (adapter, FDI, weight) and the settings of :func:`check_settings`.
+An :class:`AdapterUse` per adapter (adapter, FDI, weight), the settings of :func:`check_settings`, and the rule of
+which part of sampling each adapter guides (:func:`guidance_windows`, also the ComfyUI nodes').
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 
@@ -15,7 +16,7 @@ from .adapter import FDIAdapter
 from .errors import FDIError
 from .families import arch_of, family_for
 from .instruction import FDI
-from .sampling import GUIDANCE_END
+from .sampling import DEFAULT_GUIDANCE_WINDOW, GUIDANCE_END
 
 #: the smallest image side restoration takes, in pixels (one latent pixel of the VAE)
 MIN_SIDE = 8
@@ -67,6 +68,7 @@ def check_image_size(height: int, width: int, what: str = "the image") -> None:
 SETTING_NAMES = {
     "steps": "steps",
     "inversion_steps": "inversion steps",
+    "guidance_start": "guidance start",
     "guidance_end": "guidance end",
     "strength": "strength",
     "cfg": "CFG scale",
@@ -75,6 +77,7 @@ SETTING_NAMES = {
 CLI_SETTING_NAMES = {
     "steps": "--steps",
     "inversion_steps": "--inversion-steps",
+    "guidance_start": "--guidance-start",
     "guidance_end": "--guidance-end",
     "strength": "--strength",
     "cfg": "--cfg",
@@ -84,14 +87,16 @@ CLI_SETTING_NAMES = {
 def check_settings(
     steps: int,
     inversion_steps: int,
-    guidance_end: float = GUIDANCE_END,
+    guidance_start: Optional[float] = None,
+    guidance_end: Optional[float] = None,
     strength: float = 1.0,
     cfg: float = 1.0,
     mode: str = "composite",
     names: Dict[str, str] = SETTING_NAMES,
 ) -> None:
-    """Raise :class:`FDIError` for restoration settings no restoration can use: step counts below 1, a guided
-    fraction outside 0..1, a non-finite strength, a negative or non-finite CFG scale, an unknown mode.
+    """Raise :class:`FDIError` for restoration settings no restoration can use: step counts below 1, a guidance
+    start or end outside 0..1 or an end before the start (:func:`check_guidance_fractions`; ``None``: each adapter's
+    own), a non-finite strength, a negative or non-finite CFG scale, an unknown mode.
     ``names``: how the messages name the settings (:data:`SETTING_NAMES`, :data:`CLI_SETTING_NAMES`)."""
     if mode not in MODES:
         raise FDIError(f"unknown mode {mode!r}; use {' or '.join(MODES)}")
@@ -99,12 +104,76 @@ def check_settings(
         raise FDIError(
             f"{names['steps']} ({steps}) and {names['inversion_steps']} ({inversion_steps}) must be whole numbers ≥ 1"
         )
-    if not (math.isfinite(guidance_end) and 0.0 <= guidance_end <= 1.0):
-        raise FDIError(
-            f"{names['guidance_end']} {guidance_end} is outside 0..1; "
-            f"it is the fraction of sampling steps that are guided (paper: {GUIDANCE_END})"
-        )
+    check_guidance_fractions(guidance_start, guidance_end, names)
     if not math.isfinite(strength):
         raise FDIError(f"{names['strength']} {strength} is not a finite number; use e.g. 1.0")
     if not math.isfinite(cfg) or cfg < 0:
         raise FDIError(f"{names['cfg']} {cfg} is invalid; use 1.0 (no CFG) or a larger finite number")
+
+
+def check_guidance_fractions(
+    start: Optional[float], end: Optional[float], names: Dict[str, str] = SETTING_NAMES
+) -> None:
+    """Raise :class:`FDIError` unless each given fraction of the sampling steps is in 0..1 and ``start ≤ end``
+    (``start == end``: no step guided). ``None``: not given (the adapter's own)."""
+    for key, value in (("guidance_start", start), ("guidance_end", end)):
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise FDIError(
+                f"{names[key]} {value} is outside 0..1; the guidance window is a fraction of the sampling steps "
+                f"(the paper's: {DEFAULT_GUIDANCE_WINDOW[0]:g} to {GUIDANCE_END}, the first third)"
+            )
+    if start is not None and end is not None and end < start:
+        raise FDIError(
+            f"{names['guidance_end']} {end} is before {names['guidance_start']} {start}: no step would be guided; "
+            f"give an end at or after the start"
+        )
+
+
+#: ``(start, end)``: the part of sampling an adapter guides, as fractions of the steps (``start·N ≤ k < end·N``)
+Window = Tuple[float, float]
+
+
+class Windowed(Protocol):
+    """What :func:`guidance_windows` reads of an adapter (an :class:`FDIAdapter`, or the ComfyUI nodes' guidance)."""
+
+    guidance_window: Optional[Window]
+    display_name: str
+
+
+def guidance_windows(
+    adapters: Sequence[Windowed],
+    start: Optional[float] = None,
+    end: Optional[float] = None,
+    unrecorded: Window = DEFAULT_GUIDANCE_WINDOW,
+    names: Dict[str, str] = SETTING_NAMES,
+) -> Tuple[List[Window], List[str]]:
+    """The window each adapter guides, and a note for each adapter made to guide outside the window it was trained
+    for: ``(windows, notes)``, one window per adapter.
+
+    An adapter guides its recorded window (:attr:`FDIAdapter.guidance_window`; ``unrecorded`` for a file that
+    records none, trained before 2026-12: the paper's first third). A ``start`` or ``end`` given replaces that end
+    of every adapter's window; a non-empty window that then reaches outside the recorded one gets a note naming the
+    adapter, its trained window and the given one (a file that records none gets none: it was trained on every
+    timestep). Raises :class:`FDIError` for a window that would end before it starts."""
+    check_guidance_fractions(start, end, names)
+    settings = (("guidance_start", start), ("guidance_end", end))
+    given = " ".join(f"{names[k]} {v:g}" for k, v in settings if v is not None)
+    windows, notes = [], []
+    for adapter in adapters:
+        trained = adapter.guidance_window
+        own_start, own_end = trained if trained is not None else unrecorded
+        s = own_start if start is None else float(start)
+        e = own_end if end is None else float(end)
+        if e < s:
+            how = f"{given} with its own {own_start:g}..{own_end:g}" if given else "its own"
+            raise FDIError(
+                f"adapter {adapter.display_name} would guide steps {s:g}..{e:g} of sampling ({how}), a window that "
+                f"ends before it starts; give both {names['guidance_start']} and {names['guidance_end']}"
+            )
+        if trained is not None and s < e and (s < trained[0] or e > trained[1]):
+            notes.append(
+                f"adapter {adapter.display_name} was trained to guide steps {trained[0]:g}..{trained[1]:g} of "
+                f"sampling; {given} makes it guide {s:g}..{e:g}, outside the window it learned"
+            )
+        windows.append((s, e))
+    return windows, notes

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional, Tuple
 
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -371,7 +371,9 @@ class GuidanceHandle:
 
     ``guidance`` is a :class:`fdi.adapter.FDIGuidance`; ``channels`` the adapter's level widths and
     ``base_family`` the model family it was trained for, so ``FDIApplyGuidance`` can refuse a MODEL
-    of another shape; ``label`` names the FDI for messages. The tensors stay where the adapter's output was put
+    of another shape; ``label`` names the FDI for messages; ``guidance_window`` is the adapter's recorded window
+    (``None``: its file records none) and ``display_name`` the adapter's, for
+    :func:`fdi.restoration.guidance_windows`. The tensors stay where the adapter's output was put
     (ComfyUI's intermediate device); the patches copy what each model call reads to its device.
     """
 
@@ -379,6 +381,8 @@ class GuidanceHandle:
     channels: tuple
     base_family: str
     label: str = ""
+    guidance_window: Optional[Tuple[float, float]] = None
+    display_name: str = "the adapter"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,10 +25,35 @@ from .common import (
     make_patcher,
     model_file,
 )
-from .sampling import apply_guidance, invert, restore, restore_schedule, run_adapter, zeroed
+from .sampling import (
+    WINDOW_MODES,
+    apply_guidance,
+    check_guidance_input,
+    invert,
+    node_window,
+    restore,
+    restore_schedule,
+    run_adapter,
+    zeroed,
+)
 
 #: the last guided step of 50 at the default window, as the tooltips quote it
 _LAST_GUIDED = guided_step_count(50, GUIDANCE_END) - 1
+
+
+def window_combo(start: str, end: str) -> io.Combo.Input:
+    """The ``guidance_window`` input of a node whose window widgets are ``start`` and ``end`` (:func:`node_window`):
+    optional and last, so workflows saved before it keep their widget positions."""
+    return io.Combo.Input(
+        "guidance_window",
+        options=WINDOW_MODES,
+        default=WINDOW_MODES[0],
+        optional=True,
+        tooltip="'from adapter' (default): guide the steps the adapter was trained to guide, the window its file "
+        "records (python -m fdi adapter-info shows it); an adapter file that records none (trained before 2026-12) "
+        f"guides {start}..{end}, as this node did before. 'custom': guide {start}..{end} with any adapter (a console "
+        "warning says when that leaves the adapter's trained window).",
+    )
 
 
 class FDIAdapterLoader(io.ComfyNode):
@@ -114,9 +139,11 @@ class FDIApplyGuidance(io.ComfyNode):
                 "Returns a copy of the MODEL whose UNet adds the FDI residuals after input blocks 2, 5, 8, 11 and "
                 "modulates h entering output blocks 3, 6, 9 (SDXL: input blocks 2, 5, 8, output blocks 3, 6; "
                 "AdaIN towards the refined FDI) on the sampling steps k "
-                "(0-based) with start_percent x N <= k < end_percent x N of the sampler's N steps "
-                f"(0 to {GUIDANCE_END} of 50 steps = steps 0..{_LAST_GUIDED}, the paper's first third, "
-                "as 'python -m fdi restore' guides). "
+                "(0-based) with start x N <= k < end x N of the sampler's N steps, where start..end is the "
+                "adapter's guidance window (recorded in its file: the part of sampling it was trained for) or, "
+                "with guidance_window 'custom', start_percent..end_percent "
+                f"(0 to {GUIDANCE_END} of 50 steps = steps 0..{_LAST_GUIDED}, the paper's first third; "
+                "'python -m fdi restore' guides the same steps). "
                 "Works with the stock samplers and CFG (both halves guided) and with TorchCompileModel. "
                 "Chain several to combine adapters (their contributions add up)."
             ),
@@ -141,7 +168,8 @@ class FDIApplyGuidance(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.001,
-                    tooltip="First guided step as a fraction of the sampler's steps (0 = from the first step).",
+                    tooltip="First guided step as a fraction of the sampler's steps (0 = from the first step). Used "
+                    "with guidance_window 'custom', and for an adapter file that records no window.",
                 ),
                 io.Float.Input(
                     "end_percent",
@@ -151,8 +179,10 @@ class FDIApplyGuidance(io.ComfyNode):
                     step=0.001,
                     tooltip="Steps k < end_percent x steps are guided "
                     f"({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first third). "
-                    "Must be >= start_percent.",
+                    "Must be >= start_percent. Used with guidance_window 'custom', and for an adapter file that "
+                    "records no window.",
                 ),
+                window_combo("start_percent", "end_percent"),
             ],
             outputs=[
                 io.Model.Output(
@@ -163,9 +193,17 @@ class FDIApplyGuidance(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, guidance: GuidanceHandle, strength: float, start_percent: float, end_percent: float
+        cls,
+        model,
+        guidance: GuidanceHandle,
+        strength: float,
+        start_percent: float,
+        end_percent: float,
+        guidance_window: str = WINDOW_MODES[0],
     ) -> io.NodeOutput:
-        return io.NodeOutput(apply_guidance(model, guidance, strength, start_percent, end_percent))
+        check_guidance_input(guidance)
+        start, end = node_window(guidance, guidance_window, start_percent, end_percent, "Apply FDI Guidance")
+        return io.NodeOutput(apply_guidance(model, guidance, strength, start, end))
 
 
 class FDIInvert(io.ComfyNode):
@@ -226,8 +264,10 @@ class FDIRestore(io.ComfyNode):
                 "The paper's pipeline in one node, the same recipe as 'python -m fdi restore' "
                 "(same pixels on the same files): pads the image to a multiple of 64 by mirroring, "
                 "runs the adapter on it and the FDI, VAE-encodes it, DDIM-inverts it with the plain MODEL (cfg 1), "
-                "samples it back with DDIM on the same timesteps while FDI guidance is active for the steps k < "
-                "guidance_end x steps, decodes and crops back to the input size."
+                "samples it back with DDIM on the same timesteps while FDI guidance is active for the steps k with "
+                "start x steps <= k < end x steps, where start..end is the adapter's guidance window (recorded in "
+                "its file: the part of sampling it was trained for) or, with guidance_window 'custom', "
+                "guidance_start..guidance_end; decodes and crops back to the input size."
             ),
             inputs=[
                 io.Model.Input(
@@ -266,9 +306,9 @@ class FDIRestore(io.ComfyNode):
                     min=0.0,
                     max=1.0,
                     step=0.001,
-                    tooltip="Fraction of the sampling steps that are guided, "
-                    f"from the first ({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, "
-                    "the paper's first stage).",
+                    tooltip="End of the guided steps as a fraction of the sampling steps: steps k < guidance_end x "
+                    f"steps are guided ({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first stage). "
+                    "Used with guidance_window 'custom', and for an adapter file that records no window.",
                 ),
                 io.Float.Input(
                     "cfg",
@@ -312,6 +352,18 @@ class FDIRestore(io.ComfyNode):
                     tooltip="Overlap of neighbouring tiles in pixels (blended smoothly; "
                     "less than tile_size, at most tile_size - 64).",
                 ),
+                window_combo("guidance_start", "guidance_end"),
+                io.Float.Input(
+                    "guidance_start",
+                    default=0.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.001,
+                    optional=True,
+                    tooltip="First guided step as a fraction of the sampling steps (steps k >= guidance_start x "
+                    "steps; 0 = from the first step). Used with guidance_window 'custom', and for an adapter file "
+                    "that records no window.",
+                ),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The restored image(s), same size as the input.")],
         )
@@ -333,13 +385,17 @@ class FDIRestore(io.ComfyNode):
         negative=None,
         tile_size: int = 0,
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        guidance_window: str = WINDOW_MODES[0],
+        guidance_start: float = 0.0,
     ) -> io.NodeOutput:
         check_tiling(tile_size, tile_overlap)
+        names = ("guidance_start", "guidance_end")
+        start, end = node_window(adapter.module, guidance_window, guidance_start, guidance_end, "FDI Restore", names)
         images = image_to_batch(image, "image")
         use_fdi = fdi if fdi is not None else adapter.module.fdi
 
         def guide(padded: torch.Tensor):
-            return apply_guidance(model, run_adapter(adapter, use_fdi, padded), strength, 0.0, guidance_end)
+            return apply_guidance(model, run_adapter(adapter, use_fdi, padded), strength, start, end)
 
         negative = negative if negative is not None else zeroed(positive)
         restored = restore(

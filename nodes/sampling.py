@@ -7,8 +7,9 @@ cloned ``ModelPatcher``. The nodes of :mod:`.guidance_nodes` call them.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import comfy.model_management as mm
 import comfy.sample
@@ -27,7 +28,7 @@ from ..fdi.comfy_backend import (
 )
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI
-from ..fdi.restoration import check_image_size
+from ..fdi.restoration import check_image_size, guidance_windows
 from ..fdi.sampling import ddim_timesteps, inversion_sigmas, inversion_timesteps, pad_to_multiple, sampling_sigmas
 from ..fdi.tiles import LATENT_SCALE, Tiling, optional_tiling
 from .common import (
@@ -42,6 +43,8 @@ from .common import (
 
 #: ComfyUI's DDIM sampler (Euler in sigma space, deterministic)
 SAMPLER = "ddim"
+#: the ``guidance_window`` combo of FDIRestore and FDIApplyGuidance (:func:`node_window`); the first is the default
+WINDOW_MODES = ["from adapter", "custom"]
 
 
 def run_adapter(handle: ModelHandle, fdi: FDI, images: torch.Tensor) -> GuidanceHandle:
@@ -61,15 +64,42 @@ def adapter_guidance(adapter, fdi: FDI, images: torch.Tensor, device: torch.devi
         guidance = adapter(images.to(device, torch.float32), fdi).detach()
     guidance = guidance.to(mm.intermediate_device(), torch.float32)
     return GuidanceHandle(
-        guidance, tuple(adapter.config.channels), adapter.base_family, label=fdi.label or adapter.label
+        guidance,
+        tuple(adapter.config.channels),
+        adapter.base_family,
+        label=fdi.label or adapter.label,
+        guidance_window=adapter.guidance_window,
+        display_name=adapter.display_name,
     )
+
+
+def node_window(
+    what, mode: str, start: float, end: float, node: str, names: Tuple[str, str] = ("start_percent", "end_percent")
+) -> Tuple[float, float]:
+    """The window a node guides with ``what`` (an adapter, or a :class:`GuidanceHandle`): :data:`WINDOW_MODES`'s
+    ``from adapter`` its recorded window (a file that records none: the node's ``start``..``end``, what the node did
+    before windows were recorded), ``custom`` ``start``..``end`` (:func:`fdi.restoration.guidance_windows`; a console
+    warning, naming the inputs ``names``, when that leaves the adapter's trained window)."""
+    if mode not in WINDOW_MODES:
+        raise FDIError(f"guidance_window must be one of {', '.join(WINDOW_MODES)}, got {mode!r}")
+    given = (start, end) if mode == "custom" else (None, None)
+    labels = {"guidance_start": names[0], "guidance_end": names[1]}
+    windows, notes = guidance_windows([what], *given, unrecorded=(float(start), float(end)), names=labels)
+    for note in notes:
+        logging.warning("%s: %s", node, note)
+    return windows[0]
+
+
+def check_guidance_input(guidance) -> None:
+    """Refuse a 'guidance' input that is not FDI Noise Decoupling's output."""
+    if not isinstance(guidance, GuidanceHandle):
+        raise FDIError(f"the 'guidance' input is a {type(guidance).__name__}; connect 'FDI Noise Decoupling'")
 
 
 def apply_guidance(model, guidance: GuidanceHandle, strength: float, start: float, end: float):
     """A clone of ``model`` (ModelPatcher) with ``guidance`` added to its FDI patch for steps
     ``start·N ≤ k < end·N``."""
-    if not isinstance(guidance, GuidanceHandle):
-        raise FDIError(f"the 'guidance' input is a {type(guidance).__name__}; connect 'FDI Noise Decoupling'")
+    check_guidance_input(guidance)
     unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", None)
     input_blocks, output_blocks = check_unet_for_adapter(
         unet_config, guidance.channels, guidance.base_family, prediction_type(model)

@@ -22,7 +22,7 @@ from ..fdi.dtypes import parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.families import get_family
 from ..fdi.instruction import FDI
-from ..fdi.sampling import sigma_to_alpha
+from ..fdi.sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END, TIMESTEP_SAMPLINGS, sigma_to_alpha
 from ..fdi.training.comfy_unet import autograd_safe, cast_weights_to_compute
 from ..fdi.training.memory import TrainSettings, adapter_for_training, check_pairs, train_on_pairs
 from ..fdi.training.precision import compute_dtype
@@ -140,7 +140,9 @@ class FDITrainAdapter(io.ComfyNode):
                 "Trains an FDI adapter on image pairs with the graph's SD 1.5, SD 2.x or SDXL MODEL and VAE (both "
                 "stay frozen; the adapter is made for the MODEL's family, three levels on SDXL): "
                 "L = MSE(UNet output, target) + λ·|ẑ0 − z0|1 with AdamW (β 0.9, 0.99), the step "
-                "'python -m fdi train' uses. Give the pairs as two IMAGE batches of equal size or from "
+                "'python -m fdi train' uses, t drawn for the guidance window the adapter is trained for (recorded in "
+                "its file: FDI Restore guides that window by default). Give the pairs as two IMAGE batches of equal "
+                "size or from "
                 "'Load FDI Training Pairs'. Cancel ends training early and passes on the adapter of the last "
                 "finished step (the rest of the graph runs; press Cancel again to stop it)."
             ),
@@ -229,6 +231,7 @@ class FDITrainAdapter(io.ComfyNode):
                     "(input / restored / clean) above the loss curve as the node's preview. Each strip costs about "
                     f"{2 * PREVIEW_STEPS} UNet evaluations per image.",
                 ),
+                *_window_inputs(),
             ],
             outputs=[
                 FDIAdapterType.Output(
@@ -262,6 +265,9 @@ class FDITrainAdapter(io.ComfyNode):
         pairs: PairList = None,
         adapter: ModelHandle = None,
         preview_every: int = 0,
+        timestep_sampling: str = DEFAULT_TIMESTEP_SAMPLING,
+        guidance_start: float = 0.0,
+        guidance_end: float = GUIDANCE_END,
     ) -> io.NodeOutput:
         check_fdi_input(fdi)
         deg, cln, names = _training_pairs(degraded, clean, pairs)
@@ -272,6 +278,9 @@ class FDITrainAdapter(io.ComfyNode):
             resolution=resolution,
             seed=seed,
             recon_weight=recon_weight,
+            timestep_sampling=timestep_sampling,
+            guidance_start=guidance_start,
+            guidance_end=guidance_end,
         )
         settings.check()
         parse_dtype(training_dtype)  # an unknown name: a clear error before any work
@@ -299,6 +308,43 @@ class FDITrainAdapter(io.ComfyNode):
         text = f"trained {result.steps} of {steps} steps" + (f"; {result.stopped}" if result.stopped else "")
         handle = ModelHandle(new, make_patcher(new), f"trained:{fdi.label or 'fdi'}")
         return io.NodeOutput(handle, curve, result.steps, ui=ui.PreviewText(text))
+
+
+def _window_inputs() -> list:
+    """FDITrainAdapter's timestep sampling and guidance window (:class:`fdi.training.memory.TrainSettings`):
+    optional and last, so workflows saved before them keep their widget positions."""
+    return [
+        io.Combo.Input(
+            "timestep_sampling",
+            options=list(TIMESTEP_SAMPLINGS),
+            default=DEFAULT_TIMESTEP_SAMPLING,
+            optional=True,
+            tooltip="How each step draws its noise level t: 'window' uniformly inside the guidance window "
+            "below (where restoration uses the adapter), 'cubic' T2I-Adapter's t = (1 - u^3) x T weighted to "
+            "the noisy steps (windows that start at 0 only), 'uniform' over all t (the pack before 2026-12).",
+        ),
+        io.Float.Input(
+            "guidance_start",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="Start of the guidance window the adapter is trained for, as a fraction of the sampling "
+            "steps (0 = the first, noisiest step). Recorded in the adapter: FDI Restore and Apply FDI "
+            "Guidance guide this window by default.",
+        ),
+        io.Float.Input(
+            "guidance_end",
+            default=GUIDANCE_END,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip=f"End of the guidance window the adapter is trained for (the paper's first third: "
+            f"{GUIDANCE_END}); must be above guidance_start.",
+        ),
+    ]
 
 
 def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
@@ -438,7 +484,7 @@ def _strip(model, clip, vae, adapter, fdi: FDI, pairs: tuple, settings: TrainSet
     """``strip(step)`` → the preview strip (:func:`fdi.training.preview.strip_maker`) of the first pairs restored with
     the adapter being trained by ``FDIRestore``'s recipe (:func:`.sampling.restore`, the empty prompt, cfg 1, the
     adapter's guidance window), or ``None`` when Cancel came during it (Cancel then ends training at its next step)."""
-    from ..fdi import sampling as lib_sampling
+    from ..fdi.restoration import guidance_windows
     from ..fdi.tiles import DEFAULT_TILE_OVERLAP
     from ..fdi.training import preview
     from .sampling import adapter_guidance, apply_guidance, restore, zeroed
@@ -449,7 +495,7 @@ def _strip(model, clip, vae, adapter, fdi: FDI, pairs: tuple, settings: TrainSet
     device = next(adapter.parameters()).device
 
     def restore_crops(images: torch.Tensor) -> torch.Tensor:
-        start, end = adapter.guidance_window or lib_sampling.DEFAULT_GUIDANCE_WINDOW
+        ((start, end),) = guidance_windows([adapter])[0]  # the window it is being trained for
 
         def guide(padded: torch.Tensor):
             return apply_guidance(model, adapter_guidance(adapter, fdi, padded, device), 1.0, start, end)

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Tuple
 
@@ -21,7 +22,7 @@ from ..colorfix import COLOR_FIXES
 from ..dtypes import DTYPES
 from ..errors import FDIError
 from ..restoration import MODES
-from ..sampling import GUIDANCE_END, PREDICTION_TYPES
+from ..sampling import DEFAULT_GUIDANCE_WINDOW, PREDICTION_TYPES
 from ..tiles import DEFAULT_TILE_OVERLAP
 
 
@@ -39,10 +40,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="restore images with one or more FDI adapters (DDIM inversion + guided DDIM sampling)",
         description=(
             "Restore images with FDI adapters on SD 1.5, SD 2.1 or SDXL: the image is VAE-encoded, DDIM-inverted, "
-            "then denoised with the adapters' guidance active during the first --guidance-end "
-            "fraction of the steps. "
-            "Several adapters are combined by weighted sum (--mode composite) or run one after another "
-            "(--mode progressive). "
+            "then denoised with each adapter's guidance active during its guidance window, the part of the "
+            "sampling steps it was trained for (recorded in its file; the paper's first third for files that "
+            "record none); --guidance-start/--guidance-end replace that window for every adapter. "
+            "Several adapters are combined by weighted sum (--mode composite: at each step, of the adapters whose "
+            "window holds it) or run one after another (--mode progressive, each in its own window). "
             "Each FDI comes from --fdi or from the adapter file. "
             "Outputs are OUT_DIR/<input name>.png at the input's size, each written as soon as it is done. "
             "Nothing is downloaded; BLIP-2 is not needed."
@@ -147,11 +149,24 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     """The restoration's settings: steps, guidance window and strength, mode, prompts, CFG."""
     p.add_argument("--steps", type=int, default=50, help="DDIM sampling steps (default 50)")
     p.add_argument("--inversion-steps", type=int, default=50, help="DDIM inversion steps (default 50)")
+    start, end = DEFAULT_GUIDANCE_WINDOW
+    p.add_argument(
+        "--guidance-start",
+        type=float,
+        default=None,
+        metavar="F",
+        help="first guided step as a fraction of the sampling steps, 0..1 (step k is guided when "
+        "start·N ≤ k < end·N). Default: each adapter's own, from the window it was trained for "
+        f"(files that record none: {start:g}). Given, it applies to every adapter; a note says when that "
+        "leaves an adapter's trained window",
+    )
     p.add_argument(
         "--guidance-end",
         type=float,
-        default=GUIDANCE_END,
-        help=f"fraction of the sampling steps that are guided, 0..1 (default {GUIDANCE_END}, the paper's first third)",
+        default=None,
+        metavar="F",
+        help="end of the guided steps as a fraction of the sampling steps, 0..1. Default: each adapter's own "
+        f"(files that record none: {end}, the paper's first third); given, it applies to every adapter",
     )
     p.add_argument("--strength", type=float, default=1.0, help="global guidance strength (default 1.0)")
     p.add_argument(
@@ -247,15 +262,15 @@ def _raise_interrupt(signum, frame):
 
 def check_args(args: argparse.Namespace) -> list:
     """Every cheap check of the arguments, before anything is loaded or written; returns the adapters'
-    :class:`fdi.restoration.AdapterUse` (adapter files and FDI files read and matched)."""
+    :class:`fdi.restoration.AdapterUse` (adapter files and FDI files read and matched). Prints a note (stderr)
+    for each adapter made to guide outside the window it was trained for."""
     from ..adapter import FDIAdapter
     from ..instruction import FDI
-    from ..restoration import CLI_SETTING_NAMES, AdapterUse, check_settings
+    from ..restoration import CLI_SETTING_NAMES, AdapterUse, check_settings, guidance_windows
     from ..tiles import check_tiling
 
-    check_settings(
-        args.steps, args.inversion_steps, args.guidance_end, args.strength, args.cfg, args.mode, CLI_SETTING_NAMES
-    )
+    start, end = args.guidance_start, args.guidance_end
+    check_settings(args.steps, args.inversion_steps, start, end, args.strength, args.cfg, args.mode, CLI_SETTING_NAMES)
     if args.batch_size < 1:
         raise FDIError(f"--batch-size {args.batch_size} must be at least 1")
     if args.tile_size:
@@ -288,6 +303,8 @@ def check_args(args: argparse.Namespace) -> list:
         use = AdapterUse(adapter, fdi, w)
         adapter.tokens_for(use.resolved_fdi(), 1)  # no FDI at all, width, token count, encoder
         uses.append(use)
+    for note in guidance_windows(adapters, start, end, names=CLI_SETTING_NAMES)[1]:
+        print(f"note: {note}", file=sys.stderr)
     return uses
 
 
@@ -305,7 +322,7 @@ def pick_device(requested, world: int, local_rank: int):
 
 def run(args: argparse.Namespace) -> int:
     from ..encoder import parse_dtype
-    from ..pipeline import FDIRestorationPipeline
+    from ..pipeline import FDIRestorationPipeline, GuidanceWindowNote
 
     uses = check_args(args)
     out_dir = Path(args.output)
@@ -333,7 +350,9 @@ def run(args: argparse.Namespace) -> int:
         pipe.compile()
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(jobs)
-    return restore_jobs(pipe, uses, jobs, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuidanceWindowNote)  # check_args printed the notes once
+        return restore_jobs(pipe, uses, jobs, args)
 
 
 def restore_jobs(pipe, uses: list, jobs: List[Job], args: argparse.Namespace) -> int:
@@ -361,6 +380,7 @@ def restore_jobs(pipe, uses: list, jobs: List[Job], args: argparse.Namespace) ->
                     uses,
                     steps=args.steps,
                     inversion_steps=args.inversion_steps,
+                    guidance_start=args.guidance_start,
                     guidance_end=args.guidance_end,
                     strength=args.strength,
                     mode=args.mode,

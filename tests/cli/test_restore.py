@@ -326,3 +326,82 @@ def test_sharding_rule_is_sorted_names_modulo_world(photos, tmp_path, monkeypatc
     assert (rank, world, local) == (1, 2, 1)
     assert [j.output.name for j in shard(jobs, rank, world)] == ["p0.png", "p2.png", "p4.png"]
     assert [j.output.name for j in shard(jobs, 0, 2)] == ["loose.png", "p1.png", "p3.png"]
+
+
+# ---- the guidance window: each adapter's own by default ----------------------------------------------------------
+
+
+def guided_steps(monkeypatch) -> list:
+    """Record, per UNet call of every pipeline the CLI builds, whether FDI guidance reached the UNet (its first down
+    block got residuals); a list per pipeline."""
+    runs = []
+    original = FDIRestorationPipeline.from_pretrained
+
+    def from_pretrained(*a, **k):
+        pipe = original(*a, **k)
+        seen = []
+        runs.append(seen)
+        pipe.unet.down_blocks[0].register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append("additional_residuals" in kwargs), with_kwargs=True
+        )
+        return pipe
+
+    monkeypatch.setattr(FDIRestorationPipeline, "from_pretrained", from_pretrained)
+    return runs
+
+
+def test_an_adapter_recording_the_last_third_guides_steps_34_to_49_of_50(photos, tiny_sd_folder, monkeypatch, capsys):
+    d, _, loose, _ = photos
+    late = make_adapter()
+    late.guidance_window = (0.667, 1.0)
+    path = late.save(d / "late.safetensors", fdi=tiny_fdi())
+    runs = guided_steps(monkeypatch)
+    args = base_args(tiny_sd_folder, path, d / "out", loose) + ["--steps", "50", "--inversion-steps", "3"]
+    assert main(args) == 0
+    seen = runs[0]
+    assert len(seen) == 3 + 50 and not any(seen[:3])  # the inversion is never guided
+    assert [k for k, guided in enumerate(seen[3:]) if guided] == list(range(34, 50))
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_an_old_file_restores_as_before_and_the_flags_override_the_window(photos, tiny_sd_folder, monkeypatch, capsys):
+    """A file without a recorded window guides the paper's first third (steps 0, 1 of 6), the same pixels as the
+    explicit --guidance-start 0 --guidance-end 0.333; the flags move a recorded window (no note inside it)."""
+    d, _, loose, old = photos
+    runs = guided_steps(monkeypatch)
+    six = ["--steps", "6", "--inversion-steps", "2"]
+    assert main(base_args(tiny_sd_folder, old, d / "default", loose) + six) == 0
+    flags = ["--guidance-start", "0", "--guidance-end", "0.333"]
+    assert main(base_args(tiny_sd_folder, old, d / "explicit", loose) + six + flags) == 0
+    assert np.array_equal(pixels(d / "default" / "loose.png"), pixels(d / "explicit" / "loose.png"))
+    assert [k for k, g in enumerate(runs[0][2:]) if g] == [0, 1] == [k for k, g in enumerate(runs[1][2:]) if g]
+    late = make_adapter()
+    late.guidance_window = (0.667, 1.0)
+    path = late.save(d / "late.safetensors", fdi=tiny_fdi())
+    ten = ["--steps", "10", "--inversion-steps", "2"]
+    assert main(base_args(tiny_sd_folder, path, d / "own", loose) + ten) == 0
+    assert main(base_args(tiny_sd_folder, path, d / "narrow", loose) + ten + ["--guidance-end", "0.9"]) == 0
+    assert [k for k, g in enumerate(runs[2][2:]) if g] == [7, 8, 9]  # 0.667·10 ≤ k < 10
+    assert [k for k, g in enumerate(runs[3][2:]) if g] == [7, 8]  # 0.667·10 ≤ k < 0.9·10
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_a_window_leaving_the_trained_one_is_said_once_and_one_ending_before_it_starts_is_refused(
+    photos, tiny_sd_folder, capsys
+):
+    d, folder, _, old = photos
+    late = make_adapter(3)
+    late.guidance_window = (0.667, 1.0)
+    path = late.save(d / "late.safetensors", fdi=tiny_fdi())
+    args = base_args(tiny_sd_folder, path, d / "out", folder) + ["--adapter", str(old), "--guidance-start", "0"]
+    assert main(args + ["--guidance-end", "0.5"]) == 0  # five photos in two sizes: several batches
+    err = capsys.readouterr().err
+    want = (
+        "note: adapter a3 (late.safetensors) was trained to guide steps 0.667..1 of sampling; --guidance-start 0 "
+        "--guidance-end 0.5 makes it guide 0..0.5, outside the window it learned"
+    )
+    assert err.count("note:") == 1 and want in err and "a0" not in err and "Warning" not in err
+    assert main(base_args(tiny_sd_folder, path, d / "bad", folder) + ["--guidance-end", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "a3 (late.safetensors) would guide steps 0.667..0.5 of sampling (--guidance-end 0.5 with its own" in err
+    assert "give both --guidance-start and --guidance-end" in err and not (d / "bad").exists()

@@ -57,7 +57,7 @@ def test_ddim_inversion_and_sampling_are_exact_inverses_for_a_constant_noise_mod
     a_final, a0 = p._alpha(None), p._alpha(int(p.sampling_timesteps(10)[0]))
     x0 = (z - (1 - a_final).sqrt() * eps) / a_final.sqrt()
     torch.testing.assert_close(zT, a0.sqrt() * x0 + (1 - a0).sqrt() * eps, rtol=1e-5, atol=1e-5)
-    back = p.sample(zT, cond, steps=10, guidance_end=0.0)
+    back = p.sample(zT, cond, steps=10)
     torch.testing.assert_close(back, z, rtol=1e-4, atol=1e-4)
     assert torch.equal(p.inversion_timesteps(10, 10).flip(0), p.sampling_timesteps(10))
     inv = p.inversion_timesteps(10, 4)

@@ -284,7 +284,7 @@ def pipeline_round_trip(
     monkeypatch.setattr(pipe, "_unet", lambda x, t, cond: mixture.output(x, float(alphas[int(t)]), prediction_type))
     cond = torch.zeros(1, 1, 1)
     xt = pipe.invert(z0, cond, steps, inversion_steps)
-    return xt, pipe.sample(xt, cond, steps, 0.0)
+    return xt, pipe.sample(xt, cond, steps)
 
 
 @pytest.mark.parametrize("steps,inversion_steps", [(50, 50), (6, 6), (6, 10)])

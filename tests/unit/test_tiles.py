@@ -77,7 +77,7 @@ def test_one_default_overlap_and_window_for_every_door():
 
     from fdi.cli import build_parser
     from fdi.pipeline import FDIRestorationPipeline
-    from fdi.sampling import GUIDANCE_END
+    from fdi.sampling import DEFAULT_GUIDANCE_WINDOW, GUIDANCE_END
     from fdi.tiles import DEFAULT_TILE_OVERLAP
 
     params = inspect.signature(FDIRestorationPipeline.restore).parameters
@@ -89,8 +89,16 @@ def test_one_default_overlap_and_window_for_every_door():
 
     assert params["tile_overlap"].default == args.tile_overlap == DEFAULT_TILE_OVERLAP == 128
     assert int(node_default("FDIRestore", "tile_overlap")) == DEFAULT_TILE_OVERLAP
-    assert params["guidance_end"].default == args.guidance_end == GUIDANCE_END
+    # the window: each adapter's own by default; files that record none, and the nodes' start/end widgets (which
+    # such files use), the paper's first third
+    assert params["guidance_start"].default is args.guidance_start is None
+    assert params["guidance_end"].default is args.guidance_end is None
+    assert DEFAULT_GUIDANCE_WINDOW == (0.0, GUIDANCE_END)
+    assert node_default("FDIRestore", "guidance_window") == node_default("FDIApplyGuidance", "guidance_window")
+    assert node_default("FDIRestore", "guidance_window") == "from adapter"
+    assert float(node_default("FDIRestore", "guidance_start")) == DEFAULT_GUIDANCE_WINDOW[0]
     assert float(node_default("FDIRestore", "guidance_end")) == GUIDANCE_END
+    assert float(node_default("FDIApplyGuidance", "start_percent")) == DEFAULT_GUIDANCE_WINDOW[0]
     assert float(node_default("FDIApplyGuidance", "end_percent")) == GUIDANCE_END
 
 

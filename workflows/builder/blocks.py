@@ -114,7 +114,7 @@ def save_output(wf: Workflow, x: int, y: int, title: str, prefix: str) -> None:
 def two_adapter_guidance(wf: Workflow, names: tuple, titles: tuple, strengths: tuple, group_title: str):
     """Two adapters (embedded FDIs) → two decouplings → two chained Apply nodes on the checkpoint's MODEL."""
     for i, (name, title, strength) in enumerate(zip(names, titles, strengths), start=1):
-        y = 400 + (i - 1) * 430
+        y = 400 + (i - 1) * 520
         wf.node(
             f"adapter{i}",
             "FDIAdapterLoader",
@@ -129,7 +129,7 @@ def two_adapter_guidance(wf: Workflow, names: tuple, titles: tuple, strengths: t
             "FDIApplyGuidance",
             (760, y + 300),
             f"Apply FDI Guidance {i} (weight {strength})",
-            size=[330, 146],
+            size=[330, 170],
             strength=strength,
             start_percent=0.0,
             end_percent=0.333,

@@ -109,7 +109,7 @@ def style_transfer() -> Workflow:
         (a, b),
         (INPUT_IMAGES["style_transfer"], "Photo to stylise"),
         (ADAPTERS["painting"], "Load FDI Adapter (style: painting)", "Content image and style adapter"),
-        ("FDI Restore (style)", [320, 330], "Restore-style sampling", "fdi/style_transfer"),
+        ("FDI Restore (style)", [320, 378], "Restore-style sampling", "fdi/style_transfer"),
     )
     return wf
 
