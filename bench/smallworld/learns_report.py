@@ -185,7 +185,9 @@ def figure(out: Path, rows: List[tuple], path: Path, caption: str) -> None:
                 ax.set_title(cols[c], fontsize=9)
             if c == 0:
                 ax.set_ylabel(task, fontsize=9)
-    fig.suptitle(caption, fontsize=8)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(caption, 110), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, pil_kwargs={"quality": 88})
