@@ -251,6 +251,57 @@ class FDIInvert(io.ComfyNode):
         return io.NodeOutput(out)
 
 
+def _restore_options() -> list:
+    """FDIRestore's optional inputs, after its required ones (their order is the saved widgets' order)."""
+    return [
+        FDIType.Input(
+            "fdi",
+            optional=True,
+            tooltip="The FDI; when not connected, the FDI embedded in the adapter file is used.",
+        ),
+        io.Conditioning.Input(
+            "negative",
+            optional=True,
+            tooltip="Negative conditioning for cfg > 1; when not connected, a zeroed copy of 'positive' is used.",
+        ),
+        io.Int.Input(
+            "tile_size",
+            default=0,
+            min=0,
+            max=8192,
+            step=64,
+            optional=True,
+            tooltip="0 = off. "
+            "Otherwise restore in overlapping tiles of this many pixels (a multiple of 64, "
+            "from 128): VAE encode/decode and every UNet step run per tile and are blended, "
+            "so large images restore with the memory of one tile. "
+            "A tile at least as large as the image gives exactly the untiled result.",
+        ),
+        io.Int.Input(
+            "tile_overlap",
+            default=DEFAULT_TILE_OVERLAP,
+            min=0,
+            max=8192,
+            step=8,
+            optional=True,
+            tooltip="Overlap of neighbouring tiles in pixels (blended smoothly; "
+            "less than tile_size, at most tile_size - 64).",
+        ),
+        window_combo("guidance_start", "guidance_end"),
+        io.Float.Input(
+            "guidance_start",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            optional=True,
+            tooltip="First guided step as a fraction of the sampling steps (steps k >= guidance_start x "
+            "steps; 0 = from the first step). Used with guidance_window 'custom', and for an adapter file "
+            "that records no window.",
+        ),
+    ]
+
+
 class FDIRestore(io.ComfyNode):
     """The whole FDI restoration in one node: adapter → guidance → VAE encode → inversion → guided DDIM → decode."""
 
@@ -318,52 +369,7 @@ class FDIRestore(io.ComfyNode):
                     step=0.1,
                     tooltip="Classifier-free guidance scale for sampling (the paper uses 1).",
                 ),
-                FDIType.Input(
-                    "fdi",
-                    optional=True,
-                    tooltip="The FDI; when not connected, the FDI embedded in the adapter file is used.",
-                ),
-                io.Conditioning.Input(
-                    "negative",
-                    optional=True,
-                    tooltip="Negative conditioning for cfg > 1; when not connected, "
-                    "a zeroed copy of 'positive' is used.",
-                ),
-                io.Int.Input(
-                    "tile_size",
-                    default=0,
-                    min=0,
-                    max=8192,
-                    step=64,
-                    optional=True,
-                    tooltip="0 = off. "
-                    "Otherwise restore in overlapping tiles of this many pixels (a multiple of 64, "
-                    "from 128): VAE encode/decode and every UNet step run per tile and are blended, "
-                    "so large images restore with the memory of one tile. "
-                    "A tile at least as large as the image gives exactly the untiled result.",
-                ),
-                io.Int.Input(
-                    "tile_overlap",
-                    default=DEFAULT_TILE_OVERLAP,
-                    min=0,
-                    max=8192,
-                    step=8,
-                    optional=True,
-                    tooltip="Overlap of neighbouring tiles in pixels (blended smoothly; "
-                    "less than tile_size, at most tile_size - 64).",
-                ),
-                window_combo("guidance_start", "guidance_end"),
-                io.Float.Input(
-                    "guidance_start",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="First guided step as a fraction of the sampling steps (steps k >= guidance_start x "
-                    "steps; 0 = from the first step). Used with guidance_window 'custom', and for an adapter file "
-                    "that records no window.",
-                ),
+                *_restore_options(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The restored image(s), same size as the input.")],
         )
