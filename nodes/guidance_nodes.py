@@ -21,6 +21,7 @@ from .common import (
     GuidanceHandle,
     ModelHandle,
     adapter_files,
+    fraction_input,
     image_to_batch,
     make_patcher,
     model_file,
@@ -162,21 +163,15 @@ class FDIApplyGuidance(io.ComfyNode):
                     step=0.01,
                     tooltip="Scale of residuals and modulation gates (0 = no effect, 1 = as trained).",
                 ),
-                io.Float.Input(
+                fraction_input(
                     "start_percent",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
+                    0.0,
                     tooltip="First guided step as a fraction of the sampler's steps (0 = from the first step). Used "
                     "with guidance_window 'custom', and for an adapter file that records no window.",
                 ),
-                io.Float.Input(
+                fraction_input(
                     "end_percent",
-                    default=GUIDANCE_END,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
+                    GUIDANCE_END,
                     tooltip="Steps k < end_percent x steps are guided "
                     f"({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first third). "
                     "Must be >= start_percent. Used with guidance_window 'custom', and for an adapter file that "
@@ -288,12 +283,9 @@ def _restore_options() -> list:
             "less than tile_size, at most tile_size - 64).",
         ),
         window_combo("guidance_start", "guidance_end"),
-        io.Float.Input(
+        fraction_input(
             "guidance_start",
-            default=0.0,
-            min=0.0,
-            max=1.0,
-            step=0.001,
+            0.0,
             optional=True,
             tooltip="First guided step as a fraction of the sampling steps (steps k >= guidance_start x "
             "steps; 0 = from the first step). Used with guidance_window 'custom', and for an adapter file "
@@ -351,12 +343,9 @@ class FDIRestore(io.ComfyNode):
                     step=0.01,
                     tooltip="Guidance strength (0 = plain inversion + sampling).",
                 ),
-                io.Float.Input(
+                fraction_input(
                     "guidance_end",
-                    default=GUIDANCE_END,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
+                    GUIDANCE_END,
                     tooltip="End of the guided steps as a fraction of the sampling steps: steps k < guidance_end x "
                     f"steps are guided ({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first stage). "
                     "Used with guidance_window 'custom', and for an adapter file that records no window.",

@@ -36,6 +36,7 @@ from .common import (
     ModelHandle,
     check_fdi_input,
     check_inside,
+    fraction_input,
     image_to_batch,
     input_subfolder,
     is_dynamic,
@@ -342,23 +343,17 @@ def _window_inputs() -> list:
             "below (where restoration uses the adapter), 'cubic' T2I-Adapter's t = (1 - u^3) x T weighted to "
             "the noisy steps (windows that start at 0 only), 'uniform' over all t (the pack before 2026-12).",
         ),
-        io.Float.Input(
+        fraction_input(
             "guidance_start",
-            default=0.0,
-            min=0.0,
-            max=1.0,
-            step=0.001,
+            0.0,
             optional=True,
             tooltip="Start of the guidance window the adapter is trained for, as a fraction of the sampling "
             "steps (0 = the first, noisiest step). Recorded in the adapter: FDI Restore and Apply FDI "
             "Guidance guide this window by default.",
         ),
-        io.Float.Input(
+        fraction_input(
             "guidance_end",
-            default=GUIDANCE_END,
-            min=0.0,
-            max=1.0,
-            step=0.001,
+            GUIDANCE_END,
             optional=True,
             tooltip=f"End of the guidance window the adapter is trained for (the paper's first third: "
             f"{GUIDANCE_END}); must be above guidance_start.",
