@@ -49,6 +49,11 @@ DTYPE_CHOICES = ["auto", *DTYPES]
 # images
 
 
+def fraction_input(name: str, default: float, tooltip: str, optional: bool = False) -> io.Float.Input:
+    """A FLOAT widget for a fraction of the sampling steps (0..1 in steps of 0.001): guidance windows."""
+    return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.001, optional=optional, tooltip=tooltip)
+
+
 def image_to_batch(image: torch.Tensor, what: str = "image") -> torch.Tensor:
     """ComfyUI ``IMAGE`` ``[B, H, W, C]`` in 0..1 → library batch ``[B, 3, H, W]`` float32.
 

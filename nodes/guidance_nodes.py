@@ -21,6 +21,7 @@ from .common import (
     GuidanceHandle,
     ModelHandle,
     adapter_files,
+    fraction_input,
     image_to_batch,
     make_patcher,
     model_file,
@@ -162,21 +163,15 @@ class FDIApplyGuidance(io.ComfyNode):
                     step=0.01,
                     tooltip="Scale of residuals and modulation gates (0 = no effect, 1 = as trained).",
                 ),
-                io.Float.Input(
+                fraction_input(
                     "start_percent",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
+                    0.0,
                     tooltip="First guided step as a fraction of the sampler's steps (0 = from the first step). Used "
                     "with guidance_window 'custom', and for an adapter file that records no window.",
                 ),
-                io.Float.Input(
+                fraction_input(
                     "end_percent",
-                    default=GUIDANCE_END,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
+                    GUIDANCE_END,
                     tooltip="Steps k < end_percent x steps are guided "
                     f"({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first third). "
                     "Must be >= start_percent. Used with guidance_window 'custom', and for an adapter file that "
@@ -251,6 +246,54 @@ class FDIInvert(io.ComfyNode):
         return io.NodeOutput(out)
 
 
+def _restore_options() -> list:
+    """FDIRestore's optional inputs, after its required ones (their order is the saved widgets' order)."""
+    return [
+        FDIType.Input(
+            "fdi",
+            optional=True,
+            tooltip="The FDI; when not connected, the FDI embedded in the adapter file is used.",
+        ),
+        io.Conditioning.Input(
+            "negative",
+            optional=True,
+            tooltip="Negative conditioning for cfg > 1; when not connected, a zeroed copy of 'positive' is used.",
+        ),
+        io.Int.Input(
+            "tile_size",
+            default=0,
+            min=0,
+            max=8192,
+            step=64,
+            optional=True,
+            tooltip="0 = off. "
+            "Otherwise restore in overlapping tiles of this many pixels (a multiple of 64, "
+            "from 128): VAE encode/decode and every UNet step run per tile and are blended, "
+            "so large images restore with the memory of one tile. "
+            "A tile at least as large as the image gives exactly the untiled result.",
+        ),
+        io.Int.Input(
+            "tile_overlap",
+            default=DEFAULT_TILE_OVERLAP,
+            min=0,
+            max=8192,
+            step=8,
+            optional=True,
+            tooltip="Overlap of neighbouring tiles in pixels (blended smoothly; "
+            "less than tile_size, at most tile_size - 64).",
+        ),
+        window_combo("guidance_start", "guidance_end"),
+        fraction_input(
+            "guidance_start",
+            0.0,
+            optional=True,
+            tooltip="First guided step as a fraction of the sampling steps (steps k >= guidance_start x "
+            "steps; 0 = from the first step). Used with guidance_window 'custom', and for an adapter file "
+            "that records no window.",
+        ),
+    ]
+
+
 class FDIRestore(io.ComfyNode):
     """The whole FDI restoration in one node: adapter → guidance → VAE encode → inversion → guided DDIM → decode."""
 
@@ -300,12 +343,9 @@ class FDIRestore(io.ComfyNode):
                     step=0.01,
                     tooltip="Guidance strength (0 = plain inversion + sampling).",
                 ),
-                io.Float.Input(
+                fraction_input(
                     "guidance_end",
-                    default=GUIDANCE_END,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
+                    GUIDANCE_END,
                     tooltip="End of the guided steps as a fraction of the sampling steps: steps k < guidance_end x "
                     f"steps are guided ({GUIDANCE_END} of 50 = steps 0..{_LAST_GUIDED}, the paper's first stage). "
                     "Used with guidance_window 'custom', and for an adapter file that records no window.",
@@ -318,52 +358,7 @@ class FDIRestore(io.ComfyNode):
                     step=0.1,
                     tooltip="Classifier-free guidance scale for sampling (the paper uses 1).",
                 ),
-                FDIType.Input(
-                    "fdi",
-                    optional=True,
-                    tooltip="The FDI; when not connected, the FDI embedded in the adapter file is used.",
-                ),
-                io.Conditioning.Input(
-                    "negative",
-                    optional=True,
-                    tooltip="Negative conditioning for cfg > 1; when not connected, "
-                    "a zeroed copy of 'positive' is used.",
-                ),
-                io.Int.Input(
-                    "tile_size",
-                    default=0,
-                    min=0,
-                    max=8192,
-                    step=64,
-                    optional=True,
-                    tooltip="0 = off. "
-                    "Otherwise restore in overlapping tiles of this many pixels (a multiple of 64, "
-                    "from 128): VAE encode/decode and every UNet step run per tile and are blended, "
-                    "so large images restore with the memory of one tile. "
-                    "A tile at least as large as the image gives exactly the untiled result.",
-                ),
-                io.Int.Input(
-                    "tile_overlap",
-                    default=DEFAULT_TILE_OVERLAP,
-                    min=0,
-                    max=8192,
-                    step=8,
-                    optional=True,
-                    tooltip="Overlap of neighbouring tiles in pixels (blended smoothly; "
-                    "less than tile_size, at most tile_size - 64).",
-                ),
-                window_combo("guidance_start", "guidance_end"),
-                io.Float.Input(
-                    "guidance_start",
-                    default=0.0,
-                    min=0.0,
-                    max=1.0,
-                    step=0.001,
-                    optional=True,
-                    tooltip="First guided step as a fraction of the sampling steps (steps k >= guidance_start x "
-                    "steps; 0 = from the first step). Used with guidance_window 'custom', and for an adapter file "
-                    "that records no window.",
-                ),
+                *_restore_options(),
             ],
             outputs=[io.Image.Output(display_name="image", tooltip="The restored image(s), same size as the input.")],
         )

@@ -36,6 +36,7 @@ from .common import (
     ModelHandle,
     check_fdi_input,
     check_inside,
+    fraction_input,
     image_to_batch,
     input_subfolder,
     is_dynamic,
@@ -127,6 +128,71 @@ class FDILoadPairs(io.ComfyNode):
         return io.NodeOutput(PairList(deg, cln, [p.name for p in pairs]))
 
 
+def _pair_inputs() -> list:
+    """FDITrainAdapter's optional pair and adapter inputs (between its FDI and its steps, in saved order)."""
+    return [
+        io.Image.Input(
+            "degraded", optional=True, tooltip="Degraded (style A) images, one per pair; all the same size."
+        ),
+        io.Image.Input("clean", optional=True, tooltip="Clean (style B) images, in the same order as 'degraded'."),
+        FDIPairsType.Input(
+            "pairs",
+            optional=True,
+            tooltip="Pairs of mixed sizes from 'Load FDI Training Pairs' (instead of the two IMAGE inputs).",
+        ),
+        FDIAdapterType.Input(
+            "adapter",
+            optional=True,
+            tooltip="An adapter to continue training (its FDI's Q-Former must be this FDI's).",
+        ),
+    ]
+
+
+def _compute_inputs() -> list:
+    """FDITrainAdapter's memory, precision and loss inputs (after its seed, in saved order)."""
+    return [
+        io.Boolean.Input(
+            "gradient_checkpointing",
+            default=True,
+            tooltip="Recompute UNet activations in the backward pass: much less memory, about 30% slower.",
+        ),
+        io.Combo.Input(
+            "training_dtype",
+            options=TRAIN_DTYPES,
+            default="bf16",
+            tooltip="Compute dtype of the frozen UNet (bf16 falls back to fp16 with loss scaling where the GPU "
+            "lacks bf16); the adapter's weights stay fp32. fp32 on CPU.",
+        ),
+        io.Float.Input(
+            "recon_weight",
+            default=0.1,
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            tooltip="λ of the latent L1 term (the paper's 0.1).",
+        ),
+    ]
+
+
+def _options() -> list:
+    """FDITrainAdapter's inputs added after the first release (last, optional: old saved widgets keep their places)."""
+    return [
+        io.Int.Input(
+            "preview_every",
+            default=0,
+            min=0,
+            max=100000,
+            optional=True,
+            tooltip="0 = off. Otherwise every this many steps, and at the last, restore the first "
+            f"{PREVIEW_IMAGES} pairs (centre crops at the resolution) with the adapter as it is, as 'FDI "
+            f"Restore' does ({PREVIEW_STEPS} DDIM steps, the adapter's guidance window), and show the strip "
+            "(input / restored / clean) above the loss curve as the node's preview. Each strip costs about "
+            f"{2 * PREVIEW_STEPS} UNet evaluations per image.",
+        ),
+        *_window_inputs(),
+    ]
+
+
 class FDITrainAdapter(io.ComfyNode):
     """Train (or continue) an FDI adapter on the graph's MODEL and VAE."""
 
@@ -161,22 +227,7 @@ class FDITrainAdapter(io.ComfyNode):
                     "vae", tooltip="The VAE of that checkpoint; clean images are encoded to the posterior mode."
                 ),
                 FDIType.Input("fdi", tooltip="The task FDI, from 'Extract FDI' on the same pairs (or 'Load FDI')."),
-                io.Image.Input(
-                    "degraded", optional=True, tooltip="Degraded (style A) images, one per pair; all the same size."
-                ),
-                io.Image.Input(
-                    "clean", optional=True, tooltip="Clean (style B) images, in the same order as 'degraded'."
-                ),
-                FDIPairsType.Input(
-                    "pairs",
-                    optional=True,
-                    tooltip="Pairs of mixed sizes from 'Load FDI Training Pairs' (instead of the two IMAGE inputs).",
-                ),
-                FDIAdapterType.Input(
-                    "adapter",
-                    optional=True,
-                    tooltip="An adapter to continue training (its FDI's Q-Former must be this FDI's).",
-                ),
+                *_pair_inputs(),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimizer steps."),
                 io.Float.Input(
                     "learning_rate", default=1e-4, min=1e-7, max=1e-1, step=1e-6, tooltip="AdamW learning rate."
@@ -199,39 +250,8 @@ class FDITrainAdapter(io.ComfyNode):
                     control_after_generate=True,
                     tooltip="Seed of the new adapter's weights, pair order, crops, noise and timesteps.",
                 ),
-                io.Boolean.Input(
-                    "gradient_checkpointing",
-                    default=True,
-                    tooltip="Recompute UNet activations in the backward pass: much less memory, about 30% slower.",
-                ),
-                io.Combo.Input(
-                    "training_dtype",
-                    options=TRAIN_DTYPES,
-                    default="bf16",
-                    tooltip="Compute dtype of the frozen UNet (bf16 falls back to fp16 with loss scaling where the GPU "
-                    "lacks bf16); the adapter's weights stay fp32. fp32 on CPU.",
-                ),
-                io.Float.Input(
-                    "recon_weight",
-                    default=0.1,
-                    min=0.0,
-                    max=10.0,
-                    step=0.01,
-                    tooltip="λ of the latent L1 term (the paper's 0.1).",
-                ),
-                io.Int.Input(
-                    "preview_every",
-                    default=0,
-                    min=0,
-                    max=100000,
-                    optional=True,
-                    tooltip="0 = off. Otherwise every this many steps, and at the last, restore the first "
-                    f"{PREVIEW_IMAGES} pairs (centre crops at the resolution) with the adapter as it is, as 'FDI "
-                    f"Restore' does ({PREVIEW_STEPS} DDIM steps, the adapter's guidance window), and show the strip "
-                    "(input / restored / clean) above the loss curve as the node's preview. Each strip costs about "
-                    f"{2 * PREVIEW_STEPS} UNet evaluations per image.",
-                ),
-                *_window_inputs(),
+                *_compute_inputs(),
+                *_options(),
             ],
             outputs=[
                 FDIAdapterType.Output(
@@ -323,23 +343,17 @@ def _window_inputs() -> list:
             "below (where restoration uses the adapter), 'cubic' T2I-Adapter's t = (1 - u^3) x T weighted to "
             "the noisy steps (windows that start at 0 only), 'uniform' over all t (the pack before 2026-12).",
         ),
-        io.Float.Input(
+        fraction_input(
             "guidance_start",
-            default=0.0,
-            min=0.0,
-            max=1.0,
-            step=0.001,
+            0.0,
             optional=True,
             tooltip="Start of the guidance window the adapter is trained for, as a fraction of the sampling "
             "steps (0 = the first, noisiest step). Recorded in the adapter: FDI Restore and Apply FDI "
             "Guidance guide this window by default.",
         ),
-        io.Float.Input(
+        fraction_input(
             "guidance_end",
-            default=GUIDANCE_END,
-            min=0.0,
-            max=1.0,
-            step=0.001,
+            GUIDANCE_END,
             optional=True,
             tooltip=f"End of the guidance window the adapter is trained for (the paper's first third: "
             f"{GUIDANCE_END}); must be above guidance_start.",
