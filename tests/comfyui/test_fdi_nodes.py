@@ -108,7 +108,9 @@ def check_fdi(fdi):
     raise Reached("adapter")
 
 
-adapter = types.SimpleNamespace(module=types.SimpleNamespace(check_fdi=check_fdi, fdi=None))
+adapter = types.SimpleNamespace(
+    module=types.SimpleNamespace(check_fdi=check_fdi, fdi=None, guidance_window=None, display_name="stub")
+)
 positive = [[torch.zeros(1, 77, 1024), {}]]
 
 
