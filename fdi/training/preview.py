@@ -100,8 +100,15 @@ def render_strip(
             canvas.paste(Image.fromarray(to_uint8(images[col])), (x, y))
     for col, name in enumerate(names):
         fits = max(4, (side * 5) // (3 * size))  # characters of about 0.6 em in a tile's width
-        draw.text((left + col * (side + GAP), top - size - GAP), str(name)[:fits], fill=(0, 0, 0), font=font)
+        draw.text((left + col * (side + GAP), top - size - GAP), fit_label(name, fits), fill=(0, 0, 0), font=font)
     return np.asarray(canvas).copy()
+
+
+def fit_label(name: str, chars: int) -> str:
+    """A column's label in at most ``chars`` characters: the name without its extension, its end kept (names of
+    one folder differ at the end: ``camera_002``, ``camera_007``), ``..`` in front when cut."""
+    stem = str(name).rsplit(".", 1)[0] if "." in str(name)[1:] else str(name)
+    return stem if len(stem) <= chars else ".." + stem[-max(1, chars - 2) :]
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -306,3 +306,11 @@ def test_cli_cache_hits_on_square_pairs_and_changes_nothing(data, tmp_path):
     assert all(torch.equal(v, wb[k]) for k, v in wa.items())
     wide = train(_cfg(data, tmp_path / "c.safetensors", max_steps=2))
     assert (wide.latent_hits, wide.latent_misses) == (0, 0)
+
+
+def test_column_labels_keep_the_end_of_long_names():
+    """Names of one folder differ at the end: a cut label keeps its end (camera_002 vs camera_007, not camera_0)."""
+    assert pv.fit_label("camera_002.png", 8) == "..ra_002"
+    assert pv.fit_label("camera_007.png", 8) != pv.fit_label("camera_002.png", 8)
+    assert pv.fit_label("00.png", 8) == "00" and pv.fit_label("pair 3", 8) == "pair 3"
+    assert pv.fit_label(".hidden", 20) == ".hidden"
