@@ -19,7 +19,7 @@ Architecture choices, sizes and the file format: docs/design.md, "Adapter and FD
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter_blocks import GuidanceHead, ImageLevel, NoiseDecoupling, token_stats
+from .adapter_config import FDIAdapterConfig
 from .errors import FDIError
 from .families import canonical_name
 from .files import PathLike, check_file_format, check_output_path, load_safetensors, save_safetensors
@@ -38,94 +39,6 @@ ADAPTER_FORMAT_VERSION = 1
 
 #: the tensor names an adapter file may hold besides the weights (the embedded FDI)
 EMBEDDED_FDI_KEYS = ("fdi", "fdi_pairs")
-
-
-# --------------------------------------------------------------------------------------------------
-# config
-
-
-@dataclass
-class FDIAdapterConfig:
-    """Architecture of an :class:`FDIAdapter` (stored as JSON in the adapter file).
-
-    Attributes:
-        channels: UNet encoder level widths ``C_1..C_L``: four for SD 1.5/2.1 (320, 640, 1280, 1280), three
-            for SDXL (320, 640, 1280); :meth:`for_family` gives a family's.
-        token_width: FDI token width ``D`` (BLIP-2 Q-Former: 768).
-        num_tokens: FDI token count ``T`` (BLIP-2: 32).
-        res_blocks: residual blocks per level of the image branch.
-        bottleneck: inner width of a residual block is ``C_i // bottleneck``.
-        heads: attention heads of the noise decoupling (must divide every ``C_i``).
-        se_reduction: squeeze-excitation reduction (``W1: C → C // se_reduction``).
-        unshuffle: pixel-unshuffle factor (8 = the SD VAE's downsampling).
-    """
-
-    channels: Tuple[int, int, int, int] = (320, 640, 1280, 1280)
-    token_width: int = 768
-    num_tokens: int = 32
-    res_blocks: int = 2
-    bottleneck: int = 2
-    heads: int = 8
-    se_reduction: int = 16
-    unshuffle: int = 8
-
-    def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        if len(self.channels) not in (3, 4):
-            raise FDIError(
-                f"an FDI adapter has one level per UNet encoder level, three (SDXL) or four (SD 1.5/2.1), "
-                f"got channels {self.channels}; give widths such as (320, 640, 1280, 1280) or (320, 640, 1280)"
-            )
-        for name in ("token_width", "num_tokens", "res_blocks", "bottleneck", "heads", "se_reduction", "unshuffle"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "res_blocks" else 1):
-                raise FDIError(f"adapter config {name}={v!r} is invalid; use a positive integer")
-        for c in self.channels:
-            if c < 1 or c % self.heads or c // self.bottleneck < 1 or c // self.se_reduction < 1:
-                raise FDIError(
-                    f"adapter width {c} must be positive and divisible by heads={self.heads}; change channels or heads"
-                )
-
-    @property
-    def levels(self) -> int:
-        """Number of levels ``L`` (UNet encoder levels: 4 for SD 1.5/2.1, 3 for SDXL)."""
-        return len(self.channels)
-
-    @classmethod
-    def for_family(cls, family: str, **overrides) -> "FDIAdapterConfig":
-        """The default architecture for a base family (``sd1.5``, ``sd2.1-base``, ``sd2.1-v``, ``sdxl``)."""
-        from .families import FAMILIES, get_family
-
-        f = get_family(family)
-        if f is None:
-            raise FDIError(f"unknown base family {family!r}; use one of {', '.join(FAMILIES)}")
-        return cls(**{"channels": f.channels, **overrides})
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "adapter file") -> "FDIAdapterConfig":
-        try:
-            d = json.loads(text)
-        except (json.JSONDecodeError, TypeError):
-            raise FDIError(
-                f"{source}: the adapter config in its metadata is not JSON; the file is corrupt, re-save it"
-            ) from None
-        if not isinstance(d, dict):
-            raise FDIError(
-                f"{source}: the adapter config in its metadata is not a JSON object; the file is corrupt, re-save it"
-            )
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FDIError(
-                f"{source}: unknown adapter config keys {unknown}; "
-                "the file was written by a newer version of the pack, update it"
-            )
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------------

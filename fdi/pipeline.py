@@ -20,9 +20,8 @@ Loading: :mod:`fdi.models` (a diffusers folder or a single-file checkpoint, offl
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -37,11 +36,10 @@ from .models import load_sd, place, vae_dtype, vae_encode
 from .progress import ProgressCallback, report
 from .restoration import (
     AdapterUse,
+    GuidanceWindowNote,
     Window,
-    check_image_size,
-    check_settings,
+    check_restore_inputs,
     detect_base_family,
-    guidance_windows,
 )
 from .sampling import (
     CLEAN_ALPHA,
@@ -51,15 +49,11 @@ from .sampling import (
     check_steps,
     ddim_step,
     ddim_timesteps,
-    guided_step_range,
     inversion_timesteps,
     pad_to_multiple,
+    step_selections,
 )
 from .tiles import DEFAULT_TILE_OVERLAP, LATENT_SCALE, TileCrops, Tiling, check_tiling, optional_tiling
-
-
-class GuidanceWindowNote(UserWarning):
-    """An adapter is made to guide outside the window it was trained for (:func:`fdi.restoration.guidance_windows`)."""
 
 
 class FDIRestorationPipeline:
@@ -332,12 +326,13 @@ class FDIRestorationPipeline:
         use_cfg = cfg != 1.0
         c = concat(uncond, cond, b) if use_cfg else cond
         ts = self.sampling_timesteps(steps).tolist()
-        ranges = self.guided_ranges(steps, windows, hooks)
+        if hooks is not None and len(windows) != len(hooks.guidances):
+            raise FDIError(f"{len(windows)} guidance windows for {len(hooks.guidances)} guidances; give one each")
+        selections = step_selections(steps, windows) if hooks is not None else []
         for k, t in enumerate(ts):
             if hooks is not None:
-                on = [i for i, (first, stop) in enumerate(ranges) if first <= k < stop]
-                hooks.selected = on
-                hooks.active = bool(on)
+                hooks.selected = selections[k]
+                hooks.active = bool(selections[k])
             if use_cfg:
                 out_u, out_c = self._model_output(torch.cat([x, x]), t, c, tiling, hooks).chunk(2)
                 out = out_u + cfg * (out_c - out_u)
@@ -350,18 +345,6 @@ class FDIRestorationPipeline:
         if hooks is not None:
             hooks.active = False
         return x
-
-    @staticmethod
-    def guided_ranges(
-        steps: int, windows: Sequence[Window], hooks: Optional[DiffusersGuidance]
-    ) -> List[Tuple[int, int]]:
-        """``(first, stop)`` guided steps of each window (:func:`fdi.sampling.guided_step_range`), one per guidance of
-        ``hooks`` (none without hooks)."""
-        if hooks is None:
-            return []
-        if len(windows) != len(hooks.guidances):
-            raise FDIError(f"{len(windows)} guidance windows for {len(hooks.guidances)} guidances; give one each")
-        return [guided_step_range(steps, start, end) for start, end in windows]
 
     # ---- restoration -----------------------------------------------------------------------------
 
@@ -407,8 +390,8 @@ class FDIRestorationPipeline:
         Deterministic: the same inputs give the same output, bit for bit, on the same device.
         """
         adapters = list(adapters)
-        windows, notes = self.check_inputs(
-            images, adapters, steps, inversion_steps, guidance_start, guidance_end, strength, mode, cfg
+        windows, notes = check_restore_inputs(
+            self, images, adapters, steps, inversion_steps, guidance_start, guidance_end, strength, mode, cfg
         )
         for note in notes:
             warnings.warn(note, GuidanceWindowNote, stacklevel=2)
@@ -448,29 +431,3 @@ class FDIRestorationPipeline:
             self._tile_crops.clear()  # drop this stage's tile crops with its guidance
             x = self.decode_latents(latents, tiling)[..., :h, :w].cpu()
         return x
-
-    def check_inputs(
-        self,
-        images: torch.Tensor,
-        adapters: Sequence[AdapterUse],
-        steps: int,
-        inversion_steps: int,
-        guidance_start: Optional[float],
-        guidance_end: Optional[float],
-        strength: float,
-        mode: str,
-        cfg: float,
-    ) -> Tuple[List[Window], List[str]]:
-        """Raise :class:`FDIError` for any argument :meth:`restore` cannot use (before any work); return each
-        adapter's guidance window and the notes of :func:`fdi.restoration.guidance_windows`."""
-        check_settings(steps, inversion_steps, guidance_start, guidance_end, strength, cfg, mode)
-        self.check_steps(steps)
-        if not adapters:
-            raise FDIError("no adapter given; restoration needs at least one FDI adapter")
-        for u in adapters:
-            if not math.isfinite(u.weight):
-                raise FDIError(f"adapter weight {u.weight} is not a finite number; use e.g. 1.0")
-            self.check_adapter(u.adapter)
-            u.adapter.tokens_for(u.resolved_fdi(), 1)  # width, token count, encoder
-        check_image_size(*check_image_batch(images, "images", min_side=0).shape[-2:], "each image")
-        return guidance_windows([u.adapter for u in adapters], guidance_start, guidance_end)

@@ -15,6 +15,7 @@ import torch
 from .adapter import FDIAdapter
 from .errors import FDIError
 from .families import arch_of, family_for
+from .images import check_image_batch
 from .instruction import FDI
 from .sampling import DEFAULT_GUIDANCE_WINDOW, GUIDANCE_END
 
@@ -130,6 +131,10 @@ def check_guidance_fractions(
 
 
 #: ``(start, end)``: the part of sampling an adapter guides, as fractions of the steps (``start·N ≤ k < end·N``)
+class GuidanceWindowNote(UserWarning):
+    """An adapter is made to guide outside the window it was trained for (:func:`guidance_windows`)."""
+
+
 Window = Tuple[float, float]
 
 
@@ -177,3 +182,30 @@ def guidance_windows(
             )
         windows.append((s, e))
     return windows, notes
+
+
+def check_restore_inputs(
+    pipe,
+    images: torch.Tensor,
+    adapters: Sequence[AdapterUse],
+    steps: int,
+    inversion_steps: int,
+    guidance_start: Optional[float],
+    guidance_end: Optional[float],
+    strength: float,
+    mode: str,
+    cfg: float,
+) -> Tuple[List[Window], List[str]]:
+    """Raise :class:`FDIError` for any argument :meth:`fdi.pipeline.FDIRestorationPipeline.restore` of ``pipe``
+    cannot use (before any work); return each adapter's guidance window and the notes of :func:`guidance_windows`."""
+    check_settings(steps, inversion_steps, guidance_start, guidance_end, strength, cfg, mode)
+    pipe.check_steps(steps)
+    if not adapters:
+        raise FDIError("no adapter given; restoration needs at least one FDI adapter")
+    for u in adapters:
+        if not math.isfinite(u.weight):
+            raise FDIError(f"adapter weight {u.weight} is not a finite number; use e.g. 1.0")
+        pipe.check_adapter(u.adapter)
+        u.adapter.tokens_for(u.resolved_fdi(), 1)  # width, token count, encoder
+    check_image_size(*check_image_batch(images, "images", min_side=0).shape[-2:], "each image")
+    return guidance_windows([u.adapter for u in adapters], guidance_start, guidance_end)

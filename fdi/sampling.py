@@ -14,7 +14,7 @@ the cumulative product of the noise schedule; both ends of a restoration are the
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -217,6 +217,13 @@ def window_timesteps(start: float, end: float, num_train_timesteps: int) -> Tupl
     if hi <= lo:
         raise FDIError(f"the guidance window {start}..{end} holds no timestep of {n}; widen it")
     return lo, hi
+
+
+def step_selections(steps: int, windows: Sequence[Tuple[float, float]]) -> List[List[int]]:
+    """For each sampling step ``k`` of ``steps``, the indices of the ``windows`` (``(start, end)`` fractions)
+    that guide it (:func:`guided_step_range`); ``[[0, 1], [0, 1], …, [1], []]``."""
+    ranges = [guided_step_range(steps, start, end) for start, end in windows]
+    return [[i for i, (first, stop) in enumerate(ranges) if first <= k < stop] for k in range(int(steps))]
 
 
 def guided_step_count(steps: int, guidance_end: float) -> int:

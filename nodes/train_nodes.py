@@ -8,12 +8,10 @@ and Cancel.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import List
 
 import comfy.model_management as mm
-import comfy.utils
 import torch
 from comfy_api.latest import io, ui
 
@@ -22,11 +20,11 @@ from ..fdi.dtypes import parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.families import get_family
 from ..fdi.instruction import FDI
-from ..fdi.sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END, TIMESTEP_SAMPLINGS, sigma_to_alpha
+from ..fdi.sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END, sigma_to_alpha
 from ..fdi.training.comfy_unet import autograd_safe, cast_weights_to_compute
 from ..fdi.training.memory import TrainSettings, adapter_for_training, check_pairs, train_on_pairs
 from ..fdi.training.precision import compute_dtype
-from ..fdi.training.preview import PREVIEW_IMAGES, PREVIEW_STEPS, LivePreview
+from ..fdi.training.preview import LivePreview
 from ..fdi.training.step import comfy_predictor, unet_checkpointing
 from .common import (
     CATEGORY,
@@ -36,7 +34,6 @@ from .common import (
     ModelHandle,
     check_fdi_input,
     check_inside,
-    fraction_input,
     image_to_batch,
     input_subfolder,
     is_dynamic,
@@ -46,8 +43,8 @@ from .common import (
     save_target,
     saved,
 )
-
-TRAIN_DTYPES = ["fp32", "bf16", "fp16"]
+from .train_inputs import added_inputs, compute_inputs, pair_inputs
+from .train_preview import preview_strip, progress_with_preview
 
 
 @dataclass
@@ -128,71 +125,6 @@ class FDILoadPairs(io.ComfyNode):
         return io.NodeOutput(PairList(deg, cln, [p.name for p in pairs]))
 
 
-def _pair_inputs() -> list:
-    """FDITrainAdapter's optional pair and adapter inputs (between its FDI and its steps, in saved order)."""
-    return [
-        io.Image.Input(
-            "degraded", optional=True, tooltip="Degraded (style A) images, one per pair; all the same size."
-        ),
-        io.Image.Input("clean", optional=True, tooltip="Clean (style B) images, in the same order as 'degraded'."),
-        FDIPairsType.Input(
-            "pairs",
-            optional=True,
-            tooltip="Pairs of mixed sizes from 'Load FDI Training Pairs' (instead of the two IMAGE inputs).",
-        ),
-        FDIAdapterType.Input(
-            "adapter",
-            optional=True,
-            tooltip="An adapter to continue training (its FDI's Q-Former must be this FDI's).",
-        ),
-    ]
-
-
-def _compute_inputs() -> list:
-    """FDITrainAdapter's memory, precision and loss inputs (after its seed, in saved order)."""
-    return [
-        io.Boolean.Input(
-            "gradient_checkpointing",
-            default=True,
-            tooltip="Recompute UNet activations in the backward pass: much less memory, about 30% slower.",
-        ),
-        io.Combo.Input(
-            "training_dtype",
-            options=TRAIN_DTYPES,
-            default="bf16",
-            tooltip="Compute dtype of the frozen UNet (bf16 falls back to fp16 with loss scaling where the GPU "
-            "lacks bf16); the adapter's weights stay fp32. fp32 on CPU.",
-        ),
-        io.Float.Input(
-            "recon_weight",
-            default=0.1,
-            min=0.0,
-            max=10.0,
-            step=0.01,
-            tooltip="λ of the latent L1 term (the paper's 0.1).",
-        ),
-    ]
-
-
-def _options() -> list:
-    """FDITrainAdapter's inputs added after the first release (last, optional: old saved widgets keep their places)."""
-    return [
-        io.Int.Input(
-            "preview_every",
-            default=0,
-            min=0,
-            max=100000,
-            optional=True,
-            tooltip="0 = off. Otherwise every this many steps, and at the last, restore the first "
-            f"{PREVIEW_IMAGES} pairs (centre crops at the resolution) with the adapter as it is, as 'FDI "
-            f"Restore' does ({PREVIEW_STEPS} DDIM steps, the adapter's guidance window), and show the strip "
-            "(input / restored / clean) above the loss curve as the node's preview. Each strip costs about "
-            f"{2 * PREVIEW_STEPS} UNet evaluations per image.",
-        ),
-        *_window_inputs(),
-    ]
-
-
 class FDITrainAdapter(io.ComfyNode):
     """Train (or continue) an FDI adapter on the graph's MODEL and VAE."""
 
@@ -227,7 +159,7 @@ class FDITrainAdapter(io.ComfyNode):
                     "vae", tooltip="The VAE of that checkpoint; clean images are encoded to the posterior mode."
                 ),
                 FDIType.Input("fdi", tooltip="The task FDI, from 'Extract FDI' on the same pairs (or 'Load FDI')."),
-                *_pair_inputs(),
+                *pair_inputs(),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimizer steps."),
                 io.Float.Input(
                     "learning_rate", default=1e-4, min=1e-7, max=1e-1, step=1e-6, tooltip="AdamW learning rate."
@@ -250,8 +182,8 @@ class FDITrainAdapter(io.ComfyNode):
                     control_after_generate=True,
                     tooltip="Seed of the new adapter's weights, pair order, crops, noise and timesteps.",
                 ),
-                *_compute_inputs(),
-                *_options(),
+                *compute_inputs(),
+                *added_inputs(),
             ],
             outputs=[
                 FDIAdapterType.Output(
@@ -330,37 +262,6 @@ class FDITrainAdapter(io.ComfyNode):
         return io.NodeOutput(handle, curve, result.steps, ui=ui.PreviewText(text))
 
 
-def _window_inputs() -> list:
-    """FDITrainAdapter's timestep sampling and guidance window (:class:`fdi.training.memory.TrainSettings`):
-    optional and last, so workflows saved before them keep their widget positions."""
-    return [
-        io.Combo.Input(
-            "timestep_sampling",
-            options=list(TIMESTEP_SAMPLINGS),
-            default=DEFAULT_TIMESTEP_SAMPLING,
-            optional=True,
-            tooltip="How each step draws its noise level t: 'window' uniformly inside the guidance window "
-            "below (where restoration uses the adapter), 'cubic' T2I-Adapter's t = (1 - u^3) x T weighted to "
-            "the noisy steps (windows that start at 0 only), 'uniform' over all t (the pack before 2026-12).",
-        ),
-        fraction_input(
-            "guidance_start",
-            0.0,
-            optional=True,
-            tooltip="Start of the guidance window the adapter is trained for, as a fraction of the sampling "
-            "steps (0 = the first, noisiest step). Recorded in the adapter: FDI Restore and Apply FDI "
-            "Guidance guide this window by default.",
-        ),
-        fraction_input(
-            "guidance_end",
-            GUIDANCE_END,
-            optional=True,
-            tooltip=f"End of the guidance window the adapter is trained for (the paper's first third: "
-            f"{GUIDANCE_END}); must be above guidance_start.",
-        ),
-    ]
-
-
 def _training_pairs(degraded, clean, pairs: PairList) -> tuple:
     """``(degraded, clean, names)``: lists of ``[3, H, W]`` images from the two IMAGE inputs or an ``FDI_PAIRS``,
     and a name per pair (the files' stems, or ``pair 1``, ``pair 2``…)."""
@@ -420,7 +321,7 @@ def _train(
         mm.load_models_gpu([model], force_full_load=True)
         return z.to(device)
 
-    strip = _strip(model, clip, vae, adapter, fdi, pairs, settings) if preview_every else None
+    strip = preview_strip(model, clip, vae, adapter, fdi, pairs, settings) if preview_every else None
     with cast_weights_to_compute(unet, storage, dtype), unet_checkpointing(unet, checkpointing):
         result = train_on_pairs(
             adapter,
@@ -435,7 +336,7 @@ def _train(
             device,
             compute_dtype=dtype,
             should_stop=mm.processing_interrupted,
-            on_step=_progress(settings.steps, LivePreview(settings.steps, preview_every, strip)),
+            on_step=progress_with_preview(settings.steps, LivePreview(settings.steps, preview_every, strip)),
         )
     return adapter, result
 
@@ -473,80 +374,6 @@ def _prompt_conditioning(base, clip, resolution: int, device: torch.device) -> t
         device=device,
     )
     return context.clone().to(device), (None if adm is None else adm.clone().to(device))
-
-
-def _progress(steps: int, live: LivePreview):
-    """``on_step(done, loss)`` for :func:`train_on_pairs`: ComfyUI's progress bar with :class:`LivePreview`'s picture
-    (the loss curve about 20 times a run, and the latest preview strip above it) as its preview."""
-    bar = comfy.utils.ProgressBar(steps)
-    bar.update_absolute(0, steps)
-
-    def on_step(done: int, loss: float) -> None:
-        picture = live.show(done, loss)
-        preview = None
-        if picture is not None:
-            from PIL import Image
-
-            preview = ("JPEG", Image.fromarray(picture), 512 if live.latest is None else 1024)
-            logging.info("FDITrainAdapter: step %d/%d, loss %.5f", done, steps, loss)
-        bar.update_absolute(done, steps, preview)
-
-    return on_step
-
-
-def _strip(model, clip, vae, adapter, fdi: FDI, pairs: tuple, settings: TrainSettings):
-    """``strip(step)`` → the preview strip (:func:`fdi.training.preview.strip_maker`) of the first pairs restored with
-    the adapter being trained by ``FDIRestore``'s recipe (:func:`.sampling.restore`, the empty prompt, cfg 1, the
-    adapter's guidance window), or ``None`` when Cancel came during it (Cancel then ends training at its next step)."""
-    from ..fdi.restoration import guidance_windows
-    from ..fdi.tiles import DEFAULT_TILE_OVERLAP
-    from ..fdi.training import preview
-    from .sampling import adapter_guidance, apply_guidance, restore, zeroed
-
-    context, pooled = clip.encode_from_tokens(clip.tokenize(""), return_pooled=True)
-    positive = [[context.clone(), {} if pooled is None else {"pooled_output": pooled.clone()}]]
-    negative = zeroed(positive)
-    device = next(adapter.parameters()).device
-
-    def restore_crops(images: torch.Tensor) -> torch.Tensor:
-        ((start, end),) = guidance_windows([adapter])[0]  # the window it is being trained for
-
-        def guide(padded: torch.Tensor):
-            return apply_guidance(model, adapter_guidance(adapter, fdi, padded, device), 1.0, start, end)
-
-        steps = preview.PREVIEW_STEPS
-        adapter.eval()
-        try:
-            with torch.no_grad():
-                out = restore(
-                    model,
-                    vae,
-                    images,
-                    guide,
-                    positive,
-                    negative,
-                    steps,
-                    steps,
-                    1.0,
-                    0,
-                    DEFAULT_TILE_OVERLAP,
-                    preview=False,
-                )
-        finally:
-            adapter.train()
-            mm.load_models_gpu([model], force_full_load=True)  # the VAE may have pushed the UNet out
-        return out.permute(0, 3, 1, 2)
-
-    make = preview.strip_maker(restore_crops, *pairs, settings.resolution, settings.steps)
-
-    def strip(step: int):
-        try:
-            return make(step)
-        except mm.InterruptProcessingException:
-            mm.interrupt_current_processing(True)  # the restore took the Cancel: hand it back to the training loop
-            return None
-
-    return strip
 
 
 class FDISaveAdapter(io.ComfyNode):
