@@ -130,11 +130,11 @@ def check_guidance_fractions(
         )
 
 
-#: ``(start, end)``: the part of sampling an adapter guides, as fractions of the steps (``start·N ≤ k < end·N``)
 class GuidanceWindowNote(UserWarning):
     """An adapter is made to guide outside the window it was trained for (:func:`guidance_windows`)."""
 
 
+#: ``(start, end)``: the part of sampling an adapter guides, as fractions of the steps (``start·N ≤ k < end·N``)
 Window = Tuple[float, float]
 
 
