@@ -24,6 +24,21 @@ PathLike = Union[str, os.PathLike]
 
 SPLITS = ("train", "test")
 METRICS = ("y", "rgb")
+#: single degradations, by the supplement's ten tasks (plus DA-CLIP's inpainting); a mixed task joins several
+#: with ``+`` in this order (``rainstreak+raindrop``)
+TASKS = (
+    "rainstreak",
+    "raindrop",
+    "haze",
+    "snow",
+    "lowlight",
+    "noise",
+    "motion-blur",
+    "defocus-blur",
+    "shadow",
+    "jpeg",
+    "inpainting",
+)
 
 #: folder names that archives and operating systems leave beside the data
 JUNK_DIRS = frozenset(
@@ -259,6 +274,7 @@ class Dataset:
 
     def __post_init__(self) -> None:
         assert self.metric in METRICS and self.tasks and self.releases
+        assert all(part in TASKS for task in self.tasks for part in task.split("+")), self.tasks
         assert all(s in SPLITS for s in self.splits)
 
     @property
