@@ -16,7 +16,18 @@ from typing import List, Optional
 from .errors import FDIError
 
 #: command modules, in the order ``--help`` lists them
-COMMANDS = ("degrade", "extract", "combine", "inspect", "eval", "train", "restore", "adapter-info", "pack-blip2")
+COMMANDS = (
+    "degrade",
+    "extract",
+    "combine",
+    "inspect",
+    "eval",
+    "train",
+    "restore",
+    "reproduce",
+    "adapter-info",
+    "pack-blip2",
+)
 
 
 class HelpFormatter(argparse.HelpFormatter):
