@@ -58,6 +58,10 @@ accelerate launch --multi_gpu --num_processes 4 -m fdi train \\
     --validate-every 500 --val-degraded data/Rain100H/rain --val-clean data/Rain100H/norain
 # score restorations (PSNR/SSIM on RGB and BT.601 Y; --lpips needs the lpips package)
 python -m fdi eval --pred results/derain --gt data/Rain100H/norain --y-channel --report derain_eval.json
+
+# the paper's protocol for one task, from the data set as downloaded to a report beside the paper's figures
+python -m fdi reproduce --task rainstreak --data data/ --sd models/stable-diffusion-2-1-base \\
+    --blip2 models/blip2/blip2-opt-2.7b -o runs/rainstreak --proportions 0.3,0.6,1 --mixed-precision bf16
 ```
 
 `--sd` is a diffusers folder or a single-file `.safetensors` checkpoint (its configs ship with the package;
@@ -66,6 +70,14 @@ defaults to `none` because dehazing, low-light and style adapters change colours
 rain, snow, noise, blur or JPEG. A training run writes resumable checkpoints (safetensors + JSON), `train_log.csv`,
 `val_log.csv` and TensorBoard logs (when `tensorboard` is installed) to `<output>-run/`; the task FDI is embedded
 in the adapter file, so that one file is all restoration needs. The reasons: [design.md](design.md).
+
+### Reproducing the paper
+
+`reproduce` runs the paper's protocol for one task: the training and test pairs read from the data sets as
+they unpack (their readers: [datasets.md](datasets.md)), the task FDI, the adapter trained with the paper's
+settings, the test set restored with its sampler, PSNR/SSIM (Y and RGB; LPIPS when installed) and
+`report.md` with the paper's published figures beside ours. Each stage resumes after Ctrl-C: run the same
+command again. Tasks, stages, the report and the figures it quotes: [reproduce.md](reproduce.md).
 """
 
 
