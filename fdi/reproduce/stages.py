@@ -34,6 +34,11 @@ TIMES_FILE = "restore_times.csv"
 METRICS_FILE = "metrics.json"
 
 
+def output_file(out_dir: Path, name: str) -> Path:
+    """The restored image of pair ``name``: ``<out_dir>/<name>.png`` (a path separator in a name becomes ``__``)."""
+    return out_dir / (name.replace("/", "__").replace("\\", "__") + ".png")
+
+
 def _write_json(path: Path, data: dict) -> None:
     with atomic_write(path, "w") as fh:
         json.dump(data, fh, indent=2, allow_nan=False)
@@ -217,13 +222,13 @@ def restore_test_set(run: "Plan", test: List[Pair]) -> Dict[str, int]:
     for variant in run.variants:
         folder = run.folder / variant.folder
         out_dir = folder / "restored"
-        todo = [p for p in test if not (out_dir / f"{p.name}.png").is_file()]
+        todo = [p for p in test if not output_file(out_dir, p.name).is_file()]
         done[variant.folder] = len(todo)
         if not todo:
             run.log(f"(d) {variant.folder}: all {len(test)} test images restored already")
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries([Job(p.degraded, out_dir / f"{p.name}.png", (0, 0)) for p in todo])
+        remove_stale_temporaries([Job(p.degraded, output_file(out_dir, p.name), (0, 0)) for p in todo])
         if pipe is None:
             pipe = run.load_pipeline()
         use = AdapterUse(FDIAdapter.from_file(folder / "adapter.safetensors"))
@@ -235,7 +240,7 @@ def restore_test_set(run: "Plan", test: List[Pair]) -> Dict[str, int]:
                 start = time.perf_counter()
                 out = pipe.restore(image, [use], steps=run.cfg.steps, inversion_steps=run.cfg.inversion_steps)
                 seconds = time.perf_counter() - start  # the output is on the CPU: the device has finished
-                save_image(out[0], out_dir / f"{pair.name}.png")
+                save_image(out[0], output_file(out_dir, pair.name))
                 with open(folder / TIMES_FILE, "a", newline="") as fh:
                     csv.writer(fh).writerow([pair.name, f"{seconds:.4f}", run.device_name])
                 if cb:
@@ -292,7 +297,7 @@ def measure(run: "Plan", test: List[Pair], crop_border: int) -> Dict[str, dict]:
             lp = _lpips(run)
         rows = []
         for pair in test:
-            pred, gt = load_image(folder / "restored" / f"{pair.name}.png"), load_image(pair.clean)
+            pred, gt = load_image(output_file(folder / "restored", pair.name)), load_image(pair.clean)
             row = {"name": pair.name, **image_metrics(pred, gt, crop_border, name=pair.name)}
             if lp[0] is not None:
                 row["lpips"] = lp[0](_crop(pred, crop_border), _crop(gt, crop_border))
