@@ -161,5 +161,4 @@ def reproduce(cfg: ReproduceConfig, log: Optional[Log] = None) -> ReproduceResul
     restored = stages.restore_test_set(run, test)
     metrics = stages.measure(run, test, info["test"]["crop_border"])
     report = write_report(run, info, metrics)
-    run.log(f"report: {run.folder / 'report.md'}")
     return ReproduceResult(report, run.folder, trained, restored)

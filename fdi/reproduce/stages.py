@@ -12,6 +12,7 @@ import csv
 import gc
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
@@ -81,7 +82,15 @@ def read_pairs(run: "Plan") -> Tuple[List[Pair], List[Pair], dict]:
     splits = []
     for name, split in [*((n, "train") for n in run.data.train), (run.data.test, "test")]:
         run.log(f"(a) reading {name} {split} under {run.cfg.data}")
-        with tqdm_progress(f"{name} {split}: synthesizing", 0, "img", enabled=not run.cfg.quiet) as cb:
+        with ExitStack() as stack:  # a bar only when the reader synthesizes images (clean-only sets)
+            bar: list = []
+
+            def cb(done: int, total: int, desc: str = f"(a) {name} {split}: synthesizing") -> None:
+                if not bar:
+                    bar.append(stack.enter_context(tqdm_progress(desc, total, "img", enabled=not run.cfg.quiet)))
+                if bar[0]:
+                    bar[0](done, total)
+
             splits.append(read_dataset(name, run.cfg.data, split, run.data.task, cache, DATA_SEED, cb))
     train = [p for s in splits[:-1] for p in s.pairs]
     test = splits[-1]
@@ -136,7 +145,7 @@ def task_fdis(run: "Plan", train: List[Pair]) -> None:
             continue
         if encoder is None:
             encoder = QFormerEncoder.from_pretrained(run.cfg.blip2, device=run.device)
-        run.log(f"(b) task FDI of {len(pairs)} training pairs ({proportion:g} of the set)")
+        run.log(f"(b) task FDI of {len(pairs)} training pairs ({proportion:.0%} of the set)")
         sources = [((lambda p=pr.degraded: load_image(p)), (lambda p=pr.clean: load_image(p))) for pr in pairs]
         with tqdm_progress("(b) task FDI", len(sources), unit="pair", enabled=not run.cfg.quiet) as cb:
             fdi = extract_fdi_from_sources(
@@ -287,6 +296,7 @@ def measure(run: "Plan", test: List[Pair], crop_border: int) -> Dict[str, dict]:
 
     out: Dict[str, dict] = {}
     lp: Optional[tuple] = None
+    run.log("(e) metrics")
     for variant in run.variants:
         folder = run.folder / variant.folder
         file = folder / METRICS_FILE
