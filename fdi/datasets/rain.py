@@ -93,7 +93,7 @@ def _rain100(level: str, letter: str) -> Dataset:
         published={"train": 1800, "test": 100},
         metric="y",
         source="https://www.icst.pku.edu.cn/struct/Projects/joint_rain_removal.html (JORDER, Yang et al. CVPR 2017)",
-        note="the paper's counts (1800/100) are the 2017 release's Rain100H; the 2018 release tests on 200",
+        note="two releases: 2017 (the paper's) and 2018 (1800 train / 200 test); see docs/datasets.md",
     )
 
 
