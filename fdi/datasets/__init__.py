@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: reader modules of this package; each defines ``READERS``
-MODULES = ("rain", "clean")
+MODULES = ("rain", "clean", "snow")
 
 
 def _registry() -> Dict[str, Dataset]:
