@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: reader modules of this package; each defines ``READERS``
-MODULES = ("rain", "clean", "snow")
+MODULES = ("rain", "snow", "haze", "light", "blur", "shadow", "clean")
 
 
 def _registry() -> Dict[str, Dataset]:
