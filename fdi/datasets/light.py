@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
 
 from ..data import Pair
-from .core import Context, Dataset, DatasetSplit, Found, Release, image_files, index_by_stem, pair_by_rule
+from .core import Context, Dataset, Found, Release, image_files, index_by_stem, pair_by_rule
 from .haze import candidates, child
 
 
@@ -60,22 +60,6 @@ _LOL = Dataset(
 )
 
 
-class NoReferenceDataset(Dataset):
-    """A test set without ground truth. Each pair's ``clean`` is its degraded image itself, which ``restore``
-    ignores; every read warns that full-reference scores (PSNR/SSIM/LPIPS) against it measure nothing."""
-
-    #: no ground truth: a consumer tells such a split by ``pair.clean == pair.degraded`` or by this flag
-    reference = False
-
-    def _split(self, release: Release, found: Found, split: str, task: str) -> DatasetSplit:
-        out = super()._split(release, found, split, task)
-        out.warnings.append(
-            f"{self.name} has no ground truth: each pair's clean image is its degraded input, for restore only; "
-            "PSNR/SSIM/LPIPS against it measure nothing, judge the restored images by eye or a no-reference score"
-        )
-        return out
-
-
 def _scan_mef(root: Path, split: str, ctx: Context) -> Optional[Found]:
     for top in candidates(root, ("MEF",)):
         files = image_files(top)
@@ -84,7 +68,7 @@ def _scan_mef(root: Path, split: str, ctx: Context) -> Optional[Found]:
     return None
 
 
-_MEF = NoReferenceDataset(
+_MEF = Dataset(
     name="mef",
     title="MEF (low-light test images)",
     tasks=("lowlight",),
@@ -100,6 +84,7 @@ _MEF = NoReferenceDataset(
     metric="rgb",
     source="Ma et al. 2015 (MEF database); the 17-image low-light folder ships with LIME/NPE/DICM/VV test bundles",
     note="no ground truth: restore only (each pair's clean is its input); PSNR/SSIM do not apply",
+    reference=False,
 )
 
 READERS = (_LOL, _MEF)

@@ -149,7 +149,7 @@ def test_mef_has_no_ground_truth_each_pair_is_its_input(tmp_path):
 def get_reference(name: str) -> bool:
     from fdi.datasets import get_dataset
 
-    return getattr(get_dataset(name), "reference", True)
+    return get_dataset(name).reference
 
 
 # ---------------------------------------------------------------------------------------------- GoPro
