@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: reader modules of this package; each defines ``READERS``
-MODULES = ("rain", "clean")
+MODULES = ("rain", "clean", "daclip")
 
 
 def _registry() -> Dict[str, Dataset]:
