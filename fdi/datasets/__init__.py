@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: reader modules of this package; each defines ``READERS``
-MODULES = ("rain", "snow", "haze", "light", "blur", "shadow", "clean")
+MODULES = ("rain", "snow", "haze", "light", "blur", "shadow", "clean", "daclip")
 
 
 def _registry() -> Dict[str, Dataset]:
