@@ -72,14 +72,15 @@ def run_list(args: argparse.Namespace) -> int:
     rows = [("name", "task(s)", "splits (supplement's pairs)", "metric", "note")]
     for r in DATASETS.values():
         splits = ", ".join(f"{s} {r.published[s]}" if s in r.published else s for s in r.splits)
-        rows.append((r.name, ",".join(r.tasks), splits, r.metric, r.note))
+        tasks = ",".join(r.tasks) if len(r.tasks) <= 3 else f"{r.tasks[0]} (+{len(r.tasks) - 1}, see --layouts)"
+        rows.append((r.name, tasks, splits, r.metric if r.reference else "none", r.note))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
         if args.layouts and row is not rows[0]:
             reader = DATASETS[row[0]]
             print("\n".join("    " + line for line in reader.layout.splitlines()))
-            print(f"    download: {reader.source}")
+            print(f"    tasks: {', '.join(reader.tasks)}; download: {reader.source}")
     if not args.layouts:
         print("\n--layouts shows each reader's folder layout; docs/datasets.md has the details.")
     return 0

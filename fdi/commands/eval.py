@@ -103,4 +103,9 @@ def eval_items(args: argparse.Namespace):
     if args.pairs_file:
         return match_predictions(args.pred, read_pairs_file(args.pairs_file)), "rgb", 0
     split = source.read()
+    if not split.reference:
+        raise FDIError(
+            f"{split.dataset} has no ground truth, so PSNR/SSIM/LPIPS do not apply to it; judge its restorations "
+            "by eye or with a no-reference score"
+        )
     return match_predictions(args.pred, split.pairs), split.metric, split.crop_border

@@ -350,6 +350,11 @@ class Dataset:
                 f"this tree is the {release.name}, see docs/datasets.md ('{self.name}') for which release the "
                 "paper's counts belong to"
             )
+        if not self.reference:
+            warnings.append(
+                f"{self.name} has no ground truth: each pair's clean image is its degraded input, for restore only; "
+                "PSNR/SSIM/LPIPS do not apply, judge the restored images by eye or with a no-reference score"
+            )
         return DatasetSplit(
             self.name,
             split,
