@@ -13,6 +13,9 @@ that can run one by one:
    fresh adapter adds exact zeros) and AdaIN targets ``μ, σ`` of ``F̂_4, F̂_3, F̂_2`` with zero-initialised
    gates for ``up_blocks[0..2]`` (blended in :mod:`fdi.guidance`).
 
+The paper's module ablations are config switches (:class:`FDIAdapterConfig`): ``noise_decoupling=False`` keeps
+only ``F̂_i = F·P_i``, ``visual_modulator=False`` creates no gates and hands the UNet no modulations.
+
 Architecture choices, sizes and the file format: docs/design.md, "Adapter and FDI".
 """
 
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter_blocks import GuidanceHead, ImageLevel, NoiseDecoupling, token_stats
-from .adapter_config import FDIAdapterConfig
+from .adapter_config import MODULE_SWITCHES, FDIAdapterConfig
 from .errors import FDIError
 from .families import canonical_name
 from .files import PathLike, check_file_format, check_output_path, load_safetensors, save_safetensors
@@ -71,7 +74,8 @@ class FDIGuidance:
         residuals: four tensors ``r_i`` ``[B, C_i, h_i, w_i]`` with ``h_1 = ceil(H/8)`` (the latent
             height) and ``h_{i+1} = ceil(h_i / 2)``; added at the end of UNet encoder level ``i``.
         modulations: three :class:`Modulation` for the decoder points ``up_blocks[0], [1], [2]``
-            (driven by ``F̂_4, F̂_3, F̂_2``).
+            (driven by ``F̂_4, F̂_3, F̂_2``); empty for an adapter without the visual modulator, whose guidance
+            leaves the decoder alone (:meth:`modulation`).
         refined: the refined FDI tokens ``F̂_1..F̂_4`` ``[B, T, C_i]`` (for inspection and losses).
     """
 
@@ -82,6 +86,10 @@ class FDIGuidance:
     @property
     def batch_size(self) -> int:
         return int(self.residuals[0].shape[0])
+
+    def modulation(self, point: int) -> Optional[Modulation]:
+        """The AdaIN targets of decoder point ``point``, or ``None`` when the guidance has no visual modulator."""
+        return self.modulations[point] if self.modulations else None
 
     def to(self, device: Union[str, torch.device, None] = None, dtype: Optional[torch.dtype] = None) -> "FDIGuidance":
         """A copy on ``device`` and/or in floating ``dtype`` (no copy when nothing changes)."""
@@ -163,12 +171,13 @@ class FDIAdapter(nn.Module):
             ImageLevel(ch[max(i - 1, 0)], ch[i], config.res_blocks, config.bottleneck, downsample=i > 0)
             for i in range(config.levels)
         )
-        self.decouple_levels = nn.ModuleList(NoiseDecoupling(config.token_width, c, config.heads) for c in ch)
-        self.guidance_heads = nn.ModuleList(GuidanceHead(c, config.se_reduction) for c in ch)
-        #: per-channel gates of the visual modulator, for up_blocks[0..L-2] (zero = no-op)
-        self.gates = nn.ParameterList(
-            nn.Parameter(torch.zeros(ch[level])) for level in modulation_levels(config.levels)
+        self.decouple_levels = nn.ModuleList(
+            NoiseDecoupling(config.token_width, c, config.heads, attention=config.noise_decoupling) for c in ch
         )
+        self.guidance_heads = nn.ModuleList(GuidanceHead(c, config.se_reduction) for c in ch)
+        #: per-channel gates of the visual modulator, for up_blocks[0..L-2] (zero = no-op); none without it
+        points = modulation_levels(config.levels) if config.visual_modulator else ()
+        self.gates = nn.ParameterList(nn.Parameter(torch.zeros(ch[level])) for level in points)
 
     # ---- stages ----------------------------------------------------------------------------------
 
@@ -229,7 +238,8 @@ class FDIAdapter(nn.Module):
         return [m(tokens, c) for m, c in zip(self.decouple_levels, features)]
 
     def guidance(self, features: Sequence[torch.Tensor], refined: Sequence[torch.Tensor]) -> FDIGuidance:
-        """Multi-level guidance residuals and visual-modulator targets from ``c_i`` and ``F̂_i``."""
+        """Multi-level guidance residuals and visual-modulator targets from ``c_i`` and ``F̂_i`` (no targets without
+        the visual modulator)."""
         residuals = [head(f, c) for head, f, c in zip(self.guidance_heads, refined, features)]
         modulations = []
         for gate, level in zip(self.gates, modulation_levels(self.config.levels)):
@@ -255,11 +265,27 @@ class FDIAdapter(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def parameter_counts(self) -> Dict[str, int]:
+        """Parameters per part: ``image_branch`` (``conv_in`` + levels), ``noise_decoupling`` (projections and
+        attention), ``guidance_heads``, ``visual_modulator`` (the gates); they sum to :meth:`num_parameters`."""
+        parts = {
+            "image_branch": (self.conv_in, self.levels),
+            "noise_decoupling": (self.decouple_levels,),
+            "guidance_heads": (self.guidance_heads,),
+            "visual_modulator": (self.gates,),
+        }
+        return {k: sum(p.numel() for m in ms for p in m.parameters()) for k, ms in parts.items()}
+
+    def ablations(self) -> List[str]:
+        """The paper's modules this adapter was built without (``[]`` for a full adapter)."""
+        return [name for name in MODULE_SWITCHES if not getattr(self.config, name)]
+
     def describe(self) -> str:
+        without = "".join(f", without {name.replace('_', ' ')}" for name in self.ablations())
         return (
             f"FDI adapter {self.display_name}: {self.num_parameters() / 1e6:.2f} M parameters, "
             f"base {self.base_family}, channels {self.config.channels}, "
-            f"FDI {self.config.num_tokens}x{self.config.token_width}, encoder {self.encoder or '(unknown)'}"
+            f"FDI {self.config.num_tokens}x{self.config.token_width}, encoder {self.encoder or '(unknown)'}{without}"
         )
 
     def check_fdi(self, fdi: FDI) -> None:

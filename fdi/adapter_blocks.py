@@ -43,20 +43,26 @@ class ImageLevel(nn.Module):
 
 
 class NoiseDecoupling(nn.Module):
-    """``F̂ = F·P + Attn(q=LN(F)Wq, k=LN(c)Wk, v=c·Wv)·Wo``: FDI tokens ``[B,T,D]`` × features → ``[B,T,C]``."""
+    """``F̂ = F·P + Attn(q=LN(F)Wq, k=LN(c)Wk, v=c·Wv)·Wo``: FDI tokens ``[B,T,D]`` × features → ``[B,T,C]``.
 
-    def __init__(self, token_width: int, channels: int, heads: int):
+    ``attention=False`` (the paper's ablation without noise decoupling): ``F̂ = F·P``, no attention parameters."""
+
+    def __init__(self, token_width: int, channels: int, heads: int, attention: bool = True):
         super().__init__()
         self.heads = heads
+        self.attention = attention
         self.proj = nn.Linear(token_width, channels)
-        self.norm_tokens = nn.LayerNorm(token_width)
-        self.norm_features = nn.LayerNorm(channels)
-        self.to_q = nn.Linear(token_width, channels)
-        self.to_k = nn.Linear(channels, channels)
-        self.to_v = nn.Linear(channels, channels)
-        self.to_out = nn.Linear(channels, channels)
+        if attention:
+            self.norm_tokens = nn.LayerNorm(token_width)
+            self.norm_features = nn.LayerNorm(channels)
+            self.to_q = nn.Linear(token_width, channels)
+            self.to_k = nn.Linear(channels, channels)
+            self.to_v = nn.Linear(channels, channels)
+            self.to_out = nn.Linear(channels, channels)
 
     def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        if not self.attention:
+            return self.proj(tokens)
         b, c = features.shape[:2]
         kv = features.flatten(2).transpose(1, 2)  # [B, h·w, C]
         q = self.to_q(self.norm_tokens(tokens))

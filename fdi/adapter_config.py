@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from .errors import FDIError
+
+#: the paper's ablated modules: boolean fields, ``True`` by default and then absent from the JSON
+MODULE_SWITCHES = ("noise_decoupling", "visual_modulator")
 
 
 @dataclass
@@ -26,6 +29,13 @@ class FDIAdapterConfig:
         heads: attention heads of the noise decoupling (must divide every ``C_i``).
         se_reduction: squeeze-excitation reduction (``W1: C → C // se_reduction``).
         unshuffle: pixel-unshuffle factor (8 = the SD VAE's downsampling).
+        noise_decoupling: the attention of the noise decoupling; ``False`` (the paper's ablation) keeps only the
+            projection, ``F̂_i = F·P_i``.
+        visual_modulator: the AdaIN modulation of the UNet decoder; ``False`` (the paper's ablation) creates no
+            gates and the guidance carries no modulations (the decoder is left alone).
+
+    The two module switches are written to the JSON only when ``False`` (:data:`MODULE_SWITCHES`), so a default
+    config's JSON is the one earlier versions wrote and read (docs/design.md, "Adapter ablations").
     """
 
     channels: Tuple[int, int, int, int] = (320, 640, 1280, 1280)
@@ -36,6 +46,8 @@ class FDIAdapterConfig:
     heads: int = 8
     se_reduction: int = 16
     unshuffle: int = 8
+    noise_decoupling: bool = True
+    visual_modulator: bool = True
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -48,6 +60,10 @@ class FDIAdapterConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (0 if name == "res_blocks" else 1):
                 raise FDIError(f"adapter config {name}={v!r} is invalid; use a positive integer")
+        for name in MODULE_SWITCHES:
+            v = getattr(self, name)
+            if not isinstance(v, bool):
+                raise FDIError(f"adapter config {name}={v!r} is invalid; use true or false")
         for c in self.channels:
             if c < 1 or c % self.heads or c // self.bottleneck < 1 or c // self.se_reduction < 1:
                 raise FDIError(
@@ -69,9 +85,15 @@ class FDIAdapterConfig:
             raise FDIError(f"unknown base family {family!r}; use one of {', '.join(FAMILIES)}")
         return cls(**{"channels": f.channels, **overrides})
 
-    def to_json(self) -> str:
+    def as_dict(self) -> Dict[str, Any]:
+        """Every field (``channels`` as a list), the module switches included."""
         d = asdict(self)
         d["channels"] = list(self.channels)
+        return d
+
+    def to_json(self) -> str:
+        """The JSON stored in the adapter file: every field but the module switches left at their default."""
+        d = {k: v for k, v in self.as_dict().items() if not (k in MODULE_SWITCHES and v is True)}
         return json.dumps(d, sort_keys=True)
 
     @classmethod

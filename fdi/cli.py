@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from typing import List, Optional
 
 from .errors import FDIError
@@ -18,6 +19,7 @@ from .errors import FDIError
 #: command modules, in the order ``--help`` lists them
 COMMANDS = (
     "degrade",
+    "datasets",
     "extract",
     "combine",
     "inspect",
@@ -72,10 +74,23 @@ def main(argv: Optional[List[str]] = None, prog: str = "fdi") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            show = warnings.showwarning
+            warnings.showwarning = lambda m, c, *a, **k: _show_warning(show, m, c, *a, **k)
+            return int(args.func(args) or 0)
     except FDIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: no output was written", file=sys.stderr)
         return 130
+
+
+def _show_warning(default, message, category, *args, **kwargs) -> None:
+    """The library's own warnings as one ``warning: …`` line on stderr; others as Python prints them."""
+    from .datasets import DatasetWarning
+
+    if issubclass(category, DatasetWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        default(message, category, *args, **kwargs)

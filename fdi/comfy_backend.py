@@ -153,7 +153,8 @@ class FDIInputPatch(_FDIPatchBase):
 
 class FDIOutputPatch(_FDIPatchBase):
     """``output_block_patch``: AdaIN modulation of ``h`` entering output block ``output_blocks[j]``
-    (each entry's coefficients times its scale, summed: the composite formula). The coefficients (``[B, C]``
+    (each entry's coefficients times its scale, summed: the composite formula; an entry without the visual
+    modulator takes no part, and ``h`` is returned as it is when no entry has one). The coefficients (``[B, C]``
     vectors, computed on the feature's device from the targets where they are) are cached per step-invariant key
     and dropped whenever ComfyUI moves the MODEL (:meth:`to`)."""
 
@@ -166,6 +167,8 @@ class FDIOutputPatch(_FDIPatchBase):
         batch, channels = h.shape[0], h.shape[1]
         for i, entry, scale in self.scales(transformer_options):
             m = entry.modulation(point)
+            if m is None:
+                continue
             cached = self._cache.get(
                 ("m", i, point, batch, channels, h.device),
                 lambda m=m: targets_coefficients([(m, 1.0)], 1.0, batch, channels, h.device, point),

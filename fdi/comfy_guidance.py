@@ -11,7 +11,7 @@ current sigma and the sampler's ``sample_sigmas``): no host sync, no Python bran
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
@@ -42,10 +42,10 @@ class GuidanceEntry:
         """``r_{level+1}`` ``[B, C_i, h_i, w_i]`` where the guidance keeps it."""
         return self.guidance.residuals[level]
 
-    def modulation(self, point: int) -> Modulation:
+    def modulation(self, point: int) -> Optional[Modulation]:
         """The AdaIN targets of decoder point ``point`` (mean, std ``[B, C]``, gate ``[C]``) where the guidance
-        keeps them."""
-        return self.guidance.modulations[point]
+        keeps them; ``None`` for an adapter without the visual modulator."""
+        return self.guidance.modulation(point)
 
     def gate(self, transformer_options: dict) -> Gate:
         """1 where this entry guides the current model call, else 0: a float32 0-d tensor, or 1.0 when

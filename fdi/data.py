@@ -32,7 +32,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from torch.utils.data import Dataset, Sampler
 from .errors import FDIError
 from .images import IMAGE_SUFFIXES, load_image, pair_folders
 from .seeds import seeded_generator
+
+if TYPE_CHECKING:
+    from .datasets import DatasetSource
 
 PathLike = Union[str, os.PathLike]
 
@@ -142,22 +145,34 @@ def collect_pairs(
     clean_dir: Optional[PathLike] = None,
     pairs_file: Optional[PathLike] = None,
     what: str = "training",
+    dataset: Optional["DatasetSource"] = None,
 ) -> List[Pair]:
-    """The pairs of a list file, or of two folders matched by stem (exactly one of the two sources).
+    """The pairs of a list file, of two folders matched by stem, or of a data set (exactly one of the three).
 
-    Raises :class:`FDIError` for no source, both sources, or fewer than one pair.
+    Raises :class:`FDIError` for no source, two sources, or fewer than one pair.
     """
-    if pairs_file is not None and (degraded_dir is not None or clean_dir is not None):
-        raise FDIError(
-            f"give the {what} pairs either as two folders (--degraded/--clean) or as a list file "
-            "(--pairs-file), not both"
+    given = [
+        flag
+        for flag, present in (
+            ("--degraded/--clean", degraded_dir is not None or clean_dir is not None),
+            ("--pairs-file", pairs_file is not None),
+            ("--dataset/--data", dataset is not None),
         )
+        if present
+    ]
+    if len(given) > 1:
+        raise FDIError(f"give the {what} pairs one way, not {' and '.join(given)}")
+    if dataset is not None:
+        pairs = dataset.read().pairs
+        if not pairs:
+            raise FDIError(f"data set {dataset.name} ({dataset.split}) holds no pairs under {dataset.root}")
+        return pairs
     if pairs_file is not None:
         return read_pairs_file(pairs_file)
     if degraded_dir is None or clean_dir is None:
         raise FDIError(
             f"no {what} pairs: give --degraded DIR and --clean DIR (images matched by file name), "
-            "or --pairs-file LIST.csv|.jsonl"
+            "--pairs-file LIST.csv|.jsonl, or --dataset NAME --data ROOT"
         )
     pairs = [Pair(stem, d, c) for stem, d, c in pair_folders(degraded_dir, clean_dir)]
     if not pairs:  # pair_folders already refuses empty folders; kept as a guard for the contract

@@ -32,6 +32,7 @@ from .guidance import (
     WeightedGuidance,
     as_weighted,
     modulate,
+    modulated,
 )
 
 if TYPE_CHECKING:
@@ -254,8 +255,8 @@ class DiffusersGuidance:
 
     def _make_post_hook(self, point: int):
         def hook(module: nn.Module, args: tuple, output):
-            if not self._enabled():
-                return None
+            if not self._enabled() or not modulated(self._current()):
+                return None  # no adapter of the selection has a visual modulator: the decoder is left alone
             coefficients = self._cache.coefficients(output, point, self._current(), self._strength, key=self._selected)
             return modulate(output, coefficients)
 

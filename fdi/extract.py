@@ -11,6 +11,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from .data import Pair
 from .encoder import QFormerEncoder
 from .errors import FDIError
 from .images import check_image_batch, load_image, pair_folders
@@ -110,9 +111,8 @@ def extract_fdi_from_folders(
 
     Images are read one batch at a time (any size, RGB/RGBA/L/16-bit PNG/JPEG…).
     """
-    matched = pair_folders(degraded_dir, clean_dir)
-    sources = [((lambda p=d: load_image(p)), (lambda p=c: load_image(p))) for _, d, c in matched]
-    return extract_fdi_from_sources(encoder, sources, label, batch_size, keep_pairs, progress)
+    pairs = [Pair(stem, d, c) for stem, d, c in pair_folders(degraded_dir, clean_dir)]
+    return extract_fdi_from_pairs(encoder, pairs, label, batch_size, keep_pairs, progress)
 
 
 def pair_stability(pairs: torch.Tensor, resamples: int = 50, seed: int = 0) -> dict:
@@ -139,3 +139,16 @@ def pair_stability(pairs: torch.Tensor, resamples: int = 50, seed: int = 0) -> d
         out["low"].append(float(torch.quantile(s, 0.1)))
         out["high"].append(float(torch.quantile(s, 0.9)))
     return out
+
+
+def extract_fdi_from_pairs(
+    encoder: QFormerEncoder,
+    pairs: Sequence[Pair],
+    label: str = "",
+    batch_size: int = 8,
+    keep_pairs: bool = False,
+    progress: Optional[ProgressCallback] = None,
+) -> FDI:
+    """FDI of a list of :class:`fdi.data.Pair` (a list file's, a data set's); images read one batch at a time."""
+    sources = [((lambda p=p.degraded: load_image(p)), (lambda p=p.clean: load_image(p))) for p in pairs]
+    return extract_fdi_from_sources(encoder, sources, label, batch_size, keep_pairs, progress)

@@ -14,7 +14,9 @@ decoder points ``0..2``. Features ``h``, ``D`` are ``[B, C, h, w]``.
   with ``α = 1 − G + A/σ_D``, ``β = B − A·μ_D/σ_D``, ``A = s·Σ w_k g_k σ_k``, ``B = s·Σ w_k g_k μ_k``,
   ``G = s·Σ w_k g_k`` (statistics, coefficients and ``α ⊙ D + β`` in float32, rounded once to ``D``'s dtype).
 
-Both are exact no-ops for zero residuals and gates, ``strength = 0`` or zero weights. ``fit``
+Both are exact no-ops for zero residuals and gates, ``strength = 0`` or zero weights. A guidance without modulations
+(an adapter built without the visual modulator) takes no part in the modulation sum; when no guidance has them the
+decoder feature is returned as it is (:func:`modulated`). ``fit``
 crops a residual larger than the feature by up to :data:`MAX_CROP` pixels and tiles its batch
 (:func:`fit_spatial`, :func:`fit_batch`); a residual of any other size is refused, never resized.
 """
@@ -134,6 +136,11 @@ def adain_statistics(d: torch.Tensor, eps: float = STAT_EPS) -> Tuple[torch.Tens
     return mean, torch.sqrt(var + eps)
 
 
+def modulated(guidances: Sequence[WeightedGuidance]) -> bool:
+    """Whether any of ``guidances`` modulates the decoder (carries visual-modulator targets)."""
+    return any(g.modulations for g, _ in guidances)
+
+
 def modulation_coefficients(
     point: int, guidances: Sequence[WeightedGuidance], strength: float, batch: int, channels: int, device: torch.device
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -143,11 +150,11 @@ def modulation_coefficients(
 
     With them the modulation is ``D + s·Σ_k w_k g_k ⊙ (AdaIN_k(D) − D) = α ⊙ D + β`` where
     ``α = 1 − G + A/σ_D`` and ``β = B − A·μ_D/σ_D`` (:func:`modulate`): one pass over ``D`` instead of
-    one per adapter, and the coefficients can be computed once per restoration.
+    one per adapter, and the coefficients can be computed once per restoration. Guidances without modulations add
+    nothing (zeros when none has them).
     """
-    return targets_coefficients(
-        [(g.modulations[point], w) for g, w in guidances], strength, batch, channels, device, point
-    )
+    targets = [(g.modulation(point), w) for g, w in guidances]
+    return targets_coefficients([(m, w) for m, w in targets if m is not None], strength, batch, channels, device, point)
 
 
 def targets_coefficients(
@@ -193,9 +200,9 @@ def apply_modulation(
     """Decoder point ``point`` (0..2): ``D + strength · Σ_k w_k · g_k ⊙ (AdaIN_k(D) − D)`` (a new tensor).
 
     Computed as :func:`modulate` of :func:`modulation_coefficients` (the same numbers as precomputing
-    the coefficients once and calling :func:`modulate` at every step).
+    the coefficients once and calling :func:`modulate` at every step). ``d`` itself when no guidance modulates.
     """
-    if not guidances:
+    if not modulated(guidances):
         return d
     return modulate(d, modulation_coefficients(point, guidances, strength, d.shape[0], d.shape[1], d.device))
 

@@ -232,6 +232,33 @@ def mean_metrics(rows: Sequence[Dict[str, Union[str, float]]]) -> Dict[str, floa
     return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
 
 
+def evaluate_files(
+    items: Sequence[Tuple[str, Path, Path]],
+    crop_border: int = 0,
+    use_lpips: bool = False,
+    device: Union[str, torch.device] = "cpu",
+    progress=None,
+) -> EvalResult:
+    """Metrics of ``[(name, prediction file, ground-truth file)]``, one image pair in memory at a time, and means."""
+    from .progress import report
+
+    lp = load_lpips(device) if use_lpips else None
+    rows = []
+    report(progress, 0, len(items))
+    for i, (name, p, g) in enumerate(items):
+        pred, gt = load_image(p), load_image(g)
+        row: Dict[str, Union[str, float]] = {"name": name}
+        row.update(image_metrics(pred, gt, crop_border, name=name))
+        if lp is not None:
+            c = crop_border
+            row["lpips"] = lp(
+                pred[:, c : pred.shape[1] - c, c : pred.shape[2] - c], gt[:, c : gt.shape[1] - c, c : gt.shape[2] - c]
+            )
+        rows.append(row)
+        report(progress, i + 1, len(items))
+    return EvalResult(images=rows, mean=mean_metrics(rows), crop_border=crop_border)
+
+
 def evaluate_folders(
     pred_dir: PathLike,
     gt_dir: PathLike,
@@ -241,24 +268,30 @@ def evaluate_folders(
     progress=None,
 ) -> EvalResult:
     """Metrics of every prediction against its ground truth (matched by stem), and their means."""
-    from .progress import report
+    return evaluate_files(match_by_stem(pred_dir, gt_dir), crop_border, use_lpips, device, progress)
 
-    pairs = match_by_stem(pred_dir, gt_dir)
-    lp = load_lpips(device) if use_lpips else None
-    rows = []
-    report(progress, 0, len(pairs))
-    for i, (stem, p, g) in enumerate(pairs):
-        pred, gt = load_image(p), load_image(g)
-        row: Dict[str, Union[str, float]] = {"name": stem}
-        row.update(image_metrics(pred, gt, crop_border, name=stem))
-        if lp is not None:
-            c = crop_border
-            row["lpips"] = lp(
-                pred[:, c : pred.shape[1] - c, c : pred.shape[2] - c], gt[:, c : gt.shape[1] - c, c : gt.shape[2] - c]
-            )
-        rows.append(row)
-        report(progress, i + 1, len(pairs))
-    return EvalResult(images=rows, mean=mean_metrics(rows), crop_border=crop_border)
+
+def match_predictions(pred_dir: PathLike, pairs: Sequence) -> List[Tuple[str, Path, Path]]:
+    """``[(name, prediction, ground truth)]``: the image of ``pred_dir`` named ``<pair name>.<any suffix>`` for each
+    :class:`fdi.data.Pair` (its ``clean`` is the ground truth). A missing or doubled prediction is an error."""
+    d = Path(pred_dir)
+    if not d.is_dir():
+        raise FDIError(f"prediction folder {str(d)!r} does not exist or is not a folder; check the path")
+    found: Dict[str, List[Path]] = {}
+    for f in d.iterdir():
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in images.IMAGE_SUFFIXES:
+            found.setdefault(f.stem, []).append(f)
+    missing = [p.name for p in pairs if p.name not in found]
+    if missing:
+        raise FDIError(
+            f"{len(missing)} of {len(pairs)} pairs have no prediction in {str(d)!r} "
+            f"({', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}); restore them first (predictions are "
+            "named after the pair, NAME.png)"
+        )
+    doubled = [n for n in (p.name for p in pairs) if len(found[n]) > 1]
+    if doubled:
+        raise FDIError(f"two predictions answer to {doubled[0]!r} in {str(d)!r}; keep one")
+    return [(p.name, found[p.name][0], Path(p.clean)) for p in pairs]
 
 
 def evaluate_tensors(

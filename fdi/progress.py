@@ -19,18 +19,26 @@ ProgressCallback = Callable[[int, int], None]
 
 @contextmanager
 def tqdm_progress(
-    desc: str, total: int, unit: str = "it", enabled: bool = True
+    desc: str, total: int, unit: str = "it", enabled: bool = True, lazy: bool = False
 ) -> Iterator[Optional[ProgressCallback]]:
-    """Yield a progress callback that drives a tqdm bar (or ``None`` when disabled)."""
+    """Yield a progress callback that drives a tqdm bar (or ``None`` when disabled). ``lazy``: the bar appears at
+    the callback's first call only (for work that may turn out to be nothing)."""
     if not enabled:
         yield None
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
-    state = {"done": 0}
+    state = {"done": 0, "bar": None}
+
+    def open_bar(n: int):
+        state["bar"] = tqdm(total=n, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+        return state["bar"]
+
+    if not lazy:
+        open_bar(total)
 
     def callback(done: int, total_: int) -> None:
+        bar = state["bar"] or open_bar(total_)
         if total_ != bar.total:
             bar.total = total_
         bar.update(done - state["done"])
@@ -39,7 +47,8 @@ def tqdm_progress(
     try:
         yield callback
     finally:
-        bar.close()
+        if state["bar"] is not None:
+            state["bar"].close()
 
 
 def report(progress: Optional[ProgressCallback], done: int, total: int) -> None:

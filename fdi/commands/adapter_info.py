@@ -29,7 +29,10 @@ def run(args: argparse.Namespace) -> int:
         "base_family": a.base_family,
         "encoder": a.encoder,
         "parameters": a.num_parameters(),
-        "config": json.loads(a.config.to_json()),
+        "parameter_counts": a.parameter_counts(),
+        "noise_decoupling": a.config.noise_decoupling,
+        "visual_modulator": a.config.visual_modulator,
+        "config": a.config.as_dict(),
         "guidance_window": None if a.guidance_window is None else list(a.guidance_window),
         "timestep_sampling": a.timestep_sampling,
         "fdi": None
@@ -49,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     c = a.config
     print(f"adapter      {a.source}" + (f"  ({a.label})" if a.label else ""))
     print(f"base model   {a.base_family}")
-    print(f"parameters   {a.num_parameters():,} ({a.num_parameters() / 1e6:.2f} M)")
+    parts = ", ".join(f"{k.replace('_', ' ')} {v / 1e6:.2f} M" for k, v in a.parameter_counts().items())
+    print(f"parameters   {a.num_parameters():,} ({a.num_parameters() / 1e6:.2f} M: {parts})")
+    print(f"modules      {modules_text(c)}")
     print(f"channels     {', '.join(map(str, c.channels))}")
     print(f"FDI tokens   {c.num_tokens} x {c.token_width}")
     print(
@@ -60,6 +65,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained for  {window_text(a.guidance_window, a.timestep_sampling)}")
     print(f"embedded FDI {a.fdi.describe() if a.fdi is not None else 'none (pass --fdi to restore)'}")
     return 0
+
+
+def modules_text(config) -> str:
+    """The paper's two ablatable modules, on or off (``noise decoupling on, visual modulator off (ablated)``)."""
+    from ..adapter_config import MODULE_SWITCHES
+
+    return ", ".join(
+        f"{name.replace('_', ' ')} {'on' if getattr(config, name) else 'off (ablated)'}" for name in MODULE_SWITCHES
+    )
 
 
 def window_text(window, sampling) -> str:

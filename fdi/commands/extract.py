@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..dtypes import DTYPES
+from .data_args import add_dataset_args, dataset_source
 
 
 def add_parser(sub) -> None:
@@ -12,8 +13,9 @@ def add_parser(sub) -> None:
         "extract",
         help="compute an FDI from paired folders of degraded and clean images",
         description="Compute a task FDI: the mean over reference pairs of Q(degraded) - Q(clean), "
-        "with a frozen BLIP-2 Q-Former. "
-        "Pairs are matched by file name without suffix (rain_001.png <-> rain_001.jpg).",
+        "with a frozen BLIP-2 Q-Former. The pairs come from two folders matched by file name without suffix "
+        "(rain_001.png <-> rain_001.jpg), from a list file (--pairs-file), or from a downloaded data set "
+        "(--dataset NAME --data ROOT, its train split by default).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -23,9 +25,16 @@ def add_parser(sub) -> None:
         help="BLIP-2 checkpoint folder (Hugging Face layout, safetensors), or the file pack-blip2 makes of one",
     )
     p.add_argument(
-        "--degraded", required=True, metavar="DIR", help="folder of degraded images (or style A for style transfer)"
+        "--degraded", default=None, metavar="DIR", help="folder of degraded images (or style A for style transfer)"
     )
-    p.add_argument("--clean", required=True, metavar="DIR", help="folder of clean images (or style B), same file names")
+    p.add_argument("--clean", default=None, metavar="DIR", help="folder of clean images (or style B), same file names")
+    p.add_argument(
+        "--pairs-file",
+        metavar="F",
+        default=None,
+        help="CSV (columns degraded,clean) or JSONL listing pairs, e.g. from 'datasets pairs'",
+    )
+    add_dataset_args(p.add_argument_group("a downloaded data set instead (docs/datasets.md)"))
     p.add_argument("-o", "--output", required=True, metavar="OUT.fdi.safetensors", help="FDI file to write")
     p.add_argument("--label", default=None, help="label stored in the file (default: the output name)")
     p.add_argument("--batch-size", type=int, default=8, help="pairs per encoder call (memory vs speed)")
@@ -44,10 +53,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from ..data import collect_pairs
     from ..encoder import QFormerEncoder
-    from ..extract import extract_fdi_from_folders
+    from ..extract import extract_fdi_from_pairs
     from ..files import check_output_path
-    from ..images import pair_folders
     from ..instruction import FDI_SUFFIX
     from ..progress import tqdm_progress
 
@@ -56,15 +65,15 @@ def run(args) -> int:
         from ..errors import FDIError
 
         raise FDIError(f"--batch-size must be at least 1, got {args.batch_size}")
-    pairs = pair_folders(args.degraded, args.clean)  # fail on bad folders before loading BLIP-2
+    source = dataset_source(args, out)
+    pairs = collect_pairs(args.degraded, args.clean, args.pairs_file, "reference", source)  # before BLIP-2 loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = QFormerEncoder.from_pretrained(args.blip2, device=device, vision_dtype=args.dtype)
     label = args.label if args.label is not None else out.name[: -len(FDI_SUFFIX)]
     with tqdm_progress("extracting FDI", len(pairs), unit="pair", enabled=not args.quiet) as progress:
-        fdi = extract_fdi_from_folders(
+        fdi = extract_fdi_from_pairs(
             encoder,
-            args.degraded,
-            args.clean,
+            pairs,
             label=label,
             batch_size=args.batch_size,
             keep_pairs=args.keep_pairs,

@@ -16,7 +16,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..colorfix import COLOR_FIXES
 from ..dtypes import DTYPES
@@ -24,6 +24,7 @@ from ..errors import FDIError
 from ..restoration import MODES
 from ..sampling import DEFAULT_GUIDANCE_WINDOW, PREDICTION_TYPES
 from ..tiles import DEFAULT_TILE_OVERLAP
+from .data_args import add_dataset_args, dataset_source
 
 
 class Job(NamedTuple):
@@ -46,12 +47,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Several adapters are combined by weighted sum (--mode composite: at each step, of the adapters whose "
             "window holds it) or run one after another (--mode progressive, each in its own window). "
             "Each FDI comes from --fdi or from the adapter file. "
-            "Outputs are OUT_DIR/<input name>.png at the input's size, each written as soon as it is done. "
+            "Outputs are OUT_DIR/<input name>.png at the input's size (with --dataset: <pair name>.png), each "
+            "written as soon as it is done. "
             "Nothing is downloaded; BLIP-2 is not needed."
         ),
     )
     _model_args(p)
     _io_args(p)
+    add_dataset_args(p.add_argument_group("a downloaded data set instead of --image (docs/datasets.md)"), "test")
     _sampling_args(p)
     _runtime_args(p)
     p.set_defaults(func=run)
@@ -104,7 +107,6 @@ def _io_args(p: argparse.ArgumentParser) -> None:
     """Inputs and outputs: --image, -o, --skip-existing, --batch-size, --color-fix, --tile-size, --tile-overlap."""
     p.add_argument(
         "--image",
-        required=True,
         nargs="+",
         metavar="IN",
         help="degraded image files and/or folders (a folder: its image files, not recursive)",
@@ -210,8 +212,9 @@ def distributed_rank() -> Tuple[int, int, int]:
     return rank, max(world, 1), local
 
 
-def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
-    """Every image of ``inputs`` (files and folders) with its output name and size, sorted by output name.
+def plan_jobs(inputs: List[str], out_dir: Path, named: Optional[Sequence[Tuple[Path, str]]] = None) -> List[Job]:
+    """Every image of ``inputs`` (files and folders; or ``named``: ``(file, output stem)``, a data set's pairs) with
+    its output name and size, sorted by output name.
 
     Raises :class:`FDIError` for a missing path, a folder without images, an unreadable or too small
     image, or two inputs that would write the same output.
@@ -219,9 +222,11 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
     from ..images import collect_images, probe_image
     from ..restoration import check_image_size
 
+    if named is None:
+        named = [(path, path.stem) for path in collect_images(inputs)]
     jobs: Dict[str, Job] = {}
-    for path in collect_images(inputs):
-        name = f"{path.stem}.png"
+    for path, stem in named:
+        name = f"{stem}.png"
         if name in jobs:
             raise FDIError(
                 f"images {str(jobs[name].source)!r} and {str(path)!r} would both be written as {name}; "
@@ -231,6 +236,19 @@ def plan_jobs(inputs: List[str], out_dir: Path) -> List[Job]:
         check_image_size(h, w, f"image {path.name!r}")
         jobs[name] = Job(path, out_dir / name, (h, w))
     return [jobs[k] for k in sorted(jobs)]
+
+
+def dataset_inputs(args: argparse.Namespace) -> Optional[List[Tuple[Path, str]]]:
+    """``--dataset``: the degraded images of the split with their pair names (``None`` without ``--dataset``);
+    refuses ``--image`` beside it, and asks for one of the two."""
+    source = dataset_source(args, args.output)
+    if source is None:
+        if not args.image:
+            raise FDIError("nothing to restore: give --image FILES/FOLDERS, or --dataset NAME --data ROOT")
+        return None
+    if args.image:
+        raise FDIError("give the images to restore one way: --image or --dataset, not both")
+    return [(p.degraded, p.name) for p in source.read().pairs]
 
 
 def shard(jobs: List[Job], rank: int, world: int) -> List[Job]:
@@ -326,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
 
     uses = check_args(args)
     out_dir = Path(args.output)
-    jobs = plan_jobs(args.image, out_dir)
+    jobs = plan_jobs(args.image, out_dir, dataset_inputs(args))
     rank, world, local_rank = distributed_rank()
     jobs = shard(jobs, rank, world)
     skipped = 0

@@ -12,6 +12,7 @@ from ..models import PREDICTION_TYPES
 from ..sampling import DEFAULT_TIMESTEP_SAMPLING, GUIDANCE_END, TIMESTEP_SAMPLINGS
 from ..training import config as defaults
 from ..training.config import LR_SCHEDULERS, MIXED_PRECISION
+from .data_args import add_dataset_args
 
 
 def add_parser(sub) -> None:
@@ -74,6 +75,7 @@ def _model_and_data_options(g) -> None:
         default=None,
         help="CSV (columns degraded,clean) or JSONL (keys degraded, clean) listing pairs; paths relative to the file",
     )
+    add_dataset_args(g, with_split=False)
     g.add_argument(
         "-o", "--output", required=True, metavar="ADAPTER.safetensors", help="adapter file to write at the end"
     )

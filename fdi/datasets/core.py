@@ -230,6 +230,7 @@ class DatasetSplit:
         warnings: one line each (missing ground truth, counts unlike the supplement's).
         metric: ``"y"`` (BT.601 luma) or ``"rgb"``: how the field reports PSNR/SSIM on this set.
         crop_border: pixels cut from each edge before the metrics.
+        reference: whether the pairs hold ground truth (see :class:`Dataset`).
     """
 
     dataset: str
@@ -242,6 +243,7 @@ class DatasetSplit:
     warnings: List[str] = field(default_factory=list)
     metric: str = "rgb"
     crop_border: int = 0
+    reference: bool = True
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,8 @@ class Dataset:
         crop_border: see :class:`DatasetSplit`.
         source: where to download it (one line).
         note: one line on the paper's use or the release's traps, for ``datasets list``.
+        reference: ``False`` for a set without ground truth (each pair's ``clean`` is its degraded image, for
+            ``restore``; full-reference metrics are refused).
     """
 
     name: str
@@ -271,6 +275,7 @@ class Dataset:
     crop_border: int = 0
     source: str = ""
     note: str = ""
+    reference: bool = True
 
     def __post_init__(self) -> None:
         assert self.metric in METRICS and self.tasks and self.releases
@@ -345,6 +350,11 @@ class Dataset:
                 f"this tree is the {release.name}, see docs/datasets.md ('{self.name}') for which release the "
                 "paper's counts belong to"
             )
+        if not self.reference:
+            warnings.append(
+                f"{self.name} has no ground truth: each pair's clean image is its degraded input, for restore only; "
+                "PSNR/SSIM/LPIPS do not apply, judge the restored images by eye or with a no-reference score"
+            )
         return DatasetSplit(
             self.name,
             split,
@@ -356,4 +366,5 @@ class Dataset:
             warnings,
             self.metric,
             self.crop_border,
+            self.reference,
         )

@@ -19,9 +19,11 @@ def read_pairs(cfg: TrainConfig) -> Tuple[List, List]:
     """The training and validation pairs (read for ``--validate-every``, and for ``--preview-every`` when given),
     each image's header read (a broken file fails now, not later)."""
     from ..data import collect_pairs
+    from ..datasets import dataset_source
     from ..images import probe_image
 
-    pairs = collect_pairs(cfg.degraded, cfg.clean, cfg.pairs_file)
+    source = dataset_source(cfg.dataset, cfg.data, "train", cfg.dataset_task, cfg.output, cfg.data_seed)
+    pairs = collect_pairs(cfg.degraded, cfg.clean, cfg.pairs_file, dataset=source)
     val_pairs: List = []
     if cfg.validate_every or (cfg.preview_every and has_val_pairs(cfg)):  # previews show held-out pairs when given
         val_pairs = collect_pairs(cfg.val_degraded, cfg.val_clean, cfg.val_pairs_file, what="validation")

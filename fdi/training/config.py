@@ -74,7 +74,8 @@ class TrainConfig(OptimizerSettings):
 
     Paths: ``sd`` (diffusers folder or single-file SD 1.5 / 2.1 / SDXL checkpoint), ``output`` (the adapter file
     to write, ``.safetensors``), ``blip2`` (BLIP-2 folder; not needed with ``fdi`` or on resume),
-    training pairs as ``degraded`` + ``clean`` folders or ``pairs_file``.
+    training pairs as ``degraded`` + ``clean`` folders, ``pairs_file``, or the train split of a downloaded data set
+    (``dataset`` read under ``data``, :mod:`fdi.datasets`; ``dataset_task`` and ``data_seed`` as there).
 
     Sizes: ``resolution`` in pixels (square crops), ``batch_size`` = effective batch in pairs per
     optimizer step, ``grad_accum`` micro-steps per optimizer step. Length: ``max_steps`` optimizer
@@ -89,6 +90,10 @@ class TrainConfig(OptimizerSettings):
     degraded: Optional[str] = None
     clean: Optional[str] = None
     pairs_file: Optional[str] = None
+    dataset: Optional[str] = None
+    data: Optional[str] = None
+    dataset_task: Optional[str] = None
+    data_seed: int = 0
     fdi: Optional[str] = None
     resolution: int = 512
     max_steps: Optional[int] = None

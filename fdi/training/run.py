@@ -180,18 +180,16 @@ class TrainRun:
 
     def extract_fdi(self, fdi_file: Path) -> None:
         from ..encoder import QFormerEncoder
-        from ..extract import extract_fdi_from_sources
-        from ..images import load_image
+        from ..extract import extract_fdi_from_pairs
         from ..progress import tqdm_progress
 
         cfg = self.cfg
         encoder = QFormerEncoder.from_pretrained(cfg.blip2, device=self.device)
-        sources = [((lambda p=pr.degraded: load_image(p)), (lambda p=pr.clean: load_image(p))) for pr in self.pairs]
-        with tqdm_progress("task FDI", len(sources), unit="pair", enabled=not cfg.quiet) as cb:
-            fdi = extract_fdi_from_sources(
-                encoder, sources, label=cfg.label or self.output.stem, batch_size=cfg.blip2_batch_size, progress=cb
+        with tqdm_progress("task FDI", len(self.pairs), unit="pair", enabled=not cfg.quiet) as cb:
+            fdi = extract_fdi_from_pairs(
+                encoder, self.pairs, label=cfg.label or self.output.stem, batch_size=cfg.blip2_batch_size, progress=cb
             )
-        del encoder, sources
+        del encoder
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

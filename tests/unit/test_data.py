@@ -63,7 +63,7 @@ def test_pair_source_errors(tmp_path):
     missing.write_text(json.dumps({"degraded": "nope.png", "clean": "nope2.png"}) + "\n")
     with pytest.raises(FDIError, match="line 1: degraded image .* does not exist"):
         read_pairs_file(missing)
-    with pytest.raises(FDIError, match="not both"):
+    with pytest.raises(FDIError, match="one way, not --degraded/--clean and --pairs-file"):
         collect_pairs(tmp_path / "d", tmp_path / "c", pairs_file=missing)
     (tmp_path / "m.txt").write_text("x")
     with pytest.raises(FDIError, match=r"\.csv"):
