@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from comfy_api.latest import io
 
 from ..fdi.datasets import SPLITS, dataset_names, dataset_source
+from ..fdi.errors import FDIError
 from ..fdi.extract import extract_fdi_from_sources
 from ..fdi.images import load_image
 from ..fdi.training.memory import check_pairs
@@ -40,7 +42,7 @@ class FDIDatasetPairs(io.ComfyNode):
                 "ComfyUI's input folder, and pairs its images by the set's own name rule, as 'python -m fdi "
                 "datasets pairs' does. Junk and side maps are skipped; images without ground truth and counts "
                 "unlike the paper's are reported in the console. Clean-only sets (cbsd68, live1, div2k, flickr2k) "
-                "get their degraded images synthesized once into input/…/fdi-datasets. The pairs are loaded into "
+                "get their degraded images synthesized once into input/fdi-datasets. The pairs are loaded into "
                 "memory: use max_pairs for large sets."
             ),
             inputs=[
@@ -88,12 +90,15 @@ class FDIDatasetPairs(io.ComfyNode):
 
     @classmethod
     def execute(cls, dataset: str, folder: str, split: str, task: str, max_pairs: int, seed: int) -> io.NodeOutput:
+        import folder_paths
+
         root = input_subfolder(folder, "data set folder")
-        # the cache for clean-only sets sits beside the set's folder, inside the input folder
-        source = dataset_source(dataset, root, split, task.strip() or None, root, seed)
+        base = folder_paths.get_input_directory()
+        # clean-only sets synthesize into input/fdi-datasets (fdi.datasets.cache_beside of a file in input/)
+        source = dataset_source(dataset, root, split, task.strip() or None, os.path.join(base, "pairs"), seed)
         found = source.read(progress=progress_callback(1))
         chosen = [found.pairs[i] for i in evenly_spaced(len(found.pairs), max_pairs)]
-        check_inside([p.degraded for p in chosen] + [p.clean for p in chosen], root + "/..", "data set")
+        check_inside([p.degraded for p in chosen] + [p.clean for p in chosen], base, "data set")
         degraded = [load_image(p.degraded) for p in chosen]
         clean = [load_image(p.clean) for p in chosen]
         check_pairs(degraded, clean)
@@ -133,7 +138,8 @@ class FDIExtractPairs(io.ComfyNode):
 
     @classmethod
     def execute(cls, qformer, pairs: PairList, label: str, batch_size: int, keep_pairs: bool) -> io.NodeOutput:
-        check_pairs(pairs.degraded, pairs.clean)
+        if len(pairs.degraded) != len(pairs.clean) or not pairs.degraded:
+            raise FDIError(f"{len(pairs.degraded)} degraded but {len(pairs.clean)} clean images; give whole pairs")
         sources = [((lambda d=d: d), (lambda c=c: c)) for d, c in zip(pairs.degraded, pairs.clean)]
         encoder = qformer.loaded()
         fdi = extract_fdi_from_sources(
