@@ -57,6 +57,7 @@ def add_parser(sub) -> None:
         help=f"adapter ablations, comma-separated: {', '.join(ABLATIONS)}",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the subsets, the adapter init and the training")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the degradations synthesized for clean-only sets")
     t = p.add_argument_group("training (the paper's settings by default; smaller for a quick run)")
     n = t.add_mutually_exclusive_group()
     n.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: 50 epochs)")

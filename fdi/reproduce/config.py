@@ -35,7 +35,8 @@ class ReproduceConfig:
 
     Paths: ``data`` (ROOT the data sets were unpacked into), ``sd``, ``blip2``, ``output`` (the run folder).
     ``datasets``/``test_dataset`` replace the protocol's sets; ``proportions`` of the training set (0 < p ≤ 1) and
-    ``ablations`` (:data:`ABLATIONS`) each give one FDI + adapter + restoration. Training options are
+    ``ablations`` (:data:`ABLATIONS`) each give one FDI + adapter + restoration. ``seed`` seeds the subsets and
+    the training, ``data_seed`` the synthesized degradations of clean-only sets. Training options are
     ``fdi train``'s (the paper's defaults); ``steps``/``inversion_steps`` and ``dtype`` are restoration's.
     """
 
@@ -49,6 +50,7 @@ class ReproduceConfig:
     proportions: Tuple[float, ...] = (1.0,)
     ablations: Tuple[str, ...] = ("full",)
     seed: int = 0
+    data_seed: int = 0
     sd_config: Optional[str] = None
     resolution: int = 512
     batch_size: int = 32

@@ -47,6 +47,7 @@ def _row(run: "Plan", variant, metrics: dict, n_train: int, n_test: int) -> dict
         "test_pairs": n_test,
         **{k: mean.get(k) for k in ("psnr", "ssim", "psnr_y", "ssim_y", "lpips")},
         "lpips_absent": metrics.get("lpips_absent"),
+        "no_reference": metrics.get("no_reference"),
         "seconds_per_image": metrics.get("seconds_per_image"),
         "timing_devices": metrics.get("timing_devices", []),
         "adapter_parameters": metrics["adapter_parameters"],
@@ -151,6 +152,14 @@ def markdown(report: dict) -> str:
             [w for d in (*report["datasets"]["train"], report["datasets"]["test"]) for w in d["warnings"]],
         ),
         ("LPIPS", sorted({r["lpips_absent"] for r in report["rows"] if r["lpips_absent"]})),
+        (
+            "No ground truth",
+            [
+                f"{name}'s pairs are their own reference: the test images are restored and kept, no full-reference "
+                "score is computed (judge them by eye or with a no-reference score)"
+                for name in sorted({r["no_reference"] for r in report["rows"] if r["no_reference"]})
+            ],
+        ),
         ("Notes", report["notes"]),
     ]
     for title, items in sections:

@@ -159,6 +159,6 @@ def reproduce(cfg: ReproduceConfig, log: Optional[Log] = None) -> ReproduceResul
     stages.task_fdis(run, train)
     trained = stages.train_adapters(run)
     restored = stages.restore_test_set(run, test)
-    metrics = stages.measure(run, test, info["test"]["crop_border"])
+    metrics = stages.measure(run, test, info["test"])
     report = write_report(run, info, metrics)
     return ReproduceResult(report, run.folder, trained, restored)

@@ -28,16 +28,9 @@ from .config import ReproduceConfig, Variant, adapter_overrides
 if TYPE_CHECKING:
     from .run import Plan
 
-#: the seed of synthesized degradations (clean-only sets): fixed, so every run tests on the same images
-DATA_SEED = 0
 DATASETS_FILE = "datasets.json"
 TIMES_FILE = "restore_times.csv"
 METRICS_FILE = "metrics.json"
-
-
-def output_file(out_dir: Path, name: str) -> Path:
-    """The restored image of pair ``name``: ``<out_dir>/<name>.png`` (a path separator in a name becomes ``__``)."""
-    return out_dir / (name.replace("/", "__").replace("\\", "__") + ".png")
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -63,6 +56,7 @@ def _describe(split) -> dict:
         "warnings": list(split.warnings),
         "metric": split.metric,
         "crop_border": split.crop_border,
+        "reference": split.reference,
     }
 
 
@@ -91,7 +85,7 @@ def read_pairs(run: "Plan") -> Tuple[List[Pair], List[Pair], dict]:
                 if bar[0]:
                     bar[0](done, total)
 
-            splits.append(read_dataset(name, run.cfg.data, split, run.data.task, cache, DATA_SEED, cb))
+            splits.append(read_dataset(name, run.cfg.data, split, run.data.task, cache, run.cfg.data_seed, cb))
     train = [p for s in splits[:-1] for p in s.pairs]
     test = splits[-1]
     if not train or not test.pairs:
@@ -219,10 +213,10 @@ def train_adapters(run: "Plan") -> Dict[str, int]:
 # ---------------------------------------------------------------------------------------------- (d) restore
 def restore_test_set(run: "Plan", test: List[Pair]) -> Dict[str, int]:
     """Stage (d): every test pair restored by each variant's adapter with the paper's sampler into
-    ``<variant>/restored/<pair name>.png`` (existing outputs kept), the time of each restoration appended to
-    ``restore_times.csv``; returns the images restored per variant folder in this call."""
+    ``<variant>/restored/<pair name>.png`` (``fdi restore``'s naming and jobs; existing outputs kept), the time of
+    each restoration appended to ``restore_times.csv``; returns the images restored per variant folder."""
     from ..adapter import FDIAdapter
-    from ..commands.restore import Job, remove_stale_temporaries
+    from ..commands.restore import plan_jobs, remove_stale_temporaries
     from ..images import load_image, save_image
     from ..restoration import AdapterUse
 
@@ -230,28 +224,28 @@ def restore_test_set(run: "Plan", test: List[Pair]) -> Dict[str, int]:
     pipe = None
     for variant in run.variants:
         folder = run.folder / variant.folder
-        out_dir = folder / "restored"
-        todo = [p for p in test if not output_file(out_dir, p.name).is_file()]
+        jobs = plan_jobs([], folder / "restored", named=[(Path(p.degraded), p.name) for p in test])
+        todo = [j for j in jobs if not j.output.is_file()]
         done[variant.folder] = len(todo)
         if not todo:
             run.log(f"(d) {variant.folder}: all {len(test)} test images restored already")
             continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries([Job(p.degraded, output_file(out_dir, p.name), (0, 0)) for p in todo])
+        (folder / "restored").mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(todo)
         if pipe is None:
             pipe = run.load_pipeline()
         use = AdapterUse(FDIAdapter.from_file(folder / "adapter.safetensors"))
         pipe.check_adapter(use.adapter)
         run.log(f"(d) {variant.folder}: restoring {len(todo)} of {len(test)} test images")
         with tqdm_progress(f"(d) {variant.folder}", len(todo), unit="img", enabled=not run.cfg.quiet) as cb:
-            for i, pair in enumerate(todo):
-                image = load_image(pair.degraded)[None]
+            for i, job in enumerate(todo):
+                image = load_image(job.source)[None]
                 start = time.perf_counter()
                 out = pipe.restore(image, [use], steps=run.cfg.steps, inversion_steps=run.cfg.inversion_steps)
                 seconds = time.perf_counter() - start  # the output is on the CPU: the device has finished
-                save_image(out[0], output_file(out_dir, pair.name))
+                save_image(out[0], job.output)
                 with open(folder / TIMES_FILE, "a", newline="") as fh:
-                    csv.writer(fh).writerow([pair.name, f"{seconds:.4f}", run.device_name])
+                    csv.writer(fh).writerow([job.output.stem, f"{seconds:.4f}", run.device_name])
                 if cb:
                     cb(i + 1, len(todo))
     del pipe
@@ -272,30 +266,36 @@ def _times(folder: Path, names: List[str]) -> Tuple[Dict[str, float], List[str]]
     return out, sorted(set(devices.values()))
 
 
-def _crop(image: torch.Tensor, border: int) -> torch.Tensor:
-    return image[:, border : image.shape[1] - border, border : image.shape[2] - border]
-
-
-def _lpips(run: "Plan"):
-    """The LPIPS function, or ``(None, reason)`` when it cannot be computed here."""
+def lpips_absence(device) -> Optional[str]:
+    """Why LPIPS cannot be computed here (``None`` when it can): the package or its weights missing."""
     from ..metrics import load_lpips
 
     try:
-        return load_lpips(run.device), None
+        load_lpips(device)
     except (FDIError, ImportError, OSError) as exc:
-        return None, str(exc)
+        return str(exc)
+    return None
 
 
-def measure(run: "Plan", test: List[Pair], crop_border: int) -> Dict[str, dict]:
-    """Stage (e): per variant, PSNR/SSIM on RGB and Y of every restored test image against its clean image, LPIPS
-    when available (else the reason), the seconds per image and the adapter's parameter count
-    (``<variant>/metrics.json``); returns them by variant folder."""
+def _scores(run: "Plan", test: List[Pair], folder: Path, info: dict, lpips_absent: Optional[str]) -> dict:
+    """``fdi eval``'s figures of one variant's restorations (none for a set without ground truth)."""
+    from ..metrics import evaluate_files, match_predictions
+
+    if not info.get("reference", True):
+        return {"mean": {}, "images": [], "n_images": 0, "no_reference": info["dataset"]}
+    items = match_predictions(folder / "restored", test)
+    result = evaluate_files(items, info["crop_border"], use_lpips=lpips_absent is None, device=run.device)
+    return {**result.to_json(), "lpips_absent": lpips_absent}
+
+
+def measure(run: "Plan", test: List[Pair], info: dict) -> Dict[str, dict]:
+    """Stage (e): per variant, PSNR/SSIM on RGB and Y of every restored test image against its clean image (the
+    test split's ``info``: crop border, ground truth or not), LPIPS when available (else the reason), the seconds
+    per image and the adapter's parameter count (``<variant>/metrics.json``); returns them by variant folder."""
     from ..adapter import FDIAdapter
-    from ..images import load_image
-    from ..metrics import EvalResult, image_metrics, mean_metrics
 
     out: Dict[str, dict] = {}
-    lp: Optional[tuple] = None
+    absent: Optional[List[Optional[str]]] = None
     run.log("(e) metrics")
     for variant in run.variants:
         folder = run.folder / variant.folder
@@ -303,20 +303,11 @@ def measure(run: "Plan", test: List[Pair], crop_border: int) -> Dict[str, dict]:
         if file.is_file():
             out[variant.folder] = json.loads(file.read_text())
             continue
-        if lp is None:
-            lp = _lpips(run)
-        rows = []
-        for pair in test:
-            pred, gt = load_image(output_file(folder / "restored", pair.name)), load_image(pair.clean)
-            row = {"name": pair.name, **image_metrics(pred, gt, crop_border, name=pair.name)}
-            if lp[0] is not None:
-                row["lpips"] = lp[0](_crop(pred, crop_border), _crop(gt, crop_border))
-            rows.append(row)
-        result = EvalResult(images=rows, mean=mean_metrics(rows), crop_border=crop_border).to_json()
+        absent = absent or [lpips_absence(run.device)]
+        result = _scores(run, test, folder, info, absent[0])
         times, devices = _times(folder, [p.name for p in test])
         adapter = FDIAdapter.from_file(folder / "adapter.safetensors")
         result.update(
-            lpips_absent=lp[1],
             seconds_per_image=sum(times.values()) / len(times) if times else None,
             timed_images=len(times),
             timing_devices=devices,

@@ -293,3 +293,39 @@ def test_ctrl_c_during_training_resumes_from_the_checkpoint_to_the_same_adapter(
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0
     rows = [json.loads((d / "report.json").read_text())["rows"][0] for d in (full, out)]
     assert rows[0]["psnr_y"] == rows[1]["psnr_y"] and rows[0]["ssim"] == rows[1]["ssim"]
+
+
+def test_ablations_train_adapters_without_the_switched_off_modules(full, setup):
+    out = setup["root"] / "runs" / "ablations"
+    assert main(argv(setup, out, "--ablation", "no-noise-decoupling,no-visual-modulator")) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [r["folder"] for r in report["rows"]] == ["p100/no-noise-decoupling", "p100/no-visual-modulator"]
+    assert all(r["paper"] is None for r in report["rows"])  # the paper prints no figure for them
+    a = FDIAdapter.from_file(out / "p100" / "no-noise-decoupling" / "adapter.safetensors")
+    b = FDIAdapter.from_file(out / "p100" / "no-visual-modulator" / "adapter.safetensors")
+    assert a.config.noise_decoupling is False and a.config.visual_modulator is True
+    assert b.config.visual_modulator is False and b.config.noise_decoupling is True
+    whole = json.loads((full / "report.json").read_text())["rows"][0]["adapter_parameters"]
+    assert all(r["adapter_parameters"] < whole for r in report["rows"])
+    assert [r["adapter_parameters"] for r in report["rows"]] == [a.num_parameters(), b.num_parameters()]
+    md = (out / "report.md").read_text()
+    assert "| no-noise-decoupling | 100 % (3) |" in md and "| no-visual-modulator | 100 % (3) |" in md
+
+
+def test_a_test_set_without_ground_truth_is_restored_and_not_scored(setup):
+    """LOL-v1 training, MEF testing (the supplement's cross-set use): MEF has no ground truth."""
+    data = setup["root"] / "lol-mef"
+    files = [f"LOLdataset/our485/{d}/{n}.png" for d in ("low", "high") for n in (2, 10)]
+    files += ["LOLdataset/eval15/low/1.png", "LOLdataset/eval15/high/1.png", "MEF/Lamp.png", "MEF/Balloons.png"]
+    make_tree(data, files, size=(48, 40))
+    out = setup["root"] / "runs" / "mef"
+    args = argv(setup, out, "--dataset", "lol", "--test-dataset", "mef")
+    args[args.index("--task") + 1], args[args.index("--data") + 1] = "lowlight", str(data)
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "p100" / "full" / "restored").iterdir()) == ["Balloons.png", "Lamp.png"]
+    (row,) = json.loads((out / "report.json").read_text())["rows"]
+    assert row["no_reference"] == "mef" and row["psnr"] is None and row["lpips"] is None and row["paper"] is None
+    assert row["test_pairs"] == 2 and row["seconds_per_image"] > 0
+    md = (out / "report.md").read_text()
+    assert "| full | 100 % (2) | – | – | – | – | – | – | – |" in md and "## No ground truth" in md
+    assert "mef has no ground truth" in (out / "warnings.txt").read_text()
