@@ -329,3 +329,33 @@ def test_a_test_set_without_ground_truth_is_restored_and_not_scored(setup):
     md = (out / "report.md").read_text()
     assert "| full | 100 % (2) | – | – | – | – | – | – | – |" in md and "## No ground truth" in md
     assert "mef has no ground truth" in (out / "warnings.txt").read_text()
+
+
+def test_noise_protocol_synthesizes_its_clean_only_sets_into_the_run_folder(setup):
+    """DIV2K + Flickr2K training and CBSD68 testing, all clean: σ = 50 noise written once under the run folder."""
+    data = setup["root"] / "clean-only"
+    files = ["DIV2K_train_HR/0001.png", "DIV2K_train_HR/0002.png", "Flickr2K/Flickr2K_HR/000001.png"]
+    files += ["CBSD68/original_png/0000.png", "CBSD68/original_png/0001.png"]
+    make_tree(data, files, size=(48, 40))
+    out = setup["root"] / "runs" / "noise"
+    args = argv(setup, out, "--data-seed", "3")
+    args[args.index("--task") + 1], args[args.index("--data") + 1] = "noise", str(data)
+    assert main(args) == 0
+    cache = out / "fdi-datasets"
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "cbsd68-test-noise50-seed3",
+        "div2k-train-noise50-seed3",
+        "flickr2k-train-noise50-seed3",
+    ]
+    train = read_pairs_file(out / "train_pairs.csv")
+    assert [(p.name, p.degraded.parent.name) for p in train] == [
+        ("0001", "div2k-train-noise50-seed3"),
+        ("0002", "div2k-train-noise50-seed3"),
+        ("000001", "flickr2k-train-noise50-seed3"),
+    ]
+    report = json.loads((out / "report.json").read_text())
+    assert [d["dataset"] for d in report["datasets"]["train"]] == ["div2k", "flickr2k"]
+    assert report["metric"] == "rgb" and report["rows"][0]["paper"] is None and report["rows"][0]["test_pairs"] == 2
+    noisy = load_image(cache / "cbsd68-test-noise50-seed3" / "0000.png")
+    clean = load_image(data / "CBSD68" / "original_png" / "0000.png")
+    assert 0.1 < (noisy - clean).std().item() < 0.25  # σ = 50/255 ≈ 0.196, clipped at 0 and 1
