@@ -71,7 +71,7 @@ rain, snow, noise, blur or JPEG. A training run writes resumable checkpoints (sa
 `val_log.csv` and TensorBoard logs (when `tensorboard` is installed) to `<output>-run/`; the task FDI is embedded
 in the adapter file, so that one file is all restoration needs. The reasons: [design.md](design.md).
 
-### Reproducing the paper
+**Reproducing the paper.**
 
 `reproduce` runs the paper's protocol for one task: the training and test pairs read from the data sets as
 they unpack (their readers: [datasets.md](datasets.md)), the task FDI, the adapter trained with the paper's

@@ -57,6 +57,9 @@ RUN_NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in bw.WORKFLOW_CHECKPO
 SDXL_FIXTURE = cache_dir() / "checkpoints" / "fdi-bases" / "sdxl_random_v1.safetensors"
 VIRTUAL = {"Note", "MarkdownNote"}
 PACK_NODES = set(re.findall(r'node_id="(FDI\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
+#: nodes no example workflow shows yet (issue 33 added them; a 'train from a data set' template is still to build).
+#: Each is tested on its own (tests/comfyui/test_dataset_nodes.py); this set may only shrink.
+NOT_IN_A_WORKFLOW_YET = {"FDIDatasetPairs", "FDIExtractPairs"}
 CORE_NODES = {
     "CheckpointLoaderSimple",
     "CLIPTextEncode",
@@ -151,7 +154,7 @@ def test_workflow_structure_ids_and_links(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_node_types_are_the_packs_or_comfyui_cores(name):
-    assert len(PACK_NODES) == 18, PACK_NODES
+    assert len(PACK_NODES) == 20, PACK_NODES
     unknown = {n["type"] for n in load(name)["nodes"]} - PACK_NODES - CORE_NODES - VIRTUAL
     assert not unknown, f"node types neither in this pack nor in the core list: {unknown}"
 
@@ -368,6 +371,12 @@ def test_nodes_md_documents_every_node_and_the_workflows_that_show_it():
     sections = nodes_md_sections()
     assert set(sections) == PACK_NODES
     for node_id, text in sections.items():
+        if node_id in NOT_IN_A_WORKFLOW_YET:
+            shown = re.search(r"Shown in: (.*)", text)
+            assert not (shown and re.findall(r"`(\w+)`", shown.group(1))), (
+                f"{node_id}: remove it from NOT_IN_A_WORKFLOW_YET"
+            )
+            continue
         shown = re.search(r"Shown in: (.*)", text)
         assert shown, f"NODES.md: {node_id} does not say which workflow shows it"
         names = re.findall(r"`(\w+)`", shown.group(1))
@@ -378,7 +387,7 @@ def test_nodes_md_documents_every_node_and_the_workflows_that_show_it():
                 f"NODES.md says {name} shows {node_id}, it does not"
             )
     used = {n["type"] for name in NAMES for n in load(name)["nodes"]}
-    assert PACK_NODES <= used, f"nodes no workflow shows: {PACK_NODES - used}"
+    assert PACK_NODES - NOT_IN_A_WORKFLOW_YET <= used, f"nodes no workflow shows: {PACK_NODES - used}"
 
 
 # ================================================================================================ API conversion
