@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -99,9 +99,11 @@ def load_image(path: PathLike) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 
-def save_image(image: torch.Tensor, path: PathLike) -> None:
-    """Write a ``[3, H, W]`` tensor in 0..1 as an 8-bit image (format from the suffix), atomically."""
+def save_image(image: torch.Tensor, path: PathLike, text: Optional[Mapping[str, str]] = None) -> None:
+    """Write a ``[3, H, W]`` tensor in 0..1 as an 8-bit image (format from the suffix), atomically; ``text``:
+    PNG text chunks ``{keyword: value}`` (PNG only)."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     from .files import atomic_write
 
@@ -111,8 +113,15 @@ def save_image(image: torch.Tensor, path: PathLike) -> None:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         Path(path).suffix.lower(), "PNG"
     )
+    extra = {}
+    if text:
+        if fmt != "PNG":
+            raise ValueError(f"text chunks need a .png file, got {Path(path).name!r}")
+        extra["pnginfo"] = PngInfo()
+        for key, value in text.items():
+            extra["pnginfo"].add_text(key, value)
     with atomic_write(path) as fh:
-        Image.fromarray(arr).save(fh, format=fmt)
+        Image.fromarray(arr).save(fh, format=fmt, **extra)
 
 
 def list_images(folder: PathLike, what: str = "folder") -> List[Path]:

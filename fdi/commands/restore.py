@@ -25,6 +25,7 @@ from ..restoration import MODES
 from ..sampling import DEFAULT_GUIDANCE_WINDOW, PREDICTION_TYPES
 from ..tiles import DEFAULT_TILE_OVERLAP
 from .data_args import add_dataset_args, dataset_source
+from .restore_auto import add_auto_args, check_auto_args, run_auto
 
 
 class Job(NamedTuple):
@@ -49,10 +50,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Each FDI comes from --fdi or from the adapter file. "
             "Outputs are OUT_DIR/<input name>.png at the input's size (with --dataset: <pair name>.png), each "
             "written as soon as it is done. "
-            "Nothing is downloaded; BLIP-2 is not needed."
+            "With --auto, a degradation classifier picks the adapters of each image (and --blip2 is needed). "
+            "Nothing is downloaded; without --auto, BLIP-2 is not needed."
         ),
     )
     _model_args(p)
+    add_auto_args(p.add_argument_group("automatic restoration: the adapters picked per image (docs/design.md)"))
     _io_args(p)
     add_dataset_args(p.add_argument_group("a downloaded data set instead of --image (docs/datasets.md)"), "test")
     _sampling_args(p)
@@ -342,6 +345,8 @@ def run(args: argparse.Namespace) -> int:
     from ..encoder import parse_dtype
     from ..pipeline import FDIRestorationPipeline, GuidanceWindowNote
 
+    if check_auto_args(args):
+        return run_auto(args)
     uses = check_args(args)
     out_dir = Path(args.output)
     jobs = plan_jobs(args.image, out_dir, dataset_inputs(args))
@@ -373,6 +378,13 @@ def run(args: argparse.Namespace) -> int:
         return restore_jobs(pipe, uses, jobs, args)
 
 
+def restore_settings(args: argparse.Namespace) -> dict:
+    """The keyword settings of :meth:`fdi.pipeline.FDIRestorationPipeline.restore` from the arguments."""
+    names = ("steps", "inversion_steps", "guidance_start", "guidance_end", "strength", "mode", "prompt")
+    names += ("negative_prompt", "cfg", "tile_size", "tile_overlap")
+    return {k: getattr(args, k) for k in names}
+
+
 def restore_jobs(pipe, uses: list, jobs: List[Job], args: argparse.Namespace) -> int:
     """Restore ``jobs`` in batches and write each output as soon as it is done; 130 when interrupted (Ctrl-C or
     SIGTERM: the finished outputs stay, the one being written is dropped with its temporary file)."""
@@ -393,22 +405,7 @@ def restore_jobs(pipe, uses: list, jobs: List[Job], args: argparse.Namespace) ->
                 images = torch.stack([load_image(j.source) for j in batch])
                 offset, b = done_images * per_image, len(batch)
                 progress = (lambda d, t, o=offset, b=b: cb(o + d * b, total)) if cb else None
-                out = pipe.restore(
-                    images,
-                    uses,
-                    steps=args.steps,
-                    inversion_steps=args.inversion_steps,
-                    guidance_start=args.guidance_start,
-                    guidance_end=args.guidance_end,
-                    strength=args.strength,
-                    mode=args.mode,
-                    prompt=args.prompt,
-                    negative_prompt=args.negative_prompt,
-                    cfg=args.cfg,
-                    progress=progress,
-                    tile_size=args.tile_size,
-                    tile_overlap=args.tile_overlap,
-                )
+                out = pipe.restore(images, uses, progress=progress, **restore_settings(args))
                 out = color_fix(out, images, args.color_fix)
                 for job, img in zip(batch, out):
                     save_image(img, job.output)

@@ -1,0 +1,232 @@
+"""``python -m fdi restore --auto CLF --blip2 DIR``: a degradation classifier picks each image's adapters.
+
+Every check first (classifier file, encoders of the classifier, BLIP-2 and adapters, labels; nothing loaded, nothing
+written); then each input is classified (BLIP-2's Q-Former tokens → :class:`fdi.classifier.DegradationClassifier`),
+BLIP-2 is freed, and the images are restored through the same pipeline call as ``restore``, batched only with images
+of the same size and the same decision (:func:`fdi.auto.decide`). An image with nothing to restore is written
+unchanged. Beside each output ``OUT/<name>.png`` the decision goes to ``OUT/<name>.json`` and to the PNG's text
+chunk ``fdi_decision``; the JSON is written first, the PNG last (both atomically), so ``--skip-existing`` skipping an
+image skips both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from ..errors import FDIError
+
+#: the PNG text chunk that holds the decision (JSON)
+DECISION_CHUNK = "fdi_decision"
+
+
+def add_auto_args(g) -> None:
+    """--auto and --blip2 (on the restore parser, or a group of it)."""
+    g.add_argument(
+        "--auto",
+        metavar="CLF",
+        default=None,
+        help="degradation classifier file ('classify train'): per image, use the adapters whose label it detects, "
+        "weighted by probability (--mode composite) or most probable first (--mode progressive); an image where "
+        "nothing is detected is written unchanged. The decision is written beside each output (<name>.json and "
+        "the PNG text chunk fdi_decision). Refuses --weight",
+    )
+    g.add_argument(
+        "--blip2",
+        metavar="DIR",
+        default=None,
+        help="with --auto: the BLIP-2 folder (or pack-blip2 file) the classifier was trained with",
+    )
+
+
+def check_auto_args(args: argparse.Namespace) -> bool:
+    """Whether the run is ``--auto``; :class:`FDIError` for --auto without --blip2 or with --weight, and --blip2
+    without --auto."""
+    if args.auto is None:
+        if args.blip2 is not None:
+            raise FDIError("--blip2 is read only by --auto; give --auto CLF or leave out --blip2")
+        return False
+    if args.weight:
+        raise FDIError("--auto takes each adapter's weight from the classifier; leave out --weight")
+    if args.blip2 is None:
+        raise FDIError("--auto needs --blip2 DIR: the classifier reads each input's Q-Former tokens from BLIP-2")
+    return True
+
+
+def blip2_fingerprint(source: str) -> str:
+    """The encoder fingerprint of a BLIP-2 folder or packed file from its configs and query tokens (no model)."""
+    from ..blip2_source import open_blip2
+
+    src = open_blip2(source)
+    return src.fingerprint(src.read(["query_tokens"])["query_tokens"])
+
+
+def check_encoders(clf, fingerprint: str, uses: list) -> None:
+    """:class:`FDIError` (one line, both encoders named) unless the classifier and every adapter (or its FDI) come
+    from the encoder ``fingerprint``."""
+    from ..instruction import FDI, same_encoder
+
+    try:
+        clf.check_encoder(fingerprint)
+    except FDIError as exc:
+        raise FDIError(f"--auto/--blip2: {exc}") from None
+    for use in uses:
+        fdi = use.resolved_fdi()
+        encoder = use.adapter.encoder or (fdi.encoder if isinstance(fdi, FDI) else "")
+        if encoder and not same_encoder(encoder, fingerprint):
+            raise FDIError(
+                f"adapter {use.adapter.display_name} takes FDIs of encoder {encoder} but --blip2 is encoder "
+                f"{fingerprint}; give the BLIP-2 the adapters and the classifier were made with"
+            )
+
+
+def _check(args: argparse.Namespace):
+    """Every check before loading a model: returns the classifier, the adapters' uses and the label match."""
+    from ..auto import match_adapters
+    from ..classifier import DegradationClassifier
+    from .restore import check_args
+
+    clf = DegradationClassifier.load(args.auto)
+    uses = check_args(args)
+    check_encoders(clf, blip2_fingerprint(args.blip2), uses)
+    matched = match_adapters(clf.labels, [u.adapter.label for u in uses])
+    return clf, uses, matched
+
+
+def classify_jobs(args: argparse.Namespace, clf, uses: list, matched: Dict[str, int], jobs: list, device) -> list:
+    """One :class:`fdi.auto.AutoDecision` per job (BLIP-2 loaded for this and freed after)."""
+    import torch
+
+    from ..auto import decide
+    from ..encoder import QFormerEncoder
+    from ..images import load_image
+
+    encoder = QFormerEncoder.from_pretrained(args.blip2, device=device)
+    thresholds = dict(zip(clf.labels, clf.thresholds.tolist()))
+    labels = [u.adapter.label for u in uses]
+    decisions = []
+    with torch.inference_mode():
+        for job in jobs:
+            probs = clf.predict(encoder, [load_image(job.source)])[0]
+            decisions.append(decide(probs, thresholds, labels, args.mode, matched))
+    del encoder
+    return decisions
+
+
+def run_auto(args: argparse.Namespace) -> int:
+    """``restore --auto``: checks, classification, then restoration with each image's decision."""
+    from ..encoder import parse_dtype
+    from ..pipeline import FDIRestorationPipeline, GuidanceWindowNote
+    from .restore import dataset_inputs, distributed_rank, pick_device, plan_jobs, remove_stale_temporaries, shard
+
+    clf, uses, matched = _check(args)
+    out_dir = Path(args.output)
+    jobs = plan_jobs(args.image, out_dir, dataset_inputs(args))
+    rank, world, local_rank = distributed_rank()
+    jobs = shard(jobs, rank, world)
+    skipped = 0
+    if args.skip_existing:
+        todo = [j for j in jobs if not j.output.exists()]
+        skipped, jobs = len(jobs) - len(todo), todo
+    if skipped:
+        print(f"skipping {skipped} image(s) whose output exists", file=sys.stderr)
+    if not jobs:
+        return 0
+    device = pick_device(args.device, world, local_rank)
+    decisions = classify_jobs(args, clf, uses, matched, jobs, device)
+    dtype = parse_dtype(args.dtype or ("fp16" if device.type == "cuda" else "fp32"))
+    pipe = FDIRestorationPipeline.from_pretrained(
+        Path(args.sd), device=device, dtype=dtype, config=args.sd_config, prediction_type=args.prediction_type
+    )
+    for use in uses:  # family and channel layout, before any work
+        pipe.check_adapter(use.adapter)
+    pipe.check_steps(args.steps)
+    if args.compile:
+        pipe.compile()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(jobs + [j._replace(output=decision_path(j.output)) for j in jobs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GuidanceWindowNote)  # check_args printed the notes once
+        return restore_decided(pipe, uses, list(zip(jobs, decisions)), args)
+
+
+def decision_path(output: Path) -> Path:
+    """Where the decision of the output ``OUT/<name>.png`` goes: ``OUT/<name>.json``."""
+    return output.with_suffix(".json")
+
+
+def write_output(image, job, decision) -> None:
+    """The decision (JSON file, then PNG text chunk) and the image of one job, each atomically, the PNG last."""
+    from ..files import atomic_write
+    from ..images import save_image
+
+    record = dict(decision.to_json(), input=str(job.source))
+    text = json.dumps(record, indent=1)
+    with atomic_write(decision_path(job.output), "w") as fh:
+        fh.write(text + "\n")
+    save_image(image, job.output, text={DECISION_CHUNK: json.dumps(record)})
+
+
+def _groups(pairs: List[Tuple], batch_size: int) -> List[List[Tuple]]:
+    """Batches of at most ``batch_size`` (job, decision) of the same size and the same decision, in order of
+    first appearance."""
+    by_key: Dict[tuple, List[Tuple]] = {}
+    for job, decision in pairs:
+        by_key.setdefault((job.size, decision.key()), []).append((job, decision))
+    return [group[i : i + batch_size] for group in by_key.values() for i in range(0, len(group), batch_size)]
+
+
+def restore_decided(pipe, uses: list, pairs: List[Tuple], args: argparse.Namespace) -> int:
+    """Restore each (job, decision) with its decision's adapters, write outputs as they finish; 130 when
+    interrupted (the finished outputs and their decisions stay)."""
+    import torch
+
+    from ..colorfix import color_fix
+    from ..images import load_image
+    from ..progress import tqdm_progress
+    from ..restoration import AdapterUse
+    from .restore import _raise_interrupt, restore_settings
+
+    settings = restore_settings(args)
+    per_stage = args.steps + args.inversion_steps
+
+    def steps_of(decision) -> int:
+        return 0 if decision.unchanged else per_stage * (len(decision.uses) if args.mode == "progressive" else 1)
+
+    total, done, written = sum(steps_of(d) for _, d in pairs), 0, 0
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    try:
+        with tqdm_progress(f"restore {len(pairs)} image(s)", total, unit="step", enabled=not args.quiet) as cb:
+            for batch in _groups(pairs, args.batch_size):
+                images = torch.stack([load_image(job.source) for job, _ in batch])
+                decision, b = batch[0][1], len(batch)
+                if decision.unchanged:
+                    out = images
+                else:
+                    chosen = [AdapterUse(uses[i].adapter, uses[i].fdi, w) for i, w in decision.uses]
+                    progress = (lambda d, t, o=done, b=b: cb(o + d * b, total)) if cb else None
+                    out = pipe.restore(images, chosen, progress=progress, **settings)
+                    out = color_fix(out, images, args.color_fix)
+                for (job, dec), img in zip(batch, out):
+                    write_output(img, job, dec)
+                    print(job.output, flush=True)
+                    print(f"{job.output.name}: {dec.reason}", file=sys.stderr)
+                done, written = done + steps_of(decision) * b, written + b
+    except KeyboardInterrupt:
+        print(
+            f"interrupted after {written} of {len(pairs)} image(s): the finished outputs and their decisions are "
+            "kept; rerun with --skip-existing to resume",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
