@@ -5,8 +5,8 @@ written); then each input is classified (BLIP-2's Q-Former tokens → :class:`fd
 BLIP-2 is freed, and the images are restored through the same pipeline call as ``restore``, batched only with images
 of the same size and the same decision (:func:`fdi.auto.decide`). An image with nothing to restore is written
 unchanged. Beside each output ``OUT/<name>.png`` the decision goes to ``OUT/<name>.json`` and to the PNG's text
-chunk ``fdi_decision``; the JSON is written first, the PNG last (both atomically), so ``--skip-existing`` skipping an
-image skips both.
+chunk ``fdi_decision``; the JSON is written first, the PNG last (both atomically; the JSON is removed again when the PNG
+is not written), so ``--skip-existing`` skipping an image skips both.
 """
 
 from __future__ import annotations
@@ -167,10 +167,14 @@ def write_output(image, job, decision) -> None:
     from ..images import save_image
 
     record = dict(decision.to_json(), input=str(job.source))
-    text = json.dumps(record, indent=1)
-    with atomic_write(decision_path(job.output), "w") as fh:
-        fh.write(text + "\n")
-    save_image(image, job.output, text={DECISION_CHUNK: json.dumps(record)})
+    path = decision_path(job.output)
+    with atomic_write(path, "w") as fh:
+        fh.write(json.dumps(record, indent=1) + "\n")
+    try:
+        save_image(image, job.output, text={DECISION_CHUNK: json.dumps(record)})
+    except BaseException:  # Ctrl-C or a write error: no decision without its image
+        path.unlink(missing_ok=True)
+        raise
 
 
 def _groups(pairs: List[Tuple], batch_size: int) -> List[List[Tuple]]:

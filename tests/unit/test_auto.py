@@ -130,3 +130,19 @@ def test_key_groups_equal_decisions():
     c = decide(dict(PROBS, haze=0.8), THRESH, ["haze", "rainstreak"], "composite")
     assert a.key() == b.key() != c.key()
     assert isinstance(a, AutoDecision)
+
+
+def test_save_image_writes_png_text_chunks_and_refuses_them_elsewhere(tmp_path):
+    import torch
+    from PIL import Image
+
+    from fdi.images import save_image
+
+    img = torch.rand(3, 8, 12, generator=torch.Generator().manual_seed(0))
+    record = json.dumps(decide(PROBS, THRESH, ["haze"], "composite").to_json())
+    save_image(img, tmp_path / "a.png", text={"fdi_decision": record})
+    with Image.open(tmp_path / "a.png") as im:
+        assert im.text == {"fdi_decision": record} and im.size == (12, 8)
+    with pytest.raises(ValueError, match="text chunks need a .png file, got 'a.jpg'"):
+        save_image(img, tmp_path / "a.jpg", text={"k": "v"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
