@@ -10,10 +10,11 @@ Three layers:
    this pack and fixture models in a temporary ``--base-directory`` (the random-weight full-size
    SD 2.1 checkpoint of ``tests/sd21_fixture.py`` under the published file name
    ``v2-1_512-ema-pruned.safetensors``, the tiny BLIP-2 of ``tests/tiny_blip2.py``, non-fresh random
-   adapters with embedded FDIs, FDI files, 64 px images and pair folders). Every node type must be
-   in ``/object_info``, every slot and widget value valid for it, ``build_workflows.py`` must
-   reproduce the files from it, and every workflow, converted to API format, must run and produce its
-   images. Only step counts (and ``FDISave``'s overwrite switch) are changed, for speed.
+   adapters with embedded FDIs, FDI files, 64 px images, pair folders and a miniature data set tree with the real
+   file names of its release). Every node type must be in ``/object_info``, every slot and widget value valid for
+   it, ``build_workflows.py`` must reproduce the files from it, and every workflow, converted to API format, must
+   run and produce its images (a workflow that trains from a data set: an adapter embedding that tree's FDI). Only
+   step counts, batch sizes, the training resolution and the overwrite switches are changed, for speed.
 3. **Browser** (also needs Debian ``chromium`` + ``chromedriver`` and selenium): the ComfyUI frontend
    in headless Chromium loads each workflow with ``app.loadGraphData``; no missing-node or error
    dialog may show, the frontend's ``app.graphToPrompt()`` must equal our API conversion, and the
