@@ -12,8 +12,12 @@ def add_parser(sub) -> None:
         "classify",
         help="train or run a degradation classifier (which degradations a photo has)",
         description="A multi-label MLP over the BLIP-2 Q-Former tokens of a photo: which degradations it has "
-        "(haze, noise, ...). 'train' learns it from labelled folders; 'predict' scores photos. "
-        "Its labels are matched to adapter labels by 'restore --auto'.",
+        "(haze, noise, ...). 'train --blip2 DIR --task LABEL=DIR [--task LABEL+LABEL=DIR] [--clean DIR] "
+        "[--from-degrade DIR] -o OUT.clf.safetensors [--val-fraction 0.2] [--seed 0] [--epochs 200]' learns it and "
+        "prints each label's validation AUC and threshold; 'predict --blip2 DIR --classifier F.clf.safetensors "
+        "--image PATH... [--json OUT.json]' prints each image's label probabilities and detected labels. "
+        "'classify train --help' and 'classify predict --help' list every option; docs/classifier.md says how to "
+        "train one and what it measured.",
     )
     cmds = p.add_subparsers(dest="classify_command", metavar="SUBCOMMAND")
     cmds.required = True
