@@ -26,6 +26,7 @@ COMMANDS = (
     "eval",
     "train",
     "restore",
+    "classify",
     "reproduce",
     "adapter-info",
     "pack-blip2",

@@ -11,8 +11,18 @@ from typing import List, Optional
 
 from ..data import Pair
 from ..errors import FDIError
-from .core import Context, Dataset, Found, Release, find_dirs, image_files, index_by_stem, pair_by_rule
-from .haze import candidates, child
+from .core import (
+    Context,
+    Dataset,
+    Found,
+    Release,
+    candidates,
+    child,
+    find_dirs,
+    image_files,
+    index_by_stem,
+    pair_by_rule,
+)
 
 
 # ---------------------------------------------------------------------------------------------- GoPro

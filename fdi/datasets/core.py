@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..data import Pair
 from ..errors import FDIError
@@ -113,6 +113,43 @@ def find_dir(root: Path, *tails: str, max_depth: int = 4) -> Optional[Path]:
         if hits:
             return hits[0]
     return None
+
+
+def find_with(
+    root: Path,
+    tails: Iterable[str],
+    subdirs: Sequence[str],
+    accept: Optional[Callable[[Path], bool]] = None,
+    max_depth: int = 4,
+) -> Optional[Path]:
+    """The first folder found for ``tails`` (see :func:`find_dirs`) that holds every one of ``subdirs``
+    and passes ``accept``; ``None`` when none does. Lets a generic tail (``train``, ``all``) stand for a set's
+    folder without picking up another set's folder of the same name."""
+    for tail in tails:
+        for d in find_dirs(root, tail, max_depth):
+            if all((d / s).is_dir() for s in subdirs) and (accept is None or accept(d)):
+                return d
+    return None
+
+
+def child(top: Path, names: Sequence[str]) -> Optional[Path]:
+    """The sub-folder of ``top`` named one of ``names`` (case-insensitive, first name first), or ``None``."""
+    try:
+        subs = sorted((c for c in top.iterdir() if c.is_dir()), key=lambda c: natural_key(c.name))
+    except OSError:
+        return None
+    for name in names:
+        for c in subs:
+            if c.name.lower() == name.lower():
+                return c
+    return None
+
+
+def candidates(root: Path, tails: Sequence[str]) -> Iterator[Path]:
+    """Every folder found for each of ``tails`` in turn (see :func:`find_dirs`): a ROOT may
+    hold several ``train/`` folders of which only one is this set's."""
+    for tail in tails:
+        yield from find_dirs(root, tail)
 
 
 def describe_tree(root: Path, limit: int = 12) -> str:

@@ -8,32 +8,22 @@ counts: docs/datasets.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
-from .core import Context, Dataset, Found, Release, find_dirs, image_files, index_by_stem, natural_key, pair_by_rule
+from .core import (
+    Context,
+    Dataset,
+    Found,
+    Release,
+    candidates,
+    child,
+    image_files,
+    index_by_stem,
+    pair_by_rule,
+)
 
 #: folder names of the clear images: RESIDE's ``gt``, DehazeFormer's ``GT``, DEA-Net's ``clear``
 CLEAR = ("gt", "clear")
-
-
-def child(top: Path, names: Sequence[str]) -> Optional[Path]:
-    """The sub-folder of ``top`` named one of ``names`` (case-insensitive, first name first), or ``None``."""
-    try:
-        subs = sorted((c for c in top.iterdir() if c.is_dir()), key=lambda c: natural_key(c.name))
-    except OSError:
-        return None
-    for name in names:
-        for c in subs:
-            if c.name.lower() == name.lower():
-                return c
-    return None
-
-
-def candidates(root: Path, tails: Sequence[str]) -> Iterator[Path]:
-    """Every folder found for each of ``tails`` in turn (see :func:`~fdi.datasets.core.find_dirs`): a ROOT may
-    hold several ``train/`` folders of which only one is this set's."""
-    for tail in tails:
-        yield from find_dirs(root, tail)
 
 
 def reside_key(clean: Mapping[str, Path]) -> Callable[[Path], Optional[str]]:

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
 
 from ..data import Pair
-from .core import Context, Dataset, Found, Release, image_files, index_by_stem, pair_by_rule
-from .haze import candidates, child
+from .core import Context, Dataset, Found, Release, candidates, child, image_files, index_by_stem, pair_by_rule
 
 
 def _same_names(root: Path, tails: Sequence[str], degraded: str, clean: str) -> Optional[Found]:

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
-from .core import Context, Dataset, Found, Release, find_dir, find_dirs, image_files, index_by_stem, pair_by_rule
+from .core import (
+    Context,
+    Dataset,
+    Found,
+    Release,
+    find_dir,
+    find_with,
+    image_files,
+    index_by_stem,
+    pair_by_rule,
+)
 
 _RAIN = re.compile(r"^rain-(\d+)$", re.IGNORECASE)
 _RAIN_X2 = re.compile(r"^norain-(\d+)x2$", re.IGNORECASE)
@@ -99,23 +109,6 @@ def _rain100(level: str, letter: str) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def find_with(
-    root: Path,
-    tails: Iterable[str],
-    subdirs: Sequence[str],
-    accept: Optional[Callable[[Path], bool]] = None,
-    max_depth: int = 4,
-) -> Optional[Path]:
-    """The first folder found for ``tails`` (see :func:`~.core.find_dirs`) that holds every one of ``subdirs``
-    and passes ``accept``; ``None`` when none does. Lets a generic tail (``train``, ``all``) stand for a set's
-    folder without picking up another set's folder of the same name."""
-    for tail in tails:
-        for d in find_dirs(root, tail, max_depth):
-            if all((d / s).is_dir() for s in subdirs) and (accept is None or accept(d)):
-                return d
-    return None
-
-
 def _holds_named(folder: Path, rule: "re.Pattern[str]") -> bool:
     """Whether ``folder`` holds an image whose stem follows ``rule`` (a set's own name rule)."""
     return any(rule.match(p.stem) for p in image_files(folder))

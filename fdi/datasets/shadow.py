@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from .core import Context, Dataset, Found, Release, image_files, index_by_stem, pair_by_rule
-from .haze import candidates, child
+from .core import Context, Dataset, Found, Release, candidates, child, image_files, index_by_stem, pair_by_rule
 
 _FREE_SUFFIX = re.compile(r"_(no_shadow|free)$")
 

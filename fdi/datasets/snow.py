@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..data import Pair
-from .core import Context, Dataset, Found, Release, find_dirs, image_files, index_by_stem, pair_by_rule
-from .rain import find_with
+from .core import Context, Dataset, Found, Release, find_dirs, find_with, image_files, index_by_stem, pair_by_rule
 
 #: the test archive nests them under Snow100K-testset/media/jdway/GameSSD/overlapping/test/ (7 levels)
 _TEST_DEPTH = 8

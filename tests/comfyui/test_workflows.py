@@ -10,10 +10,11 @@ Three layers:
    this pack and fixture models in a temporary ``--base-directory`` (the random-weight full-size
    SD 2.1 checkpoint of ``tests/sd21_fixture.py`` under the published file name
    ``v2-1_512-ema-pruned.safetensors``, the tiny BLIP-2 of ``tests/tiny_blip2.py``, non-fresh random
-   adapters with embedded FDIs, FDI files, 64 px images and pair folders). Every node type must be
-   in ``/object_info``, every slot and widget value valid for it, ``build_workflows.py`` must
-   reproduce the files from it, and every workflow, converted to API format, must run and produce its
-   images. Only step counts (and ``FDISave``'s overwrite switch) are changed, for speed.
+   adapters with embedded FDIs, FDI files, 64 px images, pair folders and a miniature data set tree with the real
+   file names of its release). Every node type must be in ``/object_info``, every slot and widget value valid for
+   it, ``build_workflows.py`` must reproduce the files from it, and every workflow, converted to API format, must
+   run and produce its images (a workflow that trains from a data set: an adapter embedding that tree's FDI). Only
+   step counts, batch sizes, the training resolution and the overwrite switches are changed, for speed.
 3. **Browser** (also needs Debian ``chromium`` + ``chromedriver`` and selenium): the ComfyUI frontend
    in headless Chromium loads each workflow with ``app.loadGraphData``; no missing-node or error
    dialog may show, the frontend's ``app.graphToPrompt()`` must equal our API conversion, and the
@@ -57,9 +58,6 @@ RUN_NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in bw.WORKFLOW_CHECKPO
 SDXL_FIXTURE = cache_dir() / "checkpoints" / "fdi-bases" / "sdxl_random_v1.safetensors"
 VIRTUAL = {"Note", "MarkdownNote"}
 PACK_NODES = set(re.findall(r'node_id="(FDI\w+)"', "".join(p.read_text() for p in (ROOT / "nodes").glob("*.py"))))
-#: nodes no example workflow shows yet (issue 33 added them; a 'train from a data set' template is still to build).
-#: Each is tested on its own (tests/comfyui/test_dataset_nodes.py); this set may only shrink.
-NOT_IN_A_WORKFLOW_YET = {"FDIDatasetPairs", "FDIExtractPairs"}
 CORE_NODES = {
     "CheckpointLoaderSimple",
     "CLIPTextEncode",
@@ -358,6 +356,18 @@ def test_use_case_shapes():
     wf = load("mixed_progressive")
     ids = {n["id"]: n["type"] for n in wf["nodes"]}
     assert any(ids[lk[1]] == "FDIRestore" and ids[lk[3]] == "FDIRestore" for lk in wf["links"])
+    # from a data set: its pairs feed both the FDI and the training, and the new adapter restores
+    wf = load("train_from_dataset")
+    ids = {n["id"]: n["type"] for n in wf["nodes"]}
+    joined = {(ids[lk[1]], ids[lk[3]], lk[5]) for lk in wf["links"]}
+    assert {
+        ("FDIQFormerLoader", "FDIExtractPairs", "BLIP2_QFORMER"),
+        ("FDIDatasetPairs", "FDIExtractPairs", "FDI_PAIRS"),
+        ("FDIDatasetPairs", "FDITrainAdapter", "FDI_PAIRS"),
+        ("FDIExtractPairs", "FDITrainAdapter", "FDI"),
+        ("FDITrainAdapter", "FDISaveAdapter", "FDI_ADAPTER"),
+        ("FDITrainAdapter", "FDIRestore", "FDI_ADAPTER"),
+    } <= joined, joined
 
 
 def nodes_md_sections() -> dict:
@@ -371,12 +381,6 @@ def test_nodes_md_documents_every_node_and_the_workflows_that_show_it():
     sections = nodes_md_sections()
     assert set(sections) == PACK_NODES
     for node_id, text in sections.items():
-        if node_id in NOT_IN_A_WORKFLOW_YET:
-            shown = re.search(r"Shown in: (.*)", text)
-            assert not (shown and re.findall(r"`(\w+)`", shown.group(1))), (
-                f"{node_id}: remove it from NOT_IN_A_WORKFLOW_YET"
-            )
-            continue
         shown = re.search(r"Shown in: (.*)", text)
         assert shown, f"NODES.md: {node_id} does not say which workflow shows it"
         names = re.findall(r"`(\w+)`", shown.group(1))
@@ -387,7 +391,7 @@ def test_nodes_md_documents_every_node_and_the_workflows_that_show_it():
                 f"NODES.md says {name} shows {node_id}, it does not"
             )
     used = {n["type"] for name in NAMES for n in load(name)["nodes"]}
-    assert PACK_NODES - NOT_IN_A_WORKFLOW_YET <= used, f"nodes no workflow shows: {PACK_NODES - used}"
+    assert PACK_NODES <= used, f"nodes no workflow shows: {PACK_NODES - used}"
 
 
 # ================================================================================================ API conversion
@@ -509,6 +513,21 @@ def _write_images(folder: Path, names: list, size: int, seed: int):
         write_image(folder / name, size, size, seed=seed + i)
 
 
+#: miniature trees of the data sets the workflows read (``bw.DATASETS``), with the real file names of one release, and
+#: the training pairs each holds
+DATASET_TREES = {
+    # Rain100H, 2017 release: rain-N.png ↔ norain-N.png beside the side maps rainregion-N.png, rainstreak-N.png
+    "rain100h": (
+        [
+            f"rain_data_train_Heavy/{kind}-{n}.png"
+            for kind in ("rain", "norain", "rainregion", "rainstreak")
+            for n in (1, 2, 3, 10)
+        ],
+        ["rain-1", "rain-2", "rain-3", "rain-10"],
+    ),
+}
+
+
 @pytest.fixture(scope="module")
 def comfy_env(tmp_path_factory, tiny_blip2_folder, sd21_adapter):
     """A ComfyUI base folder with every file the workflows name (fixture models under the published names)."""
@@ -537,6 +556,10 @@ def comfy_env(tmp_path_factory, tiny_blip2_folder, sd21_adapter):
         names = [f"pair_{i:03d}.png" for i in range(4)]
         _write_images(inp / a, names, 64, seed=100 * k)  # 64 px: the smallest side training accepts
         _write_images(inp / b, names, 64, seed=100 * k + 50)
+    from dataset_trees import make_tree
+
+    for dataset, folder in sorted(set(bw.DATASETS.values())):
+        make_tree(inp / folder, DATASET_TREES[dataset][0], size=(64, 64))  # 64 px: the smallest side training takes
 
     encoder = QFormerEncoder.from_pretrained(blip)
     fdis = {}
@@ -715,6 +738,31 @@ def test_workflow_runs_in_comfyui(name, comfy, comfy_env, object_info):
     assert entry["status"]["status_str"] == "success", f"{name}: {error_message(entry)}\n{comfy.log_tail(40)}"
     made = check_outputs(name, entry, prompt, object_info, comfy_env)
     assert made, f"{name} produced no image"
+    if name in bw.DATASETS:
+        check_adapter_of_the_dataset(name, prompt, comfy_env)
+
+
+def check_adapter_of_the_dataset(name: str, prompt: dict, env: dict) -> None:
+    """The adapter that workflow ``name`` saved embeds the FDI of its data set's pairs (the miniature tree's, side
+    maps skipped) as the library computes it from the same tree with the same batch size."""
+    from fdi.adapter import FDIAdapter
+    from fdi.datasets import read_dataset
+    from fdi.encoder import QFormerEncoder
+    from fdi.extract import extract_fdi_from_pairs
+
+    of = {v["class_type"]: v["inputs"] for v in prompt.values()}
+    source, extract = of["FDIDatasetPairs"], of["FDIExtractPairs"]
+    assert (source["dataset"], source["folder"]) == bw.DATASETS[name]
+    split = read_dataset(source["dataset"], env["input"] / source["folder"], source["split"])
+    assert [p.name for p in split.pairs] == DATASET_TREES[source["dataset"]][1]
+    encoder = QFormerEncoder.from_pretrained(env["base"] / "models" / "blip2" / bw.BLIP2_FOLDER)
+    want = extract_fdi_from_pairs(encoder, split.pairs, batch_size=extract["batch_size"])
+    saved = env["base"] / "models" / "fdi_adapters" / f"{of['FDISaveAdapter']['name']}.safetensors"
+    got = FDIAdapter.from_file(saved).fdi
+    assert got is not None and got.n_pairs == len(split.pairs) and got.label == extract["label"]
+    scale = float(want.tokens.abs().mean())
+    assert scale > 1e-3  # the pairs differ: a real FDI, so the equality below means something
+    assert float((got.tokens - want.tokens).abs().max()) <= 1e-5 * max(1.0, scale)
 
 
 # ================================================================================================ 3. browser

@@ -12,7 +12,7 @@ from .restore import (
 )
 from .sdxl import restore_sdxl, style_transfer_sdxl
 from .style import build_fdi_from_pairs, style_fusion, style_transfer
-from .train import train_from_clean_photos, train_style_adapter
+from .train import train_from_clean_photos, train_from_dataset, train_style_adapter
 
 #: name -> (builder, one-line description); the order is the one the tests run them in
 WORKFLOWS = {
@@ -35,6 +35,10 @@ WORKFLOWS = {
     "train_from_clean_photos": (
         train_from_clean_photos,
         "a clean photo → synthetic haze pairs → FDI → train an adapter → save → restore the hazy images",
+    ),
+    "train_from_dataset": (
+        train_from_dataset,
+        "a downloaded data set (Rain100H) → its training pairs → FDI → train an adapter → save → restore a photo",
     ),
     "restore_sdxl": (restore_sdxl, "one image restored on SDXL base 1.0 with an SDXL adapter, 1024 px tiles"),
     "style_transfer_sdxl": (style_transfer_sdxl, "style pairs → FDI → SDXL style adapter → restore-style sampling"),

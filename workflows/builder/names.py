@@ -44,6 +44,7 @@ INPUT_IMAGES = {
     "style_fusion": "photo.png",
     "train_style_adapter": "photo.png",
     "train_from_clean_photos": "clean_photo.png",
+    "train_from_dataset": "degraded.png",
     "restore_sdxl": "degraded_1024.png",
     "style_transfer_sdxl": "photo_1024.png",
 }
@@ -56,6 +57,9 @@ PAIR_FOLDERS = {
     "train_style_adapter": ("style/photo", "style/painting"),
     "style_transfer_sdxl": ("style/photo", "style/painting"),
 }
+#: data sets the workflows read ('Load Data Set Pairs (FDI)'): workflow -> (reader name, folder inside ComfyUI's
+#: input folder where the download is unpacked; the tests make a miniature tree of the set there)
+DATASETS = {"train_from_dataset": ("rain100h", "datasets")}
 
 MODEL_NOTE = (
     "Model files (ComfyUI/models/…):\n"

@@ -1,10 +1,11 @@
-"""The training workflows: a style adapter from pairs, a dehazing adapter from clean photos."""
+"""The training workflows: a style adapter from pairs, a dehazing adapter from clean photos, a deraining adapter
+from a downloaded data set."""
 
 from __future__ import annotations
 
 from .blocks import image_in, sd_base
 from .graph import Workflow
-from .names import BLIP2_FOLDER, BLIP2_NOTE, COLORS, INPUT_IMAGES, MODEL_NOTE, PAIR_FOLDERS
+from .names import BLIP2_FOLDER, BLIP2_NOTE, COLORS, DATASETS, INPUT_IMAGES, MODEL_NOTE, PAIR_FOLDERS
 
 
 def _qformer(wf: Workflow) -> None:
@@ -211,6 +212,88 @@ def train_from_clean_photos() -> Workflow:
         "Dehazed images",
         size=[340, 380],
         filename_prefix="fdi/train_from_clean_photos",
+    )
+    wf.link("restore", "image", "save", "images")
+    wf.group("Output", ["save"], COLORS["output"])
+    return wf
+
+
+def _dataset_note(dataset: str, folder: str) -> str:
+    """Where the Rain100H download goes inside ComfyUI/input, and how much of it the graph loads."""
+    return (
+        f"Data set: Rain100H (Yang et al. 2017), unpacked as downloaded inside ComfyUI/input/{folder}/. The 2017 "
+        f"release (the one the paper's 1800 training pairs belong to) gives ComfyUI/input/{folder}/"
+        "rain_data_train_Heavy/ holding rain-N.png beside norain-N.png (its rainregion-N and rainstreak-N side maps "
+        f"are skipped); the 2018 release gives ComfyUI/input/{folder}/rain_data_train_Heavy/rain/X2/norain-Nx2.png "
+        "with …/norain/norain-N.png; PReNet's RainTrainH/ is read too. The node looks up to four folders deep, "
+        f"so ComfyUI/input/{folder}/rain100h/rain_data_train_Heavy/ works as well. 'dataset' picks another set and "
+        "'split' its train or test pairs: 'python -m fdi datasets list' and docs/datasets.md give each set's layout. "
+        "max_pairs 200 loads 200 pairs spread over the split (about 0.75 GB of memory for Rain100H); 0 loads all "
+        "1800 (about 7 GB). The release found, the pair count and any warning (e.g. a count unlike the paper's) "
+        "are in the node's summary output and the console.\n"
+    )
+
+
+def train_from_dataset() -> Workflow:
+    wf = Workflow("train_from_dataset")
+    dataset, folder = DATASETS["train_from_dataset"]
+    wf.note(
+        "note",
+        (0, 0),
+        (700, 300),
+        "Train a deraining adapter from a downloaded data set: 'Load Data Set Pairs (FDI)' reads Rain100H's "
+        "training pairs as the download unpacks (paired by the set's own name rule), 'Extract FDI (pairs)' makes "
+        "the task FDI from them, 'Train FDI Adapter' trains on the same pairs, 'Save FDI Adapter' writes "
+        "models/fdi_adapters/my_derain.safetensors (FDI embedded) and 'FDI Restore' tries the new adapter on a "
+        "rainy photo. The whole protocol of the paper (test set restored and scored) is the command line's "
+        f"'python -m fdi reproduce --task rainstreak --dataset {dataset} --data DIR' (docs/reproduce.md).\n\n"
+        + _dataset_note(dataset, folder)
+        + "\n"
+        + MODEL_NOTE
+        + BLIP2_NOTE
+        + f"Input: a rainy photo in ComfyUI/input ('{INPUT_IMAGES['train_from_dataset']}' here).",
+        title="Read me: data set and model files",
+    )
+    sd_base(wf, 0, 400)
+    _qformer(wf)
+    wf.node(
+        "dataset",
+        "FDIDatasetPairs",
+        (400, 400),
+        "Load Data Set Pairs (Rain100H train)",
+        size=[340, 210],
+        dataset=dataset,
+        folder=folder,
+        split="train",
+        task="",
+        max_pairs=200,
+        seed=0,
+    )
+    wf.node(
+        "extract",
+        "FDIExtractPairs",
+        (400, 680),
+        "Extract FDI (rainy → clean)",
+        size=[340, 140],
+        label="my_derain",
+        batch_size=8,
+        keep_pairs=True,
+    )
+    wf.link("qformer", "qformer", "extract", "qformer")
+    wf.link("dataset", "pairs", "extract", "pairs")
+    wf.group("Data set pairs and their FDI", ["dataset", "extract"], COLORS["fdi"])
+    _training(wf, 800, "my_derain")
+    _link_training(wf, (("dataset", "pairs", "pairs"),))
+    wf.link("train", "adapter", "save_adapter", "adapter")
+    wf.node("curve", "PreviewImage", (1200, 400), "Loss curve", size=[420, 380])
+    wf.link("train", "loss_curve", "curve", "images")
+    wf.group("Loss curve", ["curve"], COLORS["output"])
+    image_in(wf, "image", 1200, 900, INPUT_IMAGES["train_from_dataset"], "Rainy photo")
+    _restore(wf, 1560, 900, "FDI Restore (new deraining adapter)")
+    _link_restore(wf, ("image", "IMAGE"))
+    wf.group("Try the new adapter on a rainy photo", ["image", "restore"], COLORS["sample"])
+    wf.node(
+        "save", "SaveImage", (1960, 900), "Derained image", size=[340, 380], filename_prefix="fdi/train_from_dataset"
     )
     wf.link("restore", "image", "save", "images")
     wf.group("Output", ["save"], COLORS["output"])
