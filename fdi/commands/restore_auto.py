@@ -59,14 +59,6 @@ def check_auto_args(args: argparse.Namespace) -> bool:
     return True
 
 
-def blip2_fingerprint(source: str) -> str:
-    """The encoder fingerprint of a BLIP-2 folder or packed file from its configs and query tokens (no model)."""
-    from ..blip2_source import open_blip2
-
-    src = open_blip2(source)
-    return src.fingerprint(src.read(["query_tokens"])["query_tokens"])
-
-
 def check_encoders(clf, fingerprint: str, uses: list) -> None:
     """:class:`FDIError` (one line, both encoders named) unless the classifier and every adapter (or its FDI) come
     from the encoder ``fingerprint``."""
@@ -90,11 +82,12 @@ def _check(args: argparse.Namespace):
     """Every check before loading a model: returns the classifier, the adapters' uses and the label match."""
     from ..auto import match_adapters
     from ..classifier import DegradationClassifier
+    from .classify import _encoder_fingerprint
     from .restore import check_args
 
     clf = DegradationClassifier.load(args.auto)
     uses = check_args(args)
-    check_encoders(clf, blip2_fingerprint(args.blip2), uses)
+    check_encoders(clf, _encoder_fingerprint(args.blip2), uses)  # BLIP-2's configs and query tokens only
     matched = match_adapters(clf.labels, [u.adapter.label for u in uses])
     return clf, uses, matched
 
