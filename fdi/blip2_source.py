@@ -364,3 +364,10 @@ def _open_packed(path: Path) -> Blip2Source:
         raise FDIError(f"{where} does not record its encoder fingerprint; pack the BLIP-2 folder again")
     tensors = _check_layout(config, {k: (path, info) for k, info in infos.items()}, where)
     return Blip2Source(path, True, config, raw, pre, mean, std, tensors, meta["encoder"])
+
+
+def encoder_fingerprint(source: PathLike) -> str:
+    """The encoder fingerprint of a BLIP-2 folder or packed file (as :class:`fdi.encoder.QFormerEncoder` would
+    report it), from its configs and query tokens only: no model is built."""
+    src = open_blip2(source)
+    return src.fingerprint(src.read(["query_tokens"])["query_tokens"])

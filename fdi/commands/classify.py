@@ -74,14 +74,6 @@ def _add_predict(cmds) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _encoder_fingerprint(blip2) -> str:
-    """The encoder fingerprint of a BLIP-2 folder or packed file, from its configs and query tokens only."""
-    from ..blip2_source import open_blip2
-
-    src = open_blip2(blip2)
-    return src.fingerprint(src.read(["query_tokens"])["query_tokens"])
-
-
 def _load_encoder(args):
     import torch
 
@@ -136,6 +128,7 @@ def run_train(args) -> int:
 def run_predict(args) -> int:
     import json
 
+    from ..blip2_source import encoder_fingerprint
     from ..classifier import DegradationClassifier
     from ..errors import FDIError
     from ..files import atomic_write, check_output_path
@@ -150,7 +143,7 @@ def run_predict(args) -> int:
         names[p.name] = p
     if args.json is not None:
         check_output_path(args.json)
-    clf.check_encoder(_encoder_fingerprint(args.blip2))  # before BLIP-2 loads
+    clf.check_encoder(encoder_fingerprint(args.blip2))  # before BLIP-2 loads
     encoder = _load_encoder(args)
     results = {}
     for start in range(0, len(paths), args.batch_size):

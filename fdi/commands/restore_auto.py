@@ -81,13 +81,13 @@ def check_encoders(clf, fingerprint: str, uses: list) -> None:
 def _check(args: argparse.Namespace):
     """Every check before loading a model: returns the classifier, the adapters' uses and the label match."""
     from ..auto import match_adapters
+    from ..blip2_source import encoder_fingerprint
     from ..classifier import DegradationClassifier
-    from .classify import _encoder_fingerprint
     from .restore import check_args
 
     clf = DegradationClassifier.load(args.auto)
     uses = check_args(args)
-    check_encoders(clf, _encoder_fingerprint(args.blip2), uses)  # BLIP-2's configs and query tokens only
+    check_encoders(clf, encoder_fingerprint(args.blip2), uses)  # BLIP-2's configs and query tokens only
     matched = match_adapters(clf.labels, [u.adapter.label for u in uses])
     return clf, uses, matched
 
