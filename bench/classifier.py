@@ -126,16 +126,35 @@ def baseline(stats: torch.Tensor, targets, train_idx, val_idx, test_stats, test_
         return evaluate(prob(test_stats), test_targets, th, labels)
 
 
-def run_seed(seed: int, work: Path, encoder, args) -> Dict[str, object]:
+def prepare(work: Path, short: int, crop: int):
+    """Write the training and held-out crops under ``work`` and build the tiny BLIP-2 there; returns its encoder."""
+    from tiny_blip2 import build_tiny_blip2
+    from world import TEST_IMAGES, TRAIN_IMAGES
+
+    from fdi.encoder import QFormerEncoder
+
+    write_crops(TRAIN_IMAGES, work / "train_photos", short, crop)
+    write_crops(TEST_IMAGES, work / "test_photos", short, crop)
+    build_tiny_blip2(work / "blip2", seed=0)
+    return QFormerEncoder.from_pretrained(work / "blip2")
+
+
+def degrade_splits(work: Path, seed: int, specs: Sequence[str] = SPECS) -> Dict[str, List[Path]]:
+    """``fdi degrade`` folders of the training and held-out crops, one per spec: ``{"train": [...], "test": [...]}``."""
     from fdi.degrade import degrade_folder
 
-    t0 = time.time()
-    dirs = {"train": [], "test": []}
+    dirs: Dict[str, List[Path]] = {"train": [], "test": []}
     for split in dirs:
-        for spec in SPECS:
+        for spec in specs:
             out = work / f"seed{seed}" / split / spec.replace(",", "+")
             degrade_folder(work / f"{split}_photos", spec, out, seed=seed, overwrite=True)
             dirs[split].append(out)
+    return dirs
+
+
+def run_seed(seed: int, work: Path, encoder, args) -> Dict[str, object]:
+    t0 = time.time()
+    dirs = degrade_splits(work, seed)
     train, groups = labelled(dirs["train"])
     test, _ = labelled(dirs["test"])
     labels = train.labels
@@ -190,20 +209,14 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     args = ap.parse_args(argv)
-    from tiny_blip2 import build_tiny_blip2
     from world import TEST_IMAGES, TRAIN_IMAGES
-
-    from fdi.encoder import QFormerEncoder
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        write_crops(TRAIN_IMAGES, work / "train_photos", args.short, args.crop)
-        write_crops(TEST_IMAGES, work / "test_photos", args.short, args.crop)
-        build_tiny_blip2(work / "blip2", seed=0)
-        encoder = QFormerEncoder.from_pretrained(work / "blip2")
+        encoder = prepare(work, args.short, args.crop)
         runs = [run_seed(s, work, encoder, args) for s in args.seeds]
     labels = list(dict.fromkeys(DEGRADE_LABELS[e] for s in SPECS for e in s.split(",")))
     table = summarise(runs, labels)
