@@ -18,6 +18,8 @@ Node ids are a contract (saved workflows refer to them):
 ``FDIDegradePairs``       clean ``IMAGE``, degradation spec, seed → degraded and clean ``IMAGE``
 ``FDIDatasetPairs``       data set name, folder inside input/, split → ``FDI_PAIRS`` (and a summary)
 ``FDIExtractPairs``       Q-Former, ``FDI_PAIRS`` → ``FDI``
+``FDIClassifierLoader``   ``models/fdi_classifiers/*.clf.safetensors`` → ``FDI_CLASSIFIER``
+``FDIDetectDegradations`` Q-Former, classifier, ``IMAGE`` → ``FDI_DEGRADATIONS`` (per-label scores) and JSON
 ========================  ======================================================================
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .classifier_nodes import NODES as _CLASSIFIER_NODES
 from .dataset_nodes import NODES as _DATASET_NODES
 from .degrade_nodes import NODES as _DEGRADE_NODES
 from .fdi_nodes import NODES as _FDI_NODES
@@ -32,7 +35,15 @@ from .guidance_nodes import NODES as _GUIDANCE_NODES
 from .postprocess_nodes import NODES as _POSTPROCESS_NODES
 from .train_nodes import NODES as _TRAIN_NODES
 
-NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_POSTPROCESS_NODES, *_TRAIN_NODES, *_DEGRADE_NODES, *_DATASET_NODES]
+NODE_CLASSES = [
+    *_FDI_NODES,
+    *_GUIDANCE_NODES,
+    *_POSTPROCESS_NODES,
+    *_TRAIN_NODES,
+    *_DEGRADE_NODES,
+    *_DATASET_NODES,
+    *_CLASSIFIER_NODES,
+]
 
 
 class FDIExtension(ComfyExtension):
