@@ -20,6 +20,7 @@ Node ids are a contract (saved workflows refer to them):
 ``FDIExtractPairs``       Q-Former, ``FDI_PAIRS`` → ``FDI``
 ``FDIClassifierLoader``   ``models/fdi_classifiers/*.clf.safetensors`` → ``FDI_CLASSIFIER``
 ``FDIDetectDegradations`` Q-Former, classifier, ``IMAGE`` → ``FDI_DEGRADATIONS`` (per-label scores) and JSON
+``FDIRestoreAuto``        FDIRestore with the adapters the scores pick (composite or progressive) → ``IMAGE``
 ========================  ======================================================================
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .auto_nodes import NODES as _AUTO_NODES
 from .classifier_nodes import NODES as _CLASSIFIER_NODES
 from .dataset_nodes import NODES as _DATASET_NODES
 from .degrade_nodes import NODES as _DEGRADE_NODES
@@ -43,6 +45,7 @@ NODE_CLASSES = [
     *_DEGRADE_NODES,
     *_DATASET_NODES,
     *_CLASSIFIER_NODES,
+    *_AUTO_NODES,
 ]
 
 
