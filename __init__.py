@@ -7,7 +7,7 @@ This file must stay light and lazy:
   ``comfy_api``, ``nodes``) and no torch: the node classes live in :mod:`.nodes` and are
   imported only when ComfyUI calls :func:`comfy_entrypoint`;
 * when it is imported *inside* ComfyUI (``folder_paths`` is then already loaded), the model
-  folders ``blip2``, ``fdi_adapters`` and ``fdi`` are registered with ``folder_paths`` right away,
+  folders ``blip2``, ``fdi_adapters``, ``fdi`` and ``fdi_classifiers`` are registered with ``folder_paths`` right away,
   before any node lists them. ComfyUI applies ``extra_model_paths.yaml`` before it loads custom
   nodes, so paths a user declared there are kept; our default folder under ``models/`` is put
   first (it is where ``FDISave`` writes) and the accepted file types are set.
@@ -32,6 +32,7 @@ MODEL_FOLDERS = {
     "blip2": {""},
     "fdi_adapters": {".safetensors"},
     "fdi": {".safetensors"},
+    "fdi_classifiers": {".safetensors"},
 }
 
 

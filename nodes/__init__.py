@@ -18,6 +18,9 @@ Node ids are a contract (saved workflows refer to them):
 ``FDIDegradePairs``       clean ``IMAGE``, degradation spec, seed → degraded and clean ``IMAGE``
 ``FDIDatasetPairs``       data set name, folder inside input/, split → ``FDI_PAIRS`` (and a summary)
 ``FDIExtractPairs``       Q-Former, ``FDI_PAIRS`` → ``FDI``
+``FDIClassifierLoader``   ``models/fdi_classifiers/*.clf.safetensors`` → ``FDI_CLASSIFIER``
+``FDIDetectDegradations`` Q-Former, classifier, ``IMAGE`` → ``FDI_DEGRADATIONS`` (per-label scores) and JSON
+``FDIRestoreAuto``        FDIRestore with the adapters the scores pick (composite or progressive) → ``IMAGE``
 ========================  ======================================================================
 """
 
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .auto_nodes import NODES as _AUTO_NODES
+from .classifier_nodes import NODES as _CLASSIFIER_NODES
 from .dataset_nodes import NODES as _DATASET_NODES
 from .degrade_nodes import NODES as _DEGRADE_NODES
 from .fdi_nodes import NODES as _FDI_NODES
@@ -32,7 +37,16 @@ from .guidance_nodes import NODES as _GUIDANCE_NODES
 from .postprocess_nodes import NODES as _POSTPROCESS_NODES
 from .train_nodes import NODES as _TRAIN_NODES
 
-NODE_CLASSES = [*_FDI_NODES, *_GUIDANCE_NODES, *_POSTPROCESS_NODES, *_TRAIN_NODES, *_DEGRADE_NODES, *_DATASET_NODES]
+NODE_CLASSES = [
+    *_FDI_NODES,
+    *_GUIDANCE_NODES,
+    *_POSTPROCESS_NODES,
+    *_TRAIN_NODES,
+    *_DEGRADE_NODES,
+    *_DATASET_NODES,
+    *_CLASSIFIER_NODES,
+    *_AUTO_NODES,
+]
 
 
 class FDIExtension(ComfyExtension):

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..fdi.classifier import CLASSIFIER_SUFFIX
 from ..fdi.dtypes import DTYPES, parse_dtype
 from ..fdi.errors import FDIError
 from ..fdi.instruction import FDI, FDI_SUFFIX
@@ -38,6 +39,8 @@ FDIType = io.Custom("FDI")
 FDIAdapterType = io.Custom("FDI_ADAPTER")
 FDIGuidanceType = io.Custom("FDI_GUIDANCE")
 FDIPairsType = io.Custom("FDI_PAIRS")
+FDIClassifierType = io.Custom("FDI_CLASSIFIER")
+FDIDegradationsType = io.Custom("FDI_DEGRADATIONS")
 
 CATEGORY = "FDI"
 
@@ -169,6 +172,11 @@ def fdi_files() -> List[str]:
 def adapter_files() -> List[str]:
     """``*.safetensors`` files in every ``fdi_adapters`` model path (relative names, sorted)."""
     return [f for f in folder_paths.get_filename_list("fdi_adapters") if f.endswith(".safetensors")]
+
+
+def classifier_files() -> List[str]:
+    """``*.clf.safetensors`` files in every ``fdi_classifiers`` model path (relative names, sorted)."""
+    return [f for f in folder_paths.get_filename_list("fdi_classifiers") if f.endswith(CLASSIFIER_SUFFIX)]
 
 
 def model_file(folder: str, name: str, what: str) -> str:

@@ -408,7 +408,7 @@ def node_infos():
 def test_help_pages_match_the_schemas(node_infos):
     assert build_help.stale_pages(node_infos) == [], "run tools/build_help.py under ComfyUI's Python"
     assert build_help.stale_nodes_md(node_infos) == [], "run tools/build_help.py under ComfyUI's Python"
-    assert len(node_infos) == len(re.findall(r"^### `FDI\w+`", (ROOT / "NODES.md").read_text(), flags=re.M)) == 20
+    assert len(node_infos) == len(re.findall(r"^### `FDI\w+`", (ROOT / "NODES.md").read_text(), flags=re.M)) == 23
 
 
 @needs_comfyui

@@ -10,10 +10,11 @@ Three layers:
    this pack and fixture models in a temporary ``--base-directory`` (the random-weight full-size
    SD 2.1 checkpoint of ``tests/sd21_fixture.py`` under the published file name
    ``v2-1_512-ema-pruned.safetensors``, the tiny BLIP-2 of ``tests/tiny_blip2.py``, non-fresh random
-   adapters with embedded FDIs, FDI files, 64 px images, pair folders and a miniature data set tree with the real
-   file names of its release). Every node type must be in ``/object_info``, every slot and widget value valid for
-   it, ``build_workflows.py`` must reproduce the files from it, and every workflow, converted to API format, must
-   run and produce its images (a workflow that trains from a data set: an adapter embedding that tree's FDI). Only
+   adapters with embedded FDIs, FDI files, a degradation classifier with the adapters' labels, 64 px images, pair
+   folders and a miniature data set tree with the real file names of its release). Every node type must be in
+   ``/object_info``, every slot and widget value valid for it, ``build_workflows.py`` must reproduce the files from
+   it, and every workflow, converted to API format, must run and produce its images (a workflow that trains from a
+   data set: an adapter embedding that tree's FDI; an automatic one: the classifier's decision on the nodes). Only
    step counts, batch sizes, the training resolution and the overwrite switches are changed, for speed.
 3. **Browser** (also needs Debian ``chromium`` + ``chromedriver`` and selenium): the ComfyUI frontend
    in headless Chromium loads each workflow with ``app.loadGraphData``; no missing-node or error
@@ -152,7 +153,7 @@ def test_workflow_structure_ids_and_links(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_node_types_are_the_packs_or_comfyui_cores(name):
-    assert len(PACK_NODES) == 20, PACK_NODES
+    assert len(PACK_NODES) == 23, PACK_NODES
     unknown = {n["type"] for n in load(name)["nodes"]} - PACK_NODES - CORE_NODES - VIRTUAL
     assert not unknown, f"node types neither in this pack nor in the core list: {unknown}"
 
@@ -356,6 +357,15 @@ def test_use_case_shapes():
     wf = load("mixed_progressive")
     ids = {n["id"]: n["type"] for n in wf["nodes"]}
     assert any(ids[lk[1]] == "FDIRestore" and ids[lk[3]] == "FDIRestore" for lk in wf["links"])
+    # automatic: the classifier's scores reach both automatic restorations, one composite and one progressive
+    wf = load("restore_auto_mixed")
+    ids = {n["id"]: n for n in wf["nodes"]}
+    joined = [(ids[lk[1]]["type"], ids[lk[3]]["type"], lk[5]) for lk in wf["links"]]
+    assert joined.count(("FDIDetectDegradations", "FDIRestoreAuto", "FDI_DEGRADATIONS")) == 2
+    assert ("FDIClassifierLoader", "FDIDetectDegradations", "FDI_CLASSIFIER") in joined
+    assert joined.count(("FDIAdapterLoader", "FDIRestoreAuto", "FDI_ADAPTER")) == 4
+    modes = sorted(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "FDIRestoreAuto")
+    assert modes == ["composite", "progressive"]
     # from a data set: its pairs feed both the FDI and the training, and the new adapter restores
     wf = load("train_from_dataset")
     ids = {n["id"]: n["type"] for n in wf["nodes"]}
@@ -592,7 +602,31 @@ def comfy_env(tmp_path_factory, tiny_blip2_folder, sd21_adapter):
         adapter.label = key
         adapter.save(models / "fdi_adapters" / file_name, fdi=fdis[seed % 2])
         del adapter
+    write_classifier(models / "fdi_classifiers", encoder.fingerprint)
     return {"base": base, "input": inp, "output": base / "output", "temp": base / "temp"}
+
+
+#: the degradation classifier of the workflows (``bw.CLASSIFIERS``): labels some adapters carry, and one constant
+#: decision whatever the image (what the automatic workflows' checks expect)
+CLASSIFIER_PROBABILITIES = {"dehaze": 0.6, "derain": 0.8, "desnow": 0.1}
+
+
+def write_classifier(folder: Path, encoder: str) -> None:
+    """A classifier on the tiny BLIP-2 whose labels are adapters' labels and whose output is
+    :data:`CLASSIFIER_PROBABILITIES` for every image (zero weights; the biases are the logits), thresholds 0.5."""
+    import torch
+    from tiny_blip2 import TINY_TOKENS, TINY_WIDTH
+
+    from fdi.classifier import DegradationClassifier
+
+    labels = sorted(CLASSIFIER_PROBABILITIES)
+    config = dict(pooling="mean", hidden=0, num_tokens=TINY_TOKENS, width=TINY_WIDTH)
+    clf = DegradationClassifier(labels, encoder, config, thresholds=torch.full((len(labels),), 0.5))
+    clf.mlp[0].weight.data.zero_()
+    clf.mlp[0].bias.data.copy_(torch.logit(torch.tensor([CLASSIFIER_PROBABILITIES[k] for k in labels])))
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name in bw.CLASSIFIERS.values():
+        clf.save(folder / file_name)
 
 
 @pytest.fixture(scope="module")
@@ -740,6 +774,26 @@ def test_workflow_runs_in_comfyui(name, comfy, comfy_env, object_info):
     assert made, f"{name} produced no image"
     if name in bw.DATASETS:
         check_adapter_of_the_dataset(name, prompt, comfy_env)
+    check_automatic_decisions(name, entry, prompt)
+
+
+def check_automatic_decisions(name: str, entry: dict, prompt: dict) -> None:
+    """What 'Detect Degradations (FDI)' showed and each 'FDI Restore (auto)' decided: the classifier's constant
+    output (:data:`CLASSIFIER_PROBABILITIES`), derain and dehaze detected, the two adapters used in that order."""
+    outputs = entry.get("outputs", {})
+    for node_id, node_in in prompt.items():
+        if node_in["class_type"] == "FDIDetectDegradations":
+            text = outputs[node_id]["text"][0]
+            assert text.endswith("detected: derain, dehaze"), (name, text)
+        if node_in["class_type"] == "FDIRestoreAuto":
+            mode = node_in["inputs"]["mode"]
+            text = outputs[node_id]["text"][0]
+            assert text.startswith(
+                f"image 1: detected derain 0.80, dehaze 0.60: {mode} restoration with derain, dehaze"
+            ), (
+                name,
+                text,
+            )
 
 
 def check_adapter_of_the_dataset(name: str, prompt: dict, env: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .auto import restore_auto_mixed
 from .restore import (
     cross_task_fdi,
     mixed_composite,
@@ -26,6 +27,10 @@ WORKFLOWS = {
     "cross_task_fdi": (cross_task_fdi, "two saved FDIs (denoise + desnow) combined, driving the desnowing adapter"),
     "mixed_composite": (mixed_composite, "two adapters chained with weights on one MODEL, one sampling"),
     "mixed_progressive": (mixed_progressive, "adapter 1's restoration fed into adapter 2"),
+    "restore_auto_mixed": (
+        restore_auto_mixed,
+        "a degradation classifier picks and weighs the adapters: composite and progressive, automatically",
+    ),
     "style_transfer": (style_transfer, "style pairs → FDI → style adapter → restore-style sampling"),
     "style_fusion": (style_fusion, "two style adapters combined with weights"),
     "train_style_adapter": (

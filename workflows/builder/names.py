@@ -32,6 +32,9 @@ ADAPTERS = {
 #: the base family each adapter file is trained for (the others: SD 2.1 base)
 ADAPTER_FAMILIES = {"sdxl_derain": "sdxl", "sdxl_painting": "sdxl"}
 FDI_FILES = {"denoise": "denoise.fdi.safetensors", "desnow": "desnow.fdi.safetensors"}
+#: degradation classifiers the workflows load (``python -m fdi classify train``); the tests make one whose labels are
+#: the adapters' (the keys of :data:`ADAPTERS`)
+CLASSIFIERS = {"mixed": "degradations.clf.safetensors"}
 #: images the workflows load from ComfyUI's input folder (the tests put small images there)
 INPUT_IMAGES = {
     "restore_single": "degraded.png",
@@ -40,6 +43,7 @@ INPUT_IMAGES = {
     "cross_task_fdi": "snowy.png",
     "mixed_composite": "rain_haze.png",
     "mixed_progressive": "rain_haze.png",
+    "restore_auto_mixed": "rain_haze.png",
     "style_transfer": "photo.png",
     "style_fusion": "photo.png",
     "train_style_adapter": "photo.png",
@@ -91,6 +95,12 @@ SDXL_ADAPTER_NOTE = (
 SDXL_SIZE_NOTE = (
     "SDXL works at about 1024 px a side: 'FDI Restore' runs images up to 1024 px whole and larger ones in 1024 px "
     "tiles (tile_size 1024, 128 px overlap; 0 turns tiles off). The size conditioning is the image's own size.\n"
+)
+CLASSIFIER_NOTE = (
+    "• fdi_classifiers/<name>.clf.safetensors: a degradation classifier made by 'python -m fdi classify train' with "
+    "the same BLIP-2 (one label per degradation, e.g. --task derain=rainy/ --task dehaze=hazy/ --clean clean/). "
+    "An adapter is picked when its label (set by 'python -m fdi train --label'; 'python -m fdi adapter-info' shows "
+    "it) is a label the classifier detects.\n"
 )
 FDI_NOTE = "• fdi/<name>.fdi.safetensors: FDI files from 'Save FDI' or 'python -m fdi extract'.\n"
 SAMPLING_NOTE = (
