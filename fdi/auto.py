@@ -113,6 +113,12 @@ class AutoDecision:
         }
 
 
+def detected_labels(probs: Mapping[str, float], thresholds: Mapping[str, float]) -> List[str]:
+    """The labels whose probability reaches their threshold, most probable first, ties by label name (the one order
+    of the detection node, ``classify predict`` and :func:`decide`)."""
+    return sorted((k for k in probs if float(probs[k]) >= float(thresholds[k])), key=lambda k: (-float(probs[k]), k))
+
+
 def _checked(probs: Mapping[str, float], thresholds: Mapping[str, float]) -> Tuple[Dict, Dict]:
     """Normalised copies of ``probs`` and ``thresholds``; :class:`FDIError` for different labels or values out of
     range."""
@@ -163,7 +169,7 @@ def decide(
     p, t = _checked(probs, thresholds)
     if matched is None:
         matched = match_adapters(list(p), adapter_labels)
-    detected = sorted((k for k in p if p[k] >= t[k]), key=lambda k: (-p[k], k))
+    detected = detected_labels(p, t)
     chosen = [k for k in detected if k in matched]
     missing = tuple(k for k in detected if k not in matched)
     uses = [(matched[k], p[k] if mode == "composite" else 1.0) for k in chosen]

@@ -151,10 +151,11 @@ class DegradationClassifier(nn.Module):
         return [{lab: float(p[i]) for i, lab in enumerate(self.labels)} for p in probs]
 
     def detected(self, probs: Dict[str, float]) -> List[str]:
-        """The labels whose probability reaches their threshold, most probable first (ties: label order)."""
-        th = self.threshold_map()
-        hits = [(i, lab) for i, lab in enumerate(self.labels) if float(probs[lab]) >= th[lab]]
-        return [lab for _, lab in sorted(hits, key=lambda x: (-float(probs[x[1]]), x[0]))]
+        """The labels whose probability reaches their threshold, most probable first, ties by label name
+        (:func:`fdi.auto.detected_labels`, the order ``restore --auto`` uses)."""
+        from .auto import detected_labels
+
+        return detected_labels({lab: float(probs[lab]) for lab in self.labels}, self.threshold_map())
 
     def threshold_map(self) -> Dict[str, float]:
         """``{label: threshold}``."""

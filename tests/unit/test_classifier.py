@@ -217,6 +217,18 @@ def test_detected_orders_by_probability():
     assert clf.detected({"a": 0.1, "b": 0.1, "c": 0.1}) == []
 
 
+def test_detected_breaks_ties_as_restore_auto_decides():
+    """Equal probabilities: the classifier (detection node, classify predict) and fdi.auto.decide list the labels in
+    one order, by name, whatever the classifier's column order."""
+    from fdi.auto import decide
+
+    clf = DegradationClassifier(("noise", "haze"), "e:1", dict(pooling="mean", hidden=0, num_tokens=2, width=3))
+    clf.thresholds.copy_(torch.tensor([0.5, 0.5]))
+    probs = {"noise": 0.7, "haze": 0.7}
+    decision = decide(probs, clf.threshold_map(), ["noise", "haze"], "progressive")
+    assert clf.detected(probs) == ["haze", "noise"] == list(decision.detected)
+
+
 def test_training_is_deterministic_and_an_interrupt_returns_nothing(trained):
     data, tokens = trained["data"], trained["tokens"]
     args = (tokens, data.targets, data.groups, data.labels, "e:1", 0.25, 3)
