@@ -96,7 +96,7 @@ def run_pairs(args: argparse.Namespace) -> int:
     source = DatasetSource(args.name, args.root, args.split, args.dataset_task, str(cache_beside(out)), args.data_seed)
     with tqdm_progress(f"synthesizing {args.name}", 0, "img", not args.quiet, lazy=True) as cb:
         split = source.read(progress=cb)
-    write_pairs_csv(split, out)
+    write_pairs_csv(split.pairs, out)
     print(
         f"wrote {out}: {len(split.pairs)} {args.split} pairs of {split.dataset} ({split.release}; "
         f"task {split.task}, metric {split.metric.upper() if split.metric == 'y' else 'RGB'})",

@@ -15,8 +15,9 @@ import signal
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..colorfix import COLOR_FIXES
 from ..dtypes import DTYPES
@@ -259,12 +260,13 @@ def shard(jobs: List[Job], rank: int, world: int) -> List[Job]:
     return jobs[rank::world]
 
 
-def make_batches(jobs: List[Job], batch_size: int) -> List[List[Job]]:
-    """Batches of at most ``batch_size`` jobs of the same size, in the order of each size's first job."""
-    by_size: Dict[Tuple[int, int], List[Job]] = {}
+def make_batches(jobs: List, batch_size: int, key: Callable = lambda job: job.size) -> List[List]:
+    """Batches of at most ``batch_size`` items with the same ``key`` (a job's size by default), in the order of
+    each key's first item."""
+    by_key: Dict[object, List] = {}
     for job in jobs:
-        by_size.setdefault(job.size, []).append(job)
-    return [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+        by_key.setdefault(key(job), []).append(job)
+    return [group[i : i + batch_size] for group in by_key.values() for i in range(0, len(group), batch_size)]
 
 
 def remove_stale_temporaries(jobs: List[Job]) -> None:
@@ -279,6 +281,18 @@ def remove_stale_temporaries(jobs: List[Job]) -> None:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt inside the block (main thread only), as Ctrl-C does."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    try:
+        yield
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def check_args(args: argparse.Namespace) -> list:
@@ -341,23 +355,24 @@ def pick_device(requested, world: int, local_rank: int):
     return torch.device("cpu")
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..encoder import parse_dtype
-    from ..pipeline import FDIRestorationPipeline, GuidanceWindowNote
-
-    if check_auto_args(args):
-        return run_auto(args)
-    uses = check_args(args)
-    out_dir = Path(args.output)
-    jobs = plan_jobs(args.image, out_dir, dataset_inputs(args))
+def todo_jobs(args: argparse.Namespace) -> Tuple[List[Job], int, Tuple[int, int, int]]:
+    """This process's jobs (planned, sharded, those with an output dropped under ``--skip-existing``), how many were
+    skipped, and ``(rank, world, local rank)``."""
+    jobs = plan_jobs(args.image, Path(args.output), dataset_inputs(args))
     rank, world, local_rank = distributed_rank()
     jobs = shard(jobs, rank, world)
     skipped = 0
     if args.skip_existing:
         todo = [j for j in jobs if not j.output.exists()]
         skipped, jobs = len(jobs) - len(todo), todo
+    return jobs, skipped, (rank, world, local_rank)
 
-    device = pick_device(args.device, world, local_rank)
+
+def load_pipeline(args: argparse.Namespace, uses: list, device):
+    """The restoration pipeline of ``--sd`` on ``device``, every adapter and the step count checked against it."""
+    from ..encoder import parse_dtype
+    from ..pipeline import FDIRestorationPipeline
+
     dtype = parse_dtype(args.dtype or ("fp16" if device.type == "cuda" else "fp32"))
     pipe = FDIRestorationPipeline.from_pretrained(
         Path(args.sd), device=device, dtype=dtype, config=args.sd_config, prediction_type=args.prediction_type
@@ -365,13 +380,24 @@ def run(args: argparse.Namespace) -> int:
     for use in uses:  # family and channel layout, before any work
         pipe.check_adapter(use.adapter)
     pipe.check_steps(args.steps)  # the schedule's step bound (fdi.sampling.max_ddim_steps)
+    return pipe
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import GuidanceWindowNote
+
+    if check_auto_args(args):
+        return run_auto(args)
+    uses = check_args(args)
+    jobs, skipped, (_, world, local_rank) = todo_jobs(args)
+    pipe = load_pipeline(args, uses, pick_device(args.device, world, local_rank))
     if skipped:
         print(f"skipping {skipped} image(s) whose output exists", file=sys.stderr)
     if not jobs:
         return 0
     if args.compile:
         pipe.compile()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(args.output).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(jobs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GuidanceWindowNote)  # check_args printed the notes once
@@ -397,10 +423,9 @@ def restore_jobs(pipe, uses: list, jobs: List[Job], args: argparse.Namespace) ->
     per_image = (args.steps + args.inversion_steps) * (len(uses) if args.mode == "progressive" else 1)
     total = per_image * len(jobs)
     done_images = 0
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
     try:
-        with tqdm_progress(f"restore {len(jobs)} image(s)", total, unit="step", enabled=not args.quiet) as cb:
+        bar = tqdm_progress(f"restore {len(jobs)} image(s)", total, unit="step", enabled=not args.quiet)
+        with sigterm_interrupts(), bar as cb:
             for batch in make_batches(jobs, args.batch_size):
                 images = torch.stack([load_image(j.source) for j in batch])
                 offset, b = done_images * per_image, len(batch)
@@ -419,7 +444,4 @@ def restore_jobs(pipe, uses: list, jobs: List[Job], args: argparse.Namespace) ->
             file=sys.stderr,
         )
         return 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
     return 0

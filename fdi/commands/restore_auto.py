@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -114,35 +112,21 @@ def classify_jobs(args: argparse.Namespace, clf, uses: list, matched: Dict[str, 
 
 def run_auto(args: argparse.Namespace) -> int:
     """``restore --auto``: checks, classification, then restoration with each image's decision."""
-    from ..encoder import parse_dtype
-    from ..pipeline import FDIRestorationPipeline, GuidanceWindowNote
-    from .restore import dataset_inputs, distributed_rank, pick_device, plan_jobs, remove_stale_temporaries, shard
+    from ..pipeline import GuidanceWindowNote
+    from .restore import load_pipeline, pick_device, remove_stale_temporaries, todo_jobs
 
     clf, uses, matched = _check(args)
-    out_dir = Path(args.output)
-    jobs = plan_jobs(args.image, out_dir, dataset_inputs(args))
-    rank, world, local_rank = distributed_rank()
-    jobs = shard(jobs, rank, world)
-    skipped = 0
-    if args.skip_existing:
-        todo = [j for j in jobs if not j.output.exists()]
-        skipped, jobs = len(jobs) - len(todo), todo
+    jobs, skipped, (_, world, local_rank) = todo_jobs(args)
     if skipped:
         print(f"skipping {skipped} image(s) whose output exists", file=sys.stderr)
     if not jobs:
         return 0
     device = pick_device(args.device, world, local_rank)
     decisions = classify_jobs(args, clf, uses, matched, jobs, device)
-    dtype = parse_dtype(args.dtype or ("fp16" if device.type == "cuda" else "fp32"))
-    pipe = FDIRestorationPipeline.from_pretrained(
-        Path(args.sd), device=device, dtype=dtype, config=args.sd_config, prediction_type=args.prediction_type
-    )
-    for use in uses:  # family and channel layout, before any work
-        pipe.check_adapter(use.adapter)
-    pipe.check_steps(args.steps)
+    pipe = load_pipeline(args, uses, device)
     if args.compile:
         pipe.compile()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(args.output).mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(jobs + [j._replace(output=decision_path(j.output)) for j in jobs])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", GuidanceWindowNote)  # check_args printed the notes once
@@ -170,15 +154,6 @@ def write_output(image, job, decision) -> None:
         raise
 
 
-def _groups(pairs: List[Tuple], batch_size: int) -> List[List[Tuple]]:
-    """Batches of at most ``batch_size`` (job, decision) of the same size and the same decision, in order of
-    first appearance."""
-    by_key: Dict[tuple, List[Tuple]] = {}
-    for job, decision in pairs:
-        by_key.setdefault((job.size, decision.key()), []).append((job, decision))
-    return [group[i : i + batch_size] for group in by_key.values() for i in range(0, len(group), batch_size)]
-
-
 def restore_decided(pipe, uses: list, pairs: List[Tuple], args: argparse.Namespace) -> int:
     """Restore each (job, decision) with its decision's adapters, write outputs as they finish; 130 when
     interrupted (the finished outputs and their decisions stay)."""
@@ -188,7 +163,7 @@ def restore_decided(pipe, uses: list, pairs: List[Tuple], args: argparse.Namespa
     from ..images import load_image
     from ..progress import tqdm_progress
     from ..restoration import AdapterUse
-    from .restore import _raise_interrupt, restore_settings
+    from .restore import make_batches, restore_settings, sigterm_interrupts
 
     settings = restore_settings(args)
     per_stage = args.steps + args.inversion_steps
@@ -197,11 +172,10 @@ def restore_decided(pipe, uses: list, pairs: List[Tuple], args: argparse.Namespa
         return 0 if decision.unchanged else per_stage * (len(decision.uses) if args.mode == "progressive" else 1)
 
     total, done, written = sum(steps_of(d) for _, d in pairs), 0, 0
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    same = lambda pair: (pair[0].size, pair[1].key())  # noqa: E731  (a batch: one size, one decision)
     try:
-        with tqdm_progress(f"restore {len(pairs)} image(s)", total, unit="step", enabled=not args.quiet) as cb:
-            for batch in _groups(pairs, args.batch_size):
+        with sigterm_interrupts(), tqdm_progress(f"restore {len(pairs)} image(s)", total, "step", not args.quiet) as cb:
+            for batch in make_batches(pairs, args.batch_size, same):
                 images = torch.stack([load_image(job.source) for job, _ in batch])
                 decision, b = batch[0][1], len(batch)
                 if decision.unchanged:
@@ -223,7 +197,4 @@ def restore_decided(pipe, uses: list, pairs: List[Tuple], args: argparse.Namespa
             file=sys.stderr,
         )
         return 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
     return 0

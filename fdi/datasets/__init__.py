@@ -14,8 +14,9 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
+from ..data import Pair
 from ..errors import FDIError
 from ..files import atomic_write
 from ..progress import ProgressCallback
@@ -80,12 +81,13 @@ def read_dataset(
     return get_dataset(name).read(root, split, task=task, cache=cache, seed=seed, progress=progress)
 
 
-def write_pairs_csv(split: DatasetSplit, path: PathLike) -> Path:
-    """Write ``name,degraded,clean`` with absolute paths, atomically; returns the path."""
+def write_pairs_csv(pairs: Sequence[Pair], path: PathLike) -> Path:
+    """Write ``name,degraded,clean`` (absolute paths) of ``pairs`` (a split's, a subset's), atomically; returns the
+    path."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["name", "degraded", "clean"])
-    for p in split.pairs:
+    for p in pairs:
         writer.writerow([p.name, str(Path(p.degraded).resolve()), str(Path(p.clean).resolve())])
     with atomic_write(path, "w") as fh:
         fh.write(buf.getvalue())

@@ -39,12 +39,6 @@ def _write_json(path: Path, data: dict) -> None:
         fh.write("\n")
 
 
-def _write_pairs(pairs: List[Pair], path: Path, split: str) -> None:
-    from ..datasets import DatasetSplit, write_pairs_csv
-
-    write_pairs_csv(DatasetSplit("", split, "", "", Path("."), pairs), path)
-
-
 # ---------------------------------------------------------------------------------------------- (a) pairs
 def _describe(split) -> dict:
     return {
@@ -63,7 +57,7 @@ def _describe(split) -> dict:
 def read_pairs(run: "Plan") -> Tuple[List[Pair], List[Pair], dict]:
     """Stage (a): the training and test pairs and what was read (``datasets.json``); clean-only sets are
     synthesized into ``<run>/fdi-datasets/``. A finished stage is read back from its files."""
-    from ..datasets import read_dataset
+    from ..datasets import read_dataset, write_pairs_csv
 
     folder, info_file = run.folder, run.folder / DATASETS_FILE
     if info_file.is_file():
@@ -96,8 +90,8 @@ def read_pairs(run: "Plan") -> Tuple[List[Pair], List[Pair], dict]:
         fh.write("".join(w + "\n" for w in warnings))
     for w in warnings:
         run.log(f"warning: {w}")
-    _write_pairs(train, folder / "train_pairs.csv", "train")
-    _write_pairs(test.pairs, folder / "test_pairs.csv", "test")
+    write_pairs_csv(train, folder / "train_pairs.csv")
+    write_pairs_csv(test.pairs, folder / "test_pairs.csv")
     _write_json(info_file, info)  # last: its presence marks the stage done
     return read_pairs_file(folder / "train_pairs.csv"), read_pairs_file(folder / "test_pairs.csv"), info
 
@@ -115,10 +109,12 @@ def subset(pairs: List[Pair], proportion: float, seed: int) -> List[Pair]:
 
 def subset_pairs(run: "Plan", train: List[Pair], proportion: float, sub: Path) -> Path:
     """The training pairs list of one proportion, ``<run>/p<percent>/train_pairs.csv`` (written once)."""
+    from ..datasets import write_pairs_csv
+
     file = sub / "train_pairs.csv"
     if not file.is_file():
         sub.mkdir(parents=True, exist_ok=True)
-        _write_pairs(subset(train, proportion, run.cfg.seed), file, "train")
+        write_pairs_csv(subset(train, proportion, run.cfg.seed), file)
     return file
 
 
@@ -126,8 +122,7 @@ def subset_pairs(run: "Plan", train: List[Pair], proportion: float, sub: Path) -
 def task_fdis(run: "Plan", train: List[Pair]) -> None:
     """Stage (b): the task FDI of each proportion's pairs, ``<run>/p<percent>/task.fdi.safetensors``."""
     from ..encoder import QFormerEncoder
-    from ..extract import extract_fdi_from_sources
-    from ..images import load_image
+    from ..extract import extract_fdi_from_pairs
 
     encoder = None
     for proportion in run.cfg.proportions:
@@ -140,10 +135,9 @@ def task_fdis(run: "Plan", train: List[Pair]) -> None:
         if encoder is None:
             encoder = QFormerEncoder.from_pretrained(run.cfg.blip2, device=run.device)
         run.log(f"(b) task FDI of {len(pairs)} training pairs ({proportion:.0%} of the set)")
-        sources = [((lambda p=pr.degraded: load_image(p)), (lambda p=pr.clean: load_image(p))) for pr in pairs]
-        with tqdm_progress("(b) task FDI", len(sources), unit="pair", enabled=not run.cfg.quiet) as cb:
-            fdi = extract_fdi_from_sources(
-                encoder, sources, label=f"{run.data.task} {sub.name}", batch_size=run.cfg.blip2_batch_size, progress=cb
+        with tqdm_progress("(b) task FDI", len(pairs), unit="pair", enabled=not run.cfg.quiet) as cb:
+            fdi = extract_fdi_from_pairs(
+                encoder, pairs, label=f"{run.data.task} {sub.name}", batch_size=run.cfg.blip2_batch_size, progress=cb
             )
         fdi.save(out)
     del encoder

@@ -138,7 +138,7 @@ def test_pairs_csv_is_read_back_by_the_pairs_reader(tmp_path):
 
     old_rain100h(tmp_path / "d")
     s = read_dataset("rain100h", tmp_path / "d", "test")
-    out = write_pairs_csv(s, tmp_path / "pairs.csv")
+    out = write_pairs_csv(s.pairs, tmp_path / "pairs.csv")
     back = read_pairs_file(out)
     assert [(p.name, p.degraded, p.clean) for p in back] == [
         (p.name, p.degraded.resolve(), p.clean.resolve()) for p in s.pairs
