@@ -297,6 +297,34 @@ def test_a_composite_of_ablated_and_full_adapters_restores(tiny_pipeline):
     assert tiled.shape == wide.shape and torch.isfinite(tiled).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ablated_adapters_restore_in_half_precision_like_fp32(tiny_sd_folder, tiny_pipeline, dtype):
+    """What a GPU runs: the UNet and VAE in bf16/fp16, the adapters' guidance cast to them. An ablated adapter's
+    half-precision restoration is as far from its fp32 one as the pipeline's own rounding puts an unguided or a full
+    adapter's restoration (measured here: bf16 ~0.007, fp16 ~0.0008 mean absolute), and that floor is well under
+    what the guidance changes (~0.013-0.019)."""
+    from fdi.pipeline import AdapterUse, FDIRestorationPipeline
+
+    half = FDIRestorationPipeline.from_pretrained(tiny_sd_folder, dtype=dtype)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    fast = dict(steps=2, inversion_steps=2, guidance_end=1.0)
+
+    def gap(adapter, weight=1.0):
+        use = [AdapterUse(adapter, tiny_fdi(0), weight)]
+        ref, got = tiny_pipeline.restore(x, use, **fast), half.restore(x, use, **fast)
+        assert torch.isfinite(got).all()
+        return ref, float((got.float() - ref).abs().mean())
+
+    plain, floor_unguided = gap(make_adapter(7), 0.0)
+    full, floor_full = gap(make_adapter(7))
+    floor = max(floor_unguided, floor_full)
+    for switches in (NO_ND, NO_VM, {**NO_ND, **NO_VM}):
+        ref, err = gap(make_adapter(7, **switches))
+        effect = float((ref - plain).abs().mean())
+        assert effect > 1.5 * floor, switches  # the guidance acts beyond rounding: the bound below means something
+        assert err <= 1.25 * floor, (switches, err, floor)
+
+
 # ---- training and the command line ---------------------------------------------------------------------------------
 
 
